@@ -50,9 +50,15 @@ pub fn encode_frame<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
         .map_err(|e| FrameError::Encode(e.to_string()))?;
     let len = out.len() - FRAME_HEADER_LEN;
     if len > MAX_FRAME_LEN {
-        return Err(FrameError::TooLarge { frame_len: len, max: MAX_FRAME_LEN });
+        return Err(FrameError::TooLarge {
+            frame_len: len,
+            max: MAX_FRAME_LEN,
+        });
     }
-    let prefix = u32::try_from(len).map_err(|_| FrameError::TooLarge { frame_len: len, max: MAX_FRAME_LEN })?;
+    let prefix = u32::try_from(len).map_err(|_| FrameError::TooLarge {
+        frame_len: len,
+        max: MAX_FRAME_LEN,
+    })?;
     out[..FRAME_HEADER_LEN].copy_from_slice(&prefix.to_be_bytes());
     Ok(out)
 }
@@ -62,7 +68,10 @@ pub fn encode_frame<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
 pub fn frame_len(header: [u8; FRAME_HEADER_LEN], max: usize) -> Result<usize, FrameError> {
     let len = u32::from_be_bytes(header) as usize;
     if len > max {
-        return Err(FrameError::TooLarge { frame_len: len, max });
+        return Err(FrameError::TooLarge {
+            frame_len: len,
+            max,
+        });
     }
     Ok(len)
 }
@@ -72,7 +81,10 @@ pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameErr
     let (message, rest) =
         postcard::take_from_bytes(payload).map_err(|e| FrameError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(FrameError::Malformed(format!("{} trailing bytes after the message", rest.len())));
+        return Err(FrameError::Malformed(format!(
+            "{} trailing bytes after the message",
+            rest.len()
+        )));
     }
     Ok(message)
 }
@@ -82,14 +94,19 @@ pub fn decode_frame<T: DeserializeOwned>(buf: &[u8]) -> Result<Decoded<T>, Frame
     let Some(header) = buf.get(..FRAME_HEADER_LEN) else {
         return Ok(Decoded::NeedMore(FRAME_HEADER_LEN - buf.len()));
     };
-    let header: [u8; FRAME_HEADER_LEN] = header.try_into().map_err(|_| FrameError::Malformed("short header".into()))?;
+    let header: [u8; FRAME_HEADER_LEN] = header
+        .try_into()
+        .map_err(|_| FrameError::Malformed("short header".into()))?;
     let len = frame_len(header, MAX_FRAME_LEN)?;
     let total = FRAME_HEADER_LEN + len;
     if buf.len() < total {
         return Ok(Decoded::NeedMore(total - buf.len()));
     }
     let message = decode_payload(&buf[FRAME_HEADER_LEN..total])?;
-    Ok(Decoded::Frame { message, consumed: total })
+    Ok(Decoded::Frame {
+        message,
+        consumed: total,
+    })
 }
 
 #[cfg(test)]
@@ -99,14 +116,21 @@ mod tests {
 
     #[test]
     fn partial_frames_ask_for_more() {
-        let frame = encode_frame(&AgentToControl::Heartbeat(Heartbeat { seq: 7, in_flight: 2 })).unwrap();
+        let frame = encode_frame(&AgentToControl::Heartbeat(Heartbeat {
+            seq: 7,
+            in_flight: 2,
+        }))
+        .unwrap();
         for cut in 0..frame.len() {
             match decode_frame::<AgentToControl>(&frame[..cut]).unwrap() {
                 Decoded::NeedMore(n) => assert!(n > 0 && n <= frame.len() - cut),
-                Decoded::Frame { .. } => panic!("decoded a frame from {cut} of {} bytes", frame.len()),
+                Decoded::Frame { .. } => {
+                    panic!("decoded a frame from {cut} of {} bytes", frame.len())
+                }
             }
         }
-        let Decoded::Frame { consumed, .. } = decode_frame::<AgentToControl>(&frame).unwrap() else {
+        let Decoded::Frame { consumed, .. } = decode_frame::<AgentToControl>(&frame).unwrap()
+        else {
             panic!("whole frame must decode")
         };
         assert_eq!(consumed, frame.len());
@@ -117,22 +141,35 @@ mod tests {
         let buf = [0xff, 0xff, 0xff, 0xff, 0x00];
         assert_eq!(
             decode_frame::<AgentToControl>(&buf),
-            Err(FrameError::TooLarge { frame_len: u32::MAX as usize, max: MAX_FRAME_LEN })
+            Err(FrameError::TooLarge {
+                frame_len: u32::MAX as usize,
+                max: MAX_FRAME_LEN
+            })
         );
     }
 
     #[test]
     fn garbage_is_malformed_not_a_panic() {
         let buf = [0, 0, 0, 3, 0xee, 0xee, 0xee];
-        assert!(matches!(decode_frame::<AgentToControl>(&buf), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            decode_frame::<AgentToControl>(&buf),
+            Err(FrameError::Malformed(_))
+        ));
     }
 
     #[test]
     fn trailing_bytes_are_refused() {
-        let mut frame = encode_frame(&AgentToControl::Heartbeat(Heartbeat { seq: 1, in_flight: 0 })).unwrap();
+        let mut frame = encode_frame(&AgentToControl::Heartbeat(Heartbeat {
+            seq: 1,
+            in_flight: 0,
+        }))
+        .unwrap();
         frame.push(0);
         let len = (frame.len() - FRAME_HEADER_LEN) as u32;
         frame[..4].copy_from_slice(&len.to_be_bytes());
-        assert!(matches!(decode_frame::<AgentToControl>(&frame), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            decode_frame::<AgentToControl>(&frame),
+            Err(FrameError::Malformed(_))
+        ));
     }
 }

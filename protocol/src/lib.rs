@@ -41,7 +41,8 @@ mod messages;
 mod token;
 
 pub use codec::{
-    Decoded, FRAME_HEADER_LEN, FrameError, MAX_FRAME_LEN, decode_frame, decode_payload, encode_frame, frame_len,
+    Decoded, FRAME_HEADER_LEN, FrameError, MAX_FRAME_LEN, decode_frame, decode_payload,
+    encode_frame, frame_len,
 };
 pub use messages::*;
 pub use token::{EnrollmentToken, TokenError};
@@ -50,6 +51,24 @@ pub use token::{EnrollmentToken, TokenError};
 pub const PROTOCOL_VERSION: u16 = 1;
 /// The oldest protocol version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
+
+/// QUIC application close and stream error codes used by both sides.
+pub mod codes {
+    /// Normal close.
+    pub const CLOSE_NORMAL: u32 = 0;
+    /// The agent has been revoked; it must not reconnect.
+    pub const CLOSE_REVOKED: u32 = 0x10;
+    /// The peer broke the protocol (bad frame, unexpected message).
+    pub const CLOSE_PROTOCOL_ERROR: u32 = 0x11;
+    /// The sender is shutting down; reconnect later.
+    pub const CLOSE_SHUTDOWN: u32 = 0x12;
+    /// A newer connection of the same agent replaced this one.
+    pub const CLOSE_REPLACED: u32 = 0x13;
+    /// The handshake was refused (see the `Rejected` message).
+    pub const CLOSE_REJECTED: u32 = 0x14;
+    /// Stream error code: the caller cancelled the call.
+    pub const STREAM_CANCELLED: u32 = 0x20;
+}
 
 /// Picks the highest version both sides speak, or `None` when the ranges do
 /// not overlap. `ours` and `theirs` are inclusive ranges.
@@ -87,7 +106,11 @@ mod tests {
         assert_eq!(negotiate_version((1, 1), (1, 1)), Some(1));
         assert_eq!(negotiate_version((2, 3), (1, 1)), None);
         assert_eq!(negotiate_version((1, 1), (2, 4)), None);
-        assert_eq!(negotiate_version((1, 4), (3, 2)), None, "an empty offered range never matches");
+        assert_eq!(
+            negotiate_version((1, 4), (3, 2)),
+            None,
+            "an empty offered range never matches"
+        );
     }
 
     #[test]

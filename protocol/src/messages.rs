@@ -297,7 +297,12 @@ pub struct CallResult {
 
 impl CallResult {
     /// A result for a call that failed before any response arrived.
-    pub fn failure(request: &CallRequest, agent_id: &str, class: ErrorClass, message: impl Into<String>) -> Self {
+    pub fn failure(
+        request: &CallRequest,
+        agent_id: &str,
+        class: ErrorClass,
+        message: impl Into<String>,
+    ) -> Self {
         CallResult {
             call_id: request.call_id,
             ok: false,
@@ -311,7 +316,10 @@ impl CallResult {
             timing: Timing::default(),
             attempts: 0,
             agent_id: agent_id.to_owned(),
-            error: Some(CallError { class, message: message.into() }),
+            error: Some(CallError {
+                class,
+                message: message.into(),
+            }),
         }
     }
 }

@@ -38,7 +38,9 @@ impl std::fmt::Debug for EnrollmentToken {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
     /// Wrong prefix: not a token of this format, or a truncated paste.
-    #[error("not a DIBOP enrollment token: it must start with `{PREFIX}` (copy the whole token from the console)")]
+    #[error(
+        "not a DIBOP enrollment token: it must start with `{PREFIX}` (copy the whole token from the console)"
+    )]
     Prefix,
     /// The body is not valid base64url or not a token.
     #[error("the enrollment token is damaged ({0}): copy it again, in one piece")]
@@ -56,7 +58,9 @@ impl EnrollmentToken {
     /// Parses the pasteable form; surrounding whitespace is ignored.
     pub fn decode(text: &str) -> Result<Self, TokenError> {
         let body = text.trim().strip_prefix(PREFIX).ok_or(TokenError::Prefix)?;
-        let bytes = URL_SAFE_NO_PAD.decode(body).map_err(|e| TokenError::Damaged(e.to_string()))?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|e| TokenError::Damaged(e.to_string()))?;
         let token: EnrollmentToken =
             crate::decode_payload(&bytes).map_err(|e| TokenError::Damaged(e.to_string()))?;
         if token.address.is_empty() || token.secret.is_empty() {
@@ -90,7 +94,10 @@ mod tests {
         assert_eq!(EnrollmentToken::decode("hello"), Err(TokenError::Prefix));
         let mut text = sample().encode();
         text.truncate(text.len() - 5);
-        assert!(matches!(EnrollmentToken::decode(&text), Err(TokenError::Damaged(_))));
+        assert!(matches!(
+            EnrollmentToken::decode(&text),
+            Err(TokenError::Damaged(_))
+        ));
     }
 
     #[test]

@@ -33,7 +33,11 @@ fn hello_bytes_are_pinned() {
 
 #[test]
 fn heartbeat_bytes_are_pinned() {
-    let frame = encode_frame(&AgentToControl::Heartbeat(Heartbeat { seq: 300, in_flight: 3 })).unwrap();
+    let frame = encode_frame(&AgentToControl::Heartbeat(Heartbeat {
+        seq: 300,
+        in_flight: 3,
+    }))
+    .unwrap();
     assert_eq!(hex(&frame), "0000000402ac0203");
 }
 
@@ -69,7 +73,10 @@ fn call_result_bytes_are_pinned() {
         headers: vec![("content-type".into(), "application/json".into())],
         body: ResponseBody::Json("{\"a\":1}".into()),
         parse_error: None,
-        timing: Timing { total_us: 1500, headers_us: 900 },
+        timing: Timing {
+            total_us: 1500,
+            headers_us: 900,
+        },
         attempts: 1,
         agent_id: "agt_1".into(),
         error: None,

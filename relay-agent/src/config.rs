@@ -1,7 +1,7 @@
 //! The agent's config file (TOML) and its validated runtime form.
 //!
-//! Precedence: command-line flags > environment (`DIBOP_AGENT_*`) > this file
-//! > the defaults documented on each field. `deploy/agent.example.toml` is a
+//! Precedence: command-line flags, then environment (`DIBOP_AGENT_*`), then
+//! this file, then the defaults documented on each field. `deploy/agent.example.toml` is a
 //! commented example that a test parses.
 
 use std::path::Path;
@@ -53,7 +53,11 @@ pub struct LimitsSection {
 
 impl Default for LimitsSection {
     fn default() -> Self {
-        LimitsSection { max_concurrent_calls: 64, max_response_bytes: 8 * 1024 * 1024, max_timeout_ms: 120_000 }
+        LimitsSection {
+            max_concurrent_calls: 64,
+            max_response_bytes: 8 * 1024 * 1024,
+            max_timeout_ms: 120_000,
+        }
     }
 }
 
@@ -145,14 +149,19 @@ pub const MAX_RESPONSE_BYTES_LIMIT: u64 = 15 * 1024 * 1024;
 impl ConfigFile {
     /// Reads and parses a file.
     pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::parse(&text, &path.display().to_string())
     }
 
     /// Parses TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<ConfigFile, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_owned(), message: e.to_string() })
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })
     }
 
     /// Validates every field, reporting all problems at once.
@@ -167,7 +176,10 @@ impl ConfigFile {
         };
         let l = &self.limits;
         if l.max_concurrent_calls == 0 || l.max_concurrent_calls > 10_000 {
-            problems.push(format!("limits.max_concurrent_calls = {} must be 1..=10000", l.max_concurrent_calls));
+            problems.push(format!(
+                "limits.max_concurrent_calls = {} must be 1..=10000",
+                l.max_concurrent_calls
+            ));
         }
         if l.max_response_bytes == 0 || l.max_response_bytes > MAX_RESPONSE_BYTES_LIMIT {
             problems.push(format!(
@@ -197,7 +209,10 @@ impl ConfigFile {
             problems.push(format!("tunnel.control_plane = `{addr}` must be host:port"));
         }
         if !problems.is_empty() {
-            return Err(ConfigError::Invalid { path: origin.to_owned(), problems });
+            return Err(ConfigError::Invalid {
+                path: origin.to_owned(),
+                problems,
+            });
         }
         Ok(AgentConfig {
             name: self.name,
@@ -231,21 +246,34 @@ mod tests {
     #[test]
     fn example_config_parses() {
         let text = include_str!("../../deploy/agent.example.toml");
-        let config = ConfigFile::parse(text, "agent.example.toml").unwrap().validate("agent.example.toml").unwrap();
+        let config = ConfigFile::parse(text, "agent.example.toml")
+            .unwrap()
+            .validate("agent.example.toml")
+            .unwrap();
         assert!(!config.allow.is_empty());
     }
 
     #[test]
     fn unknown_keys_are_named() {
-        let err = ConfigFile::parse("[policy]\nallwo = []\n", "x.toml").unwrap_err().to_string();
+        let err = ConfigFile::parse("[policy]\nallwo = []\n", "x.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("allwo"), "{err}");
     }
 
     #[test]
     fn every_problem_is_reported() {
         let text = "[policy]\nallow = ['bad host']\n[limits]\nmax_concurrent_calls = 0\n[tunnel]\nkeep_alive_secs = 40\n";
-        let err = ConfigFile::parse(text, "x.toml").unwrap().validate("x.toml").unwrap_err().to_string();
+        let err = ConfigFile::parse(text, "x.toml")
+            .unwrap()
+            .validate("x.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("3 problem(s)"), "{err}");
-        assert!(err.contains("bad host") && err.contains("max_concurrent_calls") && err.contains("keep_alive_secs"));
+        assert!(
+            err.contains("bad host")
+                && err.contains("max_concurrent_calls")
+                && err.contains("keep_alive_secs")
+        );
     }
 }

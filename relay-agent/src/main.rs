@@ -1,1 +1,133 @@
-fn main(){}
+//! `dibop-agent`: the relay agent's command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dibop_relay_agent::{ConfigFile, enroll, install_crypto_provider, tunnel};
+use tokio_util::sync::CancellationToken;
+
+/// DIBOP relay agent: connects this site's systems to the DIBOP control plane
+/// through an outbound QUIC tunnel. No inbound port is opened.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Redeem an enrollment token from the console: creates this agent's key
+    /// and certificate in the data directory.
+    Enroll {
+        /// The token, as copied from the console (`dibop-enroll-v1.…`).
+        token: String,
+        /// Where the agent keeps its identity.
+        #[arg(
+            long,
+            env = "DIBOP_AGENT_DATA_DIR",
+            default_value = "/var/lib/dibop-agent"
+        )]
+        data_dir: PathBuf,
+        /// Display name in the console (default: this host's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace an identity already in the data directory.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the agent: keep the tunnel up and perform calls. Runs until stopped
+    /// (SIGTERM or Ctrl-C); never gives up because the control plane is unreachable.
+    Run {
+        /// Where the agent keeps its identity.
+        #[arg(
+            long,
+            env = "DIBOP_AGENT_DATA_DIR",
+            default_value = "/var/lib/dibop-agent"
+        )]
+        data_dir: PathBuf,
+        /// Config file (TOML); see deploy/agent.example.toml. Without it nothing may be called.
+        #[arg(long, env = "DIBOP_AGENT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Check the config file, print the allow-list and exit.
+        #[arg(long)]
+        check_config: bool,
+    },
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<dibop_relay_agent::AgentConfig, String> {
+    match path {
+        Some(p) => ConfigFile::load(p)
+            .and_then(|c| c.validate(&p.display().to_string()))
+            .map_err(|e| e.to_string()),
+        None => Ok(dibop_relay_agent::AgentConfig::default()),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    install_crypto_provider();
+    dibop_relay_agent::init_tracing("info");
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Enroll {
+            token,
+            data_dir,
+            name,
+            force,
+        } => match enroll::enroll(&token, &data_dir, name.as_deref(), force).await {
+            Ok(identity) => {
+                println!(
+                    "enrolled as agent {} in group {} (certificate valid until {}); identity stored in {}\n\
+                         next: dibop-agent run --data-dir {} --config <agent.toml>",
+                    identity.meta.agent_id,
+                    identity.meta.group_id,
+                    time::OffsetDateTime::from_unix_timestamp(identity.meta.not_after_unix)
+                        .map(|t| t.date().to_string())
+                        .unwrap_or_default(),
+                    data_dir.display(),
+                    data_dir.display(),
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run {
+            data_dir,
+            config,
+            check_config,
+        } => {
+            let config = match load_config(config.as_ref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if check_config {
+                println!("config is valid; allow-list:");
+                for entry in config.allow.entries() {
+                    println!("  {entry}");
+                }
+                return ExitCode::SUCCESS;
+            }
+            let shutdown = CancellationToken::new();
+            let signal = shutdown.clone();
+            tokio::spawn(async move {
+                dibop_relay_agent::shutdown_signal().await;
+                signal.cancel();
+            });
+            match tunnel::run(config, &data_dir, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(3)
+                }
+            }
+        }
+    }
+}

@@ -101,7 +101,9 @@ fn parse_net(text: &str) -> Result<HostPattern, String> {
         Some((a, p)) => (a, Some(p)),
         None => (text, None),
     };
-    let addr: IpAddr = addr.parse().map_err(|_| format!("`{addr}` is not an IP address"))?;
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("`{addr}` is not an IP address"))?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let prefix = match prefix {
         None => max,
@@ -116,7 +118,10 @@ fn parse_net(text: &str) -> Result<HostPattern, String> {
 fn parse_name(text: &str) -> Result<HostPattern, String> {
     let lower = text.to_ascii_lowercase();
     let valid = |s: &str| {
-        !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') && !s.starts_with('.')
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            && !s.starts_with('.')
     };
     if let Some(suffix) = lower.strip_prefix("*.") {
         if !valid(suffix) {
@@ -152,11 +157,22 @@ impl Rule {
                 Some((h, p)) => (h, parse_port(p)?),
                 None => (text, Ports::Any),
             };
-            let looks_numeric = host.split('/').next().is_some_and(|h| h.parse::<IpAddr>().is_ok());
-            let pattern = if looks_numeric || host.contains('/') { parse_net(host)? } else { parse_name(host)? };
+            let looks_numeric = host
+                .split('/')
+                .next()
+                .is_some_and(|h| h.parse::<IpAddr>().is_ok());
+            let pattern = if looks_numeric || host.contains('/') {
+                parse_net(host)?
+            } else {
+                parse_name(host)?
+            };
             (pattern, ports)
         };
-        Ok(Rule { host, ports, text: text.to_owned() })
+        Ok(Rule {
+            host,
+            ports,
+            text: text.to_owned(),
+        })
     }
 }
 
@@ -167,11 +183,19 @@ fn in_net(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
     };
     match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(prefix))
+            };
             u32::from(a) & mask == u32::from(n) & mask
         }
         (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix)) };
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(prefix))
+            };
             u128::from(a) & mask == u128::from(n) & mask
         }
         _ => false,
@@ -186,10 +210,18 @@ impl AllowList {
         for (index, entry) in entries.iter().enumerate() {
             match Rule::parse(entry.as_ref()) {
                 Ok(rule) => rules.push(rule),
-                Err(reason) => errors.push(RuleError { index, entry: entry.as_ref().to_owned(), reason }),
+                Err(reason) => errors.push(RuleError {
+                    index,
+                    entry: entry.as_ref().to_owned(),
+                    reason,
+                }),
             }
         }
-        if errors.is_empty() { Ok(AllowList { rules }) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(AllowList { rules })
+        } else {
+            Err(errors)
+        }
     }
 
     /// True when nothing at all is allowed.
@@ -204,7 +236,9 @@ impl AllowList {
 
     fn ip_allowed(&self, ip: IpAddr, port: Option<u16>) -> bool {
         self.rules.iter().any(|r| match r.host {
-            HostPattern::Net { addr, prefix } => port.is_none_or(|p| r.ports.allows(p)) && in_net(ip, addr, prefix),
+            HostPattern::Net { addr, prefix } => {
+                port.is_none_or(|p| r.ports.allows(p)) && in_net(ip, addr, prefix)
+            }
             _ => false,
         })
     }
@@ -222,15 +256,21 @@ impl AllowList {
 
     /// Pre-flight check of a URL, before anything leaves the agent.
     pub fn check(&self, url: &Url) -> Result<Verdict, PolicyDenied> {
-        let port = url.port_or_known_default().ok_or_else(|| PolicyDenied(format!("{url} has no port")))?;
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| PolicyDenied(format!("{url} has no port")))?;
         let denied = |what: String| {
             PolicyDenied(format!(
                 "{what} is not in this agent's allow-list; the dealer can add it to `policy.allow` in the agent's config file"
             ))
         };
         match url.host() {
-            Some(url::Host::Ipv4(ip)) if self.ip_allowed(IpAddr::V4(ip), Some(port)) => Ok(Verdict::Allowed),
-            Some(url::Host::Ipv6(ip)) if self.ip_allowed(IpAddr::V6(ip), Some(port)) => Ok(Verdict::Allowed),
+            Some(url::Host::Ipv4(ip)) if self.ip_allowed(IpAddr::V4(ip), Some(port)) => {
+                Ok(Verdict::Allowed)
+            }
+            Some(url::Host::Ipv6(ip)) if self.ip_allowed(IpAddr::V6(ip), Some(port)) => {
+                Ok(Verdict::Allowed)
+            }
             Some(url::Host::Ipv4(ip)) => Err(denied(format!("{ip}:{port}"))),
             Some(url::Host::Ipv6(ip)) => Err(denied(format!("[{ip}]:{port}"))),
             Some(url::Host::Domain(name)) => {
@@ -240,8 +280,16 @@ impl AllowList {
                     Ok(Verdict::Allowed)
                 } else if let Ok(ip) = name.parse::<IpAddr>() {
                     // url keeps some address forms as names; treat them as addresses.
-                    if self.ip_allowed(ip, Some(port)) { Ok(Verdict::Allowed) } else { Err(denied(format!("{name}:{port}"))) }
-                } else if self.rules.iter().any(|r| matches!(r.host, HostPattern::Net { .. }) && r.ports.allows(port)) {
+                    if self.ip_allowed(ip, Some(port)) {
+                        Ok(Verdict::Allowed)
+                    } else {
+                        Err(denied(format!("{name}:{port}")))
+                    }
+                } else if self
+                    .rules
+                    .iter()
+                    .any(|r| matches!(r.host, HostPattern::Net { .. }) && r.ports.allows(port))
+                {
                     Ok(Verdict::IfResolvesInside)
                 } else {
                     Err(denied(format!("{name}:{port}")))
@@ -252,13 +300,20 @@ impl AllowList {
     }
 
     /// Filters resolved addresses of `name` to those the allow-list permits.
-    pub fn filter_resolved(&self, name: &str, addrs: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, PolicyDenied> {
+    pub fn filter_resolved(
+        &self,
+        name: &str,
+        addrs: Vec<SocketAddr>,
+    ) -> Result<Vec<SocketAddr>, PolicyDenied> {
         let name = name.to_ascii_lowercase();
         if self.name_allowed(name.trim_end_matches('.'), None) {
             return Ok(addrs);
         }
         let total = addrs.len();
-        let kept: Vec<SocketAddr> = addrs.into_iter().filter(|a| self.ip_allowed(a.ip(), None)).collect();
+        let kept: Vec<SocketAddr> = addrs
+            .into_iter()
+            .filter(|a| self.ip_allowed(a.ip(), None))
+            .collect();
         if kept.is_empty() {
             return Err(PolicyDenied(format!(
                 "{name} resolves to {total} address(es), none inside this agent's allowed networks"
@@ -287,7 +342,8 @@ impl reqwest::dns::Resolve for PolicyResolver {
         let policy = self.policy.clone();
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let kept = policy.filter_resolved(&host, addrs)?;
             Ok(Box::new(kept.into_iter()) as reqwest::dns::Addrs)
         })
@@ -309,11 +365,26 @@ mod tests {
     #[test]
     fn names_ports_and_wildcards() {
         let l = list(&["dms.dealer.lan:8443", "*.oem.example:443", "crm.local"]);
-        assert_eq!(check(&l, "https://dms.dealer.lan:8443/x"), Ok(Verdict::Allowed));
-        assert_eq!(check(&l, "https://DMS.dealer.lan:8443/x"), Ok(Verdict::Allowed));
-        assert!(check(&l, "https://dms.dealer.lan/x").is_err(), "port 443 is not 8443");
-        assert_eq!(check(&l, "https://api.oem.example/v1"), Ok(Verdict::Allowed));
-        assert!(check(&l, "https://oem.example/v1").is_err(), "the wildcard needs a subdomain");
+        assert_eq!(
+            check(&l, "https://dms.dealer.lan:8443/x"),
+            Ok(Verdict::Allowed)
+        );
+        assert_eq!(
+            check(&l, "https://DMS.dealer.lan:8443/x"),
+            Ok(Verdict::Allowed)
+        );
+        assert!(
+            check(&l, "https://dms.dealer.lan/x").is_err(),
+            "port 443 is not 8443"
+        );
+        assert_eq!(
+            check(&l, "https://api.oem.example/v1"),
+            Ok(Verdict::Allowed)
+        );
+        assert!(
+            check(&l, "https://oem.example/v1").is_err(),
+            "the wildcard needs a subdomain"
+        );
         assert!(check(&l, "https://evil-oem.example/v1").is_err());
         assert_eq!(check(&l, "http://crm.local:1234/"), Ok(Verdict::Allowed));
         assert!(check(&l, "http://other.local/").is_err());
@@ -321,15 +392,32 @@ mod tests {
 
     #[test]
     fn addresses_and_networks() {
-        let l = list(&["127.0.0.1:9000", "10.20.0.0/16:8080", "[fd00::/8]:443", "192.168.1.5"]);
+        let l = list(&[
+            "127.0.0.1:9000",
+            "10.20.0.0/16:8080",
+            "[fd00::/8]:443",
+            "192.168.1.5",
+        ]);
         assert_eq!(check(&l, "http://127.0.0.1:9000/"), Ok(Verdict::Allowed));
         assert!(check(&l, "http://127.0.0.1:9001/").is_err());
         assert_eq!(check(&l, "http://10.20.255.1:8080/"), Ok(Verdict::Allowed));
         assert!(check(&l, "http://10.21.0.1:8080/").is_err());
         assert_eq!(check(&l, "https://[fd12::1]/"), Ok(Verdict::Allowed));
         assert_eq!(check(&l, "http://192.168.1.5:5000/"), Ok(Verdict::Allowed));
-        assert_eq!(check(&l, "http://dms.lan:8080/"), Ok(Verdict::IfResolvesInside));
-        assert!(check(&l, "http://dms.lan:9999/").is_err());
+        assert_eq!(
+            check(&l, "http://dms.lan:8080/"),
+            Ok(Verdict::IfResolvesInside)
+        );
+        // 192.168.1.5 allows any port, so a name might resolve to it.
+        assert_eq!(
+            check(&l, "http://dms.lan:9999/"),
+            Ok(Verdict::IfResolvesInside)
+        );
+        let ported = list(&["10.20.0.0/16:8080"]);
+        assert!(
+            check(&ported, "http://dms.lan:9999/").is_err(),
+            "no network allows port 9999"
+        );
     }
 
     #[test]
@@ -350,7 +438,8 @@ mod tests {
 
     #[test]
     fn every_bad_entry_is_reported() {
-        let errors = AllowList::parse(&["ok.lan:80", "bad host", "10.0.0.0/40", "x:99999", "[::1"]).unwrap_err();
+        let errors = AllowList::parse(&["ok.lan:80", "bad host", "10.0.0.0/40", "x:99999", "[::1"])
+            .unwrap_err();
         let indexes: Vec<usize> = errors.iter().map(|e| e.index).collect();
         assert_eq!(indexes, vec![1, 2, 3, 4]);
         assert!(errors[2].to_string().contains("99999"));
@@ -359,6 +448,9 @@ mod tests {
     #[test]
     fn denial_tells_the_dealer_what_to_do() {
         let err = check(&list(&[]), "http://10.0.0.1:22/").unwrap_err();
-        assert!(err.0.contains("10.0.0.1:22") && err.0.contains("policy.allow"), "{err}");
+        assert!(
+            err.0.contains("10.0.0.1:22") && err.0.contains("policy.allow"),
+            "{err}"
+        );
     }
 }

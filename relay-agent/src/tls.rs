@@ -50,7 +50,11 @@ pub fn to_pem(label: &str, der: &[u8]) -> String {
 
 /// Transport settings of the tunnel. `keep_alive` must stay below
 /// `idle_timeout`; only the agent sets a keep-alive.
-pub fn transport(idle_timeout: Duration, keep_alive: Option<Duration>, max_bidi_streams: u32) -> quinn::TransportConfig {
+pub fn transport(
+    idle_timeout: Duration,
+    keep_alive: Option<Duration>,
+    max_bidi_streams: u32,
+) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(quinn::IdleTimeout::try_from(idle_timeout).ok());
     t.keep_alive_interval(keep_alive);
@@ -83,18 +87,24 @@ impl ServerCertVerifier for PinnedCaVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let ca = intermediates.iter().find(|c| sha256(c) == self.ca_sha256).ok_or_else(|| {
-            rustls::Error::General(
+        let ca = intermediates
+            .iter()
+            .find(|c| sha256(c) == self.ca_sha256)
+            .ok_or_else(|| {
+                rustls::Error::General(
                 "the control plane's CA does not match the fingerprint in the enrollment token: \
                  check the address, or ask for a new token"
                     .into(),
             )
-        })?;
+            })?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
         verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 
@@ -104,7 +114,12 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -113,15 +128,25 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
-fn quic_client(tls: rustls::ClientConfig, transport: quinn::TransportConfig) -> anyhow::Result<quinn::ClientConfig> {
+fn quic_client(
+    tls: rustls::ClientConfig,
+    transport: quinn::TransportConfig,
+) -> anyhow::Result<quinn::ClientConfig> {
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(Arc::new(transport));
@@ -134,10 +159,16 @@ pub fn enrollment_client_config(ca_sha256: [u8; 32]) -> anyhow::Result<quinn::Cl
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier { ca_sha256, provider }))
+        .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier {
+            ca_sha256,
+            provider,
+        }))
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    quic_client(tls, transport(Duration::from_secs(30), Some(Duration::from_secs(5)), 1))
+    quic_client(
+        tls,
+        transport(Duration::from_secs(30), Some(Duration::from_secs(5)), 1),
+    )
 }
 
 /// Client config for the tunnel: mutual TLS with the agent's certificate.

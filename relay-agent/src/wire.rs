@@ -27,7 +27,10 @@ pub enum WireError {
 
 /// Reads one frame. `Ok(None)` when the peer finished the stream cleanly
 /// between frames. The length is checked against `max` before allocating.
-pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream, max: usize) -> Result<Option<T>, WireError> {
+pub async fn read_frame<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    max: usize,
+) -> Result<Option<T>, WireError> {
     let mut header = [0u8; FRAME_HEADER_LEN];
     match recv.read_exact(&mut header).await {
         Ok(()) => {}
@@ -46,7 +49,10 @@ pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream, max: usize) 
 }
 
 /// Writes one frame.
-pub async fn write_frame<T: Serialize>(send: &mut SendStream, message: &T) -> Result<(), WireError> {
+pub async fn write_frame<T: Serialize>(
+    send: &mut SendStream,
+    message: &T,
+) -> Result<(), WireError> {
     let frame = encode_frame(message)?;
     send.write_all(&frame).await?;
     Ok(())

@@ -1,0 +1,350 @@
+//! Performs calls: one HTTP request per [`CallRequest`], answered with one
+//! normalized [`CallResult`] whatever happens. The allow-list is checked
+//! before anything leaves the machine, again in DNS resolution, and on every
+//! redirect.
+//!
+//! Dropping the future returned by [`Runtime::perform`] aborts the HTTP
+//! request; that is how a cancelled call stops.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dibop_protocol::{CallError, CallRequest, CallResult, ErrorClass, ResponseBody, Timing};
+use reqwest::{Method, Url};
+
+use crate::policy::{AllowList, PolicyDenied, PolicyResolver};
+
+/// Most redirects followed for one call.
+const MAX_REDIRECTS: usize = 10;
+
+/// The HTTP side of the agent.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    client: reqwest::Client,
+    policy: Arc<AllowList>,
+    agent_id: Arc<str>,
+    max_response_bytes: u64,
+    max_timeout: Duration,
+}
+
+impl Runtime {
+    /// Builds the HTTP client. `agent_id` is stamped on every result.
+    pub fn new(
+        policy: Arc<AllowList>,
+        agent_id: &str,
+        max_response_bytes: u64,
+        max_timeout: Duration,
+    ) -> anyhow::Result<Runtime> {
+        let redirect_policy = {
+            let policy = policy.clone();
+            reqwest::redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() >= MAX_REDIRECTS {
+                    return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+                }
+                match policy.check(attempt.url()) {
+                    Ok(_) => attempt.follow(),
+                    Err(denied) => attempt.error(denied),
+                }
+            })
+        };
+        let client = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .redirect(redirect_policy)
+            .dns_resolver(Arc::new(PolicyResolver::new(policy.clone())))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("dibop-agent/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Runtime {
+            client,
+            policy,
+            agent_id: agent_id.into(),
+            max_response_bytes,
+            max_timeout,
+        })
+    }
+
+    /// The id stamped on results.
+    pub fn agent_id(&self) -> &str {
+        &self.agent_id
+    }
+
+    /// Performs one call. Never fails: every failure is a classified result.
+    pub async fn perform(&self, request: &CallRequest) -> CallResult {
+        let started = Instant::now();
+        let mut result = self.perform_inner(request, started).await;
+        result.timing.total_us = elapsed_us(started);
+        result
+    }
+
+    async fn perform_inner(&self, request: &CallRequest, started: Instant) -> CallResult {
+        let fail =
+            |class, message: String| CallResult::failure(request, &self.agent_id, class, message);
+        let Ok(method) = Method::from_bytes(request.method.as_bytes()) else {
+            return fail(
+                ErrorClass::InvalidRequest,
+                format!("`{}` is not an HTTP method", request.method),
+            );
+        };
+        let url = match Url::parse(&request.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+            Ok(u) => {
+                return fail(
+                    ErrorClass::InvalidRequest,
+                    format!("scheme `{}` is not http or https", u.scheme()),
+                );
+            }
+            Err(e) => {
+                return fail(
+                    ErrorClass::InvalidRequest,
+                    format!("`{}` is not a URL: {e}", request.url),
+                );
+            }
+        };
+        if let Err(denied) = self.policy.check(&url) {
+            return fail(ErrorClass::PolicyDenied, denied.0);
+        }
+        let timeout =
+            Duration::from_millis(u64::from(request.timeout_ms.max(1))).min(self.max_timeout);
+        let mut builder = self.client.request(method, url).timeout(timeout);
+        for (name, value) in &request.headers {
+            let name = match reqwest::header::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(n) => n,
+                Err(_) => {
+                    return fail(
+                        ErrorClass::InvalidRequest,
+                        format!("`{name}` is not a valid header name"),
+                    );
+                }
+            };
+            let value = match reqwest::header::HeaderValue::from_str(value) {
+                Ok(v) => v,
+                Err(_) => {
+                    return fail(
+                        ErrorClass::InvalidRequest,
+                        format!("the value of header `{name}` is not valid"),
+                    );
+                }
+            };
+            builder = builder.header(name, value);
+        }
+        if !request.body.is_empty() {
+            builder = builder.body(request.body.clone());
+        }
+        let deadline = started + timeout;
+        let response = match builder.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let (class, message) = classify(&e, timeout);
+                let mut r = fail(class, message);
+                r.attempts = 1;
+                return r;
+            }
+        };
+        let headers_us = elapsed_us(started);
+        let status = response.status();
+        let headers: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_ascii_lowercase);
+        let mut result = CallResult {
+            call_id: request.call_id,
+            ok: status.is_success(),
+            method: request.method.clone(),
+            url: request.url.clone(),
+            status: Some(status.as_u16()),
+            status_text: status.canonical_reason().map(str::to_owned),
+            headers,
+            body: ResponseBody::Empty,
+            parse_error: None,
+            timing: Timing {
+                total_us: 0,
+                headers_us,
+            },
+            attempts: 1,
+            agent_id: self.agent_id.to_string(),
+            error: None,
+        };
+        let bytes = match read_limited(response, self.max_response_bytes, deadline).await {
+            Ok(b) => b,
+            Err((class, message)) => {
+                result.ok = false;
+                result.error = Some(CallError { class, message });
+                return result;
+            }
+        };
+        let (body, parse_error) = interpret_body(bytes, content_type.as_deref());
+        result.body = body;
+        result.parse_error = parse_error;
+        if !status.is_success() {
+            let class = match status.as_u16() {
+                401 | 403 => ErrorClass::AuthFailure,
+                429 => ErrorClass::RateLimited,
+                _ => ErrorClass::UpstreamError,
+            };
+            result.error = Some(CallError {
+                class,
+                message: format!("the target answered {status}"),
+            });
+        }
+        result
+    }
+}
+
+fn elapsed_us(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+async fn read_limited(
+    mut response: reqwest::Response,
+    limit: u64,
+    deadline: Instant,
+) -> Result<Vec<u8>, (ErrorClass, String)> {
+    if let Some(len) = response.content_length()
+        && len > limit
+    {
+        return Err((
+            ErrorClass::ResponseTooLarge,
+            format!("response body of {len} bytes exceeds the agent's limit of {limit} bytes"),
+        ));
+    }
+    let mut body = Vec::with_capacity(response.content_length().unwrap_or(0) as usize);
+    loop {
+        let chunk = tokio::time::timeout_at(deadline.into(), response.chunk()).await;
+        match chunk {
+            Err(_) => {
+                return Err((
+                    ErrorClass::Timeout,
+                    "timed out reading the response body".into(),
+                ));
+            }
+            Ok(Err(e)) => {
+                let (class, message) = classify(&e, Duration::ZERO);
+                return Err((
+                    class,
+                    format!("reading the response body failed: {message}"),
+                ));
+            }
+            Ok(Ok(None)) => return Ok(body),
+            Ok(Ok(Some(bytes))) => {
+                if body.len() as u64 + bytes.len() as u64 > limit {
+                    return Err((
+                        ErrorClass::ResponseTooLarge,
+                        format!("response body exceeds the agent's limit of {limit} bytes"),
+                    ));
+                }
+                body.extend_from_slice(&bytes);
+            }
+        }
+    }
+}
+
+/// Turns the raw body into the normalized body: JSON where it is JSON.
+pub fn interpret_body(
+    bytes: Vec<u8>,
+    content_type: Option<&str>,
+) -> (ResponseBody, Option<String>) {
+    if bytes.is_empty() {
+        return (ResponseBody::Empty, None);
+    }
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => return (ResponseBody::Binary(e.into_bytes()), None),
+    };
+    let declared_json = content_type.is_some_and(|ct| ct.contains("json"));
+    let looks_json =
+        content_type.is_none() && matches!(text.trim_start().as_bytes().first(), Some(b'{' | b'['));
+    if declared_json || looks_json {
+        match serde_json::from_str::<serde::de::IgnoredAny>(&text) {
+            Ok(_) => return (ResponseBody::Json(text), None),
+            Err(e) if declared_json => return (ResponseBody::Text(text), Some(e.to_string())),
+            Err(_) => {}
+        }
+    }
+    (ResponseBody::Text(text), None)
+}
+
+fn classify(error: &reqwest::Error, timeout: Duration) -> (ErrorClass, String) {
+    use std::error::Error as _;
+    let mut source = error.source();
+    let mut chain = error.to_string();
+    while let Some(s) = source {
+        if let Some(denied) = s.downcast_ref::<PolicyDenied>() {
+            return (ErrorClass::PolicyDenied, denied.0.clone());
+        }
+        if s.downcast_ref::<rustls::Error>().is_some() {
+            return (
+                ErrorClass::TlsError,
+                format!("TLS with the target failed: {s}"),
+            );
+        }
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        source = s.source();
+    }
+    if error.is_timeout() {
+        return (
+            ErrorClass::Timeout,
+            format!("no complete answer within {} ms", timeout.as_millis()),
+        );
+    }
+    if error.is_redirect() {
+        return (ErrorClass::UpstreamError, chain);
+    }
+    if error.is_builder() || error.is_request() && !error.is_connect() && chain.contains("invalid")
+    {
+        return (ErrorClass::InvalidRequest, chain);
+    }
+    let lower = chain.to_ascii_lowercase();
+    if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
+        return (ErrorClass::TlsError, chain);
+    }
+    (ErrorClass::NetworkError, chain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_interpreted() {
+        assert_eq!(
+            interpret_body(Vec::new(), None),
+            (ResponseBody::Empty, None)
+        );
+        assert_eq!(
+            interpret_body(
+                br#"{"a":1}"#.to_vec(),
+                Some("application/json; charset=utf-8")
+            ),
+            (ResponseBody::Json(r#"{"a":1}"#.into()), None)
+        );
+        assert_eq!(
+            interpret_body(b"[1,2]".to_vec(), None),
+            (ResponseBody::Json("[1,2]".into()), None)
+        );
+        let (body, err) = interpret_body(b"{broken".to_vec(), Some("application/json"));
+        assert_eq!(body, ResponseBody::Text("{broken".into()));
+        assert!(err.is_some());
+        assert_eq!(
+            interpret_body(b"hello".to_vec(), Some("text/plain")),
+            (ResponseBody::Text("hello".into()), None)
+        );
+        assert_eq!(
+            interpret_body(vec![0xff, 0xfe], None),
+            (ResponseBody::Binary(vec![0xff, 0xfe]), None)
+        );
+    }
+}

@@ -1,0 +1,470 @@
+//! The tunnel client: dials out to the control plane over QUIC with mutual
+//! TLS, keeps the connection alive, serves calls on the streams the control
+//! plane opens, and reconnects forever with full-jitter exponential backoff.
+//!
+//! The agent never exits because the control plane is unreachable; it exits
+//! only on shutdown, or when the control plane says it was revoked or does
+//! not know it (enrolling again is then the only way back).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use dibop_protocol::{
+    AgentToControl, CallResult, ControlToAgent, Heartbeat, Hello, MAX_FRAME_LEN,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, RejectCode, RenewCertificate, codes,
+};
+use rustls::pki_types::CertificateDer;
+use tokio::sync::{Mutex, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::AgentConfig;
+use crate::enroll::{client_endpoint, hostname, resolve};
+use crate::identity::{Identity, IdentityError};
+use crate::runtime::Runtime;
+use crate::tls::{TUNNEL_SERVER_NAME, agent_client_config, transport};
+use crate::wire::{MAX_CONTROL_FRAME_LEN, read_frame, write_frame};
+
+/// Why the agent stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Identity files missing or damaged.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The control plane revoked this agent.
+    #[error(
+        "this agent was revoked by the control plane ({0}): enroll it again with a new token to bring it back"
+    )]
+    Revoked(String),
+    /// The control plane does not know this agent.
+    #[error("the control plane does not accept this agent's certificate ({0}): enroll it again")]
+    Unauthenticated(String),
+    /// The client certificate expired while the agent was offline.
+    #[error(
+        "this agent's certificate expired at {0} while it could not reach the control plane: enroll it again"
+    )]
+    CertificateExpired(String),
+    /// Local setup failed.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// How long a dial or handshake may take before it counts as failed.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Calls still running at shutdown get this long to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that lived this long resets the backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(30);
+
+enum SessionEnd {
+    Shutdown,
+    Retry(String),
+    Fatal(RunError),
+}
+
+/// Full-jitter exponential backoff: a uniform delay in `[0, min(cap, base·2^n)]`.
+pub fn backoff_delay(attempt: u32, base: Duration, cap: Duration) -> Duration {
+    let ceiling = base
+        .saturating_mul(2u32.saturating_pow(attempt.min(20)))
+        .min(cap);
+    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(fastrand::u64(0..=millis))
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+struct Shared {
+    config: AgentConfig,
+    runtime: Runtime,
+    limiter: Semaphore,
+    in_flight: AtomicU32,
+    identity: Mutex<Identity>,
+    data_dir: PathBuf,
+}
+
+/// Runs the agent until `shutdown` is cancelled or a fatal error.
+pub async fn run(
+    config: AgentConfig,
+    data_dir: &Path,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let identity = Identity::load(data_dir)?;
+    let runtime = Runtime::new(
+        config.allow.clone(),
+        &identity.meta.agent_id,
+        config.max_response_bytes,
+        config.max_timeout,
+    )
+    .map_err(|e| RunError::Setup(format!("cannot build the HTTP client: {e}")))?;
+    info!(
+        agent_id = %identity.meta.agent_id,
+        group_id = %identity.meta.group_id,
+        allow = ?config.allow.entries().collect::<Vec<_>>(),
+        "dibop-agent {} starting", env!("CARGO_PKG_VERSION")
+    );
+    if config.allow.is_empty() {
+        warn!(
+            "the allow-list is empty: every call will be refused with policy_denied (set policy.allow in the config file)"
+        );
+    }
+    let shared = Arc::new(Shared {
+        limiter: Semaphore::new(config.max_concurrent_calls as usize),
+        config,
+        runtime,
+        in_flight: AtomicU32::new(0),
+        identity: Mutex::new(identity),
+        data_dir: data_dir.to_owned(),
+    });
+    let mut attempt = 0u32;
+    loop {
+        let started = Instant::now();
+        match session(&shared, &shutdown).await {
+            SessionEnd::Shutdown => return Ok(()),
+            SessionEnd::Fatal(e) => return Err(e),
+            SessionEnd::Retry(reason) => {
+                if started.elapsed() >= STABLE_CONNECTION {
+                    attempt = 0;
+                }
+                let delay = backoff_delay(
+                    attempt,
+                    shared.config.reconnect_initial,
+                    shared.config.reconnect_max,
+                );
+                attempt = attempt.saturating_add(1);
+                warn!(
+                    attempt,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "tunnel down: {reason}"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+async fn session(shared: &Arc<Shared>, shutdown: &CancellationToken) -> SessionEnd {
+    let (address, client_config, agent_id) = {
+        let identity = shared.identity.lock().await;
+        if identity.meta.not_after_unix <= now_unix() {
+            return SessionEnd::Fatal(RunError::CertificateExpired(rfc3339(
+                identity.meta.not_after_unix,
+            )));
+        }
+        let address = shared
+            .config
+            .control_plane
+            .clone()
+            .unwrap_or_else(|| identity.meta.control_plane.clone());
+        let transport = transport(
+            shared.config.idle_timeout,
+            Some(shared.config.keep_alive),
+            shared.config.max_concurrent_calls + 8,
+        );
+        let config = agent_client_config(
+            CertificateDer::from(identity.ca_der.clone()),
+            CertificateDer::from(identity.cert_der.clone()),
+            identity.key(),
+            transport,
+        );
+        match config {
+            Ok(c) => (address, c, identity.meta.agent_id.clone()),
+            Err(e) => {
+                return SessionEnd::Fatal(RunError::Setup(format!(
+                    "identity files are unusable: {e}"
+                )));
+            }
+        }
+    };
+    let remote = match resolve(&address).await {
+        Ok(r) => r,
+        Err(e) => return SessionEnd::Retry(e),
+    };
+    let endpoint = match client_endpoint(remote) {
+        Ok(e) => e,
+        Err(e) => return SessionEnd::Retry(format!("cannot open a UDP socket: {e}")),
+    };
+    let connecting = match endpoint.connect_with(client_config, remote, TUNNEL_SERVER_NAME) {
+        Ok(c) => c,
+        Err(e) => return SessionEnd::Retry(format!("cannot dial {address}: {e}")),
+    };
+    let connection = tokio::select! {
+        c = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting) => match c {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return SessionEnd::Retry(format!("cannot connect to {address}: {e}")),
+            Err(_) => return SessionEnd::Retry(format!("no answer from {address} within {HANDSHAKE_TIMEOUT:?}")),
+        },
+        _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+    };
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&connection)).await;
+    let (send, recv, heartbeat_every) = match handshake {
+        Ok(Ok(h)) => h,
+        Ok(Err(end)) => return end,
+        Err(_) => {
+            return SessionEnd::Retry("the control plane did not answer the handshake".into());
+        }
+    };
+    info!(%agent_id, control_plane = %address, "tunnel up");
+
+    let mut calls = JoinSet::new();
+    let control = control_loop(shared.clone(), send, recv, heartbeat_every);
+    tokio::pin!(control);
+    let end = loop {
+        tokio::select! {
+            end = &mut control => break end,
+            incoming = connection.accept_bi() => match incoming {
+                Ok((send, recv)) => {
+                    let shared = shared.clone();
+                    calls.spawn(async move { serve_call(&shared, send, recv).await });
+                }
+                Err(e) => break connection_end(e),
+            },
+            Some(_) = calls.join_next(), if !calls.is_empty() => {}
+            _ = shutdown.cancelled() => break SessionEnd::Shutdown,
+        }
+    };
+    if matches!(end, SessionEnd::Shutdown) {
+        info!(
+            in_flight = calls.len(),
+            "shutting down: finishing calls in flight"
+        );
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while calls.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!("calls still running after {DRAIN_TIMEOUT:?}; abandoning them");
+        }
+        connection.close(codes::CLOSE_SHUTDOWN.into(), b"agent shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    } else {
+        calls.abort_all();
+    }
+    end
+}
+
+fn connection_end(error: quinn::ConnectionError) -> SessionEnd {
+    match &error {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            let reason = String::from_utf8_lossy(&close.reason).into_owned();
+            match u32::try_from(close.error_code.into_inner()) {
+                Ok(codes::CLOSE_REVOKED) => SessionEnd::Fatal(RunError::Revoked(reason)),
+                _ => SessionEnd::Retry(format!("the control plane closed the tunnel: {reason}")),
+            }
+        }
+        _ => SessionEnd::Retry(format!("connection lost: {error}")),
+    }
+}
+
+async fn handshake(
+    connection: &quinn::Connection,
+) -> Result<(quinn::SendStream, quinn::RecvStream, Duration), SessionEnd> {
+    let retry = |what: &str, e: &dyn std::fmt::Display| SessionEnd::Retry(format!("{what}: {e}"));
+    let (mut send, mut recv) = connection.open_bi().await.map_err(connection_end)?;
+    let hello = AgentToControl::Hello(Hello {
+        min_version: MIN_PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        hostname: hostname(),
+    });
+    write_frame(&mut send, &hello)
+        .await
+        .map_err(|e| retry("sending hello failed", &e))?;
+    match read_frame::<ControlToAgent>(&mut recv, MAX_CONTROL_FRAME_LEN).await {
+        Ok(Some(ControlToAgent::Welcome(w))) => {
+            debug!(version = w.version, "handshake accepted");
+            Ok((
+                send,
+                recv,
+                Duration::from_millis(u64::from(w.heartbeat_interval_ms.max(100))),
+            ))
+        }
+        Ok(Some(ControlToAgent::Rejected(r))) => Err(match r.code {
+            RejectCode::Revoked => SessionEnd::Fatal(RunError::Revoked(r.message)),
+            RejectCode::Unauthenticated => SessionEnd::Fatal(RunError::Unauthenticated(r.message)),
+            _ => SessionEnd::Retry(format!(
+                "the control plane refused the handshake: {}",
+                r.message
+            )),
+        }),
+        Ok(other) => Err(SessionEnd::Retry(format!(
+            "unexpected handshake answer: {other:?}"
+        ))),
+        Err(e) => match connection.close_reason() {
+            Some(reason) => Err(connection_end(reason)),
+            None => Err(retry("handshake failed", &e)),
+        },
+    }
+}
+
+/// Heartbeats and certificate renewal on the control stream.
+async fn control_loop(
+    shared: Arc<Shared>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    every: Duration,
+) -> SessionEnd {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    let mut last_ack = Instant::now();
+    let mut renewal_asked_at: Option<Instant> = None;
+    let (frames_tx, mut frames_rx) = tokio::sync::mpsc::channel(8);
+    // The reader owns the receive half so a partly read frame is never dropped.
+    let reader = tokio::spawn(async move {
+        loop {
+            let frame = read_frame::<ControlToAgent>(&mut recv, MAX_CONTROL_FRAME_LEN).await;
+            let stop = !matches!(frame, Ok(Some(_)));
+            if frames_tx.send(frame).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    let _reader = AbortOnDrop(reader);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                if last_ack.elapsed() > every * 4 {
+                    return SessionEnd::Retry(format!("no heartbeat answer for {:?}", last_ack.elapsed()));
+                }
+                seq += 1;
+                let beat = AgentToControl::Heartbeat(Heartbeat { seq, in_flight: shared.in_flight.load(Ordering::Relaxed) });
+                if let Err(e) = write_frame(&mut send, &beat).await {
+                    return SessionEnd::Retry(format!("heartbeat failed: {e}"));
+                }
+                let due = shared.identity.lock().await.wants_renewal(now_unix());
+                let waiting = renewal_asked_at.is_some_and(|t| t.elapsed() < Duration::from_secs(60));
+                if due && !waiting {
+                    match renewal_request(&shared).await {
+                        Ok(req) => {
+                            if let Err(e) = write_frame(&mut send, &req).await {
+                                return SessionEnd::Retry(format!("renewal request failed: {e}"));
+                            }
+                            renewal_asked_at = Some(Instant::now());
+                            info!("asked the control plane to renew this agent's certificate");
+                        }
+                        Err(e) => warn!("cannot make a renewal request: {e}"),
+                    }
+                }
+            }
+            frame = frames_rx.recv() => match frame {
+                Some(Ok(Some(ControlToAgent::HeartbeatAck(_)))) => last_ack = Instant::now(),
+                Some(Ok(Some(ControlToAgent::CertificateRenewed(renewed)))) => {
+                    let mut identity = shared.identity.lock().await;
+                    match identity.renew(renewed.certificate_der, renewed.not_after_unix, now_unix()) {
+                        Ok(()) => info!(not_after = %rfc3339(renewed.not_after_unix), dir = %shared.data_dir.display(), "certificate renewed"),
+                        Err(e) => warn!("cannot store the renewed certificate: {e}"),
+                    }
+                    renewal_asked_at = None;
+                }
+                Some(Ok(Some(ControlToAgent::Rejected(r)))) if r.code == RejectCode::Revoked => {
+                    return SessionEnd::Fatal(RunError::Revoked(r.message));
+                }
+                Some(Ok(Some(other))) => warn!("ignoring unexpected control message: {other:?}"),
+                Some(Ok(None)) | None => return SessionEnd::Retry("the control plane closed the control stream".into()),
+                Some(Err(e)) => return SessionEnd::Retry(format!("control stream failed: {e}")),
+            },
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn renewal_request(shared: &Shared) -> anyhow::Result<AgentToControl> {
+    let identity = shared.identity.lock().await;
+    let key = rcgen::KeyPair::try_from(identity.key_pkcs8.as_slice())?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, identity.meta.agent_id.clone());
+    let csr = params.serialize_request(&key)?;
+    Ok(AgentToControl::RenewCertificate(RenewCertificate {
+        csr_der: csr.der().to_vec(),
+    }))
+}
+
+struct InFlight<'a>(&'a AtomicU32);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one call stream: read the request, perform it unless the control
+/// plane cancels, answer.
+async fn serve_call(shared: &Shared, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let request = match read_frame::<ControlToAgent>(&mut recv, MAX_FRAME_LEN).await {
+        Ok(Some(ControlToAgent::Call(r))) => r,
+        Ok(other) => {
+            warn!("call stream did not start with a call: {other:?}");
+            let _ = send.reset(codes::CLOSE_PROTOCOL_ERROR.into());
+            return;
+        }
+        Err(e) => {
+            debug!("call stream failed before the request arrived: {e}");
+            return;
+        }
+    };
+    let Ok(_permit) = shared.limiter.acquire().await else {
+        return;
+    };
+    shared.in_flight.fetch_add(1, Ordering::Relaxed);
+    let _guard = InFlight(&shared.in_flight);
+    let stopped = send.stopped();
+    let result: CallResult = tokio::select! {
+        r = shared.runtime.perform(&request) => r,
+        _ = stopped => {
+            debug!(call_id = request.call_id, url = %request.url, "call cancelled by the control plane");
+            return;
+        }
+    };
+    debug!(call_id = request.call_id, status = ?result.status, ok = result.ok, "call done");
+    if let Err(e) = write_frame(&mut send, &AgentToControl::CallResult(result)).await {
+        debug!(call_id = request.call_id, "could not send the result: {e}");
+        return;
+    }
+    let _ = send.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let base = Duration::from_millis(100);
+        let cap = Duration::from_secs(5);
+        for attempt in 0..40 {
+            let d = backoff_delay(attempt, base, cap);
+            assert!(d <= cap);
+            assert!(d <= base * 2u32.saturating_pow(attempt.min(20)));
+        }
+        let spread: std::collections::HashSet<_> =
+            (0..50).map(|_| backoff_delay(10, base, cap)).collect();
+        assert!(spread.len() > 10, "delays must be jittered");
+    }
+}
