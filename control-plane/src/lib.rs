@@ -1,1 +1,197 @@
+//! The DIBOP control plane: the cloud service that agents dial into.
+//!
+//! - [`api`]: the HTTP API (`/api/v1`) and `/healthz`;
+//! - [`tunnel`]: the QUIC server end of agents' tunnels, enrollment;
+//! - [`dispatch`]: online agents and the dispatcher of calls;
+//! - [`ca`]: the control plane's own certificate authority;
+//! - [`store`]: persistent state in SQL (SQLite by default);
+//! - [`dev`]: `dibop dev`, the whole platform on one machine.
 
+pub mod api;
+pub mod ca;
+pub mod dev;
+pub mod dispatch;
+pub mod ids;
+pub mod store;
+pub mod tunnel;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// What the control plane runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Holds the database, the CA and (for `dev`) the demo agent.
+    pub data_dir: PathBuf,
+    /// HTTP API listener.
+    pub http_addr: SocketAddr,
+    /// QUIC tunnel listener (UDP).
+    pub tunnel_addr: SocketAddr,
+    /// `host:port` agents dial, written into enrollment tokens. Default: the
+    /// bound tunnel address.
+    pub public_tunnel_addr: Option<String>,
+    /// An agent silent this long is dropped; heartbeats come every third of it.
+    pub agent_idle_timeout: Duration,
+    /// Lifetime of agents' client certificates (renewed at two thirds).
+    pub agent_cert_ttl: Duration,
+}
+
+impl Settings {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: PathBuf) -> Settings {
+        Settings {
+            data_dir,
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tunnel_addr: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            public_tunnel_addr: None,
+            agent_idle_timeout: Duration::from_secs(15),
+            agent_cert_ttl: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// Validated runtime settings plus the shared services.
+#[derive(Debug)]
+pub struct Core {
+    /// The database.
+    pub store: store::Store,
+    /// The CA.
+    pub ca: ca::Ca,
+    /// Online agents and dispatch.
+    pub registry: dispatch::Registry,
+    /// Cached API token lookups.
+    pub tokens: api::TokenCache,
+    /// Settings, with `public_tunnel_addr` resolved.
+    pub settings: ResolvedSettings,
+}
+
+/// Settings after binding.
+#[derive(Debug, Clone)]
+pub struct ResolvedSettings {
+    /// Address written into enrollment tokens.
+    pub public_tunnel_addr: String,
+    /// See [`Settings::agent_idle_timeout`].
+    pub agent_idle_timeout: Duration,
+    /// See [`Settings::agent_cert_ttl`].
+    pub agent_cert_ttl: Duration,
+}
+
+/// A running control plane.
+#[derive(Debug)]
+pub struct Server {
+    /// Bound HTTP address.
+    pub http_addr: SocketAddr,
+    /// Bound tunnel address.
+    pub tunnel_addr: SocketAddr,
+    /// Shared services.
+    pub core: Arc<Core>,
+    tasks: JoinSet<()>,
+}
+
+impl Server {
+    /// Waits for the server's tasks to end (after shutdown).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+        self.core.store.close().await;
+    }
+}
+
+/// Opens the store and CA, binds both listeners and starts serving until
+/// `shutdown` is cancelled.
+pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Server> {
+    dibop_relay_agent::install_crypto_provider();
+    dibop_relay_agent::identity::create_private_dir(&settings.data_dir)
+        .with_context(|| format!("cannot use data directory {}", settings.data_dir.display()))?;
+    let store = store::Store::open_sqlite(&settings.data_dir.join("dibop.db"))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the database in {}",
+                settings.data_dir.display()
+            )
+        })?;
+    let ca = ca::Ca::load_or_create(&settings.data_dir)?;
+    let listener = tokio::net::TcpListener::bind(settings.http_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for HTTP on {} (is another dibop running?)",
+                settings.http_addr
+            )
+        })?;
+    let http_addr = listener.local_addr()?;
+    let mut core = Core {
+        store,
+        ca,
+        registry: dispatch::Registry::default(),
+        tokens: api::TokenCache::default(),
+        settings: ResolvedSettings {
+            public_tunnel_addr: String::new(),
+            agent_idle_timeout: settings.agent_idle_timeout,
+            agent_cert_ttl: settings.agent_cert_ttl,
+        },
+    };
+    let endpoint = tunnel::endpoint(&core, settings.tunnel_addr)
+        .with_context(|| format!("cannot listen for tunnels on UDP {}", settings.tunnel_addr))?;
+    let tunnel_addr = endpoint.local_addr()?;
+    core.settings.public_tunnel_addr = settings
+        .public_tunnel_addr
+        .clone()
+        .unwrap_or_else(|| tunnel_addr.to_string());
+    let core = Arc::new(core);
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(tunnel::serve(core.clone(), endpoint, shutdown.clone()));
+    let router = api::router(core.clone());
+    let http_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        use axum::serve::ListenerExt as _;
+        let listener = listener.tap_io(|tcp| {
+            // Relayed calls cross two HTTP hops; Nagle would add delay to each.
+            let _ = tcp.set_nodelay(true);
+        });
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(http_shutdown.cancelled_owned())
+            .await
+        {
+            tracing::error!("HTTP server failed: {e}");
+        }
+    });
+    tracing::info!(%http_addr, %tunnel_addr, data_dir = %settings.data_dir.display(), "control plane serving");
+    Ok(Server {
+        http_addr,
+        tunnel_addr,
+        core,
+        tasks,
+    })
+}
+
+/// Creates a tenant with an `enterprise_admin` API token, or only a new token
+/// when the tenant exists. Returns (tenant id, token).
+pub async fn bootstrap_tenant(
+    store: &store::Store,
+    name: &str,
+    token_name: &str,
+) -> anyhow::Result<(String, String)> {
+    let tenant = match store.tenant_by_name(name).await? {
+        Some(t) => t,
+        None => store.create_tenant(&ids::new_id("ten"), name).await?,
+    };
+    let token = ids::new_secret("dibop_");
+    store
+        .create_api_token(
+            &ids::new_id("tok"),
+            &tenant.id,
+            token_name,
+            "enterprise_admin",
+            &ids::hash_secret(&token),
+        )
+        .await?;
+    Ok((tenant.id, token))
+}

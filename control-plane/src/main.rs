@@ -1,1 +1,156 @@
-fn main() {}
+//! `dibop`: the DIBOP control plane's command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use dibop_control_plane::{Settings, dev};
+use tokio_util::sync::CancellationToken;
+
+/// DIBOP control plane: API, agent tunnels and dispatch for the DIBOP
+/// integration platform.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole platform locally: control plane (SQLite), a DMS
+    /// simulator and an enrolled relay agent. Writes DATA_DIR/dev-credentials.json.
+    Dev {
+        /// Where state is kept (database, CA, demo agent identity).
+        #[arg(long, env = "DIBOP_DATA_DIR", default_value = ".dibop/dev")]
+        data_dir: PathBuf,
+        /// HTTP API address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http_addr: SocketAddr,
+        /// QUIC tunnel address (UDP).
+        #[arg(long, default_value = "127.0.0.1:4433")]
+        tunnel_addr: SocketAddr,
+        /// DMS simulator address.
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        dms_addr: SocketAddr,
+    },
+    /// Run the control plane.
+    Serve {
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// Administrative tasks on the control plane's data directory.
+    Admin {
+        /// The control plane's data directory.
+        #[arg(long, env = "DIBOP_DATA_DIR", default_value = "/var/lib/dibop")]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        task: AdminTask,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Where state is kept (database, CA).
+    #[arg(long, env = "DIBOP_DATA_DIR", default_value = "/var/lib/dibop")]
+    data_dir: PathBuf,
+    /// HTTP API address.
+    #[arg(long, env = "DIBOP_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    http_addr: SocketAddr,
+    /// QUIC tunnel address (UDP).
+    #[arg(long, env = "DIBOP_TUNNEL_ADDR", default_value = "0.0.0.0:4433")]
+    tunnel_addr: SocketAddr,
+    /// host:port agents dial, written into enrollment tokens (default: the tunnel address).
+    #[arg(long, env = "DIBOP_PUBLIC_TUNNEL_ADDR")]
+    public_tunnel_addr: Option<String>,
+    /// Drop an agent silent for this long (milliseconds); heartbeats come every third of it.
+    #[arg(long, env = "DIBOP_AGENT_IDLE_TIMEOUT_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(600..=600_000))]
+    agent_idle_timeout_ms: u64,
+    /// Lifetime of agent certificates in seconds (renewed at two thirds).
+    #[arg(long, env = "DIBOP_AGENT_CERT_TTL_SECS", default_value_t = 30 * 24 * 3600, value_parser = clap::value_parser!(u64).range(60..))]
+    agent_cert_ttl_secs: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminTask {
+    /// Create a tenant (if missing) with an enterprise_admin API token; prints the token once.
+    CreateTenant {
+        /// Tenant name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let signal = token.clone();
+    tokio::spawn(async move {
+        dibop_relay_agent::shutdown_signal().await;
+        signal.cancel();
+    });
+    token
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev {
+            data_dir,
+            http_addr,
+            tunnel_addr,
+            dms_addr,
+        } => {
+            let options = dev::DevOptions {
+                data_dir,
+                http_addr,
+                tunnel_addr,
+                dms_addr,
+            };
+            dev::run(options, shutdown_on_signal()).await
+        }
+        Command::Serve { serve } => {
+            let mut settings = Settings::new(serve.data_dir);
+            settings.http_addr = serve.http_addr;
+            settings.tunnel_addr = serve.tunnel_addr;
+            settings.public_tunnel_addr = serve.public_tunnel_addr;
+            settings.agent_idle_timeout = Duration::from_millis(serve.agent_idle_timeout_ms);
+            settings.agent_cert_ttl = Duration::from_secs(serve.agent_cert_ttl_secs);
+            let shutdown = shutdown_on_signal();
+            let server = dibop_control_plane::start(settings, shutdown.clone()).await?;
+            println!(
+                "listening http={} tunnel={}",
+                server.http_addr, server.tunnel_addr
+            );
+            server.wait().await;
+            Ok(())
+        }
+        Command::Admin { data_dir, task } => match task {
+            AdminTask::CreateTenant { name } => {
+                dibop_relay_agent::identity::create_private_dir(&data_dir)?;
+                let store =
+                    dibop_control_plane::store::Store::open_sqlite(&data_dir.join("dibop.db"))
+                        .await?;
+                let (tenant_id, token) =
+                    dibop_control_plane::bootstrap_tenant(&store, &name, "admin create-tenant")
+                        .await?;
+                println!("{{\"tenant_id\":\"{tenant_id}\",\"api_token\":\"{token}\"}}");
+                store.close().await;
+                Ok(())
+            }
+        },
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    dibop_relay_agent::install_crypto_provider();
+    dibop_relay_agent::init_tracing("info");
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,754 @@
+//! The HTTP API (`/api/v1`) and `/healthz`.
+//!
+//! Conventions: JSON in and out; every error is
+//! `{"error":{"code","message","details","request_id"}}`; every response
+//! carries `x-request-id`; `Authorization: Bearer <token>` on `/api/v1/*`;
+//! a resource of another tenant answers 404. Lists return a JSON array and,
+//! when more remain, a `Link: <…?cursor=…>; rel="next"` header
+//! (`?limit=` 1..=500, default 100). See `docs/api.md`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use dibop_protocol::{CallRequest, CallResult, EnrollmentToken, ResponseBody};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use crate::Core;
+use crate::store::{AgentGroup, AgentRow, StoreError, TokenPrincipal, now_unix};
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The one error type of the API.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    details: Value,
+}
+
+impl ApiError {
+    /// An error with a status, a stable code and a message for a person.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: Value::Null,
+        }
+    }
+
+    fn with_details(mut self, details: Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    fn not_found(what: &str, id: &str) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} `{id}` does not exist"),
+        )
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(message) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", message)
+            }
+            other => {
+                tracing::error!("store failure: {other}");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the control plane failed to complete the request",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
+        let body = json!({"error": {
+            "code": self.code,
+            "message": self.message,
+            "details": self.details,
+            "request_id": request_id,
+        }});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// JSON body extractor whose rejections use the API's error shape.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(match rejection {
+                JsonRejection::MissingJsonContentType(_) => ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "send the body as JSON with `Content-Type: application/json`",
+                ),
+                JsonRejection::JsonSyntaxError(e) => ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_json",
+                    format!("the body is not valid JSON: {}", e.body_text()),
+                ),
+                JsonRejection::JsonDataError(e) => ApiError::invalid(e.body_text()),
+                other => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", other.body_text()),
+            }),
+        }
+    }
+}
+
+/// Path parameters with the API's error shape.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| ApiPath(v))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
+    }
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// Tenant the token belongs to.
+    pub tenant_id: String,
+    /// Role name.
+    pub role: String,
+}
+
+/// Token lookups are cached briefly so the hot path does not hit the database.
+const TOKEN_CACHE_TTL: Duration = Duration::from_secs(10);
+
+/// A short-lived cache of token hash → principal.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    entries: std::sync::Mutex<HashMap<String, (Instant, Option<TokenPrincipal>)>>,
+}
+
+impl TokenCache {
+    async fn lookup(&self, core: &Core, token: &str) -> Result<Option<TokenPrincipal>, StoreError> {
+        let hash = crate::ids::hash_secret(token);
+        if let Some((at, p)) = self
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hash)
+            && at.elapsed() < TOKEN_CACHE_TTL
+        {
+            return Ok(p.clone());
+        }
+        let found = core.store.principal_by_token_hash(&hash).await?;
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() > 10_000 {
+            entries.retain(|_, (at, _)| at.elapsed() < TOKEN_CACHE_TTL);
+        }
+        entries.insert(hash, (Instant::now(), found.clone()));
+        Ok(found)
+    }
+}
+
+impl FromRequestParts<Arc<Core>> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        core: &Arc<Core>,
+    ) -> Result<Self, Self::Rejection> {
+        let unauthenticated =
+            |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m);
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| unauthenticated("missing `Authorization: Bearer <token>` header"))?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| unauthenticated("the Authorization header must be `Bearer <token>`"))?;
+        match core.tokens.lookup(core, token).await? {
+            Some(p) => Ok(Principal {
+                tenant_id: p.tenant_id,
+                role: p.role,
+            }),
+            None => Err(unauthenticated("the token is not valid")),
+        }
+    }
+}
+
+async fn request_id(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| crate::ids::new_id("req"));
+    let mut response = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}
+
+/// The router.
+pub fn router(core: Arc<Core>) -> Router {
+    let api = Router::new()
+        .route("/agent-groups", post(create_group).get(list_groups))
+        .route("/agent-groups/{id}", get(get_group))
+        .route(
+            "/agent-groups/{id}/enrollment-tokens",
+            post(create_enrollment_token),
+        )
+        .route("/agent-groups/{id}/calls", post(group_call))
+        .route("/agents", get(list_agents))
+        .route("/agents/{id}", get(get_agent).delete(revoke_agent))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .layer(middleware::from_fn(request_id))
+        .with_state(core)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not support that method",
+    )
+}
+
+async fn healthz(State(core): State<Arc<Core>>) -> Json<Value> {
+    Json(
+        json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"), "agents_online": core.registry.online_count()}),
+    )
+}
+
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn require_admin(p: &Principal) -> ApiResult<()> {
+    if matches!(p.role.as_str(), "enterprise_admin" | "platform_admin") {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("the `{}` role cannot change agents or groups", p.role),
+        ))
+    }
+}
+
+fn require_operator(p: &Principal) -> ApiResult<()> {
+    if p.role == "viewer" {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the `viewer` role cannot make calls",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// `?limit=&cursor=` of every list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Page {
+    limit: Option<i64>,
+    cursor: Option<String>,
+    group_id: Option<String>,
+}
+
+fn page_limit(page: &Page) -> ApiResult<i64> {
+    match page.limit {
+        None => Ok(100),
+        Some(l) if (1..=500).contains(&l) => Ok(l),
+        Some(l) => Err(ApiError::invalid(format!("limit = {l} must be 1..=500"))),
+    }
+}
+
+fn query<T: serde::de::DeserializeOwned>(
+    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<T> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::invalid(e.body_text()))
+}
+
+/// Returns the page as a JSON array with a `Link` header when more remain.
+fn paged<T: Serialize>(
+    mut items: Vec<T>,
+    limit: i64,
+    path: &str,
+    id_of: impl Fn(&T) -> String,
+) -> Response {
+    let mut headers = HeaderMap::new();
+    if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        if let Some(last) = items.last()
+            && let Ok(v) = HeaderValue::from_str(&format!(
+                "</api/v1{path}?limit={limit}&cursor={}>; rel=\"next\"",
+                id_of(last)
+            ))
+        {
+            headers.insert(header::LINK, v);
+        }
+    }
+    (headers, Json(items)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewGroup {
+    name: String,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Debug, Serialize)]
+struct GroupView {
+    id: String,
+    tenant_id: String,
+    name: String,
+    description: String,
+    created_at: String,
+    agents_online: usize,
+}
+
+fn group_view(core: &Core, g: AgentGroup) -> GroupView {
+    GroupView {
+        agents_online: core.registry.online_in_group(&g.id),
+        id: g.id,
+        tenant_id: g.tenant_id,
+        name: g.name,
+        description: g.description,
+        created_at: rfc3339(g.created_at),
+    }
+}
+
+async fn create_group(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiJson(body): ApiJson<NewGroup>,
+) -> ApiResult<Response> {
+    require_admin(&p)?;
+    let name = body.name.trim();
+    let mut problems = Vec::new();
+    if name.is_empty() || name.len() > 100 {
+        problems.push(json!({"field": "name", "problem": "must be 1 to 100 characters"}));
+    }
+    if body.description.len() > 1000 {
+        problems
+            .push(json!({"field": "description", "problem": "must be at most 1000 characters"}));
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::invalid("the agent group is invalid").with_details(json!(problems)));
+    }
+    let group = AgentGroup {
+        id: crate::ids::new_id("grp"),
+        tenant_id: p.tenant_id,
+        name: name.to_owned(),
+        description: body.description,
+        created_at: now_unix(),
+    };
+    core.store.create_group(&group).await?;
+    Ok((StatusCode::CREATED, Json(group_view(&core, group))).into_response())
+}
+
+async fn list_groups(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    q: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let page = query(q)?;
+    let limit = page_limit(&page)?;
+    let rows = core
+        .store
+        .list_groups(&p.tenant_id, page.cursor.as_deref(), limit + 1)
+        .await?;
+    let views: Vec<GroupView> = rows.into_iter().map(|g| group_view(&core, g)).collect();
+    Ok(paged(views, limit, "/agent-groups", |g| g.id.clone()))
+}
+
+async fn load_group(core: &Core, p: &Principal, id: &str) -> ApiResult<AgentGroup> {
+    core.store
+        .group(&p.tenant_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("agent group", id))
+}
+
+async fn get_group(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<GroupView>> {
+    let group = load_group(&core, &p, &id).await?;
+    Ok(Json(group_view(&core, group)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewEnrollmentToken {
+    /// Lifetime in seconds (default 24 h, at most 30 days).
+    ttl_secs: Option<u64>,
+}
+
+async fn create_enrollment_token(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    require_admin(&p)?;
+    let group = load_group(&core, &p, &id).await?;
+    // The body is optional: no body means the defaults.
+    let options: NewEnrollmentToken = if body.iter().all(u8::is_ascii_whitespace) {
+        NewEnrollmentToken::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid(format!("the body is not a valid token request: {e}")))?
+    };
+    let ttl = options.ttl_secs.unwrap_or(24 * 3600);
+    if !(60..=30 * 24 * 3600).contains(&ttl) {
+        return Err(ApiError::invalid(format!(
+            "ttl_secs = {ttl} must be between 60 and 2592000 (30 days)"
+        )));
+    }
+    let secret = crate::ids::new_secret("");
+    let token_id = crate::ids::new_id("enr");
+    let expires_at = now_unix() + ttl as i64;
+    core.store
+        .create_enrollment_token(
+            &token_id,
+            &p.tenant_id,
+            &group.id,
+            &crate::ids::hash_secret(&secret),
+            expires_at,
+        )
+        .await?;
+    let token = EnrollmentToken {
+        address: core.settings.public_tunnel_addr.clone(),
+        secret,
+        ca_sha256: core.ca.fingerprint(),
+        expires_at_unix: expires_at,
+    }
+    .encode();
+    let body = json!({
+        "id": token_id,
+        "group_id": group.id,
+        "token": token,
+        "expires_at": rfc3339(expires_at),
+        "install_command": format!("dibop-agent enroll '{token}' && dibop-agent run --config /etc/dibop-agent/agent.toml"),
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+#[derive(Debug, Serialize)]
+struct AgentView {
+    id: String,
+    name: String,
+    group_id: String,
+    status: &'static str,
+    version: String,
+    hostname: String,
+    last_seen: Option<String>,
+    enrolled_at: String,
+    certificate_expires_at: String,
+    revoked_at: Option<String>,
+    in_flight: u32,
+}
+
+fn agent_view(core: &Core, a: AgentRow) -> AgentView {
+    let live = core.registry.get(&a.id);
+    let (status, last_seen, in_flight, version, hostname) = match (&live, a.revoked_at) {
+        (_, Some(_)) => ("revoked", a.last_seen, 0, a.version, a.hostname),
+        (Some(l), None) => (
+            "online",
+            Some(l.last_seen.load(std::sync::atomic::Ordering::Relaxed)),
+            l.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+            l.version.clone(),
+            l.hostname.clone(),
+        ),
+        (None, None) => ("offline", a.last_seen, 0, a.version, a.hostname),
+    };
+    AgentView {
+        id: a.id,
+        name: a.name,
+        group_id: a.group_id,
+        status,
+        version,
+        hostname,
+        last_seen: last_seen.map(rfc3339),
+        enrolled_at: rfc3339(a.enrolled_at),
+        certificate_expires_at: rfc3339(a.cert_not_after),
+        revoked_at: a.revoked_at.map(rfc3339),
+        in_flight,
+    }
+}
+
+async fn list_agents(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    q: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let page = query(q)?;
+    let limit = page_limit(&page)?;
+    let rows = core
+        .store
+        .list_agents(
+            &p.tenant_id,
+            page.group_id.as_deref(),
+            page.cursor.as_deref(),
+            limit + 1,
+        )
+        .await?;
+    let views: Vec<AgentView> = rows.into_iter().map(|a| agent_view(&core, a)).collect();
+    Ok(paged(views, limit, "/agents", |a| a.id.clone()))
+}
+
+async fn get_agent(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<AgentView>> {
+    let row = core
+        .store
+        .agent(&p.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("agent", &id))?;
+    Ok(Json(agent_view(&core, row)))
+}
+
+async fn revoke_agent(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    require_admin(&p)?;
+    if !core
+        .store
+        .revoke_agent(&p.tenant_id, &id, now_unix())
+        .await?
+    {
+        return Err(ApiError::not_found("agent", &id));
+    }
+    core.registry.disconnect(
+        &id,
+        dibop_protocol::codes::CLOSE_REVOKED,
+        "this agent was revoked by an administrator",
+    );
+    tracing::info!(agent_id = %id, tenant_id = %p.tenant_id, "agent revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Body of `POST /agent-groups/{id}/calls`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallBody {
+    #[serde(default = "default_method")]
+    method: String,
+    url: String,
+    #[serde(default)]
+    headers: HashMap<String, String>,
+    /// A string is sent as is; any other JSON value is sent as JSON.
+    #[serde(default)]
+    body: Option<Value>,
+    timeout_ms: Option<u32>,
+}
+
+fn default_method() -> String {
+    "GET".into()
+}
+
+/// Largest timeout a caller may ask for.
+const MAX_CALL_TIMEOUT_MS: u32 = 120_000;
+/// Default when the caller gives none.
+const DEFAULT_CALL_TIMEOUT_MS: u32 = 30_000;
+
+async fn group_call(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<CallBody>,
+) -> ApiResult<Response> {
+    require_operator(&p)?;
+    let group = load_group(&core, &p, &id).await?;
+    let mut problems = Vec::new();
+    let method = body.method.to_ascii_uppercase();
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+        problems.push(json!({"field": "method", "problem": format!("`{}` is not an HTTP method", body.method)}));
+    }
+    match reqwest::Url::parse(&body.url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+        Ok(u) => problems.push(json!({"field": "url", "problem": format!("scheme `{}` is not http or https", u.scheme())})),
+        Err(e) => problems.push(json!({"field": "url", "problem": format!("not an absolute URL: {e}")})),
+    }
+    let timeout_ms = body.timeout_ms.unwrap_or(DEFAULT_CALL_TIMEOUT_MS);
+    if timeout_ms == 0 || timeout_ms > MAX_CALL_TIMEOUT_MS {
+        problems.push(
+            json!({"field": "timeout_ms", "problem": format!("must be 1..={MAX_CALL_TIMEOUT_MS}")}),
+        );
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::invalid("the call is invalid").with_details(json!(problems)));
+    }
+    let mut headers: Vec<(String, String)> = body.headers.into_iter().collect();
+    let payload = match body.body {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => s.into_bytes(),
+        Some(v) => {
+            if !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            {
+                headers.push(("content-type".into(), "application/json".into()));
+            }
+            serde_json::to_vec(&v).unwrap_or_default()
+        }
+    };
+    let request = CallRequest {
+        call_id: 0,
+        method,
+        url: body.url,
+        headers,
+        body: payload,
+        timeout_ms,
+    };
+    let started = Instant::now();
+    let result = core.registry.call(&group.id, request).await;
+    Ok(Json(NormalizedResult::from_result(result, started.elapsed())).into_response())
+}
+
+/// The normalized call result as the API shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NormalizedResult {
+    ok: bool,
+    method: String,
+    url: String,
+    status: Option<u16>,
+    status_text: Option<String>,
+    headers: serde_json::Map<String, Value>,
+    body: Option<Box<RawValue>>,
+    text: Option<String>,
+    parse_error: Option<String>,
+    timing: TimingView,
+    attempts: u32,
+    agent_id: Option<String>,
+    error: Option<ErrorView>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TimingView {
+    total_ms: f64,
+    agent_ms: f64,
+    upstream_headers_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorView {
+    class: &'static str,
+    message: String,
+}
+
+impl NormalizedResult {
+    /// Converts the wire result; `total` is the time at the control plane.
+    pub fn from_result(r: CallResult, total: Duration) -> Self {
+        let mut headers = serde_json::Map::new();
+        for (k, v) in r.headers {
+            match headers.get_mut(&k) {
+                Some(Value::String(existing)) => {
+                    existing.push_str(", ");
+                    existing.push_str(&v);
+                }
+                _ => {
+                    headers.insert(k, Value::String(v));
+                }
+            }
+        }
+        let (body, text) = match r.body {
+            ResponseBody::Empty => (None, None),
+            ResponseBody::Json(t) => (RawValue::from_string(t.clone()).ok(), Some(t)),
+            ResponseBody::Text(t) => (None, Some(t)),
+            ResponseBody::Binary(b) => (None, Some(String::from_utf8_lossy(&b).into_owned())),
+        };
+        NormalizedResult {
+            ok: r.ok,
+            method: r.method,
+            url: r.url,
+            status: r.status,
+            status_text: r.status_text,
+            headers,
+            body,
+            text,
+            parse_error: r.parse_error,
+            timing: TimingView {
+                total_ms: total.as_secs_f64() * 1000.0,
+                agent_ms: r.timing.total_us as f64 / 1000.0,
+                upstream_headers_ms: r.timing.headers_us as f64 / 1000.0,
+            },
+            attempts: r.attempts,
+            agent_id: (!r.agent_id.is_empty()).then_some(r.agent_id),
+            error: r.error.map(|e| ErrorView {
+                class: e.class.as_str(),
+                message: e.message,
+            }),
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! The registry of connected agents and the dispatcher that sends calls to
+//! them.
+//!
+//! Each call goes to the least-loaded online agent of its group (ties broken
+//! at random), on a bidirectional stream of its own. When an agent drops
+//! before the request was handed over, the call moves to another agent of the
+//! group; when it drops after, the call moves only if its method is safe to
+//! repeat, otherwise the caller learns that the call may have been performed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use dibop_protocol::{
+    AgentToControl, CallRequest, CallResult, ControlToAgent, ErrorClass, MAX_FRAME_LEN, codes,
+};
+use dibop_relay_agent::wire::{WireError, read_frame, write_frame};
+use tracing::{debug, warn};
+
+/// Extra time the control plane waits beyond a call's own timeout, for the
+/// agent to report that timeout itself.
+const RESULT_GRACE: Duration = Duration::from_secs(5);
+
+/// A connected agent.
+#[derive(Debug)]
+pub struct LiveAgent {
+    /// Agent id.
+    pub id: String,
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// Group.
+    pub group_id: String,
+    /// Release reported at handshake.
+    pub version: String,
+    /// Host reported at handshake.
+    pub hostname: String,
+    /// The QUIC connection.
+    pub connection: quinn::Connection,
+    /// Calls dispatched and not yet answered.
+    pub in_flight: AtomicU32,
+    /// Last heartbeat or call (Unix seconds).
+    pub last_seen: AtomicI64,
+    /// Calls completed over this connection.
+    pub calls_total: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Maps {
+    by_id: HashMap<String, Arc<LiveAgent>>,
+    by_group: HashMap<String, Vec<Arc<LiveAgent>>>,
+}
+
+/// Online agents.
+#[derive(Debug, Default)]
+pub struct Registry {
+    maps: RwLock<Maps>,
+    next_call_id: AtomicU64,
+}
+
+struct InFlight<'a>(&'a AtomicU32);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Stops the receive half of a call stream unless the result was read, so
+/// that a cancelled caller cancels the agent's HTTP request.
+struct CallStream {
+    recv: quinn::RecvStream,
+    done: bool,
+}
+
+impl Drop for CallStream {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.recv.stop(codes::STREAM_CANCELLED.into());
+        }
+    }
+}
+
+enum Attempt {
+    Done(CallResult),
+    /// The request never reached the agent: safe to send elsewhere.
+    NotSent(String),
+    /// The agent went away after receiving the request.
+    Lost(String),
+}
+
+fn is_idempotent(method: &str) -> bool {
+    matches!(
+        method.to_ascii_uppercase().as_str(),
+        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+    )
+}
+
+fn lock_poisoned<T>(e: std::sync::PoisonError<T>) -> T {
+    e.into_inner()
+}
+
+impl Registry {
+    /// Registers a connected agent, replacing (and closing) an older
+    /// connection of the same agent.
+    pub fn insert(&self, agent: Arc<LiveAgent>) {
+        let old = {
+            let mut maps = self.maps.write().unwrap_or_else(lock_poisoned);
+            let old = maps.by_id.insert(agent.id.clone(), agent.clone());
+            let group = maps.by_group.entry(agent.group_id.clone()).or_default();
+            group.retain(|a| a.id != agent.id);
+            group.push(agent);
+            old
+        };
+        if let Some(old) = old {
+            old.connection.close(
+                codes::CLOSE_REPLACED.into(),
+                b"replaced by a newer connection of this agent",
+            );
+        }
+    }
+
+    /// Removes an agent if `connection_id` is still its current connection.
+    pub fn remove(&self, agent_id: &str, connection_id: usize) {
+        let mut maps = self.maps.write().unwrap_or_else(lock_poisoned);
+        let current = maps
+            .by_id
+            .get(agent_id)
+            .is_some_and(|a| a.connection.stable_id() == connection_id);
+        if current && let Some(agent) = maps.by_id.remove(agent_id) {
+            if let Some(group) = maps.by_group.get_mut(&agent.group_id) {
+                group.retain(|a| a.id != agent_id);
+                if group.is_empty() {
+                    maps.by_group.remove(&agent.group_id);
+                }
+            }
+        }
+    }
+
+    /// The live agent with this id.
+    pub fn get(&self, agent_id: &str) -> Option<Arc<LiveAgent>> {
+        self.maps
+            .read()
+            .unwrap_or_else(lock_poisoned)
+            .by_id
+            .get(agent_id)
+            .cloned()
+    }
+
+    /// Closes an agent's connection (revocation).
+    pub fn disconnect(&self, agent_id: &str, code: u32, reason: &str) {
+        if let Some(agent) = self.get(agent_id) {
+            agent.connection.close(code.into(), reason.as_bytes());
+        }
+    }
+
+    /// How many agents of a group are online.
+    pub fn online_in_group(&self, group_id: &str) -> usize {
+        self.maps
+            .read()
+            .unwrap_or_else(lock_poisoned)
+            .by_group
+            .get(group_id)
+            .map_or(0, Vec::len)
+    }
+
+    /// How many agents are online.
+    pub fn online_count(&self) -> usize {
+        self.maps.read().unwrap_or_else(lock_poisoned).by_id.len()
+    }
+
+    fn pick(&self, group_id: &str, exclude: &[String]) -> Option<Arc<LiveAgent>> {
+        let maps = self.maps.read().unwrap_or_else(lock_poisoned);
+        let group = maps.by_group.get(group_id)?;
+        let mut best: Option<(&Arc<LiveAgent>, u32)> = None;
+        let mut ties = 0u32;
+        for agent in group
+            .iter()
+            .filter(|a| !exclude.contains(&a.id) && a.connection.close_reason().is_none())
+        {
+            let load = agent.in_flight.load(Ordering::Relaxed);
+            match best {
+                Some((_, b)) if load > b => {}
+                Some((_, b)) if load == b => {
+                    // Reservoir sampling among equally loaded agents.
+                    ties += 1;
+                    if fastrand::u32(0..=ties) == 0 {
+                        best = Some((agent, load));
+                    }
+                }
+                _ => {
+                    best = Some((agent, load));
+                    ties = 0;
+                }
+            }
+        }
+        best.map(|(a, _)| a.clone())
+    }
+
+    /// Performs `request` on an agent of `group_id`. Never fails: every
+    /// outcome is a normalized result.
+    pub async fn call(&self, group_id: &str, mut request: CallRequest) -> CallResult {
+        request.call_id = self.next_call_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut tried: Vec<String> = Vec::new();
+        let mut attempts = 0u32;
+        let mut last_problem: Option<String> = None;
+        loop {
+            let Some(agent) = self.pick(group_id, &tried) else {
+                let message = match (&last_problem, tried.len()) {
+                    (Some(p), n) => format!("no agent of the group could take the call ({n} tried; last: {p})"),
+                    (None, _) => "no agent of this group is online: check that dibop-agent runs at the site and can reach the control plane".to_owned(),
+                };
+                let mut result =
+                    CallResult::failure(&request, "", ErrorClass::AgentUnavailable, message);
+                result.attempts = attempts;
+                return result;
+            };
+            tried.push(agent.id.clone());
+            match self.attempt(&agent, &request).await {
+                Attempt::Done(mut result) => {
+                    result.attempts = result.attempts.max(1) + attempts;
+                    agent.calls_total.fetch_add(1, Ordering::Relaxed);
+                    return result;
+                }
+                Attempt::NotSent(problem) => {
+                    debug!(agent_id = %agent.id, "call not delivered, trying another agent: {problem}");
+                    last_problem = Some(problem);
+                }
+                Attempt::Lost(problem) => {
+                    attempts += 1;
+                    if is_idempotent(&request.method) {
+                        warn!(agent_id = %agent.id, "agent lost during a {} call, retrying elsewhere: {problem}", request.method);
+                        last_problem = Some(problem);
+                        continue;
+                    }
+                    let mut result = CallResult::failure(
+                        &request,
+                        &agent.id,
+                        ErrorClass::AgentUnavailable,
+                        format!(
+                            "agent {} went away during the call ({problem}); a {} call is not repeated automatically, \
+                             and it may have been performed",
+                            agent.id, request.method
+                        ),
+                    );
+                    result.attempts = attempts;
+                    return result;
+                }
+            }
+        }
+    }
+
+    async fn attempt(&self, agent: &LiveAgent, request: &CallRequest) -> Attempt {
+        agent.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight(&agent.in_flight);
+        let (mut send, recv) = match agent.connection.open_bi().await {
+            Ok(s) => s,
+            Err(e) => return Attempt::NotSent(format!("cannot open a stream: {e}")),
+        };
+        let mut stream = CallStream { recv, done: false };
+        // The message is cloned into the enum; the request is small next to the HTTP work.
+        if let Err(e) = write_frame(&mut send, &ControlToAgent::Call(request.clone())).await {
+            return Attempt::NotSent(format!("cannot send the request: {e}"));
+        }
+        let _ = send.finish();
+        let wait = Duration::from_millis(u64::from(request.timeout_ms)) + RESULT_GRACE;
+        let started = Instant::now();
+        match tokio::time::timeout(
+            wait,
+            read_frame::<AgentToControl>(&mut stream.recv, MAX_FRAME_LEN),
+        )
+        .await
+        {
+            Ok(Ok(Some(AgentToControl::CallResult(mut result)))) => {
+                stream.done = true;
+                result.call_id = request.call_id;
+                Attempt::Done(result)
+            }
+            Ok(Ok(other)) => Attempt::Done(CallResult::failure(
+                request,
+                &agent.id,
+                ErrorClass::Internal,
+                format!("the agent answered the call with {}", describe(&other)),
+            )),
+            Ok(Err(WireError::Frame(e))) => {
+                warn!(agent_id = %agent.id, "malformed call result: {e}");
+                Attempt::Done(CallResult::failure(
+                    request,
+                    &agent.id,
+                    ErrorClass::Internal,
+                    format!("the agent sent a malformed result: {e}"),
+                ))
+            }
+            Ok(Err(e)) => Attempt::Lost(e.to_string()),
+            Err(_) => Attempt::Done(CallResult::failure(
+                request,
+                &agent.id,
+                ErrorClass::Timeout,
+                format!(
+                    "no result from agent {} within {} ms",
+                    agent.id,
+                    started.elapsed().as_millis()
+                ),
+            )),
+        }
+    }
+}
+
+fn describe(message: &Option<AgentToControl>) -> String {
+    match message {
+        None => "nothing (the stream ended)".into(),
+        Some(m) => format!("an unexpected message ({:?})", std::mem::discriminant(m)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_safe_methods_are_repeated() {
+        assert!(is_idempotent("GET"));
+        assert!(is_idempotent("put"));
+        assert!(!is_idempotent("POST"));
+        assert!(!is_idempotent("PATCH"));
+    }
+
+    #[tokio::test]
+    async fn no_agent_means_agent_unavailable() {
+        let registry = Registry::default();
+        let request = CallRequest {
+            call_id: 0,
+            method: "GET".into(),
+            url: "http://x/".into(),
+            headers: vec![],
+            body: vec![],
+            timeout_ms: 1000,
+        };
+        let result = registry.call("grp_none", request).await;
+        assert!(!result.ok);
+        assert_eq!(
+            result.error.map(|e| e.class),
+            Some(ErrorClass::AgentUnavailable)
+        );
+    }
+}

@@ -1,0 +1,544 @@
+//! The control plane's persistent state, in SQL.
+//!
+//! The embedded default is one SQLite file in the data directory (WAL).
+//! Migrations in `control-plane/migrations/` are applied at start, and a
+//! database migrated by a newer release is refused. Every query that touches
+//! tenant data takes the tenant id, so another tenant's row is simply not
+//! found. No sqlx type leaves this module.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{FromRow, Row};
+
+/// `SELECT <every agent column> FROM agents <tail>`, as a static string.
+macro_rules! select_agents {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, tenant_id, group_id, name, hostname, version, enrolled_at, last_seen, cert_not_after, revoked_at \
+             FROM agents ",
+            $tail
+        )
+    };
+}
+
+/// Storage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed a query.
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Migrations could not be applied.
+    #[error("cannot migrate the database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A unique name is taken.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// A tenant (an enterprise).
+#[derive(Debug, Clone, FromRow)]
+pub struct Tenant {
+    /// Id (`ten_…`).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Creation time (Unix seconds).
+    pub created_at: i64,
+}
+
+/// Who an API token speaks for.
+#[derive(Debug, Clone, FromRow)]
+pub struct TokenPrincipal {
+    /// Token id.
+    pub token_id: String,
+    /// The tenant.
+    pub tenant_id: String,
+    /// The role name.
+    pub role: String,
+}
+
+/// An agent group.
+#[derive(Debug, Clone, FromRow)]
+pub struct AgentGroup {
+    /// Id (`grp_…`).
+    pub id: String,
+    /// Owner.
+    pub tenant_id: String,
+    /// Unique within the tenant.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Creation time (Unix seconds).
+    pub created_at: i64,
+}
+
+/// An enrolled agent.
+#[derive(Debug, Clone, FromRow)]
+pub struct AgentRow {
+    /// Id (`agt_…`).
+    pub id: String,
+    /// Owner.
+    pub tenant_id: String,
+    /// Group.
+    pub group_id: String,
+    /// Display name.
+    pub name: String,
+    /// Host it last reported.
+    pub hostname: String,
+    /// Release it last reported.
+    pub version: String,
+    /// Enrollment time.
+    pub enrolled_at: i64,
+    /// Last contact.
+    pub last_seen: Option<i64>,
+    /// Current certificate expiry.
+    pub cert_not_after: i64,
+    /// Revocation time.
+    pub revoked_at: Option<i64>,
+}
+
+/// What redeeming an enrollment token found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redeem {
+    /// Redeemed now: the tenant and group the agent joins.
+    Ok {
+        /// Tenant.
+        tenant_id: String,
+        /// Group.
+        group_id: String,
+        /// The token's id.
+        token_id: String,
+    },
+    /// No such token.
+    Unknown,
+    /// Already used.
+    Used,
+    /// Past its expiry.
+    Expired,
+}
+
+/// The database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// Current time in Unix seconds.
+pub fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database at `path` and migrates it.
+    pub async fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// Creates a tenant.
+    pub async fn create_tenant(&self, id: &str, name: &str) -> Result<Tenant, StoreError> {
+        let now = now_unix();
+        sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(name)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| unique_violation(e, format!("a tenant named `{name}` already exists")))?;
+        Ok(Tenant {
+            id: id.into(),
+            name: name.into(),
+            created_at: now,
+        })
+    }
+
+    /// Finds a tenant by name.
+    pub async fn tenant_by_name(&self, name: &str) -> Result<Option<Tenant>, StoreError> {
+        Ok(
+            sqlx::query_as::<_, Tenant>("SELECT id, name, created_at FROM tenants WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Stores an API token's hash.
+    pub async fn create_api_token(
+        &self,
+        id: &str,
+        tenant_id: &str,
+        name: &str,
+        role: &str,
+        token_hash: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, tenant_id, name, role, token_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(tenant_id)
+        .bind(name)
+        .bind(role)
+        .bind(token_hash)
+        .bind(now_unix())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Looks up a token by its hash.
+    pub async fn principal_by_token_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<TokenPrincipal>, StoreError> {
+        Ok(sqlx::query_as::<_, TokenPrincipal>(
+            "SELECT id AS token_id, tenant_id, role FROM api_tokens WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Creates an agent group.
+    pub async fn create_group(&self, group: &AgentGroup) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO agent_groups (id, tenant_id, name, description, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&group.id)
+        .bind(&group.tenant_id)
+        .bind(&group.name)
+        .bind(&group.description)
+        .bind(group.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| unique_violation(e, format!("an agent group named `{}` already exists", group.name)))?;
+        Ok(())
+    }
+
+    /// Lists a tenant's groups, by name, after `after_name` when given.
+    pub async fn list_groups(
+        &self,
+        tenant_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<AgentGroup>, StoreError> {
+        Ok(sqlx::query_as::<_, AgentGroup>(
+            "SELECT id, tenant_id, name, description, created_at FROM agent_groups \
+             WHERE tenant_id = $1 AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3",
+        )
+        .bind(tenant_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// One group of a tenant.
+    pub async fn group(&self, tenant_id: &str, id: &str) -> Result<Option<AgentGroup>, StoreError> {
+        Ok(sqlx::query_as::<_, AgentGroup>(
+            "SELECT id, tenant_id, name, description, created_at FROM agent_groups WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Stores a new enrollment token (its secret's hash only).
+    pub async fn create_enrollment_token(
+        &self,
+        id: &str,
+        tenant_id: &str,
+        group_id: &str,
+        secret_hash: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO enrollment_tokens (id, tenant_id, group_id, secret_hash, expires_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(tenant_id)
+        .bind(group_id)
+        .bind(secret_hash)
+        .bind(expires_at)
+        .bind(now_unix())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks a token used, once: concurrent redemptions of one token cannot
+    /// both succeed.
+    pub async fn redeem_enrollment_token(
+        &self,
+        secret_hash: &str,
+        now: i64,
+    ) -> Result<Redeem, StoreError> {
+        let row = sqlx::query(
+            "UPDATE enrollment_tokens SET used_at = $1 \
+             WHERE secret_hash = $2 AND used_at IS NULL AND expires_at > $1 \
+             RETURNING id, tenant_id, group_id",
+        )
+        .bind(now)
+        .bind(secret_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = row {
+            return Ok(Redeem::Ok {
+                token_id: row.try_get("id")?,
+                tenant_id: row.try_get("tenant_id")?,
+                group_id: row.try_get("group_id")?,
+            });
+        }
+        let state =
+            sqlx::query("SELECT used_at, expires_at FROM enrollment_tokens WHERE secret_hash = $1")
+                .bind(secret_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(match state {
+            None => Redeem::Unknown,
+            Some(row) if row.try_get::<Option<i64>, _>("used_at")?.is_some() => Redeem::Used,
+            Some(_) => Redeem::Expired,
+        })
+    }
+
+    /// Records an enrolled agent and links it to its token.
+    pub async fn create_agent(&self, agent: &AgentRow, token_id: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO agents (id, tenant_id, group_id, name, hostname, version, enrolled_at, last_seen, cert_not_after) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&agent.id)
+        .bind(&agent.tenant_id)
+        .bind(&agent.group_id)
+        .bind(&agent.name)
+        .bind(&agent.hostname)
+        .bind(&agent.version)
+        .bind(agent.enrolled_at)
+        .bind(agent.last_seen)
+        .bind(agent.cert_not_after)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE enrollment_tokens SET agent_id = $1 WHERE id = $2")
+            .bind(&agent.id)
+            .bind(token_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One agent, whatever its tenant (for the tunnel, which knows only the
+    /// certificate).
+    pub async fn agent_any_tenant(&self, id: &str) -> Result<Option<AgentRow>, StoreError> {
+        Ok(
+            sqlx::query_as::<_, AgentRow>(select_agents!("WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// One agent of a tenant.
+    pub async fn agent(&self, tenant_id: &str, id: &str) -> Result<Option<AgentRow>, StoreError> {
+        Ok(
+            sqlx::query_as::<_, AgentRow>(select_agents!("WHERE tenant_id = $1 AND id = $2"))
+                .bind(tenant_id)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// A tenant's agents, optionally of one group, by id after `after`.
+    pub async fn list_agents(
+        &self,
+        tenant_id: &str,
+        group_id: Option<&str>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<AgentRow>, StoreError> {
+        Ok(sqlx::query_as::<_, AgentRow>(select_agents!(
+            "WHERE tenant_id = $1 AND ($2 IS NULL OR group_id = $2) AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4"
+        ))
+        .bind(tenant_id)
+        .bind(group_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Records what an agent reported when it connected.
+    pub async fn agent_connected(
+        &self,
+        id: &str,
+        hostname: &str,
+        version: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE agents SET hostname = $1, version = $2, last_seen = $3 WHERE id = $4")
+            .bind(hostname)
+            .bind(version)
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Updates the last contact time.
+    pub async fn agent_seen(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE agents SET last_seen = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a renewed certificate.
+    pub async fn agent_renewed(&self, id: &str, not_after: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE agents SET cert_not_after = $1 WHERE id = $2")
+            .bind(not_after)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Revokes an agent of a tenant; false when there is no such agent.
+    pub async fn revoke_agent(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE agents SET revoked_at = COALESCE(revoked_at, $1) WHERE tenant_id = $2 AND id = $3",
+        )
+        .bind(now)
+        .bind(tenant_id)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn unique_violation(e: sqlx::Error, message: String) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(message),
+        _ => StoreError::Db(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("dibop.db"))
+            .await
+            .unwrap();
+        store.create_tenant("ten_a", "A").await.unwrap();
+        store.create_tenant("ten_b", "B").await.unwrap();
+        let group = AgentGroup {
+            id: "grp_a".into(),
+            tenant_id: "ten_a".into(),
+            name: "site".into(),
+            description: String::new(),
+            created_at: 0,
+        };
+        store.create_group(&group).await.unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn tokens_redeem_once_and_expire() {
+        let (_dir, store) = store().await;
+        store
+            .create_enrollment_token("enr_1", "ten_a", "grp_a", "h1", 1_000)
+            .await
+            .unwrap();
+        store
+            .create_enrollment_token("enr_2", "ten_a", "grp_a", "h2", 1_000)
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.redeem_enrollment_token("h1", 500).await.unwrap(),
+            Redeem::Ok { .. }
+        ));
+        assert_eq!(
+            store.redeem_enrollment_token("h1", 501).await.unwrap(),
+            Redeem::Used
+        );
+        assert_eq!(
+            store.redeem_enrollment_token("h2", 1_000).await.unwrap(),
+            Redeem::Expired
+        );
+        assert_eq!(
+            store.redeem_enrollment_token("nope", 1).await.unwrap(),
+            Redeem::Unknown
+        );
+    }
+
+    #[tokio::test]
+    async fn groups_are_scoped_to_their_tenant() {
+        let (_dir, store) = store().await;
+        assert!(store.group("ten_a", "grp_a").await.unwrap().is_some());
+        assert!(store.group("ten_b", "grp_a").await.unwrap().is_none());
+        assert!(
+            store
+                .list_groups("ten_b", None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let dup = AgentGroup {
+            id: "grp_x".into(),
+            tenant_id: "ten_a".into(),
+            name: "site".into(),
+            description: String::new(),
+            created_at: 0,
+        };
+        assert!(matches!(
+            store.create_group(&dup).await,
+            Err(StoreError::Conflict(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dibop.db");
+        let store = Store::open_sqlite(&path).await.unwrap();
+        store.create_tenant("ten_a", "A").await.unwrap();
+        store.close().await;
+        let store = Store::open_sqlite(&path).await.unwrap();
+        assert!(store.tenant_by_name("A").await.unwrap().is_some());
+    }
+}
