@@ -464,9 +464,9 @@ async fn create_enrollment_token(
             .map_err(|e| ApiError::invalid(format!("the body is not a valid token request: {e}")))?
     };
     let ttl = options.ttl_secs.unwrap_or(24 * 3600);
-    if !(60..=30 * 24 * 3600).contains(&ttl) {
+    if !(1..=30 * 24 * 3600).contains(&ttl) {
         return Err(ApiError::invalid(format!(
-            "ttl_secs = {ttl} must be between 60 and 2592000 (30 days)"
+            "ttl_secs = {ttl} must be between 1 and 2592000 (30 days)"
         )));
     }
     let secret = crate::ids::new_secret("");

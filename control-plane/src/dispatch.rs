@@ -82,11 +82,15 @@ impl Drop for CallStream {
 }
 
 enum Attempt {
-    Done(CallResult),
+    Done(Box<CallResult>),
     /// The request never reached the agent: safe to send elsewhere.
     NotSent(String),
     /// The agent went away after receiving the request.
     Lost(String),
+}
+
+fn done(result: CallResult) -> Attempt {
+    Attempt::Done(Box::new(result))
 }
 
 fn is_idempotent(method: &str) -> bool {
@@ -127,12 +131,13 @@ impl Registry {
             .by_id
             .get(agent_id)
             .is_some_and(|a| a.connection.stable_id() == connection_id);
-        if current && let Some(agent) = maps.by_id.remove(agent_id) {
-            if let Some(group) = maps.by_group.get_mut(&agent.group_id) {
-                group.retain(|a| a.id != agent_id);
-                if group.is_empty() {
-                    maps.by_group.remove(&agent.group_id);
-                }
+        if current
+            && let Some(agent) = maps.by_id.remove(agent_id)
+            && let Some(group) = maps.by_group.get_mut(&agent.group_id)
+        {
+            group.retain(|a| a.id != agent_id);
+            if group.is_empty() {
+                maps.by_group.remove(&agent.group_id);
             }
         }
     }
@@ -169,15 +174,14 @@ impl Registry {
         self.maps.read().unwrap_or_else(lock_poisoned).by_id.len()
     }
 
-    fn pick(&self, group_id: &str, exclude: &[String]) -> Option<Arc<LiveAgent>> {
+    fn pick(&self, group_id: &str, exclude: &[usize]) -> Option<Arc<LiveAgent>> {
         let maps = self.maps.read().unwrap_or_else(lock_poisoned);
         let group = maps.by_group.get(group_id)?;
         let mut best: Option<(&Arc<LiveAgent>, u32)> = None;
         let mut ties = 0u32;
-        for agent in group
-            .iter()
-            .filter(|a| !exclude.contains(&a.id) && a.connection.close_reason().is_none())
-        {
+        for agent in group.iter().filter(|a| {
+            !exclude.contains(&a.connection.stable_id()) && a.connection.close_reason().is_none()
+        }) {
             let load = agent.in_flight.load(Ordering::Relaxed);
             match best {
                 Some((_, b)) if load > b => {}
@@ -201,7 +205,8 @@ impl Registry {
     /// outcome is a normalized result.
     pub async fn call(&self, group_id: &str, mut request: CallRequest) -> CallResult {
         request.call_id = self.next_call_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut tried: Vec<String> = Vec::new();
+        // Connections already tried: an agent that reconnected may be tried again.
+        let mut tried: Vec<usize> = Vec::new();
         let mut attempts = 0u32;
         let mut last_problem: Option<String> = None;
         loop {
@@ -215,9 +220,10 @@ impl Registry {
                 result.attempts = attempts;
                 return result;
             };
-            tried.push(agent.id.clone());
+            tried.push(agent.connection.stable_id());
             match self.attempt(&agent, &request).await {
-                Attempt::Done(mut result) => {
+                Attempt::Done(result) => {
+                    let mut result = *result;
                     result.attempts = result.attempts.max(1) + attempts;
                     agent.calls_total.fetch_add(1, Ordering::Relaxed);
                     return result;
@@ -274,17 +280,17 @@ impl Registry {
             Ok(Ok(Some(AgentToControl::CallResult(mut result)))) => {
                 stream.done = true;
                 result.call_id = request.call_id;
-                Attempt::Done(result)
+                Attempt::Done(Box::new(result))
             }
-            Ok(Ok(other)) => Attempt::Done(CallResult::failure(
+            Ok(Ok(other)) => Attempt::Done(Box::new(CallResult::failure(
                 request,
                 &agent.id,
                 ErrorClass::Internal,
                 format!("the agent answered the call with {}", describe(&other)),
-            )),
+            ))),
             Ok(Err(WireError::Frame(e))) => {
                 warn!(agent_id = %agent.id, "malformed call result: {e}");
-                Attempt::Done(CallResult::failure(
+                done(CallResult::failure(
                     request,
                     &agent.id,
                     ErrorClass::Internal,
@@ -292,7 +298,7 @@ impl Registry {
                 ))
             }
             Ok(Err(e)) => Attempt::Lost(e.to_string()),
-            Err(_) => Attempt::Done(CallResult::failure(
+            Err(_) => done(CallResult::failure(
                 request,
                 &agent.id,
                 ErrorClass::Timeout,

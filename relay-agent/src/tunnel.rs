@@ -438,7 +438,7 @@ async fn serve_call(shared: &Shared, mut send: quinn::SendStream, mut recv: quin
     let result: CallResult = tokio::select! {
         r = shared.runtime.perform(&request) => r,
         _ = stopped => {
-            debug!(call_id = request.call_id, url = %request.url, "call cancelled by the control plane");
+            info!(call_id = request.call_id, url = %request.url, "call cancelled by the control plane");
             return;
         }
     };

@@ -687,7 +687,9 @@ async fn list(
                 ) || row.get(k).is_some_and(|f| {
                     f.as_str()
                         .map(|s| s.eq_ignore_ascii_case(v))
-                        .unwrap_or_else(|| f.to_string() == *v)
+                        .unwrap_or_else(|| {
+                            serde_json::from_str::<Value>(v).ok().as_ref() == Some(f)
+                        })
                 })
             })
         })

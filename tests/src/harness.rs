@@ -1,1 +1,476 @@
-//! Placeholder replaced below.
+//! Starts the real binaries (`dibop`, `dibop-agent`, `dms-sim`) as separate
+//! processes on loopback with port 0 and temporary directories, and drives
+//! them through their public interfaces. Readiness is polled with deadlines,
+//! never slept for.
+//!
+//! The binaries are looked up next to the running test executable
+//! (`target/<profile>/`); `scripts/test` builds them first.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+
+/// How long anything may take to become ready before a test fails.
+pub const READY: Duration = Duration::from_secs(60);
+
+/// Path of a workspace binary of the same profile as the running executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, as scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `check` until it returns `Some`, failing after `within`.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn first_line(child: &mut Child, prefix: &str) -> anyhow::Result<String> {
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let found = tokio::time::timeout(READY, async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return Ok::<_, std::io::Error>(Some(rest.to_owned()));
+            }
+        }
+        Ok(None)
+    })
+    .await;
+    match found {
+        Ok(Ok(Some(l))) => {
+            // Keep draining stdout so the child never blocks on a full pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            Ok(l)
+        }
+        _ => bail!("process did not print `{prefix}…`"),
+    }
+}
+
+fn log_file(path: &Path) -> anyhow::Result<Stdio> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    Ok(Stdio::from(file))
+}
+
+/// A running `dibop serve`.
+#[derive(Debug)]
+pub struct ControlPlane {
+    child: Option<Child>,
+    /// `http://127.0.0.1:port`.
+    pub http: String,
+    /// The HTTP listener.
+    pub http_addr: SocketAddr,
+    /// The UDP tunnel listener.
+    pub tunnel_addr: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl ControlPlane {
+    /// Starts a control plane in `data_dir` on fresh ports.
+    pub async fn start(data_dir: &Path) -> anyhow::Result<ControlPlane> {
+        Self::start_on(data_dir, "127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?).await
+    }
+
+    /// Starts a control plane on the given addresses.
+    pub async fn start_on(
+        data_dir: &Path,
+        http: SocketAddr,
+        tunnel: SocketAddr,
+    ) -> anyhow::Result<ControlPlane> {
+        std::fs::create_dir_all(data_dir)?;
+        let log = data_dir.join("dibop.log");
+        let mut child = Command::new(bin("dibop"))
+            .args(["serve", "--data-dir"])
+            .arg(data_dir)
+            .args([
+                "--http-addr",
+                &http.to_string(),
+                "--tunnel-addr",
+                &tunnel.to_string(),
+            ])
+            .args(["--agent-idle-timeout-ms", "3000"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log_file(&log)?)
+            .kill_on_drop(true)
+            .spawn()?;
+        let line = first_line(&mut child, "listening ")
+            .await
+            .with_context(|| format!("dibop serve failed; see {}", log.display()))?;
+        let mut http_addr = None;
+        let mut tunnel_addr = None;
+        for part in line.split_whitespace() {
+            if let Some(v) = part.strip_prefix("http=") {
+                http_addr = Some(v.parse()?);
+            }
+            if let Some(v) = part.strip_prefix("tunnel=") {
+                tunnel_addr = Some(v.parse()?);
+            }
+        }
+        let http_addr: SocketAddr = http_addr.context("no http address")?;
+        Ok(ControlPlane {
+            child: Some(child),
+            http: format!("http://{http_addr}"),
+            http_addr,
+            tunnel_addr: tunnel_addr.context("no tunnel address")?,
+            data_dir: data_dir.to_owned(),
+            log,
+        })
+    }
+
+    /// Creates a tenant and returns an API client for its admin token.
+    pub async fn tenant(&self, name: &str) -> anyhow::Result<Api> {
+        let out = Command::new(bin("dibop"))
+            .args(["admin", "--data-dir"])
+            .arg(&self.data_dir)
+            .args(["create-tenant", "--name", name])
+            .output()
+            .await?;
+        if !out.status.success() {
+            bail!(
+                "create-tenant failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let v: Value = serde_json::from_slice(&out.stdout)?;
+        Ok(Api::new(
+            &self.http,
+            v["api_token"].as_str().context("no token")?,
+        ))
+    }
+
+    /// SIGKILLs the process.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("not running")?;
+        terminate(&mut child).await
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+async fn terminate(child: &mut Child) -> anyhow::Result<std::process::ExitStatus> {
+    if let Some(pid) = child.id() {
+        // SAFETY-free: plain `kill -TERM`.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    Ok(tokio::time::timeout(Duration::from_secs(30), child.wait()).await??)
+}
+
+/// An API client with a bearer token.
+#[derive(Debug, Clone)]
+pub struct Api {
+    base: String,
+    token: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    /// A client for `base` (`http://host:port`).
+    pub fn new(base: &str, token: &str) -> Api {
+        let client = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .build()
+            .unwrap_or_default();
+        Api {
+            base: base.to_owned(),
+            token: token.to_owned(),
+            client,
+        }
+    }
+
+    /// The token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Sends a request; returns status and JSON body (Null when empty).
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut req = self
+            .client
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes())?,
+                format!("{}/api/v1{path}", self.base),
+            )
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await?;
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)?
+        };
+        Ok((status, value))
+    }
+
+    /// `POST /agent-groups` → group id.
+    pub async fn create_group(&self, name: &str) -> anyhow::Result<String> {
+        let (status, body) = self
+            .send("POST", "/agent-groups", Some(json!({"name": name})))
+            .await?;
+        if status != 201 {
+            bail!("create group: {status} {body}");
+        }
+        Ok(body["id"].as_str().context("no id")?.to_owned())
+    }
+
+    /// `POST /agent-groups/{id}/enrollment-tokens` → token text.
+    pub async fn enrollment_token(
+        &self,
+        group: &str,
+        ttl_secs: Option<u64>,
+    ) -> anyhow::Result<String> {
+        let body = ttl_secs.map(|t| json!({"ttl_secs": t}));
+        let (status, body) = self
+            .send(
+                "POST",
+                &format!("/agent-groups/{group}/enrollment-tokens"),
+                body,
+            )
+            .await?;
+        if status != 201 {
+            bail!("enrollment token: {status} {body}");
+        }
+        Ok(body["token"].as_str().context("no token")?.to_owned())
+    }
+
+    /// `GET /agents`.
+    pub async fn agents(&self) -> anyhow::Result<Vec<Value>> {
+        let (status, body) = self.send("GET", "/agents", None).await?;
+        if status != 200 {
+            bail!("agents: {status} {body}");
+        }
+        Ok(body.as_array().cloned().unwrap_or_default())
+    }
+
+    /// The status of one agent.
+    pub async fn agent_status(&self, id: &str) -> anyhow::Result<String> {
+        let agents = self.agents().await?;
+        Ok(agents
+            .iter()
+            .find(|a| a["id"] == id)
+            .and_then(|a| a["status"].as_str())
+            .unwrap_or("missing")
+            .to_owned())
+    }
+
+    /// Waits until the agent is online.
+    pub async fn wait_online(&self, id: &str) -> anyhow::Result<()> {
+        eventually(&format!("agent {id} online"), READY, || async {
+            (self.agent_status(id).await.ok()? == "online").then_some(())
+        })
+        .await
+    }
+
+    /// `POST /agent-groups/{id}/calls`.
+    pub async fn call(&self, group: &str, call: Value) -> anyhow::Result<(u16, Value)> {
+        self.send("POST", &format!("/agent-groups/{group}/calls"), Some(call))
+            .await
+    }
+}
+
+/// A running `dibop-agent run`.
+#[derive(Debug)]
+pub struct Agent {
+    child: Option<Child>,
+    /// Identity directory.
+    pub data_dir: PathBuf,
+    /// Config file.
+    pub config: PathBuf,
+    /// Log file.
+    pub log: PathBuf,
+    /// The agent's id, from its `agent.json`.
+    pub id: String,
+}
+
+/// Runs `dibop-agent enroll`; returns (success, stdout + stderr).
+pub async fn enroll(token: &str, data_dir: &Path) -> anyhow::Result<(bool, String)> {
+    let out = Command::new(bin("dibop-agent"))
+        .args(["enroll", token, "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .await?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), text))
+}
+
+impl Agent {
+    /// Enrolls into a fresh directory under `root` and starts the agent.
+    pub async fn enroll_and_start(
+        root: &Path,
+        name: &str,
+        token: &str,
+        allow: &[String],
+    ) -> anyhow::Result<Agent> {
+        let dir = root.join(name);
+        let (ok, text) = enroll(token, &dir).await?;
+        if !ok {
+            bail!("enroll failed: {text}");
+        }
+        Self::start(&dir, allow).await
+    }
+
+    /// Starts an enrolled agent with an allow-list.
+    pub async fn start(dir: &Path, allow: &[String]) -> anyhow::Result<Agent> {
+        let config = dir.join("agent.toml");
+        let allow_toml: Vec<String> = allow.iter().map(|a| format!("\"{a}\"")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "[policy]\nallow = [{}]\n[tunnel]\nkeep_alive_secs = 1\nidle_timeout_secs = 3\nreconnect_initial_ms = 100\nreconnect_max_ms = 1000\n",
+                allow_toml.join(", ")
+            ),
+        )?;
+        let meta: Value = serde_json::from_slice(&std::fs::read(dir.join("agent.json"))?)?;
+        let log = dir.join("agent.log");
+        let child = Command::new(bin("dibop-agent"))
+            .args(["run", "--data-dir"])
+            .arg(dir)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(log_file(&log)?)
+            .stderr(log_file(&log)?)
+            .kill_on_drop(true)
+            .spawn()?;
+        Ok(Agent {
+            child: Some(child),
+            data_dir: dir.to_owned(),
+            config,
+            log,
+            id: meta["agent_id"].as_str().context("no agent id")?.to_owned(),
+        })
+    }
+
+    /// SIGKILLs the process.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// Waits for the process to exit by itself.
+    pub async fn wait_exit(
+        &mut self,
+        within: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let child = self.child.as_mut().context("not running")?;
+        let status = tokio::time::timeout(within, child.wait())
+            .await
+            .context("agent did not exit")??;
+        self.child = None;
+        Ok(status)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("not running")?;
+        terminate(&mut child).await
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A running `dms-sim`.
+#[derive(Debug)]
+pub struct Dms {
+    _child: Child,
+    /// `http://127.0.0.1:port`.
+    pub url: String,
+    /// Its address, for allow-lists.
+    pub addr: SocketAddr,
+}
+
+impl Dms {
+    /// Starts the simulator on a fresh port.
+    pub async fn start() -> anyhow::Result<Dms> {
+        let mut child = Command::new(bin("dms-sim"))
+            .args(["--addr", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let url = first_line(&mut child, "listening ").await?;
+        let addr = url.trim_start_matches("http://").parse()?;
+        Ok(Dms {
+            _child: child,
+            url,
+            addr,
+        })
+    }
+}
