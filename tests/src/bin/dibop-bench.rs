@@ -1,1 +1,207 @@
-fn main() {}
+//! `dibop-bench`: relayed calls through the control plane and one agent
+//! versus the same calls made directly to the DMS simulator, from the same
+//! client on the same machine. Prints JSON.
+//!
+//! Run with release binaries: `scripts/bench` (builds them, then runs this).
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use dibop_e2e::harness::{Agent, ControlPlane, Dms, READY, bin, eventually, rss_kib};
+use serde_json::{Value, json};
+
+/// Relay benchmark.
+#[derive(Debug, Parser)]
+#[command(about)]
+struct Args {
+    /// Seconds of measurement per scenario (after one second of warm-up).
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Concurrency levels to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    concurrency: Vec<usize>,
+}
+
+#[derive(Debug, Clone)]
+enum Target {
+    Direct {
+        url: String,
+    },
+    Relayed {
+        url: String,
+        token: String,
+        body: Value,
+    },
+}
+
+async fn one_call(client: &reqwest::Client, target: &Target) -> anyhow::Result<()> {
+    let response = match target {
+        Target::Direct { url } => {
+            client
+                .get(url)
+                .header("X-API-Key", "dms-demo-key")
+                .send()
+                .await?
+        }
+        Target::Relayed { url, token, body } => {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .json(body)
+                .send()
+                .await?
+        }
+    };
+    let status = response.status();
+    let bytes = response.bytes().await?;
+    anyhow::ensure!(status.is_success(), "status {status}");
+    if matches!(target, Target::Relayed { .. }) {
+        let v: Value = serde_json::from_slice(&bytes)?;
+        anyhow::ensure!(v["ok"] == true, "relayed call failed: {v}");
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx].as_secs_f64() * 1000.0
+}
+
+async fn measure(target: &Target, concurrency: usize, seconds: u64) -> anyhow::Result<Value> {
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let run = |duration: Duration| {
+        let client = client.clone();
+        let target = target.clone();
+        async move {
+            let deadline = Instant::now() + duration;
+            let mut tasks = Vec::new();
+            for _ in 0..concurrency {
+                let (client, target) = (client.clone(), target.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    let mut errors = 0u64;
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        match one_call(&client, &target).await {
+                            Ok(()) => lat.push(t.elapsed()),
+                            Err(_) => errors += 1,
+                        }
+                    }
+                    (lat, errors)
+                }));
+            }
+            let mut all = Vec::new();
+            let mut errors = 0;
+            for t in tasks {
+                let (l, e) = t.await.unwrap_or_default();
+                all.extend(l);
+                errors += e;
+            }
+            (all, errors)
+        }
+    };
+    run(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let (mut lat, errors) = run(Duration::from_secs(seconds)).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    lat.sort();
+    Ok(json!({
+        "concurrency": concurrency,
+        "calls": lat.len(),
+        "errors": errors,
+        "calls_per_s": (lat.len() as f64 / elapsed).round(),
+        "p50_ms": (percentile(&lat, 0.50) * 1000.0).round() / 1000.0,
+        "p99_ms": (percentile(&lat, 0.99) * 1000.0).round() / 1000.0,
+    }))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    dibop_relay_agent::install_crypto_provider();
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(&dir.path().join("cp")).await?;
+    let api = cp.tenant("bench").await?;
+    let group = api.create_group("bench-site").await?;
+    let dms = Dms::start().await?;
+    let token = api.enrollment_token(&group, None).await?;
+    let agent =
+        Agent::enroll_and_start(dir.path(), "agent", &token, &[dms.addr.to_string()]).await?;
+    api.wait_online(&agent.id).await?;
+
+    // Idle memory: the connected agent after a quiet moment.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss_before = agent.pid().and_then(rss_kib);
+
+    let path = "/api/v1/vehicles?page_size=10";
+    let direct = Target::Direct {
+        url: format!("{}{path}", dms.url),
+    };
+    let relayed = Target::Relayed {
+        url: format!("{}/api/v1/agent-groups/{group}/calls", cp.http),
+        token: api.token().to_owned(),
+        body: json!({"method": "GET", "url": format!("{}{path}", dms.url), "headers": {"X-API-Key": "dms-demo-key"}}),
+    };
+    let client = reqwest::Client::new();
+    one_call(&client, &relayed).await?;
+    let response_bytes = client
+        .get(format!("{}{path}", dms.url))
+        .header("X-API-Key", "dms-demo-key")
+        .send()
+        .await?
+        .bytes()
+        .await?
+        .len();
+
+    let mut scenarios = Vec::new();
+    let mut summary = serde_json::Map::new();
+    for &c in &args.concurrency {
+        let d = measure(&direct, c, args.seconds).await?;
+        let r = measure(&relayed, c, args.seconds).await?;
+        let ratio = r["calls_per_s"].as_f64().unwrap_or(0.0)
+            / d["calls_per_s"].as_f64().unwrap_or(1.0).max(1.0);
+        let added_p50 = r["p50_ms"].as_f64().unwrap_or(0.0) - d["p50_ms"].as_f64().unwrap_or(0.0);
+        summary.insert(
+            format!("c{c}_relayed_over_direct_throughput"),
+            json!((ratio * 1000.0).round() / 1000.0),
+        );
+        summary.insert(
+            format!("c{c}_added_p50_ms"),
+            json!((added_p50 * 1000.0).round() / 1000.0),
+        );
+        scenarios.push(json!({"direct": d, "relayed": r}));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss_after = eventually("agent rss", READY, || async {
+        agent.pid().and_then(rss_kib)
+    })
+    .await
+    .ok();
+    let agent_binary = std::fs::metadata(bin("dibop-agent"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let report = json!({
+        "benchmark": "relayed vs direct GET to dms-sim",
+        "path": path,
+        "response_bytes": response_bytes,
+        "seconds_per_scenario": args.seconds,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "scenarios": scenarios,
+        "summary": summary,
+        "agent": {
+            "idle_rss_mib_before_load": idle_rss_before.map(|k| (k as f64 / 1024.0 * 10.0).round() / 10.0),
+            "idle_rss_mib_after_load": idle_rss_after.map(|k| (k as f64 / 1024.0 * 10.0).round() / 10.0),
+            "binary_bytes": agent_binary,
+            "binary_mib": (agent_binary as f64 / 1048576.0 * 10.0).round() / 10.0,
+            "binary": bin("dibop-agent").display().to_string(),
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
