@@ -69,7 +69,7 @@ struct ServeArgs {
     #[arg(long, env = "DIBOP_AGENT_IDLE_TIMEOUT_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(600..=600_000))]
     agent_idle_timeout_ms: u64,
     /// Lifetime of agent certificates in seconds (renewed at two thirds).
-    #[arg(long, env = "DIBOP_AGENT_CERT_TTL_SECS", default_value_t = 30 * 24 * 3600, value_parser = clap::value_parser!(u64).range(60..))]
+    #[arg(long, env = "DIBOP_AGENT_CERT_TTL_SECS", default_value_t = 30 * 24 * 3600, value_parser = clap::value_parser!(u64).range(5..))]
     agent_cert_ttl_secs: u64,
 }
 

@@ -111,6 +111,16 @@ impl ControlPlane {
         http: SocketAddr,
         tunnel: SocketAddr,
     ) -> anyhow::Result<ControlPlane> {
+        Self::start_with(data_dir, http, tunnel, &[]).await
+    }
+
+    /// Starts a control plane on the given addresses with extra `dibop serve` flags.
+    pub async fn start_with(
+        data_dir: &Path,
+        http: SocketAddr,
+        tunnel: SocketAddr,
+        extra: &[&str],
+    ) -> anyhow::Result<ControlPlane> {
         std::fs::create_dir_all(data_dir)?;
         let log = data_dir.join("dibop.log");
         let mut child = Command::new(bin("dibop"))
@@ -123,6 +133,7 @@ impl ControlPlane {
                 &tunnel.to_string(),
             ])
             .args(["--agent-idle-timeout-ms", "3000"])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(log_file(&log)?)

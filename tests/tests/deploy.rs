@@ -1,0 +1,82 @@
+//! Every file in `deploy/` is checked against the binaries it configures.
+
+use dibop_e2e::harness::bin;
+
+fn deploy(file: &str) -> String {
+    std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy")
+            .join(file),
+    )
+    .unwrap()
+}
+
+#[test]
+fn example_agent_config_passes_check_config() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.example.toml");
+    let out = std::process::Command::new(bin("dibop-agent"))
+        .args(["run", "--check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("dms.dealer.lan:8443"), "{text}");
+}
+
+#[test]
+fn bad_agent_config_is_refused_with_every_problem_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[policy]\nallow = ['10.0.0.0/99', 'ok.lan']\n[limits]\nmax_response_bytes = 0\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin("dibop-agent"))
+        .args(["run", "--check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("2 problem(s)") && err.contains("/99") && err.contains("max_response_bytes"),
+        "{err}"
+    );
+}
+
+/// The flags in each unit's `ExecStart` exist in the binary's `--help`.
+#[test]
+fn systemd_units_use_real_flags() {
+    for (file, binary, subcommand) in [
+        ("dibop-agent.service", "dibop-agent", "run"),
+        ("dibop.service", "dibop", "serve"),
+    ] {
+        let unit = deploy(file);
+        let exec = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .unwrap();
+        assert!(
+            exec.contains(&format!("{binary} {subcommand}")),
+            "{file}: {exec}"
+        );
+        let help = std::process::Command::new(bin(binary))
+            .args([subcommand, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&help.stdout);
+        for flag in exec.split_whitespace().filter(|w| w.starts_with("--")) {
+            assert!(
+                help.contains(flag),
+                "{file}: `{flag}` is not a flag of `{binary} {subcommand}`"
+            );
+        }
+    }
+}

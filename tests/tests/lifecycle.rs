@@ -1,0 +1,168 @@
+//! Longer lifecycles across real processes: `dibop dev` as a user runs it,
+//! and agent certificates renewed over the tunnel.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use dibop_e2e::harness::{Agent, Api, ControlPlane, Dms, READY, bin, eventually};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn dibop_dev_runs_the_whole_platform_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let mut dev = tokio::process::Command::new(bin("dibop"))
+        .args(["dev", "--data-dir"])
+        .arg(&data)
+        .args([
+            "--http-addr",
+            "127.0.0.1:0",
+            "--tunnel-addr",
+            "127.0.0.1:0",
+            "--dms-addr",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let credentials_path = data.join("dev-credentials.json");
+    let creds: Value = eventually("dev-credentials.json", READY, || async {
+        serde_json::from_slice(&std::fs::read(&credentials_path).ok()?).ok()
+    })
+    .await
+    .unwrap();
+    for key in [
+        "api_url",
+        "api_token",
+        "tenant_id",
+        "agent_group_id",
+        "dms_url",
+    ] {
+        assert!(
+            creds[key].as_str().is_some_and(|v| !v.is_empty()),
+            "{key} missing: {creds}"
+        );
+    }
+    let api = Api::new(
+        creds["api_url"].as_str().unwrap(),
+        creds["api_token"].as_str().unwrap(),
+    );
+    let group = creds["agent_group_id"].as_str().unwrap();
+    let dms = creds["dms_url"].as_str().unwrap();
+
+    // The printed first call works: through the demo agent to the simulator.
+    let (status, result) = api
+        .call(
+            group,
+            json!({"method": "GET", "url": format!("{dms}/api/v1/vehicles?page_size=2"), "headers": {"X-API-Key": "dms-demo-key"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(result["body"]["items"].as_array().unwrap().len(), 2);
+    let agents = api.agents().await.unwrap();
+    assert_eq!(agents.len(), 1);
+    assert_eq!(agents[0]["status"], "online");
+
+    // The demo agent may call only the simulator.
+    let (_, denied) = api
+        .call(
+            group,
+            json!({"url": format!("{}/healthz", creds["api_url"].as_str().unwrap())}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(denied["error"]["class"], "policy_denied");
+
+    // The credentials file is private.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&credentials_path)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "dev-credentials.json must not be readable by others"
+        );
+    }
+
+    let pid = dev.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(READY, dev.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM stops dibop dev cleanly: {status:?}"
+    );
+}
+
+#[tokio::test]
+async fn agent_certificates_are_renewed_over_the_tunnel() {
+    let dir = tempfile::tempdir().unwrap();
+    // Six-second certificates: renewal is due after four.
+    let cp = ControlPlane::start_with(
+        &dir.path().join("cp"),
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        &["--agent-cert-ttl-secs", "6"],
+    )
+    .await
+    .unwrap();
+    let api = cp.tenant("acme").await.unwrap();
+    let group = api.create_group("site").await.unwrap();
+    let dms = Dms::start().await.unwrap();
+    let token = api.enrollment_token(&group, None).await.unwrap();
+    let allow = vec![dms.addr.to_string()];
+    let mut agent = Agent::enroll_and_start(dir.path(), "agent", &token, &allow)
+        .await
+        .unwrap();
+    api.wait_online(&agent.id).await.unwrap();
+
+    let meta = |dir: &std::path::Path| -> Value {
+        serde_json::from_slice(&std::fs::read(dir.join("agent.json")).unwrap_or_default())
+            .unwrap_or(Value::Null)
+    };
+    let first = meta(&agent.data_dir)["not_after_unix"].as_i64().unwrap();
+    let renewed = eventually("a renewed certificate", Duration::from_secs(30), || async {
+        let now = meta(&agent.data_dir)["not_after_unix"].as_i64()?;
+        (now > first).then_some(now)
+    })
+    .await
+    .unwrap();
+    assert!(renewed > first);
+
+    // Past the first certificate's expiry, a fresh connection uses the renewed one.
+    eventually(
+        "the first certificate to expire",
+        Duration::from_secs(30),
+        || async {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?
+                .as_secs() as i64;
+            (now > first + 1).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    agent.kill().await;
+    let agent = Agent::start(&agent.data_dir, &allow).await.unwrap();
+    api.wait_online(&agent.id).await.unwrap();
+    let (_, result) = api
+        .call(&group, json!({"url": format!("{}/health", dms.url)}))
+        .await
+        .unwrap();
+    assert_eq!(result["ok"], true, "{result}");
+    assert!(cp.log_text().contains("certificate renewed"));
+}
