@@ -169,6 +169,16 @@ impl Registry {
             .map_or(0, Vec::len)
     }
 
+    /// Whether an online agent proves that `group_id` belongs to `tenant_id`;
+    /// lets the hot path skip the database.
+    pub fn group_owned_by(&self, group_id: &str, tenant_id: &str) -> bool {
+        let maps = self.maps.read().unwrap_or_else(lock_poisoned);
+        maps.by_group
+            .get(group_id)
+            .and_then(|g| g.first())
+            .is_some_and(|a| a.tenant_id == tenant_id)
+    }
+
     /// How many agents are online.
     pub fn online_count(&self) -> usize {
         self.maps.read().unwrap_or_else(lock_poisoned).by_id.len()

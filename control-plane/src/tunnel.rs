@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use dibop_protocol::{
     AgentToControl, CertificateRenewed, ControlToAgent, EnrollRequest, Enrolled, HeartbeatAck,
-    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, RejectCode, Rejection, Welcome, codes,
+    Hello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, RejectCode, Rejection, Welcome, codes,
     negotiate_version, version_mismatch_reason,
 };
 use dibop_relay_agent::tls::{ALPN, transport};
@@ -89,6 +89,10 @@ fn peer_agent_id(connection: &quinn::Connection) -> Option<String> {
     agent_id_of(chain.first()?)
 }
 
+fn clip(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(255).collect()
+}
+
 fn reject(code: RejectCode, message: impl Into<String>) -> ControlToAgent {
     ControlToAgent::Rejected(Rejection {
         code,
@@ -142,6 +146,12 @@ async fn handle(core: Arc<Core>, connection: quinn::Connection) {
             return;
         }
     };
+    // What the agent says about itself is stored and shown: keep it short.
+    let hello = Hello {
+        hostname: clip(&hello.hostname),
+        agent_version: clip(&hello.agent_version),
+        ..hello
+    };
     let ours = (MIN_PROTOCOL_VERSION, PROTOCOL_VERSION);
     let theirs = (hello.min_version, hello.max_version);
     let Some(version) = negotiate_version(ours, theirs) else {
@@ -187,22 +197,17 @@ async fn handle(core: Arc<Core>, connection: quinn::Connection) {
     let refusal = match &row {
         None => Some((
             RejectCode::Unauthenticated,
+            codes::CLOSE_REJECTED,
             format!("agent {agent_id} is not known to this control plane"),
         )),
         Some(r) if r.revoked_at.is_some() => Some((
             RejectCode::Revoked,
+            codes::CLOSE_REVOKED,
             format!("agent {agent_id} was revoked by an administrator"),
         )),
         Some(_) => None,
     };
-    if let (Some((code, message)), close) = (
-        refusal,
-        if matches!(&row, Some(r) if r.revoked_at.is_some()) {
-            codes::CLOSE_REVOKED
-        } else {
-            codes::CLOSE_REJECTED
-        },
-    ) {
+    if let Some((code, close, message)) = refusal {
         warn!(%remote, %agent_id, "refusing tunnel: {message}");
         let _ = write_frame(&mut send, &reject(code, &message)).await;
         let _ = send.finish();
@@ -392,7 +397,7 @@ async fn enroll(core: &Core, request: EnrollRequest, hostname: &str) -> ControlT
     let name = if request.name.trim().is_empty() {
         hostname.to_owned()
     } else {
-        request.name.trim().chars().take(200).collect()
+        clip(request.name.trim())
     };
     let row = AgentRow {
         id: agent_id.clone(),
