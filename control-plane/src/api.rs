@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 
 use crate::Core;
 use crate::store::{AgentGroup, AgentRow, StoreError, TokenPrincipal, now_unix};
+use dibop_relay_agent::rfc3339;
 
 tokio::task_local! {
     static REQUEST_ID: String;
@@ -270,16 +271,6 @@ async fn healthz(State(core): State<Arc<Core>>) -> Json<Value> {
     Json(
         json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"), "agents_online": core.registry.online_count()}),
     )
-}
-
-fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }
 
 fn require_admin(p: &Principal) -> ApiResult<()> {

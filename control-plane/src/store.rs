@@ -128,10 +128,7 @@ pub struct Store {
     pool: SqlitePool,
 }
 
-/// Current time in Unix seconds.
-pub fn now_unix() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
+pub use dibop_relay_agent::now_unix;
 
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and migrates it.

@@ -15,6 +15,7 @@ use dibop_protocol::{
 use crate::identity::{Identity, IdentityError, IdentityMeta};
 use crate::tls::{TUNNEL_SERVER_NAME, enrollment_client_config, sha256};
 use crate::wire::{MAX_CONTROL_FRAME_LEN, read_frame, write_frame};
+use crate::{now_unix, rfc3339};
 
 /// Why enrollment failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,10 +70,6 @@ pub fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
     quinn::Endpoint::client(bind)
 }
 
-fn now_unix() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
 /// The host name of this machine, for display.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -93,14 +90,7 @@ pub async fn enroll(
 ) -> Result<Identity, EnrollError> {
     let token = EnrollmentToken::decode(token_text)?;
     if token.expires_at_unix < now_unix() {
-        let when = time::OffsetDateTime::from_unix_timestamp(token.expires_at_unix)
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_else(|| token.expires_at_unix.to_string());
-        return Err(EnrollError::Expired(when));
+        return Err(EnrollError::Expired(rfc3339(token.expires_at_unix)));
     }
     if Identity::exists(data_dir) && !force {
         return Err(IdentityError::AlreadyEnrolled(data_dir.display().to_string()).into());

@@ -65,8 +65,24 @@ fn load_config(path: Option<&PathBuf>) -> Result<dibop_relay_agent::AgentConfig,
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // The agent's work is I/O: a few worker threads are plenty, and each
+    // thread costs resident memory on a dealer's many-core server.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(rt) => rt.block_on(agent_main()),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn agent_main() -> ExitCode {
     install_crypto_provider();
     dibop_relay_agent::init_tracing("info");
     let cli = Cli::parse();

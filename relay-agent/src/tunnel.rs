@@ -27,6 +27,7 @@ use crate::identity::{Identity, IdentityError};
 use crate::runtime::Runtime;
 use crate::tls::{TUNNEL_SERVER_NAME, agent_client_config, transport};
 use crate::wire::{MAX_CONTROL_FRAME_LEN, read_frame, write_frame};
+use crate::{now_unix, rfc3339};
 
 /// Why the agent stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -72,20 +73,6 @@ pub fn backoff_delay(attempt: u32, base: Duration, cap: Duration) -> Duration {
         .min(cap);
     let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
     Duration::from_millis(fastrand::u64(0..=millis))
-}
-
-fn now_unix() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
-fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
 }
 
 struct Shared {

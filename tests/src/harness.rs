@@ -83,10 +83,88 @@ fn log_file(path: &Path) -> anyhow::Result<Stdio> {
     Ok(Stdio::from(file))
 }
 
+/// A child process of a test and its log file: the controls shared by the
+/// control plane and agent handles (which deref to it).
+#[derive(Debug)]
+pub struct Process {
+    child: Option<Child>,
+    /// Where its stderr (and for agents stdout) goes.
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// SIGKILLs the process.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("not running")?;
+        if let Some(pid) = child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        Ok(tokio::time::timeout(Duration::from_secs(30), child.wait()).await??)
+    }
+
+    /// Waits for the process to exit by itself.
+    pub async fn wait_exit(
+        &mut self,
+        within: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let child = self.child.as_mut().context("not running")?;
+        let status = tokio::time::timeout(within, child.wait())
+            .await
+            .context("process did not exit")??;
+        self.child = None;
+        Ok(status)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+macro_rules! deref_process {
+    ($t:ty) => {
+        impl std::ops::Deref for $t {
+            type Target = Process;
+            fn deref(&self) -> &Process {
+                &self.process
+            }
+        }
+        impl std::ops::DerefMut for $t {
+            fn deref_mut(&mut self) -> &mut Process {
+                &mut self.process
+            }
+        }
+    };
+}
+
+deref_process!(ControlPlane);
+deref_process!(Agent);
+
 /// A running `dibop serve`.
 #[derive(Debug)]
 pub struct ControlPlane {
-    child: Option<Child>,
+    process: Process,
     /// `http://127.0.0.1:port`.
     pub http: String,
     /// The HTTP listener.
@@ -95,8 +173,6 @@ pub struct ControlPlane {
     pub tunnel_addr: SocketAddr,
     /// Data directory.
     pub data_dir: PathBuf,
-    /// Its log file.
-    pub log: PathBuf,
 }
 
 impl ControlPlane {
@@ -154,12 +230,14 @@ impl ControlPlane {
         }
         let http_addr: SocketAddr = http_addr.context("no http address")?;
         Ok(ControlPlane {
-            child: Some(child),
+            process: Process {
+                child: Some(child),
+                log,
+            },
             http: format!("http://{http_addr}"),
             http_addr,
             tunnel_addr: tunnel_addr.context("no tunnel address")?,
             data_dir: data_dir.to_owned(),
-            log,
         })
     }
 
@@ -183,41 +261,6 @@ impl ControlPlane {
             v["api_token"].as_str().context("no token")?,
         ))
     }
-
-    /// SIGKILLs the process.
-    pub async fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill().await;
-        }
-    }
-
-    /// Sends SIGTERM and waits for the exit status.
-    pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let mut child = self.child.take().context("not running")?;
-        terminate(&mut child).await
-    }
-
-    /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    /// The log so far.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-async fn terminate(child: &mut Child) -> anyhow::Result<std::process::ExitStatus> {
-    if let Some(pid) = child.id() {
-        // SAFETY-free: plain `kill -TERM`.
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-    }
-    Ok(tokio::time::timeout(Duration::from_secs(30), child.wait()).await??)
 }
 
 /// An API client with a bearer token.
@@ -344,13 +387,11 @@ impl Api {
 /// A running `dibop-agent run`.
 #[derive(Debug)]
 pub struct Agent {
-    child: Option<Child>,
+    process: Process,
     /// Identity directory.
     pub data_dir: PathBuf,
     /// Config file.
     pub config: PathBuf,
-    /// Log file.
-    pub log: PathBuf,
     /// The agent's id, from its `agent.json`.
     pub id: String,
 }
@@ -410,55 +451,14 @@ impl Agent {
             .kill_on_drop(true)
             .spawn()?;
         Ok(Agent {
-            child: Some(child),
+            process: Process {
+                child: Some(child),
+                log,
+            },
             data_dir: dir.to_owned(),
             config,
-            log,
             id: meta["agent_id"].as_str().context("no agent id")?.to_owned(),
         })
-    }
-
-    /// SIGKILLs the process.
-    pub async fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill().await;
-        }
-    }
-
-    /// Waits for the process to exit by itself.
-    pub async fn wait_exit(
-        &mut self,
-        within: Duration,
-    ) -> anyhow::Result<std::process::ExitStatus> {
-        let child = self.child.as_mut().context("not running")?;
-        let status = tokio::time::timeout(within, child.wait())
-            .await
-            .context("agent did not exit")??;
-        self.child = None;
-        Ok(status)
-    }
-
-    /// Sends SIGTERM and waits for the exit status.
-    pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let mut child = self.child.take().context("not running")?;
-        terminate(&mut child).await
-    }
-
-    /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    /// The log so far.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The process id, while running.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(Child::id)
     }
 }
 
