@@ -56,6 +56,18 @@ impl Site {
         })
     }
 
+    /// A GET of `path` on the DMS through the site's agents, with the API key.
+    async fn dms_get(&self, path: &str, timeout_ms: u32) -> Value {
+        let call = json!({
+            "url": format!("{}{path}", self.dms.url),
+            "headers": {"X-API-Key": "dms-demo-key"},
+            "timeout_ms": timeout_ms,
+        });
+        let (status, result) = self.api.call(&self.group, call).await.unwrap();
+        assert_eq!(status, 200, "{result}");
+        result
+    }
+
     async fn call_ok(&self) -> Value {
         let (status, result) = self
             .api
@@ -129,47 +141,19 @@ async fn enrolled_agent_relays_calls_to_the_dms() {
     assert_eq!(unauthorized["ok"], false);
     assert_eq!(unauthorized["status"], 401);
     assert_eq!(unauthorized["error"]["class"], "auth_failure");
-    let (_, limited) = site
-        .api
-        .call(
-            &site.group,
-            json!({"url": format!("{}/api/v1/parts?sim_fault=429", site.dms.url), "headers": {"X-API-Key": "dms-demo-key"}}),
-        )
-        .await
-        .unwrap();
+    let limited = site.dms_get("/api/v1/parts?sim_fault=429", 10_000).await;
     assert_eq!(limited["error"]["class"], "rate_limited");
     assert_eq!(limited["headers"]["retry-after"], "2");
-    let (_, failed) = site
-        .api
-        .call(
-            &site.group,
-            json!({"url": format!("{}/api/v1/parts?sim_fault=500", site.dms.url), "headers": {"X-API-Key": "dms-demo-key"}}),
-        )
-        .await
-        .unwrap();
+    let failed = site.dms_get("/api/v1/parts?sim_fault=500", 10_000).await;
     assert_eq!(failed["error"]["class"], "upstream_error");
     assert_eq!(failed["status"], 500);
 
     // A slow target past the call's timeout is a timeout, reported by the agent.
-    let (_, slow) = site
-        .api
-        .call(
-            &site.group,
-            json!({"url": format!("{}/api/v1/parts?sim_delay_ms=5000", site.dms.url), "headers": {"X-API-Key": "dms-demo-key"}, "timeout_ms": 300}),
-        )
-        .await
-        .unwrap();
+    let slow = site.dms_get("/api/v1/parts?sim_delay_ms=5000", 300).await;
     assert_eq!(slow["error"]["class"], "timeout", "{slow}");
 
     // A dropped connection is a network error.
-    let (_, dropped) = site
-        .api
-        .call(
-            &site.group,
-            json!({"url": format!("{}/api/v1/parts?sim_fault=drop", site.dms.url), "headers": {"X-API-Key": "dms-demo-key"}}),
-        )
-        .await
-        .unwrap();
+    let dropped = site.dms_get("/api/v1/parts?sim_fault=drop", 10_000).await;
     assert_eq!(dropped["error"]["class"], "network_error", "{dropped}");
 
     let agents = site.api.agents().await.unwrap();
