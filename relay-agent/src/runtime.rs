@@ -317,6 +317,140 @@ fn classify(error: &reqwest::Error, timeout: Duration) -> (ErrorClass, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A one-trick HTTP server: answers every connection with `response`
+    /// after `delay`. Returns its address.
+    async fn serve_raw(response: String, delay: Duration) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let response = response.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = socket.read(&mut buf).await;
+                    tokio::time::sleep(delay).await;
+                    let _ = socket.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn runtime(allow: &[String], max_response_bytes: u64) -> Runtime {
+        let policy = Arc::new(AllowList::parse(allow).unwrap());
+        Runtime::new(
+            policy,
+            "agt_test",
+            max_response_bytes,
+            Duration::from_secs(5),
+        )
+        .unwrap()
+    }
+
+    fn get(url: String, timeout_ms: u32) -> CallRequest {
+        CallRequest {
+            call_id: 1,
+            method: "GET".into(),
+            url,
+            headers: vec![],
+            body: vec![],
+            timeout_ms,
+        }
+    }
+
+    fn class(result: &CallResult) -> Option<ErrorClass> {
+        result.error.as_ref().map(|e| e.class)
+    }
+
+    #[tokio::test]
+    async fn oversized_responses_are_refused() {
+        let body = "x".repeat(2048);
+        let addr = serve_raw(
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+            Duration::ZERO,
+        )
+        .await;
+        let rt = runtime(&[addr.to_string()], 1024);
+        let result = rt.perform(&get(format!("http://{addr}/"), 2000)).await;
+        assert_eq!(
+            class(&result),
+            Some(ErrorClass::ResponseTooLarge),
+            "{result:?}"
+        );
+        assert!(!result.ok);
+    }
+
+    #[tokio::test]
+    async fn slow_targets_time_out() {
+        let addr = serve_raw(
+            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".into(),
+            Duration::from_secs(3),
+        )
+        .await;
+        let rt = runtime(&[addr.to_string()], 1024);
+        let result = rt.perform(&get(format!("http://{addr}/"), 200)).await;
+        assert_eq!(class(&result), Some(ErrorClass::Timeout), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn refused_connections_are_network_errors() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let rt = runtime(&[addr.to_string()], 1024);
+        let result = rt.perform(&get(format!("http://{addr}/"), 2000)).await;
+        assert_eq!(class(&result), Some(ErrorClass::NetworkError), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn redirects_cannot_leave_the_allow_list() {
+        let outside = serve_raw(
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi".into(),
+            Duration::ZERO,
+        )
+        .await;
+        let inside = serve_raw(
+            format!("HTTP/1.1 302 Found\r\nlocation: http://{outside}/secret\r\ncontent-length: 0\r\n\r\n"),
+            Duration::ZERO,
+        )
+        .await;
+        let rt = runtime(&[inside.to_string()], 1024);
+        let result = rt.perform(&get(format!("http://{inside}/"), 2000)).await;
+        assert_eq!(class(&result), Some(ErrorClass::PolicyDenied), "{result:?}");
+        // Allowed on both ends, the redirect is followed.
+        let rt = runtime(&[inside.to_string(), outside.to_string()], 1024);
+        let result = rt.perform(&get(format!("http://{inside}/"), 2000)).await;
+        assert!(result.ok, "{result:?}");
+        assert_eq!(result.body, ResponseBody::Text("hi".into()));
+    }
+
+    #[tokio::test]
+    async fn invalid_requests_never_leave_the_agent() {
+        let rt = runtime(&["127.0.0.1".to_owned()], 1024);
+        let mut bad_method = get("http://127.0.0.1:1/".into(), 100);
+        bad_method.method = "GE T".into();
+        assert_eq!(
+            class(&rt.perform(&bad_method).await),
+            Some(ErrorClass::InvalidRequest)
+        );
+        let mut bad_header = get("http://127.0.0.1:1/".into(), 100);
+        bad_header
+            .headers
+            .push(("x-bad".into(), "line\nbreak".into()));
+        assert_eq!(
+            class(&rt.perform(&bad_header).await),
+            Some(ErrorClass::InvalidRequest)
+        );
+        assert_eq!(
+            class(&rt.perform(&get("file:///etc/passwd".into(), 100)).await),
+            Some(ErrorClass::InvalidRequest)
+        );
+    }
 
     #[test]
     fn bodies_are_interpreted() {

@@ -574,3 +574,48 @@ async fn cancelled_call_cancels_the_agents_request() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn an_agent_speaking_only_a_future_protocol_is_told_what_to_upgrade() {
+    use dibop_protocol::{AgentToControl, ControlToAgent, Hello, RejectCode};
+    use dibop_relay_agent::wire::{MAX_CONTROL_FRAME_LEN, read_frame, write_frame};
+
+    let site = Site::new().await;
+    dibop_relay_agent::install_crypto_provider();
+    let token = site.api.enrollment_token(&site.group, None).await.unwrap();
+    let token = dibop_protocol::EnrollmentToken::decode(&token).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = endpoint
+        .connect_with(
+            dibop_relay_agent::tls::enrollment_client_config(token.ca_sha256).unwrap(),
+            site.cp.tunnel_addr,
+            dibop_relay_agent::tls::TUNNEL_SERVER_NAME,
+        )
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let hello = Hello {
+        min_version: 9,
+        max_version: 11,
+        agent_version: "9.0.0".into(),
+        hostname: "future".into(),
+    };
+    write_frame(&mut send, &AgentToControl::Hello(hello))
+        .await
+        .unwrap();
+    match read_frame::<ControlToAgent>(&mut recv, MAX_CONTROL_FRAME_LEN)
+        .await
+        .unwrap()
+    {
+        Some(ControlToAgent::Rejected(r)) => {
+            assert_eq!(r.code, RejectCode::UnsupportedVersion);
+            assert!(
+                r.message.contains("9..=11") && r.message.contains("upgrade the control plane"),
+                "{}",
+                r.message
+            );
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
