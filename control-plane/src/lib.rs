@@ -27,8 +27,11 @@ use tokio_util::sync::CancellationToken;
 /// What the control plane runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Holds the database, the CA and (for `dev`) the demo agent.
+    /// Holds the CA, the SQLite database unless `database_url` says
+    /// otherwise, and (for `dev`) the demo agent.
     pub data_dir: PathBuf,
+    /// `sqlite://PATH` or `postgres://…`; default: `DATA_DIR/dibop.db`.
+    pub database_url: Option<String>,
     /// HTTP API listener.
     pub http_addr: SocketAddr,
     /// QUIC tunnel listener (UDP).
@@ -47,6 +50,7 @@ impl Settings {
     pub fn new(data_dir: PathBuf) -> Settings {
         Settings {
             data_dir,
+            database_url: None,
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tunnel_addr: SocketAddr::from(([127, 0, 0, 1], 4433)),
             public_tunnel_addr: None,
@@ -108,14 +112,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     dibop_relay_agent::install_crypto_provider();
     dibop_relay_agent::identity::create_private_dir(&settings.data_dir)
         .with_context(|| format!("cannot use data directory {}", settings.data_dir.display()))?;
-    let store = store::Store::open_sqlite(&settings.data_dir.join("dibop.db"))
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the database in {}",
-                settings.data_dir.display()
-            )
-        })?;
+    let store = open_store(&settings.data_dir, settings.database_url.as_deref()).await?;
     let ca = ca::Ca::load_or_create(&settings.data_dir)?;
     let listener = tokio::net::TcpListener::bind(settings.http_addr)
         .await
@@ -170,6 +167,26 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         core,
         tasks,
     })
+}
+
+/// Opens the database at `database_url`, or the SQLite file in `data_dir`.
+pub async fn open_store(
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+) -> anyhow::Result<store::Store> {
+    match database_url {
+        Some(url) => store::Store::open(url)
+            .await
+            .with_context(|| format!("cannot open the database at {}", store::redact_url(url))),
+        None => {
+            dibop_relay_agent::identity::create_private_dir(data_dir)
+                .with_context(|| format!("cannot use data directory {}", data_dir.display()))?;
+            let path = data_dir.join("dibop.db");
+            store::Store::open_sqlite(&path)
+                .await
+                .with_context(|| format!("cannot open the database {}", path.display()))
+        }
+    }
 }
 
 /// Creates a tenant with an `enterprise_admin` API token, or only a new token

@@ -41,11 +41,15 @@ enum Command {
         #[command(flatten)]
         serve: ServeArgs,
     },
-    /// Administrative tasks on the control plane's data directory.
+    /// Administrative tasks, directly on the control plane's store.
     Admin {
         /// The control plane's data directory.
         #[arg(long, env = "DIBOP_DATA_DIR", default_value = "/var/lib/dibop")]
         data_dir: PathBuf,
+        /// Database URL (`sqlite://PATH` or `postgres://USER[:PASSWORD]@HOST/DB`);
+        /// default: the SQLite file `DATA_DIR/dibop.db`.
+        #[arg(long, env = "DIBOP_DATABASE_URL")]
+        database_url: Option<String>,
         #[command(subcommand)]
         task: AdminTask,
     },
@@ -53,9 +57,13 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// Where state is kept (database, CA).
+    /// Where state is kept (the CA; the SQLite database unless --database-url).
     #[arg(long, env = "DIBOP_DATA_DIR", default_value = "/var/lib/dibop")]
     data_dir: PathBuf,
+    /// Database URL (`sqlite://PATH` or `postgres://USER[:PASSWORD]@HOST/DB`);
+    /// default: the SQLite file `DATA_DIR/dibop.db`.
+    #[arg(long, env = "DIBOP_DATABASE_URL")]
+    database_url: Option<String>,
     /// HTTP API address.
     #[arg(long, env = "DIBOP_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     http_addr: SocketAddr,
@@ -111,6 +119,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve { serve } => {
             let mut settings = Settings::new(serve.data_dir);
+            settings.database_url = serve.database_url;
             settings.http_addr = serve.http_addr;
             settings.tunnel_addr = serve.tunnel_addr;
             settings.public_tunnel_addr = serve.public_tunnel_addr;
@@ -125,12 +134,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             server.wait().await;
             Ok(())
         }
-        Command::Admin { data_dir, task } => match task {
+        Command::Admin {
+            data_dir,
+            database_url,
+            task,
+        } => match task {
             AdminTask::CreateTenant { name } => {
-                dibop_relay_agent::identity::create_private_dir(&data_dir)?;
                 let store =
-                    dibop_control_plane::store::Store::open_sqlite(&data_dir.join("dibop.db"))
-                        .await?;
+                    dibop_control_plane::open_store(&data_dir, database_url.as_deref()).await?;
                 let (tenant_id, token) =
                     dibop_control_plane::bootstrap_tenant(&store, &name, "admin create-tenant")
                         .await?;

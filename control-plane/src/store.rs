@@ -1,19 +1,20 @@
 //! The control plane's persistent state, in SQL.
 //!
-//! The embedded default is one SQLite file in the data directory (WAL).
+//! Two backends share one set of queries and migrations: SQLite, the
+//! embedded default (one file in the data directory, WAL), and PostgreSQL
+//! (`--database-url postgres://…`). The SQL is written to run unchanged on
+//! both: `$n` parameters, `BIGINT` Unix seconds for times, `RETURNING`.
 //! Migrations in `control-plane/migrations/` are applied at start, and a
 //! database migrated by a newer release is refused. Every query that touches
 //! tenant data takes the tenant id, so another tenant's row is simply not
 //! found. No sqlx type leaves this module.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{FromRow, Row};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{Any, Pool};
+use sqlx::{Executor as _, FromRow, Row};
 
 /// `SELECT <every agent column> FROM agents <tail>`, as a static string.
 macro_rules! select_agents {
@@ -35,6 +36,9 @@ pub enum StoreError {
     /// Migrations could not be applied.
     #[error("cannot migrate the database: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database URL names no supported backend.
+    #[error("unsupported database URL `{0}`: use sqlite://PATH or postgres://USER@HOST/DB")]
+    Url(String),
     /// A unique name is taken.
     #[error("{0}")]
     Conflict(String),
@@ -122,10 +126,34 @@ pub enum Redeem {
     Expired,
 }
 
+/// Which SQL server holds the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// One SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
 /// The database.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: Pool<Any>,
+    backend: Backend,
+}
+
+/// Hides the password of a database URL for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }
 
 pub use dibop_relay_agent::now_unix;
@@ -133,19 +161,48 @@ pub use dibop_relay_agent::now_unix;
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and migrates it.
     pub async fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
-        let options = SqliteConnectOptions::from_str("sqlite://")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await?;
+        Self::open(&format!("sqlite://{}?mode=rwc", path.display())).await
+    }
+
+    /// Opens the database at `url` (`sqlite://PATH` or `postgres://…`) and
+    /// applies migrations.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::Url(redact_url(url)));
+        };
+        let mut options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+        options = match backend {
+            // One writer at a time is SQLite's model; a few readers share the WAL.
+            Backend::Sqlite => options.max_connections(8).after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    Ok(())
+                })
+            }),
+            Backend::Postgres => options.max_connections(16),
+        };
+        let pool = options.connect(url).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store { pool, backend })
+    }
+
+    /// Which backend this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Whether the database answers (for readiness checks).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
 
     /// Creates a tenant.
@@ -452,15 +509,97 @@ fn unique_violation(e: sqlx::Error, message: String) -> StoreError {
     }
 }
 
+/// Test databases: the store test suite runs against every backend.
+#[cfg(test)]
+pub(crate) mod testdb {
+    use super::*;
+
+    /// The environment variable naming a PostgreSQL server for tests.
+    pub const POSTGRES_ENV: &str = "DIBOP_TEST_POSTGRES_URL";
+
+    /// A fresh, empty, migrated database.
+    pub struct TestDb {
+        pub store: Store,
+        pub name: &'static str,
+        _dir: Option<tempfile::TempDir>,
+        drop: Option<(String, String)>,
+    }
+
+    impl TestDb {
+        /// Closes the store and drops a PostgreSQL test database.
+        pub async fn finish(self) {
+            self.store.close().await;
+            if let Some((admin, db)) = self.drop {
+                sqlx::any::install_default_drivers();
+                if let Ok(pool) = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&admin)
+                    .await
+                {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+                    )))
+                    .execute(&pool)
+                    .await;
+                    pool.close().await;
+                }
+            }
+        }
+    }
+
+    /// SQLite always; PostgreSQL too when `DIBOP_TEST_POSTGRES_URL` is set
+    /// (a new database per test on that server, dropped afterwards).
+    pub async fn all() -> Vec<TestDb> {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = Store::open_sqlite(&dir.path().join("dibop.db"))
+            .await
+            .unwrap();
+        let mut dbs = vec![TestDb {
+            store: sqlite,
+            name: "sqlite",
+            _dir: Some(dir),
+            drop: None,
+        }];
+        match std::env::var(POSTGRES_ENV) {
+            Ok(admin) if !admin.is_empty() => {
+                sqlx::any::install_default_drivers();
+                let db = format!(
+                    "dibop_test_{}",
+                    crate::ids::new_id("db").trim_start_matches("db_")
+                );
+                let pool = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&admin)
+                    .await
+                    .unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+                let base = admin.split('?').next().unwrap_or(&admin);
+                let url = format!("{}/{db}", &base[..base.rfind('/').unwrap_or(base.len())]);
+                let store = Store::open(&url).await.unwrap();
+                dbs.push(TestDb {
+                    store,
+                    name: "postgres",
+                    _dir: None,
+                    drop: Some((admin, db)),
+                });
+            }
+            _ => eprintln!(
+                "{POSTGRES_ENV} is not set: this store test runs on SQLite only (PostgreSQL SKIPPED)"
+            ),
+        }
+        dbs
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("dibop.db"))
-            .await
-            .unwrap();
+    async fn seed(store: &Store) {
         store.create_tenant("ten_a", "A").await.unwrap();
         store.create_tenant("ten_b", "B").await.unwrap();
         let group = AgentGroup {
@@ -471,71 +610,241 @@ mod tests {
             created_at: 0,
         };
         store.create_group(&group).await.unwrap();
-        (dir, store)
     }
 
     #[tokio::test]
     async fn tokens_redeem_once_and_expire() {
-        let (_dir, store) = store().await;
-        store
-            .create_enrollment_token("enr_1", "ten_a", "grp_a", "h1", 1_000)
-            .await
-            .unwrap();
-        store
-            .create_enrollment_token("enr_2", "ten_a", "grp_a", "h2", 1_000)
-            .await
-            .unwrap();
-        assert!(matches!(
-            store.redeem_enrollment_token("h1", 500).await.unwrap(),
-            Redeem::Ok { .. }
-        ));
-        assert_eq!(
-            store.redeem_enrollment_token("h1", 501).await.unwrap(),
-            Redeem::Used
-        );
-        assert_eq!(
-            store.redeem_enrollment_token("h2", 1_000).await.unwrap(),
-            Redeem::Expired
-        );
-        assert_eq!(
-            store.redeem_enrollment_token("nope", 1).await.unwrap(),
-            Redeem::Unknown
-        );
+        for db in testdb::all().await {
+            let store = &db.store;
+            seed(store).await;
+            store
+                .create_enrollment_token("enr_1", "ten_a", "grp_a", "h1", 1_000)
+                .await
+                .unwrap();
+            store
+                .create_enrollment_token("enr_2", "ten_a", "grp_a", "h2", 1_000)
+                .await
+                .unwrap();
+            assert!(
+                matches!(
+                    store.redeem_enrollment_token("h1", 500).await.unwrap(),
+                    Redeem::Ok { .. }
+                ),
+                "{}",
+                db.name
+            );
+            assert_eq!(
+                store.redeem_enrollment_token("h1", 501).await.unwrap(),
+                Redeem::Used,
+                "{}",
+                db.name
+            );
+            assert_eq!(
+                store.redeem_enrollment_token("h2", 1_000).await.unwrap(),
+                Redeem::Expired,
+                "{}",
+                db.name
+            );
+            assert_eq!(
+                store.redeem_enrollment_token("nope", 1).await.unwrap(),
+                Redeem::Unknown,
+                "{}",
+                db.name
+            );
+            db.finish().await;
+        }
     }
 
     #[tokio::test]
-    async fn groups_are_scoped_to_their_tenant() {
-        let (_dir, store) = store().await;
-        assert!(store.group("ten_a", "grp_a").await.unwrap().is_some());
-        assert!(store.group("ten_b", "grp_a").await.unwrap().is_none());
-        assert!(
+    async fn concurrent_redemptions_of_one_token_succeed_once() {
+        for db in testdb::all().await {
+            seed(&db.store).await;
+            db.store
+                .create_enrollment_token("enr_1", "ten_a", "grp_a", "h1", i64::MAX)
+                .await
+                .unwrap();
+            let tries = (0..8).map(|i| {
+                let store = db.store.clone();
+                tokio::spawn(
+                    async move { store.redeem_enrollment_token("h1", 100 + i).await.unwrap() },
+                )
+            });
+            let mut wins = 0;
+            for t in tries {
+                if matches!(t.await.unwrap(), Redeem::Ok { .. }) {
+                    wins += 1;
+                }
+            }
+            assert_eq!(wins, 1, "{}", db.name);
+            db.finish().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn groups_and_agents_are_scoped_to_their_tenant() {
+        for db in testdb::all().await {
+            let store = &db.store;
+            seed(store).await;
+            assert!(store.group("ten_a", "grp_a").await.unwrap().is_some());
+            assert!(
+                store.group("ten_b", "grp_a").await.unwrap().is_none(),
+                "{}",
+                db.name
+            );
+            assert!(
+                store
+                    .list_groups("ten_b", None, 10)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            let dup = AgentGroup {
+                id: "grp_x".into(),
+                tenant_id: "ten_a".into(),
+                name: "site".into(),
+                description: String::new(),
+                created_at: 0,
+            };
+            assert!(
+                matches!(store.create_group(&dup).await, Err(StoreError::Conflict(_))),
+                "{}",
+                db.name
+            );
+
             store
-                .list_groups("ten_b", None, 10)
+                .create_enrollment_token("enr_1", "ten_a", "grp_a", "h1", i64::MAX)
+                .await
+                .unwrap();
+            let agent = AgentRow {
+                id: "agt_1".into(),
+                tenant_id: "ten_a".into(),
+                group_id: "grp_a".into(),
+                name: "gw".into(),
+                hostname: "gw".into(),
+                version: "0.1.0".into(),
+                enrolled_at: 10,
+                last_seen: None,
+                cert_not_after: 99,
+                revoked_at: None,
+            };
+            store.create_agent(&agent, "enr_1").await.unwrap();
+            assert_eq!(
+                store
+                    .list_agents("ten_a", None, None, 10)
+                    .await
+                    .unwrap()
+                    .len(),
+                1
+            );
+            assert_eq!(
+                store
+                    .list_agents("ten_a", Some("grp_a"), None, 10)
+                    .await
+                    .unwrap()
+                    .len(),
+                1
+            );
+            assert!(
+                store
+                    .list_agents("ten_a", None, Some("agt_1"), 10)
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "cursor"
+            );
+            assert!(
+                store.agent("ten_b", "agt_1").await.unwrap().is_none(),
+                "{}",
+                db.name
+            );
+            assert!(
+                !store.revoke_agent("ten_b", "agt_1", 50).await.unwrap(),
+                "another tenant cannot revoke"
+            );
+            assert!(store.revoke_agent("ten_a", "agt_1", 50).await.unwrap());
+            assert!(store.revoke_agent("ten_a", "agt_1", 60).await.unwrap());
+            let row = store.agent_any_tenant("agt_1").await.unwrap().unwrap();
+            assert_eq!(row.revoked_at, Some(50), "the first revocation time stays");
+            store
+                .agent_connected("agt_1", "host-2", "0.2.0", 70)
+                .await
+                .unwrap();
+            store.agent_renewed("agt_1", 500).await.unwrap();
+            let row = store.agent("ten_a", "agt_1").await.unwrap().unwrap();
+            assert_eq!(
+                (
+                    row.hostname.as_str(),
+                    row.version.as_str(),
+                    row.last_seen,
+                    row.cert_not_after
+                ),
+                ("host-2", "0.2.0", Some(70), 500)
+            );
+            db.finish().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn api_tokens_resolve_to_their_tenant() {
+        for db in testdb::all().await {
+            seed(&db.store).await;
+            db.store
+                .create_api_token("tok_1", "ten_a", "t", "operator", "hash1")
+                .await
+                .unwrap();
+            let p = db
+                .store
+                .principal_by_token_hash("hash1")
                 .await
                 .unwrap()
-                .is_empty()
-        );
-        let dup = AgentGroup {
-            id: "grp_x".into(),
-            tenant_id: "ten_a".into(),
-            name: "site".into(),
-            description: String::new(),
-            created_at: 0,
-        };
-        assert!(matches!(
-            store.create_group(&dup).await,
-            Err(StoreError::Conflict(_))
-        ));
+                .unwrap();
+            assert_eq!(
+                (p.tenant_id.as_str(), p.role.as_str()),
+                ("ten_a", "operator")
+            );
+            assert!(
+                db.store
+                    .principal_by_token_hash("other")
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+            db.finish().await;
+        }
     }
 
     #[tokio::test]
-    async fn reopening_keeps_data() {
+    async fn reopening_keeps_data_and_newer_schemas_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dibop.db");
         let store = Store::open_sqlite(&path).await.unwrap();
         store.create_tenant("ten_a", "A").await.unwrap();
+        // A release from the future applied migration 9999.
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time) \
+             VALUES (9999, 'future', '2030-01-01', TRUE, X'00', 0)",
+        )
+        .execute(&store.pool)
+        .await
+        .unwrap();
         store.close().await;
-        let store = Store::open_sqlite(&path).await.unwrap();
-        assert!(store.tenant_by_name("A").await.unwrap().is_some());
+        let err = Store::open_sqlite(&path).await.unwrap_err();
+        assert!(matches!(err, StoreError::Migrate(_)), "{err}");
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://dibop:s3cret@db:5432/dibop"),
+            "postgres://dibop:***@db:5432/dibop"
+        );
+        assert_eq!(
+            redact_url("postgres://dibop@db/dibop"),
+            "postgres://dibop@db/dibop"
+        );
+        assert_eq!(
+            redact_url("sqlite:///var/lib/dibop/dibop.db"),
+            "sqlite:///var/lib/dibop/dibop.db"
+        );
     }
 }

@@ -161,6 +161,49 @@ macro_rules! deref_process {
 deref_process!(ControlPlane);
 deref_process!(Agent);
 
+/// The environment variable naming a PostgreSQL server for tests
+/// (`postgres://USER@HOST:PORT/DB`, a user allowed to create databases).
+pub const POSTGRES_ENV: &str = "DIBOP_TEST_POSTGRES_URL";
+
+/// Creates a fresh database on the test PostgreSQL server with `psql` and
+/// returns its URL, or `None` (saying so) when no server is configured.
+pub fn fresh_postgres_database() -> Option<String> {
+    let admin = match std::env::var(POSTGRES_ENV) {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            eprintln!("{POSTGRES_ENV} is not set: SKIPPING this PostgreSQL end-to-end test");
+            return None;
+        }
+    };
+    let name = format!("dibop_e2e_{}_{}", std::process::id(), fastrand::u32(..));
+    let status = std::process::Command::new("psql")
+        .arg(&admin)
+        .args(["-q", "-c", &format!("CREATE DATABASE {name}")])
+        .status()
+        .expect("psql runs (install postgresql-client)");
+    assert!(status.success(), "cannot create database {name} on {admin}");
+    let base = admin.split('?').next().unwrap_or(&admin);
+    Some(format!(
+        "{}/{name}",
+        &base[..base.rfind('/').unwrap_or(base.len())]
+    ))
+}
+
+/// Drops a database made by [`fresh_postgres_database`] (best effort).
+pub fn drop_postgres_database(url: &str) {
+    let (Ok(admin), Some(name)) = (std::env::var(POSTGRES_ENV), url.rsplit('/').next()) else {
+        return;
+    };
+    let _ = std::process::Command::new("psql")
+        .arg(&admin)
+        .args([
+            "-q",
+            "-c",
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        ])
+        .status();
+}
+
 /// A running `dibop serve`.
 #[derive(Debug)]
 pub struct ControlPlane {
@@ -173,6 +216,8 @@ pub struct ControlPlane {
     pub tunnel_addr: SocketAddr,
     /// Data directory.
     pub data_dir: PathBuf,
+    /// `--database-url`, when not the SQLite default.
+    pub database_url: Option<String>,
 }
 
 impl ControlPlane {
@@ -238,14 +283,21 @@ impl ControlPlane {
             http_addr,
             tunnel_addr: tunnel_addr.context("no tunnel address")?,
             data_dir: data_dir.to_owned(),
+            database_url: extra
+                .windows(2)
+                .find(|w| w[0] == "--database-url")
+                .map(|w| w[1].to_owned()),
         })
     }
 
     /// Creates a tenant and returns an API client for its admin token.
     pub async fn tenant(&self, name: &str) -> anyhow::Result<Api> {
-        let out = Command::new(bin("dibop"))
-            .args(["admin", "--data-dir"])
-            .arg(&self.data_dir)
+        let mut admin = Command::new(bin("dibop"));
+        admin.args(["admin", "--data-dir"]).arg(&self.data_dir);
+        if let Some(url) = &self.database_url {
+            admin.args(["--database-url", url]);
+        }
+        let out = admin
             .args(["create-tenant", "--name", name])
             .output()
             .await?;

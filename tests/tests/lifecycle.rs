@@ -166,3 +166,45 @@ async fn agent_certificates_are_renewed_over_the_tunnel() {
     assert_eq!(result["ok"], true, "{result}");
     assert!(cp.log_text().contains("certificate renewed"));
 }
+
+#[tokio::test]
+async fn control_plane_on_postgresql_relays_calls_and_survives_a_restart() {
+    let Some(url) = dibop_e2e::harness::fresh_postgres_database() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let args = ["--database-url", url.as_str()];
+    let mut cp = ControlPlane::start_with(&dir.path().join("cp"), any, any, &args)
+        .await
+        .unwrap();
+    let api = cp.tenant("pg-dealer").await.unwrap();
+    let group = api.create_group("site").await.unwrap();
+    let dms = Dms::start().await.unwrap();
+    let token = api.enrollment_token(&group, None).await.unwrap();
+    let agent = Agent::enroll_and_start(dir.path(), "agent", &token, &[dms.addr.to_string()])
+        .await
+        .unwrap();
+    api.wait_online(&agent.id).await.unwrap();
+    let call = json!({"url": format!("{}/api/v1/customers?page_size=1", dms.url), "headers": {"X-API-Key": "dms-demo-key"}});
+    let (_, result) = api.call(&group, call.clone()).await.unwrap();
+    assert_eq!(result["ok"], true, "{result}");
+
+    // Everything the agent needs lives in PostgreSQL (and the CA in the data dir).
+    let (http, tunnel, data) = (cp.http_addr, cp.tunnel_addr, cp.data_dir.clone());
+    cp.kill().await;
+    let cp = ControlPlane::start_with(&data, http, tunnel, &args)
+        .await
+        .unwrap();
+    let api = Api::new(&cp.http, api.token());
+    api.wait_online(&agent.id).await.unwrap();
+    let (_, result) = api.call(&group, call).await.unwrap();
+    assert_eq!(
+        result["body"]["items"].as_array().unwrap().len(),
+        1,
+        "{result}"
+    );
+    drop(cp);
+    drop(agent);
+    dibop_e2e::harness::drop_postgres_database(&url);
+}
