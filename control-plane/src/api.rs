@@ -24,11 +24,25 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::Core;
-use crate::store::{AgentGroup, AgentRow, StoreError, TokenPrincipal, now_unix};
+use crate::store::{AgentGroup, AgentRow, ApiTokenRow, StoreError, now_unix};
 use dibop_relay_agent::rfc3339;
 
+/// Facts about the request being served, for errors and the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMeta {
+    /// The request id (`x-request-id`).
+    pub id: String,
+    /// The peer's IP address.
+    pub source_ip: String,
+}
+
 tokio::task_local! {
-    static REQUEST_ID: String;
+    static REQUEST: RequestMeta;
+}
+
+/// The request being served (empty outside a request).
+pub fn request_meta() -> RequestMeta {
+    REQUEST.try_with(Clone::clone).unwrap_or_default()
 }
 
 /// The one error type of the API.
@@ -51,12 +65,12 @@ impl ApiError {
         }
     }
 
-    fn with_details(mut self, details: Value) -> Self {
+    pub(crate) fn with_details(mut self, details: Value) -> Self {
         self.details = details;
         self
     }
 
-    fn not_found(what: &str, id: &str) -> Self {
+    pub(crate) fn not_found(what: &str, id: &str) -> Self {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -64,7 +78,7 @@ impl ApiError {
         )
     }
 
-    fn invalid(message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
     }
 }
@@ -89,7 +103,7 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
+        let request_id = request_meta().id;
         let body = json!({"error": {
             "code": self.code,
             "message": self.message,
@@ -152,36 +166,61 @@ pub struct Principal {
     pub tenant_id: String,
     /// Role name.
     pub role: String,
+    /// The API token used.
+    pub token_id: String,
 }
 
-/// Token lookups are cached briefly so the hot path does not hit the database.
+impl Principal {
+    /// How the audit log names this caller.
+    pub fn actor(&self) -> String {
+        format!("token:{}", self.token_id)
+    }
+}
+
+/// Token lookups are cached briefly so the hot path does not hit the
+/// database; a revocation on this node takes effect at once, on other nodes
+/// within this time.
 const TOKEN_CACHE_TTL: Duration = Duration::from_secs(10);
 
-/// A short-lived cache of token hash → principal.
+/// A short-lived cache of token hash → token.
 #[derive(Debug, Default)]
 pub struct TokenCache {
-    entries: std::sync::Mutex<HashMap<String, (Instant, Option<TokenPrincipal>)>>,
+    entries: std::sync::Mutex<HashMap<String, (Instant, Option<ApiTokenRow>)>>,
 }
 
 impl TokenCache {
-    async fn lookup(&self, core: &Core, token: &str) -> Result<Option<TokenPrincipal>, StoreError> {
+    async fn lookup(&self, core: &Core, token: &str) -> Result<Option<ApiTokenRow>, StoreError> {
         let hash = crate::ids::hash_secret(token);
-        if let Some((at, p)) = self
+        if let Some((at, t)) = self
             .entries
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&hash)
             && at.elapsed() < TOKEN_CACHE_TTL
         {
-            return Ok(p.clone());
+            return Ok(t.clone());
         }
-        let found = core.store.principal_by_token_hash(&hash).await?;
+        let found = core.store.api_token_by_hash(&hash).await?;
+        if let Some(t) = &found
+            && t.revoked_at.is_none()
+        {
+            // Refreshed at most once per TTL per token: last use, not every use.
+            core.store.touch_api_token(&t.id, now_unix()).await?;
+        }
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() > 10_000 {
             entries.retain(|_, (at, _)| at.elapsed() < TOKEN_CACHE_TTL);
         }
         entries.insert(hash, (Instant::now(), found.clone()));
         Ok(found)
+    }
+
+    /// Forgets a token (after revocation).
+    pub fn forget(&self, token_id: &str) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, (_, t)| t.as_ref().is_none_or(|t| t.id != token_id));
     }
 }
 
@@ -193,11 +232,10 @@ impl FromRequestParts<Arc<Core>> for Principal {
         core: &Arc<Core>,
     ) -> Result<Self, Self::Rejection> {
         let unauthenticated =
-            |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m);
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| unauthenticated("missing `Authorization: Bearer <token>` header"))?;
+            |m: String| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m);
+        let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+            unauthenticated("missing `Authorization: Bearer <token>` header".into())
+        })?;
         let token = value
             .to_str()
             .ok()
@@ -207,18 +245,37 @@ impl FromRequestParts<Arc<Core>> for Principal {
             })
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| unauthenticated("the Authorization header must be `Bearer <token>`"))?;
-        match core.tokens.lookup(core, token).await? {
-            Some(p) => Ok(Principal {
-                tenant_id: p.tenant_id,
-                role: p.role,
-            }),
-            None => Err(unauthenticated("the token is not valid")),
+            .ok_or_else(|| {
+                unauthenticated("the Authorization header must be `Bearer <token>`".into())
+            })?;
+        let Some(t) = core.tokens.lookup(core, token).await? else {
+            return Err(unauthenticated("the token is not valid".into()));
+        };
+        if let Some(at) = t.revoked_at {
+            return Err(unauthenticated(format!(
+                "the token `{}` was revoked at {}",
+                t.prefix,
+                rfc3339(at)
+            )));
         }
+        if let Some(at) = t.expires_at
+            && at <= now_unix()
+        {
+            return Err(unauthenticated(format!(
+                "the token `{}` expired at {}",
+                t.prefix,
+                rfc3339(at)
+            )));
+        }
+        Ok(Principal {
+            tenant_id: t.tenant_id,
+            role: t.role,
+            token_id: t.id,
+        })
     }
 }
 
-async fn request_id(req: Request, next: Next) -> Response {
+async fn request_meta_layer(req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get("x-request-id")
@@ -226,7 +283,16 @@ async fn request_id(req: Request, next: Next) -> Response {
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
         .unwrap_or_else(|| crate::ids::new_id("req"));
-    let mut response = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    let source_ip = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default();
+    let meta = RequestMeta {
+        id: id.clone(),
+        source_ip,
+    };
+    let mut response = REQUEST.scope(meta, next.run(req)).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
     }
@@ -245,13 +311,23 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/agent-groups/{id}/calls", post(group_call))
         .route("/agents", get(list_agents))
         .route("/agents/{id}", get(get_agent).delete(revoke_agent))
+        .route(
+            "/api-tokens",
+            post(crate::access::create_token).get(crate::access::list_tokens),
+        )
+        .route(
+            "/api-tokens/{id}",
+            axum::routing::delete(crate::access::revoke_token),
+        )
+        .route("/audit", get(crate::access::list_audit))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .nest("/api/v1", api)
         .fallback(not_found)
-        .layer(middleware::from_fn(request_id))
+        .layer(middleware::from_fn(request_meta_layer))
         .with_state(core)
 }
 
@@ -273,7 +349,19 @@ async fn healthz(State(core): State<Arc<Core>>) -> Json<Value> {
     )
 }
 
-fn require_admin(p: &Principal) -> ApiResult<()> {
+async fn readyz(State(core): State<Arc<Core>>) -> Result<Json<Value>, ApiError> {
+    core.store.ping().await.map_err(|e| {
+        tracing::warn!("readiness check failed: {e}");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the database does not answer",
+        )
+    })?;
+    Ok(Json(json!({"status": "ready"})))
+}
+
+pub(crate) fn require_admin(p: &Principal) -> ApiResult<()> {
     if matches!(p.role.as_str(), "enterprise_admin" | "platform_admin") {
         Ok(())
     } else {
@@ -300,21 +388,21 @@ fn require_operator(p: &Principal) -> ApiResult<()> {
 /// `?limit=&cursor=` of every list.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Page {
-    limit: Option<i64>,
-    cursor: Option<String>,
-    group_id: Option<String>,
+pub(crate) struct Page {
+    pub(crate) limit: Option<i64>,
+    pub(crate) cursor: Option<String>,
+    pub(crate) group_id: Option<String>,
 }
 
-fn page_limit(page: &Page) -> ApiResult<i64> {
-    match page.limit {
+pub(crate) fn page_limit(limit: Option<i64>) -> ApiResult<i64> {
+    match limit {
         None => Ok(100),
         Some(l) if (1..=500).contains(&l) => Ok(l),
         Some(l) => Err(ApiError::invalid(format!("limit = {l} must be 1..=500"))),
     }
 }
 
-fn query<T: serde::de::DeserializeOwned>(
+pub(crate) fn query<T: serde::de::DeserializeOwned>(
     q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<T> {
     q.map(|Query(v)| v)
@@ -322,7 +410,7 @@ fn query<T: serde::de::DeserializeOwned>(
 }
 
 /// Returns the page as a JSON array with a `Link` header when more remain.
-fn paged<T: Serialize>(
+pub(crate) fn paged<T: Serialize>(
     mut items: Vec<T>,
     limit: i64,
     path: &str,
@@ -392,12 +480,21 @@ async fn create_group(
     }
     let group = AgentGroup {
         id: crate::ids::new_id("grp"),
-        tenant_id: p.tenant_id,
+        tenant_id: p.tenant_id.clone(),
         name: name.to_owned(),
         description: body.description,
         created_at: now_unix(),
     };
     core.store.create_group(&group).await?;
+    crate::access::record(
+        &core.store,
+        Some(&group.tenant_id),
+        &p.actor(),
+        "agent_group.create",
+        ("agent_group", &group.id),
+        json!({"name": group.name}),
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(group_view(&core, group))).into_response())
 }
 
@@ -407,7 +504,7 @@ async fn list_groups(
     q: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let page = query(q)?;
-    let limit = page_limit(&page)?;
+    let limit = page_limit(page.limit)?;
     let rows = core
         .store
         .list_groups(&p.tenant_id, page.cursor.as_deref(), limit + 1)
@@ -472,6 +569,15 @@ async fn create_enrollment_token(
             expires_at,
         )
         .await?;
+    crate::access::record(
+        &core.store,
+        Some(&p.tenant_id),
+        &p.actor(),
+        "enrollment_token.create",
+        ("enrollment_token", &token_id),
+        json!({"group_id": group.id, "expires_at": rfc3339(expires_at)}),
+    )
+    .await;
     let token = EnrollmentToken {
         address: core.settings.public_tunnel_addr.clone(),
         secret,
@@ -538,7 +644,7 @@ async fn list_agents(
     q: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let page = query(q)?;
-    let limit = page_limit(&page)?;
+    let limit = page_limit(page.limit)?;
     let rows = core
         .store
         .list_agents(
@@ -584,6 +690,15 @@ async fn revoke_agent(
         "this agent was revoked by an administrator",
     );
     tracing::info!(agent_id = %id, tenant_id = %p.tenant_id, "agent revoked");
+    crate::access::record(
+        &core.store,
+        Some(&p.tenant_id),
+        &p.actor(),
+        "agent.revoke",
+        ("agent", &id),
+        Value::Null,
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 

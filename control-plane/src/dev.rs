@@ -74,7 +74,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
     let dms_url = format!("http://{dms_addr}");
 
     let (tenant_id, api_token) =
-        crate::bootstrap_tenant(&core.store, DEMO_TENANT, "dibop dev").await?;
+        crate::bootstrap_tenant(&core.store, DEMO_TENANT, "dibop-dev").await?;
     let group = demo_group(&core.store, &tenant_id).await?;
 
     // Reuse the demo agent's identity across runs unless it is unusable.

@@ -7,6 +7,7 @@
 //! - [`store`]: persistent state in SQL (SQLite by default);
 //! - [`dev`]: `dibop dev`, the whole platform on one machine.
 
+pub mod access;
 pub mod api;
 pub mod ca;
 pub mod dev;
@@ -153,9 +154,12 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             // Relayed calls cross two HTTP hops; Nagle would add delay to each.
             let _ = tcp.set_nodelay(true);
         });
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(http_shutdown.cancelled_owned())
-            .await
+        if let Err(e) = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(http_shutdown.cancelled_owned())
+        .await
         {
             tracing::error!("HTTP server failed: {e}");
         }
@@ -189,26 +193,39 @@ pub async fn open_store(
     }
 }
 
-/// Creates a tenant with an `enterprise_admin` API token, or only a new token
-/// when the tenant exists. Returns (tenant id, token).
+/// Creates a tenant (if missing) and an `enterprise_admin` API token for
+/// it, both audited as done by `actor`. Returns (tenant id, token).
 pub async fn bootstrap_tenant(
     store: &store::Store,
     name: &str,
-    token_name: &str,
+    actor: &str,
 ) -> anyhow::Result<(String, String)> {
     let tenant = match store.tenant_by_name(name).await? {
         Some(t) => t,
-        None => store.create_tenant(&ids::new_id("ten"), name).await?,
+        None => {
+            let t = store.create_tenant(&ids::new_id("ten"), name).await?;
+            access::record(
+                store,
+                None,
+                actor,
+                "tenant.create",
+                ("tenant", &t.id),
+                serde_json::json!({"name": name}),
+            )
+            .await;
+            t
+        }
     };
-    let token = ids::new_secret("dibop_");
-    store
-        .create_api_token(
-            &ids::new_id("tok"),
-            &tenant.id,
-            token_name,
-            "enterprise_admin",
-            &ids::hash_secret(&token),
-        )
-        .await?;
+    let (row, token) =
+        access::issue_token(store, &tenant.id, actor, "enterprise_admin", None).await?;
+    access::record(
+        store,
+        Some(&tenant.id),
+        actor,
+        "api_token.create",
+        ("api_token", &row.id),
+        serde_json::json!({"name": row.name, "role": row.role}),
+    )
+    .await;
     Ok((tenant.id, token))
 }

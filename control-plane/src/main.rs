@@ -143,8 +143,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let store =
                     dibop_control_plane::open_store(&data_dir, database_url.as_deref()).await?;
                 let (tenant_id, token) =
-                    dibop_control_plane::bootstrap_tenant(&store, &name, "admin create-tenant")
-                        .await?;
+                    dibop_control_plane::bootstrap_tenant(&store, &name, "cli").await?;
                 println!("{{\"tenant_id\":\"{tenant_id}\",\"api_token\":\"{token}\"}}");
                 store.close().await;
                 Ok(())

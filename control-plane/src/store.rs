@@ -27,6 +27,17 @@ macro_rules! select_agents {
     };
 }
 
+/// `SELECT <every token column> FROM api_tokens <tail>`, as a static string.
+macro_rules! select_tokens {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, tenant_id, name, role, prefix, created_at, expires_at, revoked_at, last_used_at \
+             FROM api_tokens ",
+            $tail
+        )
+    };
+}
+
 /// Storage failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -55,15 +66,65 @@ pub struct Tenant {
     pub created_at: i64,
 }
 
-/// Who an API token speaks for.
+/// An API token (its secret is never stored, only its hash).
 #[derive(Debug, Clone, FromRow)]
-pub struct TokenPrincipal {
-    /// Token id.
-    pub token_id: String,
-    /// The tenant.
+pub struct ApiTokenRow {
+    /// Id (`tok_…`).
+    pub id: String,
+    /// The tenant it acts in.
     pub tenant_id: String,
-    /// The role name.
+    /// A label for people.
+    pub name: String,
+    /// The role it carries.
     pub role: String,
+    /// The first characters of the token, to recognise it in lists.
+    pub prefix: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// Expiry, if any.
+    pub expires_at: Option<i64>,
+    /// Revocation time, if revoked.
+    pub revoked_at: Option<i64>,
+    /// Last use (updated at most every few seconds).
+    pub last_used_at: Option<i64>,
+}
+
+/// One audit log entry.
+#[derive(Debug, Clone, FromRow)]
+pub struct AuditEntry {
+    /// Time-ordered id (`aud_…`): newer entries sort after older ones.
+    pub id: String,
+    /// The tenant, or `None` for platform-level entries.
+    pub tenant_id: Option<String>,
+    /// When (Unix seconds).
+    pub at: i64,
+    /// Who: `token:tok_…`, `agent:agt_…`, `cli`, `system`.
+    pub actor: String,
+    /// What, e.g. `agent.revoke`.
+    pub action: String,
+    /// The kind of resource.
+    pub resource_type: String,
+    /// Its id.
+    pub resource_id: String,
+    /// Where the request came from.
+    pub source_ip: String,
+    /// The request id, to find the matching log lines.
+    pub request_id: String,
+    /// Extra facts as JSON text (never secrets).
+    pub details: String,
+}
+
+/// Filters of the audit log query.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only this action.
+    pub action: Option<String>,
+    /// Only this resource type.
+    pub resource_type: Option<String>,
+    /// Only this resource.
+    pub resource_id: Option<String>,
+    /// Only entries older than this id (the cursor).
+    pub before: Option<String>,
 }
 
 /// An agent group.
@@ -232,39 +293,134 @@ impl Store {
         )
     }
 
-    /// Stores an API token's hash.
+    /// Stores an API token (with the hash of its secret).
     pub async fn create_api_token(
         &self,
-        id: &str,
-        tenant_id: &str,
-        name: &str,
-        role: &str,
+        token: &ApiTokenRow,
         token_hash: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO api_tokens (id, tenant_id, name, role, token_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO api_tokens (id, tenant_id, name, role, token_hash, created_at, prefix, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
-        .bind(id)
-        .bind(tenant_id)
-        .bind(name)
-        .bind(role)
+        .bind(&token.id)
+        .bind(&token.tenant_id)
+        .bind(&token.name)
+        .bind(&token.role)
         .bind(token_hash)
-        .bind(now_unix())
+        .bind(token.created_at)
+        .bind(&token.prefix)
+        .bind(token.expires_at)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// Looks up a token by its hash.
-    pub async fn principal_by_token_hash(
+    /// Looks up a token by the hash of its secret, whatever its state.
+    pub async fn api_token_by_hash(
         &self,
         token_hash: &str,
-    ) -> Result<Option<TokenPrincipal>, StoreError> {
-        Ok(sqlx::query_as::<_, TokenPrincipal>(
-            "SELECT id AS token_id, tenant_id, role FROM api_tokens WHERE token_hash = $1",
+    ) -> Result<Option<ApiTokenRow>, StoreError> {
+        Ok(
+            sqlx::query_as::<_, ApiTokenRow>(select_tokens!("WHERE token_hash = $1"))
+                .bind(token_hash)
+                .fetch_optional(&self.pool)
+                .await?,
         )
-        .bind(token_hash)
-        .fetch_optional(&self.pool)
+    }
+
+    /// A tenant's tokens, by id after `after`.
+    pub async fn list_api_tokens(
+        &self,
+        tenant_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ApiTokenRow>, StoreError> {
+        Ok(sqlx::query_as::<_, ApiTokenRow>(select_tokens!(
+            "WHERE tenant_id = $1 AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3"
+        ))
+        .bind(tenant_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Revokes a tenant's token; false when there is no such token.
+    pub async fn revoke_api_token(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        now: i64,
+    ) -> Result<Option<ApiTokenRow>, StoreError> {
+        sqlx::query("UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE tenant_id = $2 AND id = $3")
+            .bind(now)
+            .bind(tenant_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(
+            sqlx::query_as::<_, ApiTokenRow>(select_tokens!("WHERE tenant_id = $1 AND id = $2"))
+                .bind(tenant_id)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Records a token's use.
+    pub async fn touch_api_token(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Appends to the audit log.
+    pub async fn audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_log (id, tenant_id, at, actor, action, resource_type, resource_id, source_ip, request_id, details) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&e.id)
+        .bind(&e.tenant_id)
+        .bind(e.at)
+        .bind(&e.actor)
+        .bind(&e.action)
+        .bind(&e.resource_type)
+        .bind(&e.resource_id)
+        .bind(&e.source_ip)
+        .bind(&e.request_id)
+        .bind(&e.details)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A tenant's audit entries (or the platform's, with `None`), newest first.
+    pub async fn list_audit(
+        &self,
+        tenant_id: Option<&str>,
+        f: &AuditFilter,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        Ok(sqlx::query_as::<_, AuditEntry>(
+            "SELECT id, tenant_id, at, actor, action, resource_type, resource_id, source_ip, request_id, details \
+             FROM audit_log \
+             WHERE (($1 IS NULL AND tenant_id IS NULL) OR tenant_id = $1) \
+               AND ($2 IS NULL OR action = $2) AND ($3 IS NULL OR resource_type = $3) \
+               AND ($4 IS NULL OR resource_id = $4) AND ($5 IS NULL OR id < $5) \
+             ORDER BY id DESC LIMIT $6",
+        )
+        .bind(tenant_id)
+        .bind(&f.action)
+        .bind(&f.resource_type)
+        .bind(&f.resource_id)
+        .bind(&f.before)
+        .bind(limit)
+        .fetch_all(&self.pool)
         .await?)
     }
 
@@ -784,30 +940,144 @@ mod tests {
         }
     }
 
+    fn token(id: &str, tenant: &str) -> ApiTokenRow {
+        ApiTokenRow {
+            id: id.into(),
+            tenant_id: tenant.into(),
+            name: "ci".into(),
+            role: "operator".into(),
+            prefix: "dibop_ab".into(),
+            created_at: 1,
+            expires_at: Some(1_000),
+            revoked_at: None,
+            last_used_at: None,
+        }
+    }
+
     #[tokio::test]
-    async fn api_tokens_resolve_to_their_tenant() {
+    async fn api_tokens_resolve_list_and_revoke_within_their_tenant() {
         for db in testdb::all().await {
-            seed(&db.store).await;
-            db.store
-                .create_api_token("tok_1", "ten_a", "t", "operator", "hash1")
+            let store = &db.store;
+            seed(store).await;
+            store
+                .create_api_token(&token("tok_1", "ten_a"), "hash1")
                 .await
                 .unwrap();
-            let p = db
-                .store
-                .principal_by_token_hash("hash1")
+            store
+                .create_api_token(&token("tok_2", "ten_b"), "hash2")
                 .await
-                .unwrap()
                 .unwrap();
+            let t = store.api_token_by_hash("hash1").await.unwrap().unwrap();
             assert_eq!(
-                (p.tenant_id.as_str(), p.role.as_str()),
-                ("ten_a", "operator")
+                (t.tenant_id.as_str(), t.role.as_str(), t.expires_at),
+                ("ten_a", "operator", Some(1_000))
             );
-            assert!(
-                db.store
-                    .principal_by_token_hash("other")
+            assert!(store.api_token_by_hash("other").await.unwrap().is_none());
+            assert_eq!(
+                store
+                    .list_api_tokens("ten_a", None, 10)
                     .await
                     .unwrap()
-                    .is_none()
+                    .len(),
+                1,
+                "{}",
+                db.name
+            );
+            assert!(
+                store
+                    .revoke_api_token("ten_a", "tok_2", 5)
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "another tenant's token"
+            );
+            assert_eq!(
+                store
+                    .revoke_api_token("ten_a", "tok_1", 5)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .revoked_at,
+                Some(5)
+            );
+            store.touch_api_token("tok_1", 9).await.unwrap();
+            assert_eq!(
+                store
+                    .api_token_by_hash("hash1")
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .last_used_at,
+                Some(9)
+            );
+            db.finish().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn audit_entries_filter_page_and_stay_in_their_tenant() {
+        for db in testdb::all().await {
+            let store = &db.store;
+            seed(store).await;
+            for (i, (tenant, action)) in [
+                (Some("ten_a"), "group.create"),
+                (Some("ten_a"), "agent.revoke"),
+                (Some("ten_b"), "group.create"),
+                (None, "tenant.create"),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let entry = AuditEntry {
+                    id: format!("aud_{i:04}"),
+                    tenant_id: tenant.map(str::to_owned),
+                    at: i as i64,
+                    actor: "token:tok_1".into(),
+                    action: action.into(),
+                    resource_type: action.split('.').next().unwrap_or("").into(),
+                    resource_id: format!("r{i}"),
+                    source_ip: "127.0.0.1".into(),
+                    request_id: "req_1".into(),
+                    details: "{}".into(),
+                };
+                store.audit(&entry).await.unwrap();
+            }
+            let all = store
+                .list_audit(Some("ten_a"), &AuditFilter::default(), 10)
+                .await
+                .unwrap();
+            let ids: Vec<&str> = all.iter().map(|e| e.id.as_str()).collect();
+            assert_eq!(
+                ids,
+                ["aud_0001", "aud_0000"],
+                "newest first, own tenant only ({})",
+                db.name
+            );
+            let f = AuditFilter {
+                action: Some("agent.revoke".into()),
+                ..Default::default()
+            };
+            assert_eq!(
+                store.list_audit(Some("ten_a"), &f, 10).await.unwrap().len(),
+                1
+            );
+            let f = AuditFilter {
+                before: Some("aud_0001".into()),
+                ..Default::default()
+            };
+            assert_eq!(
+                store.list_audit(Some("ten_a"), &f, 10).await.unwrap()[0].id,
+                "aud_0000"
+            );
+            let platform = store
+                .list_audit(None, &AuditFilter::default(), 10)
+                .await
+                .unwrap();
+            assert_eq!(
+                platform.len(),
+                1,
+                "platform entries are separate ({})",
+                db.name
             );
             db.finish().await;
         }

@@ -419,6 +419,15 @@ async fn enroll(core: &Core, request: EnrollRequest, hostname: &str) -> ControlT
         );
     }
     info!(%agent_id, %group_id, %tenant_id, "agent enrolled");
+    crate::access::record(
+        &core.store,
+        Some(&tenant_id),
+        &format!("agent:{agent_id}"),
+        "agent.enroll",
+        ("agent", &agent_id),
+        serde_json::json!({"group_id": group_id, "enrollment_token_id": token_id, "hostname": hostname}),
+    )
+    .await;
     ControlToAgent::Enrolled(Enrolled {
         agent_id,
         tenant_id,

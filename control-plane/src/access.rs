@@ -1,0 +1,278 @@
+//! API tokens of a tenant and the audit log.
+//!
+//! Tokens are opaque: `dibop_` and 43 random characters, shown once at
+//! creation; only their SHA-256 is stored, with a 12-character prefix to
+//! recognise them in lists. Every change made through the API or the CLI is
+//! written to the audit log: who, which tenant (none for platform-level
+//! entries), what, which resource, when, from where, and the request id.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use dibop_relay_agent::rfc3339;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::Core;
+use crate::api::{
+    ApiError, ApiJson, ApiPath, Principal, page_limit, paged, query, request_meta, require_admin,
+};
+use crate::store::{ApiTokenRow, AuditEntry, AuditFilter, Store, now_unix};
+
+/// Roles a tenant's token may carry.
+pub const TENANT_ROLES: [&str; 3] = ["enterprise_admin", "operator", "viewer"];
+
+/// A time-ordered audit id: newer ids sort after older ones.
+fn audit_id() -> String {
+    let micros = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000;
+    format!("aud_{micros:016x}{:08x}", fastrand::u32(..))
+}
+
+/// Appends an audit entry for the request being served. A failure to write
+/// it is logged as an error; the change itself has already happened.
+pub async fn record(
+    store: &Store,
+    tenant_id: Option<&str>,
+    actor: &str,
+    action: &str,
+    resource: (&str, &str),
+    details: Value,
+) {
+    let meta = request_meta();
+    let entry = AuditEntry {
+        id: audit_id(),
+        tenant_id: tenant_id.map(str::to_owned),
+        at: now_unix(),
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        resource_type: resource.0.to_owned(),
+        resource_id: resource.1.to_owned(),
+        source_ip: meta.source_ip,
+        request_id: meta.id,
+        details: if details.is_null() {
+            String::new()
+        } else {
+            details.to_string()
+        },
+    };
+    if let Err(e) = store.audit(&entry).await {
+        tracing::error!(
+            action,
+            resource_id = resource.1,
+            "cannot write the audit log: {e}"
+        );
+    }
+}
+
+/// Creates a token; returns the row and the secret (shown once).
+pub async fn issue_token(
+    store: &Store,
+    tenant_id: &str,
+    name: &str,
+    role: &str,
+    expires_at: Option<i64>,
+) -> Result<(ApiTokenRow, String), crate::store::StoreError> {
+    let secret = crate::ids::new_secret("dibop_");
+    let row = ApiTokenRow {
+        id: crate::ids::new_id("tok"),
+        tenant_id: tenant_id.to_owned(),
+        name: name.to_owned(),
+        role: role.to_owned(),
+        prefix: secret.chars().take(12).collect(),
+        created_at: now_unix(),
+        expires_at,
+        revoked_at: None,
+        last_used_at: None,
+    };
+    store
+        .create_api_token(&row, &crate::ids::hash_secret(&secret))
+        .await?;
+    Ok((row, secret))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewToken {
+    name: String,
+    role: String,
+    /// Lifetime in seconds; none means no expiry.
+    ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct TokenView {
+    id: String,
+    name: String,
+    role: String,
+    prefix: String,
+    created_at: String,
+    expires_at: Option<String>,
+    revoked_at: Option<String>,
+    last_used_at: Option<String>,
+}
+
+fn token_view(t: ApiTokenRow) -> TokenView {
+    TokenView {
+        id: t.id,
+        name: t.name,
+        role: t.role,
+        prefix: t.prefix,
+        created_at: rfc3339(t.created_at),
+        expires_at: t.expires_at.map(rfc3339),
+        revoked_at: t.revoked_at.map(rfc3339),
+        last_used_at: t.last_used_at.map(rfc3339),
+    }
+}
+
+/// `POST /api/v1/api-tokens`
+pub(crate) async fn create_token(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiJson(body): ApiJson<NewToken>,
+) -> Result<Response, ApiError> {
+    require_admin(&p)?;
+    let mut problems = Vec::new();
+    let name = body.name.trim();
+    if name.is_empty() || name.len() > 100 {
+        problems.push(json!({"field": "name", "problem": "must be 1 to 100 characters"}));
+    }
+    if !TENANT_ROLES.contains(&body.role.as_str()) {
+        problems.push(json!({"field": "role", "problem": format!("must be one of {}", TENANT_ROLES.join(", "))}));
+    }
+    if let Some(ttl) = body.ttl_secs
+        && !(60..=10 * 365 * 24 * 3600).contains(&ttl)
+    {
+        problems.push(
+            json!({"field": "ttl_secs", "problem": "must be between 60 and 315360000 (10 years)"}),
+        );
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::invalid("the API token is invalid").with_details(json!(problems)));
+    }
+    let expires_at = body.ttl_secs.map(|t| now_unix() + t as i64);
+    let (row, secret) =
+        issue_token(&core.store, &p.tenant_id, name, &body.role, expires_at).await?;
+    record(
+        &core.store,
+        Some(&p.tenant_id),
+        &p.actor(),
+        "api_token.create",
+        ("api_token", &row.id),
+        json!({"name": row.name, "role": row.role}),
+    )
+    .await;
+    let mut view = serde_json::to_value(token_view(row)).unwrap_or_default();
+    view["token"] = Value::String(secret);
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// `GET /api/v1/api-tokens`
+pub(crate) async fn list_tokens(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    q: Result<Query<crate::api::Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    require_admin(&p)?;
+    let page = query(q)?;
+    let limit = page_limit(page.limit)?;
+    let rows = core
+        .store
+        .list_api_tokens(&p.tenant_id, page.cursor.as_deref(), limit + 1)
+        .await?;
+    let views: Vec<TokenView> = rows.into_iter().map(token_view).collect();
+    Ok(paged(views, limit, "/api-tokens", |t| t.id.clone()))
+}
+
+/// `DELETE /api/v1/api-tokens/{id}`
+pub(crate) async fn revoke_token(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(&p)?;
+    let Some(row) = core
+        .store
+        .revoke_api_token(&p.tenant_id, &id, now_unix())
+        .await?
+    else {
+        return Err(ApiError::not_found("API token", &id));
+    };
+    core.tokens.forget(&row.id);
+    record(
+        &core.store,
+        Some(&p.tenant_id),
+        &p.actor(),
+        "api_token.revoke",
+        ("api_token", &row.id),
+        json!({"name": row.name}),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+    action: Option<String>,
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct AuditView {
+    id: String,
+    at: String,
+    actor: String,
+    action: String,
+    resource_type: String,
+    resource_id: String,
+    source_ip: String,
+    request_id: String,
+    details: Value,
+}
+
+/// `GET /api/v1/audit`: the tenant's entries, newest first.
+pub(crate) async fn list_audit(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    require_admin(&p)?;
+    let q = query(q)?;
+    let limit = page_limit(q.limit)?;
+    if q.cursor.as_deref().is_some_and(|c| !c.starts_with("aud_")) {
+        return Err(ApiError::invalid(
+            "cursor is not an audit cursor: use the `Link` header of the previous page",
+        ));
+    }
+    let filter = AuditFilter {
+        action: q.action,
+        resource_type: q.resource_type,
+        resource_id: q.resource_id,
+        before: q.cursor,
+    };
+    let rows = core
+        .store
+        .list_audit(Some(&p.tenant_id), &filter, limit + 1)
+        .await?;
+    let views: Vec<AuditView> = rows
+        .into_iter()
+        .map(|e| AuditView {
+            details: serde_json::from_str(&e.details).unwrap_or(Value::Null),
+            id: e.id,
+            at: rfc3339(e.at),
+            actor: e.actor,
+            action: e.action,
+            resource_type: e.resource_type,
+            resource_id: e.resource_id,
+            source_ip: e.source_ip,
+            request_id: e.request_id,
+        })
+        .collect();
+    Ok(paged(views, limit, "/audit", |e| e.id.clone()))
+}

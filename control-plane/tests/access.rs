@@ -1,0 +1,254 @@
+//! API tokens, roles, readiness and the audit log, through a real HTTP
+//! socket against an in-process control plane.
+
+use dibop_control_plane::{Settings, access, start, store::now_unix};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+struct Cp {
+    _dir: tempfile::TempDir,
+    base: String,
+    admin: String,
+    tenant_id: String,
+    core: std::sync::Arc<dibop_control_plane::Core>,
+    _shutdown: tokio_util::sync::DropGuard,
+}
+
+async fn cp() -> Cp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::new(dir.path().join("cp"));
+    settings.http_addr = "127.0.0.1:0".parse().unwrap();
+    settings.tunnel_addr = "127.0.0.1:0".parse().unwrap();
+    let shutdown = CancellationToken::new();
+    let server = start(settings, shutdown.clone()).await.unwrap();
+    let (tenant_id, admin) =
+        dibop_control_plane::bootstrap_tenant(&server.core.store, "acme", "cli")
+            .await
+            .unwrap();
+    let base = format!("http://{}", server.http_addr);
+    let core = server.core.clone();
+    tokio::spawn(server.wait());
+    Cp {
+        _dir: dir,
+        base,
+        admin,
+        tenant_id,
+        core,
+        _shutdown: shutdown.drop_guard(),
+    }
+}
+
+async fn send(cp: &Cp, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let mut req = client
+        .request(method.parse().unwrap(), format!("{}/api/v1{path}", cp.base))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        },
+    )
+}
+
+#[tokio::test]
+async fn tokens_carry_roles_and_can_be_revoked() {
+    let cp = cp().await;
+    let (status, created) = send(
+        &cp,
+        &cp.admin,
+        "POST",
+        "/api-tokens",
+        Some(json!({"name": "ci", "role": "viewer"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let viewer = created["token"].as_str().unwrap().to_owned();
+    assert!(viewer.starts_with("dibop_"));
+    assert_eq!(created["prefix"].as_str().unwrap(), &viewer[..12]);
+
+    // A viewer reads but cannot change.
+    let (status, _) = send(&cp, &viewer, "GET", "/agent-groups", None).await;
+    assert_eq!(status, 200);
+    let (status, body) = send(
+        &cp,
+        &viewer,
+        "POST",
+        "/agent-groups",
+        Some(json!({"name": "x"})),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
+
+    // Listed without the secret, with its last use.
+    let (_, list) = send(&cp, &cp.admin, "GET", "/api-tokens", None).await;
+    let listed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == created["id"])
+        .unwrap()
+        .clone();
+    assert!(
+        listed.get("token").is_none(),
+        "the secret is never listed: {listed}"
+    );
+    assert!(listed["last_used_at"].is_string());
+    assert!(
+        !list.to_string().contains(&viewer),
+        "no secret anywhere in the list"
+    );
+
+    let (status, _) = send(
+        &cp,
+        &cp.admin,
+        "DELETE",
+        &format!("/api-tokens/{}", created["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, body) = send(&cp, &viewer, "GET", "/agent-groups", None).await;
+    assert_eq!(status, 401);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("revoked"),
+        "{body}"
+    );
+
+    let (status, body) = send(
+        &cp,
+        &cp.admin,
+        "POST",
+        "/api-tokens",
+        Some(json!({"name": "", "role": "root"})),
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert_eq!(
+        body["error"]["details"].as_array().unwrap().len(),
+        2,
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn expired_tokens_say_so() {
+    let cp = cp().await;
+    let (_, secret) = access::issue_token(
+        &cp.core.store,
+        &cp.tenant_id,
+        "old",
+        "operator",
+        Some(now_unix() - 1),
+    )
+    .await
+    .unwrap();
+    let (status, body) = send(&cp, &secret, "GET", "/agents", None).await;
+    assert_eq!(status, 401);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn changes_are_audited_with_who_what_and_where() {
+    let cp = cp().await;
+    let (_, group) = send(
+        &cp,
+        &cp.admin,
+        "POST",
+        "/agent-groups",
+        Some(json!({"name": "site-a"})),
+    )
+    .await;
+    let group_id = group["id"].as_str().unwrap();
+    send(
+        &cp,
+        &cp.admin,
+        "POST",
+        &format!("/agent-groups/{group_id}/enrollment-tokens"),
+        None,
+    )
+    .await;
+    let (status, audit) = send(&cp, &cp.admin, "GET", "/audit", None).await;
+    assert_eq!(status, 200, "{audit}");
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "enrollment_token.create",
+            "agent_group.create",
+            "api_token.create"
+        ],
+        "newest first"
+    );
+    let entry = &audit[1];
+    assert_eq!(entry["resource_id"], group_id);
+    assert!(entry["actor"].as_str().unwrap().starts_with("token:tok_"));
+    assert_eq!(entry["source_ip"], "127.0.0.1");
+    assert!(entry["request_id"].as_str().unwrap().starts_with("req_"));
+    assert!(
+        !audit.to_string().contains("dibop-enroll-v1."),
+        "no enrollment secret in the audit log"
+    );
+
+    let (_, filtered) = send(
+        &cp,
+        &cp.admin,
+        "GET",
+        "/audit?action=agent_group.create",
+        None,
+    )
+    .await;
+    assert_eq!(filtered.as_array().unwrap().len(), 1);
+    let (status, body) = send(&cp, &cp.admin, "GET", "/audit?cursor=nonsense", None).await;
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = send(&cp, &cp.admin, "GET", "/audit?limit=0", None).await;
+    assert_eq!(status, 422, "{body}");
+
+    // Another tenant sees none of it.
+    let (_, other) = dibop_control_plane::bootstrap_tenant(&cp.core.store, "other", "cli")
+        .await
+        .unwrap();
+    let (_, theirs) = send(&cp, &other, "GET", "/audit", None).await;
+    assert!(
+        theirs
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["resource_id"] != group_id)
+    );
+}
+
+#[tokio::test]
+async fn readiness_reflects_the_store() {
+    let cp = cp().await;
+    let resp = reqwest::get(format!("{}/readyz", cp.base)).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    cp.core.store.close().await;
+    let resp = reqwest::get(format!("{}/readyz", cp.base)).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_ready");
+}
