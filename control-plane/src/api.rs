@@ -320,6 +320,16 @@ pub fn router(core: Arc<Core>) -> Router {
             axum::routing::delete(crate::access::revoke_token),
         )
         .route("/audit", get(crate::access::list_audit))
+        .route("/auth/login", post(crate::users::login_handler))
+        .route("/auth/logout", post(crate::users::logout_handler))
+        .route(
+            "/users",
+            post(crate::users::create_user_handler).get(crate::users::list_users_handler),
+        )
+        .route(
+            "/users/{id}",
+            axum::routing::patch(crate::users::update_user_handler),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()

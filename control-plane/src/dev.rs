@@ -76,6 +76,16 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
     let (tenant_id, api_token) =
         crate::bootstrap_tenant(&core.store, DEMO_TENANT, "dibop-dev").await?;
     let group = demo_group(&core.store, &tenant_id).await?;
+    let admin_email = "admin@demo.dibop.example";
+    let (_, admin_password) = crate::bootstrap_user(
+        &core.store,
+        &tenant_id,
+        admin_email,
+        "enterprise_admin",
+        None,
+        "dibop-dev",
+    )
+    .await?;
 
     // Reuse the demo agent's identity across runs unless it is unusable.
     let agent_dir = data_dir.join("agent");
@@ -146,6 +156,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         "dms_url": dms_url,
         "dms_api_key": dibop_e2e::dms_sim::SimAuth::default().api_key,
         "tunnel_addr": server.tunnel_addr.to_string(),
+        "enterprise_admin": {"email": admin_email, "password": admin_password, "api_token": api_token},
     });
     let path = data_dir.join("dev-credentials.json");
     write_private(&path, &serde_json::to_vec_pretty(&credentials)?)?;

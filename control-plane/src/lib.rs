@@ -15,6 +15,7 @@ pub mod dispatch;
 pub mod ids;
 pub mod store;
 pub mod tunnel;
+pub mod users;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -228,4 +229,49 @@ pub async fn bootstrap_tenant(
     )
     .await;
     Ok((tenant.id, token))
+}
+
+/// Creates a user in the named tenant (or, with `reset`, gives an existing
+/// user of that email a new password). Returns (user id, password).
+pub async fn bootstrap_user(
+    store: &store::Store,
+    tenant_id: &str,
+    email: &str,
+    role: &str,
+    password: Option<String>,
+    actor: &str,
+) -> anyhow::Result<(String, String)> {
+    let password = password.unwrap_or_else(|| ids::new_secret("").chars().take(24).collect());
+    if let Some(existing) = store.user_by_email(&email.to_ascii_lowercase()).await? {
+        anyhow::ensure!(
+            existing.tenant_id == tenant_id,
+            "{email} belongs to another tenant"
+        );
+        store
+            .set_user_password(&existing.id, &users::hash_password(password.clone()).await?)
+            .await?;
+        access::record(
+            store,
+            Some(tenant_id),
+            actor,
+            "user.password_reset",
+            ("user", &existing.id),
+            serde_json::Value::Null,
+        )
+        .await;
+        return Ok((existing.id, password));
+    }
+    let user = users::create_user(store, tenant_id, email, &password, role)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create the user: {e:?}"))?;
+    access::record(
+        store,
+        Some(tenant_id),
+        actor,
+        "user.create",
+        ("user", &user.id),
+        serde_json::json!({"email": user.email, "role": role}),
+    )
+    .await;
+    Ok((user.id, password))
 }

@@ -83,6 +83,19 @@ struct ServeArgs {
 
 #[derive(Debug, Subcommand)]
 enum AdminTask {
+    /// Create a user in a tenant (or give an existing one a new password). The
+    /// password comes from DIBOP_NEW_USER_PASSWORD, else one is generated and printed once.
+    CreateUser {
+        /// The tenant's name.
+        #[arg(long)]
+        tenant: String,
+        /// The user's email.
+        #[arg(long)]
+        email: String,
+        /// enterprise_admin, operator or viewer.
+        #[arg(long, default_value = "enterprise_admin")]
+        role: String,
+    },
     /// Create a tenant (if missing) with an enterprise_admin API token; prints the token once.
     CreateTenant {
         /// Tenant name.
@@ -139,6 +152,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             database_url,
             task,
         } => match task {
+            AdminTask::CreateUser {
+                tenant,
+                email,
+                role,
+            } => {
+                let store =
+                    dibop_control_plane::open_store(&data_dir, database_url.as_deref()).await?;
+                let tenant = store.tenant_by_name(&tenant).await?.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "no tenant named `{tenant}` (create it with `dibop admin create-tenant`)"
+                    )
+                })?;
+                let password = std::env::var("DIBOP_NEW_USER_PASSWORD")
+                    .ok()
+                    .filter(|p| !p.is_empty());
+                let generated = password.is_none();
+                let (user_id, password) = dibop_control_plane::bootstrap_user(
+                    &store, &tenant.id, &email, &role, password, "cli",
+                )
+                .await?;
+                let shown = if generated {
+                    password
+                } else {
+                    "(from DIBOP_NEW_USER_PASSWORD)".into()
+                };
+                println!(
+                    "{}",
+                    serde_json::json!({"user_id": user_id, "email": email, "password": shown})
+                );
+                store.close().await;
+                Ok(())
+            }
             AdminTask::CreateTenant { name } => {
                 let store =
                     dibop_control_plane::open_store(&data_dir, database_url.as_deref()).await?;

@@ -38,6 +38,16 @@ macro_rules! select_tokens {
     };
 }
 
+/// `SELECT <every user column> FROM users <tail>`, as a static string.
+macro_rules! select_users {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, tenant_id, email, password_hash, role, created_at, disabled_at FROM users ",
+            $tail
+        )
+    };
+}
+
 /// Storage failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -87,6 +97,25 @@ pub struct ApiTokenRow {
     pub revoked_at: Option<i64>,
     /// Last use (updated at most every few seconds).
     pub last_used_at: Option<i64>,
+}
+
+/// A person who signs in.
+#[derive(Debug, Clone, FromRow)]
+pub struct UserRow {
+    /// Id (`usr_…`).
+    pub id: String,
+    /// The tenant.
+    pub tenant_id: String,
+    /// Unique, lower-cased.
+    pub email: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// Role name.
+    pub role: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// When disabled, if disabled.
+    pub disabled_at: Option<i64>,
 }
 
 /// One audit log entry.
@@ -316,17 +345,136 @@ impl Store {
         Ok(())
     }
 
-    /// Looks up a token by the hash of its secret, whatever its state.
+    /// Looks up a token by the hash of its secret, whatever its state. A
+    /// session token takes its user's current role, and is revoked when the
+    /// user is disabled.
     pub async fn api_token_by_hash(
         &self,
         token_hash: &str,
     ) -> Result<Option<ApiTokenRow>, StoreError> {
+        Ok(sqlx::query_as::<_, ApiTokenRow>(
+            "SELECT t.id, t.tenant_id, t.name, COALESCE(u.role, t.role) AS role, t.prefix, t.created_at, \
+                    t.expires_at, COALESCE(t.revoked_at, u.disabled_at) AS revoked_at, t.last_used_at \
+             FROM api_tokens t LEFT JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Stores a session token for a user.
+    pub async fn create_session(
+        &self,
+        token: &ApiTokenRow,
+        user_id: &str,
+        token_hash: &str,
+    ) -> Result<(), StoreError> {
+        self.create_api_token(token, token_hash).await?;
+        sqlx::query("UPDATE api_tokens SET user_id = $1 WHERE id = $2")
+            .bind(user_id)
+            .bind(&token.id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Creates a user.
+    pub async fn create_user(&self, user: &UserRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO users (id, tenant_id, email, password_hash, role, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&user.id)
+        .bind(&user.tenant_id)
+        .bind(&user.email)
+        .bind(&user.password_hash)
+        .bind(&user.role)
+        .bind(user.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| unique_violation(e, format!("a user with email `{}` already exists", user.email)))?;
+        Ok(())
+    }
+
+    /// A user by email (any tenant: emails are unique).
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<UserRow>, StoreError> {
         Ok(
-            sqlx::query_as::<_, ApiTokenRow>(select_tokens!("WHERE token_hash = $1"))
-                .bind(token_hash)
+            sqlx::query_as::<_, UserRow>(select_users!("WHERE email = $1"))
+                .bind(email)
                 .fetch_optional(&self.pool)
                 .await?,
         )
+    }
+
+    /// A tenant's users, by id after `after`.
+    pub async fn list_users(
+        &self,
+        tenant_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<UserRow>, StoreError> {
+        Ok(sqlx::query_as::<_, UserRow>(select_users!(
+            "WHERE tenant_id = $1 AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3"
+        ))
+        .bind(tenant_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Changes a tenant user's role and/or disabled state; the updated row,
+    /// or `None` when there is no such user in the tenant.
+    pub async fn update_user(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        role: Option<&str>,
+        disabled_at: Option<Option<i64>>,
+    ) -> Result<Option<UserRow>, StoreError> {
+        if let Some(role) = role {
+            sqlx::query("UPDATE users SET role = $1 WHERE tenant_id = $2 AND id = $3")
+                .bind(role)
+                .bind(tenant_id)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        }
+        if let Some(disabled_at) = disabled_at {
+            sqlx::query("UPDATE users SET disabled_at = $1 WHERE tenant_id = $2 AND id = $3")
+                .bind(disabled_at)
+                .bind(tenant_id)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(
+            sqlx::query_as::<_, UserRow>(select_users!("WHERE tenant_id = $1 AND id = $2"))
+                .bind(tenant_id)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Replaces a user's password hash.
+    pub async fn set_user_password(&self, id: &str, password_hash: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+            .bind(password_hash)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The ids of a user's sessions (to forget them from caches).
+    pub async fn session_ids_of(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT id FROM api_tokens WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("id").map_err(StoreError::from))
+            .collect()
     }
 
     /// A tenant's tokens, by id after `after`.

@@ -252,3 +252,119 @@ async fn readiness_reflects_the_store() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "not_ready");
 }
+
+async fn login(cp: &Cp, email: &str, password: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/auth/login", cp.base))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn people_sign_in_and_role_changes_apply_on_the_next_request() {
+    let cp = cp().await;
+    let (status, user) = send(
+        &cp,
+        &cp.admin,
+        "POST",
+        "/users",
+        Some(json!({"email": "Ana@Dealer.example", "password": "a long passphrase", "role": "operator"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{user}");
+    assert_eq!(user["email"], "ana@dealer.example");
+    assert!(user.get("password_hash").is_none() && !user.to_string().contains("argon2"));
+
+    let (status, body) = login(&cp, "ana@dealer.example", "a long passphrase").await;
+    assert_eq!(status, 200, "{body}");
+    let session = body["token"].as_str().unwrap().to_owned();
+    assert_eq!(body["user"]["role"], "operator");
+
+    // An operator may not create groups; promoted, the same session may.
+    let (status, _) = send(
+        &cp,
+        &session,
+        "POST",
+        "/agent-groups",
+        Some(json!({"name": "a"})),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = send(
+        &cp,
+        &cp.admin,
+        "PATCH",
+        &format!("/users/{}", user["id"].as_str().unwrap()),
+        Some(json!({"role": "enterprise_admin"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = send(
+        &cp,
+        &session,
+        "POST",
+        "/agent-groups",
+        Some(json!({"name": "a"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+
+    // Logout ends the session.
+    let (status, _) = send(&cp, &session, "POST", "/auth/logout", None).await;
+    assert_eq!(status, 204);
+    let (status, _) = send(&cp, &session, "GET", "/agents", None).await;
+    assert_eq!(status, 401);
+
+    // Disabling a user ends every session and refuses sign-in.
+    let (_, body) = login(&cp, "ana@dealer.example", "a long passphrase").await;
+    let session = body["token"].as_str().unwrap().to_owned();
+    send(
+        &cp,
+        &cp.admin,
+        "PATCH",
+        &format!("/users/{}", user["id"].as_str().unwrap()),
+        Some(json!({"disabled": true})),
+    )
+    .await;
+    let (status, _) = send(&cp, &session, "GET", "/agents", None).await;
+    assert_eq!(status, 401);
+    let (status, _) = login(&cp, "ana@dealer.example", "a long passphrase").await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn wrong_credentials_say_nothing_about_which_part_is_wrong() {
+    let cp = cp().await;
+    send(&cp, &cp.admin, "POST", "/users", Some(json!({"email": "bo@dealer.example", "password": "another passphrase", "role": "viewer"}))).await;
+    let (s1, wrong_password) = login(&cp, "bo@dealer.example", "not the passphrase").await;
+    let (s2, unknown_user) = login(&cp, "nobody@dealer.example", "not the passphrase").await;
+    assert_eq!((s1, s2), (401, 401));
+    assert_eq!(
+        wrong_password["error"]["message"],
+        unknown_user["error"]["message"]
+    );
+    assert_eq!(wrong_password["error"]["code"], "invalid_credentials");
+
+    let (status, body) = send(
+        &cp,
+        &cp.admin,
+        "POST",
+        "/users",
+        Some(json!({"email": "x", "password": "short", "role": "god"})),
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert_eq!(
+        body["error"]["details"].as_array().unwrap().len(),
+        3,
+        "{body}"
+    );
+    let (status, body) = send(&cp, &cp.admin, "POST", "/users", Some(json!({"email": "BO@dealer.example", "password": "another passphrase", "role": "viewer"}))).await;
+    assert_eq!(
+        status, 409,
+        "emails are unique, whatever their case: {body}"
+    );
+}

@@ -67,6 +67,20 @@ async fn dibop_dev_runs_the_whole_platform_and_stops_cleanly() {
     assert_eq!(agents.len(), 1);
     assert_eq!(agents[0]["status"], "online");
 
+    // The demo enterprise admin can sign in with the written password.
+    let admin = &creds["enterprise_admin"];
+    assert_eq!(admin["api_token"], creds["api_token"]);
+    let login = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/auth/login",
+            creds["api_url"].as_str().unwrap()
+        ))
+        .json(&json!({"email": admin["email"], "password": admin["password"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status().as_u16(), 200);
+
     // The demo agent may call only the simulator.
     let (_, denied) = api
         .call(

@@ -1,0 +1,377 @@
+//! People: email and password sign-in, sessions, and a tenant's users.
+//!
+//! Passwords are hashed with Argon2id (OWASP baseline parameters, PHC
+//! strings so they can be raised later) on the blocking pool, at most
+//! [`MAX_CONCURRENT_HASHES`] at once: each hash takes about 19 MiB, so a
+//! login flood cannot exhaust memory. A session is an API token linked to
+//! its user (12 hours): the user's current role applies on the next request,
+//! and disabling the user ends every session.
+
+use std::sync::{Arc, LazyLock};
+
+use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use dibop_relay_agent::rfc3339;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use crate::Core;
+use crate::access::{TENANT_ROLES, record};
+use crate::api::{ApiError, ApiJson, ApiPath, Principal, page_limit, paged, query, require_admin};
+use crate::store::{ApiTokenRow, Store, StoreError, UserRow, now_unix};
+
+/// Hashes running at once (each allocates about 19 MiB).
+pub const MAX_CONCURRENT_HASHES: usize = 2;
+/// Lifetime of a session.
+pub const SESSION_TTL_SECS: i64 = 12 * 3600;
+/// Shortest password accepted.
+pub const MIN_PASSWORD_LEN: usize = 12;
+
+static HASHING: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(MAX_CONCURRENT_HASHES));
+
+/// A hash to compare against when the email is unknown, so that unknown and
+/// known emails take the same time.
+static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
+    argon2::Argon2::default()
+        .hash_password(b"dibop-timing-equaliser")
+        .map(|h| h.to_string())
+        .unwrap_or_default()
+});
+
+/// Hashes a password off the async threads.
+pub async fn hash_password(password: String) -> anyhow::Result<String> {
+    let _permit = HASHING.acquire().await?;
+    let hash = tokio::task::spawn_blocking(move || {
+        argon2::Argon2::default()
+            .hash_password(password.as_bytes())
+            .map(|h| h.to_string())
+    })
+    .await?
+    .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
+    Ok(hash)
+}
+
+/// Checks a password against a PHC string off the async threads.
+pub async fn verify_password(password: String, hash: String) -> bool {
+    let Ok(_permit) = HASHING.acquire().await else {
+        return false;
+    };
+    tokio::task::spawn_blocking(move || {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), hash.as_str())
+            .is_ok()
+    })
+    .await
+    .unwrap_or(false)
+}
+
+fn normalize_email(email: &str) -> String {
+    email.trim().to_ascii_lowercase()
+}
+
+fn email_problem(email: &str) -> Option<&'static str> {
+    let ok = email.len() <= 254
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        })
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    (!ok).then_some("must be an email address")
+}
+
+fn password_problem(password: &str) -> Option<String> {
+    let n = password.chars().count();
+    if n < MIN_PASSWORD_LEN {
+        Some(format!("must be at least {MIN_PASSWORD_LEN} characters"))
+    } else if n > 1024 {
+        Some("must be at most 1024 characters".into())
+    } else {
+        None
+    }
+}
+
+/// Creates a user after validating every field; returns the row.
+pub async fn create_user(
+    store: &Store,
+    tenant_id: &str,
+    email: &str,
+    password: &str,
+    role: &str,
+) -> Result<UserRow, ApiError> {
+    let email = normalize_email(email);
+    let mut problems = Vec::new();
+    if let Some(p) = email_problem(&email) {
+        problems.push(json!({"field": "email", "problem": p}));
+    }
+    if let Some(p) = password_problem(password) {
+        problems.push(json!({"field": "password", "problem": p}));
+    }
+    if !TENANT_ROLES.contains(&role) {
+        problems.push(json!({"field": "role", "problem": format!("must be one of {}", TENANT_ROLES.join(", "))}));
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::invalid("the user is invalid").with_details(json!(problems)));
+    }
+    let password_hash = hash_password(password.to_owned()).await.map_err(|e| {
+        tracing::error!("{e}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "cannot store the password",
+        )
+    })?;
+    let user = UserRow {
+        id: crate::ids::new_id("usr"),
+        tenant_id: tenant_id.to_owned(),
+        email,
+        password_hash,
+        role: role.to_owned(),
+        created_at: now_unix(),
+        disabled_at: None,
+    };
+    store.create_user(&user).await?;
+    Ok(user)
+}
+
+/// Signs a user in: a new session token, or `None` for wrong credentials.
+pub async fn login(
+    store: &Store,
+    email: &str,
+    password: &str,
+) -> Result<Option<(UserRow, ApiTokenRow, String)>, StoreError> {
+    let user = store.user_by_email(&normalize_email(email)).await?;
+    let hash = user
+        .as_ref()
+        .map_or_else(|| DUMMY_HASH.clone(), |u| u.password_hash.clone());
+    let matches = verify_password(password.to_owned(), hash).await;
+    let Some(user) = user.filter(|u| matches && u.disabled_at.is_none()) else {
+        return Ok(None);
+    };
+    let secret = crate::ids::new_secret("dibop_");
+    let row = ApiTokenRow {
+        id: crate::ids::new_id("tok"),
+        tenant_id: user.tenant_id.clone(),
+        name: format!("session of {}", user.email),
+        role: user.role.clone(),
+        prefix: secret.chars().take(12).collect(),
+        created_at: now_unix(),
+        expires_at: Some(now_unix() + SESSION_TTL_SECS),
+        revoked_at: None,
+        last_used_at: None,
+    };
+    store
+        .create_session(&row, &user.id, &crate::ids::hash_secret(&secret))
+        .await?;
+    Ok(Some((user, row, secret)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LoginBody {
+    email: String,
+    password: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct UserView {
+    id: String,
+    email: String,
+    role: String,
+    created_at: String,
+    disabled_at: Option<String>,
+}
+
+fn user_view(u: &UserRow) -> UserView {
+    UserView {
+        id: u.id.clone(),
+        email: u.email.clone(),
+        role: u.role.clone(),
+        created_at: rfc3339(u.created_at),
+        disabled_at: u.disabled_at.map(rfc3339),
+    }
+}
+
+/// `POST /api/v1/auth/login` (no token needed).
+pub(crate) async fn login_handler(
+    State(core): State<Arc<Core>>,
+    ApiJson(body): ApiJson<LoginBody>,
+) -> Result<Response, ApiError> {
+    match login(&core.store, &body.email, &body.password).await? {
+        Some((user, session, secret)) => {
+            record(
+                &core.store,
+                Some(&user.tenant_id),
+                &format!("user:{}", user.id),
+                "session.create",
+                ("session", &session.id),
+                Value::Null,
+            )
+            .await;
+            Ok(Json(json!({
+                "token": secret,
+                "token_type": "Bearer",
+                "expires_at": session.expires_at.map(rfc3339),
+                "user": user_view(&user),
+                "tenant_id": user.tenant_id,
+            }))
+            .into_response())
+        }
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "the email or the password is wrong",
+        )),
+    }
+}
+
+/// `POST /api/v1/auth/logout`: revokes the token used for this request.
+pub(crate) async fn logout_handler(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+) -> Result<StatusCode, ApiError> {
+    core.store
+        .revoke_api_token(&p.tenant_id, &p.token_id, now_unix())
+        .await?;
+    core.tokens.forget(&p.token_id);
+    record(
+        &core.store,
+        Some(&p.tenant_id),
+        &p.actor(),
+        "session.revoke",
+        ("session", &p.token_id),
+        Value::Null,
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewUser {
+    email: String,
+    password: String,
+    role: String,
+}
+
+/// `POST /api/v1/users`
+pub(crate) async fn create_user_handler(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiJson(body): ApiJson<NewUser>,
+) -> Result<Response, ApiError> {
+    require_admin(&p)?;
+    let user = create_user(
+        &core.store,
+        &p.tenant_id,
+        &body.email,
+        &body.password,
+        &body.role,
+    )
+    .await?;
+    record(
+        &core.store,
+        Some(&p.tenant_id),
+        &p.actor(),
+        "user.create",
+        ("user", &user.id),
+        json!({"email": user.email, "role": user.role}),
+    )
+    .await;
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/api/v1/users/{}", user.id))],
+        Json(user_view(&user)),
+    )
+        .into_response())
+}
+
+/// `GET /api/v1/users`
+pub(crate) async fn list_users_handler(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    q: Result<Query<crate::api::Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    require_admin(&p)?;
+    let page = query(q)?;
+    let limit = page_limit(page.limit)?;
+    let rows = core
+        .store
+        .list_users(&p.tenant_id, page.cursor.as_deref(), limit + 1)
+        .await?;
+    let views: Vec<UserView> = rows.iter().map(user_view).collect();
+    Ok(paged(views, limit, "/users", |u| u.id.clone()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UserPatch {
+    role: Option<String>,
+    disabled: Option<bool>,
+}
+
+/// `PATCH /api/v1/users/{id}`: change the role or disable/enable; takes
+/// effect on the user's next request.
+pub(crate) async fn update_user_handler(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<UserPatch>,
+) -> Result<Json<UserView>, ApiError> {
+    require_admin(&p)?;
+    if let Some(role) = &body.role
+        && !TENANT_ROLES.contains(&role.as_str())
+    {
+        return Err(ApiError::invalid("the change is invalid")
+            .with_details(json!([{"field": "role", "problem": format!("must be one of {}", TENANT_ROLES.join(", "))}])));
+    }
+    let disabled_at = body.disabled.map(|d| d.then(now_unix));
+    let user = core
+        .store
+        .update_user(&p.tenant_id, &id, body.role.as_deref(), disabled_at)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user", &id))?;
+    // Sessions cached on this node must see the change on their next request.
+    for session in core.store.session_ids_of(&user.id).await? {
+        core.tokens.forget(&session);
+    }
+    record(
+        &core.store,
+        Some(&p.tenant_id),
+        &p.actor(),
+        "user.update",
+        ("user", &user.id),
+        json!({"role": body.role, "disabled": body.disabled}),
+    )
+    .await;
+    Ok(Json(user_view(&user)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hashes_verify_and_differ_per_salt() {
+        let a = hash_password("correct horse battery".into()).await.unwrap();
+        let b = hash_password("correct horse battery".into()).await.unwrap();
+        assert!(a.starts_with("$argon2id$"), "{a}");
+        assert_ne!(a, b, "salted");
+        assert!(verify_password("correct horse battery".into(), a.clone()).await);
+        assert!(!verify_password("wrong horse battery".into(), a).await);
+    }
+
+    #[test]
+    fn emails_and_passwords_are_checked() {
+        assert!(email_problem("ana@dealer.example").is_none());
+        assert!(email_problem("ana@localhost").is_some());
+        assert!(email_problem("ana dealer@x.y").is_some());
+        assert!(password_problem("short").is_some());
+        assert!(password_problem("long enough password").is_none());
+    }
+}
