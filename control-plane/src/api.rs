@@ -52,6 +52,7 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     details: Value,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -62,7 +63,13 @@ impl ApiError {
             code,
             message: message.into(),
             details: Value::Null,
+            retry_after: None,
         }
+    }
+
+    pub(crate) fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub(crate) fn with_details(mut self, details: Value) -> Self {
@@ -110,7 +117,13 @@ impl IntoResponse for ApiError {
             "details": self.details,
             "request_id": request_id,
         }});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&seconds.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        response
     }
 }
 
@@ -267,6 +280,25 @@ impl FromRequestParts<Arc<Core>> for Principal {
                 rfc3339(at)
             )));
         }
+        let tenant = core
+            .quotas
+            .tenant(&core.store, &t.tenant_id)
+            .await?
+            .ok_or_else(|| unauthenticated("the token's tenant no longer exists".into()))?;
+        if tenant.status == "suspended" {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "tenant_suspended",
+                format!(
+                    "tenant `{}` is suspended: contact the platform operator",
+                    tenant.name
+                ),
+            ));
+        }
+        if t.role != crate::tenants::PLATFORM_ADMIN {
+            core.quotas.check_rate(&tenant)?;
+        }
+        parts.extensions.insert(tenant);
         Ok(Principal {
             tenant_id: t.tenant_id,
             role: t.role,
@@ -329,6 +361,14 @@ pub fn router(core: Arc<Core>) -> Router {
         .route(
             "/users/{id}",
             axum::routing::patch(crate::users::update_user_handler),
+        )
+        .route(
+            "/tenants",
+            post(crate::tenants::create_tenant).get(crate::tenants::list_tenants),
+        )
+        .route(
+            "/tenants/{id}",
+            get(crate::tenants::get_tenant).patch(crate::tenants::update_tenant),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
@@ -739,6 +779,7 @@ const DEFAULT_CALL_TIMEOUT_MS: u32 = 30_000;
 async fn group_call(
     State(core): State<Arc<Core>>,
     p: Principal,
+    tenant: Option<axum::Extension<crate::store::Tenant>>,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<CallBody>,
 ) -> ApiResult<Response> {
@@ -747,6 +788,9 @@ async fn group_call(
     // enough; the database is asked only when none is online.
     if !core.registry.group_owned_by(&id, &p.tenant_id) {
         load_group(&core, &p, &id).await?;
+    }
+    if let Some(tenant) = &tenant {
+        core.quotas.take_call(&core.store, &tenant.0).await?;
     }
     let mut problems = Vec::new();
     let method = body.method.to_ascii_uppercase();

@@ -76,6 +76,18 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
     let (tenant_id, api_token) =
         crate::bootstrap_tenant(&core.store, DEMO_TENANT, "dibop-dev").await?;
     let group = demo_group(&core.store, &tenant_id).await?;
+    // A playground: generous limits so exploring never trips the quota.
+    crate::set_tenant_plan(
+        &core.store,
+        &tenant_id,
+        Some("premium"),
+        Some(100_000_000),
+        Some(100_000),
+    )
+    .await?;
+    let (platform_email, platform_password, platform_token) =
+        crate::bootstrap_platform_admin(&core.store, "platform@dibop.example", None, "dibop-dev")
+            .await?;
     let admin_email = "admin@demo.dibop.example";
     let (_, admin_password) = crate::bootstrap_user(
         &core.store,
@@ -157,6 +169,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         "dms_api_key": dibop_e2e::dms_sim::SimAuth::default().api_key,
         "tunnel_addr": server.tunnel_addr.to_string(),
         "enterprise_admin": {"email": admin_email, "password": admin_password, "api_token": api_token},
+        "platform_admin": {"email": platform_email, "password": platform_password, "api_token": platform_token},
     });
     let path = data_dir.join("dev-credentials.json");
     write_private(&path, &serde_json::to_vec_pretty(&credentials)?)?;

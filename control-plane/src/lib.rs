@@ -14,6 +14,7 @@ pub mod dev;
 pub mod dispatch;
 pub mod ids;
 pub mod store;
+pub mod tenants;
 pub mod tunnel;
 pub mod users;
 
@@ -73,6 +74,8 @@ pub struct Core {
     pub registry: dispatch::Registry,
     /// Cached API token lookups.
     pub tokens: api::TokenCache,
+    /// Tenant plans, request rates, monthly usage.
+    pub quotas: tenants::Quotas,
     /// Settings, with `public_tunnel_addr` resolved.
     pub settings: ResolvedSettings,
 }
@@ -130,6 +133,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         ca,
         registry: dispatch::Registry::default(),
         tokens: api::TokenCache::default(),
+        quotas: tenants::Quotas::default(),
         settings: ResolvedSettings {
             public_tunnel_addr: String::new(),
             agent_idle_timeout: settings.agent_idle_timeout,
@@ -147,6 +151,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
 
     let mut tasks = JoinSet::new();
     tasks.spawn(tunnel::serve(core.clone(), endpoint, shutdown.clone()));
+    tasks.spawn(tenants::flush_usage(core.clone(), shutdown.clone()));
     let router = api::router(core.clone());
     let http_shutdown = shutdown.clone();
     tasks.spawn(async move {
@@ -274,4 +279,78 @@ pub async fn bootstrap_user(
     )
     .await;
     Ok((user.id, password))
+}
+
+/// Makes a platform admin: the reserved `platform` tenant (if missing), a
+/// user and an API token with the `platform_admin` role. Returns
+/// (email, password, api token).
+pub async fn bootstrap_platform_admin(
+    store: &store::Store,
+    email: &str,
+    password: Option<String>,
+    actor: &str,
+) -> anyhow::Result<(String, String, String)> {
+    let platform = match store.tenant_by_name(tenants::PLATFORM_TENANT).await? {
+        Some(t) => t,
+        None => {
+            let mut t = store
+                .create_tenant(&ids::new_id("ten"), tenants::PLATFORM_TENANT)
+                .await?;
+            t.tier = "premium".into();
+            store.update_tenant_plan(&t).await?;
+            t
+        }
+    };
+    let (_, password) = bootstrap_user(
+        store,
+        &platform.id,
+        email,
+        tenants::PLATFORM_ADMIN,
+        password,
+        actor,
+    )
+    .await?;
+    let (row, token) =
+        access::issue_token(store, &platform.id, actor, tenants::PLATFORM_ADMIN, None).await?;
+    access::record(
+        store,
+        None,
+        actor,
+        "api_token.create",
+        ("api_token", &row.id),
+        serde_json::json!({"role": row.role}),
+    )
+    .await;
+    Ok((email.to_owned(), password, token))
+}
+
+/// Sets a tenant's tier and custom limits (CLI and `dibop dev`).
+pub async fn set_tenant_plan(
+    store: &store::Store,
+    tenant_id: &str,
+    tier: Option<&str>,
+    calls_per_month: Option<i64>,
+    requests_per_minute: Option<i64>,
+) -> anyhow::Result<()> {
+    let mut t = store
+        .tenant(tenant_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no tenant {tenant_id}"))?;
+    if let Some(tier) = tier {
+        anyhow::ensure!(
+            tenants::TIERS.iter().any(|(n, _)| *n == tier),
+            "tier must be free, standard or premium"
+        );
+        t.tier = tier.to_owned();
+    }
+    for (value, name) in [
+        (calls_per_month, "calls per month"),
+        (requests_per_minute, "requests per minute"),
+    ] {
+        anyhow::ensure!(value.is_none_or(|v| v >= 1), "{name} must be at least 1");
+    }
+    t.calls_per_month = calls_per_month.or(t.calls_per_month);
+    t.requests_per_minute = requests_per_minute.or(t.requests_per_minute);
+    store.update_tenant_plan(&t).await?;
+    Ok(())
 }

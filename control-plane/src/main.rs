@@ -82,6 +82,8 @@ struct ServeArgs {
 }
 
 #[derive(Debug, Subcommand)]
+// The variants name the commands (`create-user`, ...); more verbs come with the vault.
+#[allow(clippy::enum_variant_names)]
 enum AdminTask {
     /// Create a user in a tenant (or give an existing one a new password). The
     /// password comes from DIBOP_NEW_USER_PASSWORD, else one is generated and printed once.
@@ -101,6 +103,22 @@ enum AdminTask {
         /// Tenant name.
         #[arg(long)]
         name: String,
+        /// Quota tier: free, standard or premium.
+        #[arg(long)]
+        tier: Option<String>,
+        /// Custom monthly call quota (overrides the tier's).
+        #[arg(long)]
+        calls_per_month: Option<i64>,
+        /// Custom API request rate per minute (overrides the tier's).
+        #[arg(long)]
+        requests_per_minute: Option<i64>,
+    },
+    /// Create a platform admin (user and API token; password from
+    /// DIBOP_NEW_USER_PASSWORD, else generated). Prints the credentials once.
+    CreatePlatformAdmin {
+        /// The admin's email.
+        #[arg(long)]
+        email: String,
     },
 }
 
@@ -184,11 +202,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 store.close().await;
                 Ok(())
             }
-            AdminTask::CreateTenant { name } => {
+            AdminTask::CreatePlatformAdmin { email } => {
+                let store =
+                    dibop_control_plane::open_store(&data_dir, database_url.as_deref()).await?;
+                let password = std::env::var("DIBOP_NEW_USER_PASSWORD")
+                    .ok()
+                    .filter(|p| !p.is_empty());
+                let (email, password, token) =
+                    dibop_control_plane::bootstrap_platform_admin(&store, &email, password, "cli")
+                        .await?;
+                println!(
+                    "{}",
+                    serde_json::json!({"email": email, "password": password, "api_token": token})
+                );
+                store.close().await;
+                Ok(())
+            }
+            AdminTask::CreateTenant {
+                name,
+                tier,
+                calls_per_month,
+                requests_per_minute,
+            } => {
+                anyhow::ensure!(
+                    name != dibop_control_plane::tenants::PLATFORM_TENANT,
+                    "`platform` is reserved"
+                );
                 let store =
                     dibop_control_plane::open_store(&data_dir, database_url.as_deref()).await?;
                 let (tenant_id, token) =
                     dibop_control_plane::bootstrap_tenant(&store, &name, "cli").await?;
+                dibop_control_plane::set_tenant_plan(
+                    &store,
+                    &tenant_id,
+                    tier.as_deref(),
+                    calls_per_month,
+                    requests_per_minute,
+                )
+                .await?;
                 println!("{{\"tenant_id\":\"{tenant_id}\",\"api_token\":\"{token}\"}}");
                 store.close().await;
                 Ok(())

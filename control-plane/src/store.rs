@@ -48,6 +48,16 @@ macro_rules! select_users {
     };
 }
 
+/// `SELECT <every tenant column> FROM tenants <tail>`, as a static string.
+macro_rules! select_tenants {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, name, created_at, status, tier, calls_per_month, requests_per_minute FROM tenants ",
+            $tail
+        )
+    };
+}
+
 /// Storage failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -74,6 +84,14 @@ pub struct Tenant {
     pub name: String,
     /// Creation time (Unix seconds).
     pub created_at: i64,
+    /// `active` or `suspended`.
+    pub status: String,
+    /// `free`, `standard` or `premium`.
+    pub tier: String,
+    /// Overrides the tier's monthly call quota.
+    pub calls_per_month: Option<i64>,
+    /// Overrides the tier's request rate.
+    pub requests_per_minute: Option<i64>,
 }
 
 /// An API token (its secret is never stored, only its hash).
@@ -295,7 +313,7 @@ impl Store {
         Ok(())
     }
 
-    /// Creates a tenant.
+    /// Creates a tenant on the `standard` tier.
     pub async fn create_tenant(&self, id: &str, name: &str) -> Result<Tenant, StoreError> {
         let now = now_unix();
         sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
@@ -309,17 +327,94 @@ impl Store {
             id: id.into(),
             name: name.into(),
             created_at: now,
+            status: "active".into(),
+            tier: "standard".into(),
+            calls_per_month: None,
+            requests_per_minute: None,
         })
     }
 
     /// Finds a tenant by name.
     pub async fn tenant_by_name(&self, name: &str) -> Result<Option<Tenant>, StoreError> {
         Ok(
-            sqlx::query_as::<_, Tenant>("SELECT id, name, created_at FROM tenants WHERE name = $1")
+            sqlx::query_as::<_, Tenant>(select_tenants!("WHERE name = $1"))
                 .bind(name)
                 .fetch_optional(&self.pool)
                 .await?,
         )
+    }
+
+    /// Finds a tenant by id.
+    pub async fn tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
+        Ok(
+            sqlx::query_as::<_, Tenant>(select_tenants!("WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// All tenants, by id after `after`.
+    pub async fn list_tenants(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Tenant>, StoreError> {
+        Ok(sqlx::query_as::<_, Tenant>(select_tenants!(
+            "WHERE ($1 IS NULL OR id > $1) ORDER BY id LIMIT $2"
+        ))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Stores a tenant's status and plan.
+    pub async fn update_tenant_plan(&self, t: &Tenant) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE tenants SET status = $1, tier = $2, calls_per_month = $3, requests_per_minute = $4 WHERE id = $5",
+        )
+        .bind(&t.status)
+        .bind(&t.tier)
+        .bind(t.calls_per_month)
+        .bind(t.requests_per_minute)
+        .bind(&t.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Calls counted for a tenant in a period (`YYYY-MM`).
+    pub async fn usage(&self, tenant_id: &str, period: &str) -> Result<i64, StoreError> {
+        let row =
+            sqlx::query("SELECT calls FROM usage_counters WHERE tenant_id = $1 AND period = $2")
+                .bind(tenant_id)
+                .bind(period)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(match row {
+            Some(r) => r.try_get::<i64, _>("calls")?,
+            None => 0,
+        })
+    }
+
+    /// Adds calls to a tenant's counter for a period.
+    pub async fn add_usage(
+        &self,
+        tenant_id: &str,
+        period: &str,
+        calls: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO usage_counters (tenant_id, period, calls) VALUES ($1, $2, $3) \
+             ON CONFLICT (tenant_id, period) DO UPDATE SET calls = usage_counters.calls + excluded.calls",
+        )
+        .bind(tenant_id)
+        .bind(period)
+        .bind(calls)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Stores an API token (with the hash of its secret).

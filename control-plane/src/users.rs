@@ -112,7 +112,12 @@ pub async fn create_user(
     if let Some(p) = password_problem(password) {
         problems.push(json!({"field": "password", "problem": p}));
     }
-    if !TENANT_ROLES.contains(&role) {
+    let platform_admin = role == crate::tenants::PLATFORM_ADMIN
+        && store
+            .tenant(tenant_id)
+            .await?
+            .is_some_and(|t| t.name == crate::tenants::PLATFORM_TENANT);
+    if !TENANT_ROLES.contains(&role) && !platform_admin {
         problems.push(json!({"field": "role", "problem": format!("must be one of {}", TENANT_ROLES.join(", "))}));
     }
     if !problems.is_empty() {

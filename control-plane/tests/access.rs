@@ -368,3 +368,157 @@ async fn wrong_credentials_say_nothing_about_which_part_is_wrong() {
         "emails are unique, whatever their case: {body}"
     );
 }
+
+#[tokio::test]
+async fn platform_admins_manage_tenants_and_limits_answer_429() {
+    let cp = cp().await;
+    let (_, _, platform) = dibop_control_plane::bootstrap_platform_admin(
+        &cp.core.store,
+        "ops@dibop.example",
+        None,
+        "cli",
+    )
+    .await
+    .unwrap();
+
+    // Tenant admins cannot manage tenants; platform admins see no tenant data.
+    let (status, _) = send(&cp, &cp.admin, "GET", "/tenants", None).await;
+    assert_eq!(status, 403);
+    let (status, groups) = send(&cp, &platform, "GET", "/agent-groups", None).await;
+    assert_eq!((status, groups.as_array().unwrap().len()), (200, 0));
+
+    let (status, t) = send(
+        &cp,
+        &platform,
+        "POST",
+        "/tenants",
+        Some(json!({"name": "small-dealer", "tier": "free"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{t}");
+    assert_eq!(
+        t["limits"],
+        json!({"calls_per_month": 1000, "requests_per_minute": 10})
+    );
+    let tenant_id = t["id"].as_str().unwrap().to_owned();
+    let (_, small) = dibop_control_plane::bootstrap_tenant(&cp.core.store, "small-dealer", "cli")
+        .await
+        .unwrap();
+
+    // Ten requests a minute, then 429 with Retry-After and the limit named.
+    for _ in 0..10 {
+        assert_eq!(send(&cp, &small, "GET", "/agents", None).await.0, 200);
+    }
+    let resp = reqwest::Client::new()
+        .get(format!("{}/api/v1/agents", cp.base))
+        .bearer_auth(&small)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    assert!(resp.headers().get("retry-after").is_some());
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("10 API requests per minute"),
+        "{body}"
+    );
+
+    // A custom monthly quota of two calls.
+    let (status, t) = send(
+        &cp,
+        &platform,
+        "PATCH",
+        &format!("/tenants/{tenant_id}"),
+        Some(json!({"requests_per_minute": 1000, "calls_per_month": 2})),
+    )
+    .await;
+    assert_eq!(status, 200, "{t}");
+    let (_, group) = send(
+        &cp,
+        &small,
+        "POST",
+        "/agent-groups",
+        Some(json!({"name": "g"})),
+    )
+    .await;
+    let calls = format!("/agent-groups/{}/calls", group["id"].as_str().unwrap());
+    for _ in 0..2 {
+        let (status, r) = send(
+            &cp,
+            &small,
+            "POST",
+            &calls,
+            Some(json!({"url": "http://127.0.0.1:9/"})),
+        )
+        .await;
+        assert_eq!(status, 200, "{r}");
+    }
+    let (status, body) = send(
+        &cp,
+        &small,
+        "POST",
+        &calls,
+        Some(json!({"url": "http://127.0.0.1:9/"})),
+    )
+    .await;
+    assert_eq!(status, 429);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("monthly quota of 2 calls"),
+        "{body}"
+    );
+    cp.core.quotas.flush(&cp.core.store).await;
+    let (_, t) = send(
+        &cp,
+        &platform,
+        "GET",
+        &format!("/tenants/{tenant_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(t["calls_this_month"], 2, "{t}");
+
+    // Suspended: every request refused, saying why; resumed: back.
+    send(
+        &cp,
+        &platform,
+        "PATCH",
+        &format!("/tenants/{tenant_id}"),
+        Some(json!({"status": "suspended"})),
+    )
+    .await;
+    let (status, body) = send(&cp, &small, "GET", "/agents", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("tenant_suspended"))
+    );
+    send(
+        &cp,
+        &platform,
+        "PATCH",
+        &format!("/tenants/{tenant_id}"),
+        Some(json!({"status": "active"})),
+    )
+    .await;
+    assert_eq!(send(&cp, &small, "GET", "/agents", None).await.0, 200);
+
+    let (status, body) = send(
+        &cp,
+        &platform,
+        "PATCH",
+        &format!("/tenants/{tenant_id}"),
+        Some(json!({"tier": "gold", "calls_per_month": 0})),
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert_eq!(
+        body["error"]["details"].as_array().unwrap().len(),
+        2,
+        "{body}"
+    );
+}
