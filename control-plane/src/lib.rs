@@ -17,6 +17,7 @@ pub mod store;
 pub mod tenants;
 pub mod tunnel;
 pub mod users;
+pub mod vault;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -76,6 +77,8 @@ pub struct Core {
     pub tokens: api::TokenCache,
     /// Tenant plans, request rates, monthly usage.
     pub quotas: tenants::Quotas,
+    /// Tenants' secrets.
+    pub vault: vault::Vault,
     /// Settings, with `public_tunnel_addr` resolved.
     pub settings: ResolvedSettings,
 }
@@ -119,6 +122,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         .with_context(|| format!("cannot use data directory {}", settings.data_dir.display()))?;
     let store = open_store(&settings.data_dir, settings.database_url.as_deref()).await?;
     let ca = ca::Ca::load_or_create(&settings.data_dir)?;
+    let vault = vault::Vault::new(vault::default_provider(&settings.data_dir)?);
+    vault.verify(&store).await?;
     let listener = tokio::net::TcpListener::bind(settings.http_addr)
         .await
         .with_context(|| {
@@ -134,6 +139,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         registry: dispatch::Registry::default(),
         tokens: api::TokenCache::default(),
         quotas: tenants::Quotas::default(),
+        vault,
         settings: ResolvedSettings {
             public_tunnel_addr: String::new(),
             agent_idle_timeout: settings.agent_idle_timeout,

@@ -113,6 +113,9 @@ enum AdminTask {
         #[arg(long)]
         requests_per_minute: Option<i64>,
     },
+    /// Re-wrap every tenant data key under a new master key (key file in the
+    /// data dir, or DIBOP_MASTER_KEY → DIBOP_NEW_MASTER_KEY). Stop `dibop serve` first.
+    RotateMasterKey,
     /// Create a platform admin (user and API token; password from
     /// DIBOP_NEW_USER_PASSWORD, else generated). Prints the credentials once.
     CreatePlatformAdmin {
@@ -198,6 +201,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!(
                     "{}",
                     serde_json::json!({"user_id": user_id, "email": email, "password": shown})
+                );
+                store.close().await;
+                Ok(())
+            }
+            AdminTask::RotateMasterKey => {
+                let store =
+                    dibop_control_plane::open_store(&data_dir, database_url.as_deref()).await?;
+                let (key_id, n) =
+                    dibop_control_plane::vault::rotate_master_key(&store, &data_dir).await?;
+                dibop_control_plane::access::record(
+                    &store,
+                    None,
+                    "cli",
+                    "vault.rotate_master_key",
+                    ("master_key", &key_id),
+                    serde_json::json!({"data_keys_rewrapped": n}),
+                )
+                .await;
+                println!(
+                    "{}",
+                    serde_json::json!({"master_key_id": key_id, "data_keys_rewrapped": n})
                 );
                 store.close().await;
                 Ok(())

@@ -621,6 +621,69 @@ impl Store {
         Ok(())
     }
 
+    /// A tenant's wrapped data key.
+    pub async fn tenant_key(&self, tenant_id: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT wrapped_key FROM tenant_keys WHERE tenant_id = $1")
+            .bind(tenant_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("wrapped_key")?),
+            None => None,
+        })
+    }
+
+    /// Stores a tenant's first data key; false if one exists already.
+    pub async fn insert_tenant_key(
+        &self,
+        tenant_id: &str,
+        wrapped: &str,
+        master_key_id: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO tenant_keys (tenant_id, wrapped_key, master_key_id, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant_id) DO NOTHING",
+        )
+        .bind(tenant_id)
+        .bind(wrapped)
+        .bind(master_key_id)
+        .bind(now_unix())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Every wrapped data key: (tenant id, wrapped key).
+    pub async fn tenant_keys(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT tenant_id, wrapped_key FROM tenant_keys ORDER BY tenant_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("tenant_id")?, r.try_get("wrapped_key")?)))
+            .collect()
+    }
+
+    /// Replaces wrapped data keys in one transaction (master key rotation).
+    pub async fn replace_tenant_keys(
+        &self,
+        keys: &[(String, String)],
+        master_key_id: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (tenant_id, wrapped) in keys {
+            sqlx::query(
+                "UPDATE tenant_keys SET wrapped_key = $1, master_key_id = $2 WHERE tenant_id = $3",
+            )
+            .bind(wrapped)
+            .bind(master_key_id)
+            .bind(tenant_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Appends to the audit log.
     pub async fn audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
         sqlx::query(

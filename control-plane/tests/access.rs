@@ -522,3 +522,68 @@ async fn platform_admins_manage_tenants_and_limits_answer_429() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn rotate_master_key_keeps_secrets_and_a_wrong_key_stops_the_start() {
+    use dibop_control_plane::vault::{Secret, Vault, default_provider};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let store = dibop_control_plane::store::Store::open_sqlite(&data.join("dibop.db"))
+        .await
+        .unwrap();
+    store.create_tenant("ten_a", "A").await.unwrap();
+    let vault = Vault::new(default_provider(data).unwrap());
+    let sealed = vault
+        .seal(&store, "ten_a", "con_1", "password", &Secret::new("pw-123"))
+        .await
+        .unwrap();
+    store.close().await;
+    let old_key = std::fs::read(data.join("master.key")).unwrap();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dibop"))
+        .args(["admin", "--data-dir"])
+        .arg(data)
+        .arg("rotate-master-key")
+        .env_remove("DIBOP_MASTER_KEY")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["data_keys_rewrapped"], 1);
+    assert_ne!(std::fs::read(data.join("master.key")).unwrap(), old_key);
+
+    let store = dibop_control_plane::store::Store::open_sqlite(&data.join("dibop.db"))
+        .await
+        .unwrap();
+    let vault = Vault::new(default_provider(data).unwrap());
+    vault.verify(&store).await.unwrap();
+    assert_eq!(
+        vault
+            .open(&store, "ten_a", "con_1", "password", &sealed)
+            .await
+            .unwrap()
+            .expose(),
+        "pw-123"
+    );
+    let audit = store
+        .list_audit(None, &Default::default(), 10)
+        .await
+        .unwrap();
+    assert!(audit.iter().any(|e| e.action == "vault.rotate_master_key"));
+    store.close().await;
+
+    // Put the old key back: the control plane refuses to start, and says why.
+    std::fs::write(data.join("master.key"), &old_key).unwrap();
+    let mut settings = Settings::new(data.to_owned());
+    settings.http_addr = "127.0.0.1:0".parse().unwrap();
+    settings.tunnel_addr = "127.0.0.1:0".parse().unwrap();
+    let err = start(settings, CancellationToken::new()).await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("does not open the data keys"),
+        "{err:#}"
+    );
+}
