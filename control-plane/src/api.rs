@@ -151,6 +151,11 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
                     format!("the body is not valid JSON: {}", e.body_text()),
                 ),
                 JsonRejection::JsonDataError(e) => ApiError::invalid(e.body_text()),
+                other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+                ),
                 other => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", other.body_text()),
             }),
         }
@@ -324,12 +329,54 @@ async fn request_meta_layer(req: Request, next: Next) -> Response {
         id: id.clone(),
         source_ip,
     };
-    let mut response = REQUEST.scope(meta, next.run(req)).await;
+    let response = REQUEST.scope(meta.clone(), next.run(req)).await;
+    let mut response = REQUEST.scope(meta, uniform_error(response)).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
     }
     response
 }
+
+/// Gives errors produced outside our handlers (body too large, and any
+/// other framework rejection) the API's one error shape.
+async fn uniform_error(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let (code, message) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "payload_too_large",
+            format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", text),
+        s if s.is_server_error() => (
+            "internal",
+            "the control plane failed to complete the request".to_owned(),
+        ),
+        _ => (
+            "bad_request",
+            if text.is_empty() {
+                status.to_string()
+            } else {
+                text
+            },
+        ),
+    };
+    ApiError::new(status, code, message).into_response()
+}
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 /// The router.
 pub fn router(core: Arc<Core>) -> Router {
@@ -377,6 +424,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/readyz", get(readyz))
         .nest("/api/v1", api)
         .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(request_meta_layer))
         .with_state(core)
 }

@@ -587,3 +587,75 @@ async fn rotate_master_key_keeps_secrets_and_a_wrong_key_stops_the_start() {
         "{err:#}"
     );
 }
+
+#[tokio::test]
+async fn bad_input_gets_the_error_shape_never_a_500() {
+    let cp = cp().await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/v1/agent-groups", cp.base);
+    let cases: Vec<(reqwest::RequestBuilder, u16)> = vec![
+        (
+            client
+                .post(&url)
+                .bearer_auth(&cp.admin)
+                .header("content-type", "application/json")
+                .body("{\"name\":"),
+            400,
+        ),
+        (
+            client
+                .post(&url)
+                .bearer_auth(&cp.admin)
+                .header("content-type", "application/json")
+                .body("{\"name\": 7}"),
+            422,
+        ),
+        (client.post(&url).bearer_auth(&cp.admin).body("name=x"), 415),
+        (
+            client
+                .post(&url)
+                .bearer_auth(&cp.admin)
+                .header("content-type", "application/json")
+                .body(format!("{{\"name\":\"{}\"}}", "x".repeat(3 * 1024 * 1024))),
+            413,
+        ),
+        (
+            client
+                .get(format!("{url}?limit=abc"))
+                .bearer_auth(&cp.admin),
+            422,
+        ),
+        (
+            client
+                .get(format!("{url}?cursor=zzz&bogus=1"))
+                .bearer_auth(&cp.admin),
+            422,
+        ),
+        (client.delete(&url).bearer_auth(&cp.admin), 405),
+        (
+            client
+                .get(format!("{}/api/v1/nope", cp.base))
+                .bearer_auth(&cp.admin),
+            404,
+        ),
+        (client.get(&url).header("authorization", "Basic abc"), 401),
+    ];
+    for (i, (req, expected)) in cases.into_iter().enumerate() {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), expected, "case {i}");
+        let body: Value = resp
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("case {i}: not JSON: {e}"));
+        assert!(
+            body["error"]["code"].is_string() && body["error"]["message"].is_string(),
+            "case {i}: {body}"
+        );
+        assert!(
+            body["error"]["request_id"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty()),
+            "case {i}: {body}"
+        );
+    }
+}
