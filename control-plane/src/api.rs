@@ -207,7 +207,11 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
-    async fn lookup(&self, core: &Core, token: &str) -> Result<Option<ApiTokenRow>, StoreError> {
+    pub(crate) async fn lookup(
+        &self,
+        core: &Core,
+        token: &str,
+    ) -> Result<Option<ApiTokenRow>, StoreError> {
         let hash = crate::ids::hash_secret(token);
         if let Some((at, t)) = self
             .entries
@@ -425,6 +429,10 @@ pub fn router(core: Arc<Core>) -> Router {
         .nest("/api/v1", api)
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            core.clone(),
+            crate::idempotency::layer,
+        ))
         .layer(middleware::from_fn(request_meta_layer))
         .with_state(core)
 }

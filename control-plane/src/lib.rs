@@ -12,6 +12,7 @@ pub mod api;
 pub mod ca;
 pub mod dev;
 pub mod dispatch;
+pub mod idempotency;
 pub mod ids;
 pub mod store;
 pub mod tenants;

@@ -659,3 +659,67 @@ async fn bad_input_gets_the_error_shape_never_a_500() {
         );
     }
 }
+
+#[tokio::test]
+async fn idempotency_keys_replay_creations_and_refuse_reuse() {
+    let cp = cp().await;
+    let client = reqwest::Client::new();
+    let post = |key: &str, body: Value| {
+        client
+            .post(format!("{}/api/v1/api-tokens", cp.base))
+            .bearer_auth(&cp.admin)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+    };
+    let first = post(
+        "create-ci-token-1",
+        json!({"name": "ci", "role": "operator"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.status().as_u16(), 201);
+    let first: Value = first.json().await.unwrap();
+    let again = post(
+        "create-ci-token-1",
+        json!({"name": "ci", "role": "operator"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.status().as_u16(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"], "the same token, not a second one");
+    assert_eq!(again["token"], first["token"]);
+    let (_, list) = send(&cp, &cp.admin, "GET", "/api-tokens", None).await;
+    assert_eq!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["name"] == "ci")
+            .count(),
+        1
+    );
+
+    let other = post(
+        "create-ci-token-1",
+        json!({"name": "other", "role": "viewer"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(other.status().as_u16(), 422);
+    let body: Value = other.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "idempotency_key_reused");
+
+    // The stored response holds a secret: it is sealed in the database.
+    cp.core.store.close().await;
+    let db = std::fs::read(cp._dir.path().join("cp/dibop.db")).unwrap();
+    let wal = std::fs::read(cp._dir.path().join("cp/dibop.db-wal")).unwrap_or_default();
+    let secret = first["token"].as_str().unwrap().as_bytes();
+    for file in [db, wal] {
+        assert!(
+            !file.windows(secret.len()).any(|w| w == secret),
+            "a token secret is on disk in plaintext"
+        );
+    }
+}
