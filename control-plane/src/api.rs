@@ -316,7 +316,7 @@ impl FromRequestParts<Arc<Core>> for Principal {
     }
 }
 
-async fn request_meta_layer(req: Request, next: Next) -> Response {
+async fn request_meta_layer(State(core): State<Arc<Core>>, req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get("x-request-id")
@@ -335,6 +335,10 @@ async fn request_meta_layer(req: Request, next: Next) -> Response {
     };
     let response = REQUEST.scope(meta.clone(), next.run(req)).await;
     let mut response = REQUEST.scope(meta, uniform_error(response)).await;
+    core.metrics.http_response(response.status().as_u16());
+    if response.status() == StatusCode::TOO_MANY_REQUESTS {
+        core.metrics.quota_rejection();
+    }
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
     }
@@ -426,6 +430,7 @@ pub fn router(core: Arc<Core>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .nest("/api/v1", api)
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -433,7 +438,10 @@ pub fn router(core: Arc<Core>) -> Router {
             core.clone(),
             crate::idempotency::layer,
         ))
-        .layer(middleware::from_fn(request_meta_layer))
+        .layer(middleware::from_fn_with_state(
+            core.clone(),
+            request_meta_layer,
+        ))
         .with_state(core)
 }
 
@@ -453,6 +461,18 @@ async fn healthz(State(core): State<Arc<Core>>) -> Json<Value> {
     Json(
         json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"), "agents_online": core.registry.online_count()}),
     )
+}
+
+async fn metrics(State(core): State<Arc<Core>>) -> Response {
+    let text = core.metrics.render(core.registry.online_count());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn readyz(State(core): State<Arc<Core>>) -> Result<Json<Value>, ApiError> {
@@ -891,6 +911,9 @@ async fn group_call(
     };
     let started = Instant::now();
     let result = core.registry.call(&id, request).await;
+    let outcome = result.error.as_ref().map_or("ok", |e| e.class.as_str());
+    core.metrics
+        .relayed_call(outcome, started.elapsed().as_secs_f64());
     Ok(Json(NormalizedResult::from_result(result, started.elapsed())).into_response())
 }
 

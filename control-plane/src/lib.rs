@@ -14,6 +14,7 @@ pub mod dev;
 pub mod dispatch;
 pub mod idempotency;
 pub mod ids;
+pub mod metrics;
 pub mod store;
 pub mod tenants;
 pub mod tunnel;
@@ -80,6 +81,8 @@ pub struct Core {
     pub quotas: tenants::Quotas,
     /// Tenants' secrets.
     pub vault: vault::Vault,
+    /// Counters for `/metrics`.
+    pub metrics: metrics::Metrics,
     /// Settings, with `public_tunnel_addr` resolved.
     pub settings: ResolvedSettings,
 }
@@ -141,6 +144,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         tokens: api::TokenCache::default(),
         quotas: tenants::Quotas::default(),
         vault,
+        metrics: metrics::Metrics::default(),
         settings: ResolvedSettings {
             public_tunnel_addr: String::new(),
             agent_idle_timeout: settings.agent_idle_timeout,

@@ -156,6 +156,23 @@ async fn enrolled_agent_relays_calls_to_the_dms() {
     let dropped = site.dms_get("/api/v1/parts?sim_fault=drop", 10_000).await;
     assert_eq!(dropped["error"]["class"], "network_error", "{dropped}");
 
+    // The control plane counts what happened, for Prometheus.
+    let metrics = reqwest::get(format!("{}/metrics", site.cp.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("dibop_agents_online 1"), "{metrics}");
+    assert!(
+        metrics.contains("dibop_relayed_calls_total{outcome=\"timeout\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dibop_relayed_calls_total{outcome=\"auth_failure\"} 1"),
+        "{metrics}"
+    );
+
     let agents = site.api.agents().await.unwrap();
     assert_eq!(agents.len(), 1);
     assert_eq!(agents[0]["status"], "online");
