@@ -1,0 +1,175 @@
+//! Tenant isolation: every endpoint that names a tenant's resource answers
+//! 404 to another tenant (never 403, never the resource), and no list shows
+//! another tenant's rows. The walk covers every `{id}` route of the router;
+//! a new route that is not in the walk fails `the_walk_covers_every_route`.
+
+use dibop_control_plane::store::{AgentRow, now_unix};
+use dibop_control_plane::{Settings, bootstrap_tenant, start};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// (method, path template, body) of every tenant-scoped `{id}` endpoint.
+/// `{group}`, `{agent}`, `{token}`, `{user}` are tenant A's resources.
+const WALK: &[(&str, &str, Option<&str>)] = &[
+    ("GET", "/agent-groups/{group}", None),
+    ("POST", "/agent-groups/{group}/enrollment-tokens", None),
+    (
+        "POST",
+        "/agent-groups/{group}/calls",
+        Some(r#"{"url":"http://127.0.0.1:9/"}"#),
+    ),
+    ("GET", "/agents/{agent}", None),
+    ("DELETE", "/agents/{agent}", None),
+    ("DELETE", "/api-tokens/{token}", None),
+    ("PATCH", "/users/{user}", Some(r#"{"role":"viewer"}"#)),
+];
+
+/// Routes that are not tenant-scoped (platform-only, checked elsewhere).
+const NOT_TENANT_SCOPED: &[&str] = &["/tenants/{id}"];
+
+#[test]
+fn the_walk_covers_every_route() {
+    let source = include_str!("../src/api.rs");
+    let walked: Vec<String> = WALK
+        .iter()
+        .map(|(_, p, _)| {
+            p.replace("{group}", "{id}")
+                .replace("{agent}", "{id}")
+                .replace("{token}", "{id}")
+                .replace("{user}", "{id}")
+        })
+        .collect();
+    for route in source
+        .split('"')
+        .filter(|s| s.starts_with('/') && s.contains("{id}"))
+    {
+        assert!(
+            walked.iter().any(|w| w == route) || NOT_TENANT_SCOPED.contains(&route),
+            "route {route} is not in the isolation walk"
+        );
+    }
+}
+
+async fn send(
+    base: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method.parse().unwrap(), format!("{base}/api/v1{path}"))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_owned());
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn another_tenants_resources_do_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::new(dir.path().join("cp"));
+    settings.http_addr = "127.0.0.1:0".parse().unwrap();
+    settings.tunnel_addr = "127.0.0.1:0".parse().unwrap();
+    let shutdown = CancellationToken::new();
+    let server = start(settings, shutdown.clone()).await.unwrap();
+    let _guard = shutdown.drop_guard();
+    let base = format!("http://{}", server.http_addr);
+    let store = server.core.store.clone();
+    let (tenant_a, a) = bootstrap_tenant(&store, "tenant-a", "cli").await.unwrap();
+    let (_, b) = bootstrap_tenant(&store, "tenant-b", "cli").await.unwrap();
+
+    // Tenant A's resources.
+    let (_, group) = send(
+        &base,
+        &a,
+        "POST",
+        "/agent-groups",
+        Some(r#"{"name":"site"}"#),
+    )
+    .await;
+    let group = group["id"].as_str().unwrap().to_owned();
+    let (_, token) = send(
+        &base,
+        &a,
+        "POST",
+        "/api-tokens",
+        Some(r#"{"name":"ci","role":"viewer"}"#),
+    )
+    .await;
+    let token = token["id"].as_str().unwrap().to_owned();
+    let (_, user) = send(
+        &base,
+        &a,
+        "POST",
+        "/users",
+        Some(r#"{"email":"a@a.example","password":"a long passphrase","role":"viewer"}"#),
+    )
+    .await;
+    let user = user["id"].as_str().unwrap().to_owned();
+    store
+        .create_enrollment_token("enr_x", &tenant_a, &group, "hash-x", now_unix() + 60)
+        .await
+        .unwrap();
+    let agent = AgentRow {
+        id: "agt_isolation".into(),
+        tenant_id: tenant_a.clone(),
+        group_id: group.clone(),
+        name: "gw".into(),
+        hostname: "gw".into(),
+        version: "0.1.0".into(),
+        enrolled_at: now_unix(),
+        last_seen: None,
+        cert_not_after: now_unix() + 3600,
+        revoked_at: None,
+    };
+    store.create_agent(&agent, "enr_x").await.unwrap();
+
+    let ids = [
+        ("{group}", group.as_str()),
+        ("{agent}", "agt_isolation"),
+        ("{token}", token.as_str()),
+        ("{user}", user.as_str()),
+    ];
+    for (method, template, body) in WALK {
+        let path = ids
+            .iter()
+            .fold(template.to_string(), |p, (k, v)| p.replace(k, v));
+        let (status, answer) = send(&base, &b, method, &path, *body).await;
+        assert_eq!(status, 404, "{method} {path} as another tenant: {answer}");
+        assert_eq!(answer["error"]["code"], "not_found");
+        // And tenant A still has it: the 404 is about B, not a broken route.
+        if *method == "GET" {
+            assert_eq!(
+                send(&base, &a, method, &path, None).await.0,
+                200,
+                "{method} {path} as its owner"
+            );
+        }
+    }
+    for list in [
+        "/agent-groups",
+        "/agents",
+        "/api-tokens",
+        "/users",
+        "/audit",
+    ] {
+        let (status, rows) = send(&base, &b, "GET", list, None).await;
+        assert_eq!(status, 200, "{list}");
+        let text = rows.to_string();
+        for (_, id) in ids {
+            assert!(!text.contains(id), "{list} of tenant B shows {id}");
+        }
+    }
+    let (_, still) = send(&base, &a, "GET", "/agents/agt_isolation", None).await;
+    assert_eq!(
+        still["status"], "offline",
+        "B's DELETE did not revoke A's agent"
+    );
+}
