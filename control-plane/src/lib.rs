@@ -10,6 +10,7 @@
 pub mod access;
 pub mod api;
 pub mod ca;
+pub mod config;
 pub mod dev;
 pub mod dispatch;
 pub mod idempotency;

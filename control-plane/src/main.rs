@@ -3,10 +3,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use dibop_control_plane::{Settings, dev};
+use dibop_control_plane::dev;
 use tokio_util::sync::CancellationToken;
 
 /// DIBOP control plane: API, agent tunnels and dispatch for the DIBOP
@@ -57,28 +56,35 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// Where state is kept (the CA; the SQLite database unless --database-url).
-    #[arg(long, env = "DIBOP_DATA_DIR", default_value = "/var/lib/dibop")]
-    data_dir: PathBuf,
-    /// Database URL (`sqlite://PATH` or `postgres://USER[:PASSWORD]@HOST/DB`);
-    /// default: the SQLite file `DATA_DIR/dibop.db`.
+    /// Config file (TOML; see deploy/dibop.example.toml). Flags and environment win over it.
+    #[arg(long, env = "DIBOP_CONFIG")]
+    config: Option<PathBuf>,
+    /// Validate the configuration, print the effective settings and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Where state is kept (the CA, the master key; the SQLite database unless a
+    /// database URL is given) [default: /var/lib/dibop].
+    #[arg(long, env = "DIBOP_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Database URL (`sqlite://PATH` or `postgres://USER[:PASSWORD]@HOST/DB`)
+    /// [default: the SQLite file DATA_DIR/dibop.db].
     #[arg(long, env = "DIBOP_DATABASE_URL")]
     database_url: Option<String>,
-    /// HTTP API address.
-    #[arg(long, env = "DIBOP_HTTP_ADDR", default_value = "127.0.0.1:8080")]
-    http_addr: SocketAddr,
-    /// QUIC tunnel address (UDP).
-    #[arg(long, env = "DIBOP_TUNNEL_ADDR", default_value = "0.0.0.0:4433")]
-    tunnel_addr: SocketAddr,
-    /// host:port agents dial, written into enrollment tokens (default: the tunnel address).
+    /// HTTP API address [default: 127.0.0.1:8080].
+    #[arg(long, env = "DIBOP_HTTP_ADDR")]
+    http_addr: Option<String>,
+    /// QUIC tunnel address, UDP [default: 0.0.0.0:4433].
+    #[arg(long, env = "DIBOP_TUNNEL_ADDR")]
+    tunnel_addr: Option<String>,
+    /// host:port agents dial, written into enrollment tokens [default: the tunnel address].
     #[arg(long, env = "DIBOP_PUBLIC_TUNNEL_ADDR")]
     public_tunnel_addr: Option<String>,
-    /// Drop an agent silent for this long (milliseconds); heartbeats come every third of it.
-    #[arg(long, env = "DIBOP_AGENT_IDLE_TIMEOUT_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(600..=600_000))]
-    agent_idle_timeout_ms: u64,
-    /// Lifetime of agent certificates in seconds (renewed at two thirds).
-    #[arg(long, env = "DIBOP_AGENT_CERT_TTL_SECS", default_value_t = 30 * 24 * 3600, value_parser = clap::value_parser!(u64).range(5..))]
-    agent_cert_ttl_secs: u64,
+    /// Drop an agent silent for this long, in ms; heartbeats come every third of it [default: 15000].
+    #[arg(long, env = "DIBOP_AGENT_IDLE_TIMEOUT_MS")]
+    agent_idle_timeout_ms: Option<u64>,
+    /// Lifetime of agent certificates in seconds, renewed at two thirds [default: 2592000].
+    #[arg(long, env = "DIBOP_AGENT_CERT_TTL_SECS")]
+    agent_cert_ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,13 +158,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dev::run(options, shutdown_on_signal()).await
         }
         Command::Serve { serve } => {
-            let mut settings = Settings::new(serve.data_dir);
-            settings.database_url = serve.database_url;
-            settings.http_addr = serve.http_addr;
-            settings.tunnel_addr = serve.tunnel_addr;
-            settings.public_tunnel_addr = serve.public_tunnel_addr;
-            settings.agent_idle_timeout = Duration::from_millis(serve.agent_idle_timeout_ms);
-            settings.agent_cert_ttl = Duration::from_secs(serve.agent_cert_ttl_secs);
+            use dibop_control_plane::config;
+            let (file, origin) = match &serve.config {
+                Some(path) => (config::load(path)?, path.display().to_string()),
+                None => (
+                    config::ServeFile::default(),
+                    "flags and environment".to_owned(),
+                ),
+            };
+            let overrides = config::Overrides {
+                data_dir: serve.data_dir,
+                database_url: serve.database_url,
+                http_addr: serve.http_addr,
+                tunnel_addr: serve.tunnel_addr,
+                public_tunnel_addr: serve.public_tunnel_addr,
+                agent_idle_timeout_ms: serve.agent_idle_timeout_ms,
+                agent_cert_ttl_secs: serve.agent_cert_ttl_secs,
+            };
+            let settings = config::resolve(file, overrides, &origin)?;
+            if serve.check_config {
+                println!(
+                    "configuration is valid:\n  data_dir = {}\n  database = {}\n  http_addr = {}\n  tunnel_addr = {}\n  \
+                     public_tunnel_addr = {}\n  agent_idle_timeout_ms = {}\n  agent_cert_ttl_secs = {}",
+                    settings.data_dir.display(),
+                    settings.database_url.as_deref().map_or(
+                        "sqlite (data_dir/dibop.db)".to_owned(),
+                        dibop_control_plane::store::redact_url
+                    ),
+                    settings.http_addr,
+                    settings.tunnel_addr,
+                    settings
+                        .public_tunnel_addr
+                        .as_deref()
+                        .unwrap_or("(the tunnel address)"),
+                    settings.agent_idle_timeout.as_millis(),
+                    settings.agent_cert_ttl.as_secs(),
+                );
+                return Ok(());
+            }
             let shutdown = shutdown_on_signal();
             let server = dibop_control_plane::start(settings, shutdown.clone()).await?;
             println!(

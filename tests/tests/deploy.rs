@@ -80,3 +80,61 @@ fn systemd_units_use_real_flags() {
         }
     }
 }
+
+#[test]
+fn example_control_plane_config_passes_check_config_and_bad_ones_are_explained() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/dibop.example.toml");
+    let out = std::process::Command::new(bin("dibop"))
+        .args(["serve", "--check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("http_addr = 127.0.0.1:8080"));
+
+    // A flag wins over the file.
+    let out = std::process::Command::new(bin("dibop"))
+        .args([
+            "serve",
+            "--check-config",
+            "--http-addr",
+            "0.0.0.0:9999",
+            "--config",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("http_addr = 0.0.0.0:9999"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "http_addr = \"eighty\"\nagent_idle_timeout_ms = 1\n").unwrap();
+    let out = std::process::Command::new(bin("dibop"))
+        .args(["serve", "--check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("2 problem(s)")
+            && err.contains("eighty")
+            && err.contains("agent_idle_timeout_ms"),
+        "{err}"
+    );
+    std::fs::write(&bad, "listen = 1\n").unwrap();
+    let out = std::process::Command::new(bin("dibop"))
+        .args(["serve", "--check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("listen"),
+        "unknown keys are named"
+    );
+}

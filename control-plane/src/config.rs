@@ -1,0 +1,204 @@
+//! `dibop serve` settings: a TOML file (`--config`), environment variables
+//! and flags. Precedence: flag, then environment (`DIBOP_*`), then the file,
+//! then the defaults below. Unknown keys are refused; every problem is
+//! reported at once. `deploy/dibop.example.toml` documents every key and is
+//! parsed by a test.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::Settings;
+
+/// The file as written; every key optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeFile {
+    /// Default `/var/lib/dibop`.
+    pub data_dir: Option<PathBuf>,
+    /// Default: SQLite in the data directory.
+    pub database_url: Option<String>,
+    /// Default `127.0.0.1:8080`.
+    pub http_addr: Option<String>,
+    /// Default `0.0.0.0:4433`.
+    pub tunnel_addr: Option<String>,
+    /// Default: the tunnel address.
+    pub public_tunnel_addr: Option<String>,
+    /// Default 15000 (600 to 600000).
+    pub agent_idle_timeout_ms: Option<u64>,
+    /// Default 2592000, 30 days (at least 5).
+    pub agent_cert_ttl_secs: Option<u64>,
+}
+
+/// Values from flags and the environment (`None` when not given).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--data-dir` / `DIBOP_DATA_DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--database-url` / `DIBOP_DATABASE_URL`.
+    pub database_url: Option<String>,
+    /// `--http-addr` / `DIBOP_HTTP_ADDR`.
+    pub http_addr: Option<String>,
+    /// `--tunnel-addr` / `DIBOP_TUNNEL_ADDR`.
+    pub tunnel_addr: Option<String>,
+    /// `--public-tunnel-addr` / `DIBOP_PUBLIC_TUNNEL_ADDR`.
+    pub public_tunnel_addr: Option<String>,
+    /// `--agent-idle-timeout-ms` / `DIBOP_AGENT_IDLE_TIMEOUT_MS`.
+    pub agent_idle_timeout_ms: Option<u64>,
+    /// `--agent-cert-ttl-secs` / `DIBOP_AGENT_CERT_TTL_SECS`.
+    pub agent_cert_ttl_secs: Option<u64>,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
+pub struct ConfigError {
+    /// The file (or "flags").
+    pub origin: String,
+    /// Every problem.
+    pub problems: Vec<String>,
+}
+
+/// Reads a config file.
+pub fn load(path: &Path) -> Result<ServeFile, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        origin: origin.clone(),
+        problems: vec![format!("cannot read: {e}")],
+    })?;
+    parse(&text, &origin)
+}
+
+/// Parses config text.
+pub fn parse(text: &str, origin: &str) -> Result<ServeFile, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError {
+        origin: origin.to_owned(),
+        problems: vec![e.to_string()],
+    })
+}
+
+/// Merges overrides over the file over the defaults and validates it all.
+pub fn resolve(file: ServeFile, over: Overrides, origin: &str) -> Result<Settings, ConfigError> {
+    let mut problems = Vec::new();
+    let mut settings = Settings::new(
+        over.data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/dibop")),
+    );
+    let mut addr = |name: &str, value: Option<String>, default: &str| -> SocketAddr {
+        let text = value.unwrap_or_else(|| default.to_owned());
+        text.parse().unwrap_or_else(|_| {
+            problems.push(format!(
+                "{name} = `{text}` is not an address like 0.0.0.0:8080"
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    };
+    settings.http_addr = addr(
+        "http_addr",
+        over.http_addr.or(file.http_addr),
+        "127.0.0.1:8080",
+    );
+    settings.tunnel_addr = addr(
+        "tunnel_addr",
+        over.tunnel_addr.or(file.tunnel_addr),
+        "0.0.0.0:4433",
+    );
+    settings.database_url = over.database_url.or(file.database_url);
+    if let Some(url) = &settings.database_url
+        && !(url.starts_with("sqlite:")
+            || url.starts_with("postgres:")
+            || url.starts_with("postgresql:"))
+    {
+        problems.push(format!(
+            "database_url `{}` must start with sqlite: or postgres:",
+            crate::store::redact_url(url)
+        ));
+    }
+    settings.public_tunnel_addr = over.public_tunnel_addr.or(file.public_tunnel_addr);
+    if let Some(p) = &settings.public_tunnel_addr
+        && p.rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+    {
+        problems.push(format!("public_tunnel_addr = `{p}` must be host:port"));
+    }
+    let idle = over
+        .agent_idle_timeout_ms
+        .or(file.agent_idle_timeout_ms)
+        .unwrap_or(15_000);
+    if !(600..=600_000).contains(&idle) {
+        problems.push(format!(
+            "agent_idle_timeout_ms = {idle} must be 600..=600000"
+        ));
+    }
+    settings.agent_idle_timeout = Duration::from_millis(idle);
+    let ttl = over
+        .agent_cert_ttl_secs
+        .or(file.agent_cert_ttl_secs)
+        .unwrap_or(30 * 24 * 3600);
+    if ttl < 5 {
+        problems.push(format!("agent_cert_ttl_secs = {ttl} must be at least 5"));
+    }
+    settings.agent_cert_ttl = Duration::from_secs(ttl);
+    if problems.is_empty() {
+        Ok(settings)
+    } else {
+        Err(ConfigError {
+            origin: origin.to_owned(),
+            problems,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../deploy/dibop.example.toml");
+        let file = parse(text, "dibop.example.toml").unwrap();
+        let settings = resolve(file, Overrides::default(), "dibop.example.toml").unwrap();
+        assert_eq!(settings.http_addr.port(), 8080);
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let file = parse(
+            "http_addr = \"0.0.0.0:9000\"\ntunnel_addr = \"0.0.0.0:5000\"\n",
+            "f",
+        )
+        .unwrap();
+        let over = Overrides {
+            http_addr: Some("127.0.0.1:7000".into()),
+            ..Default::default()
+        };
+        let s = resolve(file, over, "f").unwrap();
+        assert_eq!(s.http_addr.to_string(), "127.0.0.1:7000");
+        assert_eq!(s.tunnel_addr.to_string(), "0.0.0.0:5000");
+        assert_eq!(s.agent_idle_timeout, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn unknown_keys_and_every_bad_value_are_reported() {
+        assert!(
+            parse("htp_addr = \"x\"", "f")
+                .unwrap_err()
+                .to_string()
+                .contains("htp_addr")
+        );
+        let file = parse(
+            "http_addr = \"nope\"\nagent_idle_timeout_ms = 5\ndatabase_url = \"mysql://u:pw@h/db\"\npublic_tunnel_addr = \"cp\"\n",
+            "f",
+        )
+        .unwrap();
+        let err = resolve(file, Overrides::default(), "f").unwrap_err();
+        assert_eq!(err.problems.len(), 4, "{err}");
+        assert!(
+            !err.to_string().contains("pw@"),
+            "passwords are redacted: {err}"
+        );
+    }
+}
