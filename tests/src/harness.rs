@@ -255,7 +255,10 @@ impl ControlPlane {
             ])
             .args(["--agent-idle-timeout-ms", "3000"])
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                "info,dibop_control_plane=debug,dibop_relay_agent=debug",
+            )
             .stdout(Stdio::piped())
             .stderr(log_file(&log)?)
             .kill_on_drop(true)
