@@ -636,3 +636,54 @@ async fn an_agent_speaking_only_a_future_protocol_is_told_what_to_upgrade() {
         other => panic!("expected a rejection, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn the_dms_simulator_speaks_basic_and_oauth2_through_the_agent() {
+    let site = Site::new().await;
+    let _agent = site.agent("agent-1").await;
+    // OAuth2 client credentials: a form POST through the agent, then the bearer token.
+    let (_, token) = site
+        .api
+        .call(
+            &site.group,
+            json!({
+                "method": "POST",
+                "url": format!("{}/oauth/token", site.dms.url),
+                "headers": {"Content-Type": "application/x-www-form-urlencoded"},
+                "body": "grant_type=client_credentials&client_id=dibop-client&client_secret=dibop-secret",
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(token["status"], 200, "{token}");
+    let access = token["body"]["access_token"].as_str().unwrap();
+    let (_, jobs) = site
+        .api
+        .call(
+            &site.group,
+            json!({"url": format!("{}/api/v1/workshop-jobs?page_size=3", site.dms.url), "headers": {"Authorization": format!("Bearer {access}")}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(jobs["body"]["items"].as_array().unwrap().len(), 3, "{jobs}");
+    let (_, refused) = site
+        .api
+        .call(
+            &site.group,
+            json!({"method": "POST", "url": format!("{}/oauth/token", site.dms.url), "body": "grant_type=client_credentials&client_id=x&client_secret=y"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused["error"]["class"], "auth_failure");
+
+    // Basic auth ("dealer:dealer-pass").
+    let (_, parts) = site
+        .api
+        .call(
+            &site.group,
+            json!({"url": format!("{}/api/v1/parts/P-100-0000", site.dms.url), "headers": {"Authorization": "Basic ZGVhbGVyOmRlYWxlci1wYXNz"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(parts["body"]["partNo"], "P-100-0000", "{parts}");
+}
