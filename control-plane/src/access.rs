@@ -93,7 +93,7 @@ pub async fn issue_token(
     Ok((row, secret))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewToken {
     name: String,
@@ -102,7 +102,7 @@ pub(crate) struct NewToken {
     ttl_secs: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct TokenView {
     id: String,
     name: String,
@@ -128,6 +128,7 @@ fn token_view(t: ApiTokenRow) -> TokenView {
 }
 
 /// `POST /api/v1/api-tokens`
+#[utoipa::path(post, path = "/api/v1/api-tokens", tag = "access", summary = "Create an API token (the secret is shown once)", request_body = NewToken, responses((status = 201, body = crate::openapi::CreatedTokenView), (status = 422, description = "Invalid: every problem in `details`", body = crate::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
 pub(crate) async fn create_token(
     State(core): State<Arc<Core>>,
     p: Principal,
@@ -170,6 +171,7 @@ pub(crate) async fn create_token(
 }
 
 /// `GET /api/v1/api-tokens`
+#[utoipa::path(get, path = "/api/v1/api-tokens", tag = "access", summary = "List API tokens (no secrets)", responses((status = 200, body = [TokenView]), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
 pub(crate) async fn list_tokens(
     State(core): State<Arc<Core>>,
     p: Principal,
@@ -187,6 +189,7 @@ pub(crate) async fn list_tokens(
 }
 
 /// `DELETE /api/v1/api-tokens/{id}`
+#[utoipa::path(delete, path = "/api/v1/api-tokens/{id}", tag = "access", summary = "Revoke an API token", params(("id" = String, Path, description = "The resource id")), responses((status = 204, description = "Revoked"), (status = 404, description = "No such resource in your tenant", body = crate::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
 pub(crate) async fn revoke_token(
     State(core): State<Arc<Core>>,
     p: Principal,
@@ -223,8 +226,8 @@ pub(crate) struct AuditQuery {
     resource_id: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-struct AuditView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct AuditView {
     id: String,
     at: String,
     actor: String,
@@ -233,10 +236,12 @@ struct AuditView {
     resource_id: String,
     source_ip: String,
     request_id: String,
+    #[schema(value_type = Object)]
     details: Value,
 }
 
 /// `GET /api/v1/audit`: the tenant's entries, newest first.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "access", summary = "The tenant's audit log, newest first", responses((status = 200, body = [AuditView]), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
 pub(crate) async fn list_audit(
     State(core): State<Arc<Core>>,
     p: Principal,

@@ -417,6 +417,11 @@ pub fn router(core: Arc<Core>) -> Router {
             "/users/{id}",
             axum::routing::patch(crate::users::update_user_handler),
         )
+        .route("/openapi.json", get(openapi_json))
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/docs")
+                .config(utoipa_swagger_ui::Config::from("/api/v1/openapi.json")),
+        )
         .route(
             "/tenants",
             post(crate::tenants::create_tenant).get(crate::tenants::list_tenants),
@@ -457,13 +462,21 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-async fn healthz(State(core): State<Arc<Core>>) -> Json<Value> {
+#[utoipa::path(get, path = "/healthz", tag = "health", summary = "Liveness", responses((status = 200, description = "Serving")))]
+pub(crate) async fn healthz(State(core): State<Arc<Core>>) -> Json<Value> {
     Json(
         json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"), "agents_online": core.registry.online_count()}),
     )
 }
 
-async fn metrics(State(core): State<Arc<Core>>) -> Response {
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    static DOC: std::sync::LazyLock<utoipa::openapi::OpenApi> =
+        std::sync::LazyLock::new(crate::openapi::document);
+    Json(DOC.clone())
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "health", summary = "Prometheus metrics", responses((status = 200, description = "Text exposition format", content_type = "text/plain")))]
+pub(crate) async fn metrics(State(core): State<Arc<Core>>) -> Response {
     let text = core.metrics.render(core.registry.online_count());
     (
         [(
@@ -475,7 +488,8 @@ async fn metrics(State(core): State<Arc<Core>>) -> Response {
         .into_response()
 }
 
-async fn readyz(State(core): State<Arc<Core>>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/readyz", tag = "health", summary = "Readiness: the database answers", responses((status = 200, description = "Ready"), (status = 503, body = crate::openapi::ErrorBody)))]
+pub(crate) async fn readyz(State(core): State<Arc<Core>>) -> Result<Json<Value>, ApiError> {
     core.store.ping().await.map_err(|e| {
         tracing::warn!("readiness check failed: {e}");
         ApiError::new(
@@ -557,16 +571,16 @@ pub(crate) fn paged<T: Serialize>(
     (headers, Json(items)).into_response()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewGroup {
+pub(crate) struct NewGroup {
     name: String,
     #[serde(default)]
     description: String,
 }
 
-#[derive(Debug, Serialize)]
-struct GroupView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct GroupView {
     id: String,
     tenant_id: String,
     name: String,
@@ -586,7 +600,8 @@ fn group_view(core: &Core, g: AgentGroup) -> GroupView {
     }
 }
 
-async fn create_group(
+#[utoipa::path(post, path = "/api/v1/agent-groups", tag = "agents", summary = "Create an agent group", request_body = NewGroup, responses((status = 201, body = GroupView), (status = 422, description = "Invalid: every problem in `details`", body = crate::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
+pub(crate) async fn create_group(
     State(core): State<Arc<Core>>,
     p: Principal,
     ApiJson(body): ApiJson<NewGroup>,
@@ -624,7 +639,8 @@ async fn create_group(
     Ok((StatusCode::CREATED, Json(group_view(&core, group))).into_response())
 }
 
-async fn list_groups(
+#[utoipa::path(get, path = "/api/v1/agent-groups", tag = "agents", summary = "List agent groups", responses((status = 200, body = [GroupView]), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
+pub(crate) async fn list_groups(
     State(core): State<Arc<Core>>,
     p: Principal,
     q: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
@@ -646,7 +662,8 @@ async fn load_group(core: &Core, p: &Principal, id: &str) -> ApiResult<AgentGrou
         .ok_or_else(|| ApiError::not_found("agent group", id))
 }
 
-async fn get_group(
+#[utoipa::path(get, path = "/api/v1/agent-groups/{id}", tag = "agents", summary = "Get an agent group", params(("id" = String, Path, description = "The resource id")), responses((status = 200, body = GroupView), (status = 404, description = "No such resource in your tenant", body = crate::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
+pub(crate) async fn get_group(
     State(core): State<Arc<Core>>,
     p: Principal,
     ApiPath(id): ApiPath<String>,
@@ -655,14 +672,15 @@ async fn get_group(
     Ok(Json(group_view(&core, group)))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewEnrollmentToken {
+pub(crate) struct NewEnrollmentToken {
     /// Lifetime in seconds (default 24 h, at most 30 days).
     ttl_secs: Option<u64>,
 }
 
-async fn create_enrollment_token(
+#[utoipa::path(post, path = "/api/v1/agent-groups/{id}/enrollment-tokens", tag = "agents", summary = "Create a single-use enrollment token", request_body = Option<NewEnrollmentToken>, params(("id" = String, Path, description = "The resource id")), responses((status = 201, body = crate::openapi::EnrollmentTokenView), (status = 404, description = "No such resource in your tenant", body = crate::openapi::ErrorBody), (status = 422, description = "Invalid: every problem in `details`", body = crate::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
+pub(crate) async fn create_enrollment_token(
     State(core): State<Arc<Core>>,
     p: Principal,
     ApiPath(id): ApiPath<String>,
@@ -721,8 +739,8 @@ async fn create_enrollment_token(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-#[derive(Debug, Serialize)]
-struct AgentView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct AgentView {
     id: String,
     name: String,
     group_id: String,
@@ -764,7 +782,8 @@ fn agent_view(core: &Core, a: AgentRow) -> AgentView {
     }
 }
 
-async fn list_agents(
+#[utoipa::path(get, path = "/api/v1/agents", tag = "agents", summary = "List agents", responses((status = 200, body = [AgentView]), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
+pub(crate) async fn list_agents(
     State(core): State<Arc<Core>>,
     p: Principal,
     q: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
@@ -784,7 +803,8 @@ async fn list_agents(
     Ok(paged(views, limit, "/agents", |a| a.id.clone()))
 }
 
-async fn get_agent(
+#[utoipa::path(get, path = "/api/v1/agents/{id}", tag = "agents", summary = "Get an agent", params(("id" = String, Path, description = "The resource id")), responses((status = 200, body = AgentView), (status = 404, description = "No such resource in your tenant", body = crate::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
+pub(crate) async fn get_agent(
     State(core): State<Arc<Core>>,
     p: Principal,
     ApiPath(id): ApiPath<String>,
@@ -797,7 +817,8 @@ async fn get_agent(
     Ok(Json(agent_view(&core, row)))
 }
 
-async fn revoke_agent(
+#[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents", summary = "Revoke an agent", params(("id" = String, Path, description = "The resource id")), responses((status = 204, description = "Revoked; its tunnel is closed"), (status = 404, description = "No such resource in your tenant", body = crate::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
+pub(crate) async fn revoke_agent(
     State(core): State<Arc<Core>>,
     p: Principal,
     ApiPath(id): ApiPath<String>,
@@ -829,9 +850,9 @@ async fn revoke_agent(
 }
 
 /// Body of `POST /agent-groups/{id}/calls`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CallBody {
+pub(crate) struct CallBody {
     #[serde(default = "default_method")]
     method: String,
     url: String,
@@ -839,6 +860,7 @@ struct CallBody {
     headers: HashMap<String, String>,
     /// A string is sent as is; any other JSON value is sent as JSON.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     body: Option<Value>,
     timeout_ms: Option<u32>,
 }
@@ -852,7 +874,8 @@ const MAX_CALL_TIMEOUT_MS: u32 = 120_000;
 /// Default when the caller gives none.
 const DEFAULT_CALL_TIMEOUT_MS: u32 = 30_000;
 
-async fn group_call(
+#[utoipa::path(post, path = "/api/v1/agent-groups/{id}/calls", tag = "calls", summary = "Perform an HTTP call through an agent of the group", request_body = CallBody, params(("id" = String, Path, description = "The resource id")), responses((status = 200, description = "The normalized result, whatever happened to the call", body = NormalizedResult), (status = 404, description = "No such resource in your tenant", body = crate::openapi::ErrorBody), (status = 422, description = "Invalid: every problem in `details`", body = crate::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
+pub(crate) async fn group_call(
     State(core): State<Arc<Core>>,
     p: Principal,
     tenant: Option<axum::Extension<crate::store::Tenant>>,
@@ -918,7 +941,7 @@ async fn group_call(
 }
 
 /// The normalized call result as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NormalizedResult {
     ok: bool,
@@ -926,7 +949,9 @@ pub struct NormalizedResult {
     url: String,
     status: Option<u16>,
     status_text: Option<String>,
+    #[schema(value_type = Object)]
     headers: serde_json::Map<String, Value>,
+    #[schema(value_type = Option<Object>)]
     body: Option<Box<RawValue>>,
     text: Option<String>,
     parse_error: Option<String>,
@@ -936,16 +961,16 @@ pub struct NormalizedResult {
     error: Option<ErrorView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct TimingView {
+pub(crate) struct TimingView {
     total_ms: f64,
     agent_ms: f64,
     upstream_headers_ms: f64,
 }
 
-#[derive(Debug, Serialize)]
-struct ErrorView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorView {
     class: &'static str,
     message: String,
 }

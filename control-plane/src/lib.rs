@@ -16,6 +16,7 @@ pub mod dispatch;
 pub mod idempotency;
 pub mod ids;
 pub mod metrics;
+pub mod openapi;
 pub mod store;
 pub mod tenants;
 pub mod tunnel;

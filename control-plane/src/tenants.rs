@@ -39,7 +39,7 @@ pub const PLATFORM_ADMIN: &str = "platform_admin";
 const TENANT_CACHE_TTL: Duration = Duration::from_secs(10);
 
 /// A tenant's effective limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Limits {
     /// Relayed calls per calendar month (UTC).
     pub calls_per_month: i64,
@@ -272,7 +272,7 @@ fn require_platform_admin(p: &Principal) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct TenantView {
     id: String,
     name: String,
@@ -300,7 +300,7 @@ async fn tenant_view(store: &Store, t: Tenant) -> Result<TenantView, StoreError>
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TenantPlan {
     name: Option<String>,
@@ -308,8 +308,10 @@ pub(crate) struct TenantPlan {
     tier: Option<String>,
     /// A number sets a custom value; `null` returns to the tier's.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
     calls_per_month: Option<Option<i64>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
     requests_per_minute: Option<Option<i64>>,
 }
 
@@ -363,6 +365,7 @@ fn apply_plan(t: &mut Tenant, plan: &TenantPlan) -> Result<(), ApiError> {
 }
 
 /// `POST /api/v1/tenants`
+#[utoipa::path(post, path = "/api/v1/tenants", tag = "tenants", summary = "Create a tenant (platform admins)", request_body = TenantPlan, responses((status = 201, body = TenantView), (status = 422, description = "Invalid: every problem in `details`", body = crate::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
 pub(crate) async fn create_tenant(
     State(core): State<Arc<Core>>,
     p: Principal,
@@ -410,6 +413,7 @@ pub(crate) async fn create_tenant(
 }
 
 /// `GET /api/v1/tenants`
+#[utoipa::path(get, path = "/api/v1/tenants", tag = "tenants", summary = "List tenants (platform admins)", responses((status = 200, body = [TenantView]), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
 pub(crate) async fn list_tenants(
     State(core): State<Arc<Core>>,
     p: Principal,
@@ -430,6 +434,7 @@ pub(crate) async fn list_tenants(
 }
 
 /// `GET /api/v1/tenants/{id}`
+#[utoipa::path(get, path = "/api/v1/tenants/{id}", tag = "tenants", summary = "Get a tenant (platform admins)", params(("id" = String, Path, description = "The resource id")), responses((status = 200, body = TenantView), (status = 404, description = "No such resource in your tenant", body = crate::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
 pub(crate) async fn get_tenant(
     State(core): State<Arc<Core>>,
     p: Principal,
@@ -445,6 +450,7 @@ pub(crate) async fn get_tenant(
 }
 
 /// `PATCH /api/v1/tenants/{id}`: suspend, resume, change tier or limits.
+#[utoipa::path(patch, path = "/api/v1/tenants/{id}", tag = "tenants", summary = "Suspend, resume or change a tenant's plan (platform admins)", request_body = TenantPlan, params(("id" = String, Path, description = "The resource id")), responses((status = 200, body = TenantView), (status = 404, description = "No such resource in your tenant", body = crate::openapi::ErrorBody), (status = 422, description = "Invalid: every problem in `details`", body = crate::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
 pub(crate) async fn update_tenant(
     State(core): State<Arc<Core>>,
     p: Principal,

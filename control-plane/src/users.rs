@@ -176,15 +176,15 @@ pub async fn login(
     Ok(Some((user, row, secret)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LoginBody {
     email: String,
     password: String,
 }
 
-#[derive(Debug, Serialize)]
-pub(crate) struct UserView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UserView {
     id: String,
     email: String,
     role: String,
@@ -203,6 +203,7 @@ fn user_view(u: &UserRow) -> UserView {
 }
 
 /// `POST /api/v1/auth/login` (no token needed).
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "access", summary = "Sign in with email and password", request_body = LoginBody, responses((status = 200, body = crate::openapi::SessionView), (status = 401, description = "Wrong email or password", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn login_handler(
     State(core): State<Arc<Core>>,
     ApiJson(body): ApiJson<LoginBody>,
@@ -236,6 +237,7 @@ pub(crate) async fn login_handler(
 }
 
 /// `POST /api/v1/auth/logout`: revokes the token used for this request.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "access", summary = "Sign out: the token of this request stops working", responses((status = 204, description = "Signed out"), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
 pub(crate) async fn logout_handler(
     State(core): State<Arc<Core>>,
     p: Principal,
@@ -256,7 +258,7 @@ pub(crate) async fn logout_handler(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewUser {
     email: String,
@@ -265,6 +267,7 @@ pub(crate) struct NewUser {
 }
 
 /// `POST /api/v1/users`
+#[utoipa::path(post, path = "/api/v1/users", tag = "access", summary = "Create a user", request_body = NewUser, responses((status = 201, body = UserView), (status = 422, description = "Invalid: every problem in `details`", body = crate::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
 pub(crate) async fn create_user_handler(
     State(core): State<Arc<Core>>,
     p: Principal,
@@ -297,6 +300,7 @@ pub(crate) async fn create_user_handler(
 }
 
 /// `GET /api/v1/users`
+#[utoipa::path(get, path = "/api/v1/users", tag = "access", summary = "List users", responses((status = 200, body = [UserView]), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
 pub(crate) async fn list_users_handler(
     State(core): State<Arc<Core>>,
     p: Principal,
@@ -313,7 +317,7 @@ pub(crate) async fn list_users_handler(
     Ok(paged(views, limit, "/users", |u| u.id.clone()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UserPatch {
     role: Option<String>,
@@ -322,6 +326,7 @@ pub(crate) struct UserPatch {
 
 /// `PATCH /api/v1/users/{id}`: change the role or disable/enable; takes
 /// effect on the user's next request.
+#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "access", summary = "Change a user's role or disable them", request_body = UserPatch, params(("id" = String, Path, description = "The resource id")), responses((status = 200, body = UserView), (status = 404, description = "No such resource in your tenant", body = crate::openapi::ErrorBody), (status = 422, description = "Invalid: every problem in `details`", body = crate::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
 pub(crate) async fn update_user_handler(
     State(core): State<Arc<Core>>,
     p: Principal,

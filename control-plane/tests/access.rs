@@ -723,3 +723,31 @@ async fn idempotency_keys_replay_creations_and_refuse_reuse() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_openapi_document_and_docs_are_served_without_a_cdn() {
+    let cp = cp().await;
+    let doc: Value = reqwest::get(format!("{}/api/v1/openapi.json", cp.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    assert!(doc["paths"]["/api/v1/agent-groups/{id}/calls"]["post"].is_object());
+    let page = reqwest::get(format!("{}/api/v1/docs/", cp.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("swagger-ui-bundle.js") && !page.contains("https://"),
+        "assets are local: {page}"
+    );
+    let bundle = reqwest::get(format!("{}/api/v1/docs/swagger-ui-bundle.js", cp.base))
+        .await
+        .unwrap();
+    assert_eq!(bundle.status().as_u16(), 200);
+}

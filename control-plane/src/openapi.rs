@@ -1,0 +1,134 @@
+//! The OpenAPI 3.1 document of the HTTP API, generated from the handlers'
+//! annotations, served at `/api/v1/openapi.json`, with interactive docs at
+//! `/api/v1/docs` (Swagger UI, assets built into the binary: no CDN).
+
+use serde::Serialize;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+/// The one error shape.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `not_found`.
+    pub code: String,
+    /// What happened and what to do, for a person.
+    pub message: String,
+    /// Extra facts, e.g. `[{"field","problem"}]` for validation errors.
+    #[schema(value_type = Option<Object>)]
+    pub details: serde_json::Value,
+    /// The request id, also in the `x-request-id` header and the logs.
+    pub request_id: String,
+}
+
+/// A new enrollment token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EnrollmentTokenView {
+    /// Token id.
+    pub id: String,
+    /// Its agent group.
+    pub group_id: String,
+    /// The pasteable token (`dibop-enroll-v1.…`), shown once.
+    pub token: String,
+    /// Expiry (RFC 3339).
+    pub expires_at: String,
+    /// A command to paste on the dealer's machine.
+    pub install_command: String,
+}
+
+/// A new API token, with its secret (shown once).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedTokenView {
+    /// Token id.
+    pub id: String,
+    /// Label.
+    pub name: String,
+    /// Role.
+    pub role: String,
+    /// First 12 characters.
+    pub prefix: String,
+    /// The secret: `Authorization: Bearer <token>`.
+    pub token: String,
+    /// Creation time.
+    pub created_at: String,
+    /// Expiry, if any.
+    pub expires_at: Option<String>,
+}
+
+/// A new session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionView {
+    /// The session token.
+    pub token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Expiry (12 hours).
+    pub expires_at: String,
+    /// The user's tenant.
+    pub tenant_id: String,
+    /// Who signed in.
+    pub user: crate::users::UserView,
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The document.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "DIBOP control plane API",
+        description = "Agents, agent groups and relayed calls; tenants, users, API tokens and the audit log. \
+                       Every error has the shape of `ErrorBody`; lists are JSON arrays with a `Link: rel=\"next\"` \
+                       header; creating POSTs honour `Idempotency-Key`."
+    ),
+    paths(
+        crate::api::healthz,
+        crate::api::readyz,
+        crate::api::metrics,
+        crate::api::create_group,
+        crate::api::list_groups,
+        crate::api::get_group,
+        crate::api::create_enrollment_token,
+        crate::api::list_agents,
+        crate::api::get_agent,
+        crate::api::revoke_agent,
+        crate::api::group_call,
+        crate::access::create_token,
+        crate::access::list_tokens,
+        crate::access::revoke_token,
+        crate::access::list_audit,
+        crate::users::login_handler,
+        crate::users::logout_handler,
+        crate::users::create_user_handler,
+        crate::users::list_users_handler,
+        crate::users::update_user_handler,
+        crate::tenants::create_tenant,
+        crate::tenants::list_tenants,
+        crate::tenants::get_tenant,
+        crate::tenants::update_tenant,
+    ),
+    components(schemas(ErrorBody, ErrorDetail, EnrollmentTokenView, CreatedTokenView, SessionView)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+/// The document as JSON.
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
