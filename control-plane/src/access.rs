@@ -182,7 +182,7 @@ pub(crate) async fn list_tokens(
     let limit = page_limit(page.limit)?;
     let rows = core
         .store
-        .list_api_tokens(&p.tenant_id, page.cursor.as_deref(), limit + 1)
+        .list_api_tokens(&p.tenant_id, page.cursor_of("tok_")?, limit + 1)
         .await?;
     let views: Vec<TokenView> = rows.into_iter().map(token_view).collect();
     Ok(paged(views, limit, "/api-tokens", |t| t.id.clone()))

@@ -534,6 +534,25 @@ pub(crate) struct Page {
     pub(crate) group_id: Option<String>,
 }
 
+impl Page {
+    /// The cursor, checked to be an id of the listed kind (`prefix`, e.g. `grp_`).
+    pub(crate) fn cursor_of(&self, prefix: &str) -> ApiResult<Option<&str>> {
+        match self.cursor.as_deref() {
+            Some(c)
+                if !c.starts_with(prefix)
+                    || c.len() > 64
+                    || !c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+            {
+                Err(ApiError::invalid(format!(
+                    "cursor `{}` is not a cursor of this list: use the `Link` header of the previous page",
+                    c.chars().take(64).collect::<String>()
+                )))
+            }
+            c => Ok(c),
+        }
+    }
+}
+
 pub(crate) fn page_limit(limit: Option<i64>) -> ApiResult<i64> {
     match limit {
         None => Ok(100),
@@ -649,7 +668,7 @@ pub(crate) async fn list_groups(
     let limit = page_limit(page.limit)?;
     let rows = core
         .store
-        .list_groups(&p.tenant_id, page.cursor.as_deref(), limit + 1)
+        .list_groups(&p.tenant_id, page.cursor_of("grp_")?, limit + 1)
         .await?;
     let views: Vec<GroupView> = rows.into_iter().map(|g| group_view(&core, g)).collect();
     Ok(paged(views, limit, "/agent-groups", |g| g.id.clone()))
@@ -795,7 +814,7 @@ pub(crate) async fn list_agents(
         .list_agents(
             &p.tenant_id,
             page.group_id.as_deref(),
-            page.cursor.as_deref(),
+            page.cursor_of("agt_")?,
             limit + 1,
         )
         .await?;

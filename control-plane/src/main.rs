@@ -119,6 +119,21 @@ enum AdminTask {
         #[arg(long)]
         requests_per_minute: Option<i64>,
     },
+    /// Create an API token for a tenant; prints the secret once.
+    CreateApiToken {
+        /// The tenant's name.
+        #[arg(long)]
+        tenant: String,
+        /// A label for people.
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// enterprise_admin, operator or viewer.
+        #[arg(long, default_value = "operator")]
+        role: String,
+        /// Lifetime in seconds (default: no expiry).
+        #[arg(long)]
+        ttl_secs: Option<u64>,
+    },
     /// Re-wrap every tenant data key under a new master key (key file in the
     /// data dir, or DIBOP_MASTER_KEY → DIBOP_NEW_MASTER_KEY). Stop `dibop serve` first.
     RotateMasterKey,
@@ -238,6 +253,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!(
                     "{}",
                     serde_json::json!({"user_id": user_id, "email": email, "password": shown})
+                );
+                store.close().await;
+                Ok(())
+            }
+            AdminTask::CreateApiToken {
+                tenant,
+                name,
+                role,
+                ttl_secs,
+            } => {
+                use dibop_control_plane::access;
+                anyhow::ensure!(
+                    access::TENANT_ROLES.contains(&role.as_str()),
+                    "role must be one of {}",
+                    access::TENANT_ROLES.join(", ")
+                );
+                let store =
+                    dibop_control_plane::open_store(&data_dir, database_url.as_deref()).await?;
+                let t = store.tenant_by_name(&tenant).await?.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "no tenant named `{tenant}` (create it with `dibop admin create-tenant`)"
+                    )
+                })?;
+                let expires_at =
+                    ttl_secs.map(|s| dibop_control_plane::store::now_unix() + s as i64);
+                let (row, token) =
+                    access::issue_token(&store, &t.id, &name, &role, expires_at).await?;
+                access::record(
+                    &store,
+                    Some(&t.id),
+                    "cli",
+                    "api_token.create",
+                    ("api_token", &row.id),
+                    serde_json::json!({"name": name, "role": role}),
+                )
+                .await;
+                println!(
+                    "{}",
+                    serde_json::json!({"id": row.id, "api_token": token, "role": role})
                 );
                 store.close().await;
                 Ok(())

@@ -425,7 +425,7 @@ pub(crate) async fn list_tenants(
     let mut views = Vec::new();
     for t in core
         .store
-        .list_tenants(page.cursor.as_deref(), limit + 1)
+        .list_tenants(page.cursor_of("ten_")?, limit + 1)
         .await?
     {
         views.push(tenant_view(&core.store, t).await?);

@@ -311,7 +311,7 @@ pub(crate) async fn list_users_handler(
     let limit = page_limit(page.limit)?;
     let rows = core
         .store
-        .list_users(&p.tenant_id, page.cursor.as_deref(), limit + 1)
+        .list_users(&p.tenant_id, page.cursor_of("usr_")?, limit + 1)
         .await?;
     let views: Vec<UserView> = rows.iter().map(user_view).collect();
     Ok(paged(views, limit, "/users", |u| u.id.clone()))

@@ -751,3 +751,52 @@ async fn the_openapi_document_and_docs_are_served_without_a_cdn() {
         .unwrap();
     assert_eq!(bundle.status().as_u16(), 200);
 }
+
+#[tokio::test]
+async fn the_cli_issues_api_tokens_that_work() {
+    let cp = cp().await;
+    let data = cp._dir.path().join("cp");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dibop"))
+        .args(["admin", "--data-dir"])
+        .arg(&data)
+        .args([
+            "create-api-token",
+            "--tenant",
+            "acme",
+            "--role",
+            "viewer",
+            "--name",
+            "reporting",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = created["api_token"].as_str().unwrap();
+    assert_eq!(send(&cp, token, "GET", "/agents", None).await.0, 200);
+    assert_eq!(
+        send(
+            &cp,
+            token,
+            "POST",
+            "/agent-groups",
+            Some(json!({"name": "x"}))
+        )
+        .await
+        .0,
+        403,
+        "a viewer"
+    );
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_dibop"))
+        .args(["admin", "--data-dir"])
+        .arg(&data)
+        .args(["create-api-token", "--tenant", "no-such-tenant"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no tenant named `no-such-tenant`"));
+}
