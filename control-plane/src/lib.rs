@@ -11,6 +11,7 @@ pub mod access;
 pub mod api;
 pub mod ca;
 pub mod config;
+pub mod connector;
 pub mod dev;
 pub mod dispatch;
 pub mod idempotency;

@@ -40,6 +40,11 @@ enum Command {
         #[command(flatten)]
         serve: ServeArgs,
     },
+    /// Work with connector definition files.
+    Connector {
+        #[command(subcommand)]
+        task: ConnectorTask,
+    },
     /// Administrative tasks, directly on the control plane's store.
     Admin {
         /// The control plane's data directory.
@@ -85,6 +90,15 @@ struct ServeArgs {
     /// Lifetime of agent certificates in seconds, renewed at two thirds [default: 2592000].
     #[arg(long, env = "DIBOP_AGENT_CERT_TTL_SECS")]
     agent_cert_ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConnectorTask {
+    /// Check a connector definition (JSON or YAML) and list every problem with its path.
+    Validate {
+        /// The definition file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -219,6 +233,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             server.wait().await;
             Ok(())
+        }
+        Command::Connector {
+            task: ConnectorTask::Validate { file },
+        } => {
+            use dibop_control_plane::connector;
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let problems = match connector::parse(&text) {
+                Ok(doc) => connector::validate(&doc),
+                Err(p) => vec![p],
+            };
+            if problems.is_empty() {
+                println!("{}: valid", file.display());
+                Ok(())
+            } else {
+                let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
+                anyhow::bail!(
+                    "{} has {} problem(s):\n{}",
+                    file.display(),
+                    problems.len(),
+                    list.join("\n")
+                )
+            }
         }
         Command::Admin {
             data_dir,

@@ -138,3 +138,44 @@ fn example_control_plane_config_passes_check_config_and_bad_ones_are_explained()
         "unknown keys are named"
     );
 }
+
+#[test]
+fn connector_definitions_validate_on_the_command_line() {
+    let catalogue = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../catalogue");
+    for entry in std::fs::read_dir(&catalogue).unwrap() {
+        let path = entry.unwrap().path();
+        let out = std::process::Command::new(bin("dibop"))
+            .args(["connector", "validate"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "format: dibop.connector/v1\nname: x\noperations:\n  - id: a\n    method: FETCH\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin("dibop"))
+        .args(["connector", "validate"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for path in [
+        "slug: is required",
+        "operations[0].method",
+        "operations[0].path: is required",
+        "resilience: is required",
+    ] {
+        assert!(err.contains(path), "`{path}` missing from:\n{err}");
+    }
+}
