@@ -417,6 +417,17 @@ pub fn router(core: Arc<Core>) -> Router {
             "/users/{id}",
             axum::routing::patch(crate::users::update_user_handler),
         )
+        .route(
+            "/connectors",
+            post(crate::catalogue::create).get(crate::catalogue::list),
+        )
+        .route("/connectors/validate", post(crate::catalogue::validate))
+        .route(
+            "/connectors/{id}",
+            get(crate::catalogue::get)
+                .put(crate::catalogue::replace)
+                .delete(crate::catalogue::delete),
+        )
         .route("/openapi.json", get(openapi_json))
         .merge(
             utoipa_swagger_ui::SwaggerUi::new("/docs")

@@ -122,6 +122,12 @@ impl Modify for BearerAuth {
         crate::tenants::list_tenants,
         crate::tenants::get_tenant,
         crate::tenants::update_tenant,
+        crate::catalogue::validate,
+        crate::catalogue::create,
+        crate::catalogue::list,
+        crate::catalogue::get,
+        crate::catalogue::replace,
+        crate::catalogue::delete,
     ),
     components(schemas(ErrorBody, ErrorDetail, EnrollmentTokenView, CreatedTokenView, SessionView)),
     modifiers(&BearerAuth)

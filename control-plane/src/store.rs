@@ -58,6 +58,17 @@ macro_rules! select_tenants {
     };
 }
 
+/// `SELECT <every connector column> FROM connectors <tail>`, as a static string.
+macro_rules! select_connectors {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, tenant_id, slug, name, category, status, definition, created_by, created_at, updated_at \
+             FROM connectors ",
+            $tail
+        )
+    };
+}
+
 /// Storage failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -134,6 +145,31 @@ pub struct UserRow {
     pub created_at: i64,
     /// When disabled, if disabled.
     pub disabled_at: Option<i64>,
+}
+
+/// A connector (its definition as JSON text).
+#[derive(Debug, Clone, FromRow)]
+pub struct ConnectorRow {
+    /// Id (`cnr_…`).
+    pub id: String,
+    /// The tenant that owns it.
+    pub tenant_id: String,
+    /// From the definition.
+    pub slug: String,
+    /// From the definition.
+    pub name: String,
+    /// From the definition.
+    pub category: String,
+    /// `draft` (publishing comes later).
+    pub status: String,
+    /// The definition, JSON.
+    pub definition: String,
+    /// Who created it.
+    pub created_by: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// Last change.
+    pub updated_at: i64,
 }
 
 /// One audit log entry.
@@ -754,6 +790,91 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Stores a new connector.
+    pub async fn create_connector(&self, c: &ConnectorRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO connectors (id, tenant_id, slug, name, category, status, definition, created_by, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&c.id)
+        .bind(&c.tenant_id)
+        .bind(&c.slug)
+        .bind(&c.name)
+        .bind(&c.category)
+        .bind(&c.status)
+        .bind(&c.definition)
+        .bind(&c.created_by)
+        .bind(c.created_at)
+        .bind(c.updated_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| unique_violation(e, format!("a connector with slug `{}` already exists", c.slug)))?;
+        Ok(())
+    }
+
+    /// One connector of a tenant.
+    pub async fn connector(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<ConnectorRow>, StoreError> {
+        Ok(sqlx::query_as::<_, ConnectorRow>(select_connectors!(
+            "WHERE tenant_id = $1 AND id = $2"
+        ))
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// A tenant's connectors, by id after `after`.
+    pub async fn list_connectors(
+        &self,
+        tenant_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ConnectorRow>, StoreError> {
+        Ok(sqlx::query_as::<_, ConnectorRow>(select_connectors!(
+            "WHERE tenant_id = $1 AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3"
+        ))
+        .bind(tenant_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Replaces a draft's definition; false when there is no such draft.
+    pub async fn update_connector(&self, c: &ConnectorRow) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE connectors SET slug = $1, name = $2, category = $3, definition = $4, updated_at = $5 \
+             WHERE tenant_id = $6 AND id = $7 AND status = 'draft'",
+        )
+        .bind(&c.slug)
+        .bind(&c.name)
+        .bind(&c.category)
+        .bind(&c.definition)
+        .bind(c.updated_at)
+        .bind(&c.tenant_id)
+        .bind(&c.id)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| unique_violation(e, format!("a connector with slug `{}` already exists", c.slug)))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Deletes a draft; false when there is no such draft.
+    pub async fn delete_connector(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM connectors WHERE tenant_id = $1 AND id = $2 AND status = 'draft'",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Appends to the audit log.

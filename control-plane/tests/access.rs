@@ -800,3 +800,118 @@ async fn the_cli_issues_api_tokens_that_work() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no tenant named `no-such-tenant`"));
 }
+
+#[tokio::test]
+async fn connector_drafts_from_json_or_yaml_with_every_problem_named() {
+    let cp = cp().await;
+    let yaml = include_str!("../../catalogue/dms-sim.yaml");
+    let post = |path: &str, content_type: &str, body: String| {
+        reqwest::Client::new()
+            .post(format!("{}/api/v1{path}", cp.base))
+            .bearer_auth(&cp.admin)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let resp = post("/connectors", "application/yaml", yaml.to_owned())
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let created: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (created["slug"].as_str(), created["status"].as_str()),
+        (Some("dms-sim"), Some("draft"))
+    );
+    assert_eq!(created["operations"], 8);
+
+    // The same slug twice: conflict. As JSON with a new slug: fine.
+    let again = post("/connectors", "application/yaml", yaml.to_owned())
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 409);
+    let mut doc = created["definition"].clone();
+    doc["slug"] = json!("dms-sim-eu");
+    let resp = post("/connectors", "application/json", doc.to_string())
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+
+    // Invalid: 422 with every problem and its path; nothing saved.
+    doc["slug"] = json!("Bad Slug");
+    doc["operations"][0]["method"] = json!("FETCH");
+    doc["health_check"] = json!("nope");
+    let resp = post("/connectors", "application/json", doc.to_string())
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 422);
+    let body: Value = resp.json().await.unwrap();
+    let paths: Vec<&str> = body["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        ["slug", "operations[0].method", "health_check"],
+        "{body}"
+    );
+    let (_, list) = send(&cp, &cp.admin, "GET", "/connectors", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 2, "nothing half-saved");
+
+    // Validate without saving.
+    let report: Value = post("/connectors/validate", "application/json", doc.to_string())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["valid"], false);
+    assert_eq!(report["problems"].as_array().unwrap().len(), 3);
+    let not_yaml: Value = post("/connectors/validate", "application/yaml", "a: [".into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(not_yaml["problems"][0]["path"], "$");
+
+    // Replace, then delete; viewers may read but not write.
+    let id = created["id"].as_str().unwrap();
+    let (status, replaced) = send(
+        &cp,
+        &cp.admin,
+        "PUT",
+        &format!("/connectors/{id}"),
+        Some(created["definition"].clone()),
+    )
+    .await;
+    assert_eq!(status, 200, "{replaced}");
+    let (_, viewer) = access::issue_token(&cp.core.store, &cp.tenant_id, "v", "viewer", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        send(&cp, &viewer, "GET", &format!("/connectors/{id}"), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        send(&cp, &viewer, "DELETE", &format!("/connectors/{id}"), None)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        send(&cp, &cp.admin, "DELETE", &format!("/connectors/{id}"), None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        send(&cp, &cp.admin, "GET", &format!("/connectors/{id}"), None)
+            .await
+            .0,
+        404
+    );
+}

@@ -22,7 +22,13 @@ const WALK: &[(&str, &str, Option<&str>)] = &[
     ("DELETE", "/agents/{agent}", None),
     ("DELETE", "/api-tokens/{token}", None),
     ("PATCH", "/users/{user}", Some(r#"{"role":"viewer"}"#)),
+    ("GET", "/connectors/{connector}", None),
+    ("PUT", "/connectors/{connector}", Some(DMS_SIM)),
+    ("DELETE", "/connectors/{connector}", None),
 ];
+
+/// A valid connector definition.
+const DMS_SIM: &str = include_str!("../../catalogue/dms-sim.yaml");
 
 /// Routes that are not tenant-scoped (platform-only, checked elsewhere).
 const NOT_TENANT_SCOPED: &[&str] = &["/tenants/{id}"];
@@ -46,7 +52,7 @@ fn the_walk_covers_every_documented_tenant_resource() {
     let walked: Vec<(String, String)> = WALK
         .iter()
         .map(|(m, p, _)| {
-            let p = ["{group}", "{agent}", "{token}", "{user}"]
+            let p = ["{group}", "{agent}", "{token}", "{user}", "{connector}"]
                 .iter()
                 .fold(p.to_string(), |p, k| p.replace(k, "{id}"));
             (m.to_string(), format!("/api/v1{p}"))
@@ -176,11 +182,24 @@ async fn another_tenants_resources_do_not_exist() {
     };
     store.create_agent(&agent, "enr_x").await.unwrap();
 
+    let connector = reqwest::Client::new()
+        .post(format!("{base}/api/v1/connectors"))
+        .bearer_auth(&a)
+        .header("content-type", "application/yaml")
+        .body(DMS_SIM)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let connector = connector["id"].as_str().unwrap().to_owned();
     let ids = [
         ("{group}", group.as_str()),
         ("{agent}", "agt_isolation"),
         ("{token}", token.as_str()),
         ("{user}", user.as_str()),
+        ("{connector}", connector.as_str()),
     ];
     for (method, template, body) in WALK {
         let path = ids
@@ -199,6 +218,7 @@ async fn another_tenants_resources_do_not_exist() {
         }
     }
     for list in [
+        "/connectors",
         "/agent-groups",
         "/agents",
         "/api-tokens",
