@@ -303,9 +303,17 @@ async fn control_stream(
                 return reason.into();
             }
             Ok(None) => return "the agent closed its control stream".into(),
-            Err(e) => {
+            // A bad frame is the agent's fault: close and say why. A lost
+            // connection is the network's or a shutdown: just report it.
+            Err(e @ (WireError::Frame(_) | WireError::Truncated)) => {
                 protocol_error(&live.connection, &live.id, &e);
                 return e.to_string();
+            }
+            Err(e) => {
+                return live
+                    .connection
+                    .close_reason()
+                    .map_or_else(|| e.to_string(), |r| r.to_string());
             }
         };
         if let Err(e) = write_frame(&mut send, &answer).await {
