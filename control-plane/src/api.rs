@@ -200,10 +200,18 @@ impl Principal {
 /// within this time.
 const TOKEN_CACHE_TTL: Duration = Duration::from_secs(10);
 
-/// A short-lived cache of token hash → token.
-#[derive(Debug, Default)]
+/// A short-lived cache of token hash → token (or its absence).
+#[derive(Debug)]
 pub struct TokenCache {
-    entries: std::sync::Mutex<HashMap<String, (Instant, Option<ApiTokenRow>)>>,
+    entries: crate::cache::TtlCache<Option<ApiTokenRow>>,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        TokenCache {
+            entries: crate::cache::TtlCache::new(TOKEN_CACHE_TTL, 10_000),
+        }
+    }
 }
 
 impl TokenCache {
@@ -213,14 +221,8 @@ impl TokenCache {
         token: &str,
     ) -> Result<Option<ApiTokenRow>, StoreError> {
         let hash = crate::ids::hash_secret(token);
-        if let Some((at, t)) = self
-            .entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&hash)
-            && at.elapsed() < TOKEN_CACHE_TTL
-        {
-            return Ok(t.clone());
+        if let Some(t) = self.entries.get(&hash) {
+            return Ok(t);
         }
         let found = core.store.api_token_by_hash(&hash).await?;
         if let Some(t) = &found
@@ -229,20 +231,14 @@ impl TokenCache {
             // Refreshed at most once per TTL per token: last use, not every use.
             core.store.touch_api_token(&t.id, now_unix()).await?;
         }
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() > 10_000 {
-            entries.retain(|_, (at, _)| at.elapsed() < TOKEN_CACHE_TTL);
-        }
-        entries.insert(hash, (Instant::now(), found.clone()));
+        self.entries.insert(hash, found.clone());
         Ok(found)
     }
 
     /// Forgets a token (after revocation).
     pub fn forget(&self, token_id: &str) {
         self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, (_, t)| t.as_ref().is_none_or(|t| t.id != token_id));
+            .remove_where(|t| t.as_ref().is_some_and(|t| t.id == token_id));
     }
 }
 

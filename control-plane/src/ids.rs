@@ -8,9 +8,12 @@ use base64::Engine as _;
 
 fn random<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
-    // The OS RNG failing is not recoverable in any useful way.
+    // Secrets are made from these bytes: a weaker fallback would be worse
+    // than stopping, and the OS generator does not fail in practice.
     if aws_lc_rs::rand::fill(&mut bytes).is_err() {
-        bytes = std::array::from_fn(|_| fastrand::u8(..));
+        panic!(
+            "the operating system's random number generator failed; refusing to make ids or secrets"
+        );
     }
     bytes
 }

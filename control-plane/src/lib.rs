@@ -10,6 +10,7 @@
 pub mod access;
 pub mod api;
 pub mod ca;
+pub mod cache;
 pub mod catalogue;
 pub mod config;
 pub mod connector;

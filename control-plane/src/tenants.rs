@@ -117,11 +117,21 @@ struct Usage {
 }
 
 /// Tenant plans, request rates and monthly usage.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Quotas {
-    tenants: Mutex<HashMap<String, (Instant, Tenant)>>,
+    tenants: crate::cache::TtlCache<Tenant>,
     buckets: Mutex<HashMap<String, Bucket>>,
     usage: tokio::sync::Mutex<HashMap<String, Usage>>,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            tenants: crate::cache::TtlCache::new(TENANT_CACHE_TTL, 100_000),
+            buckets: Mutex::default(),
+            usage: tokio::sync::Mutex::default(),
+        }
+    }
 }
 
 fn too_many(message: String, retry_after: u64) -> ApiError {
@@ -132,32 +142,19 @@ fn too_many(message: String, retry_after: u64) -> ApiError {
 impl Quotas {
     /// The tenant's current row (cached briefly).
     pub async fn tenant(&self, store: &Store, id: &str) -> Result<Option<Tenant>, StoreError> {
-        if let Some((at, t)) = self
-            .tenants
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            && at.elapsed() < TENANT_CACHE_TTL
-        {
-            return Ok(Some(t.clone()));
+        if let Some(t) = self.tenants.get(id) {
+            return Ok(Some(t));
         }
         let t = store.tenant(id).await?;
         if let Some(t) = &t {
-            let mut cache = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
-            if cache.len() > 100_000 {
-                cache.retain(|_, (at, _)| at.elapsed() < TENANT_CACHE_TTL);
-            }
-            cache.insert(id.to_owned(), (Instant::now(), t.clone()));
+            self.tenants.insert(id.to_owned(), t.clone());
         }
         Ok(t)
     }
 
     /// Forgets a cached tenant (after a plan change on this node).
     pub fn forget(&self, id: &str) {
-        self.tenants
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        self.tenants.remove_where(|t| t.id == id);
     }
 
     /// Takes one request from the tenant's per-minute budget.

@@ -537,8 +537,17 @@ mod tests {
     async fn key_file_is_private_and_plaintext_never_reaches_the_database() {
         let (dir, store, vault) = vault_and_store().await;
         let canary = "CANARY-9f8e7d6c5b4a";
-        vault
+        let sealed = vault
             .seal(&store, "ten_a", "con_1", "password", &Secret::new(canary))
+            .await
+            .unwrap();
+        // Store the ciphertext in a real row, so the scan below has something to find.
+        store
+            .claim_idempotency_key("scope", "key", "ten_a", "fp", 1)
+            .await
+            .unwrap();
+        store
+            .complete_idempotency_key("scope", "key", 201, &sealed)
             .await
             .unwrap();
         store.close().await;
