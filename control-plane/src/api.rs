@@ -418,6 +418,49 @@ pub fn router(core: Arc<Core>) -> Router {
             post(crate::catalogue::create).get(crate::catalogue::list),
         )
         .route("/connectors/validate", post(crate::catalogue::validate))
+        .route("/connectors/import", post(crate::catalogue::import))
+        .route("/connectors/{id}/publish", post(crate::publishing::publish))
+        .route(
+            "/connectors/{id}/versions",
+            post(crate::publishing::publish_update).get(crate::publishing::list_versions),
+        )
+        .route(
+            "/connectors/{id}/versions/{version}",
+            get(crate::publishing::get_version),
+        )
+        .route(
+            "/connectors/{id}/checklist",
+            post(crate::publishing::checklist),
+        )
+        .route(
+            "/connectors/{id}/unpublish",
+            post(crate::publishing::unpublish),
+        )
+        .route(
+            "/connectors/{id}/deprecate",
+            post(crate::publishing::deprecate),
+        )
+        .route(
+            "/connectors/{id}/review",
+            post(crate::publishing::submit_review),
+        )
+        .route("/connectors/{id}/usage", get(crate::publishing::usage))
+        .route("/catalogue", get(crate::catalogue::browse))
+        .route("/catalogue/{id}", get(crate::catalogue::catalogue_detail))
+        .route(
+            "/catalogue/{id}/versions/{version}",
+            get(crate::catalogue::catalogue_version),
+        )
+        .route("/catalogue/{id}/promote", post(crate::publishing::promote))
+        .route("/reviews", get(crate::publishing::list_reviews))
+        .route(
+            "/reviews/{id}/approve",
+            post(crate::publishing::approve_review),
+        )
+        .route(
+            "/reviews/{id}/reject",
+            post(crate::publishing::reject_review),
+        )
         .route(
             "/connectors/{id}",
             get(crate::catalogue::get)
@@ -515,7 +558,10 @@ pub(crate) fn require_admin(p: &Principal) -> ApiResult<()> {
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!("the `{}` role cannot change agents or groups", p.role),
+            format!(
+                "the `{}` role cannot make changes: that needs the enterprise_admin role",
+                p.role
+            ),
         ))
     }
 }

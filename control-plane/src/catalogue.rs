@@ -4,8 +4,9 @@
 //! Bodies are definitions in JSON (`application/json`) or YAML
 //! (`application/yaml`). An invalid definition is refused with every
 //! problem and its path in `details`; nothing is half-saved. A draft is
-//! visible to its tenant only. Publishing, versions and the shared catalogue
-//! come with the rest of the catalogue work.
+//! visible to its tenant only. Publishing and versions are in
+//! [`crate::publishing`]; this module also serves the browsable catalogue
+//! (`/catalogue`): global connectors plus the caller's enterprise ones.
 
 use std::sync::Arc;
 
@@ -14,14 +15,15 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dibop_relay_agent::rfc3339;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::Core;
 use crate::access::record;
 use crate::api::{ApiError, ApiPath, Principal, page_limit, paged, query, require_admin};
 use crate::connector::{self, Problem};
-use crate::store::{ConnectorRow, now_unix};
+use crate::store::{CatalogueFilter, CatalogueRow, ConnectorRow, now_unix};
+use crate::tenants::PLATFORM_ADMIN;
 
 /// A connector as the API shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -30,7 +32,20 @@ pub struct ConnectorView {
     slug: String,
     name: String,
     category: String,
+    /// `draft`, `published` or `deprecated`.
     status: String,
+    /// `global` or `enterprise` once published.
+    scope: Option<String>,
+    /// The newest published version.
+    latest_version: Option<String>,
+    /// `pending` or `rejected` after a submission for the global catalogue.
+    review_status: Option<String>,
+    /// Why the review was rejected.
+    review_reason: Option<String>,
+    /// When a deprecated connector unpublishes itself.
+    deprecated_until: Option<String>,
+    /// What users of a deprecated connector should do.
+    deprecation_message: Option<String>,
     operations: usize,
     created_by: String,
     created_at: String,
@@ -57,7 +72,7 @@ pub struct ProblemView {
     problem: String,
 }
 
-fn view(c: ConnectorRow, with_definition: bool) -> ConnectorView {
+pub(crate) fn view(c: ConnectorRow, with_definition: bool) -> ConnectorView {
     let definition: Value = serde_json::from_str(&c.definition).unwrap_or(Value::Null);
     ConnectorView {
         operations: definition["operations"].as_array().map_or(0, Vec::len),
@@ -67,25 +82,38 @@ fn view(c: ConnectorRow, with_definition: bool) -> ConnectorView {
         name: c.name,
         category: c.category,
         status: c.status,
+        scope: c.scope,
+        latest_version: c.latest_version,
+        review_status: c.review_status,
+        review_reason: c.review_reason,
+        deprecated_until: c.deprecated_until.map(rfc3339),
+        deprecation_message: c.deprecation_message,
         created_by: c.created_by,
         created_at: rfc3339(c.created_at),
         updated_at: rfc3339(c.updated_at),
     }
 }
 
-/// Parses a JSON or YAML body into a document and validates it.
-fn read_definition(headers: &HeaderMap, body: &[u8]) -> Result<(Value, Vec<Problem>), ApiError> {
+/// Refuses bodies that are neither JSON nor YAML.
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !(content_type.starts_with("application/json") || content_type.contains("yaml")) {
-        return Err(ApiError::new(
+    if content_type.starts_with("application/json") || content_type.contains("yaml") {
+        Ok(())
+    } else {
+        Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            "send the definition as application/json or application/yaml",
-        ));
+            "send the document as application/json or application/yaml",
+        ))
     }
+}
+
+/// Parses a JSON or YAML body into a document and validates it.
+fn read_definition(headers: &HeaderMap, body: &[u8]) -> Result<(Value, Vec<Problem>), ApiError> {
+    check_content_type(headers)?;
     let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::invalid("the definition is not UTF-8 text"))?;
     match connector::parse(text) {
@@ -125,6 +153,12 @@ fn row_from(
         created_by: actor.to_owned(),
         created_at,
         updated_at: now_unix(),
+        scope: None,
+        latest_version: None,
+        review_status: None,
+        review_reason: None,
+        deprecated_until: None,
+        deprecation_message: None,
     }
 }
 
@@ -226,7 +260,7 @@ pub(crate) async fn get(
 }
 
 /// `PUT /api/v1/connectors/{id}`
-#[utoipa::path(put, path = "/api/v1/connectors/{id}", tag = "connectors", summary = "Replace a draft's definition",
+#[utoipa::path(put, path = "/api/v1/connectors/{id}", tag = "connectors", summary = "Replace the working definition (what the next published version freezes)",
     params(("id" = String, Path, description = "The resource id")),
     request_body(content = Object, description = "A definition, JSON or YAML", content_type = "application/json"),
     responses((status = 200, body = ConnectorView), (status = 404, body = crate::openapi::ErrorBody),
@@ -249,19 +283,32 @@ pub(crate) async fn replace(
     if !problems.is_empty() {
         return Err(invalid(problems));
     }
-    let row = row_from(
+    if existing.latest_version.is_some() && doc["slug"] != existing.slug.as_str() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "slug_frozen",
+            format!(
+                "the slug of a published connector cannot change (it is `{}`)",
+                existing.slug
+            ),
+        ));
+    }
+    let mut row = row_from(
         &doc,
-        existing.id,
+        existing.id.clone(),
         &p.tenant_id,
         &existing.created_by,
         existing.created_at,
     );
+    row.status = existing.status;
+    row.scope = existing.scope;
+    row.latest_version = existing.latest_version;
+    row.review_status = existing.review_status;
+    row.review_reason = existing.review_reason;
+    row.deprecated_until = existing.deprecated_until;
+    row.deprecation_message = existing.deprecation_message;
     if !core.store.update_connector(&row).await? {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_a_draft",
-            "only drafts can be edited",
-        ));
+        return Err(ApiError::not_found("connector", &existing.id));
     }
     record(
         &core.store,
@@ -276,7 +323,7 @@ pub(crate) async fn replace(
 }
 
 /// `DELETE /api/v1/connectors/{id}`
-#[utoipa::path(delete, path = "/api/v1/connectors/{id}", tag = "connectors", summary = "Delete a draft",
+#[utoipa::path(delete, path = "/api/v1/connectors/{id}", tag = "connectors", summary = "Delete a draft that was never published",
     params(("id" = String, Path, description = "The resource id")),
     responses((status = 204, description = "Deleted"), (status = 404, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
     security(("bearer" = [])))]
@@ -287,7 +334,17 @@ pub(crate) async fn delete(
 ) -> Result<StatusCode, ApiError> {
     require_admin(&p)?;
     if !core.store.delete_connector(&p.tenant_id, &id).await? {
-        return Err(ApiError::not_found("connector draft", &id));
+        return Err(match core.store.connector(&p.tenant_id, &id).await? {
+            Some(c) => ApiError::new(
+                StatusCode::CONFLICT,
+                "published",
+                format!(
+                    "version {} was published and may be in use: unpublish or deprecate it instead",
+                    c.latest_version.unwrap_or_default()
+                ),
+            ),
+            None => ApiError::not_found("connector", &id),
+        });
     }
     record(
         &core.store,
@@ -299,4 +356,329 @@ pub(crate) async fn delete(
     )
     .await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `?q=&category=&auth_type=&scope=&limit=&cursor=` of the catalogue.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CatalogueQuery {
+    q: Option<String>,
+    category: Option<String>,
+    auth_type: Option<String>,
+    scope: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// A connector in the catalogue (its newest published version).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CatalogueEntry {
+    id: String,
+    slug: String,
+    name: String,
+    description: String,
+    category: String,
+    icon: Option<String>,
+    /// `global` or `enterprise`.
+    scope: String,
+    /// Whether your enterprise owns it.
+    owned_by_you: bool,
+    /// `published` or `deprecated`.
+    status: String,
+    latest_version: String,
+    /// The auth scheme types it supports.
+    auth_types: Vec<String>,
+    operations: usize,
+    published_at: String,
+    /// Present while deprecated: until when, and what to do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deprecation: Option<DeprecationView>,
+}
+
+/// The warning of a deprecated connector.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeprecationView {
+    /// When it leaves the catalogue.
+    until: String,
+    /// What to do instead.
+    message: String,
+}
+
+/// One operation, as the catalogue lists it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OperationSummary {
+    id: String,
+    name: String,
+    method: String,
+    path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+}
+
+/// A catalogue entry with its operations and versions.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CatalogueDetail {
+    #[serde(flatten)]
+    entry: CatalogueEntry,
+    base_url: String,
+    documentation_url: Option<String>,
+    health_check: String,
+    operations_list: Vec<OperationSummary>,
+    /// Every published version, newest first.
+    versions: Vec<crate::publishing::VersionView>,
+    /// The newest version's definition.
+    #[schema(value_type = Object)]
+    definition: Value,
+}
+
+fn entry(row: CatalogueRow, tenant_id: &str) -> (CatalogueEntry, Value) {
+    let definition: Value = serde_json::from_str(&row.definition).unwrap_or(Value::Null);
+    let entry = CatalogueEntry {
+        owned_by_you: row.tenant_id == tenant_id,
+        operations: definition["operations"].as_array().map_or(0, Vec::len),
+        icon: definition["icon"].as_str().map(str::to_owned),
+        auth_types: row
+            .auth_types
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+        deprecation: match (row.status.as_str(), row.deprecated_until) {
+            ("deprecated", Some(until)) => Some(DeprecationView {
+                until: rfc3339(until),
+                message: row.deprecation_message.unwrap_or_default(),
+            }),
+            _ => None,
+        },
+        id: row.id,
+        slug: row.slug,
+        name: row.name,
+        description: row.description,
+        category: row.category,
+        scope: row.scope,
+        status: row.status,
+        latest_version: row.latest_version,
+        published_at: rfc3339(row.published_at),
+    };
+    (entry, definition)
+}
+
+/// `GET /api/v1/catalogue`
+#[utoipa::path(get, path = "/api/v1/catalogue", tag = "catalogue",
+    summary = "Browse and search the catalogue: global connectors plus your enterprise's own",
+    params(("q" = Option<String>, Query, description = "Words in the name, slug or description"),
+        ("category" = Option<String>, Query, description = "e.g. dms, oem, crm, finance, reference"),
+        ("auth_type" = Option<String>, Query, description = "An auth scheme type, e.g. api_key"),
+        ("scope" = Option<String>, Query, description = "global or enterprise"),
+        ("limit" = Option<i64>, Query, description = "1..=500, default 100"),
+        ("cursor" = Option<String>, Query, description = "From the previous page's Link header")),
+    responses((status = 200, body = [CatalogueEntry]), (status = 422, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn browse(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    q: Result<Query<CatalogueQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let limit = page_limit(q.limit)?;
+    let page = crate::api::Page {
+        limit: q.limit,
+        cursor: q.cursor.clone(),
+        group_id: None,
+    };
+    if let Some(scope) = &q.scope
+        && !matches!(scope.as_str(), "global" | "enterprise")
+    {
+        return Err(ApiError::invalid(format!(
+            "scope `{scope}` is not one of global, enterprise"
+        )));
+    }
+    if let Some(kind) = &q.auth_type
+        && !connector::AUTH_TYPES.iter().any(|(t, _)| t == kind)
+    {
+        return Err(ApiError::invalid(format!(
+            "auth_type `{kind}` is not one of {}",
+            connector::AUTH_TYPES
+                .iter()
+                .map(|(t, _)| *t)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if q.q.as_ref().is_some_and(|t| t.len() > 200) {
+        return Err(ApiError::invalid("q must be at most 200 characters"));
+    }
+    let filter = CatalogueFilter {
+        text: q
+            .q
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| t.trim().to_owned()),
+        category: q.category,
+        auth_type: q.auth_type,
+        scope: q.scope,
+    };
+    let rows = core
+        .store
+        .catalogue(
+            &p.tenant_id,
+            p.role == PLATFORM_ADMIN,
+            &filter,
+            page.cursor_of("cnr_")?,
+            limit + 1,
+        )
+        .await?;
+    let entries: Vec<CatalogueEntry> = rows.into_iter().map(|r| entry(r, &p.tenant_id).0).collect();
+    Ok(paged(entries, limit, "/catalogue", |e| e.id.clone()))
+}
+
+async fn visible(core: &Core, p: &Principal, id: &str) -> Result<CatalogueRow, ApiError> {
+    core.store
+        .catalogue_entry(&p.tenant_id, p.role == PLATFORM_ADMIN, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("catalogue entry", id))
+}
+
+/// `GET /api/v1/catalogue/{id}`
+#[utoipa::path(get, path = "/api/v1/catalogue/{id}", tag = "catalogue", summary = "A catalogue entry with its operations and versions",
+    params(("id" = String, Path, description = "The connector id")),
+    responses((status = 200, body = CatalogueDetail), (status = 404, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn catalogue_detail(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<CatalogueDetail>, ApiError> {
+    let row = visible(&core, &p, &id).await?;
+    let versions = core.store.versions(&row.id).await?;
+    let (entry, definition) = entry(row, &p.tenant_id);
+    let text = |k: &str| definition[k].as_str().map(str::to_owned);
+    Ok(Json(CatalogueDetail {
+        base_url: text("base_url").unwrap_or_default(),
+        documentation_url: text("documentation_url"),
+        health_check: text("health_check").unwrap_or_default(),
+        operations_list: definition["operations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|o| OperationSummary {
+                id: o["id"].as_str().unwrap_or_default().into(),
+                name: o["name"].as_str().unwrap_or_default().into(),
+                method: o["method"].as_str().unwrap_or_default().into(),
+                path: o["path"].as_str().unwrap_or_default().into(),
+                description: o["description"].as_str().map(str::to_owned),
+            })
+            .collect(),
+        versions: versions
+            .into_iter()
+            .map(|v| crate::publishing::version_view(v, false))
+            .collect(),
+        entry,
+        definition,
+    }))
+}
+
+/// `GET /api/v1/catalogue/{id}/versions/{version}`
+#[utoipa::path(get, path = "/api/v1/catalogue/{id}/versions/{version}", tag = "catalogue", summary = "One version of a catalogue entry with its frozen definition",
+    params(("id" = String, Path, description = "The connector id"), ("version" = String, Path, description = "e.g. 1.2.0")),
+    responses((status = 200, body = crate::publishing::VersionView), (status = 404, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn catalogue_version(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath((id, version)): ApiPath<(String, String)>,
+) -> Result<Json<crate::publishing::VersionView>, ApiError> {
+    let row = visible(&core, &p, &id).await?;
+    let v = core
+        .store
+        .version(&row.id, &version)
+        .await?
+        .ok_or_else(|| ApiError::not_found("version", &version))?;
+    Ok(Json(crate::publishing::version_view(v, true)))
+}
+
+/// `?base_url=&slug=&category=` of an import.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ImportQuery {
+    /// The API's base URL, when the document's servers are relative or absent.
+    base_url: Option<String>,
+    /// The connector's slug (default: from the title).
+    slug: Option<String>,
+    /// The connector's category (default: `other`).
+    category: Option<String>,
+}
+
+/// The answer of an import.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ImportView {
+    /// The new draft.
+    connector: ConnectorView,
+    /// What the import could not carry over or had to guess: refine these.
+    warnings: Vec<String>,
+}
+
+/// `POST /api/v1/connectors/import`
+#[utoipa::path(post, path = "/api/v1/connectors/import", tag = "connectors",
+    summary = "Create a draft from an OpenAPI document (Swagger 2.0, OpenAPI 3.0 or 3.1; JSON or YAML)",
+    description = "Servers, security schemes, operations, parameters and schemas become a draft; `$ref`s are resolved \
+        inside the document only (never fetched). What could not be carried over is listed in `warnings`.",
+    params(ImportQuery),
+    request_body(content = Object, description = "An OpenAPI document, JSON or YAML", content_type = "application/json"),
+    responses((status = 201, body = ImportView),
+        (status = 422, description = "Not an OpenAPI document, too large, cyclic, or the result is invalid: every problem in `details`", body = crate::openapi::ErrorBody),
+        (status = 409, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn import(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    q: Result<Query<ImportQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    require_admin(&p)?;
+    let q = query(q)?;
+    check_content_type(&headers)?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::invalid("the document is not UTF-8 text"))?;
+    let options = crate::import::Options {
+        base_url: q.base_url,
+        slug: q.slug,
+        category: q.category,
+    };
+    let imported = crate::import::from_openapi(text, &options).map_err(|problems| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_openapi",
+            format!("the OpenAPI document cannot be imported: {}", problems[0]),
+        )
+        .with_details(json!(problems))
+    })?;
+    let problems = connector::validate(&imported.definition);
+    if !problems.is_empty() {
+        return Err(invalid(problems));
+    }
+    let row = row_from(
+        &imported.definition,
+        crate::ids::new_id("cnr"),
+        &p.tenant_id,
+        &p.actor(),
+        now_unix(),
+    );
+    core.store.create_connector(&row).await?;
+    record(
+        &core.store,
+        Some(&p.tenant_id),
+        &p.actor(),
+        "connector.import",
+        ("connector", &row.id),
+        json!({"slug": row.slug, "warnings": imported.warnings.len()}),
+    )
+    .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(ImportView {
+            connector: view(row, true),
+            warnings: imported.warnings,
+        }),
+    )
+        .into_response())
 }

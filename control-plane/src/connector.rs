@@ -260,7 +260,8 @@ fn is_slug(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-fn is_http_url(s: &str) -> bool {
+/// Whether `s` is an absolute http(s) URL with a host.
+pub fn is_http_url(s: &str) -> bool {
     reqwest::Url::parse(s)
         .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
 }

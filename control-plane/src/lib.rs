@@ -9,17 +9,23 @@
 
 pub mod access;
 pub mod api;
+pub mod builtin;
 pub mod ca;
 pub mod cache;
+pub mod call;
 pub mod catalogue;
+pub mod cdm;
 pub mod config;
 pub mod connector;
 pub mod dev;
 pub mod dispatch;
 pub mod idempotency;
 pub mod ids;
+pub mod import;
+pub mod lifecycle;
 pub mod metrics;
 pub mod openapi;
+pub mod publishing;
 pub mod store;
 pub mod tenants;
 pub mod tunnel;
@@ -133,6 +139,9 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let ca = ca::Ca::load_or_create(&settings.data_dir)?;
     let vault = vault::Vault::new(vault::default_provider(&settings.data_dir)?);
     vault.verify(&store).await?;
+    builtin::load(&store)
+        .await
+        .context("cannot load the built-in connector catalogue")?;
     let listener = tokio::net::TcpListener::bind(settings.http_addr)
         .await
         .with_context(|| {
@@ -168,6 +177,10 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let mut tasks = JoinSet::new();
     tasks.spawn(tunnel::serve(core.clone(), endpoint, shutdown.clone()));
     tasks.spawn(tenants::flush_usage(core.clone(), shutdown.clone()));
+    tasks.spawn(publishing::sweep_deprecations(
+        core.clone(),
+        shutdown.clone(),
+    ));
     let router = api::router(core.clone());
     let http_shutdown = shutdown.clone();
     tasks.spawn(async move {
@@ -306,17 +319,7 @@ pub async fn bootstrap_platform_admin(
     password: Option<String>,
     actor: &str,
 ) -> anyhow::Result<(String, String, String)> {
-    let platform = match store.tenant_by_name(tenants::PLATFORM_TENANT).await? {
-        Some(t) => t,
-        None => {
-            let mut t = store
-                .create_tenant(&ids::new_id("ten"), tenants::PLATFORM_TENANT)
-                .await?;
-            t.tier = "premium".into();
-            store.update_tenant_plan(&t).await?;
-            t
-        }
-    };
+    let platform = platform_tenant(store).await?;
     let (_, password) = bootstrap_user(
         store,
         &platform.id,
@@ -338,6 +341,29 @@ pub async fn bootstrap_platform_admin(
     )
     .await;
     Ok((email.to_owned(), password, token))
+}
+
+/// The reserved `platform` tenant, created on first use.
+pub async fn platform_tenant(store: &store::Store) -> anyhow::Result<store::Tenant> {
+    if let Some(t) = store.tenant_by_name(tenants::PLATFORM_TENANT).await? {
+        return Ok(t);
+    }
+    match store
+        .create_tenant(&ids::new_id("ten"), tenants::PLATFORM_TENANT)
+        .await
+    {
+        Ok(mut t) => {
+            t.tier = "premium".into();
+            store.update_tenant_plan(&t).await?;
+            Ok(t)
+        }
+        // Another replica created it meanwhile.
+        Err(store::StoreError::Conflict(_)) => store
+            .tenant_by_name(tenants::PLATFORM_TENANT)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the platform tenant vanished")),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Sets a tenant's tier and custom limits (CLI and `dibop dev`).

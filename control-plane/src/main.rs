@@ -99,6 +99,25 @@ enum ConnectorTask {
         /// The definition file.
         file: PathBuf,
     },
+    /// Turn an OpenAPI document (Swagger 2.0, OpenAPI 3.0/3.1; JSON or YAML) into a connector
+    /// definition to refine, printed as YAML (or written with --output). What could not be
+    /// carried over is listed on stderr. `$ref`s are resolved in the file only, never fetched.
+    ImportOpenapi {
+        /// The OpenAPI document.
+        file: PathBuf,
+        /// Base URL when the document's servers are relative or missing.
+        #[arg(long)]
+        base_url: Option<String>,
+        /// Slug of the connector [default: from the title].
+        #[arg(long)]
+        slug: Option<String>,
+        /// Category of the connector [default: other].
+        #[arg(long)]
+        category: Option<String>,
+        /// Write the definition here instead of stdout (`.json` writes JSON).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -256,6 +275,72 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     list.join("\n")
                 )
             }
+        }
+        Command::Connector {
+            task:
+                ConnectorTask::ImportOpenapi {
+                    file,
+                    base_url,
+                    slug,
+                    category,
+                    output,
+                },
+        } => {
+            use dibop_control_plane::{connector, import};
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let options = import::Options {
+                base_url,
+                slug,
+                category,
+            };
+            let imported = import::from_openapi(&text, &options).map_err(|problems| {
+                anyhow::anyhow!(
+                    "{} cannot be imported:\n{}",
+                    file.display(),
+                    problems
+                        .iter()
+                        .map(|p| format!("  - {p}"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            })?;
+            for w in &imported.warnings {
+                eprintln!("warning: {w}");
+            }
+            let problems = connector::validate(&imported.definition);
+            for p in &problems {
+                eprintln!("problem: {p}");
+            }
+            let as_json = output
+                .as_ref()
+                .is_some_and(|o| o.extension().is_some_and(|e| e == "json"));
+            let rendered = if as_json {
+                serde_json::to_string_pretty(&imported.definition)?
+            } else {
+                serde_yaml_ng::to_string(&imported.definition)?
+            };
+            match &output {
+                Some(path) => {
+                    std::fs::write(path, rendered)
+                        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                    eprintln!(
+                        "wrote {} ({} operations, {} warning(s))",
+                        path.display(),
+                        imported.definition["operations"]
+                            .as_array()
+                            .map_or(0, Vec::len),
+                        imported.warnings.len()
+                    );
+                }
+                None => print!("{rendered}"),
+            }
+            anyhow::ensure!(
+                problems.is_empty(),
+                "the imported definition has {} problem(s): fix them before creating the connector",
+                problems.len()
+            );
+            Ok(())
         }
         Command::Admin {
             data_dir,

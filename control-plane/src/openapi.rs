@@ -93,7 +93,8 @@ impl Modify for BearerAuth {
 #[openapi(
     info(
         title = "DIBOP control plane API",
-        description = "Agents, agent groups and relayed calls; tenants, users, API tokens and the audit log. \
+        description = "Agents, agent groups and relayed calls; tenants, users, API tokens and the audit log; \
+                       the connector catalogue (drafts, OpenAPI import, publishing, versions, reviews). \
                        Every error has the shape of `ErrorBody`; lists are JSON arrays with a `Link: rel=\"next\"` \
                        header; creating POSTs honour `Idempotency-Key`."
     ),
@@ -128,6 +129,23 @@ impl Modify for BearerAuth {
         crate::catalogue::get,
         crate::catalogue::replace,
         crate::catalogue::delete,
+        crate::catalogue::import,
+        crate::catalogue::browse,
+        crate::catalogue::catalogue_detail,
+        crate::catalogue::catalogue_version,
+        crate::publishing::publish,
+        crate::publishing::publish_update,
+        crate::publishing::list_versions,
+        crate::publishing::get_version,
+        crate::publishing::checklist,
+        crate::publishing::unpublish,
+        crate::publishing::deprecate,
+        crate::publishing::submit_review,
+        crate::publishing::usage,
+        crate::publishing::list_reviews,
+        crate::publishing::approve_review,
+        crate::publishing::reject_review,
+        crate::publishing::promote,
     ),
     components(schemas(ErrorBody, ErrorDetail, EnrollmentTokenView, CreatedTokenView, SessionView)),
     modifiers(&BearerAuth)

@@ -52,7 +52,7 @@ macro_rules! select_users {
 macro_rules! select_tenants {
     ($tail:literal) => {
         concat!(
-            "SELECT id, name, created_at, status, tier, calls_per_month, requests_per_minute FROM tenants ",
+            "SELECT id, name, created_at, status, tier, calls_per_month, requests_per_minute, enterprise_publishing FROM tenants ",
             $tail
         )
     };
@@ -62,12 +62,16 @@ macro_rules! select_tenants {
 macro_rules! select_connectors {
     ($tail:literal) => {
         concat!(
-            "SELECT id, tenant_id, slug, name, category, status, definition, created_by, created_at, updated_at \
+            "SELECT id, tenant_id, slug, name, category, status, definition, created_by, created_at, updated_at, \
+             scope, latest_version, review_status, review_reason, deprecated_until, deprecation_message \
              FROM connectors ",
             $tail
         )
     };
 }
+
+mod catalogue;
+pub use catalogue::{CatalogueFilter, CatalogueRow, VersionRow};
 
 /// Storage failed.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +107,8 @@ pub struct Tenant {
     pub calls_per_month: Option<i64>,
     /// Overrides the tier's request rate.
     pub requests_per_minute: Option<i64>,
+    /// 1 when the platform lets it publish enterprise-scoped connectors.
+    pub enterprise_publishing: i64,
 }
 
 /// An API token (its secret is never stored, only its hash).
@@ -160,9 +166,9 @@ pub struct ConnectorRow {
     pub name: String,
     /// From the definition.
     pub category: String,
-    /// `draft` (publishing comes later).
+    /// `draft`, `published` or `deprecated`.
     pub status: String,
-    /// The definition, JSON.
+    /// The working definition, JSON (what the next version will freeze).
     pub definition: String,
     /// Who created it.
     pub created_by: String,
@@ -170,6 +176,18 @@ pub struct ConnectorRow {
     pub created_at: i64,
     /// Last change.
     pub updated_at: i64,
+    /// `enterprise` or `global`, once published.
+    pub scope: Option<String>,
+    /// The newest frozen version, once published.
+    pub latest_version: Option<String>,
+    /// `pending` or `rejected` while submitted for the global catalogue.
+    pub review_status: Option<String>,
+    /// Why a review was rejected.
+    pub review_reason: Option<String>,
+    /// When a deprecated connector unpublishes itself.
+    pub deprecated_until: Option<i64>,
+    /// What deprecated users should do.
+    pub deprecation_message: Option<String>,
 }
 
 /// One audit log entry.
@@ -367,6 +385,7 @@ impl Store {
             tier: "standard".into(),
             calls_per_month: None,
             requests_per_minute: None,
+            enterprise_publishing: 0,
         })
     }
 
@@ -408,12 +427,14 @@ impl Store {
     /// Stores a tenant's status and plan.
     pub async fn update_tenant_plan(&self, t: &Tenant) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE tenants SET status = $1, tier = $2, calls_per_month = $3, requests_per_minute = $4 WHERE id = $5",
+            "UPDATE tenants SET status = $1, tier = $2, calls_per_month = $3, requests_per_minute = $4, \
+             enterprise_publishing = $5 WHERE id = $6",
         )
         .bind(&t.status)
         .bind(&t.tier)
         .bind(t.calls_per_month)
         .bind(t.requests_per_minute)
+        .bind(t.enterprise_publishing)
         .bind(&t.id)
         .execute(&self.pool)
         .await?;
@@ -846,11 +867,11 @@ impl Store {
         .await?)
     }
 
-    /// Replaces a draft's definition; false when there is no such draft.
+    /// Replaces a connector's working definition; false when there is no such connector.
     pub async fn update_connector(&self, c: &ConnectorRow) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE connectors SET slug = $1, name = $2, category = $3, definition = $4, updated_at = $5 \
-             WHERE tenant_id = $6 AND id = $7 AND status = 'draft'",
+             WHERE tenant_id = $6 AND id = $7",
         )
         .bind(&c.slug)
         .bind(&c.name)
@@ -865,10 +886,11 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Deletes a draft; false when there is no such draft.
+    /// Deletes a draft that was never published; false when there is no such draft.
     pub async fn delete_connector(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "DELETE FROM connectors WHERE tenant_id = $1 AND id = $2 AND status = 'draft'",
+            "DELETE FROM connectors WHERE tenant_id = $1 AND id = $2 AND status = 'draft' \
+             AND latest_version IS NULL",
         )
         .bind(tenant_id)
         .bind(id)

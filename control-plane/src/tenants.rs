@@ -278,6 +278,8 @@ pub(crate) struct TenantView {
     limits: Limits,
     custom_calls_per_month: Option<i64>,
     custom_requests_per_minute: Option<i64>,
+    /// Whether its enterprise admins may publish enterprise-scoped connectors.
+    enterprise_publishing: bool,
     calls_this_month: i64,
     created_at: String,
 }
@@ -293,6 +295,7 @@ async fn tenant_view(store: &Store, t: Tenant) -> Result<TenantView, StoreError>
         tier: t.tier,
         custom_calls_per_month: t.calls_per_month,
         custom_requests_per_minute: t.requests_per_minute,
+        enterprise_publishing: t.enterprise_publishing != 0,
         created_at: rfc3339(t.created_at),
     })
 }
@@ -310,6 +313,9 @@ pub(crate) struct TenantPlan {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<i64>)]
     requests_per_minute: Option<Option<i64>>,
+    /// Lets the tenant's enterprise admins publish connectors for their own
+    /// enterprise (global publishing stays with platform admins).
+    enterprise_publishing: Option<bool>,
 }
 
 /// Tells "absent" (outer `None`) from "null" (`Some(None)`).
@@ -354,6 +360,9 @@ fn apply_plan(t: &mut Tenant, plan: &TenantPlan) -> Result<(), ApiError> {
             None => {}
         }
     }
+    if let Some(on) = plan.enterprise_publishing {
+        t.enterprise_publishing = i64::from(on);
+    }
     if problems.is_empty() {
         Ok(())
     } else {
@@ -388,6 +397,7 @@ pub(crate) async fn create_tenant(
         tier: "standard".into(),
         calls_per_month: None,
         requests_per_minute: None,
+        enterprise_publishing: 0,
     };
     apply_plan(&mut t, &plan)?;
     let created = core.store.create_tenant(&t.id, &t.name).await?;
@@ -505,6 +515,7 @@ mod tests {
             tier: tier.into(),
             calls_per_month: None,
             requests_per_minute: None,
+            enterprise_publishing: 0,
         }
     }
 
