@@ -25,13 +25,41 @@ const WALK: &[(&str, &str, Option<&str>)] = &[
     ("GET", "/connectors/{connector}", None),
     ("PUT", "/connectors/{connector}", Some(DMS_SIM)),
     ("DELETE", "/connectors/{connector}", None),
+    (
+        "POST",
+        "/connectors/{connector}/publish",
+        Some(r#"{"scope":"enterprise"}"#),
+    ),
+    (
+        "POST",
+        "/connectors/{connector}/versions",
+        Some(r#"{"bump":"patch","release_notes":"x"}"#),
+    ),
+    ("GET", "/connectors/{connector}/versions", None),
+    ("GET", "/connectors/{connector}/versions/{version}", None),
+    ("POST", "/connectors/{connector}/checklist", Some("{}")),
+    ("POST", "/connectors/{connector}/unpublish", None),
+    (
+        "POST",
+        "/connectors/{connector}/deprecate",
+        Some(r#"{"until":"2099-01-01","message":"x"}"#),
+    ),
+    ("POST", "/connectors/{connector}/review", Some("{}")),
+    ("GET", "/connectors/{connector}/usage", None),
+    ("GET", "/catalogue/{connector}", None),
+    ("GET", "/catalogue/{connector}/versions/{version}", None),
 ];
 
 /// A valid connector definition.
 const DMS_SIM: &str = include_str!("../../catalogue/dms-sim.yaml");
 
 /// Routes that are not tenant-scoped (platform-only, checked elsewhere).
-const NOT_TENANT_SCOPED: &[&str] = &["/tenants/{id}"];
+const NOT_TENANT_SCOPED: &[&str] = &[
+    "/tenants/{id}",
+    "/catalogue/{id}/promote",
+    "/reviews/{id}/approve",
+    "/reviews/{id}/reject",
+];
 
 /// (method, path) of every operation in the OpenAPI document.
 fn documented() -> Vec<(String, String)> {
@@ -194,12 +222,27 @@ async fn another_tenants_resources_do_not_exist() {
         .await
         .unwrap();
     let connector = connector["id"].as_str().unwrap().to_owned();
+    // Published for A's enterprise only, so the catalogue routes have
+    // something A sees and B must not.
+    let mut plan = store.tenant(&tenant_a).await.unwrap().unwrap();
+    plan.enterprise_publishing = 1;
+    store.update_tenant_plan(&plan).await.unwrap();
+    let (status, published) = send(
+        &base,
+        &a,
+        "POST",
+        &format!("/connectors/{connector}/publish"),
+        Some(r#"{"scope":"enterprise"}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{published}");
     let ids = [
         ("{group}", group.as_str()),
         ("{agent}", "agt_isolation"),
         ("{token}", token.as_str()),
         ("{user}", user.as_str()),
         ("{connector}", connector.as_str()),
+        ("{version}", "1.0.0"),
     ];
     for (method, template, body) in WALK {
         let path = ids
@@ -224,11 +267,12 @@ async fn another_tenants_resources_do_not_exist() {
         "/api-tokens",
         "/users",
         "/audit",
+        "/catalogue",
     ] {
         let (status, rows) = send(&base, &b, "GET", list, None).await;
         assert_eq!(status, 200, "{list}");
         let text = rows.to_string();
-        for (_, id) in ids {
+        for (_, id) in ids.iter().filter(|(k, _)| *k != "{version}") {
             assert!(!text.contains(id), "{list} of tenant B shows {id}");
         }
     }

@@ -1,0 +1,904 @@
+//! The connector catalogue through the HTTP API of an in-process control
+//! plane: the publishing lifecycle (scopes, review, promotion), versions
+//! with computed breaking changes, deprecation, browse and search, operation
+//! tests against a real DMS simulator, and OpenAPI import of real public
+//! documents.
+
+use std::sync::Arc;
+
+use dibop_control_plane::{Core, Settings, bootstrap_platform_admin, bootstrap_tenant, start};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const DMS_SIM: &str = include_str!("../../catalogue/dms-sim.yaml");
+
+struct Cp {
+    _dir: tempfile::TempDir,
+    base: String,
+    core: Arc<Core>,
+    platform: String,
+    _shutdown: tokio_util::sync::DropGuard,
+}
+
+async fn cp() -> Cp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::new(dir.path().join("cp"));
+    settings.http_addr = "127.0.0.1:0".parse().unwrap();
+    settings.tunnel_addr = "127.0.0.1:0".parse().unwrap();
+    let shutdown = CancellationToken::new();
+    let server = start(settings, shutdown.clone()).await.unwrap();
+    let (_, _, platform) =
+        bootstrap_platform_admin(&server.core.store, "ops@platform.example", None, "cli")
+            .await
+            .unwrap();
+    let base = format!("http://{}", server.http_addr);
+    let core = server.core.clone();
+    tokio::spawn(server.wait());
+    Cp {
+        _dir: dir,
+        base,
+        core,
+        platform,
+        _shutdown: shutdown.drop_guard(),
+    }
+}
+
+impl Cp {
+    async fn tenant(&self, name: &str) -> (String, String) {
+        bootstrap_tenant(&self.core.store, name, "cli")
+            .await
+            .unwrap()
+    }
+
+    async fn send(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = reqwest::Client::new()
+            .request(
+                method.parse().unwrap(),
+                format!("{}/api/v1{path}", self.base),
+            )
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn create(&self, token: &str, definition: &Value) -> String {
+        let (status, created) = self
+            .send(token, "POST", "/connectors", Some(definition.clone()))
+            .await;
+        assert_eq!(status, 201, "{created}");
+        created["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn slugs(&self, token: &str, query: &str) -> Vec<String> {
+        let (status, list) = self
+            .send(token, "GET", &format!("/catalogue{query}"), None)
+            .await;
+        assert_eq!(status, 200, "{list}");
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["slug"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+fn dms(slug: &str) -> Value {
+    let mut d: Value = serde_yaml_ng::from_str(DMS_SIM).unwrap();
+    d["slug"] = json!(slug);
+    d["name"] = json!(format!("DMS {slug}"));
+    d
+}
+
+fn code(answer: &Value) -> &str {
+    answer["error"]["code"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn publish_version_deprecate_and_unpublish() {
+    let cp = cp().await;
+    let (acme_id, acme) = cp.tenant("acme").await;
+    let (_, other) = cp.tenant("other").await;
+    let id = cp.create(&acme, &dms("acme-dms")).await;
+    let publish = format!("/connectors/{id}/publish");
+
+    // Who may publish what.
+    let (_, viewer) = cp
+        .send(
+            &acme,
+            "POST",
+            "/api-tokens",
+            Some(json!({"name": "v", "role": "viewer"})),
+        )
+        .await;
+    let viewer = viewer["token"].as_str().unwrap();
+    let (status, answer) = cp
+        .send(
+            viewer,
+            "POST",
+            &publish,
+            Some(json!({"scope": "enterprise"})),
+        )
+        .await;
+    assert_eq!((status, code(&answer)), (403, "forbidden"), "{answer}");
+    let (status, answer) = cp
+        .send(&acme, "POST", &publish, Some(json!({"scope": "global"})))
+        .await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("review"),
+        "{answer}"
+    );
+    let (status, answer) = cp
+        .send(
+            &acme,
+            "POST",
+            &publish,
+            Some(json!({"scope": "enterprise"})),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&answer)),
+        (403, "enterprise_publishing_disabled"),
+        "{answer}"
+    );
+    let (status, answer) = cp
+        .send(
+            &acme,
+            "POST",
+            &publish,
+            Some(json!({"scope": "everywhere"})),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    let (status, _) = cp
+        .send(
+            &cp.platform,
+            "PATCH",
+            &format!("/tenants/{acme_id}"),
+            Some(json!({"enterprise_publishing": true})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, published) = cp
+        .send(
+            &acme,
+            "POST",
+            &publish,
+            Some(json!({"scope": "enterprise", "release_notes": "First."})),
+        )
+        .await;
+    assert_eq!(status, 200, "{published}");
+    assert_eq!(published["latest_version"], "1.0.0");
+    assert_eq!(published["scope"], "enterprise");
+    let (status, answer) = cp
+        .send(
+            &acme,
+            "POST",
+            &publish,
+            Some(json!({"scope": "enterprise"})),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&answer)),
+        (409, "already_published"),
+        "{answer}"
+    );
+
+    // The catalogue: built-ins for everyone, acme's connector for acme only.
+    let mine = cp.slugs(&acme, "").await;
+    for slug in [
+        "acme-dms",
+        "dms-sim",
+        "nhtsa-vpic",
+        "rest-countries",
+        "open-meteo",
+    ] {
+        assert!(
+            mine.contains(&slug.to_owned()),
+            "{slug} missing from {mine:?}"
+        );
+    }
+    assert!(!cp.slugs(&other, "").await.contains(&"acme-dms".to_owned()));
+    assert_eq!(
+        cp.send(&other, "GET", &format!("/catalogue/{id}"), None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(cp.slugs(&acme, "?q=VIN").await, ["nhtsa-vpic"]);
+    let mut reference = cp.slugs(&acme, "?category=reference").await;
+    reference.sort();
+    assert_eq!(reference, ["open-meteo", "rest-countries"]);
+    let mut keyed = cp.slugs(&acme, "?auth_type=api_key").await;
+    keyed.sort();
+    assert_eq!(keyed, ["acme-dms", "dms-sim"]);
+    assert_eq!(cp.slugs(&acme, "?scope=enterprise").await, ["acme-dms"]);
+    assert!(
+        cp.slugs(&acme, "?q=50%25_").await.is_empty(),
+        "LIKE wildcards are literal"
+    );
+    let (status, answer) = cp
+        .send(&acme, "GET", "/catalogue?auth_type=kerberos", None)
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    let (status, detail) = cp
+        .send(&acme, "GET", &format!("/catalogue/{id}"), None)
+        .await;
+    assert_eq!(status, 200, "{detail}");
+    assert_eq!(detail["operations_list"].as_array().unwrap().len(), 8);
+    assert_eq!(detail["versions"][0]["version"], "1.0.0");
+    assert_eq!(detail["owned_by_you"], true);
+
+    // An update that removes an operation breaks: minor is refused, major taken.
+    let mut def = dms("acme-dms");
+    def["operations"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|o| o["id"] != "getPart");
+    assert_eq!(
+        cp.send(
+            &acme,
+            "PUT",
+            &format!("/connectors/{id}"),
+            Some(def.clone())
+        )
+        .await
+        .0,
+        200
+    );
+    let versions = format!("/connectors/{id}/versions");
+    let (status, answer) = cp
+        .send(
+            &acme,
+            "POST",
+            &versions,
+            Some(json!({"bump": "minor", "release_notes": "Tidy."})),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&answer)),
+        (409, "breaking_change"),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("getPart"),
+        "{answer}"
+    );
+    assert_eq!(answer["error"]["details"][0]["impact"], "breaking");
+    let (status, answer) = cp
+        .send(
+            &acme,
+            "POST",
+            &versions,
+            Some(json!({"bump": "major", "release_notes": ""})),
+        )
+        .await;
+    assert_eq!(status, 422, "release notes are required: {answer}");
+    let (status, v2) = cp
+        .send(
+            &acme,
+            "POST",
+            &versions,
+            Some(json!({"bump": "major", "release_notes": "getPart is gone."})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v2}");
+    assert_eq!(
+        (v2["version"].as_str(), v2["breaking"].as_bool()),
+        (Some("2.0.0"), Some(true))
+    );
+    // An addition needs minor, not patch.
+    def["operations"].as_array_mut().unwrap().push(
+        json!({"id": "listParts", "name": "Parts", "method": "GET", "path": "/api/v1/parts"}),
+    );
+    cp.send(
+        &acme,
+        "PUT",
+        &format!("/connectors/{id}"),
+        Some(def.clone()),
+    )
+    .await;
+    let (status, answer) = cp
+        .send(
+            &acme,
+            "POST",
+            &versions,
+            Some(json!({"bump": "patch", "release_notes": "Parts."})),
+        )
+        .await;
+    assert_eq!((status, code(&answer)), (409, "bump_too_small"), "{answer}");
+    let (status, v21) = cp
+        .send(
+            &acme,
+            "POST",
+            &versions,
+            Some(json!({"bump": "minor", "release_notes": "Parts."})),
+        )
+        .await;
+    assert_eq!(
+        (status, v21["version"].as_str()),
+        (201, Some("2.1.0")),
+        "{v21}"
+    );
+    let (status, answer) = cp
+        .send(
+            &acme,
+            "POST",
+            &versions,
+            Some(json!({"bump": "patch", "release_notes": "Again."})),
+        )
+        .await;
+    assert_eq!((status, code(&answer)), (409, "no_changes"), "{answer}");
+    let (_, list) = cp.send(&acme, "GET", &versions, None).await;
+    let listed: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["2.1.0", "2.0.0", "1.0.0"]);
+    // Old versions are frozen: 1.0.0 still has getPart.
+    let (_, v1) = cp
+        .send(&acme, "GET", &format!("{versions}/1.0.0"), None)
+        .await;
+    assert!(v1["definition"].to_string().contains("getPart"));
+    let mut renamed = def.clone();
+    renamed["slug"] = json!("acme-dms-2");
+    let (status, answer) = cp
+        .send(&acme, "PUT", &format!("/connectors/{id}"), Some(renamed))
+        .await;
+    assert_eq!((status, code(&answer)), (409, "slug_frozen"), "{answer}");
+    let (status, answer) = cp
+        .send(&acme, "DELETE", &format!("/connectors/{id}"), None)
+        .await;
+    assert_eq!((status, code(&answer)), (409, "published"), "{answer}");
+
+    // Deprecation: at least 30 days' notice, a warning, then out.
+    let deprecate = format!("/connectors/{id}/deprecate");
+    let soon = dibop_relay_agent::rfc3339(dibop_control_plane::store::now_unix() + 10 * 86_400);
+    let (status, answer) = cp
+        .send(
+            &acme,
+            "POST",
+            &deprecate,
+            Some(json!({"until": soon, "message": "Use v3."})),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("30 days")
+    );
+    let later = dibop_relay_agent::rfc3339(dibop_control_plane::store::now_unix() + 40 * 86_400);
+    let (status, answer) = cp
+        .send(
+            &acme,
+            "POST",
+            &deprecate,
+            Some(json!({"until": later, "message": "Use acme-dms-3."})),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let (_, detail) = cp
+        .send(&acme, "GET", &format!("/catalogue/{id}"), None)
+        .await;
+    assert_eq!(detail["status"], "deprecated");
+    assert_eq!(detail["deprecation"]["message"], "Use acme-dms-3.");
+    let swept = dibop_control_plane::publishing::unpublish_expired(
+        &cp.core,
+        dibop_control_plane::store::now_unix() + 41 * 86_400,
+    )
+    .await
+    .unwrap();
+    assert_eq!(swept, 1);
+    assert!(!cp.slugs(&acme, "").await.contains(&"acme-dms".to_owned()));
+    let (_, own) = cp
+        .send(&acme, "GET", &format!("/connectors/{id}"), None)
+        .await;
+    assert_eq!(
+        (own["status"].as_str(), own["latest_version"].as_str()),
+        (Some("draft"), Some("2.1.0"))
+    );
+    let (status, answer) = cp
+        .send(
+            &acme,
+            "POST",
+            &publish,
+            Some(json!({"scope": "enterprise"})),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&answer)),
+        (409, "already_versioned"),
+        "{answer}"
+    );
+    // The audit log has the whole story.
+    let (_, audit) = cp.send(&acme, "GET", "/audit", None).await;
+    let actions = audit.to_string();
+    for action in [
+        "connector.publish",
+        "connector.publish_update",
+        "connector.deprecate",
+        "connector.unpublish",
+    ] {
+        assert!(actions.contains(action), "{action} not audited");
+    }
+}
+
+#[tokio::test]
+async fn review_reject_approve_and_promote() {
+    let cp = cp().await;
+    let (_, dealer) = cp.tenant("dealer").await;
+    let (acme_id, acme) = cp.tenant("acme").await;
+    let mut incomplete = dms("dealer-dms");
+    incomplete
+        .as_object_mut()
+        .unwrap()
+        .remove("documentation_url");
+    let id = cp.create(&dealer, &incomplete).await;
+    let review = format!("/connectors/{id}/review");
+    let (status, answer) = cp.send(&dealer, "POST", &review, Some(json!({}))).await;
+    assert_eq!(
+        (status, code(&answer)),
+        (422, "checklist_failed"),
+        "{answer}"
+    );
+    assert_eq!(answer["error"]["details"][0]["item"], "overview");
+    assert!(
+        answer["error"]["details"][0]["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("documentation_url")
+    );
+    cp.send(
+        &dealer,
+        "PUT",
+        &format!("/connectors/{id}"),
+        Some(dms("dealer-dms")),
+    )
+    .await;
+    let (status, answer) = cp.send(&dealer, "POST", &review, Some(json!({}))).await;
+    assert_eq!(
+        (status, answer["review_status"].as_str()),
+        (200, Some("pending")),
+        "{answer}"
+    );
+    let (status, answer) = cp.send(&dealer, "POST", &review, Some(json!({}))).await;
+    assert_eq!((status, code(&answer)), (409, "review_pending"));
+
+    // Only platform admins see and decide reviews.
+    assert_eq!(cp.send(&dealer, "GET", "/reviews", None).await.0, 403);
+    let (status, queue) = cp.send(&cp.platform, "GET", "/reviews", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(queue[0]["id"], id.as_str());
+    assert_eq!(
+        cp.send(&acme, "POST", &format!("/reviews/{id}/approve"), None)
+            .await
+            .0,
+        403
+    );
+    let (status, _) = cp
+        .send(
+            &cp.platform,
+            "POST",
+            &format!("/reviews/{id}/reject"),
+            Some(json!({"reason": " "})),
+        )
+        .await;
+    assert_eq!(status, 422);
+    let (status, rejected) = cp
+        .send(
+            &cp.platform,
+            "POST",
+            &format!("/reviews/{id}/reject"),
+            Some(json!({"reason": "Add a VIN decode mapping."})),
+        )
+        .await;
+    assert_eq!(status, 200, "{rejected}");
+    let (_, own) = cp
+        .send(&dealer, "GET", &format!("/connectors/{id}"), None)
+        .await;
+    assert_eq!(
+        (own["review_status"].as_str(), own["review_reason"].as_str()),
+        (Some("rejected"), Some("Add a VIN decode mapping."))
+    );
+    assert_eq!(
+        cp.send(
+            &cp.platform,
+            "POST",
+            &format!("/reviews/{id}/approve"),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+
+    // Resubmitted and approved: global, version 1.0.0, visible to everyone.
+    cp.send(&dealer, "POST", &review, Some(json!({}))).await;
+    let (status, approved) = cp
+        .send(
+            &cp.platform,
+            "POST",
+            &format!("/reviews/{id}/approve"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{approved}");
+    assert_eq!(
+        (
+            approved["scope"].as_str(),
+            approved["latest_version"].as_str()
+        ),
+        (Some("global"), Some("1.0.0"))
+    );
+    assert!(cp.slugs(&acme, "").await.contains(&"dealer-dms".to_owned()));
+    let (_, entry) = cp
+        .send(&acme, "GET", &format!("/catalogue/{id}"), None)
+        .await;
+    assert_eq!(entry["owned_by_you"], false);
+
+    // Promotion of an enterprise connector.
+    cp.send(
+        &cp.platform,
+        "PATCH",
+        &format!("/tenants/{acme_id}"),
+        Some(json!({"enterprise_publishing": true})),
+    )
+    .await;
+    let own_id = cp.create(&acme, &dms("acme-own")).await;
+    cp.send(
+        &acme,
+        "POST",
+        &format!("/connectors/{own_id}/publish"),
+        Some(json!({"scope": "enterprise"})),
+    )
+    .await;
+    assert!(!cp.slugs(&dealer, "").await.contains(&"acme-own".to_owned()));
+    assert_eq!(
+        cp.send(&acme, "POST", &format!("/catalogue/{own_id}/promote"), None)
+            .await
+            .0,
+        403
+    );
+    let (status, promoted) = cp
+        .send(
+            &cp.platform,
+            "POST",
+            &format!("/catalogue/{own_id}/promote"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, promoted["scope"].as_str()),
+        (200, Some("global")),
+        "{promoted}"
+    );
+    assert!(cp.slugs(&dealer, "").await.contains(&"acme-own".to_owned()));
+    let (status, answer) = cp
+        .send(
+            &cp.platform,
+            "POST",
+            &format!("/catalogue/{own_id}/promote"),
+            None,
+        )
+        .await;
+    assert_eq!((status, code(&answer)), (409, "already_global"));
+
+    // The platform's own connectors are global.
+    let pid = cp.create(&cp.platform, &dms("platform-dms")).await;
+    let (status, _) = cp
+        .send(
+            &cp.platform,
+            "POST",
+            &format!("/connectors/{pid}/publish"),
+            Some(json!({"scope": "enterprise"})),
+        )
+        .await;
+    assert_eq!(status, 422);
+    let (status, _) = cp
+        .send(
+            &cp.platform,
+            "POST",
+            &format!("/connectors/{pid}/publish"),
+            Some(json!({"scope": "global"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        cp.slugs(&dealer, "?scope=global")
+            .await
+            .contains(&"platform-dms".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn publishing_tests_each_operation_against_a_test_target() {
+    let cp = cp().await;
+    let (_, admin) = cp.tenant("acme").await;
+    let (sim, _task) =
+        dibop_e2e::dms_sim::spawn("127.0.0.1:0".parse().unwrap(), Default::default())
+            .await
+            .unwrap();
+    let sim_url = format!("http://{sim}");
+    let vehicles: Value = reqwest::Client::new()
+        .get(format!("{sim_url}/api/v1/vehicles?page_size=1"))
+        .header("X-API-Key", "dms-demo-key")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let vin = vehicles["items"][0]["vin"].as_str().unwrap().to_owned();
+    let mut def = dms("tested-dms");
+    // The read operations only: the test target is a real system.
+    def["operations"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|o| o["method"] == "GET" && o["id"] != "getPart");
+    let id = cp.create(&admin, &def).await;
+    let checklist = format!("/connectors/{id}/checklist");
+    let target = |key: &str| {
+        json!({"test_target": {"base_url": sim_url, "credentials": {"api_key": key},
+            "parameters": {"getVehicle": {"vin": vin}}}})
+    };
+
+    let (status, report) = cp
+        .send(&admin, "POST", &checklist, Some(target("dms-demo-key")))
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["passed"], true, "{report}");
+
+    let (_, report) = cp
+        .send(&admin, "POST", &checklist, Some(target("wrong-key-canary")))
+        .await;
+    assert_eq!(report["passed"], false);
+    let tests = report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["item"] == "operation_tests")
+        .unwrap();
+    let problems = tests["problems"].to_string();
+    assert!(
+        problems.contains("listVehicles") && problems.contains("401"),
+        "{problems}"
+    );
+    assert!(
+        !problems.contains("health"),
+        "the health check needs no key: {problems}"
+    );
+    assert!(
+        !report.to_string().contains("wrong-key-canary"),
+        "a credential leaked into the report"
+    );
+
+    // A response that does not match its schema fails, naming the field.
+    def["operations"][2]["response_schema"] =
+        json!({"type": "object", "required": ["vin", "chassis_number"]});
+    cp.send(&admin, "PUT", &format!("/connectors/{id}"), Some(def))
+        .await;
+    let mut body = target("dms-demo-key");
+    body["scope"] = json!("global");
+    let (status, answer) = cp
+        .send(
+            &cp.platform,
+            "POST",
+            &format!("/connectors/{id}/publish"),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(
+        status, 404,
+        "the platform cannot publish a tenant's draft: {answer}"
+    );
+    let (_, report) = cp
+        .send(&admin, "POST", &checklist, Some(target("dms-demo-key")))
+        .await;
+    assert!(
+        report
+            .to_string()
+            .contains("/chassis_number: required but missing"),
+        "{report}"
+    );
+
+    // A target that never answers is a timeout, not a hang.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    let mut short = dms("silent-dms");
+    short["resilience"]["timeout_ms"] = json!(300);
+    short["operations"].as_array_mut().unwrap().truncate(1);
+    short["operations"][0]["parameters"] =
+        json!([{"name": "probe", "in": "query", "type": "string"}]);
+    let sid = cp.create(&admin, &short).await;
+    let (_, report) = cp
+        .send(
+            &admin,
+            "POST",
+            &format!("/connectors/{sid}/checklist"),
+            Some(json!({"test_target": {"base_url": silent_url, "credentials": {"api_key": "k"}}})),
+        )
+        .await;
+    assert!(
+        report.to_string().contains("no answer within 300 ms"),
+        "{report}"
+    );
+}
+
+/// Where `scripts/test` installs the npm package `@readme/oas-examples`
+/// (real public OpenAPI documents: the Swagger Petstore in 2.0, 3.0 and 3.1).
+fn oas_examples() -> std::path::PathBuf {
+    let dir = std::env::var("DIBOP_OAS_EXAMPLES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/test-deps/node_modules/@readme/oas-examples")
+        });
+    assert!(
+        dir.join("3.0/json/petstore.json").exists(),
+        "{} has no OpenAPI examples: run scripts/test (it installs @readme/oas-examples with npm) \
+         or set DIBOP_OAS_EXAMPLES",
+        dir.display()
+    );
+    dir
+}
+
+#[tokio::test]
+async fn imports_real_openapi_documents() {
+    let examples = oas_examples();
+    let cp = cp().await;
+    let (_, admin) = cp.tenant("acme").await;
+    let client = reqwest::Client::new();
+    let import = |path: &str, query: &str| {
+        let text = std::fs::read_to_string(examples.join(path)).unwrap();
+        let kind = if path.ends_with(".json") {
+            "application/json"
+        } else {
+            "application/yaml"
+        };
+        client
+            .post(format!("{}/api/v1/connectors/import{query}", cp.base))
+            .bearer_auth(&admin)
+            .header("content-type", kind)
+            .body(text)
+            .send()
+    };
+    for (path, slug) in [
+        ("3.0/json/petstore.json", "petstore-30"),
+        ("2.0/json/petstore.json", "petstore-20"),
+        ("3.1/yaml/petstore.yaml", "petstore-31"),
+    ] {
+        let resp = import(path, &format!("?slug={slug}&category=demo"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "{path}");
+        let answer: Value = resp.json().await.unwrap();
+        let def = &answer["connector"]["definition"];
+        assert_eq!(def["name"], "Swagger Petstore", "{path}");
+        assert_eq!(answer["connector"]["status"], "draft");
+        let ops = def["operations"].as_array().unwrap();
+        assert!(ops.len() >= 19, "{path}: {} operations", ops.len());
+        let get_pet = ops.iter().find(|o| o["id"] == "getPetById").unwrap();
+        assert_eq!(get_pet["path"], "/pet/{petId}", "{path}");
+        assert_eq!(
+            get_pet["parameters"][0],
+            json!({"name": "petId", "in": "path", "type": "integer", "required": true, "description": "ID of pet to return"}),
+            "{path}"
+        );
+        // `$ref`s are inlined: the Pet schema with its nested Category.
+        assert_eq!(
+            get_pet["response_schema"]["properties"]["category"]["type"], "object",
+            "{path}"
+        );
+        assert!(
+            def["auth"]["schemes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["type"] == "api_key" && s["header"] == "api_key"),
+            "{path}"
+        );
+        let warnings = answer["warnings"].to_string();
+        assert!(warnings.contains("implicit flow"), "{path}: {warnings}");
+    }
+    // Documents with relative or no servers get a visible placeholder.
+    let resp = import("3.1/json/train-travel.json", "").await.unwrap();
+    assert_eq!(resp.status(), 201);
+
+    // Every document of the collection imports into a valid definition (or
+    // is refused with a reason), never a panic.
+    let mut imported = 0;
+    for dir in ["2.0/json", "3.0/json", "3.1/json", "3.0/yaml"] {
+        for entry in std::fs::read_dir(examples.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            match dibop_control_plane::import::from_openapi(&text, &Default::default()) {
+                Ok(i) => {
+                    let problems = dibop_control_plane::connector::validate(&i.definition);
+                    assert!(problems.is_empty(), "{}: {problems:?}", path.display());
+                    imported += 1;
+                }
+                Err(e) => assert!(
+                    path.to_string_lossy().contains("webhooks"),
+                    "{} refused: {e:?}",
+                    path.display()
+                ),
+            }
+        }
+    }
+    assert!(imported >= 60, "only {imported} documents imported");
+}
+
+#[tokio::test]
+async fn bad_imports_are_refused_and_nothing_is_saved() {
+    let cp = cp().await;
+    let (_, admin) = cp.tenant("acme").await;
+    let post = |body: String, kind: &'static str| {
+        reqwest::Client::new()
+            .post(format!("{}/api/v1/connectors/import", cp.base))
+            .bearer_auth(&admin)
+            .header("content-type", kind)
+            .body(body)
+            .send()
+    };
+    let cyclic = r##"{"openapi": "3.0.3", "info": {"title": "Loop"}, "paths": {"/a": {"get": {"responses": {"200": {
+        "description": "x", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/A"}}}}}}}},
+        "components": {"schemas": {"A": {"$ref": "#/components/schemas/B"}, "B": {"$ref": "#/components/schemas/A"}}}}"##;
+    let huge = format!(
+        "{{\"openapi\": \"3.0.0\", \"x\": \"{}\"}}",
+        "a".repeat(3 * 1024 * 1024)
+    );
+    for (body, kind, status, expected) in [
+        (
+            "{\"name\": \"not openapi\"}".to_owned(),
+            "application/json",
+            422,
+            "not an OpenAPI document",
+        ),
+        (
+            "hello: [unclosed".to_owned(),
+            "application/yaml",
+            422,
+            "not valid JSON or YAML",
+        ),
+        (cyclic.to_owned(), "application/json", 422, "cyclic $ref"),
+        (huge, "application/json", 413, ""),
+        ("openapi: 3.0.0".to_owned(), "text/plain", 415, ""),
+    ] {
+        let resp = post(body, kind).await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{expected}");
+        let answer: Value = resp.json().await.unwrap();
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(expected),
+            "{answer}"
+        );
+    }
+    let (_, list) = cp.send(&admin, "GET", "/connectors", None).await;
+    assert_eq!(list, json!([]), "a refused import saved something");
+}
