@@ -23,6 +23,8 @@ CREATE TABLE connector_versions (
     category       TEXT NOT NULL,
     -- Space-separated and space-padded (` api_key basic `), for search.
     auth_types     TEXT NOT NULL,
+    icon           TEXT,
+    operations     BIGINT NOT NULL,
     definition     TEXT NOT NULL,
     bump           TEXT NOT NULL,
     breaking       BIGINT NOT NULL,

@@ -431,12 +431,11 @@ pub struct CatalogueDetail {
     definition: Value,
 }
 
-fn entry(row: CatalogueRow, tenant_id: &str) -> (CatalogueEntry, Value) {
-    let definition: Value = serde_json::from_str(&row.definition).unwrap_or(Value::Null);
-    let entry = CatalogueEntry {
+fn entry(row: CatalogueRow, tenant_id: &str) -> CatalogueEntry {
+    CatalogueEntry {
         owned_by_you: row.tenant_id == tenant_id,
-        operations: definition["operations"].as_array().map_or(0, Vec::len),
-        icon: definition["icon"].as_str().map(str::to_owned),
+        operations: usize::try_from(row.operations).unwrap_or(0),
+        icon: row.icon,
         auth_types: row
             .auth_types
             .split_whitespace()
@@ -458,8 +457,7 @@ fn entry(row: CatalogueRow, tenant_id: &str) -> (CatalogueEntry, Value) {
         status: row.status,
         latest_version: row.latest_version,
         published_at: rfc3339(row.published_at),
-    };
-    (entry, definition)
+    }
 }
 
 /// `GET /api/v1/catalogue`
@@ -526,7 +524,7 @@ pub(crate) async fn browse(
             limit + 1,
         )
         .await?;
-    let entries: Vec<CatalogueEntry> = rows.into_iter().map(|r| entry(r, &p.tenant_id).0).collect();
+    let entries: Vec<CatalogueEntry> = rows.into_iter().map(|r| entry(r, &p.tenant_id)).collect();
     Ok(paged(entries, limit, "/catalogue", |e| e.id.clone()))
 }
 
@@ -549,7 +547,13 @@ pub(crate) async fn catalogue_detail(
 ) -> Result<Json<CatalogueDetail>, ApiError> {
     let row = visible(&core, &p, &id).await?;
     let versions = core.store.versions(&row.id).await?;
-    let (entry, definition) = entry(row, &p.tenant_id);
+    // Versions come newest first: the first is the catalogue's.
+    let definition: Value = versions
+        .iter()
+        .find(|v| v.version == row.latest_version)
+        .and_then(|v| serde_json::from_str(&v.definition).ok())
+        .unwrap_or(Value::Null);
+    let entry = entry(row, &p.tenant_id);
     let text = |k: &str| definition[k].as_str().map(str::to_owned);
     Ok(Json(CatalogueDetail {
         base_url: text("base_url").unwrap_or_default(),

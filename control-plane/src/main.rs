@@ -151,6 +151,9 @@ enum AdminTask {
         /// Custom API request rate per minute (overrides the tier's).
         #[arg(long)]
         requests_per_minute: Option<i64>,
+        /// Let the tenant's admins publish connectors for their own enterprise.
+        #[arg(long)]
+        enterprise_publishing: bool,
     },
     /// Create an API token for a tenant; prints the secret once.
     CreateApiToken {
@@ -460,6 +463,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tier,
                 calls_per_month,
                 requests_per_minute,
+                enterprise_publishing,
             } => {
                 anyhow::ensure!(
                     name != dibop_control_plane::tenants::PLATFORM_TENANT,
@@ -477,6 +481,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     requests_per_minute,
                 )
                 .await?;
+                if enterprise_publishing && let Some(mut t) = store.tenant(&tenant_id).await? {
+                    t.enterprise_publishing = 1;
+                    store.update_tenant_plan(&t).await?;
+                }
                 println!("{{\"tenant_id\":\"{tenant_id}\",\"api_token\":\"{token}\"}}");
                 store.close().await;
                 Ok(())

@@ -389,6 +389,8 @@ pub(crate) fn freeze(
         description: text("description"),
         category: text("category"),
         auth_types: format!(" {} ", auth.join(" ")),
+        icon: doc["icon"].as_str().map(str::to_owned),
+        operations: doc["operations"].as_array().map_or(0, Vec::len) as i64,
         definition: doc.to_string(),
         bump: bump.as_str().into(),
         breaking: i64::from(

@@ -308,6 +308,7 @@ impl ControlPlane {
                 "10000000",
                 "--calls-per-month",
                 "1000000000",
+                "--enterprise-publishing",
             ])
             .output()
             .await?;

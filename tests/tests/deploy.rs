@@ -179,3 +179,68 @@ fn connector_definitions_validate_on_the_command_line() {
         assert!(err.contains(path), "`{path}` missing from:\n{err}");
     }
 }
+
+#[test]
+fn openapi_documents_import_on_the_command_line() {
+    let examples = std::env::var("DIBOP_OAS_EXAMPLES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/test-deps/node_modules/@readme/oas-examples")
+        });
+    let petstore = examples.join("3.1/yaml/petstore.yaml");
+    assert!(
+        petstore.exists(),
+        "{}: run scripts/test (it installs @readme/oas-examples) or set DIBOP_OAS_EXAMPLES",
+        petstore.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("petstore.dibop.yaml");
+    let out = std::process::Command::new(bin("dibop"))
+        .args(["connector", "import-openapi"])
+        .arg(&petstore)
+        .args(["--slug", "petstore", "--category", "demo", "-o"])
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: "),
+        "warnings go to stderr: {stderr}"
+    );
+    assert!(stderr.contains("operations"), "{stderr}");
+    // What it wrote is a valid definition.
+    let out = std::process::Command::new(bin("dibop"))
+        .args(["connector", "validate"])
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&out_file).unwrap();
+    assert!(text.contains("slug: petstore"), "{text}");
+    assert!(text.contains("getPetById"), "{text}");
+
+    // Not OpenAPI: a clear error, non-zero exit, nothing written.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "asyncapi: 2.6.0\nchannels: {}\n").unwrap();
+    let target = dir.path().join("never.yaml");
+    let out = std::process::Command::new(bin("dibop"))
+        .args(["connector", "import-openapi"])
+        .arg(&bad)
+        .arg("-o")
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not an OpenAPI document"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!target.exists());
+}

@@ -31,6 +31,10 @@ pub struct VersionRow {
     pub category: String,
     /// Space-separated and space-padded auth scheme types.
     pub auth_types: String,
+    /// From the definition.
+    pub icon: Option<String>,
+    /// How many operations.
+    pub operations: i64,
     /// The frozen definition, JSON.
     pub definition: String,
     /// `patch`, `minor` or `major`.
@@ -74,8 +78,10 @@ pub struct CatalogueRow {
     pub category: String,
     /// From the newest version.
     pub auth_types: String,
-    /// The newest version's definition.
-    pub definition: String,
+    /// From the newest version.
+    pub icon: Option<String>,
+    /// From the newest version.
+    pub operations: i64,
     /// When the newest version was published.
     pub published_at: i64,
 }
@@ -98,7 +104,7 @@ macro_rules! select_catalogue {
     ($tail:literal) => {
         concat!(
             "SELECT c.id, c.tenant_id, c.slug, c.status, c.scope, c.latest_version, c.deprecated_until, \
-             c.deprecation_message, v.name, v.description, v.category, v.auth_types, v.definition, v.published_at \
+             c.deprecation_message, v.name, v.description, v.category, v.auth_types, v.icon, v.operations, v.published_at \
              FROM connectors c JOIN connector_versions v ON v.connector_id = c.id AND v.version = c.latest_version \
              WHERE c.status IN ('published', 'deprecated') \
              AND (c.scope = 'global' OR c.tenant_id = $1 OR $2 = 1) ",
@@ -144,8 +150,9 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO connector_versions (connector_id, version, major, minor, patch, name, description, \
-             category, auth_types, definition, bump, breaking, changes, release_notes, published_by, published_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+             category, auth_types, icon, operations, definition, bump, breaking, changes, release_notes, \
+             published_by, published_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         )
         .bind(&v.connector_id)
         .bind(&v.version)
@@ -156,6 +163,8 @@ impl Store {
         .bind(&v.description)
         .bind(&v.category)
         .bind(&v.auth_types)
+        .bind(&v.icon)
+        .bind(v.operations)
         .bind(&v.definition)
         .bind(&v.bump)
         .bind(v.breaking)

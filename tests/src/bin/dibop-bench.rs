@@ -1,11 +1,14 @@
 //! `dibop-bench`: relayed calls through the control plane and one agent
 //! versus the same calls made directly to the DMS simulator, from the same
-//! client on the same machine. Prints JSON.
+//! client on the same machine; or (`--scenario catalogue`) the connector
+//! catalogue: OpenAPI imports, publishing, and catalogue search over many
+//! published connectors. Prints JSON.
 //!
 //! Run with release binaries: `scripts/bench` (builds them, then runs this).
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use clap::Parser;
 use dibop_e2e::harness::{Agent, ControlPlane, Dms, READY, bin, eventually, rss_kib};
 use serde_json::{Value, json};
@@ -14,6 +17,12 @@ use serde_json::{Value, json};
 #[derive(Debug, Parser)]
 #[command(about)]
 struct Args {
+    /// `relay` (relayed vs direct calls) or `catalogue`.
+    #[arg(long, default_value = "relay")]
+    scenario: String,
+    /// Connectors published before the catalogue search is measured.
+    #[arg(long, default_value_t = 300)]
+    connectors: usize,
     /// Seconds of measurement per scenario (after one second of warm-up).
     #[arg(long, default_value_t = 5)]
     seconds: u64,
@@ -31,6 +40,10 @@ enum Target {
         url: String,
         token: String,
         body: Value,
+    },
+    Api {
+        url: String,
+        token: String,
     },
 }
 
@@ -51,6 +64,7 @@ async fn one_call(client: &reqwest::Client, target: &Target) -> anyhow::Result<(
                 .send()
                 .await?
         }
+        Target::Api { url, token } => client.get(url).bearer_auth(token).send().await?,
     };
     let status = response.status();
     let bytes = response.bytes().await?;
@@ -121,10 +135,131 @@ async fn measure(target: &Target, concurrency: usize, seconds: u64) -> anyhow::R
     }))
 }
 
+/// Milliseconds at the 50th and 99th percentile of `samples`.
+fn summary(mut samples: Vec<Duration>) -> Value {
+    samples.sort();
+    json!({
+        "n": samples.len(),
+        "p50_ms": (percentile(&samples, 0.50) * 100.0).round() / 100.0,
+        "p99_ms": (percentile(&samples, 0.99) * 100.0).round() / 100.0,
+    })
+}
+
+/// Imports, publishing and search in the connector catalogue.
+async fn catalogue(args: &Args) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(&dir.path().join("cp")).await?;
+    let api = cp.tenant("bench").await?;
+    let client = reqwest::Client::new();
+    let examples = std::env::var("DIBOP_OAS_EXAMPLES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/test-deps/node_modules/@readme/oas-examples")
+        });
+    let mut imports = serde_json::Map::new();
+    for (name, file) in [
+        ("petstore_3_0", "3.0/json/petstore.json"),
+        ("star_trek_500kb", "3.0/json/star-trek.json"),
+    ] {
+        let text = std::fs::read_to_string(examples.join(file)).with_context(|| {
+            format!(
+                "{} (run scripts/test once: it installs @readme/oas-examples)",
+                examples.join(file).display()
+            )
+        })?;
+        let mut samples = Vec::new();
+        for i in 0..20 {
+            let t = Instant::now();
+            let resp = client
+                .post(format!(
+                    "{}/api/v1/connectors/import?slug={}-{i}&base_url=https://api.example.com",
+                    cp.http,
+                    name.replace('_', "-")
+                ))
+                .bearer_auth(api.token())
+                .header("content-type", "application/json")
+                .body(text.clone())
+                .send()
+                .await?;
+            anyhow::ensure!(
+                resp.status() == 201,
+                "import failed: {}",
+                resp.text().await?
+            );
+            resp.bytes().await?;
+            samples.push(t.elapsed());
+        }
+        let mut s = summary(samples);
+        s["document_bytes"] = json!(text.len());
+        imports.insert(name.into(), s);
+    }
+    let definition = include_str!("../../../catalogue/dms-sim.yaml");
+    let (mut creates, mut publishes) = (Vec::new(), Vec::new());
+    for i in 0..args.connectors {
+        let body = definition.replace("slug: dms-sim", &format!("slug: bench-dms-{i}"));
+        let t = Instant::now();
+        let created: Value = client
+            .post(format!("{}/api/v1/connectors", cp.http))
+            .bearer_auth(api.token())
+            .header("content-type", "application/yaml")
+            .body(body)
+            .send()
+            .await?
+            .json()
+            .await?;
+        creates.push(t.elapsed());
+        let id = created["id"].as_str().context("create failed")?;
+        let t = Instant::now();
+        let resp = client
+            .post(format!("{}/api/v1/connectors/{id}/publish", cp.http))
+            .bearer_auth(api.token())
+            .json(&json!({"scope": "enterprise"}))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            resp.status() == 200,
+            "publish failed: {}",
+            resp.text().await?
+        );
+        publishes.push(t.elapsed());
+    }
+    let mut searches = Vec::new();
+    for (name, query) in [
+        ("text_search", "?q=vehicles&limit=50"),
+        ("first_page_100", "?limit=100"),
+        ("by_auth_type", "?auth_type=basic&limit=20"),
+    ] {
+        let target = Target::Api {
+            url: format!("{}/api/v1/catalogue{query}", cp.http),
+            token: api.token().to_owned(),
+        };
+        let mut m = measure(&target, 16, args.seconds).await?;
+        m["query"] = json!(name);
+        searches.push(m);
+    }
+    let report = json!({
+        "benchmark": "connector catalogue",
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "import_openapi": imports,
+        "create_draft": summary(creates),
+        "publish_enterprise_1_0_0": summary(publishes),
+        "published_connectors": args.connectors + 4,
+        "catalogue_get_c16": searches,
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     dibop_relay_agent::install_crypto_provider();
     let args = Args::parse();
+    match args.scenario.as_str() {
+        "relay" => {}
+        "catalogue" => return catalogue(&args).await,
+        other => anyhow::bail!("--scenario {other}: use relay or catalogue"),
+    }
     let dir = tempfile::tempdir()?;
     let cp = ControlPlane::start(&dir.path().join("cp")).await?;
     let api = cp.tenant("bench").await?;
