@@ -13,7 +13,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use dibop_protocol::{
-    AgentToControl, CallRequest, CallResult, ControlToAgent, ErrorClass, MAX_FRAME_LEN, codes,
+    AgentToControl, CallRequest, CallResult, ControlToAgent, ErrorClass, InvokeRequest,
+    InvokeResult, MAX_FRAME_LEN, codes,
 };
 use dibop_relay_agent::wire::{WireError, read_frame, write_frame};
 use tracing::{debug, warn};
@@ -33,6 +34,8 @@ pub struct LiveAgent {
     pub group_id: String,
     /// Release reported at handshake.
     pub version: String,
+    /// The negotiated protocol version (connector calls need 2).
+    pub protocol: u16,
     /// Host reported at handshake.
     pub hostname: String,
     /// The QUIC connection.
@@ -82,7 +85,7 @@ impl Drop for CallStream {
 }
 
 enum Attempt {
-    Done(Box<CallResult>),
+    Done(Box<InvokeResult>),
     /// The request never reached the agent: safe to send elsewhere.
     NotSent(String),
     /// The agent went away after receiving the request.
@@ -90,7 +93,15 @@ enum Attempt {
 }
 
 fn done(result: CallResult) -> Attempt {
-    Attempt::Done(Box::new(result))
+    Attempt::Done(Box::new(plain(result)))
+}
+
+fn plain(result: CallResult) -> InvokeResult {
+    InvokeResult {
+        result,
+        rotated_refresh_token: None,
+        token_fetches: 0,
+    }
 }
 
 fn is_idempotent(method: &str) -> bool {
@@ -184,13 +195,15 @@ impl Registry {
         self.maps.read().unwrap_or_else(lock_poisoned).by_id.len()
     }
 
-    fn pick(&self, group_id: &str, exclude: &[usize]) -> Option<Arc<LiveAgent>> {
+    fn pick(&self, group_id: &str, exclude: &[usize], protocol: u16) -> Option<Arc<LiveAgent>> {
         let maps = self.maps.read().unwrap_or_else(lock_poisoned);
         let group = maps.by_group.get(group_id)?;
         let mut best: Option<(&Arc<LiveAgent>, u32)> = None;
         let mut ties = 0u32;
         for agent in group.iter().filter(|a| {
-            !exclude.contains(&a.connection.stable_id()) && a.connection.close_reason().is_none()
+            !exclude.contains(&a.connection.stable_id())
+                && a.connection.close_reason().is_none()
+                && a.protocol >= protocol
         }) {
             let load = agent.in_flight.load(Ordering::Relaxed);
             match best {
@@ -215,28 +228,53 @@ impl Registry {
     /// outcome is a normalized result.
     pub async fn call(&self, group_id: &str, mut request: CallRequest) -> CallResult {
         request.call_id = self.next_call_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let message = ControlToAgent::Call(request);
+        self.dispatch(group_id, &message, 1).await.result
+    }
+
+    /// Performs a connector call on an agent of `group_id` (agents that
+    /// speak protocol 2 only). Never fails.
+    pub async fn invoke(&self, group_id: &str, mut request: InvokeRequest) -> InvokeResult {
+        request.call.call_id = self.next_call_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let message = ControlToAgent::Invoke(Box::new(request));
+        self.dispatch(group_id, &message, 2).await
+    }
+
+    async fn dispatch(
+        &self,
+        group_id: &str,
+        message: &ControlToAgent,
+        protocol: u16,
+    ) -> InvokeResult {
+        let request = match message {
+            ControlToAgent::Call(r) => r,
+            ControlToAgent::Invoke(r) => &r.call,
+            _ => unreachable!("only calls are dispatched"),
+        };
         // Connections already tried: an agent that reconnected may be tried again.
         let mut tried: Vec<usize> = Vec::new();
         let mut attempts = 0u32;
         let mut last_problem: Option<String> = None;
         loop {
-            let Some(agent) = self.pick(group_id, &tried) else {
+            let Some(agent) = self.pick(group_id, &tried, protocol) else {
                 let message = match (&last_problem, tried.len()) {
                     (Some(p), n) => format!("no agent of the group could take the call ({n} tried; last: {p})"),
+                    (None, _) if protocol > 1 && self.online_in_group(group_id) > 0 => {
+                        "the group's online agents run a dibop-agent release too old for connector calls: upgrade them".to_owned()
+                    }
                     (None, _) => "no agent of this group is online: check that dibop-agent runs at the site and can reach the control plane".to_owned(),
                 };
                 let mut result =
-                    CallResult::failure(&request, "", ErrorClass::AgentUnavailable, message);
+                    CallResult::failure(request, "", ErrorClass::AgentUnavailable, message);
                 result.attempts = attempts;
-                return result;
+                return plain(result);
             };
             tried.push(agent.connection.stable_id());
-            match self.attempt(&agent, &request).await {
-                Attempt::Done(result) => {
-                    let mut result = *result;
-                    result.attempts = result.attempts.max(1) + attempts;
+            match self.attempt(&agent, message, request).await {
+                Attempt::Done(mut out) => {
+                    out.result.attempts = out.result.attempts.max(1) + attempts;
                     agent.calls_total.fetch_add(1, Ordering::Relaxed);
-                    return result;
+                    return *out;
                 }
                 Attempt::NotSent(problem) => {
                     debug!(agent_id = %agent.id, "call not delivered, trying another agent: {problem}");
@@ -244,13 +282,15 @@ impl Registry {
                 }
                 Attempt::Lost(problem) => {
                     attempts += 1;
-                    if is_idempotent(&request.method) {
+                    let safe = is_idempotent(&request.method)
+                        || matches!(message, ControlToAgent::Invoke(r) if r.retry.safe_to_retry);
+                    if safe {
                         warn!(agent_id = %agent.id, "agent lost during a {} call, retrying elsewhere: {problem}", request.method);
                         last_problem = Some(problem);
                         continue;
                     }
                     let mut result = CallResult::failure(
-                        &request,
+                        request,
                         &agent.id,
                         ErrorClass::AgentUnavailable,
                         format!(
@@ -260,13 +300,18 @@ impl Registry {
                         ),
                     );
                     result.attempts = attempts;
-                    return result;
+                    return plain(result);
                 }
             }
         }
     }
 
-    async fn attempt(&self, agent: &LiveAgent, request: &CallRequest) -> Attempt {
+    async fn attempt(
+        &self,
+        agent: &LiveAgent,
+        message: &ControlToAgent,
+        request: &CallRequest,
+    ) -> Attempt {
         agent.in_flight.fetch_add(1, Ordering::Relaxed);
         let _in_flight = InFlight(&agent.in_flight);
         let (mut send, recv) = match agent.connection.open_bi().await {
@@ -274,8 +319,7 @@ impl Registry {
             Err(e) => return Attempt::NotSent(format!("cannot open a stream: {e}")),
         };
         let mut stream = CallStream { recv, done: false };
-        // The message is cloned into the enum; the request is small next to the HTTP work.
-        if let Err(e) = write_frame(&mut send, &ControlToAgent::Call(request.clone())).await {
+        if let Err(e) = write_frame(&mut send, message).await {
             return Attempt::NotSent(format!("cannot send the request: {e}"));
         }
         let _ = send.finish();
@@ -290,14 +334,21 @@ impl Registry {
             Ok(Ok(Some(AgentToControl::CallResult(mut result)))) => {
                 stream.done = true;
                 result.call_id = request.call_id;
-                Attempt::Done(Box::new(result))
+                done(result)
             }
-            Ok(Ok(other)) => Attempt::Done(Box::new(CallResult::failure(
+            Ok(Ok(Some(AgentToControl::InvokeResult(mut out))))
+                if matches!(message, ControlToAgent::Invoke(_)) =>
+            {
+                stream.done = true;
+                out.result.call_id = request.call_id;
+                Attempt::Done(out)
+            }
+            Ok(Ok(other)) => done(CallResult::failure(
                 request,
                 &agent.id,
                 ErrorClass::Internal,
                 format!("the agent answered the call with {}", describe(&other)),
-            ))),
+            )),
             Ok(Err(WireError::Frame(e))) => {
                 warn!(agent_id = %agent.id, "malformed call result: {e}");
                 done(CallResult::failure(

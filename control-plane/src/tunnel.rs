@@ -241,6 +241,7 @@ async fn handle(core: Arc<Core>, connection: quinn::Connection) {
         tenant_id: row.tenant_id.clone(),
         group_id: row.group_id.clone(),
         version: hello.agent_version.clone(),
+        protocol: version,
         hostname: hello.hostname.clone(),
         connection: connection.clone(),
         in_flight: AtomicU32::new(0),

@@ -47,8 +47,9 @@ pub use codec::{
 pub use messages::*;
 pub use token::{EnrollmentToken, TokenError};
 
-/// The protocol version this build speaks best.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks best. Version 2 adds connector
+/// calls (`Invoke` / `InvokeResult`); version 1 agents still take plain calls.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The oldest protocol version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 

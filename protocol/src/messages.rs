@@ -17,6 +17,8 @@ pub enum AgentToControl {
     RenewCertificate(RenewCertificate),
     /// The outcome of a call, on that call's stream.
     CallResult(CallResult),
+    /// The outcome of an [`InvokeRequest`] (protocol version 2).
+    InvokeResult(Box<InvokeResult>),
 }
 
 /// Everything the control plane sends.
@@ -34,6 +36,9 @@ pub enum ControlToAgent {
     CertificateRenewed(CertificateRenewed),
     /// Perform this call (first and only message on a call stream).
     Call(CallRequest),
+    /// Perform a connector call with auth, TLS, proxy and retry settings
+    /// (first and only message on a call stream; protocol version 2).
+    Invoke(Box<InvokeRequest>),
 }
 
 /// The agent's opening message.
@@ -321,5 +326,267 @@ impl CallResult {
                 message: message.into(),
             }),
         }
+    }
+}
+
+/// A connector call: the rendered request plus everything the agent needs
+/// to authenticate and perform it where it runs. Its secrets travel only
+/// inside the mutually authenticated tunnel; `Debug` never prints them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvokeRequest {
+    /// The request, without credentials.
+    pub call: CallRequest,
+    /// How to authenticate.
+    pub auth: CallAuth,
+    /// Names the credentials for the agent's token cache (connection id and
+    /// credentials version: never secret). A new key starts a new cache entry.
+    pub auth_cache_key: String,
+    /// TLS towards the target.
+    pub tls: TlsOptions,
+    /// An HTTP proxy to go through, if any.
+    pub proxy: Option<ProxyOptions>,
+    /// When and how often to try again.
+    pub retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for InvokeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InvokeRequest")
+            .field("call", &self.call)
+            .field("auth", &self.auth.kind())
+            .field("auth_cache_key", &self.auth_cache_key)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the agent authenticates a connector call.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CallAuth {
+    /// No credentials.
+    None,
+    /// A static key in a header (`name: prefix+key`) or query parameter.
+    ApiKey {
+        /// Where the key goes.
+        placement: KeyPlacement,
+        /// Put before the key, e.g. `ApiKey `.
+        prefix: String,
+        /// The key.
+        key: String,
+    },
+    /// HTTP Basic.
+    Basic {
+        /// User name.
+        username: String,
+        /// Password.
+        password: String,
+    },
+    /// `Authorization: Bearer <token>`.
+    Bearer {
+        /// The token.
+        token: String,
+    },
+    /// An OAuth2 access token, fetched and cached by the agent.
+    OAuth2(OAuth2),
+    /// A key fetched from a login endpoint, cached by the agent.
+    DynamicApiKey(DynamicApiKey),
+}
+
+impl CallAuth {
+    /// The scheme's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallAuth::None => "none",
+            CallAuth::ApiKey { .. } => "api_key",
+            CallAuth::Basic { .. } => "basic",
+            CallAuth::Bearer { .. } => "bearer",
+            CallAuth::OAuth2(_) => "oauth2",
+            CallAuth::DynamicApiKey(_) => "dynamic_api_key",
+        }
+    }
+}
+
+impl std::fmt::Debug for CallAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CallAuth::{}(..)", self.kind())
+    }
+}
+
+/// Where an API key goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyPlacement {
+    /// In this request header.
+    Header(String),
+    /// In this query parameter.
+    Query(String),
+}
+
+/// An OAuth2 token grant.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuth2 {
+    /// Which grant.
+    pub grant: OAuth2Grant,
+    /// The token endpoint (absolute URL).
+    pub token_url: String,
+    /// Client id.
+    pub client_id: String,
+    /// Client secret (may be empty for public clients).
+    pub client_secret: String,
+    /// Requested scopes.
+    pub scopes: Vec<String>,
+    /// How the client authenticates at the token endpoint.
+    pub client_auth: ClientAuth,
+    /// Resource owner (password grant).
+    pub username: String,
+    /// Resource owner's password (password grant).
+    pub password: String,
+    /// Refresh token (refresh grant; authorization code connections).
+    pub refresh_token: String,
+}
+
+/// OAuth2 grants the agent performs itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OAuth2Grant {
+    /// `client_credentials`.
+    ClientCredentials,
+    /// `password`.
+    Password,
+    /// `refresh_token` (an authorization-code connection's stored refresh token).
+    RefreshToken,
+}
+
+/// Client authentication at a token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientAuth {
+    /// `client_secret_basic`: HTTP Basic with the client id and secret.
+    Basic,
+    /// `client_secret_post`: in the form body.
+    Post,
+}
+
+/// Fetch a key from a login endpoint and use it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DynamicApiKey {
+    /// Login method, e.g. `POST`.
+    pub method: String,
+    /// Login URL (absolute).
+    pub url: String,
+    /// JSON body sent to the login URL (credentials inside).
+    pub body: String,
+    /// JSON Pointer to the key in the login response, e.g. `/token`.
+    pub pointer: String,
+    /// Header the key goes into.
+    pub header: String,
+    /// Put before the key, e.g. `Bearer `.
+    pub prefix: String,
+    /// How long a fetched key is used before fetching another.
+    pub ttl_secs: u32,
+}
+
+impl std::fmt::Debug for OAuth2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuth2")
+            .field("grant", &self.grant)
+            .field("token_url", &self.token_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for DynamicApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamicApiKey")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// TLS towards the target.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsOptions {
+    /// Extra trusted CA certificates (PEM), e.g. a dealer's own CA.
+    pub extra_ca_pem: String,
+    /// Accept any certificate (`reject unauthorized` off): for test systems only.
+    pub accept_invalid_certs: bool,
+    /// Client certificate chain (PEM) for mutual TLS; empty for none.
+    pub client_cert_pem: String,
+    /// The client certificate's private key (PEM).
+    pub client_key_pem: String,
+}
+
+impl std::fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsOptions")
+            .field("extra_ca", &!self.extra_ca_pem.is_empty())
+            .field("accept_invalid_certs", &self.accept_invalid_certs)
+            .field("client_cert", &!self.client_cert_pem.is_empty())
+            .finish()
+    }
+}
+
+/// An HTTP proxy.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyOptions {
+    /// `http://proxy.example:3128`.
+    pub url: String,
+    /// Proxy user name (empty for none).
+    pub username: String,
+    /// Proxy password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for ProxyOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyOptions")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// When a failed call is tried again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Tries in all (1 = no retry).
+    pub max_attempts: u32,
+    /// First pause; doubles each time, with jitter.
+    pub initial_backoff_ms: u32,
+    /// Longest pause (also caps a `Retry-After`).
+    pub max_backoff_ms: u32,
+    /// Whether the operation is safe to repeat even if its method is not.
+    pub safe_to_retry: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 1,
+            initial_backoff_ms: 200,
+            max_backoff_ms: 5_000,
+            safe_to_retry: false,
+        }
+    }
+}
+
+/// The outcome of an [`InvokeRequest`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvokeResult {
+    /// The normalized result.
+    pub result: CallResult,
+    /// A refresh token the token endpoint rotated: the control plane stores
+    /// it in place of the old one.
+    pub rotated_refresh_token: Option<String>,
+    /// Token or key fetches this call needed (0 when the cache served it).
+    pub token_fetches: u32,
+}
+
+impl std::fmt::Debug for InvokeResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InvokeResult")
+            .field("result", &self.result)
+            .field(
+                "rotated_refresh_token",
+                &self.rotated_refresh_token.is_some(),
+            )
+            .field("token_fetches", &self.token_fetches)
+            .finish()
     }
 }

@@ -190,3 +190,86 @@ proptest! {
         prop_assert_eq!(message, AgentToControl::Heartbeat(Heartbeat { seq: b, in_flight: 1 }));
     }
 }
+
+fn sample_invoke(auth: CallAuth) -> InvokeRequest {
+    InvokeRequest {
+        call: sample_request(),
+        auth,
+        auth_cache_key: "con_1:1".into(),
+        tls: TlsOptions::default(),
+        proxy: None,
+        retry: RetryPolicy::default(),
+    }
+}
+
+#[test]
+fn invoke_bytes_are_pinned_and_follow_the_version_1_variants() {
+    // Version 2 messages are appended: the version 1 tags keep their numbers.
+    let frame = encode_frame(&ControlToAgent::Invoke(Box::new(sample_invoke(
+        CallAuth::Bearer { token: "t".into() },
+    ))))
+    .unwrap();
+    assert_eq!(frame[4], 6, "Invoke is the seventh ControlToAgent variant");
+    let result = encode_frame(&AgentToControl::InvokeResult(Box::new(InvokeResult {
+        result: CallResult::failure(&sample_request(), "agt_1", ErrorClass::Timeout, "slow"),
+        rotated_refresh_token: None,
+        token_fetches: 0,
+    })))
+    .unwrap();
+    assert_eq!(
+        result[4], 5,
+        "InvokeResult is the sixth AgentToControl variant"
+    );
+}
+
+#[test]
+fn every_auth_scheme_round_trips_and_debug_hides_secrets() {
+    let oauth = OAuth2 {
+        grant: OAuth2Grant::Password,
+        token_url: "https://idp.example/token".into(),
+        client_id: "cid".into(),
+        client_secret: "client-secret-canary".into(),
+        scopes: vec!["read".into()],
+        client_auth: ClientAuth::Basic,
+        username: "u".into(),
+        password: "password-canary".into(),
+        refresh_token: "refresh-canary".into(),
+    };
+    for auth in [
+        CallAuth::None,
+        CallAuth::ApiKey {
+            placement: KeyPlacement::Query("key".into()),
+            prefix: String::new(),
+            key: "key-canary".into(),
+        },
+        CallAuth::Basic {
+            username: "u".into(),
+            password: "password-canary".into(),
+        },
+        CallAuth::Bearer {
+            token: "token-canary".into(),
+        },
+        CallAuth::OAuth2(oauth),
+        CallAuth::DynamicApiKey(DynamicApiKey {
+            method: "POST".into(),
+            url: "https://dms.example/login".into(),
+            body: r#"{"password":"password-canary"}"#.into(),
+            pointer: "/token".into(),
+            header: "X-Session".into(),
+            prefix: String::new(),
+            ttl_secs: 600,
+        }),
+    ] {
+        let mut request = sample_invoke(auth);
+        request.tls.client_key_pem = "key-canary".into();
+        request.proxy = Some(ProxyOptions {
+            url: "http://proxy:3128".into(),
+            username: "p".into(),
+            password: "password-canary".into(),
+        });
+        let message = ControlToAgent::Invoke(Box::new(request.clone()));
+        assert_eq!(round_trip(&message), message);
+        let debug = format!("{message:?}");
+        assert!(!debug.contains("canary"), "{debug}");
+    }
+}

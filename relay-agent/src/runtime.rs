@@ -14,6 +14,9 @@ use reqwest::{Method, Url};
 
 use crate::policy::{AllowList, PolicyDenied, PolicyResolver};
 
+mod invoke;
+pub use invoke::is_idempotent;
+
 /// Most redirects followed for one call.
 const MAX_REDIRECTS: usize = 10;
 
@@ -25,6 +28,31 @@ pub struct Runtime {
     agent_id: Arc<str>,
     max_response_bytes: u64,
     max_timeout: Duration,
+    invoke: Arc<invoke::InvokeState>,
+}
+
+/// An HTTP client builder that obeys `policy` on every connection and redirect.
+fn client_builder(policy: &Arc<AllowList>) -> reqwest::ClientBuilder {
+    let redirect_policy = {
+        let policy = policy.clone();
+        reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= MAX_REDIRECTS {
+                return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+            }
+            match policy.check(attempt.url()) {
+                Ok(_) => attempt.follow(),
+                Err(denied) => attempt.error(denied),
+            }
+        })
+    };
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .redirect(redirect_policy)
+        .dns_resolver(Arc::new(PolicyResolver::new(policy.clone())))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(64)
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(concat!("dibop-agent/", env!("CARGO_PKG_VERSION")))
 }
 
 impl Runtime {
@@ -35,34 +63,20 @@ impl Runtime {
         max_response_bytes: u64,
         max_timeout: Duration,
     ) -> anyhow::Result<Runtime> {
-        let redirect_policy = {
-            let policy = policy.clone();
-            reqwest::redirect::Policy::custom(move |attempt| {
-                if attempt.previous().len() >= MAX_REDIRECTS {
-                    return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
-                }
-                match policy.check(attempt.url()) {
-                    Ok(_) => attempt.follow(),
-                    Err(denied) => attempt.error(denied),
-                }
-            })
-        };
-        let client = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .redirect(redirect_policy)
-            .dns_resolver(Arc::new(PolicyResolver::new(policy.clone())))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("dibop-agent/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let client = client_builder(&policy).build()?;
         Ok(Runtime {
             client,
             policy,
             agent_id: agent_id.into(),
             max_response_bytes,
             max_timeout,
+            invoke: Arc::default(),
         })
+    }
+
+    /// A builder for a client that obeys this runtime's allow-list.
+    fn builder(&self) -> reqwest::ClientBuilder {
+        client_builder(&self.policy)
     }
 
     /// The id stamped on results.
@@ -73,12 +87,17 @@ impl Runtime {
     /// Performs one call. Never fails: every failure is a classified result.
     pub async fn perform(&self, request: &CallRequest) -> CallResult {
         let started = Instant::now();
-        let mut result = self.perform_inner(request, started).await;
+        let mut result = self.perform_with(&self.client, request, started).await;
         result.timing.total_us = elapsed_us(started);
         result
     }
 
-    async fn perform_inner(&self, request: &CallRequest, started: Instant) -> CallResult {
+    async fn perform_with(
+        &self,
+        client: &reqwest::Client,
+        request: &CallRequest,
+        started: Instant,
+    ) -> CallResult {
         let fail =
             |class, message: String| CallResult::failure(request, &self.agent_id, class, message);
         let Ok(method) = Method::from_bytes(request.method.as_bytes()) else {
@@ -107,7 +126,7 @@ impl Runtime {
         }
         let timeout =
             Duration::from_millis(u64::from(request.timeout_ms.max(1))).min(self.max_timeout);
-        let mut builder = self.client.request(method, url).timeout(timeout);
+        let mut builder = client.request(method, url).timeout(timeout);
         for (name, value) in &request.headers {
             let name = match reqwest::header::HeaderName::from_bytes(name.as_bytes()) {
                 Ok(n) => n,

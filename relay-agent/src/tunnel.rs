@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use dibop_protocol::{
-    AgentToControl, CallResult, ControlToAgent, Heartbeat, Hello, MAX_FRAME_LEN,
-    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, RejectCode, RenewCertificate, codes,
+    AgentToControl, ControlToAgent, Heartbeat, Hello, MAX_FRAME_LEN, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION, RejectCode, RenewCertificate, codes,
 };
 use rustls::pki_types::CertificateDer;
 use tokio::sync::{Mutex, Semaphore};
@@ -404,8 +404,8 @@ impl Drop for InFlight<'_> {
 /// Serves one call stream: read the request, perform it unless the control
 /// plane cancels, answer.
 async fn serve_call(shared: &Shared, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-    let request = match read_frame::<ControlToAgent>(&mut recv, MAX_FRAME_LEN).await {
-        Ok(Some(ControlToAgent::Call(r))) => r,
+    let message = match read_frame::<ControlToAgent>(&mut recv, MAX_FRAME_LEN).await {
+        Ok(Some(m @ (ControlToAgent::Call(_) | ControlToAgent::Invoke(_)))) => m,
         Ok(other) => {
             warn!("call stream did not start with a call: {other:?}");
             let _ = send.reset(codes::CLOSE_PROTOCOL_ERROR.into());
@@ -422,16 +422,37 @@ async fn serve_call(shared: &Shared, mut send: quinn::SendStream, mut recv: quin
     shared.in_flight.fetch_add(1, Ordering::Relaxed);
     let _guard = InFlight(&shared.in_flight);
     let stopped = send.stopped();
-    let result: CallResult = tokio::select! {
-        r = shared.runtime.perform(&request) => r,
+    let (call_id, url) = match &message {
+        ControlToAgent::Call(r) => (r.call_id, r.url.clone()),
+        ControlToAgent::Invoke(r) => (r.call.call_id, r.call.url.clone()),
+        _ => return,
+    };
+    let work = async {
+        match &message {
+            ControlToAgent::Invoke(r) => {
+                AgentToControl::InvokeResult(Box::new(shared.runtime.invoke(r).await))
+            }
+            ControlToAgent::Call(r) => AgentToControl::CallResult(shared.runtime.perform(r).await),
+            _ => unreachable!("filtered above"),
+        }
+    };
+    let answer = tokio::select! {
+        r = work => r,
         _ = stopped => {
-            info!(call_id = request.call_id, url = %request.url, "call cancelled by the control plane");
+            info!(call_id, %url, "call cancelled by the control plane");
             return;
         }
     };
-    debug!(call_id = request.call_id, status = ?result.status, ok = result.ok, "call done");
-    if let Err(e) = write_frame(&mut send, &AgentToControl::CallResult(result)).await {
-        debug!(call_id = request.call_id, "could not send the result: {e}");
+    let outcome = match &answer {
+        AgentToControl::CallResult(r) => Some(r),
+        AgentToControl::InvokeResult(i) => Some(&i.result),
+        _ => None,
+    };
+    if let Some(r) = outcome {
+        debug!(call_id, status = ?r.status, ok = r.ok, "call done");
+    }
+    if let Err(e) = write_frame(&mut send, &answer).await {
+        debug!(call_id, "could not send the result: {e}");
         return;
     }
     let _ = send.finish();
