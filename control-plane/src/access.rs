@@ -27,8 +27,7 @@ pub const TENANT_ROLES: [&str; 3] = ["enterprise_admin", "operator", "viewer"];
 
 /// A time-ordered audit id: newer ids sort after older ones.
 fn audit_id() -> String {
-    let micros = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000;
-    format!("aud_{micros:016x}{:08x}", fastrand::u32(..))
+    crate::ids::time_ordered_id("aud")
 }
 
 /// Appends an audit entry for the request being served. A failure to write

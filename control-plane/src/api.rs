@@ -445,6 +445,43 @@ pub fn router(core: Arc<Core>) -> Router {
             post(crate::publishing::submit_review),
         )
         .route("/connectors/{id}/usage", get(crate::publishing::usage))
+        .route(
+            "/connections",
+            post(crate::connections::create).get(crate::connections::list),
+        )
+        .route("/connections/test", post(crate::connections::test_unsaved))
+        .route(
+            "/connections/{id}",
+            get(crate::connections::get)
+                .patch(crate::connections::update)
+                .delete(crate::connections::delete),
+        )
+        .route(
+            "/connections/{id}/activate",
+            post(crate::connections::activate),
+        )
+        .route(
+            "/connections/{id}/deactivate",
+            post(crate::connections::deactivate),
+        )
+        .route(
+            "/connections/{id}/credentials",
+            axum::routing::put(crate::connections::rotate_credentials),
+        )
+        .route(
+            "/connections/{id}/test",
+            post(crate::connections::test_saved),
+        )
+        .route("/connections/{id}/health", get(crate::connections::health))
+        .route(
+            "/connections/{id}/health/check",
+            post(crate::connections::check_now),
+        )
+        .route(
+            "/connections/{id}/operations/{operation}/invoke",
+            post(crate::connections::invoke),
+        )
+        .route("/api-calls", get(crate::connections::list_calls))
         .route("/catalogue", get(crate::catalogue::browse))
         .route("/catalogue/{id}", get(crate::catalogue::catalogue_detail))
         .route(
@@ -566,7 +603,7 @@ pub(crate) fn require_admin(p: &Principal) -> ApiResult<()> {
     }
 }
 
-fn require_operator(p: &Principal) -> ApiResult<()> {
+pub(crate) fn require_operator(p: &Principal) -> ApiResult<()> {
     if p.role == "viewer" {
         Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -30,6 +30,10 @@ pub struct ServeFile {
     pub agent_idle_timeout_ms: Option<u64>,
     /// Default 2592000, 30 days (at least 5).
     pub agent_cert_ttl_secs: Option<u64>,
+    /// Default `["public"]`.
+    pub cloud_agent_allow: Option<Vec<String>>,
+    /// Default 60 (5 to 86400).
+    pub health_check_interval_secs: Option<u64>,
 }
 
 /// Values from flags and the environment (`None` when not given).
@@ -49,6 +53,10 @@ pub struct Overrides {
     pub agent_idle_timeout_ms: Option<u64>,
     /// `--agent-cert-ttl-secs` / `DIBOP_AGENT_CERT_TTL_SECS`.
     pub agent_cert_ttl_secs: Option<u64>,
+    /// `--cloud-agent-allow` / `DIBOP_CLOUD_AGENT_ALLOW` (comma-separated).
+    pub cloud_agent_allow: Option<Vec<String>>,
+    /// `--health-check-interval-secs` / `DIBOP_HEALTH_CHECK_INTERVAL_SECS`.
+    pub health_check_interval_secs: Option<u64>,
 }
 
 /// A configuration that cannot be used.
@@ -142,6 +150,26 @@ pub fn resolve(file: ServeFile, over: Overrides, origin: &str) -> Result<Setting
         problems.push(format!("agent_cert_ttl_secs = {ttl} must be at least 5"));
     }
     settings.agent_cert_ttl = Duration::from_secs(ttl);
+    if let Some(allow) = over.cloud_agent_allow.or(file.cloud_agent_allow) {
+        if let Err(errors) = dibop_relay_agent::policy::AllowList::parse(&allow) {
+            problems.extend(
+                errors
+                    .into_iter()
+                    .map(|e| format!("cloud_agent_allow: {e}")),
+            );
+        }
+        settings.cloud_agent_allow = allow;
+    }
+    let interval = over
+        .health_check_interval_secs
+        .or(file.health_check_interval_secs)
+        .unwrap_or(60);
+    if !(5..=86_400).contains(&interval) {
+        problems.push(format!(
+            "health_check_interval_secs = {interval} must be 5..=86400"
+        ));
+    }
+    settings.health_check_interval = Duration::from_secs(interval);
     if problems.is_empty() {
         Ok(settings)
     } else {

@@ -23,6 +23,13 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", hex::encode(random::<10>()))
 }
 
+/// A new time-ordered id: newer ids sort after older ones (audit entries,
+/// API calls), so "newest first" lists page by id.
+pub fn time_ordered_id(prefix: &str) -> String {
+    let micros = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000;
+    format!("{prefix}_{micros:016x}{:08x}", fastrand::u32(..))
+}
+
 /// A new secret, base64url without padding, with a recognisable prefix.
 pub fn new_secret(prefix: &str) -> String {
     format!(

@@ -16,15 +16,18 @@ pub mod call;
 pub mod catalogue;
 pub mod cdm;
 pub mod config;
+pub mod connections;
 pub mod connector;
 pub mod dev;
 pub mod dispatch;
+pub mod execute;
 pub mod idempotency;
 pub mod ids;
 pub mod import;
 pub mod lifecycle;
 pub mod metrics;
 pub mod openapi;
+pub mod paginate;
 pub mod publishing;
 pub mod store;
 pub mod tenants;
@@ -60,6 +63,10 @@ pub struct Settings {
     pub agent_idle_timeout: Duration,
     /// Lifetime of agents' client certificates (renewed at two thirds).
     pub agent_cert_ttl: Duration,
+    /// Allow-list of the built-in cloud agent (`public`: routable addresses only).
+    pub cloud_agent_allow: Vec<String>,
+    /// How often active connections are health-checked.
+    pub health_check_interval: Duration,
 }
 
 impl Settings {
@@ -73,6 +80,8 @@ impl Settings {
             public_tunnel_addr: None,
             agent_idle_timeout: Duration::from_secs(15),
             agent_cert_ttl: Duration::from_secs(30 * 24 * 3600),
+            cloud_agent_allow: vec!["public".into()],
+            health_check_interval: Duration::from_secs(60),
         }
     }
 }
@@ -94,6 +103,10 @@ pub struct Core {
     pub vault: vault::Vault,
     /// Counters for `/metrics`.
     pub metrics: metrics::Metrics,
+    /// The built-in cloud agent: the relay agent's runtime, in process.
+    pub cloud: dibop_relay_agent::runtime::Runtime,
+    /// OpenID Connect token endpoints by discovery URL.
+    pub discovery: execute::DiscoveryCache,
     /// Settings, with `public_tunnel_addr` resolved.
     pub settings: ResolvedSettings,
 }
@@ -107,6 +120,8 @@ pub struct ResolvedSettings {
     pub agent_idle_timeout: Duration,
     /// See [`Settings::agent_cert_ttl`].
     pub agent_cert_ttl: Duration,
+    /// See [`Settings::health_check_interval`].
+    pub health_check_interval: Duration,
 }
 
 /// A running control plane.
@@ -159,10 +174,13 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         quotas: tenants::Quotas::default(),
         vault,
         metrics: metrics::Metrics::default(),
+        cloud: cloud_agent(&settings.cloud_agent_allow)?,
+        discovery: execute::discovery_cache(),
         settings: ResolvedSettings {
             public_tunnel_addr: String::new(),
             agent_idle_timeout: settings.agent_idle_timeout,
             agent_cert_ttl: settings.agent_cert_ttl,
+            health_check_interval: settings.health_check_interval,
         },
     };
     let endpoint = tunnel::endpoint(&core, settings.tunnel_addr)
@@ -206,6 +224,29 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         core,
         tasks,
     })
+}
+
+/// Most bytes a connector call's response may have.
+pub const MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The built-in cloud agent over its allow-list.
+fn cloud_agent(allow: &[String]) -> anyhow::Result<dibop_relay_agent::runtime::Runtime> {
+    let policy = dibop_relay_agent::policy::AllowList::parse(allow).map_err(|errors| {
+        anyhow::anyhow!(
+            "cloud_agent_allow: {}",
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
+    dibop_relay_agent::runtime::Runtime::new(
+        Arc::new(policy),
+        "cloud",
+        MAX_RESPONSE_BYTES,
+        Duration::from_secs(300),
+    )
 }
 
 /// Opens the database at `database_url`, or the SQLite file in `data_dir`.

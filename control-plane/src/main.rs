@@ -90,6 +90,13 @@ struct ServeArgs {
     /// Lifetime of agent certificates in seconds, renewed at two thirds [default: 2592000].
     #[arg(long, env = "DIBOP_AGENT_CERT_TTL_SECS")]
     agent_cert_ttl_secs: Option<u64>,
+    /// Where the built-in cloud agent may call: allow-list entries, comma-separated
+    /// [default: public, any publicly routable address].
+    #[arg(long, env = "DIBOP_CLOUD_AGENT_ALLOW", value_delimiter = ',')]
+    cloud_agent_allow: Option<Vec<String>>,
+    /// Seconds between health checks of active connections [default: 60].
+    #[arg(long, env = "DIBOP_HEALTH_CHECK_INTERVAL_SECS")]
+    health_check_interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,12 +232,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 public_tunnel_addr: serve.public_tunnel_addr,
                 agent_idle_timeout_ms: serve.agent_idle_timeout_ms,
                 agent_cert_ttl_secs: serve.agent_cert_ttl_secs,
+                cloud_agent_allow: serve.cloud_agent_allow,
+                health_check_interval_secs: serve.health_check_interval_secs,
             };
             let settings = config::resolve(file, overrides, &origin)?;
             if serve.check_config {
                 println!(
                     "configuration is valid:\n  data_dir = {}\n  database = {}\n  http_addr = {}\n  tunnel_addr = {}\n  \
-                     public_tunnel_addr = {}\n  agent_idle_timeout_ms = {}\n  agent_cert_ttl_secs = {}",
+                     public_tunnel_addr = {}\n  agent_idle_timeout_ms = {}\n  agent_cert_ttl_secs = {}\n  \
+                     cloud_agent_allow = {:?}\n  health_check_interval_secs = {}",
                     settings.data_dir.display(),
                     settings.database_url.as_deref().map_or(
                         "sqlite (data_dir/dibop.db)".to_owned(),
@@ -244,6 +254,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .unwrap_or("(the tunnel address)"),
                     settings.agent_idle_timeout.as_millis(),
                     settings.agent_cert_ttl.as_secs(),
+                    settings.cloud_agent_allow,
+                    settings.health_check_interval.as_secs(),
                 );
                 return Ok(());
             }

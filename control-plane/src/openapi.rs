@@ -94,7 +94,8 @@ impl Modify for BearerAuth {
     info(
         title = "DIBOP control plane API",
         description = "Agents, agent groups and relayed calls; tenants, users, API tokens and the audit log; \
-                       the connector catalogue (drafts, OpenAPI import, publishing, versions, reviews). \
+                       the connector catalogue (drafts, OpenAPI import, publishing, versions, reviews); \
+                       connections, their operations and the API-call log. \
                        Every error has the shape of `ErrorBody`; lists are JSON arrays with a `Link: rel=\"next\"` \
                        header; creating POSTs honour `Idempotency-Key`."
     ),
@@ -146,6 +147,20 @@ impl Modify for BearerAuth {
         crate::publishing::approve_review,
         crate::publishing::reject_review,
         crate::publishing::promote,
+        crate::connections::create,
+        crate::connections::list,
+        crate::connections::get,
+        crate::connections::update,
+        crate::connections::delete,
+        crate::connections::activate,
+        crate::connections::deactivate,
+        crate::connections::rotate_credentials,
+        crate::connections::test_saved,
+        crate::connections::test_unsaved,
+        crate::connections::health,
+        crate::connections::check_now,
+        crate::connections::invoke,
+        crate::connections::list_calls,
     ),
     components(schemas(ErrorBody, ErrorDetail, EnrollmentTokenView, CreatedTokenView, SessionView)),
     modifiers(&BearerAuth)

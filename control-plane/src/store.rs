@@ -71,7 +71,9 @@ macro_rules! select_connectors {
 }
 
 mod catalogue;
+mod connections;
 pub use catalogue::{CatalogueFilter, CatalogueRow, VersionRow};
+pub use connections::{ApiCallFilter, ApiCallRow, ConnectionRow, HealthRow};
 
 /// Storage failed.
 #[derive(Debug, thiserror::Error)]

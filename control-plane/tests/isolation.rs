@@ -48,6 +48,28 @@ const WALK: &[(&str, &str, Option<&str>)] = &[
     ("GET", "/connectors/{connector}/usage", None),
     ("GET", "/catalogue/{connector}", None),
     ("GET", "/catalogue/{connector}/versions/{version}", None),
+    ("GET", "/connections/{connection}", None),
+    (
+        "PATCH",
+        "/connections/{connection}",
+        Some(r#"{"name":"mine"}"#),
+    ),
+    ("DELETE", "/connections/{connection}", None),
+    ("POST", "/connections/{connection}/activate", None),
+    ("POST", "/connections/{connection}/deactivate", None),
+    (
+        "PUT",
+        "/connections/{connection}/credentials",
+        Some(r#"{"credentials":{"api_key":"k"}}"#),
+    ),
+    ("POST", "/connections/{connection}/test", None),
+    ("GET", "/connections/{connection}/health", None),
+    ("POST", "/connections/{connection}/health/check", None),
+    (
+        "POST",
+        "/connections/{connection}/operations/{operation}/invoke",
+        Some("{}"),
+    ),
 ];
 
 /// A valid connector definition.
@@ -80,9 +102,16 @@ fn the_walk_covers_every_documented_tenant_resource() {
     let walked: Vec<(String, String)> = WALK
         .iter()
         .map(|(m, p, _)| {
-            let p = ["{group}", "{agent}", "{token}", "{user}", "{connector}"]
-                .iter()
-                .fold(p.to_string(), |p, k| p.replace(k, "{id}"));
+            let p = [
+                "{group}",
+                "{agent}",
+                "{token}",
+                "{user}",
+                "{connector}",
+                "{connection}",
+            ]
+            .iter()
+            .fold(p.to_string(), |p, k| p.replace(k, "{id}"));
             (m.to_string(), format!("/api/v1{p}"))
         })
         .collect();
@@ -236,6 +265,21 @@ async fn another_tenants_resources_do_not_exist() {
     )
     .await;
     assert_eq!(status, 200, "{published}");
+    let (_, catalogue) = send(&base, &a, "GET", "/catalogue?q=dms-sim", None).await;
+    let (status, connection) = send(
+        &base,
+        &a,
+        "POST",
+        "/connections",
+        Some(
+            &serde_json::json!({"connector_id": catalogue[0]["id"], "credentials": {"api_key": "k"},
+                "base_url": "http://127.0.0.1:9", "activate": true})
+            .to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{connection}");
+    let connection = connection["id"].as_str().unwrap().to_owned();
     let ids = [
         ("{group}", group.as_str()),
         ("{agent}", "agt_isolation"),
@@ -243,6 +287,8 @@ async fn another_tenants_resources_do_not_exist() {
         ("{user}", user.as_str()),
         ("{connector}", connector.as_str()),
         ("{version}", "1.0.0"),
+        ("{connection}", connection.as_str()),
+        ("{operation}", "listVehicles"),
     ];
     for (method, template, body) in WALK {
         let path = ids
@@ -268,11 +314,16 @@ async fn another_tenants_resources_do_not_exist() {
         "/users",
         "/audit",
         "/catalogue",
+        "/connections",
+        "/api-calls",
     ] {
         let (status, rows) = send(&base, &b, "GET", list, None).await;
         assert_eq!(status, 200, "{list}");
         let text = rows.to_string();
-        for (_, id) in ids.iter().filter(|(k, _)| *k != "{version}") {
+        for (_, id) in ids
+            .iter()
+            .filter(|(k, _)| !["{version}", "{operation}"].contains(k))
+        {
             assert!(!text.contains(id), "{list} of tenant B shows {id}");
         }
     }

@@ -8,7 +8,10 @@
 //!   means any port);
 //! - `*.dealer.lan:443`: any subdomain of `dealer.lan`;
 //! - `192.168.10.20:80`, `[fd00::1]:80`: one address;
-//! - `10.20.0.0/16`, `10.20.0.0/16:8080`, `[fd00::/8]:443`: a network.
+//! - `10.20.0.0/16`, `10.20.0.0/16:8080`, `[fd00::/8]:443`: a network;
+//! - `public`, `public:443`: any publicly routable address (not loopback,
+//!   private, link-local, shared, multicast or reserved), the safe default
+//!   of the control plane's built-in cloud agent.
 //!
 //! A host name that matches no name entry is still allowed when every address
 //! it resolves to lies in an allowed network; the resolver re-checks at
@@ -43,6 +46,41 @@ enum HostPattern {
     Suffix(String),
     /// A network (a single address is a /32 or /128).
     Net { addr: IpAddr, prefix: u8 },
+    /// Any publicly routable address.
+    Public,
+}
+
+/// Whether `ip` is a publicly routable unicast address.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            !(v4.is_unspecified()
+                || v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.is_multicast()
+                || a == 0
+                || a >= 240
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 198 && (18..20).contains(&b)))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_unspecified()
+                || v6.is_loopback()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || first == 0x2001 && v6.segments()[1] == 0x0db8)
+        }
+    }
 }
 
 /// One allow-list entry.
@@ -161,7 +199,9 @@ impl Rule {
                 .split('/')
                 .next()
                 .is_some_and(|h| h.parse::<IpAddr>().is_ok());
-            let pattern = if looks_numeric || host.contains('/') {
+            let pattern = if host.eq_ignore_ascii_case("public") {
+                HostPattern::Public
+            } else if looks_numeric || host.contains('/') {
                 parse_net(host)?
             } else {
                 parse_name(host)?
@@ -239,6 +279,7 @@ impl AllowList {
             HostPattern::Net { addr, prefix } => {
                 port.is_none_or(|p| r.ports.allows(p)) && in_net(ip, addr, prefix)
             }
+            HostPattern::Public => port.is_none_or(|p| r.ports.allows(p)) && is_public(ip),
             _ => false,
         })
     }
@@ -249,7 +290,7 @@ impl AllowList {
                 && match &r.host {
                     HostPattern::Name(n) => n == name,
                     HostPattern::Suffix(s) => name.ends_with(s.as_str()),
-                    HostPattern::Net { .. } => false,
+                    HostPattern::Net { .. } | HostPattern::Public => false,
                 }
         })
     }
@@ -285,11 +326,10 @@ impl AllowList {
                     } else {
                         Err(denied(format!("{name}:{port}")))
                     }
-                } else if self
-                    .rules
-                    .iter()
-                    .any(|r| matches!(r.host, HostPattern::Net { .. }) && r.ports.allows(port))
-                {
+                } else if self.rules.iter().any(|r| {
+                    matches!(r.host, HostPattern::Net { .. } | HostPattern::Public)
+                        && r.ports.allows(port)
+                }) {
                     Ok(Verdict::IfResolvesInside)
                 } else {
                     Err(denied(format!("{name}:{port}")))
@@ -452,5 +492,43 @@ mod tests {
             err.0.contains("10.0.0.1:22") && err.0.contains("policy.allow"),
             "{err}"
         );
+    }
+}
+
+#[cfg(test)]
+mod public_tests {
+    use super::*;
+
+    #[test]
+    fn public_means_routable_addresses_only() {
+        let list = AllowList::parse(&["public:443"]).unwrap();
+        let ok = |u: &str| list.check(&Url::parse(u).unwrap()).is_ok();
+        assert!(ok("https://8.8.8.8/"));
+        assert!(ok("https://[2606:4700::1111]/"));
+        assert!(
+            ok("https://api.example.com/"),
+            "names are checked when resolved"
+        );
+        for denied in [
+            "https://127.0.0.1/",
+            "https://10.1.2.3/",
+            "https://169.254.169.254/latest/meta-data",
+            "https://100.64.0.1/",
+            "https://192.168.1.1/",
+            "https://[::1]/",
+            "https://[fd00::1]/",
+            "https://[::ffff:10.0.0.1]/",
+            "https://8.8.8.8:8443/",
+        ] {
+            assert!(!ok(denied), "{denied} must be refused");
+        }
+        let resolved = list.filter_resolved(
+            "api.example.com",
+            vec![
+                "10.0.0.1:443".parse().unwrap(),
+                "1.1.1.1:443".parse().unwrap(),
+            ],
+        );
+        assert_eq!(resolved.unwrap(), vec!["1.1.1.1:443".parse().unwrap()]);
     }
 }

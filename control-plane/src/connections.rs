@@ -1,0 +1,1173 @@
+//! Connections through the API: one enterprise's configured link to one
+//! external system, made from a published connector version.
+//!
+//! Credentials are write-only: each field is sealed by the vault with the
+//! tenant, the connection and the field as associated data; the API shows
+//! non-secret fields (a user name, a client id) and only whether a secret
+//! one is set. A connection is created inactive unless `activate` is true;
+//! only active connections take calls and are health-checked.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use dibop_relay_agent::rfc3339;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::Core;
+use crate::access::record;
+use crate::api::{
+    ApiError, ApiJson, ApiPath, Principal, page_limit, paged, query, require_admin,
+    require_operator,
+};
+use crate::execute::{self, ConnectionSettings, Resolved, TestOutcome};
+use crate::store::{ApiCallFilter, ConnectionRow, now_unix};
+use crate::vault::Secret;
+
+const MODES: [&str; 3] = ["cloud", "agent_group", "proxy"];
+const LOG_LEVELS: [&str; 4] = ["error", "warn", "info", "debug"];
+
+/// The body of `POST /connections` and `POST /connections/test`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionRequest {
+    /// A connector of the catalogue (global or your enterprise's).
+    connector_id: String,
+    /// Its version; default: the newest.
+    #[serde(default)]
+    version: Option<String>,
+    /// Default: the connector's name.
+    #[serde(default)]
+    name: Option<String>,
+    /// One of the connector's auth scheme types; default: its first.
+    #[serde(default)]
+    auth_type: Option<String>,
+    /// Credential fields of the scheme (`{"api_key": "…"}`); write-only.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    credentials: Option<Map<String, Value>>,
+    /// Overrides the connector's base URL (sandbox, production, region).
+    #[serde(default)]
+    base_url: Option<String>,
+    /// Timeout, retries, log level, TLS.
+    #[serde(default)]
+    settings: Option<ConnectionSettings>,
+    /// `cloud` (default), `agent_group` or `proxy`.
+    #[serde(default)]
+    execution_mode: Option<String>,
+    /// For `agent_group`.
+    #[serde(default)]
+    agent_group_id: Option<String>,
+    /// For `proxy`.
+    #[serde(default)]
+    proxy: Option<ProxyInput>,
+    /// Save & Activate.
+    #[serde(default)]
+    activate: bool,
+}
+
+/// An HTTP proxy for `proxy` mode.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyInput {
+    /// `http://proxy.example:3128`.
+    url: String,
+    /// Proxy user (optional).
+    #[serde(default)]
+    username: Option<String>,
+    /// Proxy password (write-only).
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// The body of `PATCH /connections/{id}`: what to change.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionPatch {
+    #[serde(default)]
+    name: Option<String>,
+    /// `null` clears the override.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    base_url: Option<Option<String>>,
+    #[serde(default)]
+    settings: Option<ConnectionSettings>,
+    #[serde(default)]
+    execution_mode: Option<String>,
+    #[serde(default)]
+    agent_group_id: Option<String>,
+    #[serde(default)]
+    proxy: Option<ProxyInput>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// The body of `PUT /connections/{id}/credentials`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsRequest {
+    /// Every credential field of the scheme (write-only).
+    #[schema(value_type = Object)]
+    credentials: Map<String, Value>,
+}
+
+/// The body of an invocation.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvokeBody {
+    /// Parameter values by name.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    parameters: Map<String, Value>,
+    /// Follow the operation's pagination, up to this many pages (1-100).
+    #[serde(default)]
+    max_pages: Option<u32>,
+}
+
+/// A credential field as the API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CredentialView {
+    /// Whether it is a secret (never shown).
+    secret: bool,
+    /// Whether a value is stored.
+    set: bool,
+    /// The value of a non-secret field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+}
+
+/// A connection.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ConnectionView {
+    id: String,
+    name: String,
+    connector_id: String,
+    connector_slug: String,
+    connector_version: String,
+    auth_type: String,
+    base_url: Option<String>,
+    /// The URL calls go to (the override or the connector's).
+    effective_base_url: String,
+    #[schema(value_type = Object)]
+    settings: Value,
+    execution_mode: String,
+    agent_group_id: Option<String>,
+    proxy_url: Option<String>,
+    /// `inactive` or `active`.
+    status: String,
+    /// `unchecked`, `healthy`, `degraded` or `offline`.
+    health: String,
+    health_checked_at: Option<String>,
+    credentials: HashMap<String, CredentialView>,
+    created_by: String,
+    created_at: String,
+    updated_at: String,
+    /// Present when the connector version is deprecated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warning: Option<String>,
+}
+
+/// (name, secret, required) of every credential field of a scheme.
+pub fn fields_of(scheme: &Value) -> Vec<(String, bool, bool)> {
+    if let Some(fields) = scheme["fields"].as_array() {
+        return fields
+            .iter()
+            .filter_map(|f| {
+                let name = f["name"].as_str()?.to_owned();
+                let secret = f["secret"].as_bool().unwrap_or(false);
+                Some((name, secret, f["required"].as_bool().unwrap_or(true)))
+            })
+            .collect();
+    }
+    let kind = scheme["type"].as_str().unwrap_or_default();
+    crate::connector::AUTH_TYPES
+        .iter()
+        .find(|(t, _)| *t == kind)
+        .map(|(_, fields)| {
+            fields
+                .iter()
+                .map(|(name, secret)| {
+                    let optional = matches!(*name, "session_token")
+                        || (kind == "openid_connect" && *name == "client_secret");
+                    ((*name).to_owned(), *secret, !optional)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Checks credentials against a scheme's fields; every problem at once.
+fn check_credentials(
+    scheme: &Value,
+    given: &Map<String, Value>,
+    problems: &mut Vec<Value>,
+) -> Vec<(String, String)> {
+    let fields = fields_of(scheme);
+    let mut out = Vec::new();
+    for (name, value) in given {
+        if !fields.iter().any(|(f, _, _)| f == name) {
+            problems.push(
+                json!({"field": format!("credentials.{name}"), "problem": format!(
+                    "not a field of `{}` auth (fields: {})",
+                    scheme["type"].as_str().unwrap_or_default(),
+                    fields.iter().map(|(f, _, _)| f.as_str()).collect::<Vec<_>>().join(", ")
+                )}),
+            );
+            continue;
+        }
+        match value.as_str() {
+            Some(v) if v.len() <= 64 * 1024 => out.push((name.clone(), v.to_owned())),
+            Some(_) => problems.push(
+                json!({"field": format!("credentials.{name}"), "problem": "longer than 64 KiB"}),
+            ),
+            None => problems.push(
+                json!({"field": format!("credentials.{name}"), "problem": "must be a string"}),
+            ),
+        }
+    }
+    for (name, _, required) in fields {
+        if required && !given.contains_key(&name) {
+            problems
+                .push(json!({"field": format!("credentials.{name}"), "problem": "is required"}));
+        }
+    }
+    out
+}
+
+fn check_settings(s: &ConnectionSettings, problems: &mut Vec<Value>) {
+    if s.timeout_ms.is_some_and(|t| !(1..=300_000).contains(&t)) {
+        problems.push(json!({"field": "settings.timeout_ms", "problem": "must be 1..=300000"}));
+    }
+    if s.max_retries.is_some_and(|r| r > 10) {
+        problems.push(json!({"field": "settings.max_retries", "problem": "must be 0..=10"}));
+    }
+    if !LOG_LEVELS.contains(&s.log_level.as_str()) {
+        problems.push(
+            json!({"field": "settings.log_level", "problem": "must be error, warn, info or debug"}),
+        );
+    }
+    if let Some(pem) = &s.tls.extra_ca_pem
+        && !pem.contains("-----BEGIN CERTIFICATE-----")
+    {
+        problems.push(
+            json!({"field": "settings.tls.extra_ca_pem", "problem": "must hold PEM certificates"}),
+        );
+    }
+}
+
+/// Checks the execution mode and its group or proxy.
+async fn check_mode(
+    core: &Core,
+    tenant_id: &str,
+    mode: &str,
+    group: Option<&str>,
+    proxy: Option<&ProxyInput>,
+    problems: &mut Vec<Value>,
+) -> Result<(), ApiError> {
+    if !MODES.contains(&mode) {
+        problems.push(
+            json!({"field": "execution_mode", "problem": "must be cloud, agent_group or proxy"}),
+        );
+    }
+    let group_problem = match (mode, group) {
+        ("agent_group", None) => Some("is required in agent_group mode".to_owned()),
+        ("agent_group", Some(g)) => core
+            .store
+            .group(tenant_id, g)
+            .await?
+            .is_none()
+            .then(|| format!("no agent group `{g}` in your enterprise")),
+        (_, Some(_)) => Some("only for agent_group mode".to_owned()),
+        _ => None,
+    };
+    if let Some(problem) = group_problem {
+        problems.push(json!({"field": "agent_group_id", "problem": problem}));
+    }
+    let proxy_problem = match (mode, proxy) {
+        ("proxy", None) => Some(("proxy", "is required in proxy mode")),
+        ("proxy", Some(p)) => (!crate::connector::is_http_url(&p.url))
+            .then_some(("proxy.url", "must be an http(s) URL")),
+        (_, Some(_)) => Some(("proxy", "only for proxy mode")),
+        _ => None,
+    };
+    if let Some((field, problem)) = proxy_problem {
+        problems.push(json!({"field": field, "problem": problem}));
+    }
+    Ok(())
+}
+
+async fn seal_all(
+    core: &Core,
+    tenant_id: &str,
+    id: &str,
+    creds: &[(String, String)],
+    proxy: Option<&ProxyInput>,
+) -> Result<Vec<(String, String)>, ApiError> {
+    let mut sealed = Vec::new();
+    let mut fields: Vec<(String, &str)> = creds
+        .iter()
+        .map(|(k, v)| (format!("cred.{k}"), v.as_str()))
+        .collect();
+    if let Some(p) = proxy {
+        if let Some(u) = &p.username {
+            fields.push(("proxy.username".into(), u));
+        }
+        if let Some(pw) = &p.password {
+            fields.push(("proxy.password".into(), pw));
+        }
+    }
+    for (field, value) in fields {
+        let s = core
+            .vault
+            .seal(&core.store, tenant_id, id, &field, &Secret::new(value))
+            .await
+            .map_err(|e| {
+                tracing::error!("cannot seal a credential: {e}");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "vault_error",
+                    "the credentials could not be sealed",
+                )
+            })?;
+        sealed.push((field, s));
+    }
+    Ok(sealed)
+}
+
+/// A connection checked and ready to store or test (nothing stored yet).
+struct Checked {
+    row: ConnectionRow,
+    definition: Value,
+    credentials: Vec<(String, String)>,
+    proxy: Option<ProxyInput>,
+    warning: Option<String>,
+}
+
+async fn check_request(
+    core: &Core,
+    p: &Principal,
+    req: ConnectionRequest,
+) -> Result<Checked, ApiError> {
+    let entry = core
+        .store
+        .catalogue_entry(&p.tenant_id, false, &req.connector_id)
+        .await?;
+    let Some(entry) = entry else {
+        // A draft of your own, or an unpublished connector: not usable.
+        if core
+            .store
+            .connector(&p.tenant_id, &req.connector_id)
+            .await?
+            .is_some()
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "connector_not_published",
+                "connections are made from published connectors: publish this one first",
+            ));
+        }
+        return Err(ApiError::not_found("connector", &req.connector_id));
+    };
+    let version = req
+        .version
+        .clone()
+        .unwrap_or_else(|| entry.latest_version.clone());
+    let Some(v) = core.store.version(&entry.id, &version).await? else {
+        return Err(ApiError::invalid(format!(
+            "connector {} has no version {version}",
+            entry.slug
+        )));
+    };
+    let definition: Value = serde_json::from_str(&v.definition).unwrap_or(Value::Null);
+    let schemes = definition["auth"]["schemes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut problems = Vec::new();
+    let auth_type = req
+        .auth_type
+        .clone()
+        .or_else(|| {
+            schemes
+                .first()
+                .and_then(|s| s["type"].as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "none".into());
+    let scheme = schemes
+        .iter()
+        .find(|s| s["type"] == auth_type.as_str())
+        .cloned();
+    let credentials = match &scheme {
+        Some(s) => check_credentials(
+            s,
+            &req.credentials.clone().unwrap_or_default(),
+            &mut problems,
+        ),
+        None => {
+            problems.push(json!({"field": "auth_type", "problem": format!(
+                "`{auth_type}` is not an auth scheme of {} (it has {})",
+                entry.slug,
+                schemes.iter().filter_map(|s| s["type"].as_str()).collect::<Vec<_>>().join(", ")
+            )}));
+            Vec::new()
+        }
+    };
+    if auth_type == "aws_sigv4" {
+        problems.push(json!({"field": "auth_type", "problem": "aws_sigv4 connections cannot make calls in this release"}));
+    }
+    if let Some(url) = &req.base_url
+        && !crate::connector::is_http_url(url)
+    {
+        problems.push(json!({"field": "base_url", "problem": "must be an http(s) URL"}));
+    }
+    let settings = req.settings.clone().unwrap_or_default();
+    check_settings(&settings, &mut problems);
+    let mode = req.execution_mode.clone().unwrap_or_else(|| "cloud".into());
+    check_mode(
+        core,
+        &p.tenant_id,
+        &mode,
+        req.agent_group_id.as_deref(),
+        req.proxy.as_ref(),
+        &mut problems,
+    )
+    .await?;
+    let name = req
+        .name
+        .clone()
+        .unwrap_or_else(|| v.name.clone())
+        .trim()
+        .to_owned();
+    if name.is_empty() || name.len() > 100 {
+        problems.push(json!({"field": "name", "problem": "must be 1 to 100 characters"}));
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::invalid("the connection is invalid").with_details(json!(problems)));
+    }
+    let now = now_unix();
+    Ok(Checked {
+        row: ConnectionRow {
+            id: crate::ids::new_id("con"),
+            tenant_id: p.tenant_id.clone(),
+            connector_id: entry.id.clone(),
+            connector_version: version,
+            connector_slug: entry.slug.clone(),
+            name,
+            auth_type,
+            base_url: req.base_url.clone(),
+            settings: serde_json::to_string(&settings).unwrap_or_default(),
+            execution_mode: mode,
+            agent_group_id: req.agent_group_id.clone(),
+            proxy_url: req.proxy.as_ref().map(|p| p.url.clone()),
+            status: if req.activate { "active" } else { "inactive" }.into(),
+            health: "unchecked".into(),
+            health_checked_at: None,
+            credentials_version: 1,
+            created_by: p.actor(),
+            created_at: now,
+            updated_at: now,
+        },
+        definition,
+        credentials,
+        proxy: req.proxy,
+        warning: (entry.status == "deprecated").then(|| {
+            format!(
+                "{} is deprecated and leaves the catalogue on {}: {}",
+                entry.slug,
+                entry.deprecated_until.map(rfc3339).unwrap_or_default(),
+                entry.deprecation_message.unwrap_or_default()
+            )
+        }),
+    })
+}
+
+async fn view(
+    core: &Core,
+    c: ConnectionRow,
+    warning: Option<String>,
+) -> Result<ConnectionView, ApiError> {
+    let version = core
+        .store
+        .version(&c.connector_id, &c.connector_version)
+        .await?;
+    let definition: Value = version
+        .as_ref()
+        .and_then(|v| serde_json::from_str(&v.definition).ok())
+        .unwrap_or(Value::Null);
+    let scheme = definition["auth"]["schemes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["type"] == c.auth_type.as_str())
+        .cloned()
+        .unwrap_or(Value::Null);
+    let stored: HashMap<String, String> = core.store.secrets(&c.id).await?.into_iter().collect();
+    let mut credentials = HashMap::new();
+    for (name, secret, _) in fields_of(&scheme) {
+        let sealed = stored.get(&format!("cred.{name}"));
+        let value = match (secret, sealed) {
+            (false, Some(s)) => core
+                .vault
+                .open(&core.store, &c.tenant_id, &c.id, &format!("cred.{name}"), s)
+                .await
+                .ok()
+                .map(|v| v.expose().to_owned()),
+            _ => None,
+        };
+        credentials.insert(
+            name,
+            CredentialView {
+                secret,
+                set: sealed.is_some(),
+                value,
+            },
+        );
+    }
+    Ok(ConnectionView {
+        effective_base_url: c
+            .base_url
+            .clone()
+            .or_else(|| definition["base_url"].as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        settings: serde_json::from_str(&c.settings).unwrap_or(Value::Null),
+        id: c.id,
+        name: c.name,
+        connector_id: c.connector_id,
+        connector_slug: c.connector_slug,
+        connector_version: c.connector_version,
+        auth_type: c.auth_type,
+        base_url: c.base_url,
+        execution_mode: c.execution_mode,
+        agent_group_id: c.agent_group_id,
+        proxy_url: c.proxy_url,
+        status: c.status,
+        health: c.health,
+        health_checked_at: c.health_checked_at.map(rfc3339),
+        credentials,
+        created_by: c.created_by,
+        created_at: rfc3339(c.created_at),
+        updated_at: rfc3339(c.updated_at),
+        warning,
+    })
+}
+
+async fn own(core: &Core, p: &Principal, id: &str) -> Result<ConnectionRow, ApiError> {
+    core.store
+        .connection(&p.tenant_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("connection", id))
+}
+
+/// `POST /api/v1/connections`
+#[utoipa::path(post, path = "/api/v1/connections", tag = "connections",
+    summary = "Create a connection from a published connector version (inactive unless `activate`)",
+    request_body = ConnectionRequest,
+    responses((status = 201, body = ConnectionView), (status = 409, body = crate::openapi::ErrorBody),
+        (status = 422, description = "Every problem in `details`", body = crate::openapi::ErrorBody),
+        (status = 404, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn create(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiJson(req): ApiJson<ConnectionRequest>,
+) -> Result<Response, ApiError> {
+    require_admin(&p)?;
+    let checked = check_request(&core, &p, req).await?;
+    let sealed = seal_all(
+        &core,
+        &p.tenant_id,
+        &checked.row.id,
+        &checked.credentials,
+        checked.proxy.as_ref(),
+    )
+    .await?;
+    core.store.create_connection(&checked.row, &sealed).await?;
+    record(
+        &core.store,
+        Some(&p.tenant_id),
+        &p.actor(),
+        "connection.create",
+        ("connection", &checked.row.id),
+        json!({"name": checked.row.name, "connector": checked.row.connector_slug,
+               "version": checked.row.connector_version, "mode": checked.row.execution_mode,
+               "status": checked.row.status}),
+    )
+    .await;
+    let v = view(&core, checked.row, checked.warning).await?;
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+/// `GET /api/v1/connections`
+#[utoipa::path(get, path = "/api/v1/connections", tag = "connections", summary = "The enterprise's connections",
+    responses((status = 200, body = [ConnectionView]), (status = 401, body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
+pub(crate) async fn list(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    q: Result<Query<crate::api::Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let page = query(q)?;
+    let limit = page_limit(page.limit)?;
+    let rows = core
+        .store
+        .list_connections(&p.tenant_id, page.cursor_of("con_")?, limit + 1)
+        .await?;
+    let mut views = Vec::new();
+    for r in rows {
+        views.push(view(&core, r, None).await?);
+    }
+    Ok(paged(views, limit, "/connections", |v| v.id.clone()))
+}
+
+/// `GET /api/v1/connections/{id}`
+#[utoipa::path(get, path = "/api/v1/connections/{id}", tag = "connections", summary = "One connection (secrets never shown)",
+    params(("id" = String, Path, description = "The resource id")),
+    responses((status = 200, body = ConnectionView), (status = 404, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn get(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<ConnectionView>, ApiError> {
+    let c = own(&core, &p, &id).await?;
+    Ok(Json(view(&core, c, None).await?))
+}
+
+/// `PATCH /api/v1/connections/{id}`
+#[utoipa::path(patch, path = "/api/v1/connections/{id}", tag = "connections",
+    summary = "Change a connection's name, base URL, settings (log level at run time) or execution mode",
+    params(("id" = String, Path, description = "The resource id")), request_body = ConnectionPatch,
+    responses((status = 200, body = ConnectionView), (status = 422, body = crate::openapi::ErrorBody),
+        (status = 404, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn update(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(patch): ApiJson<ConnectionPatch>,
+) -> Result<Json<ConnectionView>, ApiError> {
+    require_admin(&p)?;
+    let mut c = own(&core, &p, &id).await?;
+    let mut problems = Vec::new();
+    if let Some(name) = &patch.name {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 100 {
+            problems.push(json!({"field": "name", "problem": "must be 1 to 100 characters"}));
+        }
+        c.name = name.to_owned();
+    }
+    if let Some(base) = patch.base_url.clone() {
+        if base
+            .as_deref()
+            .is_some_and(|u| !crate::connector::is_http_url(u))
+        {
+            problems.push(json!({"field": "base_url", "problem": "must be an http(s) URL"}));
+        }
+        c.base_url = base;
+    }
+    if let Some(s) = &patch.settings {
+        check_settings(s, &mut problems);
+        c.settings = serde_json::to_string(s).unwrap_or_default();
+    }
+    let mode_changed =
+        patch.execution_mode.is_some() || patch.agent_group_id.is_some() || patch.proxy.is_some();
+    if mode_changed {
+        let mode = patch
+            .execution_mode
+            .clone()
+            .unwrap_or(c.execution_mode.clone());
+        let group = patch.agent_group_id.clone().or(if mode == "agent_group" {
+            c.agent_group_id.clone()
+        } else {
+            None
+        });
+        check_mode(
+            &core,
+            &p.tenant_id,
+            &mode,
+            group.as_deref(),
+            patch.proxy.as_ref(),
+            &mut problems,
+        )
+        .await?;
+        if mode == "proxy" && patch.proxy.is_none() && c.proxy_url.is_some() {
+            problems.retain(|p| p["field"] != "proxy");
+        }
+        c.execution_mode = mode.clone();
+        c.agent_group_id = group.filter(|_| mode == "agent_group");
+        if mode != "proxy" {
+            c.proxy_url = None;
+        } else if let Some(px) = &patch.proxy {
+            c.proxy_url = Some(px.url.clone());
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::invalid("the change is invalid").with_details(json!(problems)));
+    }
+    c.updated_at = now_unix();
+    core.store.update_connection(&c).await?;
+    if let Some(px) = &patch.proxy
+        && (px.username.is_some() || px.password.is_some())
+    {
+        for (field, sealed) in seal_all(&core, &p.tenant_id, &c.id, &[], Some(px)).await? {
+            core.store.set_secret(&c.id, &field, &sealed).await?;
+        }
+    }
+    record(
+        &core.store,
+        Some(&p.tenant_id),
+        &p.actor(),
+        "connection.update",
+        ("connection", &c.id),
+        json!({"name": c.name, "mode": c.execution_mode, "settings": serde_json::from_str::<Value>(&c.settings).unwrap_or_default()}),
+    )
+    .await;
+    Ok(Json(view(&core, c, None).await?))
+}
+
+/// `DELETE /api/v1/connections/{id}`
+#[utoipa::path(delete, path = "/api/v1/connections/{id}", tag = "connections",
+    summary = "Delete a connection with its credentials and health history (the call log keeps its name)",
+    params(("id" = String, Path, description = "The resource id")),
+    responses((status = 204, description = "Deleted"), (status = 404, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn delete(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(&p)?;
+    if !core.store.delete_connection(&p.tenant_id, &id).await? {
+        return Err(ApiError::not_found("connection", &id));
+    }
+    record(
+        &core.store,
+        Some(&p.tenant_id),
+        &p.actor(),
+        "connection.delete",
+        ("connection", &id),
+        Value::Null,
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The answer of activate and deactivate.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StateChange {
+    connection: ConnectionView,
+    /// Active orchestrations that use this connection (they cannot run it while inactive).
+    active_orchestrations: Vec<String>,
+}
+
+async fn set_status(
+    core: &Core,
+    p: &Principal,
+    id: &str,
+    status: &str,
+) -> Result<Json<StateChange>, ApiError> {
+    require_admin(p)?;
+    let mut c = own(core, p, id).await?;
+    c.status = status.into();
+    c.updated_at = now_unix();
+    core.store.update_connection(&c).await?;
+    let action = if status == "active" {
+        "connection.activate"
+    } else {
+        "connection.deactivate"
+    };
+    record(
+        &core.store,
+        Some(&p.tenant_id),
+        &p.actor(),
+        action,
+        ("connection", id),
+        Value::Null,
+    )
+    .await;
+    Ok(Json(StateChange {
+        connection: view(core, c, None).await?,
+        // Orchestrations arrive with the engine; none can reference a connection yet.
+        active_orchestrations: Vec::new(),
+    }))
+}
+
+/// `POST /api/v1/connections/{id}/activate`
+#[utoipa::path(post, path = "/api/v1/connections/{id}/activate", tag = "connections", summary = "Activate: calls allowed, health monitored",
+    params(("id" = String, Path, description = "The resource id")),
+    responses((status = 200, body = StateChange), (status = 404, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn activate(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<StateChange>, ApiError> {
+    set_status(&core, &p, &id, "active").await
+}
+
+/// `POST /api/v1/connections/{id}/deactivate`
+#[utoipa::path(post, path = "/api/v1/connections/{id}/deactivate", tag = "connections",
+    summary = "Deactivate: no new calls, no health checks; credentials kept",
+    params(("id" = String, Path, description = "The resource id")),
+    responses((status = 200, body = StateChange), (status = 404, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn deactivate(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<StateChange>, ApiError> {
+    set_status(&core, &p, &id, "inactive").await
+}
+
+/// `PUT /api/v1/connections/{id}/credentials`
+#[utoipa::path(put, path = "/api/v1/connections/{id}/credentials", tag = "connections",
+    summary = "Rotate credentials: replaces every field (audited; cached tokens are dropped)",
+    params(("id" = String, Path, description = "The resource id")), request_body = CredentialsRequest,
+    responses((status = 200, body = ConnectionView), (status = 422, body = crate::openapi::ErrorBody),
+        (status = 404, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn rotate_credentials(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<CredentialsRequest>,
+) -> Result<Json<ConnectionView>, ApiError> {
+    require_admin(&p)?;
+    let c = own(&core, &p, &id).await?;
+    let resolved = execute::resolve(&core, c.clone()).await?;
+    let mut problems = Vec::new();
+    let creds = check_credentials(&resolved.scheme(), &req.credentials, &mut problems);
+    if !problems.is_empty() {
+        return Err(ApiError::invalid("the credentials are invalid").with_details(json!(problems)));
+    }
+    let mut sealed = seal_all(&core, &p.tenant_id, &id, &creds, None).await?;
+    // Proxy credentials are not part of a rotation: keep them.
+    for (field, s) in core.store.secrets(&id).await? {
+        if field.starts_with("proxy.") {
+            sealed.push((field, s));
+        }
+    }
+    core.store
+        .replace_secrets(&p.tenant_id, &id, &sealed, now_unix())
+        .await?;
+    record(
+        &core.store,
+        Some(&p.tenant_id),
+        &p.actor(),
+        "connection.rotate_credentials",
+        ("connection", &id),
+        json!({"fields": creds.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>()}),
+    )
+    .await;
+    let c = own(&core, &p, &id).await?;
+    Ok(Json(view(&core, c, None).await?))
+}
+
+/// `POST /api/v1/connections/{id}/test`
+#[utoipa::path(post, path = "/api/v1/connections/{id}/test", tag = "connections",
+    summary = "Test Connection with the saved credentials: authenticate and run the health check",
+    params(("id" = String, Path, description = "The resource id")),
+    responses((status = 200, body = TestOutcome), (status = 404, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn test_saved(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<TestOutcome>, ApiError> {
+    require_operator(&p)?;
+    let c = own(&core, &p, &id).await?;
+    let resolved = execute::resolve(&core, c).await?;
+    Ok(Json(
+        execute::test(&core, &resolved, &p.actor(), true).await,
+    ))
+}
+
+/// `POST /api/v1/connections/test`
+#[utoipa::path(post, path = "/api/v1/connections/test", tag = "connections",
+    summary = "Test Connection with credentials typed into the form, before saving (nothing is stored)",
+    request_body = ConnectionRequest,
+    responses((status = 200, body = TestOutcome), (status = 422, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody),
+        (status = 403, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn test_unsaved(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiJson(req): ApiJson<ConnectionRequest>,
+) -> Result<Json<TestOutcome>, ApiError> {
+    require_admin(&p)?;
+    let checked = check_request(&core, &p, req).await?;
+    let resolved = Resolved {
+        // A throwaway id: its token cache entry is never reused.
+        row: ConnectionRow {
+            id: crate::ids::new_id("contest"),
+            ..checked.row
+        },
+        definition: checked.definition,
+        credentials: checked
+            .credentials
+            .into_iter()
+            .map(|(k, v)| (k, Secret::new(v)))
+            .collect(),
+        proxy: checked.proxy.and_then(|px| {
+            px.username
+                .map(|u| (u, Secret::new(px.password.unwrap_or_default())))
+        }),
+    };
+    Ok(Json(
+        execute::test(&core, &resolved, &p.actor(), false).await,
+    ))
+}
+
+/// One health check as the API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HealthView {
+    at: String,
+    status: String,
+    outcome: String,
+    detail: String,
+    duration_ms: i64,
+}
+
+/// `GET /api/v1/connections/{id}/health`
+#[utoipa::path(get, path = "/api/v1/connections/{id}/health", tag = "connections", summary = "Health history, newest first (up to 500)",
+    params(("id" = String, Path, description = "The resource id")),
+    responses((status = 200, body = [HealthView]), (status = 404, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn health(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Vec<HealthView>>, ApiError> {
+    own(&core, &p, &id).await?;
+    let rows = core.store.health_history(&id, 500).await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|h| HealthView {
+                at: rfc3339(h.at),
+                status: h.status,
+                outcome: h.outcome,
+                detail: h.detail,
+                duration_ms: h.duration_ms,
+            })
+            .collect(),
+    ))
+}
+
+/// `POST /api/v1/connections/{id}/health/check`
+#[utoipa::path(post, path = "/api/v1/connections/{id}/health/check", tag = "connections", summary = "Run a health check now and record it",
+    params(("id" = String, Path, description = "The resource id")),
+    responses((status = 200, body = HealthView), (status = 409, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn check_now(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<HealthView>, ApiError> {
+    require_operator(&p)?;
+    let c = own(&core, &p, &id).await?;
+    if c.status != "active" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "connection_inactive",
+            "only active connections are health-checked: activate it first",
+        ));
+    }
+    let h = execute::check_health(&core, c).await.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the health check could not run",
+        )
+    })?;
+    Ok(Json(HealthView {
+        at: rfc3339(h.at),
+        status: h.status,
+        outcome: h.outcome,
+        detail: h.detail,
+        duration_ms: h.duration_ms,
+    }))
+}
+
+/// `POST /api/v1/connections/{id}/operations/{operation}/invoke`
+#[utoipa::path(post, path = "/api/v1/connections/{id}/operations/{operation}/invoke", tag = "connections",
+    summary = "Invoke an operation: the normalized result, with where it ran",
+    description = "The answer is 200 with the normalized result (`ok`, `method`, `url`, `status`, `statusText`, `headers`, `body`, \
+        `text`, `parseError`, `timing`, `attempts`, `agentId`, `error`, `ranOn`) whatever the system answered; \
+        with `max_pages`, the operation's pagination is followed and `pages` holds every page's body.",
+    params(("id" = String, Path, description = "The connection id"), ("operation" = String, Path, description = "The operation id")),
+    request_body = InvokeBody,
+    responses((status = 200, body = Object), (status = 409, description = "The connection is inactive", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Bad parameters: every problem in `details`", body = crate::openapi::ErrorBody),
+        (status = 404, body = crate::openapi::ErrorBody), (status = 429, body = crate::openapi::ErrorBody),
+        (status = 403, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn invoke(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    tenant: Option<axum::Extension<crate::store::Tenant>>,
+    ApiPath((id, operation)): ApiPath<(String, String)>,
+    raw: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    require_operator(&p)?;
+    // The body is optional: an operation without parameters needs none.
+    let body: InvokeBody = if raw.iter().all(u8::is_ascii_whitespace) {
+        InvokeBody::default()
+    } else {
+        serde_json::from_slice(&raw)
+            .map_err(|e| ApiError::invalid(format!("the request body is invalid: {e}")))?
+    };
+    let c = own(&core, &p, &id).await?;
+    if c.status != "active" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "connection_inactive",
+            format!(
+                "connection {} is inactive: activate it to make calls",
+                c.name
+            ),
+        ));
+    }
+    let resolved = execute::resolve(&core, c).await?;
+    let Some(op) = resolved.operation(&operation).cloned() else {
+        return Err(ApiError::not_found("operation", &operation));
+    };
+    if let Some(pages) = body.max_pages
+        && !(1..=100).contains(&pages)
+    {
+        return Err(ApiError::invalid("max_pages must be 1..=100"));
+    }
+    if let Some(tenant) = &tenant {
+        core.quotas.take_call(&core.store, &tenant.0).await?;
+    }
+    let request = execute::prepare(&core, &resolved, &op, &body.parameters)
+        .await
+        .map_err(|problems| {
+            ApiError::invalid(format!("the call of `{operation}` is invalid")).with_details(json!(
+                problems
+                    .iter()
+                    .map(|p| json!({"problem": p}))
+                    .collect::<Vec<_>>()
+            ))
+        })?;
+    let max_pages = body.max_pages.unwrap_or(1);
+    let (out, ran_on, elapsed) =
+        execute::run(&core, &resolved, &operation, request, &p.actor(), true).await;
+    if max_pages <= 1 {
+        return Ok(Json(execute::result_json(out, &ran_on, elapsed)));
+    }
+    let pages = crate::paginate::follow(
+        &core,
+        &resolved,
+        &op,
+        &operation,
+        &body.parameters,
+        out,
+        max_pages,
+        &p.actor(),
+    )
+    .await;
+    Ok(Json(pages))
+}
+
+/// `?connection_id=&operation=&outcome=&error_class=&limit=&cursor=` of the call log.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CallQuery {
+    connection_id: Option<String>,
+    operation: Option<String>,
+    outcome: Option<String>,
+    error_class: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// One entry of the API-call log.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ApiCallView {
+    id: String,
+    at: String,
+    connection_id: String,
+    connection_name: String,
+    connector_slug: String,
+    operation: String,
+    method: String,
+    /// Without credentials.
+    url: String,
+    status: Option<i64>,
+    ok: bool,
+    error_class: Option<String>,
+    duration_ms: f64,
+    response_bytes: i64,
+    attempts: i64,
+    /// `cloud` or the agent id.
+    ran_on: String,
+    actor: String,
+}
+
+/// `GET /api/v1/api-calls`
+#[utoipa::path(get, path = "/api/v1/api-calls", tag = "connections", summary = "The API-call log, newest first",
+    params(("connection_id" = Option<String>, Query, description = "One connection"),
+        ("operation" = Option<String>, Query, description = "One operation id"),
+        ("outcome" = Option<String>, Query, description = "ok or failed"),
+        ("error_class" = Option<String>, Query, description = "e.g. timeout, auth_failure"),
+        ("limit" = Option<i64>, Query, description = "1..=500, default 100"),
+        ("cursor" = Option<String>, Query, description = "From the previous page's Link header")),
+    responses((status = 200, body = [ApiCallView]), (status = 422, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn list_calls(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    q: Result<Query<CallQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let limit = page_limit(q.limit)?;
+    if let Some(o) = &q.outcome
+        && !matches!(o.as_str(), "ok" | "failed")
+    {
+        return Err(ApiError::invalid("outcome must be ok or failed"));
+    }
+    let page = crate::api::Page {
+        limit: q.limit,
+        cursor: q.cursor.clone(),
+        group_id: None,
+    };
+    let filter = ApiCallFilter {
+        connection_id: q.connection_id,
+        operation: q.operation,
+        outcome: q.outcome,
+        error_class: q.error_class,
+        before: page.cursor_of("call_")?.map(str::to_owned),
+    };
+    let rows = core
+        .store
+        .list_calls(&p.tenant_id, &filter, limit + 1)
+        .await?;
+    let views: Vec<ApiCallView> = rows
+        .into_iter()
+        .map(|c| ApiCallView {
+            at: rfc3339(c.at),
+            duration_ms: c.duration_us as f64 / 1000.0,
+            ok: c.ok != 0,
+            id: c.id,
+            connection_id: c.connection_id,
+            connection_name: c.connection_name,
+            connector_slug: c.connector_slug,
+            operation: c.operation,
+            method: c.method,
+            url: c.url,
+            status: c.status,
+            error_class: c.error_class,
+            response_bytes: c.response_bytes,
+            attempts: c.attempts,
+            ran_on: c.ran_on,
+            actor: c.actor,
+        })
+        .collect();
+    Ok(paged(views, limit, "/api-calls", |c| c.id.clone()))
+}

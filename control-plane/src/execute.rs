@@ -1,0 +1,796 @@
+//! Running a connection's operations: the one call path.
+//!
+//! A call is rendered here (operation + parameters → request), its
+//! credentials are decrypted only now into the call's [`CallAuth`], and it
+//! goes to the built-in cloud agent (`cloud`, `proxy`) or to the
+//! least-loaded agent of the connection's group (`agent_group`), which
+//! authenticates, performs and retries it. The result is recorded in the
+//! API-call log (never the credentials) and returned.
+//!
+//! Test Connection runs the connector's health-check operation the same way
+//! and reduces the result to one outcome a person can act on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dibop_protocol::{
+    CallAuth, CallRequest, ClientAuth, DynamicApiKey, ErrorClass, InvokeRequest, InvokeResult,
+    KeyPlacement, OAuth2, OAuth2Grant, ProxyOptions, RetryPolicy, TlsOptions,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::Core;
+use crate::store::{ApiCallRow, ConnectionRow, HealthRow, now_unix};
+use crate::vault::Secret;
+
+/// Settings of a connection (stored as JSON).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionSettings {
+    /// Per-call timeout; default: the connector's.
+    #[serde(default)]
+    pub timeout_ms: Option<u32>,
+    /// Try failed calls again where that is safe. Default true.
+    #[serde(default = "yes")]
+    pub retry_on_failure: bool,
+    /// Retries after the first try (0-10); default: the connector's.
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// `error`, `warn`, `info` or `debug`; changeable at run time.
+    #[serde(default = "info")]
+    pub log_level: String,
+    /// TLS towards the system.
+    #[serde(default)]
+    pub tls: TlsSettings,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn info() -> String {
+    "info".into()
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        ConnectionSettings {
+            timeout_ms: None,
+            retry_on_failure: true,
+            max_retries: None,
+            log_level: info(),
+            tls: TlsSettings::default(),
+        }
+    }
+}
+
+/// TLS settings of a connection.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// Extra trusted CA certificates (PEM), e.g. the dealer's own CA.
+    #[serde(default)]
+    pub extra_ca_pem: Option<String>,
+    /// Refuse certificates that do not verify. Default true; turn off for test systems only.
+    #[serde(default = "yes")]
+    pub reject_unauthorized: bool,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            extra_ca_pem: None,
+            reject_unauthorized: true,
+        }
+    }
+}
+
+/// A connection ready to run: its row, its connector version's definition,
+/// and its opened credentials.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The connection (for unsaved tests, a row that is not stored).
+    pub row: ConnectionRow,
+    /// The connector version's definition.
+    pub definition: Value,
+    /// Credential fields, opened.
+    pub credentials: HashMap<String, Secret>,
+    /// Proxy credentials, opened.
+    pub proxy: Option<(String, Secret)>,
+}
+
+impl Resolved {
+    /// The connection's settings.
+    pub fn settings(&self) -> ConnectionSettings {
+        serde_json::from_str(&self.row.settings).unwrap_or_default()
+    }
+
+    /// The auth scheme in use.
+    pub fn scheme(&self) -> Value {
+        self.definition["auth"]["schemes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["type"] == self.row.auth_type.as_str())
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// The base URL calls go to.
+    pub fn base_url(&self) -> String {
+        self.row
+            .base_url
+            .clone()
+            .or_else(|| self.definition["base_url"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    fn credential(&self, name: &str) -> String {
+        self.credentials
+            .get(name)
+            .map(|s| s.expose().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// The operation with this id.
+    pub fn operation(&self, id: &str) -> Option<&Value> {
+        self.definition["operations"]
+            .as_array()?
+            .iter()
+            .find(|o| o["id"] == id)
+    }
+}
+
+/// `url` made absolute against `base` (for relative token and login URLs).
+fn absolute(url: &str, base: &str) -> String {
+    if crate::connector::is_http_url(url) {
+        return url.to_owned();
+    }
+    match reqwest::Url::parse(base) {
+        Ok(b) => {
+            let mut root = b.clone();
+            root.set_path("");
+            root.set_query(None);
+            format!("{}{}", root.as_str().trim_end_matches('/'), url)
+        }
+        Err(_) => url.to_owned(),
+    }
+}
+
+fn scopes(scheme: &Value) -> Vec<String> {
+    match &scheme["scopes"] {
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect(),
+        Value::String(s) => s.split_whitespace().map(str::to_owned).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Where OpenID Connect discovery documents' token endpoints are kept.
+pub type DiscoveryCache = crate::cache::TtlCache<String>;
+
+/// A new discovery cache (one hour).
+pub fn discovery_cache() -> DiscoveryCache {
+    crate::cache::TtlCache::new(Duration::from_secs(3600), 1024)
+}
+
+/// The call's auth, TLS and proxy from the connection's credentials.
+async fn auth_of(core: &Core, c: &Resolved) -> Result<(CallAuth, TlsOptions), String> {
+    let scheme = c.scheme();
+    let base = c.base_url();
+    let settings = c.settings();
+    let mut tls = TlsOptions {
+        extra_ca_pem: settings.tls.extra_ca_pem.clone().unwrap_or_default(),
+        accept_invalid_certs: !settings.tls.reject_unauthorized,
+        ..TlsOptions::default()
+    };
+    let client_auth = match scheme["client_auth"].as_str() {
+        Some("client_secret_post") => ClientAuth::Post,
+        _ => ClientAuth::Basic,
+    };
+    let oauth = |grant| OAuth2 {
+        grant,
+        token_url: absolute(scheme["token_url"].as_str().unwrap_or_default(), &base),
+        client_id: c.credential("client_id"),
+        client_secret: c.credential("client_secret"),
+        scopes: scopes(&scheme),
+        client_auth,
+        username: c.credential("username"),
+        password: c.credential("password"),
+        refresh_token: c.credential("refresh_token"),
+    };
+    let auth = match c.row.auth_type.as_str() {
+        "none" => CallAuth::None,
+        "api_key" => CallAuth::ApiKey {
+            placement: match (scheme["header"].as_str(), scheme["query"].as_str()) {
+                (Some(h), _) => KeyPlacement::Header(h.to_owned()),
+                (None, Some(q)) => KeyPlacement::Query(q.to_owned()),
+                (None, None) => KeyPlacement::Header("X-API-Key".into()),
+            },
+            prefix: scheme["prefix"].as_str().unwrap_or_default().to_owned(),
+            key: c.credential("api_key"),
+        },
+        "basic" => CallAuth::Basic {
+            username: c.credential("username"),
+            password: c.credential("password"),
+        },
+        "bearer" => CallAuth::Bearer {
+            token: c.credential("token"),
+        },
+        "oauth2_client_credentials" => CallAuth::OAuth2(oauth(OAuth2Grant::ClientCredentials)),
+        "oauth2_password" => CallAuth::OAuth2(oauth(OAuth2Grant::Password)),
+        "oauth2_authorization_code" => CallAuth::OAuth2(oauth(OAuth2Grant::RefreshToken)),
+        "openid_connect" => {
+            let discovery = absolute(scheme["discovery_url"].as_str().unwrap_or_default(), &base);
+            let token_url = match core.discovery.get(&discovery) {
+                Some(t) => t,
+                None => {
+                    let t = discover(core, c, &discovery).await?;
+                    core.discovery.insert(discovery.clone(), t.clone());
+                    t
+                }
+            };
+            let mut o = oauth(OAuth2Grant::ClientCredentials);
+            o.token_url = token_url;
+            if o.scopes.is_empty() {
+                o.scopes = vec!["openid".into()];
+            }
+            CallAuth::OAuth2(o)
+        }
+        "dynamic_api_key" => {
+            let header = scheme["header"]
+                .as_str()
+                .unwrap_or("Authorization")
+                .to_owned();
+            let prefix = scheme["prefix"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| {
+                    if header.eq_ignore_ascii_case("authorization") {
+                        "Bearer ".into()
+                    } else {
+                        String::new()
+                    }
+                });
+            let body: Map<String, Value> = c
+                .credentials
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.expose().to_owned())))
+                .collect();
+            CallAuth::DynamicApiKey(DynamicApiKey {
+                method: scheme["method"].as_str().unwrap_or("POST").to_owned(),
+                url: absolute(scheme["url"].as_str().unwrap_or_default(), &base),
+                body: Value::Object(body).to_string(),
+                pointer: scheme["pointer"].as_str().unwrap_or("/token").to_owned(),
+                header,
+                prefix,
+                ttl_secs: 600,
+            })
+        }
+        "mutual_tls" => {
+            tls.client_cert_pem = c.credential("client_certificate");
+            tls.client_key_pem = c.credential("client_key");
+            CallAuth::None
+        }
+        other => {
+            return Err(format!(
+                "`{other}` connections cannot make calls in this release"
+            ));
+        }
+    };
+    Ok((auth, tls))
+}
+
+/// Reads an OpenID Connect discovery document (through the connection's
+/// own path) and returns its token endpoint.
+async fn discover(core: &Core, c: &Resolved, url: &str) -> Result<String, String> {
+    let request = InvokeRequest {
+        call: CallRequest {
+            call_id: 0,
+            method: "GET".into(),
+            url: url.to_owned(),
+            headers: vec![("Accept".into(), "application/json".into())],
+            body: Vec::new(),
+            timeout_ms: 10_000,
+        },
+        auth: CallAuth::None,
+        auth_cache_key: String::new(),
+        tls: TlsOptions {
+            extra_ca_pem: c.settings().tls.extra_ca_pem.unwrap_or_default(),
+            accept_invalid_certs: !c.settings().tls.reject_unauthorized,
+            ..TlsOptions::default()
+        },
+        proxy: proxy_of(c),
+        retry: RetryPolicy::default(),
+    };
+    let (out, _) = send(core, c, request).await;
+    let r = out.result;
+    let body = match &r.body {
+        dibop_protocol::ResponseBody::Json(t) => t.clone(),
+        _ => String::new(),
+    };
+    let v: Value = serde_json::from_str(&body).unwrap_or_default();
+    match v["token_endpoint"].as_str() {
+        Some(t) if r.ok => Ok(t.to_owned()),
+        _ => Err(format!(
+            "OpenID Connect discovery at {url} failed: {}",
+            r.error.map_or_else(
+                || "the document has no token_endpoint".to_owned(),
+                |e| e.message
+            )
+        )),
+    }
+}
+
+fn proxy_of(c: &Resolved) -> Option<ProxyOptions> {
+    if c.row.execution_mode != "proxy" {
+        return None;
+    }
+    Some(ProxyOptions {
+        url: c.row.proxy_url.clone().unwrap_or_default(),
+        username: c.proxy.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
+        password: c
+            .proxy
+            .as_ref()
+            .map(|p| p.1.expose().to_owned())
+            .unwrap_or_default(),
+    })
+}
+
+/// Sends to the cloud agent or the connection's agent group; returns the
+/// result and where it ran.
+async fn send(core: &Core, c: &Resolved, request: InvokeRequest) -> (InvokeResult, String) {
+    match (c.row.execution_mode.as_str(), &c.row.agent_group_id) {
+        ("agent_group", Some(group)) => {
+            let out = core.registry.invoke(group, request).await;
+            let ran_on = if out.result.agent_id.is_empty() {
+                format!("agent_group:{group}")
+            } else {
+                out.result.agent_id.clone()
+            };
+            (out, ran_on)
+        }
+        _ => (core.cloud.invoke(&request).await, "cloud".into()),
+    }
+}
+
+/// A rendered, authenticated call of `operation` with `parameters`.
+pub async fn prepare(
+    core: &Core,
+    c: &Resolved,
+    operation: &Value,
+    parameters: &Map<String, Value>,
+) -> Result<InvokeRequest, Vec<String>> {
+    let prepared = crate::call::prepare(operation, &c.base_url(), parameters)?;
+    let settings = c.settings();
+    let resilience = &c.definition["resilience"];
+    let timeout_ms = settings
+        .timeout_ms
+        .or_else(|| resilience["timeout_ms"].as_u64().map(|t| t as u32))
+        .unwrap_or(30_000);
+    let connector_attempts = resilience["retries"]["max_attempts"].as_u64().unwrap_or(1) as u32;
+    let max_attempts = if settings.retry_on_failure {
+        settings
+            .max_retries
+            .map_or(connector_attempts, |r| r + 1)
+            .clamp(1, 11)
+    } else {
+        1
+    };
+    let mut headers = prepared.headers;
+    let body = match &prepared.body {
+        Some(b) => {
+            headers.push(("Content-Type".into(), "application/json".into()));
+            serde_json::to_vec(b).unwrap_or_default()
+        }
+        None => Vec::new(),
+    };
+    headers.push(("Accept".into(), "application/json".into()));
+    let (auth, tls) = auth_of(core, c).await.map_err(|e| vec![e])?;
+    Ok(InvokeRequest {
+        call: CallRequest {
+            call_id: 0,
+            method: prepared.method,
+            url: prepared.url.into(),
+            headers,
+            body,
+            timeout_ms,
+        },
+        auth,
+        auth_cache_key: format!("{}:{}", c.row.id, c.row.credentials_version),
+        tls,
+        proxy: proxy_of(c),
+        retry: RetryPolicy {
+            max_attempts,
+            initial_backoff_ms: resilience["retries"]["initial_backoff_ms"]
+                .as_u64()
+                .unwrap_or(200) as u32,
+            max_backoff_ms: resilience["retries"]["max_backoff_ms"]
+                .as_u64()
+                .unwrap_or(5_000) as u32,
+            safe_to_retry: operation["safe_to_retry"].as_bool().unwrap_or(false),
+        },
+    })
+}
+
+/// Runs a prepared call, stores a rotated refresh token, and records the
+/// call (saved connections only).
+pub async fn run(
+    core: &Core,
+    c: &Resolved,
+    operation: &str,
+    request: InvokeRequest,
+    actor: &str,
+    saved: bool,
+) -> (InvokeResult, String, Duration) {
+    let started = Instant::now();
+    let (out, ran_on) = send(core, c, request).await;
+    let elapsed = started.elapsed();
+    if saved {
+        if let Some(token) = &out.rotated_refresh_token {
+            match core
+                .vault
+                .seal(
+                    &core.store,
+                    &c.row.tenant_id,
+                    &c.row.id,
+                    "cred.refresh_token",
+                    &Secret::new(token.clone()),
+                )
+                .await
+            {
+                Ok(sealed) => {
+                    if let Err(e) = core
+                        .store
+                        .set_secret(&c.row.id, "cred.refresh_token", &sealed)
+                        .await
+                    {
+                        tracing::error!(connection = %c.row.id, "cannot store the rotated refresh token: {e}");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(connection = %c.row.id, "cannot seal the rotated refresh token: {e}")
+                }
+            }
+        }
+        let r = &out.result;
+        let bytes = match &r.body {
+            dibop_protocol::ResponseBody::Json(t) | dibop_protocol::ResponseBody::Text(t) => {
+                t.len()
+            }
+            dibop_protocol::ResponseBody::Binary(b) => b.len(),
+            dibop_protocol::ResponseBody::Empty => 0,
+        };
+        let row = ApiCallRow {
+            id: crate::ids::time_ordered_id("call"),
+            tenant_id: c.row.tenant_id.clone(),
+            connection_id: c.row.id.clone(),
+            connection_name: c.row.name.clone(),
+            connector_slug: c.row.connector_slug.clone(),
+            operation: operation.to_owned(),
+            method: r.method.clone(),
+            url: r.url.clone(),
+            status: r.status.map(i64::from),
+            ok: i64::from(r.ok),
+            error_class: r.error.as_ref().map(|e| e.class.as_str().to_owned()),
+            duration_us: i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX),
+            response_bytes: bytes as i64,
+            attempts: i64::from(r.attempts),
+            ran_on: ran_on.clone(),
+            actor: actor.to_owned(),
+            at: now_unix(),
+        };
+        if let Err(e) = core.store.record_call(&row).await {
+            tracing::error!(connection = %c.row.id, "cannot record the call: {e}");
+        }
+        let settings = c.settings();
+        if settings.log_level == "debug" || (!r.ok && settings.log_level != "error") {
+            tracing::info!(
+                connection = %c.row.id, operation, status = ?r.status, ok = r.ok,
+                class = ?r.error.as_ref().map(|e| e.class.as_str()), attempts = r.attempts, %ran_on,
+                "connector call"
+            );
+        }
+    }
+    (out, ran_on, elapsed)
+}
+
+/// The outcome of Test Connection.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TestOutcome {
+    /// `success`, `auth_failure`, `timeout`, `network_error`, `tls_error`,
+    /// `policy_denied` or `agent_unavailable`.
+    pub outcome: &'static str,
+    /// Whether the connection works.
+    pub success: bool,
+    /// What happened and what to do about it.
+    pub detail: String,
+    /// The health check's HTTP status, if it got one.
+    pub http_status: Option<u16>,
+    /// The operation run.
+    pub operation: String,
+    /// How long it took.
+    pub duration_ms: u64,
+    /// `cloud` or the agent that ran it.
+    pub ran_on: String,
+}
+
+/// Runs the health-check operation and classifies the outcome.
+pub async fn test(core: &Core, c: &Resolved, actor: &str, saved: bool) -> TestOutcome {
+    let op_id = c.definition["health_check"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let Some(op) = c.operation(&op_id).cloned() else {
+        return TestOutcome {
+            outcome: "network_error",
+            success: false,
+            detail: format!("the connector has no health-check operation `{op_id}`"),
+            http_status: None,
+            operation: op_id,
+            duration_ms: 0,
+            ran_on: String::new(),
+        };
+    };
+    let request = match prepare(core, c, &op, &Map::new()).await {
+        Ok(r) => r,
+        Err(problems) => {
+            return TestOutcome {
+                outcome: if problems.iter().any(|p| p.contains("discovery")) {
+                    "auth_failure"
+                } else {
+                    "network_error"
+                },
+                success: false,
+                detail: problems.join("; "),
+                http_status: None,
+                operation: op_id,
+                duration_ms: 0,
+                ran_on: String::new(),
+            };
+        }
+    };
+    let timeout = request.call.timeout_ms;
+    let (out, ran_on, elapsed) = run(core, c, &op_id, request, actor, saved).await;
+    let r = out.result;
+    let status = r.status;
+    let (outcome, detail) = match (&r.error, r.ok) {
+        (None, true) => (
+            "success",
+            format!(
+                "authenticated and `{op_id}` answered {} in {} ms",
+                status.map_or("OK".to_owned(), |s| s.to_string()),
+                elapsed.as_millis()
+            ),
+        ),
+        (Some(e), _) => match e.class {
+            ErrorClass::AuthFailure => (
+                "auth_failure",
+                format!(
+                    "{}: check the credentials (and, for OAuth2, the client's grants and scopes)",
+                    e.message
+                ),
+            ),
+            ErrorClass::Timeout => (
+                "timeout",
+                format!(
+                    "no answer within {timeout} ms: is the base URL right, and is the system up? ({})",
+                    e.message
+                ),
+            ),
+            ErrorClass::TlsError => (
+                "tls_error",
+                format!(
+                    "{}: add the system's CA under settings.tls.extra_ca_pem, or check the host name",
+                    e.message
+                ),
+            ),
+            ErrorClass::PolicyDenied => (
+                "policy_denied",
+                format!(
+                    "{} (the agent's own allow-list refused it; only the dealer can widen it)",
+                    e.message
+                ),
+            ),
+            ErrorClass::AgentUnavailable => ("agent_unavailable", e.message.clone()),
+            ErrorClass::RateLimited | ErrorClass::UpstreamError => (
+                "network_error",
+                format!(
+                    "the system is reachable but `{op_id}` failed: {}",
+                    e.message
+                ),
+            ),
+            _ => (
+                "network_error",
+                format!(
+                    "{}: check the base URL, the port and that the system runs",
+                    e.message
+                ),
+            ),
+        },
+        (None, false) => ("network_error", "the call failed".to_owned()),
+    };
+    TestOutcome {
+        outcome,
+        success: outcome == "success",
+        detail,
+        http_status: status,
+        operation: op_id,
+        duration_ms: elapsed.as_millis() as u64,
+        ran_on,
+    }
+}
+
+/// Health from a test outcome: healthy, degraded (answers, but wrongly or
+/// slowly) or offline (no answer).
+pub fn health_of(t: &TestOutcome, timeout_ms: u32) -> &'static str {
+    match t.outcome {
+        "success" if t.duration_ms > u64::from(timeout_ms) / 2 => "degraded",
+        "success" => "healthy",
+        _ if t.http_status.is_some() => "degraded",
+        _ => "offline",
+    }
+}
+
+/// Opens a stored connection: its connector version and credentials.
+pub async fn resolve(core: &Core, row: ConnectionRow) -> Result<Resolved, crate::api::ApiError> {
+    let version = core
+        .store
+        .version(&row.connector_id, &row.connector_version)
+        .await?
+        .ok_or_else(|| {
+            crate::api::ApiError::not_found("connector version", &row.connector_version)
+        })?;
+    let definition: Value = serde_json::from_str(&version.definition).unwrap_or(Value::Null);
+    let mut credentials = HashMap::new();
+    let mut proxy_user = None;
+    let mut proxy_password = None;
+    for (field, sealed) in core.store.secrets(&row.id).await? {
+        let secret = core
+            .vault
+            .open(&core.store, &row.tenant_id, &row.id, &field, &sealed)
+            .await
+            .map_err(|e| {
+                tracing::error!(connection = %row.id, %field, "cannot open a credential: {e}");
+                crate::api::ApiError::new(
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "vault_error",
+                    "a credential of this connection cannot be opened: ask the platform operator to check the master key",
+                )
+            })?;
+        if let Some(name) = field.strip_prefix("cred.") {
+            credentials.insert(name.to_owned(), secret);
+        } else if field == "proxy.username" {
+            proxy_user = Some(secret.expose().to_owned());
+        } else if field == "proxy.password" {
+            proxy_password = Some(secret);
+        }
+    }
+    let proxy = match (proxy_user, proxy_password) {
+        (Some(u), Some(p)) => Some((u, p)),
+        (Some(u), None) => Some((u, Secret::new(""))),
+        _ => None,
+    };
+    Ok(Resolved {
+        row,
+        definition,
+        credentials,
+        proxy,
+    })
+}
+
+/// Checks every active connection's health every `interval` (jittered),
+/// four at a time, until shutdown.
+pub async fn monitor_health(core: Arc<Core>, shutdown: tokio_util::sync::CancellationToken) {
+    let interval = core.settings.health_check_interval;
+    let limit = Arc::new(tokio::sync::Semaphore::new(4));
+    loop {
+        let jitter = Duration::from_millis(fastrand::u64(0..=interval.as_millis() as u64 / 10));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval + jitter) => {}
+        }
+        let active = match core.store.active_connections().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("health monitoring cannot list connections: {e}");
+                continue;
+            }
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for row in active {
+            let (core, limit) = (core.clone(), limit.clone());
+            tasks.spawn(async move {
+                let _permit = limit.acquire().await;
+                check_health(&core, row).await;
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Runs one health check and records it.
+pub async fn check_health(core: &Core, row: ConnectionRow) -> Option<HealthRow> {
+    let id = row.id.clone();
+    let resolved = match resolve(core, row).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(connection = %id, "health check skipped: {e:?}");
+            return None;
+        }
+    };
+    let timeout = resolved
+        .settings()
+        .timeout_ms
+        .or_else(|| {
+            resolved.definition["resilience"]["timeout_ms"]
+                .as_u64()
+                .map(|t| t as u32)
+        })
+        .unwrap_or(30_000);
+    let t = test(core, &resolved, "system:health", true).await;
+    let h = HealthRow {
+        connection_id: id,
+        at: now_unix(),
+        status: health_of(&t, timeout).to_owned(),
+        outcome: t.outcome.to_owned(),
+        detail: t.detail,
+        duration_ms: t.duration_ms as i64,
+    };
+    if let Err(e) = core.store.record_health(&h).await {
+        tracing::warn!(connection = %h.connection_id, "cannot record health: {e}");
+    }
+    Some(h)
+}
+
+/// The normalized result and where it ran, for the invoke endpoint.
+pub fn result_json(out: InvokeResult, ran_on: &str, elapsed: Duration) -> Value {
+    let mut v = serde_json::to_value(crate::api::NormalizedResult::from_result(
+        out.result, elapsed,
+    ))
+    .unwrap_or(Value::Null);
+    v["ranOn"] = json!(ran_on);
+    v["tokenFetches"] = json!(out.token_fetches);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_urls_join_the_base_host() {
+        assert_eq!(
+            absolute("/oauth/token", "http://127.0.0.1:9100/api"),
+            "http://127.0.0.1:9100/oauth/token"
+        );
+        assert_eq!(
+            absolute("https://idp.example/token", "http://x"),
+            "https://idp.example/token"
+        );
+    }
+
+    #[test]
+    fn health_follows_the_outcome() {
+        let t = |outcome, status, ms| TestOutcome {
+            outcome,
+            success: outcome == "success",
+            detail: String::new(),
+            http_status: status,
+            operation: "health".into(),
+            duration_ms: ms,
+            ran_on: "cloud".into(),
+        };
+        assert_eq!(health_of(&t("success", Some(200), 10), 1000), "healthy");
+        assert_eq!(health_of(&t("success", Some(200), 900), 1000), "degraded");
+        assert_eq!(
+            health_of(&t("auth_failure", Some(401), 10), 1000),
+            "degraded"
+        );
+        assert_eq!(health_of(&t("timeout", None, 1000), 1000), "offline");
+    }
+}

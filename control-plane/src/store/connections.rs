@@ -1,0 +1,438 @@
+//! Connections, their sealed credential fields, health history and the
+//! API-call log. Every query takes the tenant.
+
+use sqlx::FromRow;
+
+use super::{Store, StoreError, unique_violation};
+
+/// A connection.
+#[derive(Debug, Clone, FromRow)]
+pub struct ConnectionRow {
+    /// Id (`con_…`).
+    pub id: String,
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// The connector it is made from.
+    pub connector_id: String,
+    /// The connector version it stays on.
+    pub connector_version: String,
+    /// The connector's slug (kept for the call log).
+    pub connector_slug: String,
+    /// Unique per tenant.
+    pub name: String,
+    /// The auth scheme type in use.
+    pub auth_type: String,
+    /// Base URL override.
+    pub base_url: Option<String>,
+    /// JSON settings.
+    pub settings: String,
+    /// `cloud`, `agent_group` or `proxy`.
+    pub execution_mode: String,
+    /// For `agent_group`.
+    pub agent_group_id: Option<String>,
+    /// For `proxy`.
+    pub proxy_url: Option<String>,
+    /// `inactive` or `active`.
+    pub status: String,
+    /// `unchecked`, `healthy`, `degraded` or `offline`.
+    pub health: String,
+    /// Last health check.
+    pub health_checked_at: Option<i64>,
+    /// Bumped on each credential change.
+    pub credentials_version: i64,
+    /// Who made it.
+    pub created_by: String,
+    /// When.
+    pub created_at: i64,
+    /// Last change.
+    pub updated_at: i64,
+}
+
+/// One health check.
+#[derive(Debug, Clone, FromRow)]
+pub struct HealthRow {
+    /// The connection.
+    pub connection_id: String,
+    /// When.
+    pub at: i64,
+    /// `healthy`, `degraded` or `offline`.
+    pub status: String,
+    /// The Test Connection outcome.
+    pub outcome: String,
+    /// What happened.
+    pub detail: String,
+    /// How long it took.
+    pub duration_ms: i64,
+}
+
+/// One recorded connector call.
+#[derive(Debug, Clone, FromRow)]
+pub struct ApiCallRow {
+    /// Time-ordered id (`call_…`).
+    pub id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// The connection (may since be deleted).
+    pub connection_id: String,
+    /// Its name at the time.
+    pub connection_name: String,
+    /// The connector.
+    pub connector_slug: String,
+    /// Operation id.
+    pub operation: String,
+    /// HTTP method.
+    pub method: String,
+    /// URL without credentials.
+    pub url: String,
+    /// HTTP status, if any.
+    pub status: Option<i64>,
+    /// 1 when it succeeded.
+    pub ok: i64,
+    /// Error class when it failed.
+    pub error_class: Option<String>,
+    /// Duration at the control plane.
+    pub duration_us: i64,
+    /// Response body size.
+    pub response_bytes: i64,
+    /// Tries.
+    pub attempts: i64,
+    /// `cloud` or the agent id.
+    pub ran_on: String,
+    /// Who asked.
+    pub actor: String,
+    /// When (Unix seconds).
+    pub at: i64,
+}
+
+/// Filters of the call log.
+#[derive(Debug, Clone, Default)]
+pub struct ApiCallFilter {
+    /// One connection.
+    pub connection_id: Option<String>,
+    /// One operation.
+    pub operation: Option<String>,
+    /// `ok` or `failed`.
+    pub outcome: Option<String>,
+    /// One error class.
+    pub error_class: Option<String>,
+    /// Older than this id (cursor).
+    pub before: Option<String>,
+}
+
+macro_rules! select_connections {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, tenant_id, connector_id, connector_version, connector_slug, name, auth_type, base_url, \
+             settings, execution_mode, agent_group_id, proxy_url, status, health, health_checked_at, \
+             credentials_version, created_by, created_at, updated_at FROM connections ",
+            $tail
+        )
+    };
+}
+
+impl Store {
+    /// Stores a new connection and its sealed fields, atomically.
+    pub async fn create_connection(
+        &self,
+        c: &ConnectionRow,
+        secrets: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO connections (id, tenant_id, connector_id, connector_version, connector_slug, name, \
+             auth_type, base_url, settings, execution_mode, agent_group_id, proxy_url, status, health, \
+             health_checked_at, credentials_version, created_by, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+        )
+        .bind(&c.id)
+        .bind(&c.tenant_id)
+        .bind(&c.connector_id)
+        .bind(&c.connector_version)
+        .bind(&c.connector_slug)
+        .bind(&c.name)
+        .bind(&c.auth_type)
+        .bind(&c.base_url)
+        .bind(&c.settings)
+        .bind(&c.execution_mode)
+        .bind(&c.agent_group_id)
+        .bind(&c.proxy_url)
+        .bind(&c.status)
+        .bind(&c.health)
+        .bind(c.health_checked_at)
+        .bind(c.credentials_version)
+        .bind(&c.created_by)
+        .bind(c.created_at)
+        .bind(c.updated_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| unique_violation(e, format!("a connection named `{}` already exists", c.name)))?;
+        for (field, sealed) in secrets {
+            sqlx::query(
+                "INSERT INTO connection_secrets (connection_id, field, sealed) VALUES ($1, $2, $3)",
+            )
+            .bind(&c.id)
+            .bind(field)
+            .bind(sealed)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One connection of a tenant.
+    pub async fn connection(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<ConnectionRow>, StoreError> {
+        Ok(sqlx::query_as::<_, ConnectionRow>(select_connections!(
+            "WHERE tenant_id = $1 AND id = $2"
+        ))
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// A tenant's connections, by id after `after`.
+    pub async fn list_connections(
+        &self,
+        tenant_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ConnectionRow>, StoreError> {
+        Ok(sqlx::query_as::<_, ConnectionRow>(select_connections!(
+            "WHERE tenant_id = $1 AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3"
+        ))
+        .bind(tenant_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Every active connection (health monitoring).
+    pub async fn active_connections(&self) -> Result<Vec<ConnectionRow>, StoreError> {
+        Ok(sqlx::query_as::<_, ConnectionRow>(select_connections!(
+            "WHERE status = 'active' ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Writes a connection's settings and state.
+    pub async fn update_connection(&self, c: &ConnectionRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE connections SET name = $1, base_url = $2, settings = $3, execution_mode = $4, \
+             agent_group_id = $5, proxy_url = $6, status = $7, updated_at = $8 WHERE tenant_id = $9 AND id = $10",
+        )
+        .bind(&c.name)
+        .bind(&c.base_url)
+        .bind(&c.settings)
+        .bind(&c.execution_mode)
+        .bind(&c.agent_group_id)
+        .bind(&c.proxy_url)
+        .bind(&c.status)
+        .bind(c.updated_at)
+        .bind(&c.tenant_id)
+        .bind(&c.id)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| unique_violation(e, format!("a connection named `{}` already exists", c.name)))?;
+        Ok(())
+    }
+
+    /// Replaces a connection's sealed fields (all of them) and bumps its
+    /// credentials version.
+    pub async fn replace_secrets(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        secrets: &[(String, String)],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE connections SET credentials_version = credentials_version + 1, updated_at = $1 \
+             WHERE tenant_id = $2 AND id = $3",
+        )
+        .bind(now)
+        .bind(tenant_id)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM connection_secrets WHERE connection_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        for (field, sealed) in secrets {
+            sqlx::query(
+                "INSERT INTO connection_secrets (connection_id, field, sealed) VALUES ($1, $2, $3)",
+            )
+            .bind(id)
+            .bind(field)
+            .bind(sealed)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores one sealed field in place (a rotated refresh token), without
+    /// changing the credentials version (the agent's cache already has it).
+    pub async fn set_secret(&self, id: &str, field: &str, sealed: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO connection_secrets (connection_id, field, sealed) VALUES ($1, $2, $3) \
+             ON CONFLICT (connection_id, field) DO UPDATE SET sealed = excluded.sealed",
+        )
+        .bind(id)
+        .bind(field)
+        .bind(sealed)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A connection's sealed fields.
+    pub async fn secrets(&self, id: &str) -> Result<Vec<(String, String)>, StoreError> {
+        use sqlx::Row as _;
+        let rows = sqlx::query(
+            "SELECT field, sealed FROM connection_secrets WHERE connection_id = $1 ORDER BY field",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>("field")?,
+                    r.try_get::<String, _>("sealed")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Deletes a connection with its secrets and health history.
+    pub async fn delete_connection(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for table in ["connection_secrets", "connection_health"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE connection_id = $1 AND EXISTS \
+                 (SELECT 1 FROM connections WHERE id = $1 AND tenant_id = $2)"
+            )))
+            .bind(id)
+            .bind(tenant_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let done = sqlx::query("DELETE FROM connections WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Records a health check and the connection's new health.
+    pub async fn record_health(&self, h: &HealthRow) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO connection_health (connection_id, at, status, outcome, detail, duration_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&h.connection_id)
+        .bind(h.at)
+        .bind(&h.status)
+        .bind(&h.outcome)
+        .bind(&h.detail)
+        .bind(h.duration_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE connections SET health = $1, health_checked_at = $2 WHERE id = $3")
+            .bind(&h.status)
+            .bind(h.at)
+            .bind(&h.connection_id)
+            .execute(&mut *tx)
+            .await?;
+        // Keep the newest 500 checks per connection.
+        sqlx::query(
+            "DELETE FROM connection_health WHERE connection_id = $1 AND at < \
+             (SELECT MIN(at) FROM (SELECT at FROM connection_health WHERE connection_id = $1 \
+              ORDER BY at DESC LIMIT 500) newest)",
+        )
+        .bind(&h.connection_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A connection's health checks, newest first.
+    pub async fn health_history(&self, id: &str, limit: i64) -> Result<Vec<HealthRow>, StoreError> {
+        Ok(sqlx::query_as::<_, HealthRow>(
+            "SELECT connection_id, at, status, outcome, detail, duration_ms FROM connection_health \
+             WHERE connection_id = $1 ORDER BY at DESC LIMIT $2",
+        )
+        .bind(id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Appends to the API-call log.
+    pub async fn record_call(&self, c: &ApiCallRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_calls (id, tenant_id, connection_id, connection_name, connector_slug, operation, \
+             method, url, status, ok, error_class, duration_us, response_bytes, attempts, ran_on, actor, at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        )
+        .bind(&c.id)
+        .bind(&c.tenant_id)
+        .bind(&c.connection_id)
+        .bind(&c.connection_name)
+        .bind(&c.connector_slug)
+        .bind(&c.operation)
+        .bind(&c.method)
+        .bind(&c.url)
+        .bind(c.status)
+        .bind(c.ok)
+        .bind(&c.error_class)
+        .bind(c.duration_us)
+        .bind(c.response_bytes)
+        .bind(c.attempts)
+        .bind(&c.ran_on)
+        .bind(&c.actor)
+        .bind(c.at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A tenant's call log, newest first.
+    pub async fn list_calls(
+        &self,
+        tenant_id: &str,
+        f: &ApiCallFilter,
+        limit: i64,
+    ) -> Result<Vec<ApiCallRow>, StoreError> {
+        Ok(sqlx::query_as::<_, ApiCallRow>(
+            "SELECT id, tenant_id, connection_id, connection_name, connector_slug, operation, method, url, status, \
+             ok, error_class, duration_us, response_bytes, attempts, ran_on, actor, at FROM api_calls \
+             WHERE tenant_id = $1 AND ($2 IS NULL OR connection_id = $2) AND ($3 IS NULL OR operation = $3) \
+             AND ($4 IS NULL OR ok = $4) AND ($5 IS NULL OR error_class = $5) AND ($6 IS NULL OR id < $6) \
+             ORDER BY id DESC LIMIT $7",
+        )
+        .bind(tenant_id)
+        .bind(&f.connection_id)
+        .bind(&f.operation)
+        .bind(f.outcome.as_deref().map(|o| i64::from(o == "ok")))
+        .bind(&f.error_class)
+        .bind(&f.before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}

@@ -1,0 +1,619 @@
+//! Connections against a real DMS simulator through the built-in cloud
+//! agent: every auth scheme the simulator speaks, Test Connection outcomes,
+//! retries, token caching, activation, rotation and deletion, the call log,
+//! and credentials that never come back out.
+
+use std::sync::Arc;
+
+use dibop_control_plane::{Core, Settings, bootstrap_tenant, start};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+struct Cp {
+    _dir: tempfile::TempDir,
+    base: String,
+    core: Arc<Core>,
+    admin: String,
+    sim: String,
+    dms_sim: String,
+    _shutdown: tokio_util::sync::DropGuard,
+}
+
+async fn cp() -> Cp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::new(dir.path().join("cp"));
+    settings.http_addr = "127.0.0.1:0".parse().unwrap();
+    settings.tunnel_addr = "127.0.0.1:0".parse().unwrap();
+    // The simulator runs on loopback, which the default (`public`) refuses.
+    settings.cloud_agent_allow = vec!["127.0.0.0/8".into()];
+    let shutdown = CancellationToken::new();
+    let server = start(settings, shutdown.clone()).await.unwrap();
+    let (_, admin) = bootstrap_tenant(&server.core.store, "acme", "cli")
+        .await
+        .unwrap();
+    let base = format!("http://{}", server.http_addr);
+    let core = server.core.clone();
+    tokio::spawn(server.wait());
+    let (sim, _) = dibop_e2e::dms_sim::spawn("127.0.0.1:0".parse().unwrap(), Default::default())
+        .await
+        .unwrap();
+    let mut cp = Cp {
+        _dir: dir,
+        base,
+        core,
+        admin,
+        sim: format!("http://{sim}"),
+        dms_sim: String::new(),
+        _shutdown: shutdown.drop_guard(),
+    };
+    let (_, catalogue) = cp.send("GET", "/catalogue?q=dms-sim", None).await;
+    cp.dms_sim = catalogue[0]["id"].as_str().unwrap().to_owned();
+    cp
+}
+
+impl Cp {
+    async fn send(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.send_as(&self.admin, method, path, body).await
+    }
+
+    async fn send_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = reqwest::Client::new()
+            .request(
+                method.parse().unwrap(),
+                format!("{}/api/v1{path}", self.base),
+            )
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Creates and activates a connection to the simulator.
+    async fn connect(&self, name: &str, auth_type: &str, credentials: Value) -> String {
+        let (status, created) = self
+            .send(
+                "POST",
+                "/connections",
+                Some(
+                    json!({"connector_id": self.dms_sim, "name": name, "auth_type": auth_type,
+                    "credentials": credentials, "base_url": self.sim, "activate": true}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        created["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn invoke(&self, id: &str, operation: &str, body: Value) -> (u16, Value) {
+        self.send(
+            "POST",
+            &format!("/connections/{id}/operations/{operation}/invoke"),
+            Some(body),
+        )
+        .await
+    }
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn every_scheme_of_the_simulator_calls_for_real() {
+    let cp = cp().await;
+    let key = cp
+        .connect("dms key", "api_key", json!({"api_key": "dms-demo-key"}))
+        .await;
+    let basic = cp
+        .connect(
+            "dms basic",
+            "basic",
+            json!({"username": "dealer", "password": "dealer-pass"}),
+        )
+        .await;
+    let oauth = cp
+        .connect(
+            "dms oauth",
+            "oauth2_client_credentials",
+            json!({"client_id": "dibop-client", "client_secret": "dibop-secret"}),
+        )
+        .await;
+    for id in [&key, &basic, &oauth] {
+        let (status, result) = cp
+            .invoke(id, "listVehicles", json!({"parameters": {"page_size": 2}}))
+            .await;
+        assert_eq!(status, 200, "{result}");
+        assert_eq!(result["ok"], true, "{result}");
+        assert_eq!(result["status"], 200);
+        assert_eq!(result["ranOn"], "cloud");
+        assert_eq!(
+            result["body"]["items"].as_array().unwrap().len(),
+            2,
+            "{result}"
+        );
+    }
+    // A path parameter, encoded; the VIN comes from the list.
+    let (_, list) = cp
+        .invoke(
+            &key,
+            "listVehicles",
+            json!({"parameters": {"page_size": 1}}),
+        )
+        .await;
+    let vin = list["body"]["items"][0]["vin"].as_str().unwrap().to_owned();
+    let (_, one) = cp
+        .invoke(&basic, "getVehicle", json!({"parameters": {"vin": vin}}))
+        .await;
+    assert_eq!(one["body"]["vin"], vin.as_str(), "{one}");
+
+    // OAuth2: one token for many calls.
+    let (_, second) = cp.invoke(&oauth, "listVehicles", json!({})).await;
+    assert_eq!(
+        second["tokenFetches"], 0,
+        "the cached token is reused: {second}"
+    );
+
+    // Bad parameters are named, nothing is sent.
+    let (status, answer) = cp
+        .invoke(&key, "getVehicle", json!({"parameters": {"vim": "x"}}))
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    let problems = answer["error"]["details"].to_string();
+    assert!(
+        problems.contains("`vim` is not a parameter")
+            && problems.contains("`vin` (path) is required"),
+        "{problems}"
+    );
+    let (status, _) = cp.invoke(&key, "noSuchOperation", json!({})).await;
+    assert_eq!(status, 404);
+
+    // The call log: every call, its connection, no credentials.
+    let (_, calls) = cp
+        .send("GET", &format!("/api-calls?connection_id={key}"), None)
+        .await;
+    let calls = calls.as_array().unwrap();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0]["connection_name"], "dms key");
+    assert_eq!(calls[0]["ran_on"], "cloud");
+    let (_, failed) = cp.send("GET", "/api-calls?outcome=failed", None).await;
+    assert_eq!(failed, json!([]));
+    let (_, all) = cp.send("GET", "/api-calls?limit=2", None).await;
+    assert_eq!(all.as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn test_connection_names_each_outcome() {
+    let cp = cp().await;
+    let test = |credentials: Value, base_url: String, settings: Value| {
+        json!({"connector_id": cp.dms_sim, "auth_type": "basic", "credentials": credentials,
+               "base_url": base_url, "settings": settings})
+    };
+    let good = json!({"username": "dealer", "password": "dealer-pass"});
+    // Typed into the form, not saved.
+    let (_, ok) = cp
+        .send(
+            "POST",
+            "/connections/test",
+            Some(test(good.clone(), cp.sim.clone(), json!({}))),
+        )
+        .await;
+    assert_eq!(
+        (ok["outcome"].as_str(), ok["success"].as_bool()),
+        (Some("success"), Some(true)),
+        "{ok}"
+    );
+    assert_eq!(ok["operation"], "health");
+
+    // A closed port.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        drop(l);
+        format!("http://{a}")
+    };
+    let (_, refused) = cp
+        .send(
+            "POST",
+            "/connections/test",
+            Some(test(good.clone(), closed, json!({"max_retries": 0}))),
+        )
+        .await;
+    assert_eq!(refused["outcome"], "network_error", "{refused}");
+
+    // A server that never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    let (_, slow) = cp
+        .send(
+            "POST",
+            "/connections/test",
+            Some(test(
+                good.clone(),
+                silent_url,
+                json!({"timeout_ms": 300, "max_retries": 0}),
+            )),
+        )
+        .await;
+    assert_eq!(slow["outcome"], "timeout", "{slow}");
+    assert!(
+        slow["detail"].as_str().unwrap().contains("300 ms"),
+        "{slow}"
+    );
+
+    // Outside the cloud agent's allow-list.
+    let (_, denied) = cp
+        .send(
+            "POST",
+            "/connections/test",
+            Some(test(
+                good.clone(),
+                "http://10.255.0.1:8080".into(),
+                json!({}),
+            )),
+        )
+        .await;
+    assert_eq!(denied["outcome"], "policy_denied", "{denied}");
+
+    // Missing and unknown credential fields are refused before anything runs.
+    let (status, answer) = cp
+        .send(
+            "POST",
+            "/connections/test",
+            Some(test(json!({"user": "x"}), cp.sim.clone(), json!({}))),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    let details = answer["error"]["details"].to_string();
+    for field in [
+        "credentials.user",
+        "credentials.username",
+        "credentials.password",
+    ] {
+        assert!(details.contains(field), "{field} not named: {details}");
+    }
+    // Nothing of the unsaved tests was stored.
+    let (_, list) = cp.send("GET", "/connections", None).await;
+    assert_eq!(list, json!([]));
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_an_auth_failure_and_oauth_errors_are_explained() {
+    let cp = cp().await;
+    let bad = cp
+        .connect("bad key", "api_key", json!({"api_key": "wrong-canary-key"}))
+        .await;
+    let (_, result) = cp.invoke(&bad, "listVehicles", json!({})).await;
+    assert_eq!(
+        (result["ok"].as_bool(), result["status"].as_u64()),
+        (Some(false), Some(401)),
+        "{result}"
+    );
+    assert_eq!(result["error"]["class"], "auth_failure");
+    let bad_oauth = cp
+        .connect(
+            "bad oauth",
+            "oauth2_client_credentials",
+            json!({"client_id": "dibop-client", "client_secret": "nope-canary"}),
+        )
+        .await;
+    let (_, result) = cp.invoke(&bad_oauth, "listVehicles", json!({})).await;
+    assert_eq!(result["error"]["class"], "auth_failure", "{result}");
+    let message = result["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("getting an OAuth2 token") && message.contains("/oauth/token"),
+        "{message}"
+    );
+    // The secrets appear in no answer and no log entry.
+    let (_, calls) = cp.send("GET", "/api-calls", None).await;
+    let (_, views) = cp.send("GET", "/connections", None).await;
+    for text in [result.to_string(), calls.to_string(), views.to_string()] {
+        assert!(!text.contains("canary"), "a secret leaked: {text}");
+    }
+    // Non-secret fields are shown; secret ones only as set.
+    let (_, one) = cp
+        .send("GET", &format!("/connections/{bad_oauth}"), None)
+        .await;
+    assert_eq!(
+        one["credentials"]["client_id"],
+        json!({"secret": false, "set": true, "value": "dibop-client"})
+    );
+    assert_eq!(
+        one["credentials"]["client_secret"],
+        json!({"secret": true, "set": true})
+    );
+}
+
+#[tokio::test]
+async fn retries_follow_503_and_429_only_where_safe() {
+    let cp = cp().await;
+    let id = cp
+        .connect("dms", "api_key", json!({"api_key": "dms-demo-key"}))
+        .await;
+    let faults = |fault: &str, count: u32| {
+        let url = format!("{}/_sim/faults", cp.sim);
+        let body = json!({"fault": fault, "count": count});
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // Two 503s, then success: a GET is retried (the connector allows 3 tries).
+    faults("503", 2).await;
+    let (_, result) = cp.invoke(&id, "listVehicles", json!({})).await;
+    assert_eq!(
+        (result["ok"].as_bool(), result["attempts"].as_u64()),
+        (Some(true), Some(3)),
+        "{result}"
+    );
+    // A 429 with Retry-After: waited for, then retried.
+    faults("429", 1).await;
+    let started = std::time::Instant::now();
+    let (_, result) = cp.invoke(&id, "listVehicles", json!({})).await;
+    assert_eq!(
+        (result["ok"].as_bool(), result["attempts"].as_u64()),
+        (Some(true), Some(2)),
+        "{result}"
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(2),
+        "Retry-After: 2 was not honoured"
+    );
+    // A POST is not repeated.
+    faults("503", 1).await;
+    let (_, result) = cp
+        .invoke(
+            &id,
+            "createAppointment",
+            json!({"parameters": {"appointment": {"start": "2027-01-01T09:00:00Z"}}}),
+        )
+        .await;
+    assert_eq!(
+        (result["status"].as_u64(), result["attempts"].as_u64()),
+        (Some(503), Some(1)),
+        "{result}"
+    );
+    // Retries off.
+    cp.send(
+        "PATCH",
+        &format!("/connections/{id}"),
+        Some(json!({"settings": {"retry_on_failure": false}})),
+    )
+    .await;
+    faults("503", 1).await;
+    let (_, result) = cp.invoke(&id, "listVehicles", json!({})).await;
+    assert_eq!(result["attempts"], 1, "{result}");
+}
+
+#[tokio::test]
+async fn lifecycle_activation_rotation_deletion() {
+    let cp = cp().await;
+    let (status, created) = cp
+        .send(
+            "POST",
+            "/connections",
+            Some(json!({"connector_id": cp.dms_sim, "credentials": {"api_key": "old-canary"}, "base_url": cp.sim})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        created["name"], "DMS Simulator",
+        "the name defaults to the system's"
+    );
+    assert_eq!(created["status"], "inactive");
+    assert_eq!(created["health"], "unchecked");
+    assert_eq!(created["connector_version"], "1.0.0");
+    let (status, answer) = cp.invoke(&id, "listVehicles", json!({})).await;
+    assert_eq!((status, code(&answer)), (409, "connection_inactive"));
+    // Saved credentials are wrong: Test Connection of the saved one still
+    // succeeds (the health check is open), the call says 401.
+    let (_, activated) = cp
+        .send("POST", &format!("/connections/{id}/activate"), None)
+        .await;
+    assert_eq!(activated["connection"]["status"], "active");
+    assert_eq!(activated["active_orchestrations"], json!([]));
+    let (_, result) = cp.invoke(&id, "listVehicles", json!({})).await;
+    assert_eq!(result["status"], 401);
+    // Rotation: audited, and the next call uses the new key.
+    let (status, rotated) = cp
+        .send(
+            "PUT",
+            &format!("/connections/{id}/credentials"),
+            Some(json!({"credentials": {"api_key": "dms-demo-key"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let (_, result) = cp.invoke(&id, "listVehicles", json!({})).await;
+    assert_eq!(result["ok"], true, "{result}");
+    let (_, audit) = cp
+        .send("GET", "/audit?action=connection.rotate_credentials", None)
+        .await;
+    assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
+    assert!(!audit.to_string().contains("dms-demo-key"));
+    // Health: checked now, recorded.
+    let (_, h) = cp
+        .send("POST", &format!("/connections/{id}/health/check"), None)
+        .await;
+    assert_eq!(h["status"], "healthy", "{h}");
+    let (_, history) = cp
+        .send("GET", &format!("/connections/{id}/health"), None)
+        .await;
+    assert_eq!(history.as_array().unwrap().len(), 1);
+    let (_, now) = cp.send("GET", &format!("/connections/{id}"), None).await;
+    assert_eq!(now["health"], "healthy");
+    // Log level changes at run time.
+    let (status, patched) = cp
+        .send(
+            "PATCH",
+            &format!("/connections/{id}"),
+            Some(json!({"settings": {"log_level": "debug"}})),
+        )
+        .await;
+    assert_eq!(
+        (status, patched["settings"]["log_level"].as_str()),
+        (200, Some("debug"))
+    );
+    let (status, _) = cp
+        .send(
+            "PATCH",
+            &format!("/connections/{id}"),
+            Some(json!({"settings": {"log_level": "loud"}})),
+        )
+        .await;
+    assert_eq!(status, 422);
+    // Deactivated: no calls; deleted: gone, the call log keeps the name.
+    cp.send("POST", &format!("/connections/{id}/deactivate"), None)
+        .await;
+    let (status, _) = cp.invoke(&id, "listVehicles", json!({})).await;
+    assert_eq!(status, 409);
+    assert_eq!(
+        cp.send("DELETE", &format!("/connections/{id}"), None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        cp.send("GET", &format!("/connections/{id}"), None).await.0,
+        404
+    );
+    assert_eq!(cp.invoke(&id, "listVehicles", json!({})).await.0, 404);
+    let (_, calls) = cp
+        .send("GET", &format!("/api-calls?connection_id={id}"), None)
+        .await;
+    assert_eq!(calls[0]["connection_name"], "DMS Simulator");
+    // No secret row is left behind.
+    assert!(cp.core.store.secrets(&id).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn bad_connections_are_refused_with_every_problem() {
+    let cp = cp().await;
+    let (status, answer) = cp
+        .send(
+            "POST",
+            "/connections",
+            Some(
+                json!({"connector_id": cp.dms_sim, "auth_type": "kerberos", "base_url": "ftp://x",
+                "execution_mode": "agent_group", "settings": {"timeout_ms": 0, "max_retries": 99}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    let details = answer["error"]["details"].to_string();
+    for field in [
+        "auth_type",
+        "base_url",
+        "agent_group_id",
+        "settings.timeout_ms",
+        "settings.max_retries",
+    ] {
+        assert!(
+            details.contains(&format!("\"{field}\"")),
+            "{field} not named: {details}"
+        );
+    }
+    let (status, _) = cp
+        .send(
+            "POST",
+            "/connections",
+            Some(json!({"connector_id": "cnr_nope"})),
+        )
+        .await;
+    assert_eq!(status, 404);
+    // A draft is not usable.
+    let draft: Value = serde_yaml_ng::from_str(
+        &include_str!("../../catalogue/dms-sim.yaml").replace("slug: dms-sim", "slug: my-dms"),
+    )
+    .unwrap();
+    let (_, d) = cp.send("POST", "/connectors", Some(draft)).await;
+    let (status, answer) = cp
+        .send(
+            "POST",
+            "/connections",
+            Some(json!({"connector_id": d["id"], "credentials": {"api_key": "k"}})),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&answer)),
+        (409, "connector_not_published"),
+        "{answer}"
+    );
+    // Names are unique per enterprise.
+    cp.connect("twice", "api_key", json!({"api_key": "k"}))
+        .await;
+    let (status, _) = cp
+        .send("POST", "/connections", Some(json!({"connector_id": cp.dms_sim, "name": "twice", "credentials": {"api_key": "k"}})))
+        .await;
+    assert_eq!(status, 409);
+    // A viewer reads, cannot invoke or create.
+    let (_, viewer) = cp
+        .send(
+            "POST",
+            "/api-tokens",
+            Some(json!({"name": "v", "role": "viewer"})),
+        )
+        .await;
+    let viewer = viewer["token"].as_str().unwrap();
+    assert_eq!(cp.send_as(viewer, "GET", "/connections", None).await.0, 200);
+    let (_, list) = cp.send("GET", "/connections", None).await;
+    let id = list[0]["id"].as_str().unwrap();
+    assert_eq!(
+        cp.send_as(
+            viewer,
+            "POST",
+            &format!("/connections/{id}/operations/listVehicles/invoke"),
+            Some(json!({}))
+        )
+        .await
+        .0,
+        403
+    );
+}
+
+#[tokio::test]
+async fn pagination_is_followed_up_to_the_cap() {
+    let cp = cp().await;
+    let id = cp
+        .connect("dms", "api_key", json!({"api_key": "dms-demo-key"}))
+        .await;
+    let (status, result) = cp
+        .invoke(
+            &id,
+            "listCustomers",
+            json!({"parameters": {"page_size": 5}, "max_pages": 3}),
+        )
+        .await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["pageCount"], 3, "{result}");
+    assert_eq!(result["items"].as_array().unwrap().len(), 15);
+    assert_eq!(result["truncated"], true);
+    let ids: std::collections::HashSet<String> = result["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    assert_eq!(ids.len(), 15, "pages repeat items");
+    let (_, calls) = cp
+        .send("GET", &format!("/api-calls?connection_id={id}"), None)
+        .await;
+    assert_eq!(
+        calls.as_array().unwrap().len(),
+        3,
+        "each page is a recorded call"
+    );
+}
