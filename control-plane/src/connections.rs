@@ -1171,3 +1171,38 @@ pub(crate) async fn list_calls(
         .collect();
     Ok(paged(views, limit, "/api-calls", |c| c.id.clone()))
 }
+
+/// Creates a connection from a request body as `dibop dev` (or another
+/// trusted caller) does; one of that name is pointed at the body's base URL
+/// and agent group and activated instead. Returns its id.
+pub async fn ensure(core: &Core, tenant_id: &str, body: Value) -> anyhow::Result<String> {
+    let req: ConnectionRequest = serde_json::from_value(body)?;
+    let name = req.name.clone().unwrap_or_default();
+    if let Some(mut existing) = core
+        .store
+        .list_connections(tenant_id, None, 500)
+        .await?
+        .into_iter()
+        .find(|c| c.name == name)
+    {
+        existing.base_url = req.base_url.clone();
+        existing.agent_group_id = req.agent_group_id.clone();
+        existing.status = "active".into();
+        existing.updated_at = now_unix();
+        core.store.update_connection(&existing).await?;
+        return Ok(existing.id);
+    }
+    let p = Principal {
+        tenant_id: tenant_id.to_owned(),
+        role: "enterprise_admin".into(),
+        token_id: "dibop-dev".into(),
+    };
+    let checked = check_request(core, &p, req)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create the connection: {e:?}"))?;
+    let sealed = seal_all(core, tenant_id, &checked.row.id, &checked.credentials, None)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot seal the credentials: {e:?}"))?;
+    core.store.create_connection(&checked.row, &sealed).await?;
+    Ok(checked.row.id)
+}

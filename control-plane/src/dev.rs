@@ -159,12 +159,43 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // A ready connection to the simulator through the demo site's agent.
+    let dms_sim = core
+        .store
+        .catalogue(
+            &tenant_id,
+            false,
+            &crate::store::CatalogueFilter {
+                text: Some("dms-sim".into()),
+                ..Default::default()
+            },
+            None,
+            1,
+        )
+        .await?
+        .into_iter()
+        .next()
+        .map(|c| c.id)
+        .context("the built-in dms-sim connector is missing")?;
+    let sim = dibop_e2e::dms_sim::SimAuth::default();
+    let connection_id = crate::connections::ensure(
+        &core,
+        &tenant_id,
+        json!({
+            "connector_id": dms_sim, "name": "Demo DMS", "auth_type": "api_key",
+            "credentials": {"api_key": sim.api_key}, "base_url": dms_url,
+            "execution_mode": "agent_group", "agent_group_id": group.id, "activate": true,
+        }),
+    )
+    .await?;
+
     let api_url = format!("http://{}", server.http_addr);
     let credentials = json!({
         "api_url": api_url,
         "api_token": api_token,
         "tenant_id": tenant_id,
         "agent_group_id": group.id,
+        "connection_id": connection_id,
         "dms_url": dms_url,
         "dms_api_key": dibop_e2e::dms_sim::SimAuth::default().api_key,
         "tunnel_addr": server.tunnel_addr.to_string(),
@@ -173,17 +204,17 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
     });
     let path = data_dir.join("dev-credentials.json");
     write_private(&path, &serde_json::to_vec_pretty(&credentials)?)?;
-    let sim = dibop_e2e::dms_sim::SimAuth::default();
     println!(
         "\nDIBOP is running.\n\
          \n  API          {api_url}   (token in {path})\
          \n  tunnel       quic://{tunnel}\
          \n  DMS sim      {dms_url}   (X-API-Key: {key})\
-         \n  agent group  {group} ({group_name}), 1 agent online\n\
-         \nMake a first relayed call, through the agent, to the DMS simulator:\n\
-         \n  curl -s -X POST {api_url}/api/v1/agent-groups/{group}/calls \\\
+         \n  agent group  {group} ({group_name}), 1 agent online\
+         \n  connection   {connection_id} (Demo DMS: dms-sim through the agent group)\n\
+         \nMake a first relayed call: operation listVehicles of the connection, run by the agent:\n\
+         \n  curl -s -X POST {api_url}/api/v1/connections/{connection_id}/operations/listVehicles/invoke \\\
          \n    -H 'Authorization: Bearer {api_token}' -H 'Content-Type: application/json' \\\
-         \n    -d '{{\"method\":\"GET\",\"url\":\"{dms_url}/api/v1/vehicles?page_size=2\",\"headers\":{{\"X-API-Key\":\"{key}\"}}}}'\n\
+         \n    -d '{{\"parameters\":{{\"page_size\":2}}}}'\n\
          \nList agents:  curl -s {api_url}/api/v1/agents -H 'Authorization: Bearer {api_token}'\
          \nPress Ctrl-C to stop.\n",
         path = path.display(),

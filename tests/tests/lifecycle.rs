@@ -38,6 +38,7 @@ async fn dibop_dev_runs_the_whole_platform_and_stops_cleanly() {
         "api_token",
         "tenant_id",
         "agent_group_id",
+        "connection_id",
         "dms_url",
     ] {
         assert!(
@@ -52,7 +53,23 @@ async fn dibop_dev_runs_the_whole_platform_and_stops_cleanly() {
     let group = creds["agent_group_id"].as_str().unwrap();
     let dms = creds["dms_url"].as_str().unwrap();
 
-    // The printed first call works: through the demo agent to the simulator.
+    // The printed first call works: operation listVehicles of the seeded
+    // connection, run by the demo agent.
+    let connection = creds["connection_id"].as_str().unwrap();
+    let (status, result) = api
+        .send(
+            "POST",
+            &format!("/connections/{connection}/operations/listVehicles/invoke"),
+            Some(json!({"parameters": {"page_size": 2}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(result["body"]["items"].as_array().unwrap().len(), 2);
+    assert!(result["ranOn"].as_str().unwrap().starts_with("agt_"), "{result}");
+
+    // And a raw diagnostic call through the demo agent to the simulator.
     let (status, result) = api
         .call(
             group,
