@@ -71,3 +71,12 @@ CREATE TABLE api_calls (
 );
 CREATE INDEX api_calls_by_tenant ON api_calls (tenant_id, id);
 CREATE INDEX api_calls_by_connection ON api_calls (connection_id, at);
+
+-- Per-connection roles: `admin` (manage it) or an HTTP verb its operations
+-- use (invoke those). Subjects are `user:usr_…` or `token:tok_…`.
+CREATE TABLE connection_grants (
+    connection_id  TEXT NOT NULL REFERENCES connections(id) ON DELETE CASCADE,
+    subject        TEXT NOT NULL,
+    role           TEXT NOT NULL,
+    PRIMARY KEY (connection_id, subject, role)
+);

@@ -85,6 +85,7 @@ pub async fn issue_token(
         expires_at,
         revoked_at: None,
         last_used_at: None,
+        user_id: None,
     };
     store
         .create_api_token(&row, &crate::ids::hash_secret(&secret))

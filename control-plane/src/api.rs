@@ -186,12 +186,23 @@ pub struct Principal {
     pub role: String,
     /// The API token used.
     pub token_id: String,
+    /// The signed-in user, for session tokens.
+    pub user_id: Option<String>,
 }
 
 impl Principal {
     /// How the audit log names this caller.
     pub fn actor(&self) -> String {
         format!("token:{}", self.token_id)
+    }
+
+    /// How connection grants name this caller: `user:usr_…` for a
+    /// signed-in user, `token:tok_…` for an API token.
+    pub fn subject(&self) -> String {
+        match &self.user_id {
+            Some(u) => format!("user:{u}"),
+            None => format!("token:{}", self.token_id),
+        }
     }
 }
 
@@ -308,6 +319,7 @@ impl FromRequestParts<Arc<Core>> for Principal {
             tenant_id: t.tenant_id,
             role: t.role,
             token_id: t.id,
+            user_id: t.user_id,
         })
     }
 }
@@ -471,6 +483,10 @@ pub fn router(core: Arc<Core>) -> Router {
         .route(
             "/connections/{id}/test",
             post(crate::connections::test_saved),
+        )
+        .route(
+            "/connections/{id}/grants",
+            get(crate::connections::grants).put(crate::connections::set_grants),
         )
         .route("/connections/{id}/health", get(crate::connections::health))
         .route(

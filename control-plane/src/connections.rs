@@ -565,6 +565,56 @@ async fn own(core: &Core, p: &Principal, id: &str) -> Result<ConnectionRow, ApiE
         .ok_or_else(|| ApiError::not_found("connection", id))
 }
 
+fn is_tenant_admin(p: &Principal) -> bool {
+    matches!(p.role.as_str(), "enterprise_admin" | "platform_admin")
+}
+
+/// Checks the caller's role on a connection: enterprise admins hold every
+/// role; others need a grant of `role` (an HTTP verb, or `admin`), and the
+/// `admin` grant holds every verb.
+async fn authorize(
+    core: &Core,
+    p: &Principal,
+    c: &ConnectionRow,
+    role: &str,
+) -> Result<(), ApiError> {
+    if is_tenant_admin(p) {
+        return Ok(());
+    }
+    if p.role != "viewer" && core.store.has_grant(&c.id, &p.subject(), role).await? {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        if role == "admin" {
+            format!(
+                "managing connection {} needs its `admin` role: an enterprise admin grants it",
+                c.name
+            )
+        } else {
+            format!(
+                "{role} operations of connection {} need its `{role}` role: an enterprise admin grants it \
+                 (PUT /api/v1/connections/{}/grants)",
+                c.name, c.id
+            )
+        },
+    ))
+}
+
+/// The roles a connection has: `admin` and one per HTTP verb of its operations.
+fn roles_of(definition: &Value) -> Vec<String> {
+    let mut roles = vec!["admin".to_owned()];
+    for op in definition["operations"].as_array().into_iter().flatten() {
+        if let Some(m) = op["method"].as_str()
+            && !roles.iter().any(|r| r == m)
+        {
+            roles.push(m.to_owned());
+        }
+    }
+    roles
+}
+
 /// `POST /api/v1/connections`
 #[utoipa::path(post, path = "/api/v1/connections", tag = "connections",
     summary = "Create a connection from a published connector version (inactive unless `activate`)",
@@ -652,8 +702,8 @@ pub(crate) async fn update(
     ApiPath(id): ApiPath<String>,
     ApiJson(patch): ApiJson<ConnectionPatch>,
 ) -> Result<Json<ConnectionView>, ApiError> {
-    require_admin(&p)?;
     let mut c = own(&core, &p, &id).await?;
+    authorize(&core, &p, &c, "admin").await?;
     let mut problems = Vec::new();
     if let Some(name) = &patch.name {
         let name = name.trim();
@@ -742,7 +792,8 @@ pub(crate) async fn delete(
     p: Principal,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    require_admin(&p)?;
+    let c = own(&core, &p, &id).await?;
+    authorize(&core, &p, &c, "admin").await?;
     if !core.store.delete_connection(&p.tenant_id, &id).await? {
         return Err(ApiError::not_found("connection", &id));
     }
@@ -838,8 +889,8 @@ pub(crate) async fn rotate_credentials(
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<CredentialsRequest>,
 ) -> Result<Json<ConnectionView>, ApiError> {
-    require_admin(&p)?;
     let c = own(&core, &p, &id).await?;
+    authorize(&core, &p, &c, "admin").await?;
     let resolved = execute::resolve(&core, c.clone()).await?;
     let mut problems = Vec::new();
     let creds = check_credentials(&resolved.scheme(), &req.credentials, &mut problems);
@@ -883,6 +934,7 @@ pub(crate) async fn test_saved(
     require_operator(&p)?;
     let c = own(&core, &p, &id).await?;
     let resolved = execute::resolve(&core, c).await?;
+    authorize(&core, &p, &resolved.row, &health_method(&resolved)).await?;
     Ok(Json(
         execute::test(&core, &resolved, &p.actor(), true).await,
     ))
@@ -922,6 +974,118 @@ pub(crate) async fn test_unsaved(
     Ok(Json(
         execute::test(&core, &resolved, &p.actor(), false).await,
     ))
+}
+
+fn health_method(c: &Resolved) -> String {
+    let id = c.definition["health_check"].as_str().unwrap_or_default();
+    c.operation(id)
+        .and_then(|o| o["method"].as_str())
+        .unwrap_or("GET")
+        .to_owned()
+}
+
+/// One grant of a role on a connection.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// `user:usr_…` or `token:tok_…`.
+    subject: String,
+    /// `admin` or an HTTP verb of the connector's operations.
+    role: String,
+}
+
+/// A connection's roles and who holds them.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct GrantsView {
+    /// `admin` plus one role per HTTP verb the operations use.
+    roles: Vec<String>,
+    grants: Vec<Grant>,
+}
+
+/// The body of `PUT /connections/{id}/grants`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantsRequest {
+    /// Every grant (replaces the list).
+    grants: Vec<Grant>,
+}
+
+/// `GET /api/v1/connections/{id}/grants`
+#[utoipa::path(get, path = "/api/v1/connections/{id}/grants", tag = "connections",
+    summary = "A connection's roles (admin, one per HTTP verb) and who holds them",
+    params(("id" = String, Path, description = "The resource id")),
+    responses((status = 200, body = GrantsView), (status = 404, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn grants(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<GrantsView>, ApiError> {
+    let c = own(&core, &p, &id).await?;
+    let resolved = execute::resolve(&core, c).await?;
+    let grants = core.store.grants(&id).await?;
+    Ok(Json(GrantsView {
+        roles: roles_of(&resolved.definition),
+        grants: grants
+            .into_iter()
+            .map(|(subject, role)| Grant { subject, role })
+            .collect(),
+    }))
+}
+
+/// `PUT /api/v1/connections/{id}/grants`
+#[utoipa::path(put, path = "/api/v1/connections/{id}/grants", tag = "connections",
+    summary = "Set who holds the connection's roles (enterprise admins and the connection's admins)",
+    description = "Enterprise admins hold every role on every connection. Others need the HTTP verb's role to invoke \
+        operations of that verb, and `admin` to manage the connection (it includes every verb); viewers never invoke.",
+    params(("id" = String, Path, description = "The resource id")), request_body = GrantsRequest,
+    responses((status = 200, body = GrantsView), (status = 422, body = crate::openapi::ErrorBody),
+        (status = 404, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn set_grants(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<GrantsRequest>,
+) -> Result<Json<GrantsView>, ApiError> {
+    let c = own(&core, &p, &id).await?;
+    authorize(&core, &p, &c, "admin").await?;
+    let resolved = execute::resolve(&core, c).await?;
+    let roles = roles_of(&resolved.definition);
+    let mut problems = Vec::new();
+    let mut grants: Vec<(String, String)> = Vec::new();
+    for (i, g) in req.grants.iter().enumerate() {
+        if !roles.contains(&g.role) {
+            problems.push(json!({"field": format!("grants[{i}].role"), "problem": format!("`{}` is not one of {}", g.role, roles.join(", "))}));
+        }
+        if !core.store.subject_exists(&p.tenant_id, &g.subject).await? {
+            problems.push(json!({"field": format!("grants[{i}].subject"), "problem": format!("`{}` is no user (user:usr_…) or API token (token:tok_…) of your enterprise", g.subject)}));
+        }
+        let pair = (g.subject.clone(), g.role.clone());
+        if !grants.contains(&pair) {
+            grants.push(pair);
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::invalid("the grants are invalid").with_details(json!(problems)));
+    }
+    core.store.replace_grants(&id, &grants).await?;
+    record(
+        &core.store,
+        Some(&p.tenant_id),
+        &p.actor(),
+        "connection.grants",
+        ("connection", &id),
+        json!({"grants": grants.iter().map(|(s, r)| json!({"subject": s, "role": r})).collect::<Vec<_>>()}),
+    )
+    .await;
+    Ok(Json(GrantsView {
+        roles,
+        grants: grants
+            .into_iter()
+            .map(|(subject, role)| Grant { subject, role })
+            .collect(),
+    }))
 }
 
 /// One health check as the API shows it.
@@ -971,6 +1135,8 @@ pub(crate) async fn check_now(
 ) -> Result<Json<HealthView>, ApiError> {
     require_operator(&p)?;
     let c = own(&core, &p, &id).await?;
+    let resolved = execute::resolve(&core, c.clone()).await?;
+    authorize(&core, &p, &c, &health_method(&resolved)).await?;
     if c.status != "active" {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -1037,6 +1203,13 @@ pub(crate) async fn invoke(
     let Some(op) = resolved.operation(&operation).cloned() else {
         return Err(ApiError::not_found("operation", &operation));
     };
+    authorize(
+        &core,
+        &p,
+        &resolved.row,
+        op["method"].as_str().unwrap_or("GET"),
+    )
+    .await?;
     if let Some(pages) = body.max_pages
         && !(1..=100).contains(&pages)
     {
@@ -1196,6 +1369,7 @@ pub async fn ensure(core: &Core, tenant_id: &str, body: Value) -> anyhow::Result
         tenant_id: tenant_id.to_owned(),
         role: "enterprise_admin".into(),
         token_id: "dibop-dev".into(),
+        user_id: None,
     };
     let checked = check_request(core, &p, req)
         .await

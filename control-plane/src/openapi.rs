@@ -161,6 +161,8 @@ impl Modify for BearerAuth {
         crate::connections::check_now,
         crate::connections::invoke,
         crate::connections::list_calls,
+        crate::connections::grants,
+        crate::connections::set_grants,
     ),
     components(schemas(ErrorBody, ErrorDetail, EnrollmentTokenView, CreatedTokenView, SessionView)),
     modifiers(&BearerAuth)

@@ -31,7 +31,7 @@ macro_rules! select_agents {
 macro_rules! select_tokens {
     ($tail:literal) => {
         concat!(
-            "SELECT id, tenant_id, name, role, prefix, created_at, expires_at, revoked_at, last_used_at \
+            "SELECT id, tenant_id, name, role, prefix, created_at, expires_at, revoked_at, last_used_at, user_id \
              FROM api_tokens ",
             $tail
         )
@@ -134,6 +134,8 @@ pub struct ApiTokenRow {
     pub revoked_at: Option<i64>,
     /// Last use (updated at most every few seconds).
     pub last_used_at: Option<i64>,
+    /// The signed-in user, for session tokens.
+    pub user_id: Option<String>,
 }
 
 /// A person who signs in.
@@ -508,7 +510,7 @@ impl Store {
     ) -> Result<Option<ApiTokenRow>, StoreError> {
         Ok(sqlx::query_as::<_, ApiTokenRow>(
             "SELECT t.id, t.tenant_id, t.name, COALESCE(u.role, t.role) AS role, t.prefix, t.created_at, \
-                    t.expires_at, COALESCE(t.revoked_at, u.disabled_at) AS revoked_at, t.last_used_at \
+                    t.expires_at, COALESCE(t.revoked_at, u.disabled_at) AS revoked_at, t.last_used_at, t.user_id \
              FROM api_tokens t LEFT JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1",
         )
         .bind(token_hash)
@@ -1474,6 +1476,7 @@ mod tests {
             expires_at: Some(1_000),
             revoked_at: None,
             last_used_at: None,
+            user_id: None,
         }
     }
 

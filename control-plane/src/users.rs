@@ -169,6 +169,7 @@ pub async fn login(
         expires_at: Some(now_unix() + SESSION_TTL_SECS),
         revoked_at: None,
         last_used_at: None,
+        user_id: None,
     };
     store
         .create_session(&row, &user.id, &crate::ids::hash_secret(&secret))

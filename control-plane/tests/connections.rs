@@ -617,3 +617,121 @@ async fn pagination_is_followed_up_to_the_cap() {
         "each page is a recorded call"
     );
 }
+
+#[tokio::test]
+async fn operators_need_the_verbs_role_on_the_connection() {
+    let cp = cp().await;
+    let id = cp
+        .connect("dms", "api_key", json!({"api_key": "dms-demo-key"}))
+        .await;
+    let (_, op) = cp
+        .send(
+            "POST",
+            "/api-tokens",
+            Some(json!({"name": "ops", "role": "operator"})),
+        )
+        .await;
+    let (operator, operator_id) = (
+        op["token"].as_str().unwrap().to_owned(),
+        op["id"].as_str().unwrap().to_owned(),
+    );
+    let invoke = |operation: &str| format!("/connections/{id}/operations/{operation}/invoke");
+    let (status, answer) = cp
+        .send_as(&operator, "POST", &invoke("listVehicles"), Some(json!({})))
+        .await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`GET` role"),
+        "{answer}"
+    );
+
+    let (_, roles) = cp
+        .send("GET", &format!("/connections/{id}/grants"), None)
+        .await;
+    assert_eq!(roles["roles"], json!(["admin", "GET", "POST"]));
+    let grants_path = format!("/connections/{id}/grants");
+    let grant = |grants: Value| cp.send("PUT", &grants_path, Some(json!({"grants": grants})));
+    let (status, answer) = grant(json!([{"subject": "token:tok_nope", "role": "GET"}, {"subject": format!("token:{operator_id}"), "role": "DELETE"}])).await;
+    assert_eq!(status, 422, "{answer}");
+    let details = answer["error"]["details"].to_string();
+    assert!(
+        details.contains("grants[0].subject") && details.contains("grants[1].role"),
+        "{details}"
+    );
+
+    let (status, _) =
+        grant(json!([{"subject": format!("token:{operator_id}"), "role": "GET"}])).await;
+    assert_eq!(status, 200);
+    let (status, result) = cp
+        .send_as(&operator, "POST", &invoke("listVehicles"), Some(json!({})))
+        .await;
+    assert_eq!(
+        (status, result["ok"].as_bool()),
+        (200, Some(true)),
+        "{result}"
+    );
+    let (status, _) = cp
+        .send_as(
+            &operator,
+            "POST",
+            &invoke("createAppointment"),
+            Some(json!({"parameters": {"appointment": {"start": "2027-01-01T09:00:00Z"}}})),
+        )
+        .await;
+    assert_eq!(status, 403, "GET does not allow POST");
+    let (status, _) = cp
+        .send_as(
+            &operator,
+            "PATCH",
+            &format!("/connections/{id}"),
+            Some(json!({"name": "x"})),
+        )
+        .await;
+    assert_eq!(status, 403, "managing needs admin");
+    // The connection's admin role holds every verb and management.
+    grant(json!([{"subject": format!("token:{operator_id}"), "role": "admin"}])).await;
+    let (status, _) = cp
+        .send_as(
+            &operator,
+            "PATCH",
+            &format!("/connections/{id}"),
+            Some(json!({"name": "renamed"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = cp
+        .send_as(
+            &operator,
+            "POST",
+            &invoke("createAppointment"),
+            Some(json!({"parameters": {"appointment": {"start": "2027-01-01T09:00:00Z"}}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // Grants are audited; a viewer never invokes, grant or not.
+    let (_, audit) = cp
+        .send("GET", "/audit?action=connection.grants", None)
+        .await;
+    assert_eq!(audit.as_array().unwrap().len(), 2);
+    let (_, v) = cp
+        .send(
+            "POST",
+            "/api-tokens",
+            Some(json!({"name": "v", "role": "viewer"})),
+        )
+        .await;
+    grant(json!([{"subject": format!("token:{}", v["id"].as_str().unwrap()), "role": "admin"}]))
+        .await;
+    let (status, _) = cp
+        .send_as(
+            v["token"].as_str().unwrap(),
+            "POST",
+            &invoke("listVehicles"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 403);
+}

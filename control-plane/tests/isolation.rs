@@ -63,6 +63,12 @@ const WALK: &[(&str, &str, Option<&str>)] = &[
         Some(r#"{"credentials":{"api_key":"k"}}"#),
     ),
     ("POST", "/connections/{connection}/test", None),
+    ("GET", "/connections/{connection}/grants", None),
+    (
+        "PUT",
+        "/connections/{connection}/grants",
+        Some(r#"{"grants":[]}"#),
+    ),
     ("GET", "/connections/{connection}/health", None),
     ("POST", "/connections/{connection}/health/check", None),
     (

@@ -67,7 +67,10 @@ async fn dibop_dev_runs_the_whole_platform_and_stops_cleanly() {
     assert_eq!(status, 200, "{result}");
     assert_eq!(result["ok"], true, "{result}");
     assert_eq!(result["body"]["items"].as_array().unwrap().len(), 2);
-    assert!(result["ranOn"].as_str().unwrap().starts_with("agt_"), "{result}");
+    assert!(
+        result["ranOn"].as_str().unwrap().starts_with("agt_"),
+        "{result}"
+    );
 
     // And a raw diagnostic call through the demo agent to the simulator.
     let (status, result) = api

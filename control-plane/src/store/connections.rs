@@ -317,7 +317,11 @@ impl Store {
     /// Deletes a connection with its secrets and health history.
     pub async fn delete_connection(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        for table in ["connection_secrets", "connection_health"] {
+        for table in [
+            "connection_secrets",
+            "connection_health",
+            "connection_grants",
+        ] {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DELETE FROM {table} WHERE connection_id = $1 AND EXISTS \
                  (SELECT 1 FROM connections WHERE id = $1 AND tenant_id = $2)"
@@ -434,5 +438,84 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// A connection's grants: (subject, role).
+    pub async fn grants(&self, connection_id: &str) -> Result<Vec<(String, String)>, StoreError> {
+        use sqlx::Row as _;
+        let rows = sqlx::query(
+            "SELECT subject, role FROM connection_grants WHERE connection_id = $1 ORDER BY subject, role",
+        )
+        .bind(connection_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>("subject")?,
+                    r.try_get::<String, _>("role")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Replaces a connection's grants.
+    pub async fn replace_grants(
+        &self,
+        connection_id: &str,
+        grants: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM connection_grants WHERE connection_id = $1")
+            .bind(connection_id)
+            .execute(&mut *tx)
+            .await?;
+        for (subject, role) in grants {
+            sqlx::query(
+                "INSERT INTO connection_grants (connection_id, subject, role) VALUES ($1, $2, $3)",
+            )
+            .bind(connection_id)
+            .bind(subject)
+            .bind(role)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Whether `subject` holds `role` (or `admin`) on the connection.
+    pub async fn has_grant(
+        &self,
+        connection_id: &str,
+        subject: &str,
+        role: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query(
+            "SELECT 1 FROM connection_grants WHERE connection_id = $1 AND subject = $2 AND (role = $3 OR role = 'admin')",
+        )
+        .bind(connection_id)
+        .bind(subject)
+        .bind(role)
+        .fetch_optional(&self.pool)
+        .await?
+        .is_some())
+    }
+
+    /// Whether a user or token of this tenant exists (`user:usr_…`, `token:tok_…`).
+    pub async fn subject_exists(&self, tenant_id: &str, subject: &str) -> Result<bool, StoreError> {
+        let (table, id) = match subject.split_once(':') {
+            Some(("user", id)) => ("users", id),
+            Some(("token", id)) => ("api_tokens", id),
+            _ => return Ok(false),
+        };
+        Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT 1 FROM {table} WHERE tenant_id = $1 AND id = $2"
+        )))
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .is_some())
     }
 }
