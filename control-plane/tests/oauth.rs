@@ -1,0 +1,228 @@
+//! OAuth2 and OpenID Connect against a real provider: the npm package
+//! `oidc-provider` (installed by `scripts/test`), run with Node.js. A small
+//! resource server accepts a bearer token only when the provider's
+//! introspection endpoint says it is active, so revocation at the provider
+//! is felt by the connection.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use dibop_control_plane::{Settings, bootstrap_tenant, start};
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt as _;
+use tokio_util::sync::CancellationToken;
+
+fn test_deps() -> PathBuf {
+    std::env::var("DIBOP_TEST_DEPS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-deps"))
+}
+
+/// Starts the provider; returns its issuer URL and the process.
+async fn provider() -> (String, tokio::process::Child) {
+    let lib = test_deps().join("node_modules/oidc-provider/lib/index.js");
+    assert!(
+        lib.exists(),
+        "{} is missing: run scripts/test (it installs oidc-provider with npm) or set DIBOP_TEST_DEPS",
+        lib.display()
+    );
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/oidc/server.mjs");
+    let mut child = tokio::process::Command::new("node")
+        .arg(script)
+        .arg(lib)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node must be installed (scripts/test installs it)");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if let Some(url) = line.strip_prefix("listening ") {
+            // Keep reading, so the provider never writes into a closed pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return (url.to_owned(), child);
+        }
+    }
+    panic!("the OpenID provider did not start");
+}
+
+#[derive(Clone)]
+struct Resource {
+    issuer: String,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+async fn vehicles(
+    State(r): State<Resource>,
+    headers: HeaderMap,
+) -> (StatusCode, axum::Json<Value>) {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_owned();
+    let introspection: Value = reqwest::Client::new()
+        .post(format!("{}/token/introspection", r.issuer))
+        .basic_auth("api", Some("api-secret"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={token}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r.seen.lock().unwrap().push(token);
+    if introspection["active"] == true {
+        (
+            StatusCode::OK,
+            axum::Json(json!({"items": [{"vin": "WVWZZZ1JZXW000001"}]})),
+        )
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": "invalid_token"})),
+        )
+    }
+}
+
+#[tokio::test]
+async fn client_credentials_and_discovery_against_a_real_provider() {
+    let (issuer, _provider) = provider().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let app = axum::Router::new()
+        .route(
+            "/health",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
+        .route("/vehicles", get(vehicles))
+        .with_state(Resource {
+            issuer: issuer.clone(),
+            seen: seen.clone(),
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::new(dir.path().join("cp"));
+    settings.http_addr = "127.0.0.1:0".parse().unwrap();
+    settings.tunnel_addr = "127.0.0.1:0".parse().unwrap();
+    settings.cloud_agent_allow = vec!["127.0.0.0/8".into()];
+    let shutdown = CancellationToken::new();
+    let server = start(settings, shutdown.clone()).await.unwrap();
+    let _guard = shutdown.drop_guard();
+    let (tenant, admin) = bootstrap_tenant(&server.core.store, "acme", "cli")
+        .await
+        .unwrap();
+    let mut plan = server.core.store.tenant(&tenant).await.unwrap().unwrap();
+    plan.enterprise_publishing = 1;
+    server.core.store.update_tenant_plan(&plan).await.unwrap();
+    let base = format!("http://{}", server.http_addr);
+    let send = |method: &str, path: &str, body: Value| {
+        let req = reqwest::Client::new()
+            .request(method.parse().unwrap(), format!("{base}/api/v1{path}"))
+            .bearer_auth(&admin)
+            .json(&body);
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+
+    let definition = json!({
+        "format": "dibop.connector/v1", "name": "Fleet API", "slug": "fleet-api",
+        "description": "A fleet API behind an OpenID Connect provider.", "category": "telematics",
+        "base_url": api_url, "documentation_url": "https://fleet.example/docs",
+        "auth": {"schemes": [
+            {"type": "openid_connect", "discovery_url": format!("{issuer}/.well-known/openid-configuration")},
+            {"type": "oauth2_client_credentials", "token_url": format!("{issuer}/token"), "client_auth": "client_secret_basic"}
+        ]},
+        "health_check": "health",
+        "resilience": {"timeout_ms": 5000, "retries": {"max_attempts": 1}},
+        "operations": [
+            {"id": "health", "name": "Health", "method": "GET", "path": "/health", "response_schema": {"type": "object"}},
+            {"id": "listVehicles", "name": "Vehicles", "method": "GET", "path": "/vehicles",
+             "parameters": [{"name": "page", "in": "query", "type": "integer"}], "response_schema": {"type": "object"}}
+        ]
+    });
+    let (status, created) = send("POST", "/connectors", definition).await;
+    assert_eq!(status, 201, "{created}");
+    let connector = created["id"].as_str().unwrap().to_owned();
+    let (status, published) = send(
+        "POST",
+        &format!("/connectors/{connector}/publish"),
+        json!({"scope": "enterprise"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{published}");
+
+    for auth_type in ["openid_connect", "oauth2_client_credentials"] {
+        let (status, c) = send(
+            "POST",
+            "/connections",
+            json!({"connector_id": connector, "name": auth_type, "auth_type": auth_type, "activate": true,
+                   "credentials": {"client_id": "dibop", "client_secret": "dibop-oidc-secret"}}),
+        )
+        .await;
+        assert_eq!(status, 201, "{c}");
+        let id = c["id"].as_str().unwrap().to_owned();
+        let invoke = format!("/connections/{id}/operations/listVehicles/invoke");
+        let (_, first) = send("POST", &invoke, json!({})).await;
+        assert_eq!(
+            (first["ok"].as_bool(), first["tokenFetches"].as_u64()),
+            (Some(true), Some(1)),
+            "{auth_type}: {first}"
+        );
+        let (_, second) = send("POST", &invoke, json!({})).await;
+        assert_eq!(
+            (second["ok"].as_bool(), second["tokenFetches"].as_u64()),
+            (Some(true), Some(0)),
+            "{auth_type}: {second}"
+        );
+
+        // The provider revokes the token: the next call meets a 401, gets a
+        // fresh token once, and succeeds.
+        let token = seen.lock().unwrap().last().cloned().unwrap();
+        let revoked = reqwest::Client::new()
+            .post(format!("{issuer}/token/revocation"))
+            .basic_auth("dibop", Some("dibop-oidc-secret"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(revoked.status().is_success());
+        let (_, third) = send("POST", &invoke, json!({})).await;
+        assert_eq!(
+            (third["ok"].as_bool(), third["tokenFetches"].as_u64()),
+            (Some(true), Some(1)),
+            "{auth_type}: {third}"
+        );
+        assert_ne!(
+            seen.lock().unwrap().last().cloned().unwrap(),
+            token,
+            "a new token was used"
+        );
+
+        // A wrong client secret: Test Connection says auth failure, from the token endpoint.
+        let (_, tested) = send(
+            "POST",
+            "/connections/test",
+            json!({"connector_id": connector, "auth_type": auth_type,
+                   "credentials": {"client_id": "dibop", "client_secret": "wrong-canary"}}),
+        )
+        .await;
+        assert_eq!(tested["outcome"], "auth_failure", "{auth_type}: {tested}");
+        let detail = tested["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("invalid_client") && !detail.contains("wrong-canary"),
+            "{detail}"
+        );
+    }
+}

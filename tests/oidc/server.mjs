@@ -1,0 +1,51 @@
+// A real OpenID Connect provider (the npm package `oidc-provider`, installed by
+// scripts/test under target/test-deps) for the connection tests: discovery,
+// the client credentials grant, introspection and revocation.
+//
+//   node tests/oidc/server.mjs <path to oidc-provider's lib/index.js>
+//
+// Prints `listening http://127.0.0.1:PORT` once it serves. Clients:
+//   dibop / dibop-oidc-secret  (client_secret_basic, client_credentials)
+//   api   / api-secret         (the resource server: introspection only)
+import http from 'node:http';
+import { pathToFileURL } from 'node:url';
+
+const { default: Provider } = await import(pathToFileURL(process.argv[2]).href);
+
+let handle = (_req, res) => { res.statusCode = 503; res.end(); };
+const server = http.createServer((req, res) => handle(req, res));
+server.listen(0, '127.0.0.1', () => {
+  const { port } = server.address();
+  const issuer = `http://127.0.0.1:${port}`;
+  const provider = new Provider(issuer, {
+    clients: [
+      {
+        client_id: 'dibop',
+        client_secret: 'dibop-oidc-secret',
+        grant_types: ['client_credentials'],
+        redirect_uris: [],
+        response_types: [],
+        token_endpoint_auth_method: 'client_secret_basic',
+      },
+      {
+        client_id: 'api',
+        client_secret: 'api-secret',
+        grant_types: [],
+        redirect_uris: [],
+        response_types: [],
+        token_endpoint_auth_method: 'client_secret_basic',
+      },
+    ],
+    scopes: ['openid', 'vehicles:read'],
+    features: {
+      clientCredentials: { enabled: true },
+      introspection: { enabled: true },
+      revocation: { enabled: true },
+      devInteractions: { enabled: false },
+    },
+    ttl: { ClientCredentials: 600 },
+  });
+  provider.on('server_error', (_ctx, err) => console.error('oidc server_error', err));
+  handle = provider.callback();
+  console.log(`listening ${issuer}`);
+});
