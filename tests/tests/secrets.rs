@@ -103,3 +103,205 @@ async fn secrets_leave_no_trace_in_responses_logs_or_the_database() {
         );
     }
 }
+
+/// Every credential field of every auth scheme that makes calls, and a
+/// proxy password: created, used (successfully or not), tested, rotated,
+/// and then searched for in every response, the log (debug level) and the
+/// database files.
+#[tokio::test]
+async fn connection_credentials_of_every_scheme_leave_no_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut cp = ControlPlane::start_with(
+        &dir.path().join("cp"),
+        any,
+        any,
+        &["--cloud-agent-allow", "127.0.0.0/8"],
+    )
+    .await
+    .unwrap();
+    let api = cp.tenant("canary-motors").await.unwrap();
+    let dms = dibop_e2e::harness::Dms::start().await.unwrap();
+    let schemes = json!([
+        {"type": "none"},
+        {"type": "api_key", "header": "X-API-Key"},
+        {"type": "basic"},
+        {"type": "bearer"},
+        {"type": "oauth2_client_credentials", "token_url": "/oauth/token"},
+        {"type": "oauth2_password", "token_url": "/oauth/token", "client_auth": "client_secret_post"},
+        {"type": "oauth2_authorization_code", "token_url": "/oauth/token", "authorize_url": "/oauth/authorize"},
+        {"type": "openid_connect", "discovery_url": "/.well-known/openid-configuration"},
+        {"type": "dynamic_api_key", "url": "/login", "pointer": "/token"},
+        {"type": "mutual_tls"}
+    ]);
+    let definition = json!({
+        "format": "dibop.connector/v1", "name": "Canary DMS", "slug": "canary-dms",
+        "description": "Every auth scheme.", "category": "dms", "base_url": dms.url,
+        "documentation_url": "https://docs.example/canary",
+        "auth": {"schemes": schemes}, "health_check": "health",
+        "resilience": {"timeout_ms": 3000, "retries": {"max_attempts": 1}},
+        "operations": [
+            {"id": "health", "name": "Health", "method": "GET", "path": "/health", "response_schema": {"type": "object"}},
+            {"id": "listVehicles", "name": "Vehicles", "method": "GET", "path": "/api/v1/vehicles",
+             "parameters": [{"name": "page", "in": "query", "type": "integer"}], "response_schema": {"type": "object"}}
+        ]
+    });
+    let (status, connector) = api
+        .send("POST", "/connectors", Some(definition))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{connector}");
+    let connector = connector["id"].as_str().unwrap().to_owned();
+    let (status, published) = api
+        .send(
+            "POST",
+            &format!("/connectors/{connector}/publish"),
+            Some(json!({"scope": "enterprise"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{published}");
+
+    let fields: &[(&str, &[&str])] = &[
+        ("none", &[]),
+        ("api_key", &["api_key"]),
+        ("basic", &["username", "password"]),
+        ("bearer", &["token"]),
+        ("oauth2_client_credentials", &["client_id", "client_secret"]),
+        (
+            "oauth2_password",
+            &["client_id", "client_secret", "username", "password"],
+        ),
+        (
+            "oauth2_authorization_code",
+            &["client_id", "client_secret", "refresh_token"],
+        ),
+        ("openid_connect", &["client_id", "client_secret"]),
+        ("dynamic_api_key", &["username", "password"]),
+        ("mutual_tls", &["client_certificate", "client_key"]),
+    ];
+    let secret_fields = [
+        "api_key",
+        "password",
+        "token",
+        "client_secret",
+        "refresh_token",
+        "client_key",
+    ];
+    let mut canaries: Vec<String> = Vec::new();
+    let mut seen = String::new();
+    for (round, (scheme, names)) in fields.iter().enumerate() {
+        let creds = |generation: &str| -> (Value, Vec<String>) {
+            let mut map = serde_json::Map::new();
+            let mut secrets = Vec::new();
+            for name in names.iter() {
+                let value = format!("CANARY-{round}-{name}-{generation}-9e8d7c");
+                if secret_fields.contains(name) {
+                    secrets.push(value.clone());
+                }
+                map.insert((*name).to_owned(), json!(value));
+            }
+            (Value::Object(map), secrets)
+        };
+        let (first, secrets) = creds("a");
+        canaries.extend(secrets);
+        let body = json!({"connector_id": connector, "name": scheme, "auth_type": scheme,
+                          "credentials": first, "activate": true, "settings": {"log_level": "debug"}});
+        let (status, created) = api
+            .send("POST", "/connections", Some(body.clone()))
+            .await
+            .unwrap();
+        assert_eq!(status, 201, "{scheme}: {created}");
+        seen.push_str(&created.to_string());
+        let id = created["id"].as_str().unwrap().to_owned();
+        for (method, path, body) in [
+            (
+                "POST",
+                format!("/connections/{id}/operations/listVehicles/invoke"),
+                Some(json!({})),
+            ),
+            ("POST", format!("/connections/{id}/test"), None),
+            ("POST", "/connections/test".to_owned(), Some(body.clone())),
+            ("GET", format!("/connections/{id}"), None),
+        ] {
+            let (_, answer) = api.send(method, &path, body).await.unwrap();
+            seen.push_str(&answer.to_string());
+        }
+        let (rotated, secrets) = creds("b");
+        canaries.extend(secrets);
+        let (status, answer) = api
+            .send(
+                "PUT",
+                &format!("/connections/{id}/credentials"),
+                Some(json!({"credentials": rotated})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{scheme}: {answer}");
+        seen.push_str(&answer.to_string());
+        let (_, answer) = api
+            .send(
+                "POST",
+                &format!("/connections/{id}/operations/listVehicles/invoke"),
+                Some(json!({})),
+            )
+            .await
+            .unwrap();
+        seen.push_str(&answer.to_string());
+    }
+    // A proxy password too.
+    let proxy_password = "CANARY-proxy-password-9e8d7c".to_owned();
+    let (status, answer) = api
+        .send(
+            "POST",
+            "/connections",
+            Some(json!({"connector_id": connector, "name": "proxied", "auth_type": "none", "activate": true,
+                "execution_mode": "proxy", "proxy": {"url": "http://127.0.0.1:9", "username": "p", "password": proxy_password}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{answer}");
+    let (_, answer) = api
+        .send(
+            "POST",
+            &format!(
+                "/connections/{}/operations/listVehicles/invoke",
+                answer["id"].as_str().unwrap()
+            ),
+            Some(json!({})),
+        )
+        .await
+        .unwrap();
+    seen.push_str(&answer.to_string());
+    canaries.push(proxy_password);
+    for path in ["/connections", "/api-calls", "/audit"] {
+        let (_, body) = api.send("GET", path, None).await.unwrap();
+        seen.push_str(&body.to_string());
+    }
+    cp.terminate().await.unwrap();
+    let log = cp.log_text();
+    let mut database = Vec::new();
+    for entry in std::fs::read_dir(&cp.data_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("dibop.db"))
+        {
+            database.extend(std::fs::read(path).unwrap());
+        }
+    }
+    assert!(canaries.len() > 20, "{canaries:?}");
+    for canary in &canaries {
+        assert!(
+            !seen.contains(canary.as_str()),
+            "{canary} in an API response"
+        );
+        assert!(!log.contains(canary.as_str()), "{canary} in the log");
+        assert!(
+            !database
+                .windows(canary.len())
+                .any(|w| w == canary.as_bytes()),
+            "{canary} in the database files"
+        );
+    }
+}
