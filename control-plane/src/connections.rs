@@ -419,9 +419,6 @@ async fn check_request(
             Vec::new()
         }
     };
-    if auth_type == "aws_sigv4" {
-        problems.push(json!({"field": "auth_type", "problem": "aws_sigv4 connections cannot make calls in this release"}));
-    }
     if let Some(url) = &req.base_url
         && !crate::connector::is_http_url(url)
     {

@@ -271,6 +271,13 @@ async fn auth_of(core: &Core, c: &Resolved) -> Result<(CallAuth, TlsOptions), St
                 ttl_secs: 600,
             })
         }
+        "aws_sigv4" => CallAuth::AwsSigV4(dibop_protocol::AwsSigV4 {
+            access_key_id: c.credential("access_key_id"),
+            secret_access_key: c.credential("secret_access_key"),
+            session_token: c.credential("session_token"),
+            region: scheme["region"].as_str().unwrap_or_default().to_owned(),
+            service: scheme["service"].as_str().unwrap_or_default().to_owned(),
+        }),
         "mutual_tls" => {
             tls.client_cert_pem = c.credential("client_certificate");
             tls.client_key_pem = c.credential("client_key");

@@ -390,6 +390,8 @@ pub enum CallAuth {
     OAuth2(OAuth2),
     /// A key fetched from a login endpoint, cached by the agent.
     DynamicApiKey(DynamicApiKey),
+    /// AWS Signature Version 4, computed by the agent for each try.
+    AwsSigV4(AwsSigV4),
 }
 
 impl CallAuth {
@@ -402,6 +404,7 @@ impl CallAuth {
             CallAuth::Bearer { .. } => "bearer",
             CallAuth::OAuth2(_) => "oauth2",
             CallAuth::DynamicApiKey(_) => "dynamic_api_key",
+            CallAuth::AwsSigV4(_) => "aws_sigv4",
         }
     }
 }
@@ -453,6 +456,30 @@ pub enum OAuth2Grant {
     Password,
     /// `refresh_token` (an authorization-code connection's stored refresh token).
     RefreshToken,
+}
+
+/// AWS credentials and where they apply.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AwsSigV4 {
+    /// `AKIA…`.
+    pub access_key_id: String,
+    /// The secret access key.
+    pub secret_access_key: String,
+    /// Session token of temporary credentials (empty for none).
+    pub session_token: String,
+    /// e.g. `eu-central-1`.
+    pub region: String,
+    /// e.g. `execute-api`.
+    pub service: String,
+}
+
+impl std::fmt::Debug for AwsSigV4 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsSigV4")
+            .field("region", &self.region)
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Client authentication at a token endpoint.

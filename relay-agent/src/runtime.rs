@@ -15,6 +15,7 @@ use reqwest::{Method, Url};
 use crate::policy::{AllowList, PolicyDenied, PolicyResolver};
 
 mod invoke;
+mod sigv4;
 pub use invoke::is_idempotent;
 
 /// Most redirects followed for one call.

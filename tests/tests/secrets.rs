@@ -132,6 +132,7 @@ async fn connection_credentials_of_every_scheme_leave_no_trace() {
         {"type": "oauth2_authorization_code", "token_url": "/oauth/token", "authorize_url": "/oauth/authorize"},
         {"type": "openid_connect", "discovery_url": "/.well-known/openid-configuration"},
         {"type": "dynamic_api_key", "url": "/login", "pointer": "/token"},
+        {"type": "aws_sigv4", "region": "eu-central-1", "service": "execute-api"},
         {"type": "mutual_tls"}
     ]);
     let definition = json!({
@@ -178,9 +179,15 @@ async fn connection_credentials_of_every_scheme_leave_no_trace() {
         ),
         ("openid_connect", &["client_id", "client_secret"]),
         ("dynamic_api_key", &["username", "password"]),
+        (
+            "aws_sigv4",
+            &["access_key_id", "secret_access_key", "session_token"],
+        ),
         ("mutual_tls", &["client_certificate", "client_key"]),
     ];
     let secret_fields = [
+        "secret_access_key",
+        "session_token",
         "api_key",
         "password",
         "token",

@@ -328,6 +328,33 @@ impl Runtime {
                     .await?;
                 call.headers.push(header);
             }
+            CallAuth::AwsSigV4(aws) => {
+                let url = reqwest::Url::parse(&call.url).map_err(|e| {
+                    CallResult::failure(
+                        &call,
+                        &self.agent_id,
+                        ErrorClass::InvalidRequest,
+                        format!("`{}` is not a URL: {e}", call.url),
+                    )
+                })?;
+                let creds = super::sigv4::Credentials {
+                    access_key_id: &aws.access_key_id,
+                    secret_access_key: &aws.secret_access_key,
+                    session_token: &aws.session_token,
+                    region: &aws.region,
+                    service: &aws.service,
+                };
+                let added = super::sigv4::sign(
+                    &call.method,
+                    &url,
+                    &call.headers,
+                    &call.body,
+                    &creds,
+                    &super::sigv4::amz_date_now(),
+                    true,
+                );
+                call.headers.extend(added);
+            }
             CallAuth::DynamicApiKey(d) => {
                 let cached = lock(&self.invoke.tokens)
                     .get(&request.auth_cache_key)
