@@ -604,6 +604,17 @@ pub async fn test(core: &Core, c: &Resolved, actor: &str, saved: bool) -> TestOu
                 ),
             ),
             ErrorClass::AgentUnavailable => ("agent_unavailable", e.message.clone()),
+            ErrorClass::InvalidRequest
+                if e.message.contains("PEM") || e.message.contains("certificate") =>
+            {
+                (
+                    "tls_error",
+                    format!(
+                        "{}: fix the connection's TLS settings or client certificate",
+                        e.message
+                    ),
+                )
+            }
             ErrorClass::RateLimited | ErrorClass::UpstreamError => (
                 "network_error",
                 format!(
