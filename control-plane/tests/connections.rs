@@ -128,7 +128,14 @@ async fn every_scheme_of_the_simulator_calls_for_real() {
             json!({"client_id": "dibop-client", "client_secret": "dibop-secret"}),
         )
         .await;
-    for id in [&key, &basic, &oauth] {
+    let session = cp
+        .connect(
+            "dms session",
+            "dynamic_api_key",
+            json!({"username": "dealer", "password": "dealer-pass"}),
+        )
+        .await;
+    for id in [&key, &basic, &oauth, &session] {
         let (status, result) = cp
             .invoke(id, "listVehicles", json!({"parameters": {"page_size": 2}}))
             .await;

@@ -10,7 +10,9 @@
 //! - HTTP Basic `<basic_user>:<basic_password>`;
 //! - `Authorization: Bearer <token>` from `POST /oauth/token`
 //!   (`grant_type=client_credentials`, client id and secret in the form or in
-//!   Basic auth; tokens live one hour).
+//!   Basic auth; tokens live one hour);
+//! - `X-Session-Key: <key>` from `POST /auth/session {"username","password"}`
+//!   (the Basic user and password; `{"session": {"key"}}`, 15 minutes).
 //!
 //! Faults on demand, per request (header or query parameter):
 //! `X-Sim-Delay-Ms` / `sim_delay_ms` (slow response), `X-Sim-Fault` /
@@ -295,6 +297,7 @@ pub fn router(auth: SimAuth) -> Router {
             get(|| async { Json(json!({"status": "ok", "system": "dms-sim"})) }),
         )
         .route("/oauth/token", post(token))
+        .route("/auth/session", post(session))
         .route("/_sim/faults", post(set_faults))
         .route("/_sim/stats", get(stats))
         .nest("/api/v1", api)
@@ -473,6 +476,30 @@ async fn drop_connection() -> Response {
         .unwrap_or_default()
 }
 
+#[derive(Debug, Deserialize)]
+struct Login {
+    username: String,
+    password: String,
+}
+
+/// `POST /auth/session {"username","password"}` → a session key for
+/// `X-Session-Key` (a "dynamic API key"), valid 15 minutes.
+async fn session(State(sim): State<Arc<Sim>>, Json(login): Json<Login>) -> Response {
+    if login.username != sim.auth.basic_user || login.password != sim.auth.basic_password {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_login",
+            "wrong user name or password",
+        );
+    }
+    let key = format!("sess-{:016x}", fastrand::u64(..));
+    sim.tokens
+        .lock()
+        .await
+        .insert(key.clone(), Instant::now() + Duration::from_secs(900));
+    Json(json!({"session": {"key": key, "expires_in": 900}})).into_response()
+}
+
 async fn require_auth(State(sim): State<Arc<Sim>>, req: Request, next: Next) -> Response {
     let headers = req.headers();
     let api_key_ok =
@@ -499,13 +526,22 @@ async fn require_auth(State(sim): State<Arc<Sim>>, req: Request, next: Next) -> 
             .is_some_and(|exp| *exp > Instant::now()),
         None => false,
     };
-    if api_key_ok || basic_ok || bearer_ok {
+    let session_ok = match headers.get("x-session-key").and_then(|v| v.to_str().ok()) {
+        Some(k) => sim
+            .tokens
+            .lock()
+            .await
+            .get(k.trim())
+            .is_some_and(|exp| *exp > Instant::now()),
+        None => false,
+    };
+    if api_key_ok || basic_ok || bearer_ok || session_ok {
         next.run(req).await
     } else {
         let mut r = error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "send X-API-Key, Basic or Bearer credentials",
+            "send X-API-Key, Basic, Bearer or X-Session-Key credentials",
         );
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
