@@ -742,3 +742,120 @@ async fn operators_need_the_verbs_role_on_the_connection() {
         .await;
     assert_eq!(status, 403);
 }
+
+/// Starts the npm `proxy` server with Basic credentials; returns its URL,
+/// the process and its forwarded-request lines.
+async fn proxy(
+    user: &str,
+    password: &str,
+) -> (
+    String,
+    tokio::process::Child,
+    Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use tokio::io::AsyncBufReadExt as _;
+    let deps = std::env::var("DIBOP_TEST_DEPS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-deps")
+        });
+    let lib = deps.join("node_modules/proxy/dist/proxy.js");
+    assert!(
+        lib.exists(),
+        "{} is missing: run scripts/test (it installs the npm package proxy)",
+        lib.display()
+    );
+    let mut child = tokio::process::Command::new("node")
+        .arg(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/proxy/server.mjs"))
+        .arg(lib)
+        .args([user, password])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node must be installed (scripts/test installs it)");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if let Some(url) = line.strip_prefix("listening ") {
+            let log = seen.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    log.lock().unwrap().push(line);
+                }
+            });
+            return (url.to_owned(), child, seen);
+        }
+    }
+    panic!("the proxy did not start");
+}
+
+#[tokio::test]
+async fn proxy_mode_goes_through_a_real_proxy_with_credentials() {
+    let cp = cp().await;
+    let (proxy_url, _proxy, seen) = proxy("dibop", "proxy-pass").await;
+    let create = |name: &str, password: &str| {
+        cp.send(
+            "POST",
+            "/connections",
+            Some(json!({"connector_id": cp.dms_sim, "name": name, "auth_type": "api_key",
+                "credentials": {"api_key": "dms-demo-key"}, "base_url": cp.sim, "activate": true,
+                "execution_mode": "proxy", "proxy": {"url": proxy_url, "username": "dibop", "password": password}})),
+        )
+    };
+    let (status, good) = create("via proxy", "proxy-pass").await;
+    assert_eq!(status, 201, "{good}");
+    let (_, result) = cp
+        .invoke(
+            good["id"].as_str().unwrap(),
+            "listVehicles",
+            json!({"parameters": {"page_size": 1}}),
+        )
+        .await;
+    assert_eq!(
+        (result["ok"].as_bool(), result["ranOn"].as_str()),
+        (Some(true), Some("cloud")),
+        "{result}"
+    );
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("/api/v1/vehicles")),
+        "the proxy forwarded nothing: {:?}",
+        seen.lock().unwrap()
+    );
+    assert_eq!(good["proxy_url"], proxy_url.as_str());
+    assert!(!good.to_string().contains("proxy-pass"));
+    let (_, bad) = create("bad proxy password", "wrong").await;
+    let (_, refused) = cp
+        .invoke(bad["id"].as_str().unwrap(), "listVehicles", json!({}))
+        .await;
+    assert_eq!(
+        (refused["ok"].as_bool(), refused["status"].as_u64()),
+        (Some(false), Some(407)),
+        "{refused}"
+    );
+    // Changing mode needs the proxy; leaving proxy mode drops it.
+    let id = good["id"].as_str().unwrap();
+    let (status, cloud) = cp
+        .send(
+            "PATCH",
+            &format!("/connections/{id}"),
+            Some(json!({"execution_mode": "cloud"})),
+        )
+        .await;
+    assert_eq!(
+        (status, cloud["proxy_url"].clone()),
+        (200, Value::Null),
+        "{cloud}"
+    );
+    let (status, _) = cp
+        .send(
+            "PATCH",
+            &format!("/connections/{id}"),
+            Some(json!({"execution_mode": "proxy"})),
+        )
+        .await;
+    assert_eq!(status, 422, "proxy mode without a proxy");
+}
