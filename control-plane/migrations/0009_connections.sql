@@ -54,6 +54,7 @@ CREATE TABLE api_calls (
     id              TEXT PRIMARY KEY,
     tenant_id       TEXT NOT NULL REFERENCES tenants(id),
     connection_id   TEXT NOT NULL,
+    connector_id    TEXT NOT NULL,
     connection_name TEXT NOT NULL,
     connector_slug  TEXT NOT NULL,
     operation       TEXT NOT NULL,
@@ -71,6 +72,7 @@ CREATE TABLE api_calls (
 );
 CREATE INDEX api_calls_by_tenant ON api_calls (tenant_id, id);
 CREATE INDEX api_calls_by_connection ON api_calls (connection_id, at);
+CREATE INDEX api_calls_by_connector ON api_calls (connector_id, at);
 
 -- Per-connection roles: `admin` (manage it) or an HTTP verb its operations
 -- use (invoke those). Subjects are `user:usr_…` or `token:tok_…`.
@@ -80,3 +82,16 @@ CREATE TABLE connection_grants (
     role           TEXT NOT NULL,
     PRIMARY KEY (connection_id, subject, role)
 );
+
+-- What an enterprise should know (a new major version of a connector its
+-- connections use, ...), newest first.
+CREATE TABLE notifications (
+    id          TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL REFERENCES tenants(id),
+    kind        TEXT NOT NULL,
+    message     TEXT NOT NULL,
+    details     TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    read_at     BIGINT
+);
+CREATE INDEX notifications_by_tenant ON notifications (tenant_id, id);

@@ -498,6 +498,8 @@ pub fn router(core: Arc<Core>) -> Router {
             post(crate::connections::invoke),
         )
         .route("/api-calls", get(crate::connections::list_calls))
+        .route("/notifications", get(crate::notifications::list))
+        .route("/notifications/{id}/read", post(crate::notifications::read))
         .route("/catalogue", get(crate::catalogue::browse))
         .route("/catalogue/{id}", get(crate::catalogue::catalogue_detail))
         .route(

@@ -476,6 +476,7 @@ pub async fn run(
             id: crate::ids::time_ordered_id("call"),
             tenant_id: c.row.tenant_id.clone(),
             connection_id: c.row.id.clone(),
+            connector_id: c.row.connector_id.clone(),
             connection_name: c.row.name.clone(),
             connector_slug: c.row.connector_slug.clone(),
             operation: operation.to_owned(),

@@ -26,6 +26,7 @@ pub mod ids;
 pub mod import;
 pub mod lifecycle;
 pub mod metrics;
+pub mod notifications;
 pub mod openapi;
 pub mod paginate;
 pub mod publishing;

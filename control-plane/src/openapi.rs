@@ -163,6 +163,8 @@ impl Modify for BearerAuth {
         crate::connections::list_calls,
         crate::connections::grants,
         crate::connections::set_grants,
+        crate::notifications::list,
+        crate::notifications::read,
     ),
     components(schemas(ErrorBody, ErrorDetail, EnrollmentTokenView, CreatedTokenView, SessionView)),
     modifiers(&BearerAuth)

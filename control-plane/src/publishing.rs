@@ -639,11 +639,58 @@ pub(crate) async fn publish_update(
     )
     .await;
     if req.bump == Bump::Major {
-        // Users of the old major version are told through their audit
-        // trail until connections (which record the version they use) exist.
-        tracing::info!(connector = %c.id, version = %v.version, "major version published");
+        notify_major(&core, &c, &v, &changes).await;
     }
     Ok((StatusCode::CREATED, Json(version_view(v, false))).into_response())
+}
+
+/// Tells every enterprise whose connections use an older major version.
+async fn notify_major(core: &Core, c: &ConnectorRow, v: &VersionRow, changes: &[Change]) {
+    let users = match core.store.connections_of_connector(&c.id).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!(connector = %c.id, "cannot find the users of the old version: {e}");
+            return;
+        }
+    };
+    let mut by_tenant: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+    for (tenant, id, name, version) in users {
+        let old = Version::parse(&version).map_or(0, |v| i64::from(v.major));
+        if old < v.major {
+            by_tenant
+                .entry(tenant)
+                .or_default()
+                .push(json!({"id": id, "name": name, "version": version}));
+        }
+    }
+    let breaking: Vec<&str> = changes
+        .iter()
+        .filter(|ch| ch.impact == lifecycle::Impact::Breaking)
+        .map(|ch| ch.description.as_str())
+        .collect();
+    for (tenant, connections) in by_tenant {
+        let message = format!(
+            "{} {} is out with breaking changes ({}); {} of your connections stay on their version until you move them",
+            v.name,
+            v.version,
+            breaking.join("; "),
+            connections.len()
+        );
+        let details = json!({"connector_id": c.id, "slug": c.slug, "version": v.version,
+                             "release_notes": v.release_notes, "connections": connections});
+        if let Err(e) = core
+            .store
+            .notify(
+                &tenant,
+                "connector.major_version",
+                &message,
+                &details.to_string(),
+            )
+            .await
+        {
+            tracing::error!(%tenant, "cannot notify: {e}");
+        }
+    }
 }
 
 /// `GET /api/v1/connectors/{id}/versions`
@@ -909,15 +956,18 @@ pub(crate) async fn usage(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<UsageView>, ApiError> {
     let c = own(&core, &p, &id).await?;
-    // Connections, orchestrations and the call log do not exist yet: each
-    // count is zero until its feature records what it counts.
-    let _ = c;
+    let now = now_unix();
+    let (enterprises, active_connections, calls_24h, calls_30d) = core
+        .store
+        .connector_usage(&c.id, now - 24 * 3600, now - 30 * 24 * 3600)
+        .await?;
     Ok(Json(UsageView {
-        enterprises: 0,
-        active_connections: 0,
+        enterprises,
+        active_connections,
+        // Orchestrations arrive with the engine.
         orchestrations: 0,
-        calls_24h: 0,
-        calls_30d: 0,
+        calls_24h,
+        calls_30d,
     }))
 }
 

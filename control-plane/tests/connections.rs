@@ -859,3 +859,97 @@ async fn proxy_mode_goes_through_a_real_proxy_with_credentials() {
         .await;
     assert_eq!(status, 422, "proxy mode without a proxy");
 }
+
+#[tokio::test]
+async fn usage_is_counted_and_a_major_version_notifies_its_users() {
+    let cp = cp().await;
+    let tenant = cp.core.store.tenant_by_name("acme").await.unwrap().unwrap();
+    let mut plan = tenant.clone();
+    plan.enterprise_publishing = 1;
+    cp.core.store.update_tenant_plan(&plan).await.unwrap();
+    let mut def: Value = serde_yaml_ng::from_str(
+        &include_str!("../../catalogue/dms-sim.yaml").replace("slug: dms-sim", "slug: acme-dms"),
+    )
+    .unwrap();
+    let (_, connector) = cp.send("POST", "/connectors", Some(def.clone())).await;
+    let connector = connector["id"].as_str().unwrap().to_owned();
+    cp.send(
+        "POST",
+        &format!("/connectors/{connector}/publish"),
+        Some(json!({"scope": "enterprise"})),
+    )
+    .await;
+    let (status, c) = cp
+        .send(
+            "POST",
+            "/connections",
+            Some(json!({"connector_id": connector, "name": "ours", "credentials": {"api_key": "dms-demo-key"},
+                "base_url": cp.sim, "activate": true})),
+        )
+        .await;
+    assert_eq!(status, 201, "{c}");
+    for _ in 0..2 {
+        cp.invoke(c["id"].as_str().unwrap(), "listVehicles", json!({}))
+            .await;
+    }
+    let (_, usage) = cp
+        .send("GET", &format!("/connectors/{connector}/usage"), None)
+        .await;
+    assert_eq!(
+        usage,
+        json!({"enterprises": 1, "active_connections": 1, "orchestrations": 0, "calls_24h": 2, "calls_30d": 2})
+    );
+
+    // A breaking update: the enterprise hears about it, naming its connection.
+    def["operations"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|o| o["id"] != "getPart");
+    cp.send("PUT", &format!("/connectors/{connector}"), Some(def))
+        .await;
+    let (status, v2) = cp
+        .send(
+            "POST",
+            &format!("/connectors/{connector}/versions"),
+            Some(json!({"bump": "major", "release_notes": "getPart removed."})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v2}");
+    let (_, notes) = cp.send("GET", "/notifications?unread=true", None).await;
+    assert_eq!(notes.as_array().unwrap().len(), 1, "{notes}");
+    assert_eq!(notes[0]["kind"], "connector.major_version");
+    assert!(
+        notes[0]["message"].as_str().unwrap().contains("2.0.0"),
+        "{notes}"
+    );
+    assert_eq!(notes[0]["details"]["connections"][0]["name"], "ours");
+    // The connection stays on 1.0.0 and keeps working.
+    let (_, still) = cp
+        .send(
+            "GET",
+            &format!("/connections/{}", c["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(still["connector_version"], "1.0.0");
+    let (_, works) = cp
+        .invoke(
+            c["id"].as_str().unwrap(),
+            "getPart",
+            json!({"parameters": {"partNo": "X"}}),
+        )
+        .await;
+    assert_eq!(
+        works["method"], "GET",
+        "the old version still has getPart: {works}"
+    );
+    let id = notes[0]["id"].as_str().unwrap();
+    assert_eq!(
+        cp.send("POST", &format!("/notifications/{id}/read"), None)
+            .await
+            .0,
+        204
+    );
+    let (_, unread) = cp.send("GET", "/notifications?unread=true", None).await;
+    assert_eq!(unread, json!([]));
+}

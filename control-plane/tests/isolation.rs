@@ -48,6 +48,7 @@ const WALK: &[(&str, &str, Option<&str>)] = &[
     ("GET", "/connectors/{connector}/usage", None),
     ("GET", "/catalogue/{connector}", None),
     ("GET", "/catalogue/{connector}/versions/{version}", None),
+    ("POST", "/notifications/{notification}/read", None),
     ("GET", "/connections/{connection}", None),
     (
         "PATCH",
@@ -115,6 +116,7 @@ fn the_walk_covers_every_documented_tenant_resource() {
                 "{user}",
                 "{connector}",
                 "{connection}",
+                "{notification}",
             ]
             .iter()
             .fold(p.to_string(), |p, k| p.replace(k, "{id}"));
@@ -286,6 +288,16 @@ async fn another_tenants_resources_do_not_exist() {
     .await;
     assert_eq!(status, 201, "{connection}");
     let connection = connection["id"].as_str().unwrap().to_owned();
+    store
+        .notify(&tenant_a, "test", "for tenant A", "{}")
+        .await
+        .unwrap();
+    let notification = store
+        .notifications(&tenant_a, false, None, 1)
+        .await
+        .unwrap()[0]
+        .0
+        .clone();
     let ids = [
         ("{group}", group.as_str()),
         ("{agent}", "agt_isolation"),
@@ -295,6 +307,7 @@ async fn another_tenants_resources_do_not_exist() {
         ("{version}", "1.0.0"),
         ("{connection}", connection.as_str()),
         ("{operation}", "listVehicles"),
+        ("{notification}", notification.as_str()),
     ];
     for (method, template, body) in WALK {
         let path = ids
@@ -322,6 +335,7 @@ async fn another_tenants_resources_do_not_exist() {
         "/catalogue",
         "/connections",
         "/api-calls",
+        "/notifications",
     ] {
         let (status, rows) = send(&base, &b, "GET", list, None).await;
         assert_eq!(status, 200, "{list}");

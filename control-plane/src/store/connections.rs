@@ -74,6 +74,8 @@ pub struct ApiCallRow {
     pub tenant_id: String,
     /// The connection (may since be deleted).
     pub connection_id: String,
+    /// Its connector.
+    pub connector_id: String,
     /// Its name at the time.
     pub connection_name: String,
     /// The connector.
@@ -390,8 +392,8 @@ impl Store {
     pub async fn record_call(&self, c: &ApiCallRow) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO api_calls (id, tenant_id, connection_id, connection_name, connector_slug, operation, \
-             method, url, status, ok, error_class, duration_us, response_bytes, attempts, ran_on, actor, at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+             method, url, status, ok, error_class, duration_us, response_bytes, attempts, ran_on, actor, at, connector_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         )
         .bind(&c.id)
         .bind(&c.tenant_id)
@@ -410,6 +412,7 @@ impl Store {
         .bind(&c.ran_on)
         .bind(&c.actor)
         .bind(c.at)
+        .bind(&c.connector_id)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -423,8 +426,8 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<ApiCallRow>, StoreError> {
         Ok(sqlx::query_as::<_, ApiCallRow>(
-            "SELECT id, tenant_id, connection_id, connection_name, connector_slug, operation, method, url, status, \
-             ok, error_class, duration_us, response_bytes, attempts, ran_on, actor, at FROM api_calls \
+            "SELECT id, tenant_id, connection_id, connector_id, connection_name, connector_slug, operation, method, \
+             url, status, ok, error_class, duration_us, response_bytes, attempts, ran_on, actor, at FROM api_calls \
              WHERE tenant_id = $1 AND ($2 IS NULL OR connection_id = $2) AND ($3 IS NULL OR operation = $3) \
              AND ($4 IS NULL OR ok = $4) AND ($5 IS NULL OR error_class = $5) AND ($6 IS NULL OR id < $6) \
              ORDER BY id DESC LIMIT $7",
@@ -517,5 +520,133 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?
         .is_some())
+    }
+
+    /// (enterprises with a connection, active connections, calls since
+    /// `day_ago`, calls since `month_ago`) of a connector.
+    pub async fn connector_usage(
+        &self,
+        connector_id: &str,
+        day_ago: i64,
+        month_ago: i64,
+    ) -> Result<(i64, i64, i64, i64), StoreError> {
+        use sqlx::Row as _;
+        let c = sqlx::query(
+            "SELECT COUNT(DISTINCT tenant_id) AS enterprises, \
+             COALESCE(SUM(CASE WHEN status = 'active' THEN 1 ELSE 0 END), 0) AS active \
+             FROM connections WHERE connector_id = $1",
+        )
+        .bind(connector_id)
+        .fetch_one(&self.pool)
+        .await?;
+        let calls = sqlx::query(
+            "SELECT COALESCE(SUM(CASE WHEN at >= $2 THEN 1 ELSE 0 END), 0) AS day, COUNT(*) AS month \
+             FROM api_calls WHERE connector_id = $1 AND at >= $3",
+        )
+        .bind(connector_id)
+        .bind(day_ago)
+        .bind(month_ago)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((
+            c.try_get::<i64, _>("enterprises")?,
+            c.try_get::<i64, _>("active")?,
+            calls.try_get::<i64, _>("day")?,
+            calls.try_get::<i64, _>("month")?,
+        ))
+    }
+
+    /// (tenant, connection id, name, version) of every connection of a connector.
+    pub async fn connections_of_connector(
+        &self,
+        connector_id: &str,
+    ) -> Result<Vec<(String, String, String, String)>, StoreError> {
+        use sqlx::Row as _;
+        let rows = sqlx::query(
+            "SELECT tenant_id, id, name, connector_version FROM connections WHERE connector_id = $1 ORDER BY tenant_id, id",
+        )
+        .bind(connector_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("tenant_id")?,
+                    r.try_get("id")?,
+                    r.try_get("name")?,
+                    r.try_get("connector_version")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Adds a notification for a tenant.
+    pub async fn notify(
+        &self,
+        tenant_id: &str,
+        kind: &str,
+        message: &str,
+        details: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO notifications (id, tenant_id, kind, message, details, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(crate::ids::time_ordered_id("ntf"))
+        .bind(tenant_id)
+        .bind(kind)
+        .bind(message)
+        .bind(details)
+        .bind(super::now_unix())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A tenant's notifications, newest first: (id, kind, message, details, created_at, read_at).
+    #[allow(clippy::type_complexity)]
+    pub async fn notifications(
+        &self,
+        tenant_id: &str,
+        unread_only: bool,
+        before: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<(String, String, String, String, i64, Option<i64>)>, StoreError> {
+        use sqlx::Row as _;
+        let rows = sqlx::query(
+            "SELECT id, kind, message, details, created_at, read_at FROM notifications \
+             WHERE tenant_id = $1 AND ($2 = 0 OR read_at IS NULL) AND ($3 IS NULL OR id < $3) \
+             ORDER BY id DESC LIMIT $4",
+        )
+        .bind(tenant_id)
+        .bind(i64::from(unread_only))
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id")?,
+                    r.try_get("kind")?,
+                    r.try_get("message")?,
+                    r.try_get("details")?,
+                    r.try_get("created_at")?,
+                    r.try_get("read_at")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Marks a notification read; false when the tenant has no such notification.
+    pub async fn mark_read(&self, tenant_id: &str, id: &str, now: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE notifications SET read_at = COALESCE(read_at, $1) WHERE tenant_id = $2 AND id = $3",
+        )
+        .bind(now)
+        .bind(tenant_id)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 }
