@@ -200,6 +200,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         core.clone(),
         shutdown.clone(),
     ));
+    tasks.spawn(execute::monitor_health(core.clone(), shutdown.clone()));
     let router = api::router(core.clone());
     let http_shutdown = shutdown.clone();
     tasks.spawn(async move {

@@ -656,6 +656,7 @@ async fn publishing_tests_each_operation_against_a_test_target() {
         .as_array_mut()
         .unwrap()
         .retain(|o| o["method"] == "GET" && o["id"] != "getPart");
+    def["health_check"] = json!("health");
     let id = cp.create(&admin, &def).await;
     let checklist = format!("/connectors/{id}/checklist");
     let target = |key: &str| {
@@ -728,6 +729,7 @@ async fn publishing_tests_each_operation_against_a_test_target() {
     let mut short = dms("silent-dms");
     short["resilience"]["timeout_ms"] = json!(300);
     short["operations"].as_array_mut().unwrap().truncate(1);
+    short["health_check"] = json!("health");
     short["operations"][0]["parameters"] =
         json!([{"name": "probe", "in": "query", "type": "string"}]);
     let sid = cp.create(&admin, &short).await;

@@ -20,12 +20,17 @@ struct Cp {
 }
 
 async fn cp() -> Cp {
+    cp_with(|_| {}).await
+}
+
+async fn cp_with(tune: impl FnOnce(&mut Settings)) -> Cp {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = Settings::new(dir.path().join("cp"));
     settings.http_addr = "127.0.0.1:0".parse().unwrap();
     settings.tunnel_addr = "127.0.0.1:0".parse().unwrap();
     // The simulator runs on loopback, which the default (`public`) refuses.
     settings.cloud_agent_allow = vec!["127.0.0.0/8".into()];
+    tune(&mut settings);
     let shutdown = CancellationToken::new();
     let server = start(settings, shutdown.clone()).await.unwrap();
     let (_, admin) = bootstrap_tenant(&server.core.store, "acme", "cli")
@@ -219,7 +224,29 @@ async fn test_connection_names_each_outcome() {
         (Some("success"), Some(true)),
         "{ok}"
     );
-    assert_eq!(ok["operation"], "health");
+    assert_eq!(ok["operation"], "listVehicles");
+
+    // A wrong password.
+    let (_, wrong) = cp
+        .send(
+            "POST",
+            "/connections/test",
+            Some(test(
+                json!({"username": "dealer", "password": "nope"}),
+                cp.sim.clone(),
+                json!({}),
+            )),
+        )
+        .await;
+    assert_eq!(wrong["outcome"], "auth_failure", "{wrong}");
+    assert_eq!(wrong["http_status"], 401);
+    assert!(
+        wrong["detail"]
+            .as_str()
+            .unwrap()
+            .contains("check the credentials"),
+        "{wrong}"
+    );
 
     // A closed port.
     let closed = {
@@ -426,8 +453,11 @@ async fn lifecycle_activation_rotation_deletion() {
     assert_eq!(created["connector_version"], "1.0.0");
     let (status, answer) = cp.invoke(&id, "listVehicles", json!({})).await;
     assert_eq!((status, code(&answer)), (409, "connection_inactive"));
-    // Saved credentials are wrong: Test Connection of the saved one still
-    // succeeds (the health check is open), the call says 401.
+    // Saved credentials are wrong: Test Connection says so, and so does a call.
+    let (_, tested) = cp
+        .send("POST", &format!("/connections/{id}/test"), None)
+        .await;
+    assert_eq!(tested["outcome"], "auth_failure", "{tested}");
     let (_, activated) = cp
         .send("POST", &format!("/connections/{id}/activate"), None)
         .await;
@@ -952,4 +982,63 @@ async fn usage_is_counted_and_a_major_version_notifies_its_users() {
     );
     let (_, unread) = cp.send("GET", "/notifications?unread=true", None).await;
     assert_eq!(unread, json!([]));
+}
+
+#[tokio::test]
+async fn active_connections_are_monitored_and_inactive_ones_are_not() {
+    let cp = cp_with(|s| s.health_check_interval = std::time::Duration::from_millis(200)).await;
+    let healthy = cp
+        .connect("healthy", "api_key", json!({"api_key": "dms-demo-key"}))
+        .await;
+    let degraded = cp
+        .connect("wrong key", "api_key", json!({"api_key": "nope"}))
+        .await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let (_, offline) = cp
+        .send(
+            "POST",
+            "/connections",
+            Some(json!({"connector_id": cp.dms_sim, "name": "offline", "credentials": {"api_key": "k"},
+                "base_url": closed, "activate": true, "settings": {"max_retries": 0}})),
+        )
+        .await;
+    let offline = offline["id"].as_str().unwrap().to_owned();
+    let (_, inactive) = cp
+        .send("POST", "/connections", Some(json!({"connector_id": cp.dms_sim, "name": "inactive", "credentials": {"api_key": "k"}, "base_url": cp.sim})))
+        .await;
+    let inactive = inactive["id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for (id, expected) in [
+        (&healthy, "healthy"),
+        (&degraded, "degraded"),
+        (&offline, "offline"),
+    ] {
+        loop {
+            let (_, c) = cp.send("GET", &format!("/connections/{id}"), None).await;
+            if c["health"] == expected {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{id} never became {expected}: {c}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let (_, history) = cp
+        .send("GET", &format!("/connections/{degraded}/health"), None)
+        .await;
+    assert_eq!(history[0]["outcome"], "auth_failure", "{history}");
+    let (_, none) = cp
+        .send("GET", &format!("/connections/{inactive}/health"), None)
+        .await;
+    assert_eq!(none, json!([]), "an inactive connection is not checked");
+    // Health checks are calls too, recorded as the system's.
+    let (_, calls) = cp
+        .send("GET", &format!("/api-calls?connection_id={healthy}"), None)
+        .await;
+    assert_eq!(calls[0]["actor"], "system:health");
 }
