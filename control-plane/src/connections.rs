@@ -759,6 +759,7 @@ pub(crate) async fn update(
     }
     c.updated_at = now_unix();
     core.store.update_connection(&c).await?;
+    execute::forget(&core, &c.id);
     if let Some(px) = &patch.proxy
         && (px.username.is_some() || px.password.is_some())
     {
@@ -791,6 +792,7 @@ pub(crate) async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let c = own(&core, &p, &id).await?;
     authorize(&core, &p, &c, "admin").await?;
+    execute::forget(&core, &id);
     if !core.store.delete_connection(&p.tenant_id, &id).await? {
         return Err(ApiError::not_found("connection", &id));
     }
@@ -825,6 +827,7 @@ async fn set_status(
     c.status = status.into();
     c.updated_at = now_unix();
     core.store.update_connection(&c).await?;
+    execute::forget(core, id);
     let action = if status == "active" {
         "connection.activate"
     } else {
@@ -904,6 +907,7 @@ pub(crate) async fn rotate_credentials(
     core.store
         .replace_secrets(&p.tenant_id, &id, &sealed, now_unix())
         .await?;
+    execute::forget(&core, &id);
     record(
         &core.store,
         Some(&p.tenant_id),
@@ -1185,18 +1189,17 @@ pub(crate) async fn invoke(
         serde_json::from_slice(&raw)
             .map_err(|e| ApiError::invalid(format!("the request body is invalid: {e}")))?
     };
-    let c = own(&core, &p, &id).await?;
-    if c.status != "active" {
+    let resolved = execute::resolve_cached(&core, &p.tenant_id, &id).await?;
+    if resolved.row.status != "active" {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "connection_inactive",
             format!(
                 "connection {} is inactive: activate it to make calls",
-                c.name
+                resolved.row.name
             ),
         ));
     }
-    let resolved = execute::resolve(&core, c).await?;
     let Some(op) = resolved.operation(&operation).cloned() else {
         return Err(ApiError::not_found("operation", &operation));
     };
@@ -1295,6 +1298,8 @@ pub(crate) async fn list_calls(
     p: Principal,
     q: Result<Query<CallQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    // This node's buffered calls first, so a caller sees its own calls.
+    core.calls.flush(&core.store).await;
     let q = query(q)?;
     let limit = page_limit(q.limit)?;
     if let Some(o) = &q.outcome

@@ -451,6 +451,7 @@ pub async fn run(
                 .await
             {
                 Ok(sealed) => {
+                    forget(core, &c.row.id);
                     if let Err(e) = core
                         .store
                         .set_secret(&c.row.id, "cred.refresh_token", &sealed)
@@ -492,9 +493,7 @@ pub async fn run(
             actor: actor.to_owned(),
             at: now_unix(),
         };
-        if let Err(e) = core.store.record_call(&row).await {
-            tracing::error!(connection = %c.row.id, "cannot record the call: {e}");
-        }
+        core.calls.push(row);
         let settings = c.settings();
         if settings.log_level == "debug" || (!r.ok && settings.log_level != "error") {
             tracing::info!(
@@ -653,6 +652,32 @@ pub fn health_of(t: &TestOutcome, timeout_ms: u32) -> &'static str {
         _ if t.http_status.is_some() => "degraded",
         _ => "offline",
     }
+}
+
+/// Drops a connection from the cache of opened connections (after any change).
+pub fn forget(core: &Core, id: &str) {
+    core.connections.remove_where(|r| r.row.id == id);
+}
+
+/// An opened connection of `tenant_id`, from the cache (a few seconds old
+/// at most, and dropped on every change made on this node) or the store.
+pub async fn resolve_cached(
+    core: &Core,
+    tenant_id: &str,
+    id: &str,
+) -> Result<Arc<Resolved>, crate::api::ApiError> {
+    let key = format!("{tenant_id}/{id}");
+    if let Some(r) = core.connections.get(&key) {
+        return Ok(r);
+    }
+    let row = core
+        .store
+        .connection(tenant_id, id)
+        .await?
+        .ok_or_else(|| crate::api::ApiError::not_found("connection", id))?;
+    let resolved = Arc::new(resolve(core, row).await?);
+    core.connections.insert(key, resolved.clone());
+    Ok(resolved)
 }
 
 /// Opens a stored connection: its connector version and credentials.

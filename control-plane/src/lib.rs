@@ -13,6 +13,7 @@ pub mod builtin;
 pub mod ca;
 pub mod cache;
 pub mod call;
+pub mod calllog;
 pub mod catalogue;
 pub mod cdm;
 pub mod config;
@@ -108,6 +109,10 @@ pub struct Core {
     pub cloud: dibop_relay_agent::runtime::Runtime,
     /// OpenID Connect token endpoints by discovery URL.
     pub discovery: execute::DiscoveryCache,
+    /// The API-call log's write buffer.
+    pub calls: calllog::CallLog,
+    /// Opened connections (row, definition, credentials), for a few seconds.
+    pub connections: cache::TtlCache<Arc<execute::Resolved>>,
     /// Settings, with `public_tunnel_addr` resolved.
     pub settings: ResolvedSettings,
 }
@@ -177,6 +182,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         metrics: metrics::Metrics::default(),
         cloud: cloud_agent(&settings.cloud_agent_allow)?,
         discovery: execute::discovery_cache(),
+        calls: calllog::CallLog::default(),
+        connections: cache::TtlCache::new(Duration::from_secs(5), 10_000),
         settings: ResolvedSettings {
             public_tunnel_addr: String::new(),
             agent_idle_timeout: settings.agent_idle_timeout,
@@ -201,6 +208,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         shutdown.clone(),
     ));
     tasks.spawn(execute::monitor_health(core.clone(), shutdown.clone()));
+    tasks.spawn(calllog::run(core.clone(), shutdown.clone()));
     let router = api::router(core.clone());
     let http_shutdown = shutdown.clone();
     tasks.spawn(async move {

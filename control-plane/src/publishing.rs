@@ -956,6 +956,7 @@ pub(crate) async fn usage(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<UsageView>, ApiError> {
     let c = own(&core, &p, &id).await?;
+    core.calls.flush(&core.store).await;
     let now = now_unix();
     let (enterprises, active_connections, calls_24h, calls_30d) = core
         .store

@@ -388,8 +388,25 @@ impl Store {
         .await?)
     }
 
+    /// Appends a batch to the API-call log in one transaction.
+    pub async fn record_calls(&self, calls: &[ApiCallRow]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for c in calls {
+            Self::insert_call(&mut *tx, c).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Appends to the API-call log.
     pub async fn record_call(&self, c: &ApiCallRow) -> Result<(), StoreError> {
+        Self::insert_call(&self.pool, c).await
+    }
+
+    async fn insert_call<'e, E>(executor: E, c: &ApiCallRow) -> Result<(), StoreError>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Any>,
+    {
         sqlx::query(
             "INSERT INTO api_calls (id, tenant_id, connection_id, connection_name, connector_slug, operation, \
              method, url, status, ok, error_class, duration_us, response_bytes, attempts, ran_on, actor, at, connector_id) \
@@ -413,7 +430,7 @@ impl Store {
         .bind(&c.actor)
         .bind(c.at)
         .bind(&c.connector_id)
-        .execute(&self.pool)
+        .execute(executor)
         .await?;
         Ok(())
     }

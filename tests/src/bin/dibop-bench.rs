@@ -283,8 +283,36 @@ async fn main() -> anyhow::Result<()> {
         token: api.token().to_owned(),
         body: json!({"method": "GET", "url": format!("{}{path}", dms.url), "headers": {"X-API-Key": "dms-demo-key"}}),
     };
+    // The same call as a connection's operation: rendered, authenticated
+    // from the vault, recorded in the call log.
+    let (_, catalogue) = api.send("GET", "/catalogue?q=dms-sim", None).await?;
+    let (status, connection) = api
+        .send(
+            "POST",
+            "/connections",
+            Some(
+                json!({"connector_id": catalogue[0]["id"], "name": "bench", "auth_type": "api_key",
+                "credentials": {"api_key": "dms-demo-key"}, "base_url": dms.url,
+                "execution_mode": "agent_group", "agent_group_id": group, "activate": true}),
+            ),
+        )
+        .await?;
+    anyhow::ensure!(
+        status == 201,
+        "cannot create the bench connection: {connection}"
+    );
+    let invoked = Target::Relayed {
+        url: format!(
+            "{}/api/v1/connections/{}/operations/listVehicles/invoke",
+            cp.http,
+            connection["id"].as_str().unwrap_or_default()
+        ),
+        token: api.token().to_owned(),
+        body: json!({"parameters": {"page_size": 10}}),
+    };
     let client = reqwest::Client::new();
     one_call(&client, &relayed).await?;
+    one_call(&client, &invoked).await?;
     let response_bytes = client
         .get(format!("{}{path}", dms.url))
         .header("X-API-Key", "dms-demo-key")
@@ -299,6 +327,7 @@ async fn main() -> anyhow::Result<()> {
     for &c in &args.concurrency {
         let d = measure(&direct, c, args.seconds).await?;
         let r = measure(&relayed, c, args.seconds).await?;
+        let i = measure(&invoked, c, args.seconds).await?;
         let ratio = r["calls_per_s"].as_f64().unwrap_or(0.0)
             / d["calls_per_s"].as_f64().unwrap_or(1.0).max(1.0);
         let added_p50 = r["p50_ms"].as_f64().unwrap_or(0.0) - d["p50_ms"].as_f64().unwrap_or(0.0);
@@ -310,7 +339,17 @@ async fn main() -> anyhow::Result<()> {
             format!("c{c}_added_p50_ms"),
             json!((added_p50 * 1000.0).round() / 1000.0),
         );
-        scenarios.push(json!({"direct": d, "relayed": r}));
+        summary.insert(
+            format!("c{c}_connection_over_relayed_throughput"),
+            json!(
+                (i["calls_per_s"].as_f64().unwrap_or(0.0)
+                    / r["calls_per_s"].as_f64().unwrap_or(1.0).max(1.0)
+                    * 1000.0)
+                    .round()
+                    / 1000.0
+            ),
+        );
+        scenarios.push(json!({"direct": d, "relayed": r, "connection": i}));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss_after = eventually("agent rss", READY, || async {
