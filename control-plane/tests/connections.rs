@@ -1042,3 +1042,89 @@ async fn active_connections_are_monitored_and_inactive_ones_are_not() {
         .await;
     assert_eq!(calls[0]["actor"], "system:health");
 }
+
+#[tokio::test]
+async fn password_grant_and_rotating_refresh_tokens_are_stored_back() {
+    let cp = cp().await;
+    let client = json!({"client_id": "dibop-client", "client_secret": "dibop-secret"});
+    let mut password = client.clone();
+    password["username"] = json!("dealer");
+    password["password"] = json!("dealer-pass");
+    let id = cp
+        .connect("password grant", "oauth2_password", password)
+        .await;
+    let (_, result) = cp.invoke(&id, "listVehicles", json!({})).await;
+    assert_eq!(
+        (result["ok"].as_bool(), result["tokenFetches"].as_u64()),
+        (Some(true), Some(1)),
+        "{result}"
+    );
+
+    // An authorization-code connection starts from a refresh token the user's
+    // consent left; every refresh rotates it, and the newest is stored.
+    let minted: Value = reqwest::Client::new()
+        .post(format!("{}/_sim/refresh-tokens", cp.sim))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let first_refresh = minted["refresh_token"].as_str().unwrap().to_owned();
+    let mut code = client.clone();
+    code["refresh_token"] = json!(first_refresh);
+    let id = cp
+        .connect("authorization code", "oauth2_authorization_code", code)
+        .await;
+    let (_, result) = cp.invoke(&id, "listVehicles", json!({})).await;
+    assert_eq!(result["ok"], true, "{result}");
+    let stored = |cp: &Cp, id: String| {
+        let core = cp.core.clone();
+        async move {
+            let row = core
+                .store
+                .connection(
+                    &core.store.tenant_by_name("acme").await.unwrap().unwrap().id,
+                    &id,
+                )
+                .await
+                .unwrap()
+                .unwrap();
+            let resolved = dibop_control_plane::execute::resolve(&core, row)
+                .await
+                .unwrap();
+            resolved.credentials["refresh_token"].expose().to_owned()
+        }
+    };
+    let rotated = stored(&cp, id.clone()).await;
+    assert_ne!(
+        rotated, first_refresh,
+        "the rotated refresh token was stored back"
+    );
+    assert!(rotated.starts_with("dms-rt-"));
+    // The old one is spent: a fresh connection with it fails; the stored one works
+    // after the cache is gone (new credentials version).
+    let mut spent = client.clone();
+    spent["refresh_token"] = json!(first_refresh);
+    let dead = cp
+        .connect("spent", "oauth2_authorization_code", spent)
+        .await;
+    let (_, refused) = cp.invoke(&dead, "listVehicles", json!({})).await;
+    assert_eq!(refused["error"]["class"], "auth_failure", "{refused}");
+    let mut fresh = client.clone();
+    fresh["refresh_token"] = json!(rotated);
+    let (status, _) = cp
+        .send(
+            "PUT",
+            &format!("/connections/{id}/credentials"),
+            Some(json!({"credentials": fresh})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, again) = cp.invoke(&id, "listVehicles", json!({})).await;
+    assert_eq!(
+        (again["ok"].as_bool(), again["tokenFetches"].as_u64()),
+        (Some(true), Some(1)),
+        "{again}"
+    );
+}

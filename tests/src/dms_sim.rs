@@ -9,8 +9,11 @@
 //! - `X-API-Key: <api_key>`;
 //! - HTTP Basic `<basic_user>:<basic_password>`;
 //! - `Authorization: Bearer <token>` from `POST /oauth/token`
-//!   (`grant_type=client_credentials`, client id and secret in the form or in
-//!   Basic auth; tokens live one hour);
+//!   (`grant_type=client_credentials`, `password` (the Basic user) or
+//!   `refresh_token`; client id and secret in the form or in Basic auth;
+//!   tokens live one hour; refresh tokens are single-use and rotate;
+//!   `POST /_sim/refresh-tokens` mints one, as an authorization code flow
+//!   would);
 //! - `X-Session-Key: <key>` from `POST /auth/session {"username","password"}`
 //!   (the Basic user and password; `{"session": {"key"}}`, 15 minutes).
 //!
@@ -78,6 +81,7 @@ struct Sim {
     auth: SimAuth,
     data: RwLock<Data>,
     tokens: Mutex<HashMap<String, Instant>>,
+    refresh_tokens: Mutex<std::collections::HashSet<String>>,
     faults: Mutex<PendingFaults>,
     requests: AtomicU64,
 }
@@ -267,6 +271,7 @@ pub fn router(auth: SimAuth) -> Router {
         auth,
         data: RwLock::new(dataset()),
         tokens: Mutex::new(HashMap::new()),
+        refresh_tokens: Mutex::new(Default::default()),
         faults: Mutex::new(PendingFaults::default()),
         requests: AtomicU64::new(0),
     });
@@ -299,6 +304,7 @@ pub fn router(auth: SimAuth) -> Router {
         .route("/oauth/token", post(token))
         .route("/auth/session", post(session))
         .route("/_sim/faults", post(set_faults))
+        .route("/_sim/refresh-tokens", post(new_refresh_token))
         .route("/_sim/stats", get(stats))
         .nest("/api/v1", api)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such resource") })
@@ -574,22 +580,33 @@ async fn token(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: String) ->
         id = Some(u);
         secret = Some(p);
     }
-    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error": "unsupported_grant_type"})),
-        )
-            .into_response();
-    }
+    let refuse =
+        |status: StatusCode, error: &str| (status, Json(json!({"error": error}))).into_response();
     if id.as_deref() != Some(sim.auth.client_id.as_str())
         || secret.as_deref() != Some(sim.auth.client_secret.as_str())
     {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({"error": "invalid_client"})),
-        )
-            .into_response();
+        return refuse(StatusCode::UNAUTHORIZED, "invalid_client");
     }
+    // Refresh tokens are single-use: each refresh rotates them.
+    let issue_refresh = match form.get("grant_type").map(String::as_str) {
+        Some("client_credentials") => false,
+        Some("password") => {
+            if form.get("username") != Some(&sim.auth.basic_user)
+                || form.get("password") != Some(&sim.auth.basic_password)
+            {
+                return refuse(StatusCode::BAD_REQUEST, "invalid_grant");
+            }
+            true
+        }
+        Some("refresh_token") => {
+            let presented = form.get("refresh_token").cloned().unwrap_or_default();
+            if !sim.refresh_tokens.lock().await.remove(&presented) {
+                return refuse(StatusCode::BAD_REQUEST, "invalid_grant");
+            }
+            true
+        }
+        _ => return refuse(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
+    };
     let token = format!(
         "dms-at-{:016x}{:016x}",
         fastrand::u64(..),
@@ -599,7 +616,29 @@ async fn token(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: String) ->
         .lock()
         .await
         .insert(token.clone(), Instant::now() + Duration::from_secs(3600));
-    Json(json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600})).into_response()
+    let mut answer = json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600});
+    if issue_refresh {
+        let refresh = format!(
+            "dms-rt-{:016x}{:016x}",
+            fastrand::u64(..),
+            fastrand::u64(..)
+        );
+        sim.refresh_tokens.lock().await.insert(refresh.clone());
+        answer["refresh_token"] = json!(refresh);
+    }
+    Json(answer).into_response()
+}
+
+/// `POST /_sim/refresh-tokens` → a fresh refresh token, as an authorization
+/// code flow would have left with the user (tests and demos).
+async fn new_refresh_token(State(sim): State<Arc<Sim>>) -> Json<Value> {
+    let refresh = format!(
+        "dms-rt-{:016x}{:016x}",
+        fastrand::u64(..),
+        fastrand::u64(..)
+    );
+    sim.refresh_tokens.lock().await.insert(refresh.clone());
+    Json(json!({"refresh_token": refresh}))
 }
 
 fn url_decode(s: &str) -> String {
