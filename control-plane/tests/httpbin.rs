@@ -5,10 +5,10 @@
 
 use std::path::PathBuf;
 
-use dibop_control_plane::{Settings, bootstrap_tenant, start};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt as _;
-use tokio_util::sync::CancellationToken;
+
+mod common;
 
 async fn httpbin() -> (String, tokio::process::Child) {
     let deps = std::env::var("DIBOP_TEST_DEPS")
@@ -41,35 +41,9 @@ async fn httpbin() -> (String, tokio::process::Child) {
 #[tokio::test]
 async fn bearer_query_keys_basic_retries_and_timeouts_against_httpbin() {
     let (bin, _httpbin) = httpbin().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings::new(dir.path().join("cp"));
-    settings.http_addr = "127.0.0.1:0".parse().unwrap();
-    settings.tunnel_addr = "127.0.0.1:0".parse().unwrap();
-    settings.cloud_agent_allow = vec!["127.0.0.0/8".into()];
-    let shutdown = CancellationToken::new();
-    let server = start(settings, shutdown.clone()).await.unwrap();
-    let _guard = shutdown.drop_guard();
-    let (tenant, admin) = bootstrap_tenant(&server.core.store, "acme", "cli")
-        .await
-        .unwrap();
-    let mut plan = server.core.store.tenant(&tenant).await.unwrap().unwrap();
-    plan.enterprise_publishing = 1;
-    server.core.store.update_tenant_plan(&plan).await.unwrap();
-    let base = format!("http://{}", server.http_addr);
-    let send = |method: &str, path: &str, body: Option<Value>| {
-        let mut req = reqwest::Client::new()
-            .request(method.parse().unwrap(), format!("{base}/api/v1{path}"))
-            .bearer_auth(&admin);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        async move {
-            let resp = req.send().await.unwrap();
-            (
-                resp.status().as_u16(),
-                resp.json::<Value>().await.unwrap_or(Value::Null),
-            )
-        }
+    let cp = common::start_cp().await;
+    let send = |method: &'static str, path: &str, body: Option<Value>| {
+        cp.send(method, path.to_owned(), body)
     };
     let definition = json!({
         "format": "dibop.connector/v1", "name": "httpbin", "slug": "httpbin",
@@ -90,16 +64,7 @@ async fn bearer_query_keys_basic_retries_and_timeouts_against_httpbin() {
              "parameters": [{"name": "seconds", "in": "path", "type": "integer"}]}
         ]
     });
-    let (status, connector) = send("POST", "/connectors", Some(definition)).await;
-    assert_eq!(status, 201, "{connector}");
-    let connector = connector["id"].as_str().unwrap().to_owned();
-    let (status, _) = send(
-        "POST",
-        &format!("/connectors/{connector}/publish"),
-        Some(json!({"scope": "enterprise"})),
-    )
-    .await;
-    assert_eq!(status, 200);
+    let connector = cp.publish(definition).await;
     let connect = |name: &str, auth: &str, credentials: Value, settings: Value| {
         send(
             "POST",

@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
-use dibop_control_plane::{Settings, bootstrap_tenant, start};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt as _;
-use tokio_util::sync::CancellationToken;
+
+mod common;
 
 fn test_deps() -> PathBuf {
     std::env::var("DIBOP_TEST_DEPS")
@@ -108,33 +108,10 @@ async fn client_credentials_and_discovery_against_a_real_provider() {
     let api_url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings::new(dir.path().join("cp"));
-    settings.http_addr = "127.0.0.1:0".parse().unwrap();
-    settings.tunnel_addr = "127.0.0.1:0".parse().unwrap();
-    settings.cloud_agent_allow = vec!["127.0.0.0/8".into()];
-    let shutdown = CancellationToken::new();
-    let server = start(settings, shutdown.clone()).await.unwrap();
-    let _guard = shutdown.drop_guard();
-    let (tenant, admin) = bootstrap_tenant(&server.core.store, "acme", "cli")
-        .await
-        .unwrap();
-    let mut plan = server.core.store.tenant(&tenant).await.unwrap().unwrap();
-    plan.enterprise_publishing = 1;
-    server.core.store.update_tenant_plan(&plan).await.unwrap();
-    let base = format!("http://{}", server.http_addr);
-    let send = |method: &str, path: &str, body: Value| {
-        let req = reqwest::Client::new()
-            .request(method.parse().unwrap(), format!("{base}/api/v1{path}"))
-            .bearer_auth(&admin)
-            .json(&body);
-        async move {
-            let resp = req.send().await.unwrap();
-            let status = resp.status().as_u16();
-            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
-        }
+    let cp = common::start_cp().await;
+    let send = |method: &'static str, path: &str, body: Value| {
+        cp.send(method, path.to_owned(), Some(body))
     };
-
     let definition = json!({
         "format": "dibop.connector/v1", "name": "Fleet API", "slug": "fleet-api",
         "description": "A fleet API behind an OpenID Connect provider.", "category": "telematics",
@@ -151,16 +128,7 @@ async fn client_credentials_and_discovery_against_a_real_provider() {
              "parameters": [{"name": "page", "in": "query", "type": "integer"}], "response_schema": {"type": "object"}}
         ]
     });
-    let (status, created) = send("POST", "/connectors", definition).await;
-    assert_eq!(status, 201, "{created}");
-    let connector = created["id"].as_str().unwrap().to_owned();
-    let (status, published) = send(
-        "POST",
-        &format!("/connectors/{connector}/publish"),
-        json!({"scope": "enterprise"}),
-    )
-    .await;
-    assert_eq!(status, 200, "{published}");
+    let connector = cp.publish(definition).await;
 
     for auth_type in ["openid_connect", "oauth2_client_credentials"] {
         let (status, c) = send(

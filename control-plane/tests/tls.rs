@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use dibop_control_plane::{Settings, bootstrap_tenant, start};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio_util::sync::CancellationToken;
+
+mod common;
 
 struct Ca {
     pem: String,
@@ -117,34 +117,8 @@ async fn mutual_tls_extra_ca_and_tls_errors() {
     let (client_cert, client_key, _, _) = leaf(&client_ca, vec!["dibop".into()]);
     let (stranger_cert, stranger_key, _, _) = leaf(&stranger_ca, vec!["dibop".into()]);
 
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings::new(dir.path().join("cp"));
-    settings.http_addr = "127.0.0.1:0".parse().unwrap();
-    settings.tunnel_addr = "127.0.0.1:0".parse().unwrap();
-    settings.cloud_agent_allow = vec!["127.0.0.0/8".into()];
-    let shutdown = CancellationToken::new();
-    let server = start(settings, shutdown.clone()).await.unwrap();
-    let _guard = shutdown.drop_guard();
-    let (tenant, admin) = bootstrap_tenant(&server.core.store, "acme", "cli")
-        .await
-        .unwrap();
-    let mut plan = server.core.store.tenant(&tenant).await.unwrap().unwrap();
-    plan.enterprise_publishing = 1;
-    server.core.store.update_tenant_plan(&plan).await.unwrap();
-    let base = format!("http://{}", server.http_addr);
-    let send = |path: &str, body: Value| {
-        let req = reqwest::Client::new()
-            .post(format!("{base}/api/v1{path}"))
-            .bearer_auth(&admin)
-            .json(&body);
-        async move {
-            let resp = req.send().await.unwrap();
-            (
-                resp.status().as_u16(),
-                resp.json::<Value>().await.unwrap_or(Value::Null),
-            )
-        }
-    };
+    let cp = common::start_cp().await;
+    let send = |path: &str, body: Value| cp.send("POST", path.to_owned(), Some(body));
     let definition = json!({
         "format": "dibop.connector/v1", "name": "Dealer bank", "slug": "dealer-bank",
         "description": "A finance partner behind mutual TLS.", "category": "finance",
@@ -154,18 +128,7 @@ async fn mutual_tls_extra_ca_and_tls_errors() {
         "operations": [{"id": "health", "name": "Health", "method": "GET", "path": "/health",
             "parameters": [{"name": "deep", "in": "query", "type": "boolean"}], "response_schema": {"type": "object"}}]
     });
-    let (status, connector) = send("/connectors", definition).await;
-    assert_eq!(status, 201, "{connector}");
-    let id = connector["id"].as_str().unwrap().to_owned();
-    assert_eq!(
-        send(
-            &format!("/connectors/{id}/publish"),
-            json!({"scope": "enterprise"})
-        )
-        .await
-        .0,
-        200
-    );
+    let id = cp.publish(definition).await;
     let test = |cert: &str, key: &str, tls: Value| {
         send(
             "/connections/test",

@@ -1,0 +1,91 @@
+//! An in-process control plane on loopback for the API tests that talk to
+//! real servers on this machine: its cloud agent may call loopback, and its
+//! tenant `acme` may publish connectors for itself.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use dibop_control_plane::{Core, Settings, bootstrap_tenant, start};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// A running control plane and tenant `acme`'s admin token.
+pub struct TestCp {
+    /// `http://127.0.0.1:port`.
+    pub base: String,
+    /// An `enterprise_admin` API token of `acme`.
+    pub admin: String,
+    /// The control plane's services.
+    pub core: Arc<Core>,
+    _dir: tempfile::TempDir,
+    _shutdown: tokio_util::sync::DropGuard,
+}
+
+/// Starts the control plane and `acme` (with enterprise publishing).
+pub async fn start_cp() -> TestCp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::new(dir.path().join("cp"));
+    settings.http_addr = "127.0.0.1:0".parse().unwrap();
+    settings.tunnel_addr = "127.0.0.1:0".parse().unwrap();
+    // The servers under test run on loopback, which the default (`public`) refuses.
+    settings.cloud_agent_allow = vec!["127.0.0.0/8".into()];
+    let shutdown = CancellationToken::new();
+    let server = start(settings, shutdown.clone()).await.unwrap();
+    let (tenant, admin) = bootstrap_tenant(&server.core.store, "acme", "cli")
+        .await
+        .unwrap();
+    let mut plan = server.core.store.tenant(&tenant).await.unwrap().unwrap();
+    plan.enterprise_publishing = 1;
+    server.core.store.update_tenant_plan(&plan).await.unwrap();
+    let base = format!("http://{}", server.http_addr);
+    let core = server.core.clone();
+    tokio::spawn(server.wait());
+    TestCp {
+        base,
+        admin,
+        core,
+        _dir: dir,
+        _shutdown: shutdown.drop_guard(),
+    }
+}
+
+impl TestCp {
+    /// Sends a JSON request as `acme`'s admin; (status, JSON body or Null).
+    pub async fn send(
+        &self,
+        method: &'static str,
+        path: impl Into<String>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let path = path.into();
+        let mut req = reqwest::Client::new()
+            .request(
+                method.parse().unwrap(),
+                format!("{}/api/v1{path}", self.base),
+            )
+            .bearer_auth(&self.admin);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Creates a connector from `definition` and publishes it for `acme`; its id.
+    pub async fn publish(&self, definition: Value) -> String {
+        let (status, created) = self.send("POST", "/connectors", Some(definition)).await;
+        assert_eq!(status, 201, "{created}");
+        let id = created["id"].as_str().unwrap().to_owned();
+        let (status, published) = self
+            .send(
+                "POST",
+                &format!("/connectors/{id}/publish"),
+                Some(serde_json::json!({"scope": "enterprise"})),
+            )
+            .await;
+        assert_eq!(status, 200, "{published}");
+        id
+    }
+}
