@@ -22,7 +22,7 @@ fn test_deps() -> PathBuf {
 }
 
 /// Starts the provider; returns its issuer URL and the process.
-async fn provider() -> (String, tokio::process::Child) {
+async fn provider(token_lifetime_secs: u32) -> (String, tokio::process::Child) {
     let lib = test_deps().join("node_modules/oidc-provider/lib/index.js");
     assert!(
         lib.exists(),
@@ -33,6 +33,7 @@ async fn provider() -> (String, tokio::process::Child) {
     let mut child = tokio::process::Command::new("node")
         .arg(script)
         .arg(lib)
+        .arg(token_lifetime_secs.to_string())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -92,7 +93,7 @@ async fn vehicles(
 
 #[tokio::test]
 async fn client_credentials_and_discovery_against_a_real_provider() {
-    let (issuer, _provider) = provider().await;
+    let (issuer, _provider) = provider(600).await;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let app = axum::Router::new()
         .route(
@@ -191,6 +192,51 @@ async fn client_credentials_and_discovery_against_a_real_provider() {
         assert!(
             detail.contains("invalid_client") && !detail.contains("wrong-canary"),
             "{detail}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_renewed_before_they_expire() {
+    // Tokens of 10 s are inside the 30 s renewal window: every call renews.
+    let (issuer, _provider) = provider(10).await;
+    let cp = common::start_cp().await;
+    let app = axum::Router::new().route(
+        "/health",
+        get(|| async { axum::Json(json!({"status": "ok"})) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let connector = cp
+        .publish(json!({
+            "format": "dibop.connector/v1", "name": "Short tokens", "slug": "short-tokens",
+            "description": "Tokens that live ten seconds.", "category": "telematics",
+            "base_url": api_url, "documentation_url": "https://fleet.example/docs",
+            "auth": {"schemes": [{"type": "oauth2_client_credentials", "token_url": format!("{issuer}/token")}]},
+            "health_check": "health", "resilience": {"timeout_ms": 5000, "retries": {"max_attempts": 1}},
+            "operations": [{"id": "health", "name": "Health", "method": "GET", "path": "/health",
+                "parameters": [{"name": "x", "in": "query"}], "response_schema": {"type": "object"}}]
+        }))
+        .await;
+    let (_, c) = cp
+        .send(
+            "POST",
+            "/connections",
+            Some(json!({"connector_id": connector, "activate": true,
+                "credentials": {"client_id": "dibop", "client_secret": "dibop-oidc-secret"}})),
+        )
+        .await;
+    let invoke = format!(
+        "/connections/{}/operations/health/invoke",
+        c["id"].as_str().unwrap()
+    );
+    for _ in 0..2 {
+        let (_, r) = cp.send("POST", invoke.clone(), Some(json!({}))).await;
+        assert_eq!(
+            (r["ok"].as_bool(), r["tokenFetches"].as_u64()),
+            (Some(true), Some(1)),
+            "{r}"
         );
     }
 }

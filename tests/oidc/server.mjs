@@ -2,7 +2,7 @@
 // scripts/test under target/test-deps) for the connection tests: discovery,
 // the client credentials grant, introspection and revocation.
 //
-//   node tests/oidc/server.mjs <path to oidc-provider's lib/index.js>
+//   node tests/oidc/server.mjs <path to oidc-provider's lib/index.js> [token lifetime in seconds, default 600]
 //
 // Prints `listening http://127.0.0.1:PORT` once it serves. Clients:
 //   dibop / dibop-oidc-secret  (client_secret_basic, client_credentials)
@@ -43,7 +43,7 @@ server.listen(0, '127.0.0.1', () => {
       revocation: { enabled: true },
       devInteractions: { enabled: false },
     },
-    ttl: { ClientCredentials: 600 },
+    ttl: { ClientCredentials: Number(process.argv[3] || 600) },
   });
   provider.on('server_error', (_ctx, err) => console.error('oidc server_error', err));
   handle = provider.callback();
