@@ -22,6 +22,7 @@ pub mod connector;
 pub mod dev;
 pub mod dispatch;
 pub mod execute;
+pub mod expr;
 pub mod idempotency;
 pub mod ids;
 pub mod import;

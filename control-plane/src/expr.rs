@@ -1,0 +1,326 @@
+//! Expressions: the jq language (via jaq) for orchestration steps,
+//! transforms and CDM mappings.
+//!
+//! An expression reads one input document, the **scope**
+//! (`{"params", "steps", "ctx", "item", "error"}` in orchestrations), as
+//! `.`; the same parts are also global variables (`$params`, `$steps`,
+//! `$ctx`, `$item`, `$error`). jq has no built-in bound on work, so every
+//! evaluation runs on the blocking pool, at most [`CONCURRENCY`] at a time,
+//! with a deadline, a cap on the number of outputs and on their size; a
+//! filter that never yields keeps its thread, which the concurrency cap
+//! contains.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jaq_core::load::{Arena, File, Loader};
+use jaq_core::{Compiler, Ctx, Vars, data, unwrap_valr};
+use jaq_json::Val;
+use serde::Deserialize as _;
+use serde_json::Value;
+
+/// Variables every expression may use besides `.`.
+pub const GLOBALS: [&str; 5] = ["$params", "$steps", "$ctx", "$item", "$error"];
+/// Most expression evaluations at once.
+pub const CONCURRENCY: usize = 8;
+/// Most outputs one evaluation may yield.
+pub const MAX_OUTPUTS: usize = 10_000;
+/// Most bytes the outputs of one evaluation may add up to.
+pub const MAX_OUTPUT_BYTES: usize = 8 * 1024 * 1024;
+
+type Filter = jaq_core::Filter<data::JustLut<Val>>;
+
+/// Where in the code a compile error is.
+fn column(code: &str, rest: &str) -> usize {
+    code.len().saturating_sub(rest.len()) + 1
+}
+
+fn compile(code: &str) -> Result<Filter, String> {
+    let defs = jaq_core::defs()
+        .chain(jaq_std::defs())
+        .chain(jaq_json::defs());
+    let funs = jaq_core::funs()
+        .chain(jaq_std::funs())
+        .chain(jaq_json::funs());
+    let loader = Loader::new(defs);
+    let arena = Arena::default();
+    let modules = loader
+        .load(&arena, File { code, path: () })
+        .map_err(|errors| {
+            let mut out = Vec::new();
+            for (_, e) in errors {
+                match e {
+                    jaq_core::load::Error::Io(io) => {
+                        out.extend(io.into_iter().map(|(p, m)| format!("{p}: {m}")))
+                    }
+                    jaq_core::load::Error::Lex(lex) => {
+                        out.extend(lex.into_iter().map(|(exp, rest)| {
+                            format!(
+                                "at column {}: expected {}",
+                                column(code, rest),
+                                exp.as_str()
+                            )
+                        }))
+                    }
+                    jaq_core::load::Error::Parse(parse) => {
+                        out.extend(parse.into_iter().map(|(exp, rest)| {
+                            format!(
+                                "at column {}: expected {}",
+                                column(code, rest),
+                                exp.as_str()
+                            )
+                        }))
+                    }
+                }
+            }
+            out.join("; ")
+        })?;
+    Compiler::default()
+        .with_funs(funs)
+        .with_global_vars(GLOBALS)
+        .compile(modules)
+        .map_err(|errors| {
+            errors
+                .into_iter()
+                .flat_map(|(_, es)| es)
+                .map(|(name, undefined)| {
+                    let what = match undefined {
+                        jaq_core::compile::Undefined::Var => "variable",
+                        jaq_core::compile::Undefined::Filter(_) => "filter",
+                        jaq_core::compile::Undefined::Mod => "module",
+                        jaq_core::compile::Undefined::Label => "label",
+                        _ => "name",
+                    };
+                    format!(
+                        "at column {}: undefined {what} `{name}`",
+                        column(code, name)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+}
+
+/// Checks that `code` is a valid expression (syntax and names).
+pub fn check(code: &str) -> Result<(), String> {
+    if code.len() > 64 * 1024 {
+        return Err("the expression is longer than 64 KiB".into());
+    }
+    compile(code).map(|_| ())
+}
+
+fn to_val(v: &Value) -> Val {
+    Val::deserialize(v).unwrap_or(Val::Null)
+}
+
+/// Evaluates `code` on `input` here, on this thread (use [`eval`] from async code).
+pub fn eval_blocking(code: &str, input: &Value) -> Result<Vec<Value>, String> {
+    let filter = compile(code)?;
+    let globals = ["params", "steps", "ctx", "item", "error"].map(|k| to_val(&input[k]));
+    let ctx = Ctx::<data::JustLut<Val>>::new(&filter.lut, Vars::new(globals));
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for v in filter.id.run((ctx, to_val(input))).map(unwrap_valr) {
+        let v = v.map_err(|e| format!("{e}"))?;
+        if out.len() == MAX_OUTPUTS {
+            return Err(format!(
+                "the expression yields more than {MAX_OUTPUTS} values"
+            ));
+        }
+        let text = v.to_string();
+        bytes += text.len();
+        if bytes > MAX_OUTPUT_BYTES {
+            return Err(format!(
+                "the expression's output is larger than {} MiB",
+                MAX_OUTPUT_BYTES / 1024 / 1024
+            ));
+        }
+        out.push(serde_json::from_str(&text).unwrap_or(Value::Null));
+    }
+    Ok(out)
+}
+
+/// Most evaluation threads alive at once, counting ones past their deadline.
+pub const MAX_THREADS: usize = 64;
+
+/// The expression pool: bounded concurrency and a deadline per evaluation.
+///
+/// Each evaluation runs on a thread of its own (not the async runtime's
+/// blocking pool, whose shutdown would wait for a filter that never ends).
+/// A filter past its deadline is abandoned: its caller gets an error and
+/// its slot is freed, and at most [`MAX_THREADS`] threads may be alive.
+#[derive(Debug)]
+pub struct Evaluator {
+    slots: Arc<tokio::sync::Semaphore>,
+    deadline: Duration,
+    alive: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Default for Evaluator {
+    fn default() -> Self {
+        Evaluator::new(CONCURRENCY, Duration::from_secs(5))
+    }
+}
+
+impl Evaluator {
+    /// A pool of `concurrency` evaluations with a `deadline` each.
+    pub fn new(concurrency: usize, deadline: Duration) -> Self {
+        Evaluator {
+            slots: Arc::new(tokio::sync::Semaphore::new(concurrency)),
+            deadline,
+            alive: Arc::default(),
+        }
+    }
+
+    /// Evaluates `code` on `input`: every output, or why not.
+    pub async fn eval(&self, code: &str, input: &Value) -> Result<Vec<Value>, String> {
+        use std::sync::atomic::Ordering;
+        let _permit = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| "the expression pool is closed".to_owned())?;
+        if self.alive.fetch_add(1, Ordering::SeqCst) >= MAX_THREADS {
+            self.alive.fetch_sub(1, Ordering::SeqCst);
+            return Err("too many expressions are still running past their deadline".into());
+        }
+        let (code, input) = (code.to_owned(), input.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let alive = self.alive.clone();
+        let spawned = std::thread::Builder::new()
+            .name("dibop-expr".into())
+            .stack_size(64 * 1024 * 1024)
+            .spawn(move || {
+                let _ = tx.send(eval_blocking(&code, &input));
+                alive.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            self.alive.fetch_sub(1, Ordering::SeqCst);
+            return Err(format!("cannot start an expression thread: {e}"));
+        }
+        match tokio::time::timeout(self.deadline, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("the expression failed".into()),
+            Err(_) => Err(format!(
+                "the expression did not finish within {} s",
+                self.deadline.as_secs_f64()
+            )),
+        }
+    }
+
+    /// The first output of `code` (null when it yields nothing).
+    pub async fn eval_one(&self, code: &str, input: &Value) -> Result<Value, String> {
+        Ok(self
+            .eval(code, input)
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or(Value::Null))
+    }
+}
+
+/// Replaces every `{{ expression }}` in `template` with its first output
+/// (strings as they are, other values as JSON).
+pub async fn render(
+    evaluator: &Evaluator,
+    template: &str,
+    scope: &Value,
+) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            return Err(format!("`{{{{` without `}}}}` in `{template}`"));
+        };
+        let code = after[..end].trim();
+        match evaluator.eval_one(code, scope).await {
+            Ok(Value::String(s)) => out.push_str(&s),
+            Ok(Value::Null) => {}
+            Ok(v) => out.push_str(&v.to_string()),
+            Err(e) => return Err(format!("`{code}`: {e}")),
+        }
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The `{{ … }}` expressions in a template, for validation.
+pub fn template_expressions(template: &str) -> Result<Vec<&str>, String> {
+    let mut found = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let end = after
+            .find("}}")
+            .ok_or_else(|| "`{{` without `}}`".to_owned())?;
+        found.push(after[..end].trim());
+        rest = &after[end + 2..];
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn jq_over_the_scope() {
+        let scope = json!({"params": {"vin": "WVW"}, "steps": {"list": {"response": {"items": [{"p": 2}, {"p": 5}]}}}});
+        assert_eq!(
+            eval_blocking(".params.vin", &scope).unwrap(),
+            [json!("WVW")]
+        );
+        assert_eq!(
+            eval_blocking(
+                "[$steps.list.response.items[] | select(.p > 3) | .p * 10]",
+                &scope
+            )
+            .unwrap(),
+            [json!([50])]
+        );
+        assert_eq!(
+            eval_blocking("$params.vin | ascii_downcase", &scope).unwrap(),
+            [json!("wvw")]
+        );
+        assert_eq!(eval_blocking("empty", &scope).unwrap(), Vec::<Value>::new());
+    }
+
+    #[test]
+    fn errors_say_where() {
+        let e = check(".a | (").unwrap_err();
+        assert!(e.contains("column"), "{e}");
+        let e = check("nosuchfilter(1)").unwrap_err();
+        assert!(e.contains("undefined filter `nosuchfilter`"), "{e}");
+        let e = check("$nope").unwrap_err();
+        assert!(e.contains("undefined variable"), "{e}");
+        let e = eval_blocking(".a + 1", &json!({"a": "x"})).unwrap_err();
+        assert!(e.contains("cannot"), "{e}");
+    }
+
+    #[test]
+    fn outputs_are_bounded() {
+        let e = eval_blocking("range(20000)", &json!({})).unwrap_err();
+        assert!(e.contains("more than 10000"), "{e}");
+        let e = eval_blocking("[range(1000000)] | tostring", &json!({})).err();
+        assert!(e.is_none() || e.unwrap().contains("larger"));
+    }
+
+    #[tokio::test]
+    async fn runaway_filters_hit_the_deadline_and_templates_render() {
+        let ev = Evaluator::new(2, Duration::from_millis(200));
+        let e = ev.eval("def f: f; f", &json!({})).await.unwrap_err();
+        assert!(e.contains("did not finish"), "{e}");
+        let scope = json!({"params": {"vin": "WVW", "n": 3}});
+        assert_eq!(
+            render(&ev, "/vehicles/{{ .params.vin }}?n={{ .params.n }}", &scope)
+                .await
+                .unwrap(),
+            "/vehicles/WVW?n=3"
+        );
+        assert!(render(&ev, "{{ .params.vin", &scope).await.is_err());
+    }
+}
