@@ -45,6 +45,11 @@ enum Command {
         #[command(subcommand)]
         task: ConnectorTask,
     },
+    /// Work with orchestration definition files.
+    Orchestration {
+        #[command(subcommand)]
+        task: OrchestrationTask,
+    },
     /// Administrative tasks, directly on the control plane's store.
     Admin {
         /// The control plane's data directory.
@@ -97,6 +102,16 @@ struct ServeArgs {
     /// Seconds between health checks of active connections [default: 60].
     #[arg(long, env = "DIBOP_HEALTH_CHECK_INTERVAL_SECS")]
     health_check_interval_secs: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+enum OrchestrationTask {
+    /// Check an orchestration definition (JSON or YAML): shape, expressions, templates,
+    /// step references and schedules; list every problem with its path.
+    Validate {
+        /// The definition file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -267,6 +282,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             server.wait().await;
             Ok(())
+        }
+        Command::Orchestration {
+            task: OrchestrationTask::Validate { file },
+        } => {
+            use dibop_control_plane::orchestration;
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let problems = match orchestration::parse(&text) {
+                Ok(doc) => orchestration::validate(&doc),
+                Err(p) => vec![p],
+            };
+            if problems.is_empty() {
+                println!("{}: valid", file.display());
+                Ok(())
+            } else {
+                let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
+                anyhow::bail!(
+                    "{} has {} problem(s):\n{}",
+                    file.display(),
+                    problems.len(),
+                    list.join("\n")
+                )
+            }
         }
         Command::Connector {
             task: ConnectorTask::Validate { file },

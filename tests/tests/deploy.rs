@@ -144,6 +144,9 @@ fn connector_definitions_validate_on_the_command_line() {
     let catalogue = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../catalogue");
     for entry in std::fs::read_dir(&catalogue).unwrap() {
         let path = entry.unwrap().path();
+        if path.is_dir() {
+            continue;
+        }
         let out = std::process::Command::new(bin("dibop"))
             .args(["connector", "validate"])
             .arg(&path)
@@ -243,4 +246,48 @@ fn openapi_documents_import_on_the_command_line() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!target.exists());
+}
+
+#[test]
+fn orchestration_definitions_validate_on_the_command_line() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../catalogue/orchestrations");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let out = std::process::Command::new(bin("dibop"))
+            .args(["orchestration", "validate"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 1);
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "format: dibop.orchestration/v1\nname: x\nsteps:\n  - {id: a, type: transform, expression: \".steps.b | (\"}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin("dibop"))
+        .args(["orchestration", "validate"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("$.steps[0].expression: invalid expression"),
+        "{err}"
+    );
+    assert!(
+        err.contains("refers to step `b`, which does not exist"),
+        "{err}"
+    );
 }
