@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod notifications;
 pub mod openapi;
 pub mod orchestration;
+pub mod orchestrations;
 pub mod paginate;
 pub mod publishing;
 pub mod store;

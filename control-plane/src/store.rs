@@ -72,8 +72,10 @@ macro_rules! select_connectors {
 
 mod catalogue;
 mod connections;
+mod orchestrations;
 pub use catalogue::{CatalogueFilter, CatalogueRow, VersionRow};
 pub use connections::{ApiCallFilter, ApiCallRow, ConnectionRow, HealthRow};
+pub use orchestrations::{OrchestrationRow, OrchestrationVersionRow};
 
 /// Storage failed.
 #[derive(Debug, thiserror::Error)]

@@ -49,6 +49,18 @@ const WALK: &[(&str, &str, Option<&str>)] = &[
     ("GET", "/catalogue/{connector}", None),
     ("GET", "/catalogue/{connector}/versions/{version}", None),
     ("POST", "/notifications/{notification}/read", None),
+    ("GET", "/orchestrations/{orchestration}", None),
+    (
+        "PUT",
+        "/orchestrations/{orchestration}",
+        Some(ORCHESTRATION),
+    ),
+    ("DELETE", "/orchestrations/{orchestration}", None),
+    ("GET", "/orchestrations/{orchestration}/versions", None),
+    ("POST", "/orchestrations/{orchestration}/activate", None),
+    ("POST", "/orchestrations/{orchestration}/pause", None),
+    ("POST", "/orchestrations/{orchestration}/archive", None),
+    ("POST", "/orchestrations/{orchestration}/restore", None),
     ("GET", "/connections/{connection}", None),
     (
         "PATCH",
@@ -78,6 +90,9 @@ const WALK: &[(&str, &str, Option<&str>)] = &[
         Some("{}"),
     ),
 ];
+
+/// A valid orchestration definition (no connections needed).
+const ORCHESTRATION: &str = r#"{"format":"dibop.orchestration/v1","name":"noop","steps":[{"id":"a","type":"transform","expression":"."}]}"#;
 
 /// A valid connector definition.
 const DMS_SIM: &str = include_str!("../../catalogue/dms-sim.yaml");
@@ -117,6 +132,7 @@ fn the_walk_covers_every_documented_tenant_resource() {
                 "{connector}",
                 "{connection}",
                 "{notification}",
+                "{orchestration}",
             ]
             .iter()
             .fold(p.to_string(), |p, k| p.replace(k, "{id}"));
@@ -298,6 +314,10 @@ async fn another_tenants_resources_do_not_exist() {
         .unwrap()[0]
         .0
         .clone();
+    let (status, orchestration) =
+        send(&base, &a, "POST", "/orchestrations", Some(ORCHESTRATION)).await;
+    assert_eq!(status, 201, "{orchestration}");
+    let orchestration = orchestration["id"].as_str().unwrap().to_owned();
     let ids = [
         ("{group}", group.as_str()),
         ("{agent}", "agt_isolation"),
@@ -308,6 +328,7 @@ async fn another_tenants_resources_do_not_exist() {
         ("{connection}", connection.as_str()),
         ("{operation}", "listVehicles"),
         ("{notification}", notification.as_str()),
+        ("{orchestration}", orchestration.as_str()),
     ];
     for (method, template, body) in WALK {
         let path = ids
@@ -336,6 +357,7 @@ async fn another_tenants_resources_do_not_exist() {
         "/connections",
         "/api-calls",
         "/notifications",
+        "/orchestrations",
     ] {
         let (status, rows) = send(&base, &b, "GET", list, None).await;
         assert_eq!(status, 200, "{list}");

@@ -1,0 +1,245 @@
+//! Orchestrations and their versions. Every query takes the tenant.
+
+use sqlx::FromRow;
+
+use super::{Store, StoreError, unique_violation};
+
+/// An orchestration.
+#[derive(Debug, Clone, FromRow)]
+pub struct OrchestrationRow {
+    /// Id (`orc_…`).
+    pub id: String,
+    /// Owner.
+    pub tenant_id: String,
+    /// Unique per tenant (from the definition).
+    pub name: String,
+    /// `draft`, `active`, `paused` or `archived`.
+    pub status: String,
+    /// The newest version number.
+    pub latest_version: i64,
+    /// Who created it.
+    pub created_by: String,
+    /// When.
+    pub created_at: i64,
+    /// Last change.
+    pub updated_at: i64,
+}
+
+/// One saved version.
+#[derive(Debug, Clone, FromRow)]
+pub struct OrchestrationVersionRow {
+    /// The orchestration.
+    pub orchestration_id: String,
+    /// 1, 2, …
+    pub version: i64,
+    /// The definition, JSON.
+    pub definition: String,
+    /// Who saved it.
+    pub created_by: String,
+    /// When.
+    pub created_at: i64,
+}
+
+macro_rules! select_orchestrations {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, tenant_id, name, status, latest_version, created_by, created_at, updated_at FROM orchestrations ",
+            $tail
+        )
+    };
+}
+
+impl Store {
+    /// Stores a new orchestration with its first version.
+    pub async fn create_orchestration(
+        &self,
+        o: &OrchestrationRow,
+        definition: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO orchestrations (id, tenant_id, name, status, latest_version, created_by, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&o.id)
+        .bind(&o.tenant_id)
+        .bind(&o.name)
+        .bind(&o.status)
+        .bind(o.latest_version)
+        .bind(&o.created_by)
+        .bind(o.created_at)
+        .bind(o.updated_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| unique_violation(e, format!("an orchestration named `{}` already exists", o.name)))?;
+        sqlx::query(
+            "INSERT INTO orchestration_versions (orchestration_id, version, definition, created_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&o.id)
+        .bind(o.latest_version)
+        .bind(definition)
+        .bind(&o.created_by)
+        .bind(o.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Saves a new version (conditional on `previous` being the newest).
+    pub async fn add_orchestration_version(
+        &self,
+        o: &OrchestrationRow,
+        previous: i64,
+        definition: &str,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE orchestrations SET name = $1, latest_version = $2, updated_at = $3 \
+             WHERE tenant_id = $4 AND id = $5 AND latest_version = $6",
+        )
+        .bind(&o.name)
+        .bind(o.latest_version)
+        .bind(o.updated_at)
+        .bind(&o.tenant_id)
+        .bind(&o.id)
+        .bind(previous)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            unique_violation(
+                e,
+                format!("an orchestration named `{}` already exists", o.name),
+            )
+        })?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict(
+                "the orchestration was saved by someone else meanwhile: reload it and try again"
+                    .into(),
+            ));
+        }
+        sqlx::query(
+            "INSERT INTO orchestration_versions (orchestration_id, version, definition, created_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&o.id)
+        .bind(o.latest_version)
+        .bind(definition)
+        .bind(actor)
+        .bind(o.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One orchestration of a tenant.
+    pub async fn orchestration(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<OrchestrationRow>, StoreError> {
+        Ok(
+            sqlx::query_as::<_, OrchestrationRow>(select_orchestrations!(
+                "WHERE tenant_id = $1 AND id = $2"
+            ))
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?,
+        )
+    }
+
+    /// A tenant's orchestrations, by id after `after`.
+    pub async fn list_orchestrations(
+        &self,
+        tenant_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<OrchestrationRow>, StoreError> {
+        Ok(
+            sqlx::query_as::<_, OrchestrationRow>(select_orchestrations!(
+                "WHERE tenant_id = $1 AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3"
+            ))
+            .bind(tenant_id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?,
+        )
+    }
+
+    /// Sets an orchestration's status.
+    pub async fn set_orchestration_status(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        status: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE orchestrations SET status = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4")
+            .bind(status)
+            .bind(now)
+            .bind(tenant_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Versions of an orchestration, newest first.
+    pub async fn orchestration_versions(
+        &self,
+        id: &str,
+    ) -> Result<Vec<OrchestrationVersionRow>, StoreError> {
+        Ok(sqlx::query_as::<_, OrchestrationVersionRow>(
+            "SELECT orchestration_id, version, definition, created_by, created_at FROM orchestration_versions \
+             WHERE orchestration_id = $1 ORDER BY version DESC",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// One version.
+    pub async fn orchestration_version(
+        &self,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<OrchestrationVersionRow>, StoreError> {
+        Ok(sqlx::query_as::<_, OrchestrationVersionRow>(
+            "SELECT orchestration_id, version, definition, created_by, created_at FROM orchestration_versions \
+             WHERE orchestration_id = $1 AND version = $2",
+        )
+        .bind(id)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Deletes an orchestration and its versions.
+    pub async fn delete_orchestration(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM orchestration_versions WHERE orchestration_id = $1 AND EXISTS \
+             (SELECT 1 FROM orchestrations WHERE id = $1 AND tenant_id = $2)",
+        )
+        .bind(id)
+        .bind(tenant_id)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query("DELETE FROM orchestrations WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+}

@@ -1,0 +1,121 @@
+//! Orchestrations through the API: definitions checked against the
+//! enterprise's connections, versions on every save, the lifecycle.
+
+use serde_json::{Value, json};
+
+mod common;
+
+const EXAMPLE: &str = include_str!("../../catalogue/orchestrations/vin-decode-and-enrich.yaml");
+
+async fn post_yaml(cp: &common::TestCp, method: &str, path: &str, yaml: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .request(method.parse().unwrap(), format!("{}/api/v1{path}", cp.base))
+        .bearer_auth(&cp.admin)
+        .header("content-type", "application/yaml")
+        .body(yaml.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn definitions_versions_and_lifecycle() {
+    let cp = common::start_cp().await;
+    // The example calls connection `Demo DMS`: not there yet.
+    let (status, answer) = post_yaml(&cp, "POST", "/orchestrations", EXAMPLE).await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(
+        answer["error"]["details"][0]["path"], "$.steps[0].connection",
+        "{answer}"
+    );
+    let (_, catalogue) = cp.send("GET", "/catalogue?q=dms-sim", None).await;
+    let (status, _) = cp
+        .send(
+            "POST",
+            "/connections",
+            Some(json!({"connector_id": catalogue[0]["id"], "name": "Demo DMS", "credentials": {"api_key": "k"},
+                        "base_url": "http://127.0.0.1:9"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, created) = post_yaml(&cp, "POST", "/orchestrations", EXAMPLE).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(
+        (created["status"].as_str(), created["version"].as_i64()),
+        (Some("draft"), Some(1))
+    );
+    assert_eq!(created["steps"], 3);
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    // A wrong operation is named; nothing is saved.
+    let wrong = EXAMPLE.replace("operation: getVehicle", "operation: getTractor");
+    let (status, answer) = post_yaml(&cp, "PUT", &format!("/orchestrations/{id}"), &wrong).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        answer["error"]["details"]
+            .to_string()
+            .contains("no operation `getTractor`"),
+        "{answer}"
+    );
+    // Every save is a new version.
+    let edited = EXAMPLE.replace("default: web", "default: showroom");
+    let (status, saved) = post_yaml(&cp, "PUT", &format!("/orchestrations/{id}"), &edited).await;
+    assert_eq!(
+        (status, saved["version"].as_i64()),
+        (200, Some(2)),
+        "{saved}"
+    );
+    let (_, versions) = cp
+        .send("GET", &format!("/orchestrations/{id}/versions"), None)
+        .await;
+    let numbers: Vec<i64> = versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(numbers, [2, 1]);
+    assert!(versions[1]["definition"].to_string().contains("\"web\""));
+
+    // Lifecycle.
+    let act =
+        |action: &'static str| cp.send("POST", format!("/orchestrations/{id}/{action}"), None);
+    assert_eq!(act("pause").await.0, 409, "a draft cannot pause");
+    assert_eq!(act("activate").await.1["status"], "active");
+    assert_eq!(act("pause").await.1["status"], "paused");
+    assert_eq!(act("activate").await.1["status"], "active");
+    assert_eq!(act("archive").await.1["status"], "archived");
+    let (status, answer) = post_yaml(&cp, "PUT", &format!("/orchestrations/{id}"), EXAMPLE).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (409, Some("archived"))
+    );
+    assert_eq!(act("restore").await.1["status"], "draft");
+    // Validate without saving; delete.
+    let (_, checked) = post_yaml(
+        &cp,
+        "POST",
+        "/orchestrations/validate",
+        "format: dibop.orchestration/v1\nname: x\nsteps: []\n",
+    )
+    .await;
+    assert_eq!(checked["valid"], false);
+    assert_eq!(
+        cp.send("DELETE", format!("/orchestrations/{id}"), None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        cp.send("GET", format!("/orchestrations/{id}"), None)
+            .await
+            .0,
+        404
+    );
+    let (_, audit) = cp
+        .send("GET", "/audit?resource_type=orchestration", None)
+        .await;
+    assert!(audit.as_array().unwrap().len() >= 7, "{audit}");
+}
