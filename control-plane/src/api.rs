@@ -513,6 +513,13 @@ pub fn router(core: Arc<Core>) -> Router {
                 .delete(crate::orchestrations::delete),
         )
         .route(
+            "/orchestrations/{id}/execute",
+            post(crate::executions::execute),
+        )
+        .route("/executions", get(crate::executions::list))
+        .route("/executions/{id}", get(crate::executions::get))
+        .route("/executions/{id}/cancel", post(crate::executions::cancel))
+        .route(
             "/orchestrations/{id}/versions",
             get(crate::orchestrations::versions),
         )

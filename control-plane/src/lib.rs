@@ -22,7 +22,9 @@ pub mod connector;
 pub mod cron;
 pub mod dev;
 pub mod dispatch;
+pub mod engine;
 pub mod execute;
+pub mod executions;
 pub mod expr;
 pub mod idempotency;
 pub mod ids;
@@ -115,6 +117,10 @@ pub struct Core {
     pub discovery: execute::DiscoveryCache,
     /// The API-call log's write buffer.
     pub calls: calllog::CallLog,
+    /// The expression pool (jq).
+    pub expressions: expr::Evaluator,
+    /// The orchestration engine's queue.
+    pub engine: engine::Engine,
     /// Opened connections (row, definition, credentials), for a few seconds.
     pub connections: cache::TtlCache<Arc<execute::Resolved>>,
     /// Settings, with `public_tunnel_addr` resolved.
@@ -187,6 +193,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         cloud: cloud_agent(&settings.cloud_agent_allow)?,
         discovery: execute::discovery_cache(),
         calls: calllog::CallLog::default(),
+        expressions: expr::Evaluator::default(),
+        engine: engine::Engine::default(),
         connections: cache::TtlCache::new(Duration::from_secs(5), 10_000),
         settings: ResolvedSettings {
             public_tunnel_addr: String::new(),
@@ -213,6 +221,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     ));
     tasks.spawn(execute::monitor_health(core.clone(), shutdown.clone()));
     tasks.spawn(calllog::run(core.clone(), shutdown.clone()));
+    tasks.spawn(engine::run(core.clone(), shutdown.clone()));
     let router = api::router(core.clone());
     let http_shutdown = shutdown.clone();
     tasks.spawn(async move {

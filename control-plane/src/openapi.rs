@@ -176,6 +176,10 @@ impl Modify for BearerAuth {
         crate::orchestrations::archive,
         crate::orchestrations::restore,
         crate::orchestrations::delete,
+        crate::executions::execute,
+        crate::executions::list,
+        crate::executions::get,
+        crate::executions::cancel,
     ),
     components(schemas(ErrorBody, ErrorDetail, EnrollmentTokenView, CreatedTokenView, SessionView)),
     modifiers(&BearerAuth)

@@ -72,9 +72,11 @@ macro_rules! select_connectors {
 
 mod catalogue;
 mod connections;
+mod executions;
 mod orchestrations;
 pub use catalogue::{CatalogueFilter, CatalogueRow, VersionRow};
 pub use connections::{ApiCallFilter, ApiCallRow, ConnectionRow, HealthRow};
+pub use executions::{ExecutionRow, StepRow};
 pub use orchestrations::{OrchestrationRow, OrchestrationVersionRow};
 
 /// Storage failed.

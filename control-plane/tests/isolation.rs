@@ -61,6 +61,13 @@ const WALK: &[(&str, &str, Option<&str>)] = &[
     ("POST", "/orchestrations/{orchestration}/pause", None),
     ("POST", "/orchestrations/{orchestration}/archive", None),
     ("POST", "/orchestrations/{orchestration}/restore", None),
+    (
+        "POST",
+        "/orchestrations/{orchestration}/execute",
+        Some(r#"{"parameters":{}}"#),
+    ),
+    ("GET", "/executions/{execution}", None),
+    ("POST", "/executions/{execution}/cancel", None),
     ("GET", "/connections/{connection}", None),
     (
         "PATCH",
@@ -133,6 +140,7 @@ fn the_walk_covers_every_documented_tenant_resource() {
                 "{connection}",
                 "{notification}",
                 "{orchestration}",
+                "{execution}",
             ]
             .iter()
             .fold(p.to_string(), |p, k| p.replace(k, "{id}"));
@@ -318,6 +326,16 @@ async fn another_tenants_resources_do_not_exist() {
         send(&base, &a, "POST", "/orchestrations", Some(ORCHESTRATION)).await;
     assert_eq!(status, 201, "{orchestration}");
     let orchestration = orchestration["id"].as_str().unwrap().to_owned();
+    let (status, execution) = send(
+        &base,
+        &a,
+        "POST",
+        &format!("/orchestrations/{orchestration}/execute"),
+        Some(r#"{"wait_ms":10000}"#),
+    )
+    .await;
+    assert_eq!(status, 201, "{execution}");
+    let execution = execution["id"].as_str().unwrap().to_owned();
     let ids = [
         ("{group}", group.as_str()),
         ("{agent}", "agt_isolation"),
@@ -329,6 +347,7 @@ async fn another_tenants_resources_do_not_exist() {
         ("{operation}", "listVehicles"),
         ("{notification}", notification.as_str()),
         ("{orchestration}", orchestration.as_str()),
+        ("{execution}", execution.as_str()),
     ];
     for (method, template, body) in WALK {
         let path = ids
@@ -358,6 +377,7 @@ async fn another_tenants_resources_do_not_exist() {
         "/api-calls",
         "/notifications",
         "/orchestrations",
+        "/executions",
     ] {
         let (status, rows) = send(&base, &b, "GET", list, None).await;
         assert_eq!(status, 200, "{list}");

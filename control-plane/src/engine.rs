@@ -1,0 +1,943 @@
+//! The orchestration engine: durable executions.
+//!
+//! An execution runs the steps of its pinned orchestration version in
+//! order. Each step's start (with its resolved input) and outcome (output or
+//! error, attempts, duration) is written to `execution_steps` before the
+//! engine moves on; a step that already succeeded is never run again, so an
+//! execution interrupted by a restart resumes after its last completed step
+//! (the step that was running is run again). Workers are bounded; queued
+//! executions live in the database and are picked up again at start.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::Core;
+use crate::store::{ExecutionRow, StepRow, now_unix};
+
+/// Executions running at once on this control plane.
+pub const WORKERS: usize = 16;
+/// Largest step output kept for resuming (bigger ones are cut, with a marker).
+pub const MAX_STORED_OUTPUT: usize = 4 * 1024 * 1024;
+/// Most nested orchestration calls.
+const MAX_DEPTH: u32 = 5;
+
+/// Why a step (or a run) failed.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepError {
+    /// An error class (`timeout`, `auth_failure`, `expression_error`, `failed`, `cancelled`, …).
+    pub class: String,
+    /// What happened.
+    pub message: String,
+    /// The step's id.
+    pub step: String,
+}
+
+impl StepError {
+    fn new(class: &str, message: impl Into<String>, step: &str) -> StepError {
+        StepError {
+            class: class.into(),
+            message: message.into(),
+            step: step.into(),
+        }
+    }
+}
+
+/// The engine's queue and its finish notices.
+#[derive(Debug)]
+pub struct Engine {
+    tx: mpsc::UnboundedSender<String>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    finished: broadcast::Sender<String>,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Engine {
+            tx,
+            rx: Mutex::new(Some(rx)),
+            finished: broadcast::channel(4096).0,
+        }
+    }
+}
+
+impl Engine {
+    /// Queues an execution (already stored as `queued`).
+    pub fn submit(&self, id: &str) {
+        let _ = self.tx.send(id.to_owned());
+    }
+
+    /// Notices of executions that ended on this node.
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.finished.subscribe()
+    }
+}
+
+/// Runs queued executions until shutdown; first picks up unfinished ones.
+pub async fn run(core: Arc<Core>, shutdown: tokio_util::sync::CancellationToken) {
+    let Some(mut rx) = core
+        .engine
+        .rx
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    else {
+        return;
+    };
+    match core.store.unfinished_executions().await {
+        Ok(ids) => {
+            if !ids.is_empty() {
+                tracing::info!(count = ids.len(), "resuming unfinished executions");
+            }
+            for id in ids {
+                core.engine.submit(&id);
+            }
+        }
+        Err(e) => tracing::error!("cannot list unfinished executions: {e}"),
+    }
+    let workers = Arc::new(tokio::sync::Semaphore::new(WORKERS));
+    loop {
+        let id = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            id = rx.recv() => match id { Some(id) => id, None => return },
+        };
+        let Ok(permit) = workers.clone().acquire_owned().await else {
+            return;
+        };
+        let core = core.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            execute(&core, &id, 0).await;
+            let _ = core.engine.finished.send(id);
+        });
+    }
+}
+
+struct Run {
+    core: Arc<Core>,
+    exe: ExecutionRow,
+    records: Mutex<HashMap<String, StepRow>>,
+    seq: AtomicI64,
+    partial: AtomicBool,
+    connections: Mutex<HashMap<String, String>>,
+    depth: u32,
+}
+
+fn truthy(v: &Value) -> bool {
+    !matches!(v, Value::Null | Value::Bool(false))
+}
+
+fn stored(v: &Value) -> String {
+    let text = v.to_string();
+    if text.len() <= MAX_STORED_OUTPUT {
+        text
+    } else {
+        json!({"truncated": true, "bytes": text.len(),
+               "preview": text.chars().take(1024).collect::<String>()})
+        .to_string()
+    }
+}
+
+/// Runs (or resumes) one execution to its end.
+pub async fn execute(core: &Arc<Core>, id: &str, depth: u32) -> Option<ExecutionRow> {
+    let exe = match core.store.execution_any(id).await {
+        Ok(Some(e)) => e,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::error!(execution = id, "cannot load: {e}");
+            return None;
+        }
+    };
+    if !matches!(exe.status.as_str(), "queued" | "running") {
+        return Some(exe);
+    }
+    let now = now_unix();
+    let _ = core
+        .store
+        .update_execution(id, "running", None, None, now)
+        .await;
+    let definition: Value = match core
+        .store
+        .orchestration_version(&exe.orchestration_id, exe.version)
+        .await
+    {
+        Ok(Some(v)) => serde_json::from_str(&v.definition).unwrap_or(Value::Null),
+        _ => {
+            let err = json!({"class": "internal", "message": "the orchestration version is gone"});
+            let _ = core
+                .store
+                .update_execution(id, "failed", None, Some(&err.to_string()), now_unix())
+                .await;
+            return core.store.execution_any(id).await.ok().flatten();
+        }
+    };
+    let records: HashMap<String, StepRow> = core
+        .store
+        .step_records(id)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| (r.path.clone(), r))
+        .collect();
+    let seq = records.values().map(|r| r.seq).max().unwrap_or(0);
+    let run = Arc::new(Run {
+        core: core.clone(),
+        records: Mutex::new(records),
+        seq: AtomicI64::new(seq),
+        partial: AtomicBool::new(false),
+        connections: Mutex::new(HashMap::new()),
+        depth,
+        exe: exe.clone(),
+    });
+    let mut scope = json!({
+        "params": serde_json::from_str::<Value>(&exe.parameters).unwrap_or(Value::Null),
+        "steps": {},
+        "ctx": {"execution_id": exe.id, "orchestration_id": exe.orchestration_id, "tenant_id": exe.tenant_id,
+                "version": exe.version, "started_at": dibop_relay_agent::rfc3339(exe.started_at.unwrap_or(now))},
+    });
+    let steps = definition["steps"].as_array().cloned().unwrap_or_default();
+    let mut outcome = steps_in(&run, steps, "steps".into(), String::new(), &mut scope).await;
+    if let Err(e) = &outcome
+        && e.class != "cancelled"
+    {
+        match &definition["on_error"] {
+            Value::String(s) if s == "continue" => {
+                run.partial.store(true, Ordering::SeqCst);
+                outcome = Ok(json!({"error": e}));
+            }
+            Value::Object(h) => {
+                scope["error"] = json!(e);
+                let handler = h
+                    .get("steps")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                let first = e.clone();
+                match steps_in(
+                    &run,
+                    handler,
+                    "on_error.steps".into(),
+                    String::new(),
+                    &mut scope,
+                )
+                .await
+                {
+                    Ok(v) => {
+                        run.partial.store(true, Ordering::SeqCst);
+                        outcome = Ok(json!({"error": first, "handled": v}));
+                    }
+                    Err(e2) => outcome = Err(e2),
+                }
+            }
+            _ => {}
+        }
+    }
+    let (status, output, error) = match &outcome {
+        Ok(v) if run.partial.load(Ordering::SeqCst) => {
+            ("partially_succeeded", Some(stored(v)), None)
+        }
+        Ok(v) => ("succeeded", Some(stored(v)), None),
+        Err(e) if e.class == "cancelled" => ("cancelled", None, Some(json!(e).to_string())),
+        Err(e) => ("failed", None, Some(json!(e).to_string())),
+    };
+    let _ = core
+        .store
+        .update_execution(id, status, output.as_deref(), error.as_deref(), now_unix())
+        .await;
+    core.store.execution_any(id).await.ok().flatten()
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Runs a list of steps on a copy of the scope; (last output, scope after).
+fn run_steps(
+    run: Arc<Run>,
+    steps: Vec<Value>,
+    base: String,
+    suffix: String,
+    mut local: Value,
+) -> BoxFuture<Result<(Value, Value), StepError>> {
+    Box::pin(async move {
+        let mut last = Value::Null;
+        for (i, step) in steps.iter().enumerate() {
+            let path = format!("{base}[{i}]{suffix}");
+            last = run_step(&run, step, &path, &mut local).await?;
+        }
+        Ok((last, local))
+    })
+}
+
+/// Runs steps and writes the resulting scope back; the last output.
+async fn steps_in(
+    run: &Arc<Run>,
+    steps: Vec<Value>,
+    base: String,
+    suffix: String,
+    scope: &mut Value,
+) -> Result<Value, StepError> {
+    let (last, after) = run_steps(run.clone(), steps, base, suffix, scope.clone()).await?;
+    *scope = after;
+    Ok(last)
+}
+
+fn retry_policy(step: &Value) -> (u32, Duration, f64, Duration, Vec<String>) {
+    let r = &step["retry"];
+    (
+        r["max_attempts"].as_u64().unwrap_or(1).clamp(1, 20) as u32,
+        Duration::from_millis(r["initial_interval_ms"].as_u64().unwrap_or(200)),
+        r["backoff_coefficient"]
+            .as_f64()
+            .unwrap_or(2.0)
+            .clamp(1.0, 10.0),
+        Duration::from_millis(r["max_interval_ms"].as_u64().unwrap_or(30_000)),
+        r["non_retryable"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
+async fn run_step(
+    run: &Arc<Run>,
+    step: &Value,
+    path: &str,
+    scope: &mut Value,
+) -> Result<Value, StepError> {
+    let id = step["id"].as_str().unwrap_or_default().to_owned();
+    let kind = step["type"].as_str().unwrap_or_default().to_owned();
+    let done = run
+        .records
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(path)
+        .filter(|r| r.status == "succeeded")
+        .and_then(|r| r.output.clone());
+    if let Some(output) = done {
+        let v: Value = serde_json::from_str(&output).unwrap_or(Value::Null);
+        scope["steps"][&id] = v.clone();
+        return Ok(v);
+    }
+    if run
+        .core
+        .store
+        .execution_any(&run.exe.id)
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|e| e.status == "cancelled")
+    {
+        return Err(StepError::new(
+            "cancelled",
+            "the execution was cancelled",
+            &id,
+        ));
+    }
+    let (max, initial, coefficient, cap, never) = retry_policy(step);
+    let seq = run.seq.fetch_add(1, Ordering::SeqCst) + 1;
+    let mut attempt = 0u32;
+    let result = loop {
+        attempt += 1;
+        let started = Instant::now();
+        let record = StepRow {
+            execution_id: run.exe.id.clone(),
+            path: path.to_owned(),
+            seq,
+            step_id: id.clone(),
+            step_type: kind.clone(),
+            status: "running".into(),
+            input: None,
+            output: None,
+            error: None,
+            attempts: i64::from(attempt),
+            started_at: now_unix(),
+            finished_at: None,
+            duration_ms: None,
+        };
+        if let Err(e) = run.core.store.start_step(&record).await {
+            break Err(StepError::new(
+                "internal",
+                format!("cannot record the step: {e}"),
+                &id,
+            ));
+        }
+        let (input, outcome) = exec_step(run, step, &kind, &id, path, scope).await;
+        let ms = started.elapsed().as_millis() as i64;
+        let input_text = input.as_ref().map(stored);
+        if let Some(i) = &input_text {
+            let mut r = record.clone();
+            r.input = Some(i.clone());
+            let _ = run.core.store.start_step(&r).await;
+        }
+        match outcome {
+            Ok(out) => {
+                let text = stored(&out);
+                let _ = run
+                    .core
+                    .store
+                    .finish_step(
+                        &run.exe.id,
+                        path,
+                        "succeeded",
+                        Some(&text),
+                        None,
+                        i64::from(attempt),
+                        now_unix(),
+                        ms,
+                    )
+                    .await;
+                break Ok(out);
+            }
+            Err(e) => {
+                let _ = run
+                    .core
+                    .store
+                    .finish_step(
+                        &run.exe.id,
+                        path,
+                        "failed",
+                        None,
+                        Some(&json!(e).to_string()),
+                        i64::from(attempt),
+                        now_unix(),
+                        ms,
+                    )
+                    .await;
+                let retryable = attempt < max
+                    && !never.contains(&e.class)
+                    && !matches!(
+                        e.class.as_str(),
+                        "failed" | "cancelled" | "expression_error"
+                    );
+                if !retryable {
+                    break Err(e);
+                }
+                let pause = initial
+                    .mul_f64(coefficient.powi(attempt as i32 - 1))
+                    .min(cap);
+                tokio::time::sleep(pause).await;
+            }
+        }
+    };
+    match result {
+        Ok(out) => {
+            scope["steps"][&id] = out.clone();
+            Ok(out)
+        }
+        Err(e) => match &step["on_error"] {
+            Value::String(s) if s == "continue" => {
+                run.partial.store(true, Ordering::SeqCst);
+                let out = json!({"error": e});
+                scope["steps"][&id] = out.clone();
+                Ok(out)
+            }
+            Value::Object(h) if e.class != "cancelled" => {
+                scope["error"] = json!(e);
+                let handler = h
+                    .get("steps")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                let out = steps_in(
+                    run,
+                    handler,
+                    format!("{path}.on_error.steps"),
+                    String::new(),
+                    scope,
+                )
+                .await?;
+                run.partial.store(true, Ordering::SeqCst);
+                scope["steps"][&id] = out.clone();
+                Ok(out)
+            }
+            _ => Err(e),
+        },
+    }
+}
+
+/// Renders step values: strings are templates, `{"expr": …}` expressions.
+async fn render(run: &Arc<Run>, v: &Value, scope: &Value) -> Result<Value, String> {
+    match v {
+        Value::String(s) => {
+            // A template that is exactly one expression keeps the value's type.
+            let trimmed = s.trim();
+            if trimmed.starts_with("{{")
+                && trimmed.ends_with("}}")
+                && trimmed.matches("{{").count() == 1
+            {
+                let code = &trimmed[2..trimmed.len() - 2];
+                return run.core.expressions.eval_one(code.trim(), scope).await;
+            }
+            crate::expr::render(&run.core.expressions, s, scope)
+                .await
+                .map(Value::String)
+        }
+        Value::Object(o) if o.len() == 1 && o.contains_key("expr") => {
+            run.core
+                .expressions
+                .eval_one(o["expr"].as_str().unwrap_or("null"), scope)
+                .await
+        }
+        Value::Object(o) => {
+            let mut out = Map::new();
+            for (k, v) in o {
+                out.insert(k.clone(), Box::pin(render(run, v, scope)).await?);
+            }
+            Ok(Value::Object(out))
+        }
+        Value::Array(a) => {
+            let mut out = Vec::new();
+            for v in a {
+                out.push(Box::pin(render(run, v, scope)).await?);
+            }
+            Ok(Value::Array(out))
+        }
+        other => Ok(other.clone()),
+    }
+}
+
+async fn exec_step(
+    run: &Arc<Run>,
+    step: &Value,
+    kind: &str,
+    id: &str,
+    path: &str,
+    scope: &mut Value,
+) -> (Option<Value>, Result<Value, StepError>) {
+    let expr_err = |e: String| StepError::new("expression_error", e, id);
+    match kind {
+        "transform" => {
+            let code = step["expression"].as_str().unwrap_or(".");
+            (
+                Some(json!(code)),
+                run.core
+                    .expressions
+                    .eval_one(code, scope)
+                    .await
+                    .map_err(expr_err),
+            )
+        }
+        "set" => match render(run, &step["values"], scope).await {
+            Ok(v) => (Some(v.clone()), Ok(v)),
+            Err(e) => (None, Err(expr_err(e))),
+        },
+        "fail" => {
+            let message = crate::expr::render(
+                &run.core.expressions,
+                step["message"].as_str().unwrap_or("failed"),
+                scope,
+            )
+            .await
+            .unwrap_or_else(|e| e);
+            (
+                Some(json!(message)),
+                Err(StepError::new("failed", message, id)),
+            )
+        }
+        "delay" => {
+            let ms = step["ms"].as_u64().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            (Some(json!({"ms": ms})), Ok(json!({"ms": ms})))
+        }
+        "branch" => {
+            let (chosen, label) = if let Some(cond) = step["if"].as_str() {
+                match run.core.expressions.eval_one(cond, scope).await {
+                    Ok(v) if truthy(&v) => (step["then"].clone(), "then".to_owned()),
+                    Ok(_) => (
+                        step.get("else").cloned().unwrap_or(json!([])),
+                        "else".to_owned(),
+                    ),
+                    Err(e) => return (Some(json!(cond)), Err(expr_err(e))),
+                }
+            } else {
+                let on = step["switch"].as_str().unwrap_or("null");
+                match run.core.expressions.eval_one(on, scope).await {
+                    Ok(v) => {
+                        let key = v
+                            .as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| v.to_string());
+                        match step["cases"].get(&key) {
+                            Some(steps) => (steps.clone(), format!("cases.{key}")),
+                            None => (
+                                step.get("default").cloned().unwrap_or(json!([])),
+                                "default".to_owned(),
+                            ),
+                        }
+                    }
+                    Err(e) => return (Some(json!(on)), Err(expr_err(e))),
+                }
+            };
+            let steps = chosen.as_array().cloned().unwrap_or_default();
+            let out = steps_in(run, steps, format!("{path}.{label}"), String::new(), scope).await;
+            (
+                Some(json!({"branch": label})),
+                out.map(|o| json!({"branch": label, "output": o})),
+            )
+        }
+        "foreach" => {
+            let code = step["items"].as_str().unwrap_or("[]");
+            let items = match run.core.expressions.eval_one(code, scope).await {
+                Ok(Value::Array(a)) => a,
+                Ok(other) => {
+                    return (
+                        Some(json!(code)),
+                        Err(expr_err(format!("`{code}` gave {other}, not a list"))),
+                    );
+                }
+                Err(e) => return (Some(json!(code)), Err(expr_err(e))),
+            };
+            let max = step["max_items"].as_u64().unwrap_or(1000) as usize;
+            if items.len() > max {
+                return (
+                    Some(json!({"items": items.len()})),
+                    Err(StepError::new(
+                        "invalid_request",
+                        format!("{} items exceed max_items {max}", items.len()),
+                        id,
+                    )),
+                );
+            }
+            let children = step["steps"].as_array().cloned().unwrap_or_default();
+            let parallel = step["mode"] == "parallel";
+            let concurrency = step["concurrency"].as_u64().unwrap_or(4).clamp(1, 64) as usize;
+            let mut outputs = Vec::with_capacity(items.len());
+            if parallel {
+                let limit = Arc::new(tokio::sync::Semaphore::new(concurrency));
+                let mut tasks = tokio::task::JoinSet::new();
+                for (k, item) in items.iter().enumerate() {
+                    let (run, children, limit) = (run.clone(), children.clone(), limit.clone());
+                    let mut local = scope.clone();
+                    local["item"] = item.clone();
+                    let base = format!("{path}.steps");
+                    tasks.spawn(async move {
+                        let _permit = limit.acquire().await;
+                        (
+                            k,
+                            steps_in(&run, children, base, format!("#{k}"), &mut local).await,
+                        )
+                    });
+                }
+                let mut results: Vec<(usize, Result<Value, StepError>)> = Vec::new();
+                while let Some(r) = tasks.join_next().await {
+                    if let Ok(r) = r {
+                        results.push(r);
+                    }
+                }
+                results.sort_by_key(|(k, _)| *k);
+                for (_, r) in results {
+                    match r {
+                        Ok(v) => outputs.push(v),
+                        Err(e) => return (Some(json!({"items": items.len()})), Err(e)),
+                    }
+                }
+            } else {
+                for (k, item) in items.iter().enumerate() {
+                    scope["item"] = item.clone();
+                    match steps_in(
+                        run,
+                        children.clone(),
+                        format!("{path}.steps"),
+                        format!("#{k}"),
+                        scope,
+                    )
+                    .await
+                    {
+                        Ok(v) => outputs.push(v),
+                        Err(e) => return (Some(json!({"items": items.len()})), Err(e)),
+                    }
+                }
+                if let Some(o) = scope.as_object_mut() {
+                    o.remove("item");
+                }
+            }
+            (
+                Some(json!({"items": items.len()})),
+                Ok(Value::Array(outputs)),
+            )
+        }
+        "parallel" => {
+            let branches = step["branches"].as_array().cloned().unwrap_or_default();
+            let mut tasks = tokio::task::JoinSet::new();
+            for (b, branch) in branches.into_iter().enumerate() {
+                let run = run.clone();
+                let mut local = scope.clone();
+                let base = format!("{path}.branches[{b}]");
+                tasks.spawn(async move {
+                    let steps = branch.as_array().cloned().unwrap_or_default();
+                    let out = steps_in(&run, steps, base, String::new(), &mut local).await;
+                    (b, out, local)
+                });
+            }
+            let mut results = Vec::new();
+            while let Some(r) = tasks.join_next().await {
+                if let Ok(r) = r {
+                    results.push(r);
+                }
+            }
+            results.sort_by_key(|(b, _, _)| *b);
+            let mut outputs = Vec::new();
+            for (_, r, local) in results {
+                match r {
+                    Ok(v) => {
+                        // Later steps see every branch's step outputs.
+                        if let (Some(dst), Some(src)) =
+                            (scope["steps"].as_object_mut(), local["steps"].as_object())
+                        {
+                            for (k, v) in src {
+                                dst.insert(k.clone(), v.clone());
+                            }
+                        }
+                        outputs.push(v);
+                    }
+                    Err(e) => return (None, Err(e)),
+                }
+            }
+            (None, Ok(Value::Array(outputs)))
+        }
+        "call" => call_step(run, step, id, scope).await,
+        "call_orchestration" => sub_orchestration(run, step, id, scope).await,
+        other => (
+            None,
+            Err(StepError::new(
+                "internal",
+                format!("unknown step type `{other}`"),
+                id,
+            )),
+        ),
+    }
+}
+
+async fn call_step(
+    run: &Arc<Run>,
+    step: &Value,
+    id: &str,
+    scope: &Value,
+) -> (Option<Value>, Result<Value, StepError>) {
+    let name = step["connection"].as_str().unwrap_or_default();
+    let operation = step["operation"].as_str().unwrap_or_default();
+    let params = match render(run, step.get("parameters").unwrap_or(&json!({})), scope).await {
+        Ok(p) => p,
+        Err(e) => return (None, Err(StepError::new("expression_error", e, id))),
+    };
+    let input = json!({"connection": name, "operation": operation, "parameters": params});
+    let cached = run
+        .connections
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(name)
+        .cloned();
+    let connection_id = match cached {
+        Some(c) => c,
+        None => {
+            let found = run
+                .core
+                .store
+                .list_connections(&run.exe.tenant_id, None, 10_000)
+                .await
+                .ok()
+                .and_then(|list| list.into_iter().find(|c| c.name == name || c.id == name));
+            match found {
+                Some(c) => {
+                    run.connections
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(name.to_owned(), c.id.clone());
+                    c.id
+                }
+                None => {
+                    return (
+                        Some(input),
+                        Err(StepError::new(
+                            "invalid_request",
+                            format!("no connection named `{name}`"),
+                            id,
+                        )),
+                    );
+                }
+            }
+        }
+    };
+    let resolved =
+        match crate::execute::resolve_cached(&run.core, &run.exe.tenant_id, &connection_id).await {
+            Ok(r) => r,
+            Err(_) => {
+                return (
+                    Some(input),
+                    Err(StepError::new(
+                        "invalid_request",
+                        format!("connection `{name}` is gone"),
+                        id,
+                    )),
+                );
+            }
+        };
+    if resolved.row.status != "active" {
+        return (
+            Some(input),
+            Err(StepError::new(
+                "invalid_request",
+                format!("connection `{name}` is inactive"),
+                id,
+            )),
+        );
+    }
+    let Some(op) = resolved.operation(operation).cloned() else {
+        return (
+            Some(input),
+            Err(StepError::new(
+                "invalid_request",
+                format!("connection `{name}` has no operation `{operation}`"),
+                id,
+            )),
+        );
+    };
+    let params_map = params.as_object().cloned().unwrap_or_default();
+    let mut request = match crate::execute::prepare(&run.core, &resolved, &op, &params_map).await {
+        Ok(r) => r,
+        Err(problems) => {
+            return (
+                Some(input),
+                Err(StepError::new("invalid_request", problems.join("; "), id)),
+            );
+        }
+    };
+    if let Some(t) = step["timeout_ms"].as_u64() {
+        request.call.timeout_ms = t.min(u64::from(u32::MAX)) as u32;
+    }
+    // The engine retries by its own policy: one try per attempt here.
+    request.retry.max_attempts = 1;
+    let actor = format!("execution:{}", run.exe.id);
+    let (out, ran_on, elapsed) =
+        crate::execute::run(&run.core, &resolved, operation, request, &actor, true).await;
+    let r = &out.result;
+    let response = match &r.body {
+        dibop_protocol::ResponseBody::Json(t) => serde_json::from_str(t).unwrap_or(Value::Null),
+        dibop_protocol::ResponseBody::Text(t) => Value::String(t.clone()),
+        _ => Value::Null,
+    };
+    let headers: Map<String, Value> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    let output = json!({"status_code": r.status, "headers": headers, "response": response,
+                        "duration_ms": elapsed.as_millis() as u64, "ok": r.ok, "ran_on": ran_on});
+    match &r.error {
+        None if r.ok => (Some(input), Ok(output)),
+        Some(e) => (
+            Some(input),
+            Err(StepError::new(e.class.as_str(), e.message.clone(), id)),
+        ),
+        None => (
+            Some(input),
+            Err(StepError::new("upstream_error", "the call failed", id)),
+        ),
+    }
+}
+
+async fn sub_orchestration(
+    run: &Arc<Run>,
+    step: &Value,
+    id: &str,
+    scope: &Value,
+) -> (Option<Value>, Result<Value, StepError>) {
+    if run.depth >= MAX_DEPTH {
+        return (
+            None,
+            Err(StepError::new(
+                "invalid_request",
+                format!("orchestrations nest deeper than {MAX_DEPTH}"),
+                id,
+            )),
+        );
+    }
+    let target = step["orchestration"].as_str().unwrap_or_default();
+    let params = match render(run, step.get("parameters").unwrap_or(&json!({})), scope).await {
+        Ok(p) => p,
+        Err(e) => return (None, Err(StepError::new("expression_error", e, id))),
+    };
+    let found = match run
+        .core
+        .store
+        .list_orchestrations(&run.exe.tenant_id, None, 10_000)
+        .await
+    {
+        Ok(list) => list
+            .into_iter()
+            .find(|o| o.id == target || o.name == target),
+        Err(e) => return (None, Err(StepError::new("internal", e.to_string(), id))),
+    };
+    let Some(o) = found else {
+        return (
+            Some(params),
+            Err(StepError::new(
+                "invalid_request",
+                format!("no orchestration `{target}`"),
+                id,
+            )),
+        );
+    };
+    let child = ExecutionRow {
+        id: format!("{}_{}", run.exe.id, id),
+        tenant_id: run.exe.tenant_id.clone(),
+        orchestration_id: o.id.clone(),
+        orchestration_name: o.name.clone(),
+        version: o.latest_version,
+        status: "queued".into(),
+        parameters: params.to_string(),
+        output: None,
+        error: None,
+        trigger_type: "orchestration".into(),
+        created_by: format!("execution:{}", run.exe.id),
+        created_at: now_unix(),
+        started_at: None,
+        finished_at: None,
+    };
+    // Resuming: the child may exist already.
+    if run
+        .core
+        .store
+        .execution_any(&child.id)
+        .await
+        .ok()
+        .flatten()
+        .is_none()
+        && let Err(e) = run.core.store.create_execution(&child).await
+    {
+        return (
+            Some(params),
+            Err(StepError::new("internal", e.to_string(), id)),
+        );
+    }
+    let ended = Box::pin(execute(&run.core, &child.id, run.depth + 1)).await;
+    let input = json!({"orchestration": o.id, "execution_id": child.id, "parameters": params});
+    match ended {
+        Some(e) if matches!(e.status.as_str(), "succeeded" | "partially_succeeded") => (
+            Some(input),
+            Ok(json!({"execution_id": e.id, "status": e.status,
+                      "output": e.output.and_then(|o| serde_json::from_str::<Value>(&o).ok())})),
+        ),
+        Some(e) => (
+            Some(input),
+            Err(StepError::new(
+                "failed",
+                format!("sub-orchestration {} ended {}", o.name, e.status),
+                id,
+            )),
+        ),
+        None => (
+            Some(input),
+            Err(StepError::new("internal", "the sub-execution is gone", id)),
+        ),
+    }
+}

@@ -1,0 +1,359 @@
+//! Executions through the API: start one (optionally waiting for its end),
+//! list them, read one with its step traces, cancel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use dibop_relay_agent::rfc3339;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::Core;
+use crate::access::record;
+use crate::api::{
+    ApiError, ApiJson, ApiPath, Principal, page_limit, paged, query, require_operator,
+};
+use crate::store::{ExecutionRow, now_unix};
+
+/// The body of `POST /orchestrations/{id}/execute`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteRequest {
+    /// Values of the orchestration's parameters (defaults apply).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    parameters: Map<String, Value>,
+    /// Wait up to this long for the execution to end (0-60000; default 0: answer at once).
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+/// One step's trace.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StepTrace {
+    /// Where the step is, e.g. `steps[2].then[0]` or `steps[3].steps[0]#7` (foreach item 7).
+    path: String,
+    step_id: String,
+    step_type: String,
+    /// `running`, `succeeded`, `failed` or `skipped`.
+    status: String,
+    #[schema(value_type = Option<Object>)]
+    input: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    output: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    error: Option<Value>,
+    attempts: i64,
+    started_at: String,
+    duration_ms: Option<i64>,
+}
+
+/// An execution.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ExecutionView {
+    id: String,
+    orchestration_id: String,
+    orchestration_name: String,
+    /// The pinned version.
+    version: i64,
+    /// `queued`, `running`, `succeeded`, `partially_succeeded`, `failed` or `cancelled`.
+    status: String,
+    #[schema(value_type = Object)]
+    parameters: Value,
+    #[schema(value_type = Option<Object>)]
+    output: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    error: Option<Value>,
+    trigger: String,
+    created_by: String,
+    created_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    /// Step traces (single-execution requests).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steps: Option<Vec<StepTrace>>,
+}
+
+fn parse(text: Option<String>) -> Option<Value> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+}
+
+fn view(e: ExecutionRow, steps: Option<Vec<StepTrace>>) -> ExecutionView {
+    ExecutionView {
+        parameters: serde_json::from_str(&e.parameters).unwrap_or(Value::Null),
+        output: parse(e.output),
+        error: parse(e.error),
+        id: e.id,
+        orchestration_id: e.orchestration_id,
+        orchestration_name: e.orchestration_name,
+        version: e.version,
+        status: e.status,
+        trigger: e.trigger_type,
+        created_by: e.created_by,
+        created_at: rfc3339(e.created_at),
+        started_at: e.started_at.map(rfc3339),
+        finished_at: e.finished_at.map(rfc3339),
+        steps,
+    }
+}
+
+async fn detail(core: &Core, e: ExecutionRow) -> Result<ExecutionView, ApiError> {
+    let steps = core
+        .store
+        .step_records(&e.id)
+        .await?
+        .into_iter()
+        .map(|s| StepTrace {
+            input: parse(s.input),
+            output: parse(s.output),
+            error: parse(s.error),
+            path: s.path,
+            step_id: s.step_id,
+            step_type: s.step_type,
+            status: s.status,
+            attempts: s.attempts,
+            started_at: rfc3339(s.started_at),
+            duration_ms: s.duration_ms,
+        })
+        .collect();
+    Ok(view(e, Some(steps)))
+}
+
+/// Checks parameters against the declared ones and applies defaults.
+fn parameters(definition: &Value, given: Map<String, Value>) -> Result<Value, ApiError> {
+    let declared = definition["parameters"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut problems = Vec::new();
+    for name in given.keys() {
+        if !declared.iter().any(|p| p["name"] == name.as_str()) {
+            problems.push(json!({"field": format!("parameters.{name}"), "problem": "not a parameter of this orchestration"}));
+        }
+    }
+    let mut out = Map::new();
+    for p in &declared {
+        let name = p["name"].as_str().unwrap_or_default();
+        let kind = p["type"].as_str().unwrap_or("string");
+        match given.get(name).or_else(|| p.get("default")) {
+            Some(v) if !v.is_null() => {
+                if crate::orchestration::type_matches(kind, v) {
+                    out.insert(name.to_owned(), v.clone());
+                } else {
+                    problems.push(json!({"field": format!("parameters.{name}"), "problem": format!("must be of type {kind}")}));
+                }
+            }
+            _ if p["required"] == true => {
+                problems
+                    .push(json!({"field": format!("parameters.{name}"), "problem": "is required"}));
+            }
+            _ => {}
+        }
+    }
+    if problems.is_empty() {
+        Ok(Value::Object(out))
+    } else {
+        Err(ApiError::invalid("the parameters are invalid").with_details(json!(problems)))
+    }
+}
+
+/// `POST /api/v1/orchestrations/{id}/execute`
+#[utoipa::path(post, path = "/api/v1/orchestrations/{id}/execute", tag = "executions",
+    summary = "Start an execution of the newest version (draft or active), optionally waiting for its end",
+    params(("id" = String, Path, description = "The orchestration id")), request_body = ExecuteRequest,
+    responses((status = 201, description = "Started (or finished within wait_ms)", body = ExecutionView),
+        (status = 409, description = "The orchestration is paused or archived", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Bad parameters: each named", body = crate::openapi::ErrorBody),
+        (status = 404, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn execute(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<ExecuteRequest>,
+) -> Result<Response, ApiError> {
+    require_operator(&p)?;
+    let o = core
+        .store
+        .orchestration(&p.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("orchestration", &id))?;
+    if !matches!(o.status.as_str(), "draft" | "active") {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_runnable",
+            format!(
+                "orchestration {} is {}: activate it to run it",
+                o.name, o.status
+            ),
+        ));
+    }
+    let wait = req.wait_ms.unwrap_or(0);
+    if wait > 60_000 {
+        return Err(ApiError::invalid("wait_ms must be 0..=60000"));
+    }
+    let definition: Value = core
+        .store
+        .orchestration_version(&o.id, o.latest_version)
+        .await?
+        .and_then(|v| serde_json::from_str(&v.definition).ok())
+        .unwrap_or(Value::Null);
+    let params = parameters(&definition, req.parameters)?;
+    let row = ExecutionRow {
+        id: crate::ids::time_ordered_id("exe"),
+        tenant_id: p.tenant_id.clone(),
+        orchestration_id: o.id.clone(),
+        orchestration_name: o.name.clone(),
+        version: o.latest_version,
+        status: "queued".into(),
+        parameters: params.to_string(),
+        output: None,
+        error: None,
+        trigger_type: "api".into(),
+        created_by: p.actor(),
+        created_at: now_unix(),
+        started_at: None,
+        finished_at: None,
+    };
+    let mut finished = core.engine.subscribe();
+    core.store.create_execution(&row).await?;
+    record(
+        &core.store,
+        Some(&p.tenant_id),
+        &p.actor(),
+        "execution.start",
+        ("execution", &row.id),
+        json!({"orchestration": o.id, "version": o.latest_version}),
+    )
+    .await;
+    core.engine.submit(&row.id);
+    if wait > 0 {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait);
+        loop {
+            match tokio::time::timeout_at(deadline, finished.recv()).await {
+                Ok(Ok(done)) if done == row.id => break,
+                Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                    continue;
+                }
+                _ => break,
+            }
+        }
+    }
+    let now = core
+        .store
+        .execution(&p.tenant_id, &row.id)
+        .await?
+        .unwrap_or(row);
+    let v = detail(&core, now).await?;
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+/// `?orchestration_id=&status=&limit=&cursor=`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExecutionQuery {
+    orchestration_id: Option<String>,
+    status: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// `GET /api/v1/executions`
+#[utoipa::path(get, path = "/api/v1/executions", tag = "executions", summary = "Executions, newest first",
+    params(("orchestration_id" = Option<String>, Query, description = "One orchestration"),
+        ("status" = Option<String>, Query, description = "queued, running, succeeded, partially_succeeded, failed, cancelled"),
+        ("limit" = Option<i64>, Query, description = "1..=500, default 100"),
+        ("cursor" = Option<String>, Query, description = "From the previous page's Link header")),
+    responses((status = 200, body = [ExecutionView]), (status = 422, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn list(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    q: Result<Query<ExecutionQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let limit = page_limit(q.limit)?;
+    let page = crate::api::Page {
+        limit: q.limit,
+        cursor: q.cursor.clone(),
+        group_id: None,
+    };
+    let rows = core
+        .store
+        .list_executions(
+            &p.tenant_id,
+            q.orchestration_id.as_deref(),
+            q.status.as_deref(),
+            page.cursor_of("exe_")?,
+            limit + 1,
+        )
+        .await?;
+    let views: Vec<ExecutionView> = rows.into_iter().map(|e| view(e, None)).collect();
+    Ok(paged(views, limit, "/executions", |e| e.id.clone()))
+}
+
+/// `GET /api/v1/executions/{id}`
+#[utoipa::path(get, path = "/api/v1/executions/{id}", tag = "executions", summary = "An execution with its status and step traces",
+    params(("id" = String, Path, description = "The resource id")),
+    responses((status = 200, body = ExecutionView), (status = 404, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn get(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<ExecutionView>, ApiError> {
+    let e = core
+        .store
+        .execution(&p.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("execution", &id))?;
+    Ok(Json(detail(&core, e).await?))
+}
+
+/// `POST /api/v1/executions/{id}/cancel`
+#[utoipa::path(post, path = "/api/v1/executions/{id}/cancel", tag = "executions",
+    summary = "Cancel: the running step finishes, no further step starts",
+    params(("id" = String, Path, description = "The resource id")),
+    responses((status = 200, body = ExecutionView), (status = 409, description = "It already ended", body = crate::openapi::ErrorBody),
+        (status = 404, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn cancel(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<ExecutionView>, ApiError> {
+    require_operator(&p)?;
+    let e = core
+        .store
+        .execution(&p.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("execution", &id))?;
+    let error =
+        json!({"class": "cancelled", "message": format!("cancelled by {}", p.actor())}).to_string();
+    if !core
+        .store
+        .update_execution(&e.id, "cancelled", None, Some(&error), now_unix())
+        .await?
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "finished",
+            format!("execution {id} already ended ({})", e.status),
+        ));
+    }
+    record(
+        &core.store,
+        Some(&p.tenant_id),
+        &p.actor(),
+        "execution.cancel",
+        ("execution", &id),
+        Value::Null,
+    )
+    .await;
+    let e = core.store.execution(&p.tenant_id, &id).await?.unwrap_or(e);
+    Ok(Json(detail(&core, e).await?))
+}

@@ -1,0 +1,251 @@
+//! Executions and their step records.
+
+use sqlx::FromRow;
+
+use super::{Store, StoreError};
+
+/// One execution of an orchestration version.
+#[derive(Debug, Clone, FromRow)]
+pub struct ExecutionRow {
+    /// Id (`exe_…`, time-ordered).
+    pub id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// The orchestration.
+    pub orchestration_id: String,
+    /// Its name when started.
+    pub orchestration_name: String,
+    /// The pinned version.
+    pub version: i64,
+    /// queued, running, succeeded, partially_succeeded, failed, cancelled.
+    pub status: String,
+    /// The run's parameters (JSON).
+    pub parameters: String,
+    /// The result (JSON), when finished.
+    pub output: Option<String>,
+    /// Why it failed (JSON `{class, message, step}`).
+    pub error: Option<String>,
+    /// `manual`, `api`, `schedule`, `webhook`, `rerun`.
+    pub trigger_type: String,
+    /// Who started it.
+    pub created_by: String,
+    /// When queued.
+    pub created_at: i64,
+    /// When it first ran.
+    pub started_at: Option<i64>,
+    /// When it ended.
+    pub finished_at: Option<i64>,
+}
+
+/// One step's record in an execution.
+#[derive(Debug, Clone, FromRow)]
+pub struct StepRow {
+    /// The execution.
+    pub execution_id: String,
+    /// Where the step is (`steps[2].then[0]`, `steps[3].steps[0]#7`).
+    pub path: String,
+    /// Order of first start.
+    pub seq: i64,
+    /// The step's id.
+    pub step_id: String,
+    /// The step's type.
+    pub step_type: String,
+    /// running, succeeded, failed, skipped.
+    pub status: String,
+    /// Input after reference resolution (JSON).
+    pub input: Option<String>,
+    /// Output (JSON).
+    pub output: Option<String>,
+    /// Error (JSON).
+    pub error: Option<String>,
+    /// Tries.
+    pub attempts: i64,
+    /// When it (last) started.
+    pub started_at: i64,
+    /// When it ended.
+    pub finished_at: Option<i64>,
+    /// How long it took.
+    pub duration_ms: Option<i64>,
+}
+
+macro_rules! select_executions {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, tenant_id, orchestration_id, orchestration_name, version, status, parameters, output, error, \
+             trigger_type, created_by, created_at, started_at, finished_at FROM executions ",
+            $tail
+        )
+    };
+}
+
+impl Store {
+    /// Stores a new (queued) execution.
+    pub async fn create_execution(&self, e: &ExecutionRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO executions (id, tenant_id, orchestration_id, orchestration_name, version, status, parameters, \
+             trigger_type, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&e.id)
+        .bind(&e.tenant_id)
+        .bind(&e.orchestration_id)
+        .bind(&e.orchestration_name)
+        .bind(e.version)
+        .bind(&e.status)
+        .bind(&e.parameters)
+        .bind(&e.trigger_type)
+        .bind(&e.created_by)
+        .bind(e.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// An execution of a tenant.
+    pub async fn execution(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<ExecutionRow>, StoreError> {
+        Ok(sqlx::query_as::<_, ExecutionRow>(select_executions!(
+            "WHERE tenant_id = $1 AND id = $2"
+        ))
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// An execution of any tenant (the engine).
+    pub async fn execution_any(&self, id: &str) -> Result<Option<ExecutionRow>, StoreError> {
+        Ok(
+            sqlx::query_as::<_, ExecutionRow>(select_executions!("WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// A tenant's executions, newest first.
+    pub async fn list_executions(
+        &self,
+        tenant_id: &str,
+        orchestration_id: Option<&str>,
+        status: Option<&str>,
+        before: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ExecutionRow>, StoreError> {
+        Ok(sqlx::query_as::<_, ExecutionRow>(select_executions!(
+            "WHERE tenant_id = $1 AND ($2 IS NULL OR orchestration_id = $2) AND ($3 IS NULL OR status = $3) \
+             AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
+        ))
+        .bind(tenant_id)
+        .bind(orchestration_id)
+        .bind(status)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Executions to (re)start: queued or interrupted while running.
+    pub async fn unfinished_executions(&self) -> Result<Vec<String>, StoreError> {
+        use sqlx::Row as _;
+        let rows = sqlx::query(
+            "SELECT id FROM executions WHERE status IN ('queued', 'running') ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+    }
+
+    /// Moves an execution to `status` unless it already ended; false when it had.
+    pub async fn update_execution(
+        &self,
+        id: &str,
+        status: &str,
+        output: Option<&str>,
+        error: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let finished = matches!(
+            status,
+            "succeeded" | "partially_succeeded" | "failed" | "cancelled"
+        );
+        let done = sqlx::query(
+            "UPDATE executions SET status = $1, output = COALESCE($2, output), error = COALESCE($3, error), \
+             started_at = COALESCE(started_at, $4), finished_at = CASE WHEN $5 = 1 THEN $4 ELSE finished_at END \
+             WHERE id = $6 AND status NOT IN ('succeeded', 'partially_succeeded', 'failed', 'cancelled')",
+        )
+        .bind(status)
+        .bind(output)
+        .bind(error)
+        .bind(now)
+        .bind(i64::from(finished))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// An execution's step records, in the order they started.
+    pub async fn step_records(&self, execution_id: &str) -> Result<Vec<StepRow>, StoreError> {
+        Ok(sqlx::query_as::<_, StepRow>(
+            "SELECT execution_id, path, seq, step_id, step_type, status, input, output, error, attempts, started_at, \
+             finished_at, duration_ms FROM execution_steps WHERE execution_id = $1 ORDER BY seq",
+        )
+        .bind(execution_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Records that a step starts (again).
+    pub async fn start_step(&self, s: &StepRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO execution_steps (execution_id, path, seq, step_id, step_type, status, input, attempts, started_at) \
+             VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8) \
+             ON CONFLICT (execution_id, path) DO UPDATE SET status = 'running', input = excluded.input, \
+             attempts = excluded.attempts, started_at = excluded.started_at, output = NULL, error = NULL",
+        )
+        .bind(&s.execution_id)
+        .bind(&s.path)
+        .bind(s.seq)
+        .bind(&s.step_id)
+        .bind(&s.step_type)
+        .bind(&s.input)
+        .bind(s.attempts)
+        .bind(s.started_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a step's outcome.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish_step(
+        &self,
+        execution_id: &str,
+        path: &str,
+        status: &str,
+        output: Option<&str>,
+        error: Option<&str>,
+        attempts: i64,
+        now: i64,
+        duration_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE execution_steps SET status = $1, output = $2, error = $3, attempts = $4, finished_at = $5, \
+             duration_ms = $6 WHERE execution_id = $7 AND path = $8",
+        )
+        .bind(status)
+        .bind(output)
+        .bind(error)
+        .bind(attempts)
+        .bind(now)
+        .bind(duration_ms)
+        .bind(execution_id)
+        .bind(path)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

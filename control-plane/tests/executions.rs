@@ -1,0 +1,346 @@
+//! The orchestration engine against a real DMS simulator: steps, retries,
+//! error handling, traces, cancellation, and resuming after a restart.
+
+use serde_json::{Value, json};
+
+mod common;
+
+const EXAMPLE: &str = include_str!("../../catalogue/orchestrations/vin-decode-and-enrich.yaml");
+
+struct Setup {
+    cp: common::TestCp,
+    sim: String,
+    connection: String,
+}
+
+async fn setup() -> Setup {
+    let cp = common::start_cp().await;
+    let (sim, _) = dibop_e2e::dms_sim::spawn("127.0.0.1:0".parse().unwrap(), Default::default())
+        .await
+        .unwrap();
+    let sim = format!("http://{sim}");
+    let (_, catalogue) = cp.send("GET", "/catalogue?q=dms-sim", None).await;
+    let (status, c) = cp
+        .send(
+            "POST",
+            "/connections",
+            Some(json!({"connector_id": catalogue[0]["id"], "name": "Demo DMS", "auth_type": "api_key",
+                "credentials": {"api_key": "dms-demo-key"}, "base_url": sim, "activate": true})),
+        )
+        .await;
+    assert_eq!(status, 201, "{c}");
+    Setup {
+        connection: c["id"].as_str().unwrap().to_owned(),
+        cp,
+        sim,
+    }
+}
+
+async fn create(cp: &common::TestCp, body: &str) -> String {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/orchestrations", cp.base))
+        .bearer_auth(&cp.admin)
+        .header("content-type", "application/yaml")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(status, 201, "{v}");
+    v["id"].as_str().unwrap().to_owned()
+}
+
+async fn run(cp: &common::TestCp, id: &str, parameters: Value) -> Value {
+    let (status, e) = cp
+        .send(
+            "POST",
+            format!("/orchestrations/{id}/execute"),
+            Some(json!({"parameters": parameters, "wait_ms": 30000})),
+        )
+        .await;
+    assert_eq!(status, 201, "{e}");
+    e
+}
+
+async fn vin(sim: &str, status: &str) -> String {
+    let v: Value = reqwest::Client::new()
+        .get(format!(
+            "{sim}/api/v1/vehicles?page_size=50&status={status}"
+        ))
+        .header("X-API-Key", "dms-demo-key")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["items"][0]["vin"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_example_runs_branches_and_traces_every_step() {
+    let s = setup().await;
+    let id = create(&s.cp, EXAMPLE).await;
+    let in_stock = vin(&s.sim, "in_stock").await;
+    let e = run(&s.cp, &id, json!({"vin": in_stock})).await;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    assert_eq!(e["output"]["branch"], "then");
+    assert!(
+        e["output"]["output"]["headline"]
+            .as_str()
+            .unwrap()
+            .contains("EUR"),
+        "{e}"
+    );
+    assert_eq!(
+        e["output"]["output"]["channel"], "web",
+        "the default applied"
+    );
+    let traces: Vec<(&str, &str)> = e["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["path"].as_str().unwrap(), t["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        traces,
+        [
+            ("steps[0]", "succeeded"),
+            ("steps[1]", "succeeded"),
+            ("steps[2]", "succeeded"),
+            ("steps[2].then[0]", "succeeded")
+        ]
+    );
+    let call = &e["steps"][0];
+    assert_eq!(
+        call["input"]["parameters"]["vin"],
+        in_stock.as_str(),
+        "the input after resolution"
+    );
+    assert_eq!(call["output"]["status_code"], 200);
+    // The call is in the API-call log, made by the execution.
+    let (_, calls) =
+        s.cp.send(
+            "GET",
+            format!("/api-calls?connection_id={}", s.connection),
+            None,
+        )
+        .await;
+    assert_eq!(
+        calls[0]["actor"],
+        format!("execution:{}", e["id"].as_str().unwrap())
+    );
+
+    // Not in stock: the else branch fails the run with the rendered message.
+    let sold = vin(&s.sim, "sold").await;
+    let e = run(&s.cp, &id, json!({"vin": sold})).await;
+    assert_eq!(e["status"], "failed", "{e}");
+    assert_eq!(e["error"]["step"], "unavailable");
+    assert_eq!(e["error"]["message"], format!("{sold} is not in stock"));
+
+    // An unknown VIN: the call fails (404), is retried by the step's policy, and fails the run.
+    let e = run(&s.cp, &id, json!({"vin": "WVWZZZ00000000000"})).await;
+    assert_eq!(
+        (e["status"].as_str(), e["error"]["step"].as_str()),
+        (Some("failed"), Some("vehicle")),
+        "{e}"
+    );
+    assert_eq!(e["steps"][0]["attempts"], 3, "{e}");
+
+    // Parameters are checked before anything runs.
+    let (status, answer) =
+        s.cp.send(
+            "POST",
+            format!("/orchestrations/{id}/execute"),
+            Some(json!({"parameters": {"vim": 1}})),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    let details = answer["error"]["details"].to_string();
+    assert!(
+        details.contains("parameters.vim") && details.contains("parameters.vin"),
+        "{details}"
+    );
+}
+
+#[tokio::test]
+async fn foreach_in_parallel_on_error_continue_and_cancel() {
+    let s = setup().await;
+    let id = create(
+        &s.cp,
+        r#"
+format: dibop.orchestration/v1
+name: Stock check
+steps:
+  - id: list
+    type: call
+    connection: Demo DMS
+    operation: listVehicles
+    parameters: { page_size: 6 }
+  - id: each
+    type: foreach
+    items: .steps.list.response.items
+    mode: parallel
+    concurrency: 3
+    steps:
+      - id: one
+        type: call
+        connection: Demo DMS
+        operation: getVehicle
+        parameters: { vin: "{{ .item.vin }}" }
+      - id: price
+        type: transform
+        expression: .steps.one.response.priceEur
+  - id: broken
+    type: transform
+    expression: .steps.list.response.items | .nope.deeper + 1
+    on_error: continue
+  - id: total
+    type: transform
+    expression: "[.steps.each[]] | add"
+"#,
+    )
+    .await;
+    let e = run(&s.cp, &id, json!({})).await;
+    assert_eq!(e["status"], "partially_succeeded", "{e}");
+    let each = e["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| {
+            t["path"]
+                .as_str()
+                .unwrap()
+                .starts_with("steps[1].steps[0]#")
+        })
+        .count();
+    assert_eq!(each, 6, "one call per item");
+    assert!(e["output"].as_f64().unwrap() > 0.0, "{e}");
+
+    // Cancel a long run: the next step never starts.
+    let slow = create(
+        &s.cp,
+        "format: dibop.orchestration/v1\nname: slow\nsteps:\n  - {id: wait, type: delay, ms: 1500}\n  - {id: after, type: transform, expression: '1'}\n",
+    )
+    .await;
+    let mut rx = s.cp.core.engine.subscribe();
+    let (_, started) =
+        s.cp.send(
+            "POST",
+            format!("/orchestrations/{slow}/execute"),
+            Some(json!({})),
+        )
+        .await;
+    let exe = started["id"].as_str().unwrap().to_owned();
+    let (status, cancelled) =
+        s.cp.send("POST", format!("/executions/{exe}/cancel"), None)
+            .await;
+    assert_eq!(
+        (status, cancelled["status"].as_str()),
+        (200, Some("cancelled")),
+        "{cancelled}"
+    );
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Ok(done) = rx.recv().await {
+            if done == exe {
+                break;
+            }
+        }
+    })
+    .await;
+    let (_, after) = s.cp.send("GET", format!("/executions/{exe}"), None).await;
+    assert_eq!(after["status"], "cancelled");
+    assert!(
+        after["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["step_id"] != "after"),
+        "{after}"
+    );
+    let (status, _) =
+        s.cp.send("POST", format!("/executions/{exe}/cancel"), None)
+            .await;
+    assert_eq!(status, 409);
+}
+
+#[tokio::test]
+async fn a_resumed_execution_does_not_repeat_completed_steps() {
+    let s = setup().await;
+    let id = create(
+        &s.cp,
+        "format: dibop.orchestration/v1\nname: resume\nsteps:\n  - {id: list, type: call, connection: Demo DMS, operation: listVehicles}\n  - {id: count, type: transform, expression: '.steps.list.response.items | length'}\n",
+    )
+    .await;
+    // An execution interrupted after its first step: as a restart finds it.
+    let core = &s.cp.core;
+    let tenant = core.store.tenant_by_name("acme").await.unwrap().unwrap().id;
+    let row = dibop_control_plane::store::ExecutionRow {
+        id: "exe_resumed".into(),
+        tenant_id: tenant,
+        orchestration_id: id.clone(),
+        orchestration_name: "resume".into(),
+        version: 1,
+        status: "running".into(),
+        parameters: "{}".into(),
+        output: None,
+        error: None,
+        trigger_type: "api".into(),
+        created_by: "test".into(),
+        created_at: 1,
+        started_at: Some(1),
+        finished_at: None,
+    };
+    core.store.create_execution(&row).await.unwrap();
+    core.store
+        .update_execution("exe_resumed", "running", None, None, 1)
+        .await
+        .unwrap();
+    let step = dibop_control_plane::store::StepRow {
+        execution_id: "exe_resumed".into(),
+        path: "steps[0]".into(),
+        seq: 1,
+        step_id: "list".into(),
+        step_type: "call".into(),
+        status: "running".into(),
+        input: None,
+        output: None,
+        error: None,
+        attempts: 1,
+        started_at: 1,
+        finished_at: None,
+        duration_ms: None,
+    };
+    core.store.start_step(&step).await.unwrap();
+    core.store
+        .finish_step(
+            "exe_resumed",
+            "steps[0]",
+            "succeeded",
+            Some(r#"{"response": {"items": [1, 2, 3]}}"#),
+            None,
+            1,
+            2,
+            5,
+        )
+        .await
+        .unwrap();
+    let ended = dibop_control_plane::engine::execute(core, "exe_resumed", 0)
+        .await
+        .unwrap();
+    assert_eq!(ended.status, "succeeded");
+    assert_eq!(
+        ended.output.as_deref(),
+        Some("3"),
+        "the recorded output of step 1 was used"
+    );
+    let (_, calls) =
+        s.cp.send(
+            "GET",
+            format!("/api-calls?connection_id={}", s.connection),
+            None,
+        )
+        .await;
+    assert_eq!(calls, json!([]), "the completed call was not made again");
+}
