@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 #[derive(Debug, Parser)]
 #[command(about)]
 struct Args {
-    /// `relay` (relayed vs direct calls) or `catalogue`.
+    /// `relay` (relayed vs direct calls), `catalogue` or `executions` (the orchestration
+    /// engine on SQLite, and on PostgreSQL when DIBOP_TEST_POSTGRES_URL is set).
     #[arg(long, default_value = "relay")]
     scenario: String,
     /// Connectors published before the catalogue search is measured.
@@ -251,6 +252,143 @@ async fn catalogue(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+const BENCH_ORCHESTRATION: &str = r#"
+format: dibop.orchestration/v1
+name: bench
+steps:
+  - id: list
+    type: call
+    connection: DMS
+    operation: listVehicles
+    parameters: { page_size: 1 }
+  - id: price
+    type: transform
+    expression: .steps.list.response.items[0].priceEur
+  - id: route
+    type: branch
+    if: .steps.price > 20000
+    then: [{ id: dear, type: set, values: { band: high } }]
+    else: [{ id: cheap, type: set, values: { band: low } }]
+"#;
+
+/// Executions of a three-step orchestration (a call through an agent to the
+/// DMS simulator, a transform, a branch) with durable records.
+async fn executions(args: &Args) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    let postgres = dibop_e2e::harness::fresh_postgres_database();
+    for (backend, url) in [("sqlite", None), ("postgres", postgres.clone())] {
+        if backend == "postgres" && url.is_none() {
+            continue;
+        }
+        let dir = tempfile::tempdir()?;
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse()?;
+        let extra: Vec<&str> = match &url {
+            Some(u) => vec!["--database-url", u.as_str()],
+            None => vec![],
+        };
+        let cp = ControlPlane::start_with(&dir.path().join("cp"), any, any, &extra).await?;
+        let api = cp.tenant("bench").await?;
+        let group = api.create_group("bench-site").await?;
+        let dms = Dms::start().await?;
+        let token = api.enrollment_token(&group, None).await?;
+        let agent =
+            Agent::enroll_and_start(dir.path(), "agent", &token, &[dms.addr.to_string()]).await?;
+        api.wait_online(&agent.id).await?;
+        let (_, catalogue) = api.send("GET", "/catalogue?q=dms-sim", None).await?;
+        let (status, c) = api
+            .send(
+                "POST",
+                "/connections",
+                Some(json!({"connector_id": catalogue[0]["id"], "name": "DMS", "auth_type": "api_key",
+                    "credentials": {"api_key": "dms-demo-key"}, "base_url": dms.url,
+                    "execution_mode": "agent_group", "agent_group_id": group, "activate": true})),
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "connection: {c}");
+        let created: Value = reqwest::Client::new()
+            .post(format!("{}/api/v1/orchestrations", cp.http))
+            .bearer_auth(api.token())
+            .header("content-type", "application/yaml")
+            .body(BENCH_ORCHESTRATION)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = created["id"]
+            .as_str()
+            .context("orchestration not created")?
+            .to_owned();
+        let url = format!("{}/api/v1/orchestrations/{id}/execute", cp.http);
+        let token = api.token().to_owned();
+        let client = reqwest::Client::new();
+        let one = |client: reqwest::Client, url: String, token: String| async move {
+            let v: Value = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"wait_ms": 60000}))
+                .send()
+                .await?
+                .json()
+                .await?;
+            anyhow::ensure!(
+                v["status"] == "succeeded",
+                "execution ended {}",
+                v["status"]
+            );
+            anyhow::Ok(())
+        };
+        for _ in 0..20 {
+            one(client.clone(), url.clone(), token.clone()).await?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(args.seconds);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let (client, url, token) = (client.clone(), url.clone(), token.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut errors = 0u64;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    match one(client.clone(), url.clone(), token.clone()).await {
+                        Ok(()) => lat.push(t.elapsed()),
+                        Err(_) => errors += 1,
+                    }
+                }
+                (lat, errors)
+            }));
+        }
+        let mut lat = Vec::new();
+        let mut errors = 0;
+        for t in tasks {
+            let (l, e) = t.await?;
+            lat.extend(l);
+            errors += e;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let n = lat.len();
+        let mut s = summary(lat);
+        s["backend"] = json!(backend);
+        s["executions_per_s"] = json!((n as f64 / elapsed * 10.0).round() / 10.0);
+        s["errors"] = json!(errors);
+        s["concurrency"] = json!(16);
+        results.push(s);
+    }
+    if let Some(url) = postgres {
+        dibop_e2e::harness::drop_postgres_database(&url);
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "benchmark": "executions of a 3-step orchestration (call via agent, transform, branch), durable records",
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "seconds": args.seconds,
+            "results": results,
+        }))?
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     dibop_relay_agent::install_crypto_provider();
@@ -258,7 +396,8 @@ async fn main() -> anyhow::Result<()> {
     match args.scenario.as_str() {
         "relay" => {}
         "catalogue" => return catalogue(&args).await,
-        other => anyhow::bail!("--scenario {other}: use relay or catalogue"),
+        "executions" => return executions(&args).await,
+        other => anyhow::bail!("--scenario {other}: use relay, catalogue or executions"),
     }
     let dir = tempfile::tempdir()?;
     let cp = ControlPlane::start(&dir.path().join("cp")).await?;
