@@ -53,6 +53,7 @@ impl StepError {
 /// The engine's queue and its finish notices.
 #[derive(Debug)]
 pub struct Engine {
+    cancelled: Mutex<std::collections::HashSet<String>>,
     tx: mpsc::UnboundedSender<String>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     finished: broadcast::Sender<String>,
@@ -62,6 +63,7 @@ impl Default for Engine {
     fn default() -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         Engine {
+            cancelled: Mutex::default(),
             tx,
             rx: Mutex::new(Some(rx)),
             finished: broadcast::channel(4096).0,
@@ -73,6 +75,28 @@ impl Engine {
     /// Queues an execution (already stored as `queued`).
     pub fn submit(&self, id: &str) {
         let _ = self.tx.send(id.to_owned());
+    }
+
+    /// Marks an execution cancelled for the runs on this node.
+    pub fn cancel(&self, id: &str) {
+        self.cancelled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned());
+    }
+
+    fn is_cancelled(&self, id: &str) -> bool {
+        self.cancelled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
+    }
+
+    fn forget(&self, id: &str) {
+        self.cancelled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 
     /// Notices of executions that ended on this node.
@@ -116,12 +140,41 @@ pub async fn run(core: Arc<Core>, shutdown: tokio_util::sync::CancellationToken)
         tokio::spawn(async move {
             let _permit = permit;
             execute(&core, &id, 0).await;
+            core.engine.forget(&id);
             let _ = core.engine.finished.send(id);
         });
     }
 }
 
+impl Run {
+    /// Whether the execution was cancelled: at once when on this node, and
+    /// from the database (another node's cancel) at most every second.
+    async fn cancelled(&self) -> bool {
+        if self.core.engine.is_cancelled(&self.exe.id) {
+            return true;
+        }
+        let due = {
+            let mut last = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+            if last.elapsed() >= Duration::from_secs(1) {
+                *last = Instant::now();
+                true
+            } else {
+                false
+            }
+        };
+        due && self
+            .core
+            .store
+            .execution_any(&self.exe.id)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|e| e.status == "cancelled")
+    }
+}
+
 struct Run {
+    checked: Mutex<Instant>,
     core: Arc<Core>,
     exe: ExecutionRow,
     records: Mutex<HashMap<String, StepRow>>,
@@ -189,6 +242,7 @@ pub async fn execute(core: &Arc<Core>, id: &str, depth: u32) -> Option<Execution
         .collect();
     let seq = records.values().map(|r| r.seq).max().unwrap_or(0);
     let run = Arc::new(Run {
+        checked: Mutex::new(Instant::now()),
         core: core.clone(),
         records: Mutex::new(records),
         seq: AtomicI64::new(seq),
@@ -327,15 +381,7 @@ async fn run_step(
         scope["steps"][&id] = v.clone();
         return Ok(v);
     }
-    if run
-        .core
-        .store
-        .execution_any(&run.exe.id)
-        .await
-        .ok()
-        .flatten()
-        .is_some_and(|e| e.status == "cancelled")
-    {
+    if run.cancelled().await {
         return Err(StepError::new(
             "cancelled",
             "the execution was cancelled",
@@ -373,11 +419,6 @@ async fn run_step(
         let (input, outcome) = exec_step(run, step, &kind, &id, path, scope).await;
         let ms = started.elapsed().as_millis() as i64;
         let input_text = input.as_ref().map(stored);
-        if let Some(i) = &input_text {
-            let mut r = record.clone();
-            r.input = Some(i.clone());
-            let _ = run.core.store.start_step(&r).await;
-        }
         match outcome {
             Ok(out) => {
                 let text = stored(&out);
@@ -388,6 +429,7 @@ async fn run_step(
                         &run.exe.id,
                         path,
                         "succeeded",
+                        input_text.as_deref(),
                         Some(&text),
                         None,
                         i64::from(attempt),
@@ -405,6 +447,7 @@ async fn run_step(
                         &run.exe.id,
                         path,
                         "failed",
+                        input_text.as_deref(),
                         None,
                         Some(&json!(e).to_string()),
                         i64::from(attempt),

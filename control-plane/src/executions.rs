@@ -345,6 +345,7 @@ pub(crate) async fn cancel(
             format!("execution {id} already ended ({})", e.status),
         ));
     }
+    core.engine.cancel(&id);
     record(
         &core.store,
         Some(&p.tenant_id),

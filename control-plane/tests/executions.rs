@@ -318,6 +318,7 @@ async fn a_resumed_execution_does_not_repeat_completed_steps() {
             "exe_resumed",
             "steps[0]",
             "succeeded",
+            None,
             Some(r#"{"response": {"items": [1, 2, 3]}}"#),
             None,
             1,

@@ -226,6 +226,7 @@ impl Store {
         execution_id: &str,
         path: &str,
         status: &str,
+        input: Option<&str>,
         output: Option<&str>,
         error: Option<&str>,
         attempts: i64,
@@ -234,7 +235,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE execution_steps SET status = $1, output = $2, error = $3, attempts = $4, finished_at = $5, \
-             duration_ms = $6 WHERE execution_id = $7 AND path = $8",
+             duration_ms = $6, input = COALESCE($9, input) WHERE execution_id = $7 AND path = $8",
         )
         .bind(status)
         .bind(output)
@@ -244,6 +245,7 @@ impl Store {
         .bind(duration_ms)
         .bind(execution_id)
         .bind(path)
+        .bind(input)
         .execute(&self.pool)
         .await?;
         Ok(())
