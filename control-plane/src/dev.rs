@@ -188,6 +188,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         }),
     )
     .await?;
+    let orchestration_id = crate::orchestrations::ensure_example(&core, &tenant_id).await?;
 
     let api_url = format!("http://{}", server.http_addr);
     let credentials = json!({
@@ -196,6 +197,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         "tenant_id": tenant_id,
         "agent_group_id": group.id,
         "connection_id": connection_id,
+        "orchestration_id": orchestration_id,
         "dms_url": dms_url,
         "dms_api_key": dibop_e2e::dms_sim::SimAuth::default().api_key,
         "tunnel_addr": server.tunnel_addr.to_string(),
@@ -210,7 +212,8 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
          \n  tunnel       quic://{tunnel}\
          \n  DMS sim      {dms_url}   (X-API-Key: {key})\
          \n  agent group  {group} ({group_name}), 1 agent online\
-         \n  connection   {connection_id} (Demo DMS: dms-sim through the agent group)\n\
+         \n  connection   {connection_id} (Demo DMS: dms-sim through the agent group)\
+         \n  orchestration {orchestration_id} (Vehicle availability: POST .../orchestrations/{orchestration_id}/execute with {{\"parameters\":{{\"vin\":\"…\"}},\"wait_ms\":5000}})\n\
          \nMake a first relayed call: operation listVehicles of the connection, run by the agent:\n\
          \n  curl -s -X POST {api_url}/api/v1/connections/{connection_id}/operations/listVehicles/invoke \\\
          \n    -H 'Authorization: Bearer {api_token}' -H 'Content-Type: application/json' \\\

@@ -490,3 +490,42 @@ mod tests {
         assert_eq!(transition("archived", "restore"), Some("draft"));
     }
 }
+
+/// The example orchestration of `catalogue/orchestrations/`, compiled in.
+pub const EXAMPLE: &str = include_str!("../../catalogue/orchestrations/vin-decode-and-enrich.yaml");
+
+/// Creates (and activates) the example orchestration for a tenant unless
+/// one of its name exists; returns its id (`dibop dev`).
+pub async fn ensure_example(core: &Core, tenant_id: &str) -> anyhow::Result<String> {
+    let doc = crate::orchestration::parse(EXAMPLE).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let problems = crate::orchestration::validate(&doc);
+    anyhow::ensure!(
+        problems.is_empty(),
+        "the example orchestration is invalid: {problems:?}"
+    );
+    let name = doc["name"].as_str().unwrap_or_default().to_owned();
+    if let Some(o) = core
+        .store
+        .list_orchestrations(tenant_id, None, 10_000)
+        .await?
+        .into_iter()
+        .find(|o| o.name == name)
+    {
+        return Ok(o.id);
+    }
+    let now = now_unix();
+    let row = OrchestrationRow {
+        id: crate::ids::new_id("orc"),
+        tenant_id: tenant_id.to_owned(),
+        name,
+        status: "active".into(),
+        latest_version: 1,
+        created_by: "dibop-dev".into(),
+        created_at: now,
+        updated_at: now,
+    };
+    core.store
+        .create_orchestration(&row, &doc.to_string())
+        .await?;
+    Ok(row.id)
+}

@@ -39,6 +39,7 @@ async fn dibop_dev_runs_the_whole_platform_and_stops_cleanly() {
         "tenant_id",
         "agent_group_id",
         "connection_id",
+        "orchestration_id",
         "dms_url",
     ] {
         assert!(
@@ -70,6 +71,38 @@ async fn dibop_dev_runs_the_whole_platform_and_stops_cleanly() {
     assert!(
         result["ranOn"].as_str().unwrap().starts_with("agt_"),
         "{result}"
+    );
+
+    // The seeded example orchestration runs through the same connection.
+    let (_, stock) = api
+        .send(
+            "POST",
+            &format!("/connections/{connection}/operations/listVehicles/invoke"),
+            Some(json!({"parameters": {"page_size": 1, "status": "in_stock"}})),
+        )
+        .await
+        .unwrap();
+    let vin = stock["body"]["items"][0]["vin"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let orchestration = creds["orchestration_id"].as_str().unwrap();
+    let (status, execution) = api
+        .send(
+            "POST",
+            &format!("/orchestrations/{orchestration}/execute"),
+            Some(json!({"parameters": {"vin": vin}, "wait_ms": 30000})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{execution}");
+    assert_eq!(execution["status"], "succeeded", "{execution}");
+    assert!(
+        execution["steps"][0]["output"]["ran_on"]
+            .as_str()
+            .unwrap()
+            .starts_with("agt_"),
+        "{execution}"
     );
 
     // And a raw diagnostic call through the demo agent to the simulator.
