@@ -476,21 +476,6 @@ pub(crate) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lifecycle_moves() {
-        assert_eq!(transition("draft", "activate"), Some("active"));
-        assert_eq!(transition("active", "pause"), Some("paused"));
-        assert_eq!(transition("paused", "activate"), Some("active"));
-        assert_eq!(transition("archived", "activate"), None);
-        assert_eq!(transition("draft", "pause"), None);
-        assert_eq!(transition("archived", "restore"), Some("draft"));
-    }
-}
-
 /// The example orchestration of `catalogue/orchestrations/`, compiled in.
 pub const EXAMPLE: &str = include_str!("../../catalogue/orchestrations/vin-decode-and-enrich.yaml");
 
@@ -528,4 +513,19 @@ pub async fn ensure_example(core: &Core, tenant_id: &str) -> anyhow::Result<Stri
         .create_orchestration(&row, &doc.to_string())
         .await?;
     Ok(row.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_moves() {
+        assert_eq!(transition("draft", "activate"), Some("active"));
+        assert_eq!(transition("active", "pause"), Some("paused"));
+        assert_eq!(transition("paused", "activate"), Some("active"));
+        assert_eq!(transition("archived", "activate"), None);
+        assert_eq!(transition("draft", "pause"), None);
+        assert_eq!(transition("archived", "restore"), Some("draft"));
+    }
 }
