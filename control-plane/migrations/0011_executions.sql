@@ -16,7 +16,11 @@ CREATE TABLE executions (
     created_by        TEXT NOT NULL,
     created_at        BIGINT NOT NULL,
     started_at        BIGINT,
-    finished_at       BIGINT
+    finished_at       BIGINT,
+    -- The execution this one re-runs, if any.
+    rerun_of          TEXT,
+    -- Dead-letter state of a failed execution: `open`, `replayed` or `discarded`.
+    dead_letter       TEXT
 );
 CREATE INDEX executions_by_tenant ON executions (tenant_id, id);
 CREATE INDEX executions_by_status ON executions (status, id);

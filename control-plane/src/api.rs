@@ -519,6 +519,13 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/executions", get(crate::executions::list))
         .route("/executions/{id}", get(crate::executions::get))
         .route("/executions/{id}/cancel", post(crate::executions::cancel))
+        .route("/executions/{id}/rerun", post(crate::executions::rerun))
+        .route("/dead-letters", get(crate::executions::dead_letters))
+        .route("/dead-letters/{id}/replay", post(crate::executions::replay))
+        .route(
+            "/dead-letters/{id}/discard",
+            post(crate::executions::discard),
+        )
         .route(
             "/orchestrations/{id}/versions",
             get(crate::orchestrations::versions),

@@ -945,6 +945,8 @@ async fn sub_orchestration(
         created_at: now_unix(),
         started_at: None,
         finished_at: None,
+        rerun_of: None,
+        dead_letter: None,
     };
     // Resuming: the child may exist already.
     if run

@@ -73,6 +73,10 @@ pub struct ExecutionView {
     created_at: String,
     started_at: Option<String>,
     finished_at: Option<String>,
+    /// The execution this one re-runs.
+    rerun_of: Option<String>,
+    /// For failed executions: `open` (in the dead-letter queue), `replayed` or `discarded`.
+    dead_letter: Option<String>,
     /// Step traces (single-execution requests).
     #[serde(skip_serializing_if = "Option::is_none")]
     steps: Option<Vec<StepTrace>>,
@@ -97,6 +101,8 @@ fn view(e: ExecutionRow, steps: Option<Vec<StepTrace>>) -> ExecutionView {
         created_at: rfc3339(e.created_at),
         started_at: e.started_at.map(rfc3339),
         finished_at: e.finished_at.map(rfc3339),
+        rerun_of: e.rerun_of,
+        dead_letter: e.dead_letter,
         steps,
     }
 }
@@ -218,6 +224,8 @@ pub(crate) async fn execute(
         created_at: now_unix(),
         started_at: None,
         finished_at: None,
+        rerun_of: None,
+        dead_letter: None,
     };
     let mut finished = core.engine.subscribe();
     core.store.create_execution(&row).await?;
@@ -357,4 +365,232 @@ pub(crate) async fn cancel(
     .await;
     let e = core.store.execution(&p.tenant_id, &id).await?.unwrap_or(e);
     Ok(Json(detail(&core, e).await?))
+}
+
+/// The body of `POST /executions/{id}/rerun`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RerunRequest {
+    /// `start` (default) or `failed_step`: reuse the outputs of the steps that succeeded.
+    #[serde(default)]
+    from: Option<String>,
+    /// `pinned` (default: the version the execution ran) or `current` (the newest).
+    #[serde(default)]
+    version: Option<String>,
+    /// Wait up to this long for the re-run to end (0-60000).
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+/// Starts a re-run of an ended execution; the new execution.
+async fn rerun_of(
+    core: &Core,
+    p: &Principal,
+    e: &ExecutionRow,
+    req: RerunRequest,
+    trigger: &str,
+) -> Result<ExecutionRow, ApiError> {
+    if matches!(e.status.as_str(), "queued" | "running") {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_finished",
+            format!("execution {} is still {}", e.id, e.status),
+        ));
+    }
+    let from = req.from.as_deref().unwrap_or("start");
+    let version = match req.version.as_deref().unwrap_or("pinned") {
+        "pinned" => e.version,
+        "current" => {
+            core.store
+                .orchestration(&p.tenant_id, &e.orchestration_id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("orchestration", &e.orchestration_id))?
+                .latest_version
+        }
+        other => {
+            return Err(ApiError::invalid(format!(
+                "version `{other}` is not pinned or current"
+            )));
+        }
+    };
+    if !matches!(from, "start" | "failed_step") {
+        return Err(ApiError::invalid(format!(
+            "from `{from}` is not start or failed_step"
+        )));
+    }
+    let row = ExecutionRow {
+        id: crate::ids::time_ordered_id("exe"),
+        tenant_id: p.tenant_id.clone(),
+        orchestration_id: e.orchestration_id.clone(),
+        orchestration_name: e.orchestration_name.clone(),
+        version,
+        status: "queued".into(),
+        parameters: e.parameters.clone(),
+        output: None,
+        error: None,
+        trigger_type: trigger.into(),
+        created_by: p.actor(),
+        created_at: now_unix(),
+        started_at: None,
+        finished_at: None,
+        rerun_of: Some(e.id.clone()),
+        dead_letter: None,
+    };
+    core.store.create_execution(&row).await?;
+    if from == "failed_step" {
+        core.store.copy_succeeded_steps(&e.id, &row.id).await?;
+    }
+    record(
+        &core.store,
+        Some(&p.tenant_id),
+        &p.actor(),
+        "execution.rerun",
+        ("execution", &row.id),
+        json!({"rerun_of": e.id, "from": from, "version": version}),
+    )
+    .await;
+    Ok(row)
+}
+
+async fn wait_for(
+    core: &Core,
+    p: &Principal,
+    row: ExecutionRow,
+    wait_ms: u64,
+) -> Result<ExecutionView, ApiError> {
+    let mut finished = core.engine.subscribe();
+    core.engine.submit(&row.id);
+    if wait_ms > 0 {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(60_000));
+        loop {
+            match tokio::time::timeout_at(deadline, finished.recv()).await {
+                Ok(Ok(done)) if done == row.id => break,
+                Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                    continue;
+                }
+                _ => break,
+            }
+        }
+    }
+    let now = core
+        .store
+        .execution(&p.tenant_id, &row.id)
+        .await?
+        .unwrap_or(row);
+    detail(core, now).await
+}
+
+/// `POST /api/v1/executions/{id}/rerun`
+#[utoipa::path(post, path = "/api/v1/executions/{id}/rerun", tag = "executions",
+    summary = "Re-run an ended execution: from the start or from the failed step, on the pinned or the current version",
+    params(("id" = String, Path, description = "The resource id")), request_body = RerunRequest,
+    responses((status = 201, body = ExecutionView), (status = 409, description = "Still running", body = crate::openapi::ErrorBody),
+        (status = 422, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn rerun(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<RerunRequest>,
+) -> Result<Response, ApiError> {
+    require_operator(&p)?;
+    let e = core
+        .store
+        .execution(&p.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("execution", &id))?;
+    let wait = req.wait_ms.unwrap_or(0);
+    let row = rerun_of(&core, &p, &e, req, "rerun").await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(wait_for(&core, &p, row, wait).await?),
+    )
+        .into_response())
+}
+
+/// `GET /api/v1/dead-letters`
+#[utoipa::path(get, path = "/api/v1/dead-letters", tag = "executions",
+    summary = "Failed executions waiting for a decision (replay or discard), newest first",
+    responses((status = 200, body = [ExecutionView]), (status = 401, body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
+pub(crate) async fn dead_letters(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    q: Result<Query<crate::api::Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let page = query(q)?;
+    let limit = page_limit(page.limit)?;
+    let rows = core
+        .store
+        .dead_letters(&p.tenant_id, page.cursor_of("exe_")?, limit + 1)
+        .await?;
+    let views: Vec<ExecutionView> = rows.into_iter().map(|e| view(e, None)).collect();
+    Ok(paged(views, limit, "/dead-letters", |e| e.id.clone()))
+}
+
+/// `POST /api/v1/dead-letters/{id}/replay`
+#[utoipa::path(post, path = "/api/v1/dead-letters/{id}/replay", tag = "executions",
+    summary = "Replay a dead letter from its failed step on its pinned version",
+    params(("id" = String, Path, description = "The failed execution's id")),
+    responses((status = 201, body = ExecutionView), (status = 404, description = "Not an open dead letter", body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn replay(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    require_operator(&p)?;
+    let e = core
+        .store
+        .execution(&p.tenant_id, &id)
+        .await?
+        .filter(|e| e.dead_letter.as_deref() == Some("open"))
+        .ok_or_else(|| ApiError::not_found("dead letter", &id))?;
+    if !core
+        .store
+        .close_dead_letter(&p.tenant_id, &id, "replayed")
+        .await?
+    {
+        return Err(ApiError::not_found("dead letter", &id));
+    }
+    let req = RerunRequest {
+        from: Some("failed_step".into()),
+        version: None,
+        wait_ms: None,
+    };
+    let row = rerun_of(&core, &p, &e, req, "replay").await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(wait_for(&core, &p, row, 0).await?),
+    )
+        .into_response())
+}
+
+/// `POST /api/v1/dead-letters/{id}/discard`
+#[utoipa::path(post, path = "/api/v1/dead-letters/{id}/discard", tag = "executions", summary = "Discard a dead letter (the execution stays failed)",
+    params(("id" = String, Path, description = "The failed execution's id")),
+    responses((status = 204, description = "Discarded"), (status = 404, description = "Not an open dead letter", body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn discard(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    require_operator(&p)?;
+    if !core
+        .store
+        .close_dead_letter(&p.tenant_id, &id, "discarded")
+        .await?
+    {
+        return Err(ApiError::not_found("dead letter", &id));
+    }
+    record(
+        &core.store,
+        Some(&p.tenant_id),
+        &p.actor(),
+        "execution.discard",
+        ("execution", &id),
+        Value::Null,
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -180,6 +180,10 @@ impl Modify for BearerAuth {
         crate::executions::list,
         crate::executions::get,
         crate::executions::cancel,
+        crate::executions::rerun,
+        crate::executions::dead_letters,
+        crate::executions::replay,
+        crate::executions::discard,
     ),
     components(schemas(ErrorBody, ErrorDetail, EnrollmentTokenView, CreatedTokenView, SessionView)),
     modifiers(&BearerAuth)

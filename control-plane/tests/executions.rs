@@ -291,6 +291,8 @@ async fn a_resumed_execution_does_not_repeat_completed_steps() {
         created_at: 1,
         started_at: Some(1),
         finished_at: None,
+        rerun_of: None,
+        dead_letter: None,
     };
     core.store.create_execution(&row).await.unwrap();
     core.store
@@ -344,4 +346,134 @@ async fn a_resumed_execution_does_not_repeat_completed_steps() {
         )
         .await;
     assert_eq!(calls, json!([]), "the completed call was not made again");
+}
+
+#[tokio::test]
+async fn dead_letters_replay_from_the_failed_step() {
+    let s = setup().await;
+    let (_, catalogue) = s.cp.send("GET", "/catalogue?q=dms-sim", None).await;
+    let (_, second) =
+        s.cp.send(
+            "POST",
+            "/connections",
+            Some(
+                json!({"connector_id": catalogue[0]["id"], "name": "Second", "auth_type": "api_key",
+                "credentials": {"api_key": "dms-demo-key"}, "base_url": s.sim}),
+            ),
+        )
+        .await;
+    let second = second["id"].as_str().unwrap().to_owned();
+    let id = create(
+        &s.cp,
+        r#"
+format: dibop.orchestration/v1
+name: two systems
+steps:
+  - { id: a, type: call, connection: Demo DMS, operation: listVehicles, parameters: { page_size: 1 } }
+  - { id: b, type: call, connection: Second, operation: getVehicle, parameters: { vin: "{{ .steps.a.response.items[0].vin }}" } }
+"#,
+    )
+    .await;
+    // `Second` is inactive: the run fails at b and lands in the dead-letter queue.
+    let failed = run(&s.cp, &id, json!({})).await;
+    assert_eq!(
+        (failed["status"].as_str(), failed["error"]["step"].as_str()),
+        (Some("failed"), Some("b")),
+        "{failed}"
+    );
+    let exe = failed["id"].as_str().unwrap().to_owned();
+    let (_, letters) = s.cp.send("GET", "/dead-letters", None).await;
+    assert_eq!(letters[0]["id"], exe.as_str(), "{letters}");
+    assert_eq!(letters[0]["dead_letter"], "open");
+
+    // Fixed: replay from the failed step; a's call is not made again.
+    s.cp.send("POST", format!("/connections/{second}/activate"), None)
+        .await;
+    let (_, calls_before) =
+        s.cp.send(
+            "GET",
+            format!("/api-calls?connection_id={}", s.connection),
+            None,
+        )
+        .await;
+    let (status, replayed) =
+        s.cp.send("POST", format!("/dead-letters/{exe}/replay"), None)
+            .await;
+    assert_eq!(status, 201, "{replayed}");
+    let new_id = replayed["id"].as_str().unwrap().to_owned();
+    let mut rx = s.cp.core.engine.subscribe();
+    let (_, mut now) =
+        s.cp.send("GET", format!("/executions/{new_id}"), None)
+            .await;
+    while !matches!(now["status"].as_str(), Some("succeeded" | "failed")) {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), rx.recv()).await;
+        now =
+            s.cp.send("GET", format!("/executions/{new_id}"), None)
+                .await
+                .1;
+    }
+    assert_eq!(
+        (now["status"].as_str(), now["rerun_of"].as_str()),
+        (Some("succeeded"), Some(exe.as_str())),
+        "{now}"
+    );
+    let (_, calls_after) =
+        s.cp.send(
+            "GET",
+            format!("/api-calls?connection_id={}", s.connection),
+            None,
+        )
+        .await;
+    assert_eq!(
+        calls_after.as_array().unwrap().len(),
+        calls_before.as_array().unwrap().len(),
+        "step a was reused"
+    );
+    let (_, letters) = s.cp.send("GET", "/dead-letters", None).await;
+    assert_eq!(letters, json!([]));
+    assert_eq!(
+        s.cp.send("POST", format!("/dead-letters/{exe}/replay"), None)
+            .await
+            .0,
+        404,
+        "replayed once"
+    );
+
+    // A re-run from the start makes every call again; discard closes a dead letter.
+    s.cp.send("POST", format!("/connections/{second}/deactivate"), None)
+        .await;
+    let again = run(&s.cp, &id, json!({})).await;
+    let again_id = again["id"].as_str().unwrap().to_owned();
+    let (status, rerun) =
+        s.cp.send(
+            "POST",
+            format!("/executions/{again_id}/rerun"),
+            Some(json!({"from": "start", "wait_ms": 30000})),
+        )
+        .await;
+    assert_eq!(
+        (status, rerun["status"].as_str()),
+        (201, Some("failed")),
+        "{rerun}"
+    );
+    assert_eq!(
+        s.cp.send("POST", format!("/dead-letters/{again_id}/discard"), None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        s.cp.send("POST", format!("/dead-letters/{again_id}/discard"), None)
+            .await
+            .0,
+        404
+    );
+    let (status, answer) =
+        s.cp.send(
+            "POST",
+            format!("/executions/{again_id}/rerun"),
+            Some(json!({"from": "middle"})),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
 }

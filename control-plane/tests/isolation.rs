@@ -68,6 +68,13 @@ const WALK: &[(&str, &str, Option<&str>)] = &[
     ),
     ("GET", "/executions/{execution}", None),
     ("POST", "/executions/{execution}/cancel", None),
+    (
+        "POST",
+        "/executions/{execution}/rerun",
+        Some(r#"{"from":"start"}"#),
+    ),
+    ("POST", "/dead-letters/{execution}/replay", None),
+    ("POST", "/dead-letters/{execution}/discard", None),
     ("GET", "/connections/{connection}", None),
     (
         "PATCH",
@@ -223,7 +230,13 @@ async fn another_tenants_resources_do_not_exist() {
     let base = format!("http://{}", server.http_addr);
     let store = server.core.store.clone();
     let (tenant_a, a) = bootstrap_tenant(&store, "tenant-a", "cli").await.unwrap();
-    let (_, b) = bootstrap_tenant(&store, "tenant-b", "cli").await.unwrap();
+    let (tenant_b, b) = bootstrap_tenant(&store, "tenant-b", "cli").await.unwrap();
+    // The walk makes more requests than a tier's minute allows: no quota in the way.
+    for tenant in [&tenant_a, &tenant_b] {
+        dibop_control_plane::set_tenant_plan(&store, tenant, None, None, Some(1_000_000))
+            .await
+            .unwrap();
+    }
 
     // Tenant A's resources.
     let (_, group) = send(
@@ -378,6 +391,7 @@ async fn another_tenants_resources_do_not_exist() {
         "/notifications",
         "/orchestrations",
         "/executions",
+        "/dead-letters",
     ] {
         let (status, rows) = send(&base, &b, "GET", list, None).await;
         assert_eq!(status, 200, "{list}");

@@ -35,6 +35,10 @@ pub struct ExecutionRow {
     pub started_at: Option<i64>,
     /// When it ended.
     pub finished_at: Option<i64>,
+    /// The execution this one re-runs.
+    pub rerun_of: Option<String>,
+    /// Dead-letter state of a failed execution: `open`, `replayed`, `discarded`.
+    pub dead_letter: Option<String>,
 }
 
 /// One step's record in an execution.
@@ -72,7 +76,7 @@ macro_rules! select_executions {
     ($tail:literal) => {
         concat!(
             "SELECT id, tenant_id, orchestration_id, orchestration_name, version, status, parameters, output, error, \
-             trigger_type, created_by, created_at, started_at, finished_at FROM executions ",
+             trigger_type, created_by, created_at, started_at, finished_at, rerun_of, dead_letter FROM executions ",
             $tail
         )
     };
@@ -83,7 +87,7 @@ impl Store {
     pub async fn create_execution(&self, e: &ExecutionRow) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO executions (id, tenant_id, orchestration_id, orchestration_name, version, status, parameters, \
-             trigger_type, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             trigger_type, created_by, created_at, rerun_of) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&e.id)
         .bind(&e.tenant_id)
@@ -95,6 +99,7 @@ impl Store {
         .bind(&e.trigger_type)
         .bind(&e.created_by)
         .bind(e.created_at)
+        .bind(&e.rerun_of)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -173,7 +178,8 @@ impl Store {
         );
         let done = sqlx::query(
             "UPDATE executions SET status = $1, output = COALESCE($2, output), error = COALESCE($3, error), \
-             started_at = COALESCE(started_at, $4), finished_at = CASE WHEN $5 = 1 THEN $4 ELSE finished_at END \
+             started_at = COALESCE(started_at, $4), finished_at = CASE WHEN $5 = 1 THEN $4 ELSE finished_at END, \
+             dead_letter = CASE WHEN $1 = 'failed' THEN 'open' ELSE dead_letter END \
              WHERE id = $6 AND status NOT IN ('succeeded', 'partially_succeeded', 'failed', 'cancelled')",
         )
         .bind(status)
@@ -249,5 +255,56 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Failed executions waiting in the dead-letter queue, newest first.
+    pub async fn dead_letters(
+        &self,
+        tenant_id: &str,
+        before: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ExecutionRow>, StoreError> {
+        Ok(sqlx::query_as::<_, ExecutionRow>(select_executions!(
+            "WHERE tenant_id = $1 AND dead_letter = 'open' AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
+        ))
+        .bind(tenant_id)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Moves an open dead letter to `state`; false when it is not open.
+    pub async fn close_dead_letter(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        state: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE executions SET dead_letter = $1 WHERE tenant_id = $2 AND id = $3 AND dead_letter = 'open'",
+        )
+        .bind(state)
+        .bind(tenant_id)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Copies the succeeded step records of `from` into `to` (a re-run from
+    /// the failed step reuses them, as a resumed execution would).
+    pub async fn copy_succeeded_steps(&self, from: &str, to: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO execution_steps (execution_id, path, seq, step_id, step_type, status, input, output, error, \
+             attempts, started_at, finished_at, duration_ms) \
+             SELECT $2, path, seq, step_id, step_type, status, input, output, error, attempts, started_at, finished_at, \
+             duration_ms FROM execution_steps WHERE execution_id = $1 AND status = 'succeeded'",
+        )
+        .bind(from)
+        .bind(to)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 }
