@@ -22,6 +22,9 @@ CREATE TABLE executions (
     -- Dead-letter state of a failed execution: `open`, `replayed` or `discarded`.
     dead_letter       TEXT
 );
+-- Executions a tenant may run at once (NULL: its tier's).
+ALTER TABLE tenants ADD COLUMN concurrent_executions BIGINT;
+
 CREATE INDEX executions_by_tenant ON executions (tenant_id, id);
 CREATE INDEX executions_by_status ON executions (status, id);
 

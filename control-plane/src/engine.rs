@@ -54,6 +54,8 @@ impl StepError {
 #[derive(Debug)]
 pub struct Engine {
     cancelled: Mutex<std::collections::HashSet<String>>,
+    /// Per tenant: (its limit, its slots).
+    tenants: Mutex<HashMap<String, (i64, Arc<tokio::sync::Semaphore>)>>,
     tx: mpsc::UnboundedSender<String>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     finished: broadcast::Sender<String>,
@@ -64,6 +66,7 @@ impl Default for Engine {
         let (tx, rx) = mpsc::unbounded_channel();
         Engine {
             cancelled: Mutex::default(),
+            tenants: Mutex::default(),
             tx,
             rx: Mutex::new(Some(rx)),
             finished: broadcast::channel(4096).0,
@@ -75,6 +78,20 @@ impl Engine {
     /// Queues an execution (already stored as `queued`).
     pub fn submit(&self, id: &str) {
         let _ = self.tx.send(id.to_owned());
+    }
+
+    /// The slots of a tenant allowing `limit` executions at once.
+    fn tenant_slots(&self, tenant_id: &str, limit: i64) -> Arc<tokio::sync::Semaphore> {
+        let mut map = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(tenant_id) {
+            Some((l, s)) if *l == limit => s.clone(),
+            _ => {
+                // A changed limit starts a new pool; runs holding the old one finish.
+                let s = Arc::new(tokio::sync::Semaphore::new(limit.clamp(1, 10_000) as usize));
+                map.insert(tenant_id.to_owned(), (limit, s.clone()));
+                s
+            }
+        }
     }
 
     /// Marks an execution cancelled for the runs on this node.
@@ -133,12 +150,23 @@ pub async fn run(core: Arc<Core>, shutdown: tokio_util::sync::CancellationToken)
             _ = shutdown.cancelled() => return,
             id = rx.recv() => match id { Some(id) => id, None => return },
         };
-        let Ok(permit) = workers.clone().acquire_owned().await else {
-            return;
-        };
-        let core = core.clone();
+        let (core, workers) = (core.clone(), workers.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            // The tenant's slot first, then a worker: a tenant at its limit
+            // waits without holding a worker another tenant could use.
+            let tenant_permit = match tenant_limit(&core, &id).await {
+                Some((tenant, limit)) => core
+                    .engine
+                    .tenant_slots(&tenant, limit)
+                    .acquire_owned()
+                    .await
+                    .ok(),
+                None => None,
+            };
+            let Ok(_permit) = workers.acquire_owned().await else {
+                return;
+            };
+            let _tenant_permit = tenant_permit;
             execute(&core, &id, 0).await;
             core.engine.forget(&id);
             let _ = core.engine.finished.send(id);
@@ -171,6 +199,21 @@ impl Run {
             .flatten()
             .is_some_and(|e| e.status == "cancelled")
     }
+}
+
+/// (tenant, its concurrent-execution limit) of an execution.
+async fn tenant_limit(core: &Core, id: &str) -> Option<(String, i64)> {
+    let e = core.store.execution_any(id).await.ok().flatten()?;
+    let t = core
+        .quotas
+        .tenant(&core.store, &e.tenant_id)
+        .await
+        .ok()
+        .flatten()?;
+    Some((
+        e.tenant_id,
+        crate::tenants::limits_of(&t).concurrent_executions,
+    ))
 }
 
 struct Run {

@@ -52,7 +52,8 @@ macro_rules! select_users {
 macro_rules! select_tenants {
     ($tail:literal) => {
         concat!(
-            "SELECT id, name, created_at, status, tier, calls_per_month, requests_per_minute, enterprise_publishing FROM tenants ",
+            "SELECT id, name, created_at, status, tier, calls_per_month, requests_per_minute, enterprise_publishing, \
+             concurrent_executions FROM tenants ",
             $tail
         )
     };
@@ -115,6 +116,8 @@ pub struct Tenant {
     pub requests_per_minute: Option<i64>,
     /// 1 when the platform lets it publish enterprise-scoped connectors.
     pub enterprise_publishing: i64,
+    /// Overrides the tier's concurrent executions.
+    pub concurrent_executions: Option<i64>,
 }
 
 /// An API token (its secret is never stored, only its hash).
@@ -394,6 +397,7 @@ impl Store {
             calls_per_month: None,
             requests_per_minute: None,
             enterprise_publishing: 0,
+            concurrent_executions: None,
         })
     }
 
@@ -436,7 +440,7 @@ impl Store {
     pub async fn update_tenant_plan(&self, t: &Tenant) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE tenants SET status = $1, tier = $2, calls_per_month = $3, requests_per_minute = $4, \
-             enterprise_publishing = $5 WHERE id = $6",
+             enterprise_publishing = $5, concurrent_executions = $7 WHERE id = $6",
         )
         .bind(&t.status)
         .bind(&t.tier)
@@ -444,6 +448,7 @@ impl Store {
         .bind(t.requests_per_minute)
         .bind(t.enterprise_publishing)
         .bind(&t.id)
+        .bind(t.concurrent_executions)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -45,6 +45,8 @@ pub struct Limits {
     pub calls_per_month: i64,
     /// API requests per minute.
     pub requests_per_minute: i64,
+    /// Orchestration executions running at once (more wait in the queue).
+    pub concurrent_executions: i64,
 }
 
 /// The tiers and their limits.
@@ -54,6 +56,7 @@ pub const TIERS: [(&str, Limits); 3] = [
         Limits {
             calls_per_month: 1_000,
             requests_per_minute: 10,
+            concurrent_executions: 2,
         },
     ),
     (
@@ -61,6 +64,7 @@ pub const TIERS: [(&str, Limits); 3] = [
         Limits {
             calls_per_month: 100_000,
             requests_per_minute: 60,
+            concurrent_executions: 10,
         },
     ),
     (
@@ -68,6 +72,7 @@ pub const TIERS: [(&str, Limits); 3] = [
         Limits {
             calls_per_month: 1_000_000,
             requests_per_minute: 300,
+            concurrent_executions: 50,
         },
     ),
 ];
@@ -81,6 +86,9 @@ pub fn limits_of(t: &Tenant) -> Limits {
     Limits {
         calls_per_month: t.calls_per_month.unwrap_or(tier.calls_per_month),
         requests_per_minute: t.requests_per_minute.unwrap_or(tier.requests_per_minute),
+        concurrent_executions: t
+            .concurrent_executions
+            .unwrap_or(tier.concurrent_executions),
     }
 }
 
@@ -278,6 +286,7 @@ pub(crate) struct TenantView {
     limits: Limits,
     custom_calls_per_month: Option<i64>,
     custom_requests_per_minute: Option<i64>,
+    custom_concurrent_executions: Option<i64>,
     /// Whether its enterprise admins may publish enterprise-scoped connectors.
     enterprise_publishing: bool,
     calls_this_month: i64,
@@ -295,6 +304,7 @@ async fn tenant_view(store: &Store, t: Tenant) -> Result<TenantView, StoreError>
         tier: t.tier,
         custom_calls_per_month: t.calls_per_month,
         custom_requests_per_minute: t.requests_per_minute,
+        custom_concurrent_executions: t.concurrent_executions,
         enterprise_publishing: t.enterprise_publishing != 0,
         created_at: rfc3339(t.created_at),
     })
@@ -313,6 +323,10 @@ pub(crate) struct TenantPlan {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<i64>)]
     requests_per_minute: Option<Option<i64>>,
+    /// A number sets a custom value; `null` returns to the tier's.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
+    concurrent_executions: Option<Option<i64>>,
     /// Lets the tenant's enterprise admins publish connectors for their own
     /// enterprise (global publishing stays with platform admins).
     enterprise_publishing: Option<bool>,
@@ -350,6 +364,11 @@ fn apply_plan(t: &mut Tenant, plan: &TenantPlan) -> Result<(), ApiError> {
             "requests_per_minute",
             plan.requests_per_minute,
             &mut t.requests_per_minute,
+        ),
+        (
+            "concurrent_executions",
+            plan.concurrent_executions,
+            &mut t.concurrent_executions,
         ),
     ] {
         match value {
@@ -398,6 +417,7 @@ pub(crate) async fn create_tenant(
         calls_per_month: None,
         requests_per_minute: None,
         enterprise_publishing: 0,
+        concurrent_executions: None,
     };
     apply_plan(&mut t, &plan)?;
     let created = core.store.create_tenant(&t.id, &t.name).await?;
@@ -516,6 +536,7 @@ mod tests {
             calls_per_month: None,
             requests_per_minute: None,
             enterprise_publishing: 0,
+            concurrent_executions: None,
         }
     }
 
@@ -525,7 +546,8 @@ mod tests {
             limits_of(&tenant("free")),
             Limits {
                 calls_per_month: 1_000,
-                requests_per_minute: 10
+                requests_per_minute: 10,
+                concurrent_executions: 2,
             }
         );
         assert_eq!(limits_of(&tenant("premium")).requests_per_minute, 300);
@@ -535,7 +557,8 @@ mod tests {
             limits_of(&t),
             Limits {
                 calls_per_month: 100_000,
-                requests_per_minute: 5
+                requests_per_minute: 5,
+                concurrent_executions: 10,
             }
         );
     }

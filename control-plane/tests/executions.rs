@@ -477,3 +477,52 @@ steps:
         .await;
     assert_eq!(status, 422, "{answer}");
 }
+
+#[tokio::test]
+async fn a_tenant_runs_at_most_its_concurrent_executions() {
+    let s = setup().await;
+    let core = &s.cp.core;
+    let mut tenant = core.store.tenant_by_name("acme").await.unwrap().unwrap();
+    tenant.concurrent_executions = Some(1);
+    // The test polls quickly: no request rate in the way.
+    tenant.requests_per_minute = Some(1_000_000);
+    core.store.update_tenant_plan(&tenant).await.unwrap();
+    core.quotas.forget(&tenant.id);
+    let id = create(
+        &s.cp,
+        "format: dibop.orchestration/v1\nname: slow\nsteps:\n  - {id: wait, type: delay, ms: 300}\n",
+    )
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (_, e) =
+            s.cp.send(
+                "POST",
+                format!("/orchestrations/{id}/execute"),
+                Some(json!({})),
+            )
+            .await;
+        ids.push(e["id"].as_str().unwrap().to_owned());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut most = 0;
+    loop {
+        let (_, running) = s.cp.send("GET", "/executions?status=running", None).await;
+        most = most.max(running.as_array().unwrap().len());
+        let (_, done) = s.cp.send("GET", "/executions?status=succeeded", None).await;
+        if done.as_array().unwrap().len() == 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the executions did not finish"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        most <= 1,
+        "{most} executions of a tenant limited to 1 ran at once"
+    );
+    let (_, view) = s.cp.send("GET", "/executions", None).await;
+    assert_eq!(view.as_array().unwrap().len(), 3);
+}
