@@ -398,7 +398,7 @@ async fn platform_admins_manage_tenants_and_limits_answer_429() {
     assert_eq!(status, 201, "{t}");
     assert_eq!(
         t["limits"],
-        json!({"calls_per_month": 1000, "requests_per_minute": 10})
+        json!({"calls_per_month": 1000, "requests_per_minute": 10, "concurrent_executions": 2})
     );
     let tenant_id = t["id"].as_str().unwrap().to_owned();
     let (_, small) = dibop_control_plane::bootstrap_tenant(&cp.core.store, "small-dealer", "cli")
