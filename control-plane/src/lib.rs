@@ -37,6 +37,7 @@ pub mod orchestration;
 pub mod orchestrations;
 pub mod paginate;
 pub mod publishing;
+pub mod scheduler;
 pub mod store;
 pub mod tenants;
 pub mod tunnel;
@@ -75,6 +76,8 @@ pub struct Settings {
     pub cloud_agent_allow: Vec<String>,
     /// How often active connections are health-checked.
     pub health_check_interval: Duration,
+    /// Whether schedule triggers fire (off only in tests that drive them).
+    pub run_scheduler: bool,
 }
 
 impl Settings {
@@ -90,6 +93,7 @@ impl Settings {
             agent_cert_ttl: Duration::from_secs(30 * 24 * 3600),
             cloud_agent_allow: vec!["public".into()],
             health_check_interval: Duration::from_secs(60),
+            run_scheduler: true,
         }
     }
 }
@@ -222,6 +226,9 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     tasks.spawn(execute::monitor_health(core.clone(), shutdown.clone()));
     tasks.spawn(calllog::run(core.clone(), shutdown.clone()));
     tasks.spawn(engine::run(core.clone(), shutdown.clone()));
+    if settings.run_scheduler {
+        tasks.spawn(scheduler::run(core.clone(), shutdown.clone()));
+    }
     let router = api::router(core.clone());
     let http_shutdown = shutdown.clone();
     tasks.spawn(async move {

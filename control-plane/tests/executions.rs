@@ -14,7 +14,8 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let cp = common::start_cp().await;
+    // Schedules are driven by the tests, with their own clock.
+    let cp = common::start_cp_with(|s| s.run_scheduler = false).await;
     let (sim, _) = dibop_e2e::dms_sim::spawn("127.0.0.1:0".parse().unwrap(), Default::default())
         .await
         .unwrap();
@@ -525,4 +526,43 @@ async fn a_tenant_runs_at_most_its_concurrent_executions() {
     );
     let (_, view) = s.cp.send("GET", "/executions", None).await;
     assert_eq!(view.as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn schedules_fire_once_per_time_in_their_zone_and_skip_overlaps() {
+    let s = setup().await;
+    let id = create(
+        &s.cp,
+        "format: dibop.orchestration/v1\nname: every five\ntrigger: {type: schedule, cron: '*/5 * * * *', timezone: Europe/Berlin}\nsteps:\n  - {id: wait, type: delay, ms: 3000}\n",
+    )
+    .await;
+    let core = &s.cp.core;
+    let at = |t: &str| t.parse::<jiff::Timestamp>().unwrap().as_second();
+    let fire = |t: i64| dibop_control_plane::scheduler::fire_due(core, t);
+    // A draft does not fire.
+    assert!(fire(at("2026-11-28T10:02:30Z")).await.unwrap().is_empty());
+    s.cp.send("POST", format!("/orchestrations/{id}/activate"), None)
+        .await;
+    // Planned: the first firing after now is 10:05.
+    assert!(fire(at("2026-11-28T10:02:30Z")).await.unwrap().is_empty());
+    assert!(fire(at("2026-11-28T10:04:59Z")).await.unwrap().is_empty());
+    let started = fire(at("2026-11-28T10:05:01Z")).await.unwrap();
+    assert_eq!(started.len(), 1, "one execution at 10:05");
+    assert!(
+        fire(at("2026-11-28T10:05:02Z")).await.unwrap().is_empty(),
+        "fired once"
+    );
+    let (_, e) =
+        s.cp.send("GET", format!("/executions/{}", started[0]), None)
+            .await;
+    assert_eq!(e["trigger"], "schedule");
+    // 10:10 comes while the 10:05 run still waits: skipped.
+    assert!(
+        fire(at("2026-11-28T10:10:00Z")).await.unwrap().is_empty(),
+        "overlap skipped"
+    );
+    // Paused: nothing fires.
+    s.cp.send("POST", format!("/orchestrations/{id}/pause"), None)
+        .await;
+    assert!(fire(at("2026-11-28T10:15:00Z")).await.unwrap().is_empty());
 }

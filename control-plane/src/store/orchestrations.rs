@@ -242,4 +242,73 @@ impl Store {
         tx.commit().await?;
         Ok(done.rows_affected() > 0)
     }
+
+    /// Every active orchestration of every tenant (the scheduler).
+    pub async fn active_orchestrations(&self) -> Result<Vec<OrchestrationRow>, StoreError> {
+        Ok(
+            sqlx::query_as::<_, OrchestrationRow>(select_orchestrations!(
+                "WHERE status = 'active' ORDER BY id"
+            ))
+            .fetch_all(&self.pool)
+            .await?,
+        )
+    }
+
+    /// (cron, next firing) of an orchestration's schedule.
+    pub async fn schedule(&self, id: &str) -> Result<Option<(String, i64)>, StoreError> {
+        use sqlx::Row as _;
+        let row =
+            sqlx::query("SELECT cron, next_fire_at FROM schedules WHERE orchestration_id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get("cron")?, r.try_get("next_fire_at")?)),
+            None => None,
+        })
+    }
+
+    /// Plans a (new or changed) schedule's next firing.
+    pub async fn plan_schedule(
+        &self,
+        id: &str,
+        tenant_id: &str,
+        cron: &str,
+        next: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO schedules (orchestration_id, tenant_id, cron, next_fire_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (orchestration_id) DO UPDATE SET cron = excluded.cron, next_fire_at = excluded.next_fire_at",
+        )
+        .bind(id)
+        .bind(tenant_id)
+        .bind(cron)
+        .bind(next)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Claims the firing at `due` and plans `next`; false when another node did.
+    pub async fn claim_schedule(&self, id: &str, due: i64, next: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE schedules SET next_fire_at = $1, last_fire_at = $2 WHERE orchestration_id = $3 AND next_fire_at = $2",
+        )
+        .bind(next)
+        .bind(due)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Statuses of an orchestration's queued or running executions.
+    pub async fn unfinished_of(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        use sqlx::Row as _;
+        let rows = sqlx::query("SELECT status FROM executions WHERE orchestration_id = $1 AND status IN ('queued', 'running')")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("status")?)).collect()
+    }
 }

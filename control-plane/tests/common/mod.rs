@@ -23,12 +23,18 @@ pub struct TestCp {
 
 /// Starts the control plane and `acme` (with enterprise publishing).
 pub async fn start_cp() -> TestCp {
+    start_cp_with(|_| {}).await
+}
+
+/// The same, with settings adjusted first.
+pub async fn start_cp_with(tune: impl FnOnce(&mut Settings)) -> TestCp {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = Settings::new(dir.path().join("cp"));
     settings.http_addr = "127.0.0.1:0".parse().unwrap();
     settings.tunnel_addr = "127.0.0.1:0".parse().unwrap();
     // The servers under test run on loopback, which the default (`public`) refuses.
     settings.cloud_agent_allow = vec!["127.0.0.0/8".into()];
+    tune(&mut settings);
     let shutdown = CancellationToken::new();
     let server = start(settings, shutdown.clone()).await.unwrap();
     let (tenant, admin) = bootstrap_tenant(&server.core.store, "acme", "cli")
