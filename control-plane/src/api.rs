@@ -516,6 +516,11 @@ pub fn router(core: Arc<Core>) -> Router {
             "/orchestrations/{id}/execute",
             post(crate::executions::execute),
         )
+        .route(
+            "/orchestrations/{id}/webhook-secret",
+            post(crate::webhooks::create_secret),
+        )
+        .route("/hooks/{id}", post(crate::webhooks::trigger))
         .route("/executions", get(crate::executions::list))
         .route("/executions/{id}", get(crate::executions::get))
         .route("/executions/{id}/cancel", post(crate::executions::cancel))

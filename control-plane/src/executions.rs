@@ -130,7 +130,10 @@ async fn detail(core: &Core, e: ExecutionRow) -> Result<ExecutionView, ApiError>
 }
 
 /// Checks parameters against the declared ones and applies defaults.
-fn parameters(definition: &Value, given: Map<String, Value>) -> Result<Value, ApiError> {
+pub(crate) fn check_parameters(
+    definition: &Value,
+    given: Map<String, Value>,
+) -> Result<Value, ApiError> {
     let declared = definition["parameters"]
         .as_array()
         .cloned()
@@ -208,7 +211,7 @@ pub(crate) async fn execute(
         .await?
         .and_then(|v| serde_json::from_str(&v.definition).ok())
         .unwrap_or(Value::Null);
-    let params = parameters(&definition, req.parameters)?;
+    let params = check_parameters(&definition, req.parameters)?;
     let row = ExecutionRow {
         id: crate::ids::time_ordered_id("exe"),
         tenant_id: p.tenant_id.clone(),

@@ -43,6 +43,7 @@ pub mod tenants;
 pub mod tunnel;
 pub mod users;
 pub mod vault;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -181,6 +181,8 @@ impl Modify for BearerAuth {
         crate::executions::get,
         crate::executions::cancel,
         crate::executions::rerun,
+        crate::webhooks::create_secret,
+        crate::webhooks::trigger,
         crate::executions::dead_letters,
         crate::executions::replay,
         crate::executions::discard,

@@ -566,3 +566,78 @@ async fn schedules_fire_once_per_time_in_their_zone_and_skip_overlaps() {
         .await;
     assert!(fire(at("2026-11-28T10:15:00Z")).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn webhooks_start_executions_with_the_body_as_parameters() {
+    let s = setup().await;
+    let id = create(
+        &s.cp,
+        "format: dibop.orchestration/v1\nname: hook\ntrigger: {type: webhook, auth: hmac}\nparameters:\n  - {name: vin, type: string, required: true}\nsteps:\n  - {id: echo, type: transform, expression: '.params.vin | ascii_downcase'}\n",
+    )
+    .await;
+    let hook = format!("{}/api/v1/hooks/{id}", s.cp.base);
+    let body = r#"{"vin": "WVWZZZ1JZXW000001", "extra": "ignored"}"#;
+    let post = |signature: String| {
+        reqwest::Client::new()
+            .post(hook.clone())
+            .header("content-type", "application/json")
+            .header("x-webhook-signature", signature)
+            .body(body)
+            .send()
+    };
+    // No secret yet: refused.
+    assert_eq!(
+        post("sha256=00".into()).await.unwrap().status().as_u16(),
+        401
+    );
+    let (status, secret) =
+        s.cp.send("POST", format!("/orchestrations/{id}/webhook-secret"), None)
+            .await;
+    assert_eq!(status, 201, "{secret}");
+    let secret = secret["secret"].as_str().unwrap().to_owned();
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+    let signature = format!(
+        "sha256={}",
+        hex::encode(aws_lc_rs::hmac::sign(&key, body.as_bytes()).as_ref())
+    );
+    // A wrong signature is refused; a draft is not triggered.
+    assert_eq!(
+        post("sha256=deadbeef".into())
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+    assert_eq!(
+        post(signature.clone()).await.unwrap().status().as_u16(),
+        409,
+        "a draft does not run"
+    );
+    s.cp.send("POST", format!("/orchestrations/{id}/activate"), None)
+        .await;
+    let resp = post(signature).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let accepted: Value = resp.json().await.unwrap();
+    let exe = accepted["execution_id"].as_str().unwrap().to_owned();
+    let mut e = Value::Null;
+    for _ in 0..200 {
+        e = s.cp.send("GET", format!("/executions/{exe}"), None).await.1;
+        if e["status"] == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        (e["status"].as_str(), e["trigger"].as_str()),
+        (Some("succeeded"), Some("webhook")),
+        "{e}"
+    );
+    assert_eq!(e["output"], "wvwzzz1jzxw000001");
+    assert_eq!(
+        e["parameters"],
+        json!({"vin": "WVWZZZ1JZXW000001"}),
+        "undeclared keys are dropped"
+    );
+    assert!(!e.to_string().contains(&secret));
+}

@@ -66,6 +66,11 @@ const WALK: &[(&str, &str, Option<&str>)] = &[
         "/orchestrations/{orchestration}/execute",
         Some(r#"{"parameters":{}}"#),
     ),
+    (
+        "POST",
+        "/orchestrations/{orchestration}/webhook-secret",
+        None,
+    ),
     ("GET", "/executions/{execution}", None),
     ("POST", "/executions/{execution}/cancel", None),
     (
@@ -117,6 +122,7 @@ const NOT_TENANT_SCOPED: &[&str] = &[
     "/catalogue/{id}/promote",
     "/reviews/{id}/approve",
     "/reviews/{id}/reject",
+    "/hooks/{id}",
 ];
 
 /// (method, path) of every operation in the OpenAPI document.

@@ -311,4 +311,51 @@ impl Store {
             .await?;
         rows.iter().map(|r| Ok(r.try_get("status")?)).collect()
     }
+
+    /// An orchestration of any tenant (webhooks carry no tenant).
+    pub async fn orchestration_any(
+        &self,
+        id: &str,
+    ) -> Result<Option<OrchestrationRow>, StoreError> {
+        Ok(
+            sqlx::query_as::<_, OrchestrationRow>(select_orchestrations!("WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Stores (replacing) an orchestration's sealed webhook secret.
+    pub async fn set_webhook_secret(
+        &self,
+        id: &str,
+        tenant_id: &str,
+        sealed: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO webhook_secrets (orchestration_id, tenant_id, sealed, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (orchestration_id) DO UPDATE SET sealed = excluded.sealed, created_at = excluded.created_at",
+        )
+        .bind(id)
+        .bind(tenant_id)
+        .bind(sealed)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// An orchestration's sealed webhook secret.
+    pub async fn webhook_secret(&self, id: &str) -> Result<Option<String>, StoreError> {
+        use sqlx::Row as _;
+        let row = sqlx::query("SELECT sealed FROM webhook_secrets WHERE orchestration_id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("sealed")?),
+            None => None,
+        })
+    }
 }
