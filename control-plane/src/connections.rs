@@ -842,10 +842,15 @@ async fn set_status(
         Value::Null,
     )
     .await;
+    let c_for_use = c.clone();
     Ok(Json(StateChange {
         connection: view(core, c, None).await?,
-        // Orchestrations arrive with the engine; none can reference a connection yet.
-        active_orchestrations: Vec::new(),
+        active_orchestrations: crate::orchestrations::using_connection(
+            core,
+            &p.tenant_id,
+            &c_for_use,
+        )
+        .await?,
     }))
 }
 

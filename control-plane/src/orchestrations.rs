@@ -515,6 +515,34 @@ pub async fn ensure_example(core: &Core, tenant_id: &str) -> anyhow::Result<Stri
     Ok(row.id)
 }
 
+/// Active orchestrations of a tenant whose newest version calls the
+/// connection (by name or id): "id (name)" each.
+pub async fn using_connection(
+    core: &Core,
+    tenant_id: &str,
+    connection: &crate::store::ConnectionRow,
+) -> Result<Vec<String>, ApiError> {
+    let mut found = Vec::new();
+    for o in core
+        .store
+        .list_orchestrations(tenant_id, None, 10_000)
+        .await?
+    {
+        if o.status != "active" {
+            continue;
+        }
+        let d = definition_of(core, &o).await?;
+        let mut calls = Vec::new();
+        call_steps(&d["steps"], "$.steps", &mut calls);
+        if calls.iter().any(|(_, s)| {
+            s["connection"] == connection.name.as_str() || s["connection"] == connection.id.as_str()
+        }) {
+            found.push(format!("{} ({})", o.id, o.name));
+        }
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

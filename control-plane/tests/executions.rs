@@ -641,3 +641,41 @@ async fn webhooks_start_executions_with_the_body_as_parameters() {
     );
     assert!(!e.to_string().contains(&secret));
 }
+
+#[tokio::test]
+async fn deactivating_a_connection_lists_the_active_orchestrations_using_it() {
+    let s = setup().await;
+    let id = create(&s.cp, EXAMPLE).await;
+    let (_, before) =
+        s.cp.send(
+            "POST",
+            format!("/connections/{}/deactivate", s.connection),
+            None,
+        )
+        .await;
+    assert_eq!(
+        before["active_orchestrations"],
+        json!([]),
+        "a draft does not count"
+    );
+    s.cp.send(
+        "POST",
+        format!("/connections/{}/activate", s.connection),
+        None,
+    )
+    .await;
+    s.cp.send("POST", format!("/orchestrations/{id}/activate"), None)
+        .await;
+    let (_, after) =
+        s.cp.send(
+            "POST",
+            format!("/connections/{}/deactivate", s.connection),
+            None,
+        )
+        .await;
+    assert_eq!(
+        after["active_orchestrations"],
+        json!([format!("{id} (Vehicle availability)")]),
+        "{after}"
+    );
+}
