@@ -95,7 +95,7 @@ pub(crate) fn view(c: ConnectorRow, with_definition: bool) -> ConnectorView {
 }
 
 /// Refuses bodies that are neither JSON nor YAML.
-fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

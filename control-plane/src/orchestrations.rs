@@ -114,17 +114,7 @@ async fn read(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(Value, Vec<Problem>), ApiError> {
-    let content_type = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !(content_type.starts_with("application/json") || content_type.contains("yaml")) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the definition as application/json or application/yaml",
-        ));
-    }
+    crate::catalogue::check_content_type(headers)?;
     let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::invalid("the definition is not UTF-8 text"))?;
     let doc = match crate::orchestration::parse(text) {
