@@ -67,6 +67,11 @@ impl ApiError {
         }
     }
 
+    /// The message for a person.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     pub(crate) fn with_retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
         self
@@ -588,6 +593,7 @@ pub fn router(core: Arc<Core>) -> Router {
             "/tenants/{id}",
             get(crate::tenants::get_tenant).patch(crate::tenants::update_tenant),
         )
+        .route("/usage", get(crate::tenants::own_usage))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()

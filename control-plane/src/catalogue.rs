@@ -198,6 +198,9 @@ pub(crate) async fn create(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     require_admin(&p)?;
+    core.quotas
+        .ensure_storage(&core.store, &p.tenant_id)
+        .await?;
     let (doc, problems) = read_definition(&headers, &body)?;
     if !problems.is_empty() {
         return Err(invalid(problems));
@@ -279,6 +282,9 @@ pub(crate) async fn replace(
         .connector(&p.tenant_id, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("connector", &id))?;
+    core.quotas
+        .ensure_storage(&core.store, &p.tenant_id)
+        .await?;
     let (doc, problems) = read_definition(&headers, &body)?;
     if !problems.is_empty() {
         return Err(invalid(problems));
@@ -640,6 +646,9 @@ pub(crate) async fn import(
 ) -> Result<Response, ApiError> {
     require_admin(&p)?;
     let q = query(q)?;
+    core.quotas
+        .ensure_storage(&core.store, &p.tenant_id)
+        .await?;
     check_content_type(&headers)?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::invalid("the document is not UTF-8 text"))?;

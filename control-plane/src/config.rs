@@ -34,6 +34,8 @@ pub struct ServeFile {
     pub cloud_agent_allow: Option<Vec<String>>,
     /// Default 60 (5 to 86400).
     pub health_check_interval_secs: Option<u64>,
+    /// Default 60 (1 to 86400).
+    pub storage_interval_secs: Option<u64>,
 }
 
 /// Values from flags and the environment (`None` when not given).
@@ -57,6 +59,8 @@ pub struct Overrides {
     pub cloud_agent_allow: Option<Vec<String>>,
     /// `--health-check-interval-secs` / `DIBOP_HEALTH_CHECK_INTERVAL_SECS`.
     pub health_check_interval_secs: Option<u64>,
+    /// `--storage-interval-secs` / `DIBOP_STORAGE_INTERVAL_SECS`.
+    pub storage_interval_secs: Option<u64>,
 }
 
 /// A configuration that cannot be used.
@@ -170,6 +174,16 @@ pub fn resolve(file: ServeFile, over: Overrides, origin: &str) -> Result<Setting
         ));
     }
     settings.health_check_interval = Duration::from_secs(interval);
+    let storage = over
+        .storage_interval_secs
+        .or(file.storage_interval_secs)
+        .unwrap_or(60);
+    if !(1..=86_400).contains(&storage) {
+        problems.push(format!(
+            "storage_interval_secs = {storage} must be 1..=86400"
+        ));
+    }
+    settings.storage_interval = Duration::from_secs(storage);
     if problems.is_empty() {
         Ok(settings)
     } else {

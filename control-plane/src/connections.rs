@@ -1221,6 +1221,7 @@ pub(crate) async fn invoke(
         return Err(ApiError::invalid("max_pages must be 1..=100"));
     }
     if let Some(tenant) = &tenant {
+        core.quotas.check_storage(&tenant.0)?;
         core.quotas.take_call(&core.store, &tenant.0).await?;
     }
     let request = execute::prepare(&core, &resolved, &op, &body.parameters)

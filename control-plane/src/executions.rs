@@ -212,6 +212,9 @@ pub(crate) async fn execute(
         .and_then(|v| serde_json::from_str(&v.definition).ok())
         .unwrap_or(Value::Null);
     let params = check_parameters(&definition, req.parameters)?;
+    core.quotas
+        .ensure_storage(&core.store, &p.tenant_id)
+        .await?;
     let row = ExecutionRow {
         id: crate::ids::time_ordered_id("exe"),
         tenant_id: p.tenant_id.clone(),
@@ -393,6 +396,9 @@ async fn rerun_of(
     req: RerunRequest,
     trigger: &str,
 ) -> Result<ExecutionRow, ApiError> {
+    core.quotas
+        .ensure_storage(&core.store, &p.tenant_id)
+        .await?;
     if matches!(e.status.as_str(), "queued" | "running") {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

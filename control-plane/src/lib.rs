@@ -37,6 +37,7 @@ pub mod orchestration;
 pub mod orchestrations;
 pub mod paginate;
 pub mod publishing;
+pub mod quotas;
 pub mod scheduler;
 pub mod store;
 pub mod tenants;
@@ -79,6 +80,9 @@ pub struct Settings {
     pub health_check_interval: Duration,
     /// Whether schedule triggers fire (off only in tests that drive them).
     pub run_scheduler: bool,
+    /// How often tenants' stored bytes are measured (and storage limits
+    /// re-checked); retention runs hourly.
+    pub storage_interval: Duration,
 }
 
 impl Settings {
@@ -95,6 +99,7 @@ impl Settings {
             cloud_agent_allow: vec!["public".into()],
             health_check_interval: Duration::from_secs(60),
             run_scheduler: true,
+            storage_interval: Duration::from_secs(60),
         }
     }
 }
@@ -111,7 +116,7 @@ pub struct Core {
     /// Cached API token lookups.
     pub tokens: api::TokenCache,
     /// Tenant plans, request rates, monthly usage.
-    pub quotas: tenants::Quotas,
+    pub quotas: quotas::Quotas,
     /// Tenants' secrets.
     pub vault: vault::Vault,
     /// Counters for `/metrics`.
@@ -143,6 +148,8 @@ pub struct ResolvedSettings {
     pub agent_cert_ttl: Duration,
     /// See [`Settings::health_check_interval`].
     pub health_check_interval: Duration,
+    /// See [`Settings::storage_interval`].
+    pub storage_interval: Duration,
 }
 
 /// A running control plane.
@@ -192,7 +199,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         ca,
         registry: dispatch::Registry::default(),
         tokens: api::TokenCache::default(),
-        quotas: tenants::Quotas::default(),
+        quotas: quotas::Quotas::default(),
         vault,
         metrics: metrics::Metrics::default(),
         cloud: cloud_agent(&settings.cloud_agent_allow)?,
@@ -206,6 +213,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             agent_idle_timeout: settings.agent_idle_timeout,
             agent_cert_ttl: settings.agent_cert_ttl,
             health_check_interval: settings.health_check_interval,
+            storage_interval: settings.storage_interval,
         },
     };
     let endpoint = tunnel::endpoint(&core, settings.tunnel_addr)
@@ -219,7 +227,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
 
     let mut tasks = JoinSet::new();
     tasks.spawn(tunnel::serve(core.clone(), endpoint, shutdown.clone()));
-    tasks.spawn(tenants::flush_usage(core.clone(), shutdown.clone()));
+    tasks.spawn(quotas::run_sharing(core.clone(), shutdown.clone()));
+    tasks.spawn(quotas::run_storage(core.clone(), shutdown.clone()));
     tasks.spawn(publishing::sweep_deprecations(
         core.clone(),
         shutdown.clone(),

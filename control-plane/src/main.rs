@@ -102,6 +102,10 @@ struct ServeArgs {
     /// Seconds between health checks of active connections [default: 60].
     #[arg(long, env = "DIBOP_HEALTH_CHECK_INTERVAL_SECS")]
     health_check_interval_secs: Option<u64>,
+    /// Seconds between measurements of each tenant's stored bytes, against its
+    /// storage limit [default: 60].
+    #[arg(long, env = "DIBOP_STORAGE_INTERVAL_SECS")]
+    storage_interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -249,13 +253,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 agent_cert_ttl_secs: serve.agent_cert_ttl_secs,
                 cloud_agent_allow: serve.cloud_agent_allow,
                 health_check_interval_secs: serve.health_check_interval_secs,
+                storage_interval_secs: serve.storage_interval_secs,
             };
             let settings = config::resolve(file, overrides, &origin)?;
             if serve.check_config {
                 println!(
                     "configuration is valid:\n  data_dir = {}\n  database = {}\n  http_addr = {}\n  tunnel_addr = {}\n  \
                      public_tunnel_addr = {}\n  agent_idle_timeout_ms = {}\n  agent_cert_ttl_secs = {}\n  \
-                     cloud_agent_allow = {:?}\n  health_check_interval_secs = {}",
+                     cloud_agent_allow = {:?}\n  health_check_interval_secs = {}\n  storage_interval_secs = {}",
                     settings.data_dir.display(),
                     settings.database_url.as_deref().map_or(
                         "sqlite (data_dir/dibop.db)".to_owned(),
@@ -271,6 +276,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     settings.agent_cert_ttl.as_secs(),
                     settings.cloud_agent_allow,
                     settings.health_check_interval.as_secs(),
+                    settings.storage_interval.as_secs(),
                 );
                 return Ok(());
             }

@@ -123,6 +123,7 @@ impl Modify for BearerAuth {
         crate::tenants::create_tenant,
         crate::tenants::list_tenants,
         crate::tenants::get_tenant,
+        crate::tenants::own_usage,
         crate::tenants::update_tenant,
         crate::catalogue::validate,
         crate::catalogue::create,

@@ -220,6 +220,9 @@ pub(crate) async fn create(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     require_admin(&p)?;
+    core.quotas
+        .ensure_storage(&core.store, &p.tenant_id)
+        .await?;
     let (doc, problems) = read(&core, &p, &headers, &body).await?;
     if !problems.is_empty() {
         return Err(invalid(problems));
@@ -305,6 +308,9 @@ pub(crate) async fn replace(
 ) -> Result<Json<OrchestrationView>, ApiError> {
     require_admin(&p)?;
     let mut o = own(&core, &p, &id).await?;
+    core.quotas
+        .ensure_storage(&core.store, &p.tenant_id)
+        .await?;
     if o.status == "archived" {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -94,6 +94,10 @@ pub async fn fire_due(core: &Arc<Core>, now: i64) -> anyhow::Result<Vec<String>>
             tracing::info!(orchestration = %o.id, "schedule fired while an execution is still going: skipped ({overlap})");
             continue;
         }
+        if let Err(e) = core.quotas.ensure_storage(&core.store, &o.tenant_id).await {
+            tracing::warn!(orchestration = %o.id, "schedule fired but the execution was not started: {}", e.message());
+            continue;
+        }
         let params: serde_json::Map<String, Value> = definition["parameters"]
             .as_array()
             .into_iter()

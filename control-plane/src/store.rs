@@ -53,7 +53,7 @@ macro_rules! select_tenants {
     ($tail:literal) => {
         concat!(
             "SELECT id, name, created_at, status, tier, calls_per_month, requests_per_minute, enterprise_publishing, \
-             concurrent_executions FROM tenants ",
+             concurrent_executions, storage_bytes, retention_days FROM tenants ",
             $tail
         )
     };
@@ -74,6 +74,7 @@ macro_rules! select_connectors {
 mod catalogue;
 mod connections;
 mod executions;
+mod limits;
 mod orchestrations;
 pub use catalogue::{CatalogueFilter, CatalogueRow, VersionRow};
 pub use connections::{ApiCallFilter, ApiCallRow, ConnectionRow, HealthRow};
@@ -118,6 +119,10 @@ pub struct Tenant {
     pub enterprise_publishing: i64,
     /// Overrides the tier's concurrent executions.
     pub concurrent_executions: Option<i64>,
+    /// Overrides the tier's storage limit (bytes).
+    pub storage_bytes: Option<i64>,
+    /// Overrides the tier's retention of executions and call records (days).
+    pub retention_days: Option<i64>,
 }
 
 /// An API token (its secret is never stored, only its hash).
@@ -398,6 +403,8 @@ impl Store {
             requests_per_minute: None,
             enterprise_publishing: 0,
             concurrent_executions: None,
+            storage_bytes: None,
+            retention_days: None,
         })
     }
 
@@ -440,7 +447,8 @@ impl Store {
     pub async fn update_tenant_plan(&self, t: &Tenant) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE tenants SET status = $1, tier = $2, calls_per_month = $3, requests_per_minute = $4, \
-             enterprise_publishing = $5, concurrent_executions = $7 WHERE id = $6",
+             enterprise_publishing = $5, concurrent_executions = $7, storage_bytes = $8, retention_days = $9 \
+             WHERE id = $6",
         )
         .bind(&t.status)
         .bind(&t.tier)
@@ -449,6 +457,8 @@ impl Store {
         .bind(t.enterprise_publishing)
         .bind(&t.id)
         .bind(t.concurrent_executions)
+        .bind(t.storage_bytes)
+        .bind(t.retention_days)
         .execute(&self.pool)
         .await?;
         Ok(())

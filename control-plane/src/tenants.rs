@@ -3,20 +3,14 @@
 //!
 //! Tiers: Free (1,000 calls a month, 10 requests a minute), Standard
 //! (100,000; 60) and Premium (1,000,000; 300); a tenant may carry custom
-//! values instead. The request rate applies to every authenticated API
-//! request of the tenant (a token bucket refilled continuously); the monthly
-//! quota counts relayed calls, kept in memory and written to the database in
-//! batches every two seconds. Exceeding either answers 429 with
-//! `Retry-After` and a message naming the limit. Both are enforced per
-//! control-plane process: with several replicas the effective rate is the
-//! sum (shared counters come with scale-out).
+//! values instead. Each tier also sets concurrent executions, a storage
+//! limit and how long executions and call records are kept. How the limits
+//! are enforced, across replicas, is in [`crate::quotas`].
 //!
 //! Platform admins belong to the reserved `platform` tenant: they manage
 //! tenants and see no tenant's data.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -29,14 +23,13 @@ use serde_json::json;
 use crate::Core;
 use crate::access::record;
 use crate::api::{ApiError, ApiJson, ApiPath, Principal, page_limit, paged, query};
-use crate::store::{Store, StoreError, Tenant};
+use crate::quotas::period_now;
+use crate::store::{StoreError, Tenant};
 
 /// Name of the reserved tenant that holds platform admins.
 pub const PLATFORM_TENANT: &str = "platform";
 /// Role of platform admins.
 pub const PLATFORM_ADMIN: &str = "platform_admin";
-/// How long a tenant's plan is cached.
-const TENANT_CACHE_TTL: Duration = Duration::from_secs(10);
 
 /// A tenant's effective limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -47,7 +40,14 @@ pub struct Limits {
     pub requests_per_minute: i64,
     /// Orchestration executions running at once (more wait in the queue).
     pub concurrent_executions: i64,
+    /// Stored bytes (executions, step traces, call records, definitions)
+    /// above which new work that stores data is refused.
+    pub storage_bytes: i64,
+    /// Days finished executions and call records are kept.
+    pub retention_days: i64,
 }
+
+const MIB: i64 = 1024 * 1024;
 
 /// The tiers and their limits.
 pub const TIERS: [(&str, Limits); 3] = [
@@ -57,6 +57,8 @@ pub const TIERS: [(&str, Limits); 3] = [
             calls_per_month: 1_000,
             requests_per_minute: 10,
             concurrent_executions: 2,
+            storage_bytes: 100 * MIB,
+            retention_days: 7,
         },
     ),
     (
@@ -65,6 +67,8 @@ pub const TIERS: [(&str, Limits); 3] = [
             calls_per_month: 100_000,
             requests_per_minute: 60,
             concurrent_executions: 10,
+            storage_bytes: 10 * 1024 * MIB,
+            retention_days: 30,
         },
     ),
     (
@@ -73,6 +77,8 @@ pub const TIERS: [(&str, Limits); 3] = [
             calls_per_month: 1_000_000,
             requests_per_minute: 300,
             concurrent_executions: 50,
+            storage_bytes: 100 * 1024 * MIB,
+            retention_days: 90,
         },
     ),
 ];
@@ -89,180 +95,9 @@ pub fn limits_of(t: &Tenant) -> Limits {
         concurrent_executions: t
             .concurrent_executions
             .unwrap_or(tier.concurrent_executions),
+        storage_bytes: t.storage_bytes.unwrap_or(tier.storage_bytes),
+        retention_days: t.retention_days.unwrap_or(tier.retention_days),
     }
-}
-
-/// The current quota period (`YYYY-MM`, UTC) and the seconds until the next.
-pub fn period_now() -> (String, i64) {
-    let now = time::OffsetDateTime::now_utc();
-    let period = format!("{:04}-{:02}", now.year(), u8::from(now.month()));
-    let (y, m) = if now.month() == time::Month::December {
-        (now.year() + 1, time::Month::January)
-    } else {
-        (now.year(), now.month().next())
-    };
-    let next = time::Date::from_calendar_date(y, m, 1)
-        .map(|d| d.midnight().assume_utc().unix_timestamp())
-        .unwrap_or(0);
-    (period, (next - now.unix_timestamp()).max(1))
-}
-
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-    /// The rate it was made for; a plan change starts a fresh bucket.
-    rpm: f64,
-}
-
-#[derive(Debug, Default)]
-struct Usage {
-    period: String,
-    /// Counted in the database when this entry was loaded or last flushed.
-    stored: i64,
-    /// Counted here and not yet written.
-    pending: i64,
-}
-
-/// Tenant plans, request rates and monthly usage.
-#[derive(Debug)]
-pub struct Quotas {
-    tenants: crate::cache::TtlCache<Tenant>,
-    buckets: Mutex<HashMap<String, Bucket>>,
-    usage: tokio::sync::Mutex<HashMap<String, Usage>>,
-}
-
-impl Default for Quotas {
-    fn default() -> Self {
-        Quotas {
-            tenants: crate::cache::TtlCache::new(TENANT_CACHE_TTL, 100_000),
-            buckets: Mutex::default(),
-            usage: tokio::sync::Mutex::default(),
-        }
-    }
-}
-
-fn too_many(message: String, retry_after: u64) -> ApiError {
-    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
-        .with_retry_after(retry_after)
-}
-
-impl Quotas {
-    /// The tenant's current row (cached briefly).
-    pub async fn tenant(&self, store: &Store, id: &str) -> Result<Option<Tenant>, StoreError> {
-        if let Some(t) = self.tenants.get(id) {
-            return Ok(Some(t));
-        }
-        let t = store.tenant(id).await?;
-        if let Some(t) = &t {
-            self.tenants.insert(id.to_owned(), t.clone());
-        }
-        Ok(t)
-    }
-
-    /// Forgets a cached tenant (after a plan change on this node).
-    pub fn forget(&self, id: &str) {
-        self.tenants.remove_where(|t| t.id == id);
-    }
-
-    /// Takes one request from the tenant's per-minute budget.
-    pub fn check_rate(&self, t: &Tenant) -> Result<(), ApiError> {
-        let rpm = limits_of(t).requests_per_minute.max(1) as f64;
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() > 100_000 {
-            buckets.retain(|_, b| b.at.elapsed() < Duration::from_secs(120));
-        }
-        let fresh = Bucket {
-            tokens: rpm,
-            at: Instant::now(),
-            rpm,
-        };
-        let bucket = buckets.entry(t.id.clone()).or_insert(fresh);
-        if bucket.rpm != rpm {
-            *bucket = Bucket {
-                tokens: rpm,
-                at: Instant::now(),
-                rpm,
-            };
-        }
-        let refill = bucket.at.elapsed().as_secs_f64() * rpm / 60.0;
-        bucket.tokens = (bucket.tokens + refill).min(rpm);
-        bucket.at = Instant::now();
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            return Ok(());
-        }
-        let wait = ((1.0 - bucket.tokens) * 60.0 / rpm).ceil().max(1.0) as u64;
-        Err(too_many(
-            format!(
-                "tenant `{}` exceeded its limit of {} API requests per minute ({} tier); retry in {wait} s",
-                t.name, rpm as i64, t.tier
-            ),
-            wait,
-        ))
-    }
-
-    /// Counts one relayed call against the tenant's monthly quota.
-    pub async fn take_call(&self, store: &Store, t: &Tenant) -> Result<(), ApiError> {
-        let limit = limits_of(t).calls_per_month;
-        let (period, reset_in) = period_now();
-        let mut usage = self.usage.lock().await;
-        let entry = usage.entry(t.id.clone()).or_default();
-        if entry.period != period {
-            // New month (or first use): start from what the database counted.
-            *entry = Usage {
-                stored: store.usage(&t.id, &period).await?,
-                period: period.clone(),
-                pending: 0,
-            };
-        }
-        if entry.stored + entry.pending >= limit {
-            return Err(too_many(
-                format!(
-                    "tenant `{}` used its monthly quota of {limit} calls ({} tier); it resets at {}",
-                    t.name,
-                    t.tier,
-                    rfc3339(crate::store::now_unix() + reset_in)
-                ),
-                reset_in as u64,
-            ));
-        }
-        entry.pending += 1;
-        Ok(())
-    }
-
-    /// Writes pending call counts to the database.
-    pub async fn flush(&self, store: &Store) {
-        let pending: Vec<(String, String, i64)> = {
-            let mut usage = self.usage.lock().await;
-            usage
-                .iter_mut()
-                .filter(|(_, u)| u.pending > 0)
-                .map(|(id, u)| {
-                    let n = std::mem::take(&mut u.pending);
-                    u.stored += n;
-                    (id.clone(), u.period.clone(), n)
-                })
-                .collect()
-        };
-        for (tenant, period, n) in pending {
-            if let Err(e) = store.add_usage(&tenant, &period, n).await {
-                tracing::error!(%tenant, "cannot record {n} calls of usage: {e}");
-            }
-        }
-    }
-}
-
-/// Runs [`Quotas::flush`] every two seconds until `shutdown`, then once more.
-pub async fn flush_usage(core: Arc<Core>, shutdown: tokio_util::sync::CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => core.quotas.flush(&core.store).await,
-            _ = shutdown.cancelled() => break,
-        }
-    }
-    core.quotas.flush(&core.store).await;
 }
 
 fn require_platform_admin(p: &Principal) -> Result<(), ApiError> {
@@ -287,17 +122,32 @@ pub(crate) struct TenantView {
     custom_calls_per_month: Option<i64>,
     custom_requests_per_minute: Option<i64>,
     custom_concurrent_executions: Option<i64>,
+    custom_storage_bytes: Option<i64>,
+    custom_retention_days: Option<i64>,
     /// Whether its enterprise admins may publish enterprise-scoped connectors.
     enterprise_publishing: bool,
     calls_this_month: i64,
+    /// API requests in the last minute, across every control-plane replica
+    /// (the other replicas' counts up to a second late).
+    requests_last_minute: i64,
+    /// Stored bytes as last measured (absent until the first measurement).
+    storage_bytes: Option<i64>,
+    storage_measured_at: Option<String>,
     created_at: String,
 }
 
-async fn tenant_view(store: &Store, t: Tenant) -> Result<TenantView, StoreError> {
+async fn tenant_view(core: &Core, t: Tenant) -> Result<TenantView, StoreError> {
+    let store = &core.store;
     let (period, _) = period_now();
+    let storage = store.tenant_storage(&t.id).await?;
     Ok(TenantView {
         limits: limits_of(&t),
         calls_this_month: store.usage(&t.id, &period).await?,
+        requests_last_minute: core.quotas.requests_last_minute(&t.id),
+        storage_bytes: storage.as_ref().map(|s| s.bytes),
+        storage_measured_at: storage.map(|s| rfc3339(s.measured_at)),
+        custom_storage_bytes: t.storage_bytes,
+        custom_retention_days: t.retention_days,
         id: t.id,
         name: t.name,
         status: t.status,
@@ -327,6 +177,14 @@ pub(crate) struct TenantPlan {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<i64>)]
     concurrent_executions: Option<Option<i64>>,
+    /// Stored bytes; a number sets a custom value, `null` returns to the tier's.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
+    storage_bytes: Option<Option<i64>>,
+    /// Days executions and call records are kept; `null` returns to the tier's.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
+    retention_days: Option<Option<i64>>,
     /// Lets the tenant's enterprise admins publish connectors for their own
     /// enterprise (global publishing stays with platform admins).
     enterprise_publishing: Option<bool>,
@@ -370,6 +228,8 @@ fn apply_plan(t: &mut Tenant, plan: &TenantPlan) -> Result<(), ApiError> {
             plan.concurrent_executions,
             &mut t.concurrent_executions,
         ),
+        ("storage_bytes", plan.storage_bytes, &mut t.storage_bytes),
+        ("retention_days", plan.retention_days, &mut t.retention_days),
     ] {
         match value {
             Some(Some(n)) if n < 1 => {
@@ -418,6 +278,8 @@ pub(crate) async fn create_tenant(
         requests_per_minute: None,
         enterprise_publishing: 0,
         concurrent_executions: None,
+        storage_bytes: None,
+        retention_days: None,
     };
     apply_plan(&mut t, &plan)?;
     let created = core.store.create_tenant(&t.id, &t.name).await?;
@@ -432,11 +294,7 @@ pub(crate) async fn create_tenant(
         json!({"name": t.name, "tier": t.tier}),
     )
     .await;
-    Ok((
-        StatusCode::CREATED,
-        Json(tenant_view(&core.store, t).await?),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, Json(tenant_view(&core, t).await?)).into_response())
 }
 
 /// `GET /api/v1/tenants`
@@ -455,9 +313,23 @@ pub(crate) async fn list_tenants(
         .list_tenants(page.cursor_of("ten_")?, limit + 1)
         .await?
     {
-        views.push(tenant_view(&core.store, t).await?);
+        views.push(tenant_view(&core, t).await?);
     }
     Ok(paged(views, limit, "/tenants", |t| t.id.clone()))
+}
+
+/// `GET /api/v1/usage`: the caller's own tenant, its limits and usage.
+#[utoipa::path(get, path = "/api/v1/usage", tag = "tenants", summary = "Your tenant's plan, limits and usage (calls this month, stored bytes)", responses((status = 200, body = TenantView), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
+pub(crate) async fn own_usage(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+) -> Result<Json<TenantView>, ApiError> {
+    let t = core
+        .store
+        .tenant(&p.tenant_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant", &p.tenant_id))?;
+    Ok(Json(tenant_view(&core, t).await?))
 }
 
 /// `GET /api/v1/tenants/{id}`
@@ -473,7 +345,7 @@ pub(crate) async fn get_tenant(
         .tenant(&id)
         .await?
         .ok_or_else(|| ApiError::not_found("tenant", &id))?;
-    Ok(Json(tenant_view(&core.store, t).await?))
+    Ok(Json(tenant_view(&core, t).await?))
 }
 
 /// `PATCH /api/v1/tenants/{id}`: suspend, resume, change tier or limits.
@@ -519,7 +391,7 @@ pub(crate) async fn update_tenant(
         json!({"tier": t.tier, "limits": limits_of(&t)}),
     )
     .await;
-    Ok(Json(tenant_view(&core.store, t).await?))
+    Ok(Json(tenant_view(&core, t).await?))
 }
 
 #[cfg(test)]
@@ -537,6 +409,8 @@ mod tests {
             requests_per_minute: None,
             enterprise_publishing: 0,
             concurrent_executions: None,
+            storage_bytes: None,
+            retention_days: None,
         }
     }
 
@@ -548,6 +422,8 @@ mod tests {
                 calls_per_month: 1_000,
                 requests_per_minute: 10,
                 concurrent_executions: 2,
+                storage_bytes: 100 * MIB,
+                retention_days: 7,
             }
         );
         assert_eq!(limits_of(&tenant("premium")).requests_per_minute, 300);
@@ -559,31 +435,9 @@ mod tests {
                 calls_per_month: 100_000,
                 requests_per_minute: 5,
                 concurrent_executions: 10,
+                storage_bytes: 10 * 1024 * MIB,
+                retention_days: 30,
             }
         );
-    }
-
-    #[test]
-    fn request_rate_is_a_bucket_per_tenant() {
-        let quotas = Quotas::default();
-        let t = tenant("free");
-        for _ in 0..10 {
-            quotas.check_rate(&t).unwrap();
-        }
-        let err = quotas.check_rate(&t).unwrap_err();
-        assert!(
-            format!("{err:?}").contains("10 API requests per minute"),
-            "{err:?}"
-        );
-        let mut other = tenant("free");
-        other.id = "ten_2".into();
-        quotas.check_rate(&other).unwrap();
-    }
-
-    #[test]
-    fn periods_are_calendar_months() {
-        let (period, reset_in) = period_now();
-        assert_eq!(period.len(), 7);
-        assert!(reset_in > 0 && reset_in <= 31 * 24 * 3600);
     }
 }

@@ -198,6 +198,9 @@ pub(crate) async fn trigger(
         .filter(|(k, _)| declared.contains(k))
         .collect();
     let params = crate::executions::check_parameters(&definition, given)?;
+    core.quotas
+        .ensure_storage(&core.store, &o.tenant_id)
+        .await?;
     let row = ExecutionRow {
         id: crate::ids::time_ordered_id("exe"),
         tenant_id: o.tenant_id.clone(),

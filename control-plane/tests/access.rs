@@ -398,7 +398,8 @@ async fn platform_admins_manage_tenants_and_limits_answer_429() {
     assert_eq!(status, 201, "{t}");
     assert_eq!(
         t["limits"],
-        json!({"calls_per_month": 1000, "requests_per_minute": 10, "concurrent_executions": 2})
+        json!({"calls_per_month": 1000, "requests_per_minute": 10, "concurrent_executions": 2,
+            "storage_bytes": 100 * 1024 * 1024, "retention_days": 7})
     );
     let tenant_id = t["id"].as_str().unwrap().to_owned();
     let (_, small) = dibop_control_plane::bootstrap_tenant(&cp.core.store, "small-dealer", "cli")
@@ -432,10 +433,28 @@ async fn platform_admins_manage_tenants_and_limits_answer_429() {
         &platform,
         "PATCH",
         &format!("/tenants/{tenant_id}"),
-        Some(json!({"requests_per_minute": 1000, "calls_per_month": 2})),
+        Some(json!({"requests_per_minute": 1000, "calls_per_month": 2, "retention_days": 90})),
     )
     .await;
     assert_eq!(status, 200, "{t}");
+    assert_eq!(t["limits"]["retention_days"], 90);
+    assert_eq!(t["custom_retention_days"], 90);
+    let (status, bad) = send(
+        &cp,
+        &platform,
+        "PATCH",
+        &format!("/tenants/{tenant_id}"),
+        Some(json!({"storage_bytes": 0, "retention_days": "long"})),
+    )
+    .await;
+    assert_eq!(status, 422, "{bad}");
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("retention_days"),
+        "{bad}"
+    );
     let (_, group) = send(
         &cp,
         &small,

@@ -679,3 +679,83 @@ async fn deactivating_a_connection_lists_the_active_orchestrations_using_it() {
         "{after}"
     );
 }
+
+#[tokio::test]
+async fn a_tenant_over_its_storage_limit_stores_nothing_more_until_it_has_room() {
+    let s = setup().await;
+    let core = &s.cp.core;
+    let id = create(&s.cp, EXAMPLE).await;
+    let in_stock = vin(&s.sim, "in_stock").await;
+    assert_eq!(
+        run(&s.cp, &id, json!({"vin": in_stock})).await["status"],
+        "succeeded"
+    );
+    let mut tenant = core.store.tenant_by_name("acme").await.unwrap().unwrap();
+    tenant.storage_bytes = Some(1_000);
+    core.store.update_tenant_plan(&tenant).await.unwrap();
+    core.quotas.forget(&tenant.id);
+    // Measure now instead of waiting for the interval.
+    core.quotas
+        .refresh_storage(&core.store, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    let (status, usage) = s.cp.send("GET", "/usage", None).await;
+    assert_eq!(status, 200, "{usage}");
+    assert_eq!(usage["limits"]["storage_bytes"], 1_000);
+    let stored = usage["storage_bytes"].as_i64().unwrap();
+    assert!(stored > 1_000, "{usage}");
+
+    // Starting an execution, invoking an operation, saving a definition: refused,
+    // with Retry-After and a message naming the limit.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/orchestrations/{id}/execute", s.cp.base))
+        .bearer_auth(&s.cp.admin)
+        .json(&json!({"parameters": {"vin": in_stock}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "storage_limit", "{err}");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("storage limit is 1000 B") && message.contains("retention"),
+        "{message}"
+    );
+    let (status, err) =
+        s.cp.send(
+            "POST",
+            format!(
+                "/connections/{}/operations/listVehicles/invoke",
+                s.connection
+            ),
+            Some(json!({"parameters": {"page_size": 1}})),
+        )
+        .await;
+    assert_eq!(
+        (status, &err["error"]["code"]),
+        (429, &json!("storage_limit"))
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/orchestrations", s.cp.base))
+        .bearer_auth(&s.cp.admin)
+        .header("content-type", "application/yaml")
+        .body("format: dibop.orchestration/v1\nname: more\nsteps:\n  - {id: wait, type: delay, ms: 1}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    // Reading what is stored still works.
+    let (status, list) = s.cp.send("GET", "/executions", None).await;
+    assert_eq!((status, list.as_array().unwrap().len()), (200, 1));
+
+    // Room again (a larger limit): work resumes.
+    tenant.storage_bytes = Some(stored * 10);
+    core.store.update_tenant_plan(&tenant).await.unwrap();
+    core.quotas.forget(&tenant.id);
+    assert_eq!(
+        run(&s.cp, &id, json!({"vin": in_stock})).await["status"],
+        "succeeded"
+    );
+}
