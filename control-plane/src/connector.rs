@@ -553,8 +553,28 @@ fn check_resilience(c: &mut Checker, root: &Map<String, Value>) {
     c.unknown(
         r,
         "resilience",
-        &["timeout_ms", "retries", "circuit_breaker", "rate_limit"],
+        &[
+            "timeout_ms",
+            "retries",
+            "circuit_breaker",
+            "rate_limit",
+            "idempotency_header",
+        ],
     );
+    if let Some(h) = r.get("idempotency_header") {
+        let ok = h.as_str().is_some_and(|h| {
+            !h.is_empty()
+                && h.len() <= 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+        if !ok {
+            c.add(
+                "resilience.idempotency_header",
+                "must be an HTTP header name (letters, digits, `-`, `_`), e.g. Idempotency-Key",
+            );
+        }
+    }
     if c.number(r, "timeout_ms", "resilience", 1, 300_000)
         .is_none()
         && !r.contains_key("timeout_ms")

@@ -231,6 +231,25 @@ fn truthy(v: &Value) -> bool {
     !matches!(v, Value::Null | Value::Bool(false))
 }
 
+/// How much of each step's input and output a finished execution keeps in
+/// its trace, unless its orchestration says otherwise (`trace.payload_bytes`).
+pub const DEFAULT_TRACE_PAYLOAD: usize = 256 * 1024;
+
+/// `text` cut to `limit` bytes with a marker saying so, or as it is.
+pub fn clipped(text: &str, limit: usize) -> Option<String> {
+    if text.len() <= limit {
+        return None;
+    }
+    let mut end = limit.saturating_sub(256).max(64).min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(
+        json!({"truncated": true, "bytes": text.len(), "kept_bytes": end, "preview": &text[..end]})
+            .to_string(),
+    )
+}
+
 fn stored(v: &Value) -> String {
     let text = v.to_string();
     if text.len() <= MAX_STORED_OUTPUT {
@@ -349,6 +368,17 @@ pub async fn execute(core: &Arc<Core>, id: &str, depth: u32) -> Option<Execution
         .store
         .update_execution(id, status, output.as_deref(), error.as_deref(), now_unix())
         .await;
+    // Traces of ended executions keep at most the payload limit per step.
+    // Failed ones keep everything until replayed or discarded: a re-run from
+    // the failed step reads the earlier steps' full outputs.
+    if matches!(status, "succeeded" | "cancelled") {
+        let limit = definition["trace"]["payload_bytes"]
+            .as_u64()
+            .map_or(DEFAULT_TRACE_PAYLOAD, |n| n as usize);
+        if let Err(e) = core.store.clip_step_payloads(id, limit, clipped).await {
+            tracing::warn!(execution = id, "cannot apply the trace payload limit: {e}");
+        }
+    }
     core.store.execution_any(id).await.ok().flatten()
 }
 
@@ -790,7 +820,7 @@ async fn exec_step(
             }
             (None, Ok(Value::Array(outputs)))
         }
-        "call" => call_step(run, step, id, scope).await,
+        "call" => call_step(run, step, id, path, scope).await,
         "call_orchestration" => sub_orchestration(run, step, id, scope).await,
         other => (
             None,
@@ -803,10 +833,17 @@ async fn exec_step(
     }
 }
 
+/// The idempotency key of a call step in an execution: the same for every
+/// attempt and after a restart, different for each foreach item and re-run.
+pub fn idempotency_key(execution_id: &str, path: &str) -> String {
+    format!("{execution_id}.{path}")
+}
+
 async fn call_step(
     run: &Arc<Run>,
     step: &Value,
     id: &str,
+    path: &str,
     scope: &Value,
 ) -> (Option<Value>, Result<Value, StepError>) {
     let name = step["connection"].as_str().unwrap_or_default();
@@ -899,6 +936,18 @@ async fn call_step(
     };
     if let Some(t) = step["timeout_ms"].as_u64() {
         request.call.timeout_ms = t.min(u64::from(u32::MAX)) as u32;
+    }
+    let mut input = input;
+    if let Some(header) = resolved.idempotency_header()
+        && let Some(slot) = request
+            .call
+            .headers
+            .iter_mut()
+            .find(|(k, _)| k.eq_ignore_ascii_case(header))
+    {
+        let key = idempotency_key(&run.exe.id, path);
+        slot.1 = key.clone();
+        input["idempotency_key"] = Value::String(key);
     }
     // The engine retries by its own policy: one try per attempt here.
     request.retry.max_attempts = 1;

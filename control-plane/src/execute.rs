@@ -135,6 +135,14 @@ impl Resolved {
     }
 
     /// The operation with this id.
+    /// The header the target reads idempotency keys from, if the connector
+    /// declares one (`resilience.idempotency_header`).
+    pub fn idempotency_header(&self) -> Option<&str> {
+        self.definition["resilience"]["idempotency_header"]
+            .as_str()
+            .filter(|h| !h.is_empty())
+    }
+
     pub fn operation(&self, id: &str) -> Option<&Value> {
         self.definition["operations"]
             .as_array()?
@@ -397,6 +405,17 @@ pub async fn prepare(
         None => Vec::new(),
     };
     headers.push(("Accept".into(), "application/json".into()));
+    // A target that dedupes on an idempotency key gets one with every
+    // non-idempotent call: one key for all the tries of this call, which
+    // makes retrying it safe. (Orchestration steps replace it with a key
+    // derived from the execution and step, stable across restarts.)
+    let keyed = match c.idempotency_header() {
+        Some(header) if !dibop_relay_agent::runtime::is_idempotent(&prepared.method) => {
+            headers.push((header.to_owned(), crate::ids::new_id("idem")));
+            true
+        }
+        _ => false,
+    };
     let (auth, tls) = auth_of(core, c).await.map_err(|e| vec![e])?;
     Ok(InvokeRequest {
         call: CallRequest {
@@ -419,7 +438,7 @@ pub async fn prepare(
             max_backoff_ms: resilience["retries"]["max_backoff_ms"]
                 .as_u64()
                 .unwrap_or(5_000) as u32,
-            safe_to_retry: operation["safe_to_retry"].as_bool().unwrap_or(false),
+            safe_to_retry: keyed || operation["safe_to_retry"].as_bool().unwrap_or(false),
         },
     })
 }

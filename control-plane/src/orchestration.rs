@@ -226,8 +226,26 @@ pub fn validate(doc: &Value) -> Vec<Problem> {
             "trigger",
             "steps",
             "on_error",
+            "trace",
         ],
     );
+    match root.get("trace") {
+        None => {}
+        Some(Value::Object(t)) => {
+            c.unknown(t, "$.trace", &["payload_bytes"]);
+            c.number(
+                t,
+                "payload_bytes",
+                "$.trace",
+                1024.0,
+                crate::engine::MAX_STORED_OUTPUT as f64,
+            );
+        }
+        Some(_) => c.add(
+            "$.trace",
+            "must be an object such as {payload_bytes: 65536}",
+        ),
+    }
     match c.string(root, "format", "$", true) {
         Some(FORMAT) | None => {}
         Some(other) => c.add(

@@ -406,7 +406,8 @@ async fn retries_follow_503_and_429_only_where_safe() {
         started.elapsed() >= std::time::Duration::from_secs(2),
         "Retry-After: 2 was not honoured"
     );
-    // A POST is not repeated.
+    // A POST is retried only because the DMS connector declares an
+    // idempotency header: every try carries the same key.
     faults("503", 1).await;
     let (_, result) = cp
         .invoke(
@@ -417,7 +418,7 @@ async fn retries_follow_503_and_429_only_where_safe() {
         .await;
     assert_eq!(
         (result["status"].as_u64(), result["attempts"].as_u64()),
-        (Some(503), Some(1)),
+        (Some(201), Some(2)),
         "{result}"
     );
     // Retries off.

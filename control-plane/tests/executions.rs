@@ -759,3 +759,96 @@ async fn a_tenant_over_its_storage_limit_stores_nothing_more_until_it_has_room()
         "succeeded"
     );
 }
+
+#[tokio::test]
+async fn a_retried_creating_call_carries_one_idempotency_key_and_creates_once() {
+    let s = setup().await;
+    let id = create(
+        &s.cp,
+        r#"format: dibop.orchestration/v1
+name: book
+steps:
+  - id: book
+    type: call
+    connection: Demo DMS
+    operation: createAppointment
+    timeout_ms: 1000
+    retry: { max_attempts: 3, initial_interval_ms: 10 }
+    parameters:
+      appointment: { start: "2027-02-01T08:00:00Z", service: keyed, reference: "{{ .ctx.execution_id }}" }
+"#,
+    )
+    .await;
+    // The DMS creates the appointment but its answer is too slow: the first
+    // attempt times out after the creation happened.
+    reqwest::Client::new()
+        .post(format!("{}/_sim/faults", s.sim))
+        .json(&json!({"fault": "slow-body", "delay_ms": 4000, "count": 1}))
+        .send()
+        .await
+        .unwrap();
+    let e = run(&s.cp, &id, json!({})).await;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    let step = &e["steps"][0];
+    assert_eq!(step["attempts"], 2, "{step}");
+    let key = format!("{}.steps[0]", e["id"].as_str().unwrap());
+    assert_eq!(step["input"]["idempotency_key"], key.as_str(), "{step}");
+    // The second attempt got the first one's answer back: one appointment.
+    assert_eq!(
+        step["output"]["headers"]["idempotent-replayed"], "true",
+        "{step}"
+    );
+    let booked: Value = reqwest::Client::new()
+        .get(format!("{}/api/v1/appointments?service=keyed", s.sim))
+        .header("X-API-Key", "dms-demo-key")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(booked["total"], 1, "{booked}");
+    assert_eq!(booked["items"][0]["reference"], e["id"]);
+}
+
+#[tokio::test]
+async fn traces_keep_each_payload_up_to_the_limit_with_a_marker() {
+    let s = setup().await;
+    let id = create(
+        &s.cp,
+        "format: dibop.orchestration/v1\nname: big\ntrace: {payload_bytes: 4096}\nsteps:\n  \
+         - {id: numbers, type: transform, expression: '[range(0; 5000)]'}\n  \
+         - {id: count, type: transform, expression: '.steps.numbers | length'}\n",
+    )
+    .await;
+    let e = run(&s.cp, &id, json!({})).await;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    // The later step read the whole list while the execution ran...
+    assert_eq!(e["output"], 5000, "{e}");
+    // ...and the finished trace keeps 4 KiB of it, saying how much it was.
+    let out = &e["steps"][0]["output"];
+    assert_eq!(out["truncated"], true, "{out}");
+    let full = json!((0..5000).collect::<Vec<_>>()).to_string().len();
+    assert_eq!(out["bytes"], full);
+    let preview = out["preview"].as_str().unwrap();
+    assert!(
+        preview.len() <= 4096 && preview.starts_with("[0,1,2,"),
+        "{preview}"
+    );
+    assert_eq!(e["steps"][1]["output"], 5000);
+
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/orchestrations/validate", s.cp.base))
+        .bearer_auth(&s.cp.admin)
+        .header("content-type", "application/yaml")
+        .body("format: dibop.orchestration/v1\nname: x\ntrace: {payload_bytes: 10, keep: all}\nsteps:\n  - {id: w, type: delay, ms: 1}\n")
+        .send()
+        .await
+        .unwrap();
+    let v: Value = resp.json().await.unwrap();
+    let text = v.to_string();
+    assert!(
+        text.contains("$.trace.payload_bytes") && text.contains("$.trace.keep"),
+        "{text}"
+    );
+}

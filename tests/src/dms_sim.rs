@@ -24,6 +24,10 @@
 //! body after the delay). Or for the next N requests of any caller:
 //! `POST /_sim/faults {"fault":"500","delay_ms":0,"count":3}`.
 //! `GET /_sim/stats` counts requests; `GET /health` is open.
+//!
+//! Creating a vehicle or an appointment honours `Idempotency-Key`: a repeat
+//! with the same key answers the first response again (with
+//! `Idempotent-Replayed: true`) and creates nothing.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -93,6 +97,28 @@ struct Data {
     jobs: Vec<Value>,
     parts: Vec<Value>,
     appointments: Vec<Value>,
+    /// Successful creations by idempotency key: (status, body).
+    idempotent: HashMap<String, (StatusCode, Value)>,
+}
+
+/// The stored answer to a creation already made with this request's key.
+fn replayed(data: &Data, headers: &axum::http::HeaderMap) -> Option<Response> {
+    let key = headers.get("idempotency-key")?.to_str().ok()?;
+    let (status, body) = data.idempotent.get(key)?;
+    let mut r = (*status, Json(body.clone())).into_response();
+    r.headers_mut().insert(
+        "idempotent-replayed",
+        axum::http::HeaderValue::from_static("true"),
+    );
+    Some(r)
+}
+
+/// Remembers a successful creation under the request's key, if any.
+fn remember(data: &mut Data, headers: &axum::http::HeaderMap, status: StatusCode, body: &Value) {
+    if let Some(key) = headers.get("idempotency-key").and_then(|k| k.to_str().ok()) {
+        data.idempotent
+            .insert(key.to_owned(), (status, body.clone()));
+    }
 }
 
 const VIN_CHARS: &[u8] = b"ABCDEFGHJKLMNPRSTUVWXYZ0123456789";
@@ -262,6 +288,7 @@ fn dataset() -> Data {
         jobs,
         parts,
         appointments,
+        idempotent: HashMap::new(),
     }
 }
 
@@ -824,6 +851,7 @@ fn valid_vin(vin: &str) -> bool {
 
 async fn create_vehicle(
     State(sim): State<Arc<Sim>>,
+    headers: axum::http::HeaderMap,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Ok(Json(vehicle)) = body else {
@@ -848,6 +876,9 @@ async fn create_vehicle(
         );
     }
     let mut data = sim.data.write().await;
+    if let Some(r) = replayed(&data, &headers) {
+        return r;
+    }
     if data.vehicles.iter().any(|v| v["vin"] == vin.as_str()) {
         return error(
             StatusCode::CONFLICT,
@@ -856,6 +887,7 @@ async fn create_vehicle(
         );
     }
     data.vehicles.push(vehicle.clone());
+    remember(&mut data, &headers, StatusCode::CREATED, &vehicle);
     (StatusCode::CREATED, Json(vehicle)).into_response()
 }
 
@@ -887,6 +919,7 @@ async fn update_vehicle(
 
 async fn create_appointment(
     State(sim): State<Arc<Sim>>,
+    headers: axum::http::HeaderMap,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Ok(Json(mut appt)) = body else {
@@ -904,9 +937,13 @@ async fn create_appointment(
         );
     }
     let mut data = sim.data.write().await;
+    if let Some(r) = replayed(&data, &headers) {
+        return r;
+    }
     let id = format!("APT-{:05}", 7_000 + data.appointments.len());
     appt["appointmentId"] = Value::String(id);
     data.appointments.push(appt.clone());
+    remember(&mut data, &headers, StatusCode::CREATED, &appt);
     (StatusCode::CREATED, Json(appt)).into_response()
 }
 

@@ -2,7 +2,9 @@
 //! the control plane process is killed while they run, a new one starts on
 //! the same data directory, and every execution ends exactly once with none
 //! lost. A call that was in flight at the kill may be made again (at least
-//! once); the test counts those and bounds them by the workers in flight.
+//! once); the test counts those and bounds them by the workers in flight,
+//! and the creating call carries the step's idempotency key, so the DMS
+//! creates each appointment once however often the call is repeated.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,12 @@ name: durable
 steps:
   - { id: list, type: call, connection: DMS, operation: listVehicles, parameters: { page_size: 1 } }
   - { id: pause, type: delay, ms: 40 }
+  - id: book
+    type: call
+    connection: DMS
+    operation: createAppointment
+    parameters:
+      appointment: { start: "2026-12-01T09:00:00Z", service: durable, reference: "{{ .ctx.execution_id }}" }
   - { id: vin, type: transform, expression: ".steps.list.response.items[0].vin" }
 "#;
 
@@ -131,22 +139,76 @@ async fn executions_survive_sigkill_and_finish_exactly_once() {
         .iter()
         .map(|s| s["path"].as_str().unwrap())
         .collect();
-    assert_eq!(paths, ["steps[0]", "steps[1]", "steps[2]"], "{one}");
+    assert_eq!(
+        paths,
+        ["steps[0]", "steps[1]", "steps[2]", "steps[3]"],
+        "{one}"
+    );
+    let key = format!("{}.steps[2]", sample.as_str().unwrap());
+    assert_eq!(one["steps"][2]["input"]["idempotency_key"], key.as_str());
     // At-least-once calls: only those in flight at the kill may repeat.
-    let (_, calls) = api.send("GET", "/api-calls?limit=500", None).await.unwrap();
-    let mut per_execution = std::collections::HashMap::<String, usize>::new();
-    for c in calls.as_array().unwrap() {
-        *per_execution
-            .entry(c["actor"].as_str().unwrap().to_owned())
-            .or_default() += 1;
+    let mut per_step = std::collections::HashMap::<(String, String), usize>::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api-calls?limit=500&cursor={c}"),
+            None => "/api-calls?limit=500".to_owned(),
+        };
+        let (_, page) = api.send("GET", &path, None).await.unwrap();
+        let page = page.as_array().cloned().unwrap_or_default();
+        for c in &page {
+            *per_step
+                .entry((
+                    c["actor"].as_str().unwrap().to_owned(),
+                    c["operation"].as_str().unwrap().to_owned(),
+                ))
+                .or_default() += 1;
+        }
+        if page.len() < 500 {
+            break;
+        }
+        cursor = page
+            .last()
+            .and_then(|c| c["id"].as_str())
+            .map(str::to_owned);
     }
-    let repeated = per_execution.values().filter(|n| **n > 1).count();
+    let repeated = per_step.values().filter(|n| **n > 1).count();
     assert!(
         repeated <= 16,
-        "{repeated} executions repeated a call: more than the 16 in flight"
+        "{repeated} calls were repeated: more than the 16 in flight"
+    );
+    let repeated_creations = per_step
+        .iter()
+        .filter(|((_, op), n)| op == "createAppointment" && **n > 1)
+        .count();
+    // Each execution booked exactly one appointment, repeats included.
+    let mut references = Vec::new();
+    for page in 1..=3 {
+        let body: Value = reqwest::Client::new()
+            .get(format!(
+                "{}/api/v1/appointments?service=durable&page_size=200&page={page}",
+                dms.url
+            ))
+            .header("X-API-Key", "dms-demo-key")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for a in body["items"].as_array().unwrap() {
+            references.push(a["reference"].as_str().unwrap().to_owned());
+        }
+    }
+    let distinct: std::collections::HashSet<&String> = references.iter().collect();
+    assert_eq!(
+        (references.len(), distinct.len()),
+        (200, 200),
+        "one appointment per execution"
     );
     eprintln!(
-        "SIGKILL test: 200 executions, {} call-log entries, {repeated} repeated in-flight calls",
-        per_execution.values().sum::<usize>()
+        "SIGKILL test: 200 executions, {} call-log entries, {repeated} repeated in-flight calls \
+         ({repeated_creations} of them creations, deduplicated by their idempotency keys)",
+        per_step.values().sum::<usize>()
     );
 }

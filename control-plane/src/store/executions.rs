@@ -193,6 +193,45 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Rewrites the step inputs and outputs of an execution longer than
+    /// `limit` with what `clip` makes of them. Returns how many were cut.
+    pub async fn clip_step_payloads(
+        &self,
+        execution_id: &str,
+        limit: usize,
+        clip: fn(&str, usize) -> Option<String>,
+    ) -> Result<u64, StoreError> {
+        let rows = sqlx::query(
+            "SELECT path, input, output FROM execution_steps WHERE execution_id = $1 \
+             AND (LENGTH(input) > $2 OR LENGTH(output) > $2)",
+        )
+        .bind(execution_id)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut cut = 0;
+        for row in rows {
+            use sqlx::Row as _;
+            let path: String = row.try_get("path")?;
+            let input: Option<String> = row.try_get("input")?;
+            let output: Option<String> = row.try_get("output")?;
+            let input = input.as_deref().and_then(|t| clip(t, limit));
+            let output = output.as_deref().and_then(|t| clip(t, limit));
+            cut += u64::from(input.is_some()) + u64::from(output.is_some());
+            sqlx::query(
+                "UPDATE execution_steps SET input = COALESCE($1, input), output = COALESCE($2, output) \
+                 WHERE execution_id = $3 AND path = $4",
+            )
+            .bind(input)
+            .bind(output)
+            .bind(execution_id)
+            .bind(&path)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(cut)
+    }
+
     /// An execution's step records, in the order they started.
     pub async fn step_records(&self, execution_id: &str) -> Result<Vec<StepRow>, StoreError> {
         Ok(sqlx::query_as::<_, StepRow>(
