@@ -6,9 +6,11 @@
 //! `.`; the same parts are also global variables (`$params`, `$steps`,
 //! `$ctx`, `$item`, `$error`). jq has no built-in bound on work, so every
 //! evaluation runs on the blocking pool, at most [`CONCURRENCY`] at a time,
-//! with a deadline, a cap on the number of outputs and on their size; a
-//! filter that never yields keeps its thread, which the concurrency cap
-//! contains.
+//! with a deadline, a cap on the number of outputs and on their size. In
+//! `dibop` they run in sandboxed worker processes ([`crate::sandbox`]), so a
+//! filter that recurses without end or allocates without bound stops only
+//! its worker; without workers (embedding, unit tests) they run on threads
+//! of this process, where a filter that never yields keeps its thread.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,9 +115,41 @@ fn to_val(v: &Value) -> Val {
     Val::deserialize(v).unwrap_or(Val::Null)
 }
 
-/// Evaluates `code` on `input` here, on this thread (use [`eval`] from async code).
+/// Compiled expressions, reused by a worker process.
+#[derive(Default)]
+pub struct Compiled {
+    filters: std::collections::HashMap<String, Filter>,
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Compiled({} filters)", self.filters.len())
+    }
+}
+
+impl Compiled {
+    /// Most filters kept; past it the cache starts over.
+    const MAX: usize = 1024;
+
+    /// Evaluates `code` on `input`, compiling it once.
+    pub fn eval(&mut self, code: &str, input: &Value) -> Result<Vec<Value>, String> {
+        if !self.filters.contains_key(code) {
+            let filter = compile(code)?;
+            if self.filters.len() >= Self::MAX {
+                self.filters.clear();
+            }
+            self.filters.insert(code.to_owned(), filter);
+        }
+        run(&self.filters[code], input)
+    }
+}
+
+/// Evaluates `code` on `input` here, on this thread (use [`Evaluator::eval`] from async code).
 pub fn eval_blocking(code: &str, input: &Value) -> Result<Vec<Value>, String> {
-    let filter = compile(code)?;
+    run(&compile(code)?, input)
+}
+
+fn run(filter: &Filter, input: &Value) -> Result<Vec<Value>, String> {
     let globals = ["params", "steps", "ctx", "item", "error"].map(|k| to_val(&input[k]));
     let ctx = Ctx::<data::JustLut<Val>>::new(&filter.lut, Vars::new(globals));
     let mut out = Vec::new();
@@ -154,6 +188,8 @@ pub struct Evaluator {
     slots: Arc<tokio::sync::Semaphore>,
     deadline: Duration,
     alive: Arc<std::sync::atomic::AtomicUsize>,
+    /// Worker processes, when expressions run sandboxed (see [`crate::sandbox`]).
+    workers: Option<crate::sandbox::Pool>,
 }
 
 impl Default for Evaluator {
@@ -169,7 +205,28 @@ impl Evaluator {
             slots: Arc::new(tokio::sync::Semaphore::new(concurrency)),
             deadline,
             alive: Arc::default(),
+            workers: None,
         }
+    }
+
+    /// Evaluations in worker processes of `program` (`dibop`), at most
+    /// [`CONCURRENCY`] at once, 5 s each.
+    pub fn in_workers(program: std::path::PathBuf) -> Self {
+        Evaluator {
+            workers: Some(crate::sandbox::Pool::new(program)),
+            ..Evaluator::default()
+        }
+    }
+
+    /// The same with another deadline per evaluation.
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Whether expressions run in sandboxed worker processes.
+    pub fn sandboxed(&self) -> bool {
+        self.workers.is_some()
     }
 
     /// Evaluates `code` on `input`: every output, or why not.
@@ -180,6 +237,20 @@ impl Evaluator {
             .acquire()
             .await
             .map_err(|_| "the expression pool is closed".to_owned())?;
+        if let Some(pool) = &self.workers {
+            return match pool.eval(code, input, self.deadline).await {
+                Ok(answer) => answer,
+                Err(crate::sandbox::Failure::Deadline) => Err(format!(
+                    "the expression did not finish within {} s",
+                    self.deadline.as_secs_f64()
+                )),
+                Err(crate::sandbox::Failure::Crashed(why)) => Err(format!(
+                    "the expression was stopped: it recursed too deeply or needed more than {} GiB \
+                     of memory ({why})",
+                    crate::sandbox::WORKER_MEMORY / 1024 / 1024 / 1024
+                )),
+            };
+        }
         if self.alive.fetch_add(1, Ordering::SeqCst) >= MAX_THREADS {
             self.alive.fetch_sub(1, Ordering::SeqCst);
             return Err("too many expressions are still running past their deadline".into());

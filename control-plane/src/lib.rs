@@ -38,6 +38,7 @@ pub mod orchestrations;
 pub mod paginate;
 pub mod publishing;
 pub mod quotas;
+pub mod sandbox;
 pub mod scheduler;
 pub mod store;
 pub mod tenants;
@@ -80,6 +81,11 @@ pub struct Settings {
     pub health_check_interval: Duration,
     /// Whether schedule triggers fire (off only in tests that drive them).
     pub run_scheduler: bool,
+    /// The `dibop` executable whose `expr-worker` subcommand evaluates
+    /// expressions in sandboxed worker processes. Default: this executable
+    /// when it is `dibop`; `None` evaluates on threads of this process
+    /// (embedding and unit tests only: a runaway expression can then abort it).
+    pub expression_worker: Option<PathBuf>,
     /// How often tenants' stored bytes are measured (and storage limits
     /// re-checked); retention runs hourly.
     pub storage_interval: Duration,
@@ -100,6 +106,7 @@ impl Settings {
             health_check_interval: Duration::from_secs(60),
             run_scheduler: true,
             storage_interval: Duration::from_secs(60),
+            expression_worker: sandbox::default_program(),
         }
     }
 }
@@ -205,7 +212,10 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         cloud: cloud_agent(&settings.cloud_agent_allow)?,
         discovery: execute::discovery_cache(),
         calls: calllog::CallLog::default(),
-        expressions: expr::Evaluator::default(),
+        expressions: match &settings.expression_worker {
+            Some(program) => expr::Evaluator::in_workers(program.clone()),
+            None => expr::Evaluator::default(),
+        },
         engine: engine::Engine::default(),
         connections: cache::TtlCache::new(Duration::from_secs(5), 10_000),
         settings: ResolvedSettings {

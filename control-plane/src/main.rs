@@ -549,8 +549,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+fn main() -> ExitCode {
+    // Expression workers (started by the control plane itself) need no
+    // runtime, logging or argument parsing.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == dibop_control_plane::sandbox::WORKER_COMMAND)
+    {
+        return match dibop_control_plane::sandbox::run_worker() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        };
+    }
+    cli_main()
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn cli_main() -> ExitCode {
     dibop_relay_agent::install_crypto_provider();
     dibop_relay_agent::init_tracing("info");
     match run(Cli::parse()).await {

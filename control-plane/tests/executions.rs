@@ -852,3 +852,31 @@ async fn traces_keep_each_payload_up_to_the_limit_with_a_marker() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_runaway_expression_fails_its_step_and_the_control_plane_carries_on() {
+    let s = setup().await;
+    let id = create(
+        &s.cp,
+        "format: dibop.orchestration/v1\nname: deep\nsteps:\n  \
+         - {id: deep, type: transform, expression: 'def f: 1 + f; f'}\n",
+    )
+    .await;
+    let e = run(&s.cp, &id, json!({})).await;
+    assert_eq!(e["status"], "failed", "{e}");
+    assert_eq!(e["error"]["class"], "expression_error", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("recursed too deeply"),
+        "{e}"
+    );
+    // Same process, same engine: the next execution runs.
+    let example = create(&s.cp, EXAMPLE).await;
+    let in_stock = vin(&s.sim, "in_stock").await;
+    assert_eq!(
+        run(&s.cp, &example, json!({"vin": in_stock})).await["status"],
+        "succeeded"
+    );
+}

@@ -34,6 +34,8 @@ pub async fn start_cp_with(tune: impl FnOnce(&mut Settings)) -> TestCp {
     settings.tunnel_addr = "127.0.0.1:0".parse().unwrap();
     // The servers under test run on loopback, which the default (`public`) refuses.
     settings.cloud_agent_allow = vec!["127.0.0.0/8".into()];
+    // Expressions run in worker processes, as in `dibop serve`.
+    settings.expression_worker = Some(env!("CARGO_BIN_EXE_dibop").into());
     tune(&mut settings);
     let shutdown = CancellationToken::new();
     let server = start(settings, shutdown.clone()).await.unwrap();
