@@ -539,6 +539,39 @@ pub async fn using_connection(
     Ok(found)
 }
 
+/// How many active orchestrations, in every tenant, call a connection made
+/// from `connector_id`.
+pub async fn count_using_connector(core: &Core, connector_id: &str) -> Result<i64, ApiError> {
+    let mut by_tenant: std::collections::BTreeMap<String, Vec<(String, String)>> =
+        Default::default();
+    for (tenant, id, name, _) in core.store.connections_of_connector(connector_id).await? {
+        by_tenant.entry(tenant).or_default().push((id, name));
+    }
+    let mut count = 0;
+    for (tenant, connections) in by_tenant {
+        for o in core
+            .store
+            .list_orchestrations(&tenant, None, 10_000)
+            .await?
+        {
+            if o.status != "active" {
+                continue;
+            }
+            let d = definition_of(core, &o).await?;
+            let mut calls = Vec::new();
+            call_steps(&d["steps"], "$.steps", &mut calls);
+            if calls.iter().any(|(_, s)| {
+                connections.iter().any(|(id, name)| {
+                    s["connection"] == name.as_str() || s["connection"] == id.as_str()
+                })
+            }) {
+                count += 1;
+            }
+        }
+    }
+    Ok(count)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

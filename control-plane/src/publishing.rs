@@ -140,7 +140,7 @@ pub struct UsageView {
     enterprises: i64,
     /// Active connections made from it.
     active_connections: i64,
-    /// Orchestrations that reference it.
+    /// Active orchestrations, in every enterprise, that call a connection made from it.
     orchestrations: i64,
     /// Calls through it in the last 24 hours.
     calls_24h: i64,
@@ -965,8 +965,7 @@ pub(crate) async fn usage(
     Ok(Json(UsageView {
         enterprises,
         active_connections,
-        // Orchestrations arrive with the engine.
-        orchestrations: 0,
+        orchestrations: crate::orchestrations::count_using_connector(&core, &c.id).await?,
         calls_24h,
         calls_30d,
     }))

@@ -923,12 +923,37 @@ async fn usage_is_counted_and_a_major_version_notifies_its_users() {
         cp.invoke(c["id"].as_str().unwrap(), "listVehicles", json!({}))
             .await;
     }
+    // An active orchestration calls the connection; a draft one does not count.
+    for (name, activate) in [("uses-ours", true), ("draft-uses-ours", false)] {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/api/v1/orchestrations", cp.base))
+            .bearer_auth(&cp.admin)
+            .header("content-type", "application/yaml")
+            .body(format!(
+                "format: dibop.orchestration/v1\nname: {name}\nsteps:\n  \
+                 - {{id: list, type: call, connection: ours, operation: listVehicles}}\n"
+            ))
+            .send()
+            .await
+            .unwrap();
+        let o: Value = resp.json().await.unwrap();
+        if activate {
+            let (status, a) = cp
+                .send(
+                    "POST",
+                    &format!("/orchestrations/{}/activate", o["id"].as_str().unwrap()),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "{a}");
+        }
+    }
     let (_, usage) = cp
         .send("GET", &format!("/connectors/{connector}/usage"), None)
         .await;
     assert_eq!(
         usage,
-        json!({"enterprises": 1, "active_connections": 1, "orchestrations": 0, "calls_24h": 2, "calls_30d": 2})
+        json!({"enterprises": 1, "active_connections": 1, "orchestrations": 1, "calls_24h": 2, "calls_30d": 2})
     );
 
     // A breaking update: the enterprise hears about it, naming its connection.

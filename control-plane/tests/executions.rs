@@ -880,3 +880,32 @@ async fn a_runaway_expression_fails_its_step_and_the_control_plane_carries_on() 
         "succeeded"
     );
 }
+
+#[tokio::test]
+async fn orchestration_calls_count_against_the_monthly_quota() {
+    let s = setup().await;
+    let core = &s.cp.core;
+    let mut tenant = core.store.tenant_by_name("acme").await.unwrap().unwrap();
+    tenant.calls_per_month = Some(1);
+    core.store.update_tenant_plan(&tenant).await.unwrap();
+    core.quotas.forget(&tenant.id);
+    let id = create(
+        &s.cp,
+        "format: dibop.orchestration/v1\nname: two-calls\nsteps:\n  \
+         - {id: first, type: call, connection: Demo DMS, operation: listVehicles}\n  \
+         - {id: second, type: call, connection: Demo DMS, operation: listVehicles}\n",
+    )
+    .await;
+    let e = run(&s.cp, &id, json!({})).await;
+    assert_eq!(e["status"], "failed", "{e}");
+    assert_eq!(e["steps"][0]["status"], "succeeded", "{e}");
+    assert_eq!(e["error"]["class"], "rate_limited", "{e}");
+    assert_eq!(e["error"]["step"], "second", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("monthly quota of 1 calls"),
+        "{e}"
+    );
+}
