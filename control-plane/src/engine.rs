@@ -952,7 +952,11 @@ async fn call_step(
     // The engine retries by its own policy: one try per attempt here.
     request.retry.max_attempts = 1;
     // Calls of orchestrations count against the tenant's monthly quota too.
-    if let Ok(Some(tenant)) = run.core.quotas.tenant(&run.core.store, &run.exe.tenant_id).await
+    if let Ok(Some(tenant)) = run
+        .core
+        .quotas
+        .tenant(&run.core.store, &run.exe.tenant_id)
+        .await
         && let Err(e) = run.core.quotas.take_call(&run.core.store, &tenant).await
     {
         return (
