@@ -531,7 +531,26 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/executions/{id}/cancel", post(crate::executions::cancel))
         .route("/executions/{id}/rerun", post(crate::executions::rerun))
         .route("/dead-letters", get(crate::executions::dead_letters))
+        .route("/dead-letters/items", get(crate::cdm_api::list_items))
+        .route("/dead-letters/items/{id}", get(crate::cdm_api::get_item))
+        .route(
+            "/dead-letters/items/{id}/discard",
+            post(crate::cdm_api::discard_item),
+        )
         .route("/dead-letters/{id}/replay", post(crate::executions::replay))
+        .route("/executions/export", get(crate::executions::export))
+        .route("/cdm/domains", get(crate::cdm_api::list_domains))
+        .route("/cdm/domains/{domain}", get(crate::cdm_api::get_domain))
+        .route("/cdm/validate", post(crate::cdm_api::validate))
+        .route("/cdm/suggest", post(crate::cdm_api::suggest))
+        .route(
+            "/connectors/{id}/mappings/{operation}/suggest",
+            post(crate::cdm_api::suggest_into_draft),
+        )
+        .route(
+            "/connectors/{id}/mappings/{operation}/confirm",
+            post(crate::cdm_api::confirm),
+        )
         .route(
             "/dead-letters/{id}/discard",
             post(crate::executions::discard),

@@ -1329,6 +1329,11 @@ pub(crate) async fn list_calls(
         .store
         .list_calls(&p.tenant_id, &filter, limit + 1)
         .await?;
+    let keys = if crate::pii::can_view(&p) {
+        None
+    } else {
+        Some(crate::pii::keys_for(&core, &p.tenant_id).await)
+    };
     let views: Vec<ApiCallView> = rows
         .into_iter()
         .map(|c| ApiCallView {
@@ -1341,7 +1346,10 @@ pub(crate) async fn list_calls(
             connector_slug: c.connector_slug,
             operation: c.operation,
             method: c.method,
-            url: c.url,
+            url: match &keys {
+                Some(k) => crate::pii::redact_url(&c.url, k),
+                None => c.url,
+            },
             status: c.status,
             error_class: c.error_class,
             response_bytes: c.response_bytes,

@@ -337,24 +337,98 @@ pub fn validate(doc: &Value) -> Vec<Problem> {
                 c.add(&at, format!("`{op}` is not the id of an operation"));
             }
             if let Some(m) = c.object(Some(mapping), &at, true) {
-                c.unknown(m, &at, &["domain", "inbound", "outbound"]);
-                c.string(m, "domain", &at, true);
-                for dir in ["inbound", "outbound"] {
-                    if let Some(fields) = c.object(m.get(dir), &join(&at, dir), false) {
-                        for (field, expr) in fields {
-                            if expr.as_str().is_none_or(|e| e.trim().is_empty()) {
-                                c.add(
-                                    format!("{at}.{dir}.{field}"),
-                                    "must be a non-empty expression",
-                                );
-                            }
-                        }
-                    }
-                }
+                check_mapping(&mut c, m, &at);
             }
         }
     }
     c.problems
+}
+
+/// A mapping onto a CDM domain: the domain exists, inbound keys are its
+/// fields, outbound keys are native field paths, every expression compiles,
+/// and assumed fields are inbound ones.
+fn check_mapping(c: &mut Checker, m: &Map<String, Value>, at: &str) {
+    c.unknown(
+        m,
+        at,
+        &["domain", "records", "inbound", "outbound", "assumed"],
+    );
+    let domain = c.string(m, "domain", at, true).and_then(|d| {
+        let found = crate::cdm::domain(d);
+        if found.is_none() {
+            c.add(
+                join(at, "domain"),
+                format!("`{d}` is not a CDM domain ({})", crate::cdm::domain_names()),
+            );
+        }
+        found
+    });
+    if let Some(r) = m.get("records") {
+        match r.as_str() {
+            Some(code) if crate::expr::check(code).is_ok() => {}
+            Some(code) => c.add(
+                join(at, "records"),
+                format!(
+                    "invalid expression: {}",
+                    crate::expr::check(code).err().unwrap_or_default()
+                ),
+            ),
+            None => c.add(
+                join(at, "records"),
+                "must be an expression selecting the native records, e.g. .items",
+            ),
+        }
+    }
+    for dir in ["inbound", "outbound"] {
+        let Some(fields) = c.object(m.get(dir), &join(at, dir), false) else {
+            continue;
+        };
+        for (field, expr) in fields {
+            let path = format!("{at}.{dir}.{field}");
+            match expr.as_str().map(str::trim) {
+                Some(code) if !code.is_empty() => {
+                    if let Err(e) = crate::expr::check(code) {
+                        c.add(&path, format!("invalid expression: {e}"));
+                    }
+                }
+                _ => c.add(&path, "must be a non-empty expression"),
+            }
+            if dir == "inbound"
+                && let Some(d) = domain
+                && d.field(field).is_none()
+            {
+                c.add(
+                    &path,
+                    format!("`{field}` is not a field of the {} domain", d.name),
+                );
+            }
+            if dir == "outbound" && (field.is_empty() || field.split('.').any(str::is_empty)) {
+                c.add(
+                    &path,
+                    "must be a native field name or a dotted path such as customer.email",
+                );
+            }
+        }
+    }
+    if let Some(assumed) = m.get("assumed") {
+        let inbound = m.get("inbound").and_then(Value::as_object);
+        match assumed.as_array() {
+            Some(list) => {
+                for (i, f) in list.iter().enumerate() {
+                    if !f
+                        .as_str()
+                        .is_some_and(|f| inbound.is_some_and(|m| m.contains_key(f)))
+                    {
+                        c.add(
+                            format!("{at}.assumed[{i}]"),
+                            "must name an inbound field of this mapping",
+                        );
+                    }
+                }
+            }
+            None => c.add(join(at, "assumed"), "must be a list of inbound field names"),
+        }
+    }
 }
 
 fn check_auth(c: &mut Checker, root: &Map<String, Value>) {

@@ -821,6 +821,7 @@ async fn exec_step(
             (None, Ok(Value::Array(outputs)))
         }
         "call" => call_step(run, step, id, path, scope).await,
+        "map_to_cdm" | "map_from_cdm" => map_step(run, step, kind, id, path, scope).await,
         "call_orchestration" => sub_orchestration(run, step, id, scope).await,
         other => (
             None,
@@ -833,26 +834,12 @@ async fn exec_step(
     }
 }
 
-/// The idempotency key of a call step in an execution: the same for every
-/// attempt and after a restart, different for each foreach item and re-run.
-pub fn idempotency_key(execution_id: &str, path: &str) -> String {
-    format!("{execution_id}.{path}")
-}
-
-async fn call_step(
+/// The active connection a step names (by name or id), opened.
+async fn step_connection(
     run: &Arc<Run>,
-    step: &Value,
+    name: &str,
     id: &str,
-    path: &str,
-    scope: &Value,
-) -> (Option<Value>, Result<Value, StepError>) {
-    let name = step["connection"].as_str().unwrap_or_default();
-    let operation = step["operation"].as_str().unwrap_or_default();
-    let params = match render(run, step.get("parameters").unwrap_or(&json!({})), scope).await {
-        Ok(p) => p,
-        Err(e) => return (None, Err(StepError::new("expression_error", e, id))),
-    };
-    let input = json!({"connection": name, "operation": operation, "parameters": params});
+) -> Result<Arc<crate::execute::Resolved>, StepError> {
     let cached = run
         .connections
         .lock()
@@ -878,42 +865,172 @@ async fn call_step(
                     c.id
                 }
                 None => {
-                    return (
-                        Some(input),
-                        Err(StepError::new(
-                            "invalid_request",
-                            format!("no connection named `{name}`"),
-                            id,
-                        )),
-                    );
+                    return Err(StepError::new(
+                        "invalid_request",
+                        format!("no connection named `{name}`"),
+                        id,
+                    ));
                 }
             }
         }
     };
-    let resolved =
-        match crate::execute::resolve_cached(&run.core, &run.exe.tenant_id, &connection_id).await {
-            Ok(r) => r,
-            Err(_) => {
-                return (
-                    Some(input),
-                    Err(StepError::new(
-                        "invalid_request",
-                        format!("connection `{name}` is gone"),
-                        id,
-                    )),
-                );
-            }
-        };
+    let resolved = crate::execute::resolve_cached(&run.core, &run.exe.tenant_id, &connection_id)
+        .await
+        .map_err(|_| {
+            StepError::new(
+                "invalid_request",
+                format!("connection `{name}` is gone"),
+                id,
+            )
+        })?;
     if resolved.row.status != "active" {
+        return Err(StepError::new(
+            "invalid_request",
+            format!("connection `{name}` is inactive"),
+            id,
+        ));
+    }
+    Ok(resolved)
+}
+
+/// `map_to_cdm` / `map_from_cdm`: a connection's mapping of an operation
+/// applied to the value of `from`; records that break the domain's schema
+/// go to the dead-letter queue (default), fail the step, or are skipped.
+async fn map_step(
+    run: &Arc<Run>,
+    step: &Value,
+    kind: &str,
+    id: &str,
+    path: &str,
+    scope: &Value,
+) -> (Option<Value>, Result<Value, StepError>) {
+    let name = step["connection"].as_str().unwrap_or_default();
+    let operation = step["operation"].as_str().unwrap_or_default();
+    let from = step["from"].as_str().unwrap_or(".");
+    let inbound = kind == "map_to_cdm";
+    let input = json!({"connection": name, "operation": operation, "from": from,
+                       "direction": if inbound { "inbound" } else { "outbound" }});
+    let resolved = match step_connection(run, name, id).await {
+        Ok(r) => r,
+        Err(e) => return (Some(input), Err(e)),
+    };
+    let mapping = &resolved.definition["mappings"][operation];
+    if !mapping.is_object() {
         return (
             Some(input),
             Err(StepError::new(
                 "invalid_request",
-                format!("connection `{name}` is inactive"),
+                format!("the connector of `{name}` maps no operation `{operation}` to the CDM"),
                 id,
             )),
         );
     }
+    let value = match run.core.expressions.eval_one(from, scope).await {
+        Ok(v) => v,
+        Err(e) => return (Some(input), Err(StepError::new("expression_error", e, id))),
+    };
+    let ev = &run.core.expressions;
+    let mapped = if inbound {
+        crate::mapping::to_cdm(ev, mapping, &value).await
+    } else {
+        crate::mapping::from_cdm(ev, mapping, &value).await
+    };
+    let mapped = match mapped {
+        Ok(m) => m,
+        Err(e) => return (Some(input), Err(StepError::new("expression_error", e, id))),
+    };
+    let domain = mapped.domain.name.as_str();
+    let mut dead_letters = Vec::new();
+    if !mapped.invalid.is_empty() {
+        match step["on_invalid"].as_str().unwrap_or("dead_letter") {
+            "fail" => {
+                let first = &mapped.invalid[0];
+                return (
+                    Some(input),
+                    Err(StepError::new(
+                        "validation_error",
+                        format!(
+                            "{} record(s) are not valid {domain} records; record {}: {}",
+                            mapped.invalid.len(),
+                            first.index,
+                            crate::mapping::describe(&first.problems)
+                        ),
+                        id,
+                    )),
+                );
+            }
+            "skip" => {}
+            _ => {
+                for bad in &mapped.invalid {
+                    let digest = aws_lc_rs::digest::digest(
+                        &aws_lc_rs::digest::SHA256,
+                        format!("{}\n{path}\n{}", run.exe.id, bad.index).as_bytes(),
+                    );
+                    let item = crate::store::DeadLetterItem {
+                        id: format!("dli_{}", &hex::encode(digest.as_ref())[..24]),
+                        tenant_id: run.exe.tenant_id.clone(),
+                        execution_id: run.exe.id.clone(),
+                        orchestration_id: run.exe.orchestration_id.clone(),
+                        step_path: path.to_owned(),
+                        domain: domain.to_owned(),
+                        direction: if inbound { "inbound" } else { "outbound" }.into(),
+                        record: bad.record.to_string(),
+                        problems: json!(bad.problems).to_string(),
+                        status: "open".into(),
+                        created_at: now_unix(),
+                    };
+                    if let Err(e) = run.core.store.add_dead_letter_item(&item).await {
+                        return (
+                            Some(input),
+                            Err(StepError::new(
+                                "internal",
+                                format!("cannot store an invalid record: {e}"),
+                                id,
+                            )),
+                        );
+                    }
+                    dead_letters.push(item.id);
+                }
+            }
+        }
+    }
+    let mut output = json!({
+        "domain": domain,
+        "count": mapped.records.len(),
+        "invalid": mapped.invalid.len(),
+        "dead_letters": dead_letters,
+    });
+    if !inbound && value.is_object() {
+        output["record"] = mapped.records.first().cloned().unwrap_or(Value::Null);
+    }
+    output["records"] = Value::Array(mapped.records);
+    (Some(input), Ok(output))
+}
+
+/// The idempotency key of a call step in an execution: the same for every
+/// attempt and after a restart, different for each foreach item and re-run.
+pub fn idempotency_key(execution_id: &str, path: &str) -> String {
+    format!("{execution_id}.{path}")
+}
+
+async fn call_step(
+    run: &Arc<Run>,
+    step: &Value,
+    id: &str,
+    path: &str,
+    scope: &Value,
+) -> (Option<Value>, Result<Value, StepError>) {
+    let name = step["connection"].as_str().unwrap_or_default();
+    let operation = step["operation"].as_str().unwrap_or_default();
+    let params = match render(run, step.get("parameters").unwrap_or(&json!({})), scope).await {
+        Ok(p) => p,
+        Err(e) => return (None, Err(StepError::new("expression_error", e, id))),
+    };
+    let input = json!({"connection": name, "operation": operation, "parameters": params});
+    let resolved = match step_connection(run, name, id).await {
+        Ok(r) => r,
+        Err(e) => return (Some(input), Err(e)),
+    };
     let Some(op) = resolved.operation(operation).cloned() else {
         return (
             Some(input),

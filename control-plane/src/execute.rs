@@ -501,7 +501,8 @@ pub async fn run(
             connector_slug: c.row.connector_slug.clone(),
             operation: operation.to_owned(),
             method: r.method.clone(),
-            url: r.url.clone(),
+            // Sensitive personal values (CDM `sensitive_pii`) never reach the stored log.
+            url: crate::pii::redact_url(&r.url, crate::pii::sensitive_keys()),
             status: r.status.map(i64::from),
             ok: i64::from(r.ok),
             error_class: r.error.as_ref().map(|e| e.class.as_str().to_owned()),

@@ -107,7 +107,33 @@ fn view(e: ExecutionRow, steps: Option<Vec<StepTrace>>) -> ExecutionView {
     }
 }
 
-async fn detail(core: &Core, e: ExecutionRow) -> Result<ExecutionView, ApiError> {
+impl ExecutionView {
+    /// Redacts personal data for callers without `view_pii`.
+    fn redact(&mut self, keys: &std::collections::BTreeSet<String>) {
+        crate::pii::redact(&mut self.parameters, keys);
+        for v in [&mut self.output, &mut self.error].into_iter().flatten() {
+            crate::pii::redact(v, keys);
+        }
+        for step in self.steps.iter_mut().flatten() {
+            for v in [&mut step.input, &mut step.output, &mut step.error]
+                .into_iter()
+                .flatten()
+            {
+                crate::pii::redact(v, keys);
+            }
+        }
+    }
+}
+
+/// Redacts views for the caller (see [`crate::pii`]).
+async fn shown(core: &Core, p: &Principal, views: &mut [ExecutionView]) {
+    if !crate::pii::can_view(p) {
+        let keys = crate::pii::keys_for(core, &p.tenant_id).await;
+        views.iter_mut().for_each(|v| v.redact(&keys));
+    }
+}
+
+async fn detail(core: &Core, p: &Principal, e: ExecutionRow) -> Result<ExecutionView, ApiError> {
     let steps = core
         .store
         .step_records(&e.id)
@@ -126,7 +152,10 @@ async fn detail(core: &Core, e: ExecutionRow) -> Result<ExecutionView, ApiError>
             duration_ms: s.duration_ms,
         })
         .collect();
-    Ok(view(e, Some(steps)))
+    let mut views = [view(e, Some(steps))];
+    shown(core, p, &mut views).await;
+    let [v] = views;
+    Ok(v)
 }
 
 /// Checks parameters against the declared ones and applies defaults.
@@ -262,7 +291,7 @@ pub(crate) async fn execute(
         .execution(&p.tenant_id, &row.id)
         .await?
         .unwrap_or(row);
-    let v = detail(&core, now).await?;
+    let v = detail(&core, &p, now).await?;
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
@@ -306,8 +335,70 @@ pub(crate) async fn list(
             limit + 1,
         )
         .await?;
-    let views: Vec<ExecutionView> = rows.into_iter().map(|e| view(e, None)).collect();
+    let mut views: Vec<ExecutionView> = rows.into_iter().map(|e| view(e, None)).collect();
+    shown(&core, &p, &mut views).await;
     Ok(paged(views, limit, "/executions", |e| e.id.clone()))
+}
+
+/// `GET /api/v1/executions/export`
+#[utoipa::path(get, path = "/api/v1/executions/export", tag = "executions",
+    summary = "Export executions with their step traces as NDJSON (one execution per line, newest first, at most 1,000)",
+    params(("orchestration_id" = Option<String>, Query, description = "One orchestration"),
+        ("status" = Option<String>, Query, description = "queued, running, succeeded, partially_succeeded, failed, cancelled"),
+        ("limit" = Option<i64>, Query, description = "1..=1000, default 1000")),
+    responses((status = 200, description = "`application/x-ndjson`; personal data redacted without `view_pii`"), (status = 422, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn export(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    q: Result<Query<ExecutionQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(1000);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit must be 1..=1000"));
+    }
+    if q.cursor.is_some() {
+        return Err(ApiError::invalid(
+            "an export takes no cursor: narrow it with orchestration_id and status",
+        ));
+    }
+    let rows = core
+        .store
+        .list_executions(
+            &p.tenant_id,
+            q.orchestration_id.as_deref(),
+            q.status.as_deref(),
+            None,
+            limit,
+        )
+        .await?;
+    let mut body = String::new();
+    for e in rows {
+        let v = detail(&core, &p, e).await?;
+        body.push_str(&serde_json::to_string(&v).unwrap_or_default());
+        body.push('\n');
+    }
+    record(
+        &core.store,
+        Some(&p.tenant_id),
+        &p.actor(),
+        "execution.export",
+        ("execution", "*"),
+        json!({"orchestration_id": q.orchestration_id, "status": q.status}),
+    )
+    .await;
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "application/x-ndjson"),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                "attachment; filename=\"executions.ndjson\"",
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// `GET /api/v1/executions/{id}`
@@ -325,7 +416,7 @@ pub(crate) async fn get(
         .execution(&p.tenant_id, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("execution", &id))?;
-    Ok(Json(detail(&core, e).await?))
+    Ok(Json(detail(&core, &p, e).await?))
 }
 
 /// `POST /api/v1/executions/{id}/cancel`
@@ -370,7 +461,7 @@ pub(crate) async fn cancel(
     )
     .await;
     let e = core.store.execution(&p.tenant_id, &id).await?.unwrap_or(e);
-    Ok(Json(detail(&core, e).await?))
+    Ok(Json(detail(&core, &p, e).await?))
 }
 
 /// The body of `POST /executions/{id}/rerun`.
@@ -486,7 +577,7 @@ async fn wait_for(
         .execution(&p.tenant_id, &row.id)
         .await?
         .unwrap_or(row);
-    detail(core, now).await
+    detail(core, p, now).await
 }
 
 /// `POST /api/v1/executions/{id}/rerun`
@@ -532,7 +623,8 @@ pub(crate) async fn dead_letters(
         .store
         .dead_letters(&p.tenant_id, page.cursor_of("exe_")?, limit + 1)
         .await?;
-    let views: Vec<ExecutionView> = rows.into_iter().map(|e| view(e, None)).collect();
+    let mut views: Vec<ExecutionView> = rows.into_iter().map(|e| view(e, None)).collect();
+    shown(&core, &p, &mut views).await;
     Ok(paged(views, limit, "/dead-letters", |e| e.id.clone()))
 }
 

@@ -538,6 +538,18 @@ pub fn checklist(doc: &Value) -> Vec<CheckItem> {
                 ));
             }
         }
+        let assumed: Vec<&str> = m["assumed"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if !assumed.is_empty() {
+            mappings.push(format!(
+                "mappings.{op} has suggested field(s) nobody confirmed yet: {}",
+                assumed.join(", ")
+            ));
+        }
     }
     items.push(CheckItem::from_problems("mappings", mappings));
     items
@@ -668,7 +680,7 @@ mod tests {
         assert_eq!(required_bump(&diff(&old, &new)), Bump::Major);
         let mut new = old.clone();
         new["operations"].as_array_mut().unwrap().push(
-            json!({"id": "listParts", "name": "Parts", "method": "GET", "path": "/api/v1/parts"}),
+            json!({"id": "listLocations", "name": "Locations", "method": "GET", "path": "/api/v1/locations"}),
         );
         assert_eq!(required_bump(&diff(&old, &new)), Bump::Minor);
         let mut new = old.clone();
@@ -706,7 +718,8 @@ mod tests {
         doc.as_object_mut().unwrap().remove("documentation_url");
         doc["base_url"] = json!("https://api.example.invalid/v3");
         doc["resilience"] = json!({"timeout_ms": 1000});
-        doc["mappings"] = json!({"getVehicle": {"domain": "vehicle", "inbound": {"vin": ".vin"}}});
+        doc["mappings"] = json!({"getVehicle": {"domain": "customer", "inbound": {"email": ".email"},
+            "assumed": ["email"]}});
         let failed: Vec<(&str, Vec<String>)> = checklist(&doc)
             .into_iter()
             .filter(|i| !i.passed)
@@ -715,7 +728,8 @@ mod tests {
         let names: Vec<&str> = failed.iter().map(|(n, _)| *n).collect();
         assert_eq!(names, ["overview", "resilience", "mappings"], "{failed:#?}");
         assert!(failed[0].1.iter().any(|p| p.contains("placeholder")));
-        assert!(failed[2].1[0].contains("make, model, model_year"));
+        assert!(failed[2].1[0].contains("required field(s) customer_id"));
+        assert!(failed[2].1[1].contains("nobody confirmed yet: email"));
     }
 
     #[test]

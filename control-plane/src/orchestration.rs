@@ -26,6 +26,8 @@ const STEP_TYPES: &[&str] = &[
     "call_orchestration",
     "set",
     "fail",
+    "map_to_cdm",
+    "map_from_cdm",
 ];
 const PARAM_TYPES: &[&str] = &["string", "integer", "number", "boolean", "object", "array"];
 /// Error classes a retry policy may exclude.
@@ -41,6 +43,7 @@ pub const ERROR_CLASSES: &[&str] = &[
     "invalid_request",
     "response_too_large",
     "expression_error",
+    "validation_error",
     "internal",
 ];
 
@@ -463,6 +466,7 @@ fn check_step(c: &mut Checker, step: &Value, at: &str) {
         Some("call_orchestration") => &["orchestration", "parameters", "wait"],
         Some("set") => &["values"],
         Some("fail") => &["message"],
+        Some("map_to_cdm" | "map_from_cdm") => &["connection", "operation", "from", "on_invalid"],
         Some(other) => {
             c.add(
                 format!("{at}.type"),
@@ -497,6 +501,21 @@ fn check_step(c: &mut Checker, step: &Value, at: &str) {
         Some("transform") => {
             if let Some(e) = c.string(s, "expression", at, true) {
                 c.expression(e, &format!("{at}.expression"));
+            }
+        }
+        Some("map_to_cdm" | "map_from_cdm") => {
+            c.string(s, "connection", at, true);
+            c.string(s, "operation", at, true);
+            if let Some(e) = c.string(s, "from", at, true) {
+                c.expression(e, &format!("{at}.from"));
+            }
+            if let Some(v) = c.string(s, "on_invalid", at, false)
+                && !matches!(v, "dead_letter" | "fail" | "skip")
+            {
+                c.add(
+                    format!("{at}.on_invalid"),
+                    "must be dead_letter, fail or skip",
+                );
             }
         }
         Some("branch") => match (s.get("if"), s.get("switch")) {

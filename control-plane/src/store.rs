@@ -72,11 +72,13 @@ macro_rules! select_connectors {
 }
 
 mod catalogue;
+mod cdm;
 mod connections;
 mod executions;
 mod limits;
 mod orchestrations;
 pub use catalogue::{CatalogueFilter, CatalogueRow, VersionRow};
+pub use cdm::DeadLetterItem;
 pub use connections::{ApiCallFilter, ApiCallRow, ConnectionRow, HealthRow};
 pub use executions::{ExecutionRow, StepRow};
 pub use orchestrations::{OrchestrationRow, OrchestrationVersionRow};

@@ -110,9 +110,19 @@ async fn the_example_runs_branches_and_traces_every_step() {
             ("steps[0]", "succeeded"),
             ("steps[1]", "succeeded"),
             ("steps[2]", "succeeded"),
-            ("steps[2].then[0]", "succeeded")
+            ("steps[3]", "succeeded"),
+            ("steps[3].then[0]", "succeeded")
         ]
     );
+    // The DMS's vehicle became a valid CDM vehicle (kilometres, euros, vPIC body class).
+    let cdm = &e["steps"][1]["output"];
+    assert_eq!(cdm["domain"], "vehicle", "{cdm}");
+    let v = &cdm["records"][0];
+    assert_eq!(v["vin"], in_stock.as_str());
+    assert_eq!(v["currency"], "EUR");
+    assert_eq!(v["status"], "in_stock");
+    assert!(v["mileage_km"].is_number() && v["year"].is_number(), "{v}");
+    assert!(v.get("modelYear").is_none(), "{v}");
     let call = &e["steps"][0];
     assert_eq!(
         call["input"]["parameters"]["vin"],

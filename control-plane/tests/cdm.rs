@@ -1,0 +1,438 @@
+//! The Canonical Data Model through the API, against a real DMS simulator:
+//! the explorer, validation, mapping steps in orchestrations with invalid
+//! records dead-lettered, suggestions confirmed by a person, and personal
+//! data redacted for a viewer in traces, the call log, dead letters and
+//! exports.
+
+use serde_json::{Value, json};
+
+mod common;
+
+struct Setup {
+    cp: common::TestCp,
+    sim: String,
+    viewer: String,
+}
+
+async fn setup() -> Setup {
+    let cp = common::start_cp_with(|s| s.run_scheduler = false).await;
+    let (sim, _) = dibop_e2e::dms_sim::spawn("127.0.0.1:0".parse().unwrap(), Default::default())
+        .await
+        .unwrap();
+    let sim = format!("http://{sim}");
+    let (_, catalogue) = cp.send("GET", "/catalogue?q=dms-sim", None).await;
+    let (status, c) = cp
+        .send(
+            "POST",
+            "/connections",
+            Some(json!({"connector_id": catalogue[0]["id"], "name": "Demo DMS", "auth_type": "api_key",
+                "credentials": {"api_key": "dms-demo-key"}, "base_url": sim, "activate": true})),
+        )
+        .await;
+    assert_eq!(status, 201, "{c}");
+    let (status, token) = cp
+        .send(
+            "POST",
+            "/api-tokens",
+            Some(json!({"name": "auditor", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{token}");
+    Setup {
+        viewer: token["token"].as_str().unwrap().to_owned(),
+        cp,
+        sim,
+    }
+}
+
+async fn as_token(cp: &common::TestCp, token: &str, path: &str) -> (u16, String) {
+    let resp = reqwest::Client::new()
+        .get(format!("{}/api/v1{path}", cp.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+async fn create(cp: &common::TestCp, body: &str) -> String {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/orchestrations", cp.base))
+        .bearer_auth(&cp.admin)
+        .header("content-type", "application/yaml")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let v: Value = resp.json().await.unwrap();
+    v["id"].as_str().unwrap_or_else(|| panic!("{v}")).to_owned()
+}
+
+async fn run(cp: &common::TestCp, id: &str) -> Value {
+    let (status, e) = cp
+        .send(
+            "POST",
+            format!("/orchestrations/{id}/execute"),
+            Some(json!({"wait_ms": 30000})),
+        )
+        .await;
+    assert_eq!(status, 201, "{e}");
+    e
+}
+
+#[tokio::test]
+async fn the_explorer_lists_22_domains_with_pii_classes_and_who_maps_them() {
+    let s = setup().await;
+    let (status, domains) = s.cp.send("GET", "/cdm/domains", None).await;
+    assert_eq!(status, 200, "{domains}");
+    let domains = domains.as_array().unwrap();
+    assert_eq!(domains.len(), 22);
+    let vehicle = domains.iter().find(|d| d["name"] == "vehicle").unwrap();
+    assert_eq!(vehicle["required"], json!(["vin"]));
+    assert!(vehicle["mapped_by"].as_u64().unwrap() >= 2, "{vehicle}");
+
+    let (_, v) = s.cp.send("GET", "/cdm/domains/vehicle", None).await;
+    let field = |name: &str| {
+        v["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let vin = field("vin");
+    assert_eq!(
+        (
+            vin["type"].as_str(),
+            vin["required"].as_bool(),
+            vin["pii"].as_str(),
+            vin["format"].as_str()
+        ),
+        (Some("string"), Some(true), Some("none"), Some("vin"))
+    );
+    let mappers: Vec<&str> = vin["connectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        mappers.contains(&"dms-sim") && mappers.contains(&"nhtsa-vpic"),
+        "{vin}"
+    );
+    assert_eq!(field("interior_colour")["mapped_by"], 0);
+    assert!(v["source"].as_str().unwrap().contains("ISO 3779"));
+
+    let (_, c) = s.cp.send("GET", "/cdm/domains/customer", None).await;
+    for f in c["fields"].as_array().unwrap() {
+        let expected = match f["name"].as_str().unwrap() {
+            "customer_name" | "first_name" | "last_name" | "email" | "phone" | "address_line_1"
+            | "address_line_2" | "city" | "state_province" | "postal_code" => "pii",
+            "date_of_birth" => "sensitive_pii",
+            _ => "none",
+        };
+        assert_eq!(f["pii"], expected, "{f}");
+    }
+    let (status, err) = s.cp.send("GET", "/cdm/domains/spaceship", None).await;
+    assert_eq!(status, 404);
+    assert_eq!(err["error"]["code"], "not_found");
+
+    let (status, checked) =
+        s.cp.send(
+            "POST",
+            "/cdm/validate",
+            Some(json!({"domain": "customer", "record": [
+                {"customer_id": "C1", "email": "jane@example.com", "country": "DE"},
+                {"email": "nope", "customer_type": "alien"}]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{checked}");
+    assert_eq!(checked["valid"], false);
+    assert_eq!(checked["results"][0]["valid"], true);
+    let rules: Vec<String> = checked["results"][1]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            format!(
+                "{}:{}",
+                p["field"].as_str().unwrap(),
+                p["rule"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        rules,
+        ["customer_id:required", "customer_type:enum", "email:format"]
+    );
+}
+
+#[tokio::test]
+async fn invalid_records_go_to_the_dead_letter_queue_and_personal_data_stays_hidden_from_viewers() {
+    let s = setup().await;
+    // Customers from the DMS onto the CDM; the second one's email is broken
+    // on the way, so it fails validation and is dead-lettered.
+    let id = create(
+        &s.cp,
+        r#"format: dibop.orchestration/v1
+name: customers-to-cdm
+steps:
+  - { id: list, type: call, connection: Demo DMS, operation: listCustomers, parameters: { page_size: 3 } }
+  - id: cdm
+    type: map_to_cdm
+    connection: Demo DMS
+    operation: listCustomers
+    from: '.steps.list.response | .items[1].email = "not-an-email"'
+  - { id: first, type: transform, expression: '.steps.cdm.records[0]' }
+"#,
+    )
+    .await;
+    let e = run(&s.cp, &id).await;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    let cdm = &e["steps"][1]["output"];
+    assert_eq!(
+        (cdm["count"].as_u64(), cdm["invalid"].as_u64()),
+        (Some(2), Some(1)),
+        "{cdm}"
+    );
+    let customer = &e["output"];
+    assert_eq!(customer["customer_type"], "fleet", "{customer}");
+    let email = customer["email"].as_str().unwrap().to_owned();
+    let phone = customer["phone"].as_str().unwrap().to_owned();
+    let last_name = customer["last_name"].as_str().unwrap().to_owned();
+    assert!(email.contains('@') && phone.starts_with('+'));
+
+    let (_, items) = s.cp.send("GET", "/dead-letters/items", None).await;
+    let items = items.as_array().unwrap().clone();
+    assert_eq!(items.len(), 1, "{items:?}");
+    let item = &items[0];
+    assert_eq!(
+        (item["domain"].as_str(), item["direction"].as_str()),
+        (Some("customer"), Some("inbound"))
+    );
+    assert_eq!(item["problems"][0]["field"], "email");
+    assert_eq!(item["problems"][0]["rule"], "format");
+    assert_eq!(item["execution_id"], e["id"]);
+    let item_id = item["id"].as_str().unwrap().to_owned();
+
+    // The admin (view_pii) sees the personal data; the viewer sees none of it
+    // in the execution, the execution list, the export, the call log or the dead letter.
+    let exe = format!("/executions/{}", e["id"].as_str().unwrap());
+    let (_, admin_view) = as_token(&s.cp, &s.cp.admin, &exe).await;
+    assert!(admin_view.contains(&email) && admin_view.contains(&phone));
+    for path in [
+        exe.clone(),
+        "/executions".to_owned(),
+        "/executions/export".to_owned(),
+        "/api-calls".to_owned(),
+        "/dead-letters/items".to_owned(),
+        format!("/dead-letters/items/{item_id}"),
+    ] {
+        let (status, body) = as_token(&s.cp, &s.viewer, &path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        for secret in [&email, &phone, &last_name] {
+            assert!(
+                !body.contains(secret.as_str()),
+                "{path} shows `{secret}` to a viewer: {body}"
+            );
+        }
+        if path == exe {
+            assert!(body.contains("[redacted]"), "{body}");
+            // Not personal: still shown.
+            assert!(body.contains("fleet"), "{body}");
+        }
+    }
+    let (status, export) = as_token(&s.cp, &s.cp.admin, "/executions/export").await;
+    assert_eq!(status, 200);
+    assert_eq!(export.lines().count(), 1);
+    assert!(export.contains(&email), "the admin's export is complete");
+
+    // A viewer cannot discard; an admin can, once.
+    let discard = format!("/dead-letters/items/{item_id}/discard");
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1{discard}", s.cp.base))
+        .bearer_auth(&s.viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let (status, d) = s.cp.send("POST", discard.clone(), None).await;
+    assert_eq!(
+        (status, d["status"].as_str()),
+        (200, Some("discarded")),
+        "{d}"
+    );
+    assert_eq!(s.cp.send("POST", discard, None).await.0, 404);
+    let (_, open) = s.cp.send("GET", "/dead-letters/items", None).await;
+    assert_eq!(open.as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn map_from_cdm_builds_the_native_body_and_on_invalid_fail_names_field_and_rule() {
+    let s = setup().await;
+    let id = create(
+        &s.cp,
+        r#"format: dibop.orchestration/v1
+name: book-from-cdm
+parameters:
+  - { name: start, type: string, required: true }
+steps:
+  - id: appointment
+    type: set
+    values:
+      appointment: { appointment_id: "new", start: "{{ .params.start }}", customer_id: C000500, service: Inspection, status: booked }
+  - id: native
+    type: map_from_cdm
+    connection: Demo DMS
+    operation: createAppointment
+    from: .steps.appointment.appointment
+    on_invalid: fail
+  - { id: book, type: call, connection: Demo DMS, operation: createAppointment, parameters: { appointment: { expr: .steps.native.record } } }
+"#,
+    )
+    .await;
+    let (status, e) =
+        s.cp.send(
+            "POST",
+            format!("/orchestrations/{id}/execute"),
+            Some(json!({"parameters": {"start": "2027-03-01T09:00:00Z"}, "wait_ms": 30000})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(e["status"], "succeeded", "{e}");
+    assert_eq!(
+        e["steps"][1]["output"]["record"],
+        json!({"start": "2027-03-01T09:00:00Z", "customerNo": "C000500", "service": "Inspection"})
+    );
+    assert_eq!(e["steps"][2]["output"]["status_code"], 201);
+
+    let (_, e) =
+        s.cp.send(
+            "POST",
+            format!("/orchestrations/{id}/execute"),
+            Some(json!({"parameters": {"start": "next tuesday"}, "wait_ms": 30000})),
+        )
+        .await;
+    assert_eq!(e["status"], "failed", "{e}");
+    assert_eq!(e["error"]["class"], "validation_error");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("start: format") && message.contains("RFC 3339"),
+        "{message}"
+    );
+    let _ = &s.sim;
+}
+
+#[tokio::test]
+async fn suggestions_are_assumed_until_confirmed_and_block_publishing_meanwhile() {
+    let s = setup().await;
+    let sample: Value = reqwest::Client::new()
+        .get(format!("{}/api/v1/vehicles?page_size=2", s.sim))
+        .header("X-API-Key", "dms-demo-key")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (status, proposal) =
+        s.cp.send(
+            "POST",
+            "/cdm/suggest",
+            Some(json!({"domain": "vehicle", "sample": sample, "records": ".items"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{proposal}");
+    let by: std::collections::HashMap<String, Value> = proposal["suggestions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["field"].as_str().unwrap().to_owned(), x.clone()))
+        .collect();
+    for (field, expression) in [
+        ("vin", ".vin"),
+        ("make", ".make"),
+        ("year", ".modelYear"),
+        ("mileage_km", ".odometerKm"),
+        ("stock_number", ".stockNo"),
+        ("exterior_colour", ".colourExt"),
+        ("list_price", ".priceEur"),
+        ("first_registration_date", ".firstRegistered"),
+    ] {
+        assert_eq!(by[field]["expression"], expression, "{field}: {proposal}");
+        assert_eq!(by[field]["status"], "assumed");
+    }
+    assert_eq!(proposal["unmapped_required"], json!([]));
+
+    // Into a draft of our own: suggested fields are assumed, publishing refuses them.
+    let mut def: Value = serde_yaml_ng::from_str(
+        &include_str!("../../catalogue/dms-sim.yaml").replace("slug: dms-sim", "slug: my-dms"),
+    )
+    .unwrap();
+    def.as_object_mut().unwrap().remove("mappings");
+    let (status, draft) = s.cp.send("POST", "/connectors", Some(def)).await;
+    assert_eq!(status, 201, "{draft}");
+    let cid = draft["id"].as_str().unwrap().to_owned();
+    let (status, _) =
+        s.cp.send(
+            "POST",
+            format!("/connectors/{cid}/mappings/listVehicles/suggest"),
+            Some(json!({"domain": "vehicle", "sample": sample, "records": ".items"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, got) = s.cp.send("GET", format!("/connectors/{cid}"), None).await;
+    let mapping = &got["definition"]["mappings"]["listVehicles"];
+    assert_eq!(mapping["records"], ".items");
+    assert_eq!(mapping["inbound"]["vin"], ".vin");
+    let assumed: Vec<&str> = mapping["assumed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        assumed.contains(&"vin") && assumed.contains(&"mileage_km"),
+        "{mapping}"
+    );
+    let (status, refused) =
+        s.cp.send(
+            "POST",
+            format!("/connectors/{cid}/publish"),
+            Some(json!({"scope": "enterprise"})),
+        )
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(
+        refused.to_string().contains("nobody confirmed yet"),
+        "{refused}"
+    );
+
+    // Confirming something not assumed is refused; confirming all of them clears the list.
+    let (status, _) =
+        s.cp.send(
+            "POST",
+            format!("/connectors/{cid}/mappings/listVehicles/confirm"),
+            Some(json!({"fields": ["interior_colour"]})),
+        )
+        .await;
+    assert_eq!(status, 422);
+    let (status, confirmed) =
+        s.cp.send(
+            "POST",
+            format!("/connectors/{cid}/mappings/listVehicles/confirm"),
+            Some(json!({"fields": assumed})),
+        )
+        .await;
+    assert_eq!(status, 200, "{confirmed}");
+    assert!(confirmed.get("assumed").is_none(), "{confirmed}");
+    let (status, published) =
+        s.cp.send(
+            "POST",
+            format!("/connectors/{cid}/publish"),
+            Some(json!({"scope": "enterprise"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{published}");
+}
