@@ -439,7 +439,9 @@ async fn serve_call(shared: &Shared, mut send: quinn::SendStream, mut recv: quin
     let answer = tokio::select! {
         r = work => r,
         _ = stopped => {
-            info!(call_id, %url, "call cancelled by the control plane");
+            // Without the query: it may carry personal data.
+            let path = url.split('?').next().unwrap_or_default();
+            info!(call_id, url = %path, "call cancelled by the control plane");
             return;
         }
     };

@@ -1,7 +1,7 @@
 //! Canary: secrets given to or shown once by the control plane appear in no
 //! later API response, no log line (at debug level) and no database file.
 
-use dibop_e2e::harness::ControlPlane;
+use dibop_e2e::harness::{Api, ControlPlane};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -310,5 +310,110 @@ async fn connection_credentials_of_every_scheme_leave_no_trace() {
                 .any(|w| w == canary.as_bytes()),
             "{canary} in the database files"
         );
+    }
+}
+
+#[tokio::test]
+async fn a_cdm_customers_email_and_phone_reach_no_log_and_no_viewer() {
+    let dir = tempfile::tempdir().unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut cp = ControlPlane::start_with(
+        &dir.path().join("cp"),
+        any,
+        any,
+        &["--cloud-agent-allow", "127.0.0.0/8"],
+    )
+    .await
+    .unwrap();
+    let api = cp.tenant("pii-motors").await.unwrap();
+    let dms = dibop_e2e::harness::Dms::start().await.unwrap();
+    let (_, catalogue) = api.send("GET", "/catalogue?q=dms-sim", None).await.unwrap();
+    let (status, c) = api
+        .send(
+            "POST",
+            "/connections",
+            Some(
+                json!({"connector_id": catalogue[0]["id"], "name": "DMS", "auth_type": "api_key",
+                "credentials": {"api_key": "dms-demo-key"}, "base_url": dms.url, "activate": true}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{c}");
+    let orchestration = r#"
+format: dibop.orchestration/v1
+name: customer-to-cdm
+steps:
+  - { id: list, type: call, connection: DMS, operation: listCustomers, parameters: { page_size: 5 } }
+  - { id: cdm, type: map_to_cdm, connection: DMS, operation: listCustomers, from: .steps.list.response }
+"#;
+    let created: Value = reqwest::Client::new()
+        .post(format!("{}/api/v1/orchestrations", cp.http))
+        .bearer_auth(api.token())
+        .header("content-type", "application/yaml")
+        .body(orchestration)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (_, e) = api
+        .send(
+            "POST",
+            &format!(
+                "/orchestrations/{}/execute",
+                created["id"].as_str().unwrap()
+            ),
+            Some(json!({"wait_ms": 30000})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(e["status"], "succeeded", "{e}");
+    let records = e["steps"][1]["output"]["records"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(records.len(), 5);
+    let mut canaries = Vec::new();
+    for r in &records {
+        canaries.push(r["email"].as_str().unwrap().to_owned());
+        canaries.push(r["phone"].as_str().unwrap().to_owned());
+    }
+    let (_, token) = api
+        .send(
+            "POST",
+            "/api-tokens",
+            Some(json!({"name": "auditor", "role": "viewer"})),
+        )
+        .await
+        .unwrap();
+    let viewer = Api::new(&cp.http, token["token"].as_str().unwrap());
+    let mut seen = String::new();
+    for path in [
+        format!("/executions/{}", e["id"].as_str().unwrap()),
+        "/executions".into(),
+        "/executions/export".into(),
+        "/api-calls".into(),
+    ] {
+        let resp = reqwest::Client::new()
+            .get(format!("{}/api/v1{path}", cp.http))
+            .bearer_auth(viewer.token())
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{path}");
+        seen.push_str(&resp.text().await.unwrap());
+    }
+    assert!(seen.contains("[redacted]"));
+    cp.terminate().await.unwrap();
+    let log = cp.log_text();
+    assert!(!log.is_empty(), "the log has content");
+    for canary in &canaries {
+        assert!(
+            !seen.contains(canary.as_str()),
+            "{canary} shown to a viewer"
+        );
+        assert!(!log.contains(canary.as_str()), "{canary} in the log");
     }
 }
