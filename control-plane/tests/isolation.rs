@@ -108,6 +108,18 @@ const WALK: &[(&str, &str, Option<&str>)] = &[
         "/connections/{connection}/operations/{operation}/invoke",
         Some("{}"),
     ),
+    (
+        "POST",
+        "/connectors/{connector}/mappings/{operation}/suggest",
+        Some(r#"{"domain":"vehicle","sample":{"vin":"1HGCM82633A004352"}}"#),
+    ),
+    (
+        "POST",
+        "/connectors/{connector}/mappings/{operation}/confirm",
+        Some(r#"{"fields":["vin"]}"#),
+    ),
+    ("GET", "/dead-letters/items/{item}", None),
+    ("POST", "/dead-letters/items/{item}/discard", None),
 ];
 
 /// A valid orchestration definition (no connections needed).
@@ -154,6 +166,7 @@ fn the_walk_covers_every_documented_tenant_resource() {
                 "{notification}",
                 "{orchestration}",
                 "{execution}",
+                "{item}",
             ]
             .iter()
             .fold(p.to_string(), |p, k| p.replace(k, "{id}"));
@@ -355,6 +368,23 @@ async fn another_tenants_resources_do_not_exist() {
     .await;
     assert_eq!(status, 201, "{execution}");
     let execution = execution["id"].as_str().unwrap().to_owned();
+    let item = "dli_isolation";
+    store
+        .add_dead_letter_item(&dibop_control_plane::store::DeadLetterItem {
+            id: item.into(),
+            tenant_id: tenant_a.clone(),
+            execution_id: execution.clone(),
+            orchestration_id: orchestration.clone(),
+            step_path: "steps[0]".into(),
+            domain: "vehicle".into(),
+            direction: "inbound".into(),
+            record: r#"{"make":"x"}"#.into(),
+            problems: "[]".into(),
+            status: "open".into(),
+            created_at: now_unix(),
+        })
+        .await
+        .unwrap();
     let ids = [
         ("{group}", group.as_str()),
         ("{agent}", "agt_isolation"),
@@ -367,6 +397,7 @@ async fn another_tenants_resources_do_not_exist() {
         ("{notification}", notification.as_str()),
         ("{orchestration}", orchestration.as_str()),
         ("{execution}", execution.as_str()),
+        ("{item}", item),
     ];
     for (method, template, body) in WALK {
         let path = ids
@@ -398,6 +429,7 @@ async fn another_tenants_resources_do_not_exist() {
         "/orchestrations",
         "/executions",
         "/dead-letters",
+        "/dead-letters/items",
     ] {
         let (status, rows) = send(&base, &b, "GET", list, None).await;
         assert_eq!(status, 200, "{list}");
