@@ -841,7 +841,7 @@ async fn connector_drafts_from_json_or_yaml_with_every_problem_named() {
         (created["slug"].as_str(), created["status"].as_str()),
         (Some("dms-sim"), Some("draft"))
     );
-    assert_eq!(created["operations"], 8);
+    assert_eq!(created["operations"], 10);
 
     // The same slug twice: conflict. As JSON with a new slug: fine.
     let again = post("/connectors", "application/yaml", yaml.to_owned())

@@ -46,7 +46,7 @@ async fn definitions_versions_and_lifecycle() {
         (created["status"].as_str(), created["version"].as_i64()),
         (Some("draft"), Some(1))
     );
-    assert_eq!(created["steps"], 3);
+    assert_eq!(created["steps"], 4);
     let id = created["id"].as_str().unwrap().to_owned();
 
     // A wrong operation is named; nothing is saved.

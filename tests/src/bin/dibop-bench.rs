@@ -2,7 +2,10 @@
 //! versus the same calls made directly to the DMS simulator, from the same
 //! client on the same machine; or (`--scenario catalogue`) the connector
 //! catalogue: OpenAPI imports, publishing, and catalogue search over many
-//! published connectors. Prints JSON.
+//! published connectors; or (`--scenario executions`) durable executions of
+//! a three-step orchestration on SQLite and PostgreSQL; or (`--scenario
+//! cdm`) a 100-vehicle page mapped onto the CDM in an orchestration against
+//! the same fetch without the mapping. Prints JSON.
 //!
 //! Run with release binaries: `scripts/bench` (builds them, then runs this).
 
@@ -271,12 +274,85 @@ steps:
     else: [{ id: cheap, type: set, values: { band: low } }]
 "#;
 
+/// A page of 100 DMS vehicles fetched, then (second variant) mapped onto
+/// the CDM and validated: what the mapping costs per record.
+const CDM_FETCH: &str = r#"
+format: dibop.orchestration/v1
+name: fetch
+steps:
+  - { id: list, type: call, connection: DMS, operation: listVehicles, parameters: { page_size: 100 } }
+  - { id: n, type: transform, expression: .steps.list.response.items | length }
+"#;
+const CDM_MAP: &str = r#"
+format: dibop.orchestration/v1
+name: fetch-and-map
+steps:
+  - { id: list, type: call, connection: DMS, operation: listVehicles, parameters: { page_size: 100 } }
+  - { id: cdm, type: map_to_cdm, connection: DMS, operation: listVehicles, from: .steps.list.response, on_invalid: fail }
+  - { id: n, type: transform, expression: .steps.cdm.count }
+"#;
+
 /// Executions of a three-step orchestration (a call through an agent to the
 /// DMS simulator, a transform, a branch) with durable records.
 async fn executions(args: &Args) -> anyhow::Result<()> {
-    let mut results = Vec::new();
     let postgres = dibop_e2e::harness::fresh_postgres_database();
-    for (backend, url) in [("sqlite", None), ("postgres", postgres.clone())] {
+    let results = run_orchestrations(
+        args,
+        &[("3-step", BENCH_ORCHESTRATION)],
+        &[("sqlite", None), ("postgres", postgres.clone())],
+    )
+    .await?;
+    if let Some(url) = postgres {
+        dibop_e2e::harness::drop_postgres_database(&url);
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "benchmark": "executions of a 3-step orchestration (call via agent, transform, branch), durable records",
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "seconds": args.seconds,
+            "results": results,
+        }))?
+    );
+    Ok(())
+}
+
+/// Mapping a page of 100 vehicles onto the CDM inside an orchestration,
+/// against the same fetch without the mapping.
+async fn cdm(args: &Args) -> anyhow::Result<()> {
+    let results = run_orchestrations(
+        args,
+        &[
+            ("fetch 100 vehicles", CDM_FETCH),
+            ("fetch + map_to_cdm 100 vehicles", CDM_MAP),
+        ],
+        &[("sqlite", None)],
+    )
+    .await?;
+    let rate = |i: usize| results[i]["executions_per_s"].as_f64().unwrap_or(0.0);
+    let p50 = |i: usize| results[i]["p50_ms"].as_f64().unwrap_or(0.0);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "benchmark": "map_to_cdm of a 100-vehicle DMS page (validated), in an orchestration via an agent",
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "seconds": args.seconds,
+            "results": results,
+            "records_mapped_per_s": (rate(1) * 100.0).round(),
+            "mapping_p50_ms_per_page": ((p50(1) - p50(0)) * 100.0).round() / 100.0,
+        }))?
+    );
+    Ok(())
+}
+
+/// Runs each orchestration at concurrency 16 on each backend.
+async fn run_orchestrations(
+    args: &Args,
+    orchestrations: &[(&str, &str)],
+    backends: &[(&str, Option<String>)],
+) -> anyhow::Result<Vec<Value>> {
+    let mut results = Vec::new();
+    for (backend, url) in backends.iter().cloned() {
         if backend == "postgres" && url.is_none() {
             continue;
         }
@@ -305,88 +381,79 @@ async fn executions(args: &Args) -> anyhow::Result<()> {
             )
             .await?;
         anyhow::ensure!(status == 201, "connection: {c}");
-        let created: Value = reqwest::Client::new()
-            .post(format!("{}/api/v1/orchestrations", cp.http))
-            .bearer_auth(api.token())
-            .header("content-type", "application/yaml")
-            .body(BENCH_ORCHESTRATION)
-            .send()
-            .await?
-            .json()
-            .await?;
-        let id = created["id"]
-            .as_str()
-            .context("orchestration not created")?
-            .to_owned();
-        let url = format!("{}/api/v1/orchestrations/{id}/execute", cp.http);
-        let token = api.token().to_owned();
-        let client = reqwest::Client::new();
-        let one = |client: reqwest::Client, url: String, token: String| async move {
-            let v: Value = client
-                .post(url)
-                .bearer_auth(token)
-                .json(&json!({"wait_ms": 60000}))
+        for (label, orchestration) in orchestrations {
+            let created: Value = reqwest::Client::new()
+                .post(format!("{}/api/v1/orchestrations", cp.http))
+                .bearer_auth(api.token())
+                .header("content-type", "application/yaml")
+                .body(orchestration.to_string())
                 .send()
                 .await?
                 .json()
                 .await?;
-            anyhow::ensure!(
-                v["status"] == "succeeded",
-                "execution ended {}",
-                v["status"]
-            );
-            anyhow::Ok(())
-        };
-        for _ in 0..20 {
-            one(client.clone(), url.clone(), token.clone()).await?;
-        }
-        let deadline = Instant::now() + Duration::from_secs(args.seconds);
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..16 {
-            let (client, url, token) = (client.clone(), url.clone(), token.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::new();
-                let mut errors = 0u64;
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    match one(client.clone(), url.clone(), token.clone()).await {
-                        Ok(()) => lat.push(t.elapsed()),
-                        Err(_) => errors += 1,
+            let id = created["id"]
+                .as_str()
+                .context("orchestration not created")?
+                .to_owned();
+            let url = format!("{}/api/v1/orchestrations/{id}/execute", cp.http);
+            let token = api.token().to_owned();
+            let client = reqwest::Client::new();
+            let one = |client: reqwest::Client, url: String, token: String| async move {
+                let v: Value = client
+                    .post(url)
+                    .bearer_auth(token)
+                    .json(&json!({"wait_ms": 60000}))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                anyhow::ensure!(
+                    v["status"] == "succeeded",
+                    "execution ended {}",
+                    v["status"]
+                );
+                anyhow::Ok(())
+            };
+            for _ in 0..20 {
+                one(client.clone(), url.clone(), token.clone()).await?;
+            }
+            let deadline = Instant::now() + Duration::from_secs(args.seconds);
+            let started = Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..16 {
+                let (client, url, token) = (client.clone(), url.clone(), token.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    let mut errors = 0u64;
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        match one(client.clone(), url.clone(), token.clone()).await {
+                            Ok(()) => lat.push(t.elapsed()),
+                            Err(_) => errors += 1,
+                        }
                     }
-                }
-                (lat, errors)
-            }));
+                    (lat, errors)
+                }));
+            }
+            let mut lat = Vec::new();
+            let mut errors = 0;
+            for t in tasks {
+                let (l, e) = t.await?;
+                lat.extend(l);
+                errors += e;
+            }
+            let elapsed = started.elapsed().as_secs_f64();
+            let n = lat.len();
+            let mut s = summary(lat);
+            s["backend"] = json!(backend);
+            s["executions_per_s"] = json!((n as f64 / elapsed * 10.0).round() / 10.0);
+            s["errors"] = json!(errors);
+            s["concurrency"] = json!(16);
+            s["orchestration"] = json!(label);
+            results.push(s);
         }
-        let mut lat = Vec::new();
-        let mut errors = 0;
-        for t in tasks {
-            let (l, e) = t.await?;
-            lat.extend(l);
-            errors += e;
-        }
-        let elapsed = started.elapsed().as_secs_f64();
-        let n = lat.len();
-        let mut s = summary(lat);
-        s["backend"] = json!(backend);
-        s["executions_per_s"] = json!((n as f64 / elapsed * 10.0).round() / 10.0);
-        s["errors"] = json!(errors);
-        s["concurrency"] = json!(16);
-        results.push(s);
     }
-    if let Some(url) = postgres {
-        dibop_e2e::harness::drop_postgres_database(&url);
-    }
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&json!({
-            "benchmark": "executions of a 3-step orchestration (call via agent, transform, branch), durable records",
-            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            "seconds": args.seconds,
-            "results": results,
-        }))?
-    );
-    Ok(())
+    Ok(results)
 }
 
 #[tokio::main]
@@ -397,7 +464,8 @@ async fn main() -> anyhow::Result<()> {
         "relay" => {}
         "catalogue" => return catalogue(&args).await,
         "executions" => return executions(&args).await,
-        other => anyhow::bail!("--scenario {other}: use relay, catalogue or executions"),
+        "cdm" => return cdm(&args).await,
+        other => anyhow::bail!("--scenario {other}: use relay, catalogue, executions or cdm"),
     }
     let dir = tempfile::tempdir()?;
     let cp = ControlPlane::start(&dir.path().join("cp")).await?;
