@@ -393,7 +393,14 @@ impl Quotas {
         let rows = store.storage_usage().await?;
         let newest = rows.iter().map(|r| r.measured_at).max().unwrap_or(0);
         let rows = if now - newest >= every.as_secs() as i64 {
-            store.measure_storage(now).await?
+            let started = std::time::Instant::now();
+            let rows = store.measure_storage(now).await?;
+            tracing::info!(
+                tenants = rows.len(),
+                "measured tenants' storage in {} ms",
+                started.elapsed().as_millis()
+            );
+            rows
         } else {
             rows
         };
