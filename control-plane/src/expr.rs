@@ -131,6 +131,18 @@ impl Compiled {
     /// Most filters kept; past it the cache starts over.
     const MAX: usize = 1024;
 
+    /// Evaluates `code` on `input`, compiling it once; outputs as JSON text.
+    pub fn eval_texts(&mut self, code: &str, input: &Value) -> Result<Vec<String>, String> {
+        if !self.filters.contains_key(code) {
+            let filter = compile(code)?;
+            if self.filters.len() >= Self::MAX {
+                self.filters.clear();
+            }
+            self.filters.insert(code.to_owned(), filter);
+        }
+        run_texts(&self.filters[code], input)
+    }
+
     /// Evaluates `code` on `input`, compiling it once.
     pub fn eval(&mut self, code: &str, input: &Value) -> Result<Vec<Value>, String> {
         if !self.filters.contains_key(code) {
@@ -150,6 +162,14 @@ pub fn eval_blocking(code: &str, input: &Value) -> Result<Vec<Value>, String> {
 }
 
 fn run(filter: &Filter, input: &Value) -> Result<Vec<Value>, String> {
+    Ok(run_texts(filter, input)?
+        .iter()
+        .map(|text| serde_json::from_str(text).unwrap_or(Value::Null))
+        .collect())
+}
+
+/// Every output as JSON text (what a worker sends back as is).
+fn run_texts(filter: &Filter, input: &Value) -> Result<Vec<String>, String> {
     let globals = ["params", "steps", "ctx", "item", "error"].map(|k| to_val(&input[k]));
     let ctx = Ctx::<data::JustLut<Val>>::new(&filter.lut, Vars::new(globals));
     let mut out = Vec::new();
@@ -169,9 +189,83 @@ fn run(filter: &Filter, input: &Value) -> Result<Vec<Value>, String> {
                 MAX_OUTPUT_BYTES / 1024 / 1024
             ));
         }
-        out.push(serde_json::from_str(&text).unwrap_or(Value::Null));
+        // jq's NaN is not JSON.
+        out.push(
+            if text.contains("NaN") && text.trim_start_matches('-') == "NaN" {
+                "null".to_owned()
+            } else {
+                text
+            },
+        );
     }
     Ok(out)
+}
+
+/// Evaluates a plain path (`.steps.list.response`, `$params.vin`,
+/// `.items[0]["odd key"]`) here, without a worker: most references in
+/// templates and steps are such paths. `None` for anything else, and for a
+/// path that does not fit the data (jq's own error message is wanted then).
+pub fn simple_path(code: &str, input: &Value) -> Option<Value> {
+    let code = code.trim();
+    let (mut cur, mut rest) = if let Some(r) = code.strip_prefix('$') {
+        let end = r
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(r.len());
+        let name = &r[..end];
+        if !GLOBALS.contains(&format!("${name}").as_str()) {
+            return None;
+        }
+        (input.get(name).unwrap_or(&Value::Null), &r[end..])
+    } else if code.starts_with('.') {
+        (input, code)
+    } else {
+        return None;
+    };
+    if code == "." {
+        return Some(input.clone());
+    }
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('.') {
+            if r.starts_with('[') {
+                return None;
+            }
+            let end = r
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(r.len());
+            if end == 0 || r.starts_with(|c: char| c.is_ascii_digit()) {
+                return None;
+            }
+            cur = match cur {
+                Value::Object(m) => m.get(&r[..end]).unwrap_or(&Value::Null),
+                Value::Null => &Value::Null,
+                _ => return None,
+            };
+            rest = &r[end..];
+        } else if let Some(r) = rest.strip_prefix('[') {
+            let close = r.find(']')?;
+            let key = &r[..close];
+            cur = if let Ok(i) = key.parse::<usize>() {
+                match cur {
+                    Value::Array(a) => a.get(i).unwrap_or(&Value::Null),
+                    Value::Null => &Value::Null,
+                    _ => return None,
+                }
+            } else if key.starts_with('"') {
+                let k: String = serde_json::from_str(key).ok()?;
+                match cur {
+                    Value::Object(m) => m.get(&k).unwrap_or(&Value::Null),
+                    Value::Null => &Value::Null,
+                    _ => return None,
+                }
+            } else {
+                return None;
+            };
+            rest = &r[close + 1..];
+        } else {
+            return None;
+        }
+    }
+    Some(cur.clone())
 }
 
 /// Most evaluation threads alive at once, counting ones past their deadline.
@@ -232,6 +326,9 @@ impl Evaluator {
     /// Evaluates `code` on `input`: every output, or why not.
     pub async fn eval(&self, code: &str, input: &Value) -> Result<Vec<Value>, String> {
         use std::sync::atomic::Ordering;
+        if let Some(v) = simple_path(code, input) {
+            return Ok(vec![v]);
+        }
         let _permit = self
             .slots
             .acquire()
@@ -358,6 +455,35 @@ mod tests {
             [json!("wvw")]
         );
         assert_eq!(eval_blocking("empty", &scope).unwrap(), Vec::<Value>::new());
+    }
+
+    #[test]
+    fn plain_paths_need_no_worker_and_agree_with_jq() {
+        let scope = json!({"params": {"vin": "WVW"}, "steps": {"list": {"response": {"items": [{"p": 2}, {"odd key": 5}]}}}});
+        for code in [
+            ".",
+            ".params.vin",
+            "$params.vin",
+            ".steps.list.response.items[0].p",
+            ".steps.list.response.items[1][\"odd key\"]",
+            ".steps.nope.deeper",
+            "$steps.list.response.items[7]",
+            " .params ",
+        ] {
+            let fast = simple_path(code, &scope).unwrap_or_else(|| panic!("{code}"));
+            assert_eq!(vec![fast], eval_blocking(code, &scope).unwrap(), "{code}");
+        }
+        for code in [
+            ".params.vin.x",
+            ".items[]",
+            ".a | .b",
+            "$nope",
+            ".a[-1]",
+            "1",
+            ".a.[0]",
+        ] {
+            assert!(simple_path(code, &scope).is_none(), "{code}");
+        }
     }
 
     #[test]

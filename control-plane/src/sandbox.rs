@@ -105,7 +105,12 @@ impl Pool {
             Some(w) => w,
             None => self.spawn()?,
         };
-        let request = serde_json::to_vec(&json!({"code": code, "input": input}))
+        #[derive(serde::Serialize)]
+        struct Request<'a> {
+            code: &'a str,
+            input: &'a Value,
+        }
+        let request = serde_json::to_vec(&Request { code, input })
             .map_err(|e| Failure::Crashed(e.to_string()))?;
         let exchange = async {
             write_frame(&mut worker.stdin, &request).await?;
@@ -204,14 +209,16 @@ pub fn run_worker() -> std::io::Result<()> {
                 stdin.read_exact(&mut body)?;
                 let reply = match serde_json::from_slice::<Value>(&body) {
                     Ok(req) => match compiled
-                        .eval(req["code"].as_str().unwrap_or_default(), &req["input"])
+                        .eval_texts(req["code"].as_str().unwrap_or_default(), &req["input"])
                     {
-                        Ok(values) => json!({"ok": values}),
-                        Err(e) => json!({"err": e}),
+                        // The outputs are JSON already: no second encoding.
+                        Ok(texts) => format!("{{\"ok\":[{}]}}", texts.join(",")).into_bytes(),
+                        Err(e) => json!({"err": e}).to_string().into_bytes(),
                     },
-                    Err(e) => json!({"err": format!("unreadable request: {e}")}),
+                    Err(e) => json!({"err": format!("unreadable request: {e}")})
+                        .to_string()
+                        .into_bytes(),
                 };
-                let reply = serde_json::to_vec(&reply).unwrap_or_default();
                 stdout.write_all(&(reply.len() as u32).to_le_bytes())?;
                 stdout.write_all(&reply)?;
                 stdout.flush()?;
