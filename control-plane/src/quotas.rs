@@ -533,19 +533,7 @@ mod tests {
     }
 
     fn tenant(tier: &str) -> Tenant {
-        Tenant {
-            id: "ten_1".into(),
-            name: "acme".into(),
-            created_at: 0,
-            status: "active".into(),
-            tier: tier.into(),
-            calls_per_month: None,
-            requests_per_minute: None,
-            enterprise_publishing: 0,
-            concurrent_executions: None,
-            storage_bytes: None,
-            retention_days: None,
-        }
+        crate::tenants::test_tenant(tier)
     }
 
     #[test]

@@ -394,24 +394,30 @@ pub(crate) async fn update_tenant(
     Ok(Json(tenant_view(&core, t).await?))
 }
 
+/// A tenant row for unit tests.
+#[cfg(test)]
+pub(crate) fn test_tenant(tier: &str) -> Tenant {
+    Tenant {
+        id: "ten_1".into(),
+        name: "acme".into(),
+        created_at: 0,
+        status: "active".into(),
+        tier: tier.into(),
+        calls_per_month: None,
+        requests_per_minute: None,
+        enterprise_publishing: 0,
+        concurrent_executions: None,
+        storage_bytes: None,
+        retention_days: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn tenant(tier: &str) -> Tenant {
-        Tenant {
-            id: "ten_1".into(),
-            name: "acme".into(),
-            created_at: 0,
-            status: "active".into(),
-            tier: tier.into(),
-            calls_per_month: None,
-            requests_per_minute: None,
-            enterprise_publishing: 0,
-            concurrent_executions: None,
-            storage_bytes: None,
-            retention_days: None,
-        }
+        test_tenant(tier)
     }
 
     #[test]

@@ -16,22 +16,9 @@ struct Setup {
 async fn setup() -> Setup {
     // Schedules are driven by the tests, with their own clock.
     let cp = common::start_cp_with(|s| s.run_scheduler = false).await;
-    let (sim, _) = dibop_e2e::dms_sim::spawn("127.0.0.1:0".parse().unwrap(), Default::default())
-        .await
-        .unwrap();
-    let sim = format!("http://{sim}");
-    let (_, catalogue) = cp.send("GET", "/catalogue?q=dms-sim", None).await;
-    let (status, c) = cp
-        .send(
-            "POST",
-            "/connections",
-            Some(json!({"connector_id": catalogue[0]["id"], "name": "Demo DMS", "auth_type": "api_key",
-                "credentials": {"api_key": "dms-demo-key"}, "base_url": sim, "activate": true})),
-        )
-        .await;
-    assert_eq!(status, 201, "{c}");
+    let (sim, connection) = common::demo_dms(&cp).await;
     Setup {
-        connection: c["id"].as_str().unwrap().to_owned(),
+        connection,
         cp,
         sim,
     }

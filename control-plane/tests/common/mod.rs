@@ -97,3 +97,23 @@ impl TestCp {
         id
     }
 }
+
+/// Starts a DMS simulator and connects `acme` to it as `Demo DMS` (the
+/// built-in `dms-sim` connector, API key, active): (simulator URL, connection id).
+pub async fn demo_dms(cp: &TestCp) -> (String, String) {
+    let (sim, _) = dibop_e2e::dms_sim::spawn("127.0.0.1:0".parse().unwrap(), Default::default())
+        .await
+        .unwrap();
+    let sim = format!("http://{sim}");
+    let (_, catalogue) = cp.send("GET", "/catalogue?q=dms-sim", None).await;
+    let (status, c) = cp
+        .send(
+            "POST",
+            "/connections",
+            Some(serde_json::json!({"connector_id": catalogue[0]["id"], "name": "Demo DMS", "auth_type": "api_key",
+                "credentials": {"api_key": "dms-demo-key"}, "base_url": sim, "activate": true})),
+        )
+        .await;
+    assert_eq!(status, 201, "{c}");
+    (sim, c["id"].as_str().unwrap().to_owned())
+}
