@@ -43,16 +43,7 @@ async fn as_token(cp: &common::TestCp, token: &str, path: &str) -> (u16, String)
 }
 
 async fn create(cp: &common::TestCp, body: &str) -> String {
-    let resp = reqwest::Client::new()
-        .post(format!("{}/api/v1/orchestrations", cp.base))
-        .bearer_auth(&cp.admin)
-        .header("content-type", "application/yaml")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    let v: Value = resp.json().await.unwrap();
-    v["id"].as_str().unwrap_or_else(|| panic!("{v}")).to_owned()
+    cp.create_orchestration(body).await
 }
 
 async fn run(cp: &common::TestCp, id: &str) -> Value {

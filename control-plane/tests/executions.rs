@@ -25,18 +25,7 @@ async fn setup() -> Setup {
 }
 
 async fn create(cp: &common::TestCp, body: &str) -> String {
-    let resp = reqwest::Client::new()
-        .post(format!("{}/api/v1/orchestrations", cp.base))
-        .bearer_auth(&cp.admin)
-        .header("content-type", "application/yaml")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(status, 201, "{v}");
-    v["id"].as_str().unwrap().to_owned()
+    cp.create_orchestration(body).await
 }
 
 async fn run(cp: &common::TestCp, id: &str, parameters: Value) -> Value {

@@ -81,6 +81,22 @@ impl TestCp {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// Creates an orchestration from a YAML definition; its id.
+    pub async fn create_orchestration(&self, yaml: &str) -> String {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/api/v1/orchestrations", self.base))
+            .bearer_auth(&self.admin)
+            .header("content-type", "application/yaml")
+            .body(yaml.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(status, 201, "{v}");
+        v["id"].as_str().unwrap().to_owned()
+    }
+
     /// Creates a connector from `definition` and publishes it for `acme`; its id.
     pub async fn publish(&self, definition: Value) -> String {
         let (status, created) = self.send("POST", "/connectors", Some(definition)).await;
