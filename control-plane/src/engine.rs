@@ -7,6 +7,13 @@
 //! execution interrupted by a restart resumes after its last completed step
 //! (the step that was running is run again). Workers are bounded; queued
 //! executions live in the database and are picked up again at start.
+//!
+//! Several control-plane nodes may share the database: a node **claims** an
+//! execution (`owner`, `lease_until`) before running it and renews its
+//! leases every few seconds; another node takes over an execution whose
+//! lease ran out (its node stopped). A claim also checks the tenant's
+//! concurrency across nodes: running executions with a live lease anywhere
+//! count against the tenant's `concurrent_executions`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -28,6 +35,10 @@ pub const WORKERS: usize = 16;
 pub const MAX_STORED_OUTPUT: usize = 4 * 1024 * 1024;
 /// Most nested orchestration calls.
 const MAX_DEPTH: u32 = 5;
+/// How long a claim on an execution lasts without renewal (seconds).
+pub const LEASE_SECS: i64 = 15;
+/// How often leases are renewed and orphaned executions looked for.
+const LEASE_TICK: Duration = Duration::from_secs(5);
 
 /// Why a step (or a run) failed.
 #[derive(Debug, Clone, Serialize)]
@@ -54,6 +65,8 @@ impl StepError {
 #[derive(Debug)]
 pub struct Engine {
     cancelled: Mutex<std::collections::HashSet<String>>,
+    /// Executions this node is handling (queued here or running).
+    inflight: Mutex<std::collections::HashSet<String>>,
     /// Per tenant: (its limit, its slots).
     tenants: Mutex<HashMap<String, (i64, Arc<tokio::sync::Semaphore>)>>,
     tx: mpsc::UnboundedSender<String>,
@@ -66,6 +79,7 @@ impl Default for Engine {
         let (tx, rx) = mpsc::unbounded_channel();
         Engine {
             cancelled: Mutex::default(),
+            inflight: Mutex::default(),
             tenants: Mutex::default(),
             tx,
             rx: Mutex::new(Some(rx)),
@@ -133,44 +147,133 @@ pub async fn run(core: Arc<Core>, shutdown: tokio_util::sync::CancellationToken)
     else {
         return;
     };
-    match core.store.unfinished_executions().await {
-        Ok(ids) => {
-            if !ids.is_empty() {
-                tracing::info!(count = ids.len(), "resuming unfinished executions");
-            }
-            for id in ids {
-                core.engine.submit(&id);
-            }
-        }
-        Err(e) => tracing::error!("cannot list unfinished executions: {e}"),
-    }
+    // Leases: renewed, and executions no live node holds taken over (at
+    // start, those this node left unfinished).
+    tokio::spawn(keep_leases(core.clone(), shutdown.clone()));
     let workers = Arc::new(tokio::sync::Semaphore::new(WORKERS));
     loop {
         let id = tokio::select! {
             _ = shutdown.cancelled() => return,
             id = rx.recv() => match id { Some(id) => id, None => return },
         };
+        if !core
+            .engine
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone())
+        {
+            continue;
+        }
         let (core, workers) = (core.clone(), workers.clone());
         tokio::spawn(async move {
-            // The tenant's slot first, then a worker: a tenant at its limit
-            // waits without holding a worker another tenant could use.
-            let tenant_permit = match tenant_limit(&core, &id).await {
-                Some((tenant, limit)) => core
-                    .engine
-                    .tenant_slots(&tenant, limit)
-                    .acquire_owned()
-                    .await
-                    .ok(),
-                None => None,
-            };
-            let Ok(_permit) = workers.acquire_owned().await else {
-                return;
-            };
-            let _tenant_permit = tenant_permit;
-            execute(&core, &id, 0).await;
+            run_one(&core, &workers, &id).await;
+            core.engine
+                .inflight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
             core.engine.forget(&id);
             let _ = core.engine.finished.send(id);
         });
+    }
+}
+
+/// Takes the tenant's slot and a worker, claims the execution, runs it.
+async fn run_one(core: &Arc<Core>, workers: &Arc<tokio::sync::Semaphore>, id: &str) {
+    let Some((tenant, limit)) = tenant_limit(core, id).await else {
+        return;
+    };
+    let node = core.quotas.node().to_owned();
+    loop {
+        // The tenant's slot first, then a worker: a tenant at its limit
+        // waits without holding a worker another tenant could use.
+        let Ok(_tenant_permit) = core
+            .engine
+            .tenant_slots(&tenant, limit)
+            .acquire_owned()
+            .await
+        else {
+            return;
+        };
+        let Ok(_permit) = workers.clone().acquire_owned().await else {
+            return;
+        };
+        let now = now_unix();
+        match core
+            .store
+            .claim_execution(id, &tenant, &node, now, now + LEASE_SECS, limit)
+            .await
+        {
+            Ok(true) => {
+                execute(core, id, 0).await;
+                return;
+            }
+            Ok(false) => {
+                // Another live node has it, it ended, or the tenant is at its
+                // limit on other nodes: wait and look again in the last case.
+                match core.store.execution_lease(id).await {
+                    Ok(Some((Some(owner), Some(until)))) if owner != node && until >= now => {
+                        return;
+                    }
+                    Ok(None) => return,
+                    _ => {}
+                }
+                if !matches!(
+                    core.store.execution_any(id).await,
+                    Ok(Some(ref e)) if matches!(e.status.as_str(), "queued" | "running")
+                ) {
+                    return;
+                }
+            }
+            Err(e) => tracing::warn!(execution = id, "cannot claim: {e}"),
+        }
+        drop(_permit);
+        drop(_tenant_permit);
+        tokio::time::sleep(Duration::from_millis(200 + fastrand::u64(..300))).await;
+    }
+}
+
+/// Renews this node's leases and submits executions no live node holds.
+async fn keep_leases(core: Arc<Core>, shutdown: tokio_util::sync::CancellationToken) {
+    let node = core.quotas.node().to_owned();
+    let mut first = true;
+    let mut tick = tokio::time::interval(LEASE_TICK);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let now = now_unix();
+        if let Err(e) = core.store.renew_leases(&node, now + LEASE_SECS).await {
+            tracing::warn!("cannot renew execution leases: {e}");
+        }
+        match core.store.orphaned_executions(&node, now).await {
+            Ok(ids) => {
+                let new: Vec<String> = {
+                    let inflight = core
+                        .engine
+                        .inflight
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    ids.into_iter()
+                        .filter(|id| !inflight.contains(id))
+                        .collect()
+                };
+                if !new.is_empty() {
+                    tracing::info!(
+                        count = new.len(),
+                        "{} unfinished executions",
+                        if first { "resuming" } else { "taking over" }
+                    );
+                }
+                for id in new {
+                    core.engine.submit(&id);
+                }
+            }
+            Err(e) => tracing::error!("cannot list unfinished executions: {e}"),
+        }
+        first = false;
     }
 }
 

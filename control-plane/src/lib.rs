@@ -191,6 +191,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         .with_context(|| format!("cannot use data directory {}", settings.data_dir.display()))?;
     let store = open_store(&settings.data_dir, settings.database_url.as_deref()).await?;
     let ca = ca::Ca::load_or_create(&settings.data_dir)?;
+    let node = node_id(&settings.data_dir)?;
     let vault = vault::Vault::new(vault::default_provider(&settings.data_dir)?);
     vault.verify(&store).await?;
     builtin::load(&store)
@@ -210,7 +211,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         ca,
         registry: dispatch::Registry::default(),
         tokens: api::TokenCache::default(),
-        quotas: quotas::Quotas::default(),
+        quotas: quotas::Quotas::for_node(node),
         vault,
         metrics: metrics::Metrics::default(),
         cloud: cloud_agent(&settings.cloud_agent_allow)?,
@@ -458,6 +459,22 @@ pub async fn platform_tenant(store: &store::Store) -> anyhow::Result<store::Tena
             .await?
             .ok_or_else(|| anyhow::anyhow!("the platform tenant vanished")),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// This node's id among control-plane replicas: `DATA_DIR/node.id`, made at
+/// first start, so a restarted node takes its unfinished executions back at
+/// once (each replica has a data directory of its own).
+fn node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("node.id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        _ => {
+            let id = ids::new_id("node");
+            std::fs::write(&path, &id)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(id)
+        }
     }
 }
 

@@ -146,14 +146,26 @@ pub struct Quotas {
 
 impl Default for Quotas {
     fn default() -> Self {
+        Quotas::for_node(crate::ids::new_id("node"))
+    }
+}
+
+impl Quotas {
+    /// The limits of node `node` (its id in shared tables).
+    pub fn for_node(node: String) -> Quotas {
         Quotas {
-            node: crate::ids::new_id("node"),
+            node,
             tenants: crate::cache::TtlCache::new(TENANT_CACHE_TTL, 100_000),
             rates: Mutex::default(),
             usage: tokio::sync::Mutex::default(),
             storage: Mutex::default(),
             storage_interval: Mutex::new(Duration::from_secs(60)),
         }
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 }
 

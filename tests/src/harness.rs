@@ -348,6 +348,11 @@ impl Api {
         }
     }
 
+    /// `http://host:port/api/v1`.
+    pub fn base_url(&self) -> String {
+        format!("{}/api/v1", self.base)
+    }
+
     /// The token.
     pub fn token(&self) -> &str {
         &self.token

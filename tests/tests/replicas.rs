@@ -1,5 +1,7 @@
 //! Two control-plane replicas over one PostgreSQL database: a tenant's
-//! request rate and monthly call quota are one budget across both.
+//! request rate, monthly call quota and concurrent executions are one
+//! budget across both, and executions of a replica that dies are taken
+//! over by the other.
 
 use std::time::Duration;
 
@@ -45,14 +47,14 @@ async fn tenant(cp: &ControlPlane, name: &str, rpm: &str, calls: &str) -> (Strin
 }
 
 #[tokio::test]
-async fn replicas_share_request_rates_and_monthly_quotas() {
+async fn replicas_share_limits_and_take_over_executions() {
     let Some(url) = dibop_e2e::harness::fresh_postgres_database() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
     let args = ["--database-url", url.as_str()];
-    let a = ControlPlane::start_with(&dir.path().join("a"), any, any, &args)
+    let mut a = ControlPlane::start_with(&dir.path().join("a"), any, any, &args)
         .await
         .unwrap();
     // The second replica shares the first one's keys (master key, CA), as
@@ -61,7 +63,8 @@ async fn replicas_share_request_rates_and_monthly_quotas() {
     for entry in std::fs::read_dir(&a.data_dir).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_owned();
-        if path.is_file() && name != "dibop.log" {
+        // Each replica keeps its own log and node id.
+        if path.is_file() && name != "dibop.log" && name != "node.id" {
             std::fs::copy(&path, dir.path().join("b").join(name)).unwrap();
         }
     }
@@ -164,6 +167,110 @@ async fn replicas_share_request_rates_and_monthly_quotas() {
             );
         }
     }
+
+    // Executions: one at a time for this tenant, across both replicas.
+    let (exec_id, exec_token) = tenant(&a, "exec-shared", "1000000", "1000000").await;
+    let (status, t) = platform_b
+        .send(
+            "PATCH",
+            &format!("/tenants/{exec_id}"),
+            Some(json!({"concurrent_executions": 1})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{t}");
+    let on_a = Api::new(&a.http, &exec_token);
+    let on_b = Api::new(&b.http, &exec_token);
+    let orchestration = |ms: u32| {
+        format!(
+            "format: dibop.orchestration/v1\nname: wait-{ms}\nsteps:\n  - {{id: wait, type: delay, ms: {ms}}}\n"
+        )
+    };
+    let create = |api: Api, yaml: String| async move {
+        let v: Value = reqwest::Client::new()
+            .post(format!("{}/orchestrations", api.base_url()))
+            .bearer_auth(api.token())
+            .header("content-type", "application/yaml")
+            .body(yaml)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["id"].as_str().unwrap().to_owned()
+    };
+    let short = create(on_a.clone(), orchestration(300)).await;
+    for api in [&on_a, &on_b, &on_a, &on_b, &on_a, &on_b] {
+        let (status, e) = api
+            .send(
+                "POST",
+                &format!("/orchestrations/{short}/execute"),
+                Some(json!({})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 201, "{e}");
+    }
+    let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    eventually("six executions to end", Duration::from_secs(60), || {
+        let on_a = on_a.clone();
+        let most = most.clone();
+        async move {
+            let (_, list) = on_a.send("GET", "/executions", None).await.ok()?;
+            let list = list.as_array()?.clone();
+            let running = list.iter().filter(|e| e["status"] == "running").count();
+            most.fetch_max(running, std::sync::atomic::Ordering::SeqCst);
+            (list.iter().filter(|e| e["status"] == "succeeded").count() == 6).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    let most = most.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        most <= 1,
+        "{most} executions ran at once for a tenant limited to 1"
+    );
+
+    // A replica dies mid-execution: the other takes it over when its lease runs out.
+    let long = create(on_a.clone(), orchestration(2000)).await;
+    let (_, e) = on_a
+        .send(
+            "POST",
+            &format!("/orchestrations/{long}/execute"),
+            Some(json!({})),
+        )
+        .await
+        .unwrap();
+    let exe = e["id"].as_str().unwrap().to_owned();
+    eventually("the execution to run on A", Duration::from_secs(20), || {
+        let on_a = on_a.clone();
+        let exe = exe.clone();
+        async move {
+            let (_, e) = on_a
+                .send("GET", &format!("/executions/{exe}"), None)
+                .await
+                .ok()?;
+            (e["status"] == "running").then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    a.kill().await;
+    let done = eventually("B to finish A's execution", Duration::from_secs(60), || {
+        let on_b = on_b.clone();
+        let exe = exe.clone();
+        async move {
+            let (_, e) = on_b
+                .send("GET", &format!("/executions/{exe}"), None)
+                .await
+                .ok()?;
+            (e["status"] == "succeeded").then_some(e)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(done["steps"].as_array().unwrap().len(), 1, "{done}");
     drop(a);
     drop(b);
     dibop_e2e::harness::drop_postgres_database(&url);

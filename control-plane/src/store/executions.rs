@@ -152,15 +152,95 @@ impl Store {
         .await?)
     }
 
-    /// Executions to (re)start: queued or interrupted while running.
-    pub async fn unfinished_executions(&self) -> Result<Vec<String>, StoreError> {
+    /// Unfinished executions no live node holds (never claimed, claimed by
+    /// `node` itself in an earlier life, or with a lease that ran out).
+    /// Sub-orchestration runs are left out: their parent runs them.
+    pub async fn orphaned_executions(
+        &self,
+        node: &str,
+        now: i64,
+    ) -> Result<Vec<String>, StoreError> {
         use sqlx::Row as _;
         let rows = sqlx::query(
-            "SELECT id FROM executions WHERE status IN ('queued', 'running') ORDER BY id",
+            "SELECT id FROM executions WHERE status IN ('queued', 'running') \
+             AND trigger_type <> 'orchestration' \
+             AND (owner IS NULL OR owner = $1 OR lease_until < $2) ORDER BY id",
         )
+        .bind(node)
+        .bind(now)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+    }
+
+    /// Claims an unfinished execution of `tenant_id` for `node` until
+    /// `until`, if no other live node holds it and fewer than `limit` of the
+    /// tenant's executions are claimed with a live lease (on any node).
+    /// Returns whether it is now `node`'s. On PostgreSQL the check and the
+    /// claim hold a per-tenant advisory lock, so two nodes cannot both take
+    /// the last slot; SQLite serialises writes anyway.
+    pub async fn claim_execution(
+        &self,
+        id: &str,
+        tenant_id: &str,
+        node: &str,
+        now: i64,
+        until: i64,
+        limit: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == super::Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))::TEXT AS locked")
+                .bind(tenant_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        }
+        let claimed = sqlx::query(
+            "UPDATE executions SET owner = $2, lease_until = $3 \
+             WHERE id = $1 AND status IN ('queued', 'running') \
+             AND (owner IS NULL OR owner = $2 OR lease_until < $4) \
+             AND (SELECT COUNT(*) FROM executions r WHERE r.tenant_id = $6 \
+                  AND r.status IN ('queued', 'running') AND r.owner IS NOT NULL \
+                  AND r.id <> $1 AND r.lease_until >= $4) < $5",
+        )
+        .bind(id)
+        .bind(node)
+        .bind(until)
+        .bind(now)
+        .bind(limit)
+        .bind(tenant_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    /// Who holds an execution: `(owner, lease_until)`.
+    pub async fn execution_lease(
+        &self,
+        id: &str,
+    ) -> Result<Option<(Option<String>, Option<i64>)>, StoreError> {
+        use sqlx::Row as _;
+        let row = sqlx::query("SELECT owner, lease_until FROM executions WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.try_get("owner")?, r.try_get("lease_until")?)))
+            .transpose()
+    }
+
+    /// Extends the leases of `node`'s unfinished executions.
+    pub async fn renew_leases(&self, node: &str, until: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE executions SET lease_until = $2 WHERE owner = $1 AND status IN ('queued', 'running')",
+        )
+        .bind(node)
+        .bind(until)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     /// Moves an execution to `status` unless it already ended; false when it had.

@@ -289,6 +289,74 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn execution_claims_are_exclusive_expire_and_count_against_the_tenant_limit() {
+        for db in testdb::all().await {
+            let s = &db.store;
+            s.create_tenant("ten_a", "A").await.unwrap();
+            for id in ["exe_1", "exe_2", "exe_3"] {
+                s.create_execution(&execution(id, "ten_a")).await.unwrap();
+            }
+            let now = 1_000;
+            // Node A takes exe_1; B cannot take it while A's lease lives.
+            assert!(
+                s.claim_execution("exe_1", "ten_a", "node_a", now, now + 15, 2)
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !s.claim_execution("exe_1", "ten_a", "node_b", now, now + 15, 2)
+                    .await
+                    .unwrap()
+            );
+            // The tenant may run two: B takes exe_2, nobody a third.
+            assert!(
+                s.claim_execution("exe_2", "ten_a", "node_b", now, now + 15, 2)
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !s.claim_execution("exe_3", "ten_a", "node_a", now, now + 15, 2)
+                    .await
+                    .unwrap(),
+                "{}",
+                db.name
+            );
+            // A finished execution frees its slot.
+            s.update_execution("exe_2", "succeeded", None, None, now)
+                .await
+                .unwrap();
+            assert!(
+                s.claim_execution("exe_3", "ten_a", "node_a", now, now + 15, 2)
+                    .await
+                    .unwrap()
+            );
+            // A's leases run out (A stopped): B finds and takes its executions.
+            let later = now + 20;
+            let mut orphans = s.orphaned_executions("node_b", later).await.unwrap();
+            orphans.sort();
+            assert_eq!(orphans, ["exe_1", "exe_3"], "{}", db.name);
+            assert!(
+                s.claim_execution("exe_1", "ten_a", "node_b", later, later + 15, 2)
+                    .await
+                    .unwrap()
+            );
+            // A renewing keeps what it still holds.
+            assert_eq!(s.renew_leases("node_a", later + 15).await.unwrap(), 1);
+            assert_eq!(
+                s.execution_lease("exe_3").await.unwrap(),
+                Some((Some("node_a".to_owned()), Some(later + 15)))
+            );
+            assert!(
+                s.orphaned_executions("node_c", later)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            db.finish().await;
+        }
+    }
+
+    #[tokio::test]
     async fn storage_is_measured_per_tenant_and_retention_keeps_open_dead_letters() {
         for db in testdb::all().await {
             let s = &db.store;
