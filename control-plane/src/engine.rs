@@ -378,10 +378,13 @@ pub async fn execute(core: &Arc<Core>, id: &str, depth: u32) -> Option<Execution
         return Some(exe);
     }
     let now = now_unix();
-    let _ = core
-        .store
-        .update_execution(id, "running", None, None, now)
-        .await;
+    if exe.status != "running" {
+        // (A claimed execution is `running` already: no second write.)
+        let _ = core
+            .store
+            .update_execution(id, "running", None, None, now)
+            .await;
+    }
     let definition: Value = match core
         .store
         .orchestration_version(&exe.orchestration_id, exe.version)

@@ -176,7 +176,7 @@ impl Store {
     /// Claims an unfinished execution of `tenant_id` for `node` until
     /// `until`, if no other live node holds it and fewer than `limit` of the
     /// tenant's executions are claimed with a live lease (on any node).
-    /// Returns whether it is now `node`'s. On PostgreSQL the check and the
+    /// Returns whether it is now `node`'s (and `running`). On PostgreSQL the check and the
     /// claim hold a per-tenant advisory lock, so two nodes cannot both take
     /// the last slot; SQLite serialises writes anyway.
     pub async fn claim_execution(
@@ -196,7 +196,8 @@ impl Store {
                 .await?;
         }
         let claimed = sqlx::query(
-            "UPDATE executions SET owner = $2, lease_until = $3 \
+            "UPDATE executions SET owner = $2, lease_until = $3, status = 'running', \
+             started_at = COALESCE(started_at, $4) \
              WHERE id = $1 AND status IN ('queued', 'running') \
              AND (owner IS NULL OR owner = $2 OR lease_until < $4) \
              AND (SELECT COUNT(*) FROM executions r WHERE r.tenant_id = $6 \
