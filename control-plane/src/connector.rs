@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 
+use crate::checker::{Checker, join};
 use serde_json::{Map, Value};
 
 /// The format identifier every definition starts with.
@@ -111,148 +112,6 @@ pub fn parse(text: &str) -> Result<Value, Problem> {
     }
 }
 
-struct Checker {
-    problems: Vec<Problem>,
-}
-
-impl Checker {
-    fn add(&mut self, path: impl Into<String>, problem: impl Into<String>) {
-        self.problems.push(Problem {
-            path: path.into(),
-            problem: problem.into(),
-        });
-    }
-
-    fn object<'a>(
-        &mut self,
-        v: Option<&'a Value>,
-        path: &str,
-        required: bool,
-    ) -> Option<&'a Map<String, Value>> {
-        match v {
-            Some(Value::Object(m)) => Some(m),
-            None | Some(Value::Null) if !required => None,
-            None | Some(Value::Null) => {
-                self.add(path, "is required");
-                None
-            }
-            Some(_) => {
-                self.add(path, "must be an object");
-                None
-            }
-        }
-    }
-
-    fn string<'a>(
-        &mut self,
-        m: &'a Map<String, Value>,
-        key: &str,
-        path: &str,
-        required: bool,
-    ) -> Option<&'a str> {
-        let at = join(path, key);
-        match m.get(key) {
-            Some(Value::String(s)) if !s.trim().is_empty() => Some(s),
-            Some(Value::String(_)) => {
-                self.add(at, "must not be empty");
-                None
-            }
-            None | Some(Value::Null) if !required => None,
-            None | Some(Value::Null) => {
-                self.add(at, "is required");
-                None
-            }
-            Some(_) => {
-                self.add(at, "must be a string");
-                None
-            }
-        }
-    }
-
-    fn one_of(
-        &mut self,
-        m: &Map<String, Value>,
-        key: &str,
-        path: &str,
-        allowed: &[&str],
-        required: bool,
-    ) -> Option<String> {
-        let value = self.string(m, key, path, required)?;
-        if allowed.contains(&value) {
-            Some(value.to_owned())
-        } else {
-            self.add(
-                join(path, key),
-                format!("`{value}` is not one of {}", allowed.join(", ")),
-            );
-            None
-        }
-    }
-
-    fn number(
-        &mut self,
-        m: &Map<String, Value>,
-        key: &str,
-        path: &str,
-        min: u64,
-        max: u64,
-    ) -> Option<u64> {
-        match m.get(key) {
-            None | Some(Value::Null) => None,
-            Some(v) => match v.as_u64() {
-                Some(n) if (min..=max).contains(&n) => Some(n),
-                _ => {
-                    self.add(
-                        join(path, key),
-                        format!("must be a whole number from {min} to {max}"),
-                    );
-                    None
-                }
-            },
-        }
-    }
-
-    fn unknown(&mut self, m: &Map<String, Value>, path: &str, known: &[&str]) {
-        for key in m.keys() {
-            if !known.contains(&key.as_str()) {
-                self.add(
-                    join(path, key),
-                    format!("unknown key (expected one of {})", known.join(", ")),
-                );
-            }
-        }
-    }
-
-    fn array<'a>(
-        &mut self,
-        m: &'a Map<String, Value>,
-        key: &str,
-        path: &str,
-        required: bool,
-    ) -> &'a [Value] {
-        match m.get(key) {
-            Some(Value::Array(a)) => a,
-            None | Some(Value::Null) if !required => &[],
-            None | Some(Value::Null) => {
-                self.add(join(path, key), "is required");
-                &[]
-            }
-            Some(_) => {
-                self.add(join(path, key), "must be a list");
-                &[]
-            }
-        }
-    }
-}
-
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
 fn is_slug(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -268,9 +127,7 @@ pub fn is_http_url(s: &str) -> bool {
 
 /// Validates a definition document; every problem, in document order.
 pub fn validate(doc: &Value) -> Vec<Problem> {
-    let mut c = Checker {
-        problems: Vec::new(),
-    };
+    let mut c = Checker::default();
     let Some(root) = c.object(Some(doc), "$", true) else {
         return c.problems;
     };

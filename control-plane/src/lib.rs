@@ -17,6 +17,7 @@ pub mod calllog;
 pub mod catalogue;
 pub mod cdm;
 pub mod cdm_api;
+pub(crate) mod checker;
 pub mod config;
 pub mod connections;
 pub mod connector;

@@ -48,58 +48,28 @@ pub const ERROR_CLASSES: &[&str] = &[
 ];
 
 struct Checker {
-    problems: Vec<Problem>,
+    /// The shared problem collector (`add`, `string`, `unknown`, …).
+    base: crate::checker::Checker,
     /// Step ids in document order (the order they can run in).
     declared: Vec<String>,
     /// (path, step id referenced, declared ids before it).
     references: Vec<(String, String, usize)>,
 }
 
+impl std::ops::Deref for Checker {
+    type Target = crate::checker::Checker;
+    fn deref(&self) -> &Self::Target {
+        &self.base
+    }
+}
+
+impl std::ops::DerefMut for Checker {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.base
+    }
+}
+
 impl Checker {
-    fn add(&mut self, path: impl Into<String>, problem: impl Into<String>) {
-        self.problems.push(Problem {
-            path: path.into(),
-            problem: problem.into(),
-        });
-    }
-
-    fn unknown(&mut self, m: &Map<String, Value>, path: &str, known: &[&str]) {
-        for key in m.keys() {
-            if !known.contains(&key.as_str()) {
-                self.add(
-                    format!("{path}.{key}"),
-                    format!("unknown key (expected one of {})", known.join(", ")),
-                );
-            }
-        }
-    }
-
-    fn string<'a>(
-        &mut self,
-        m: &'a Map<String, Value>,
-        key: &str,
-        path: &str,
-        required: bool,
-    ) -> Option<&'a str> {
-        let at = format!("{path}.{key}");
-        match m.get(key) {
-            Some(Value::String(s)) if !s.trim().is_empty() => Some(s),
-            Some(Value::String(_)) => {
-                self.add(at, "must not be empty");
-                None
-            }
-            None | Some(Value::Null) if !required => None,
-            None | Some(Value::Null) => {
-                self.add(at, "is required");
-                None
-            }
-            Some(_) => {
-                self.add(at, "must be a string");
-                None
-            }
-        }
-    }
-
     fn number(
         &mut self,
         m: &Map<String, Value>,
@@ -210,13 +180,13 @@ pub fn parse(text: &str) -> Result<Value, Problem> {
 /// Validates a definition; every problem, in document order.
 pub fn validate(doc: &Value) -> Vec<Problem> {
     let mut c = Checker {
-        problems: Vec::new(),
+        base: crate::checker::Checker::default(),
         declared: Vec::new(),
         references: Vec::new(),
     };
     let Some(root) = doc.as_object() else {
         c.add("$", "must be an object");
-        return c.problems;
+        return c.base.problems;
     };
     c.unknown(
         root,
@@ -281,7 +251,7 @@ pub fn validate(doc: &Value) -> Vec<Problem> {
             Some(_) => {}
         }
     }
-    c.problems
+    c.base.problems
 }
 
 fn check_parameters(c: &mut Checker, v: Option<&Value>) {
