@@ -263,15 +263,23 @@ pub(crate) async fn list(
 ) -> Result<Response, ApiError> {
     let page = query(q)?;
     let limit = page_limit(page.limit)?;
+    let after = page.cursor_of("orc_")?;
     let rows = core
         .store
-        .list_orchestrations(&p.tenant_id, page.cursor_of("orc_")?, limit + 1)
+        .list_orchestrations(&p.tenant_id, after, limit + 1)
         .await?;
-    let mut views = Vec::new();
-    for o in rows {
-        let d = definition_of(&core, &o).await?;
-        views.push(view(o, &d, false));
-    }
+    // The page's newest definitions in one query (trigger and step count).
+    let definitions = core
+        .store
+        .latest_definitions(&p.tenant_id, after, limit + 1)
+        .await?;
+    let views: Vec<OrchestrationView> = rows
+        .into_iter()
+        .map(|o| {
+            let d = parsed(&definitions, &o.id);
+            view(o, &d, false)
+        })
+        .collect();
     Ok(paged(views, limit, "/orchestrations", |v| v.id.clone()))
 }
 
@@ -519,6 +527,10 @@ pub async fn using_connection(
     connection: &crate::store::ConnectionRow,
 ) -> Result<Vec<String>, ApiError> {
     let mut found = Vec::new();
+    let definitions = core
+        .store
+        .latest_definitions(tenant_id, None, 10_000)
+        .await?;
     for o in core
         .store
         .list_orchestrations(tenant_id, None, 10_000)
@@ -527,7 +539,7 @@ pub async fn using_connection(
         if o.status != "active" {
             continue;
         }
-        let d = definition_of(core, &o).await?;
+        let d = parsed(&definitions, &o.id);
         let mut calls = Vec::new();
         call_steps(&d["steps"], "$.steps", &mut calls);
         if calls.iter().any(|(_, s)| {
@@ -537,6 +549,14 @@ pub async fn using_connection(
         }
     }
     Ok(found)
+}
+
+/// A definition of [`crate::store::Store::latest_definitions`], parsed.
+fn parsed(definitions: &std::collections::HashMap<String, String>, id: &str) -> Value {
+    definitions
+        .get(id)
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or(Value::Null)
 }
 
 /// How many active orchestrations, in every tenant, call a connection made
@@ -549,6 +569,7 @@ pub async fn count_using_connector(core: &Core, connector_id: &str) -> Result<i6
     }
     let mut count = 0;
     for (tenant, connections) in by_tenant {
+        let definitions = core.store.latest_definitions(&tenant, None, 10_000).await?;
         for o in core
             .store
             .list_orchestrations(&tenant, None, 10_000)
@@ -557,7 +578,7 @@ pub async fn count_using_connector(core: &Core, connector_id: &str) -> Result<i6
             if o.status != "active" {
                 continue;
             }
-            let d = definition_of(core, &o).await?;
+            let d = parsed(&definitions, &o.id);
             let mut calls = Vec::new();
             call_steps(&d["steps"], "$.steps", &mut calls);
             if calls.iter().any(|(_, s)| {

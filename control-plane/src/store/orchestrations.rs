@@ -171,6 +171,30 @@ impl Store {
         )
     }
 
+    /// The newest definitions of a page of a tenant's orchestrations (the
+    /// page [`Store::list_orchestrations`] gives), in one query: id → JSON.
+    pub async fn latest_definitions(
+        &self,
+        tenant_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<std::collections::HashMap<String, String>, StoreError> {
+        use sqlx::Row as _;
+        let rows = sqlx::query(
+            "SELECT o.id, v.definition FROM orchestrations o JOIN orchestration_versions v \
+             ON v.orchestration_id = o.id AND v.version = o.latest_version \
+             WHERE o.tenant_id = $1 AND ($2 IS NULL OR o.id > $2) ORDER BY o.id LIMIT $3",
+        )
+        .bind(tenant_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("definition")?)))
+            .collect()
+    }
+
     /// Sets an orchestration's status.
     pub async fn set_orchestration_status(
         &self,
