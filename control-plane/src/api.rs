@@ -552,6 +552,10 @@ pub fn router(core: Arc<Core>) -> Router {
             post(crate::cdm_api::confirm),
         )
         .route(
+            "/connections/{id}/operations/{operation}/suggest",
+            post(crate::cdm_api::suggest_from_call),
+        )
+        .route(
             "/dead-letters/{id}/discard",
             post(crate::executions::discard),
         )

@@ -313,6 +313,89 @@ pub(crate) async fn suggest(
     Ok(Json(suggestions(&core, &req).await?))
 }
 
+/// The body of a suggestion from a live call.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LiveSuggestRequest {
+    /// The CDM domain; default: the one the connector already maps the operation onto.
+    domain: Option<String>,
+    /// The operation's parameters for the sample call.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    parameters: serde_json::Map<String, Value>,
+}
+
+/// `POST /api/v1/connections/{id}/operations/{operation}/suggest`
+#[utoipa::path(post, path = "/api/v1/connections/{id}/operations/{operation}/suggest", tag = "cdm",
+    summary = "Call the operation once and propose field mappings from its answer (each `assumed`)",
+    description = "The call is a normal invoke (same permissions, quota and call log); the records are found with the \
+        operation's pagination `items_pointer` when it has one.",
+    request_body = LiveSuggestRequest,
+    params(("id" = String, Path, description = "The connection"), ("operation" = String, Path, description = "The operation id")),
+    responses((status = 200, body = SuggestView), (status = 404, body = crate::openapi::ErrorBody), (status = 422, description = "No domain, or the sample call failed", body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn suggest_from_call(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    tenant: Option<axum::Extension<crate::store::Tenant>>,
+    ApiPath((id, operation)): ApiPath<(String, String)>,
+    ApiJson(req): ApiJson<LiveSuggestRequest>,
+) -> Result<Json<SuggestView>, ApiError> {
+    let resolved = crate::execute::resolve_cached(&core, &p.tenant_id, &id).await?;
+    let Some(op) = resolved.operation(&operation).cloned() else {
+        return Err(ApiError::not_found("operation", &operation));
+    };
+    let domain = req
+        .domain
+        .clone()
+        .or_else(|| {
+            resolved.definition["mappings"][&operation]["domain"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "`{operation}` maps onto no CDM domain yet: name one (`domain`)"
+            ))
+        })?;
+    let d = cdm::domain(&domain).ok_or_else(|| unknown_domain(&domain))?;
+    let body = serde_json::to_vec(&json!({"parameters": req.parameters})).unwrap_or_default();
+    let Json(result) = crate::connections::invoke(
+        State(core.clone()),
+        p,
+        tenant,
+        ApiPath((id, operation.clone())),
+        body.into(),
+    )
+    .await?;
+    if result["ok"] != true {
+        return Err(ApiError::invalid(format!(
+            "the sample call of `{operation}` failed ({}): fix the call first",
+            result["error"]["message"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("status {}", result["status"]))
+        )));
+    }
+    let answer = &result["body"];
+    let sample = op["pagination"]["items_pointer"]
+        .as_str()
+        .and_then(|ptr| answer.pointer(ptr))
+        .unwrap_or(answer);
+    let suggestions = crate::suggest::suggest(d, sample);
+    let unmapped_required = d
+        .fields
+        .iter()
+        .filter(|f| f.required && !suggestions.iter().any(|s| s.field == f.name))
+        .map(|f| f.name.clone())
+        .collect();
+    Ok(Json(SuggestView {
+        domain: d.name.clone(),
+        suggestions,
+        unmapped_required,
+    }))
+}
+
 fn require_admin(p: &Principal) -> Result<(), ApiError> {
     if matches!(p.role.as_str(), "enterprise_admin" | PLATFORM_ADMIN) {
         Ok(())

@@ -193,6 +193,7 @@ impl Modify for BearerAuth {
         crate::cdm_api::validate,
         crate::cdm_api::suggest,
         crate::cdm_api::suggest_into_draft,
+        crate::cdm_api::suggest_from_call,
         crate::cdm_api::confirm,
         crate::cdm_api::list_items,
         crate::cdm_api::get_item,

@@ -414,3 +414,72 @@ async fn suggestions_are_assumed_until_confirmed_and_block_publishing_meanwhile(
         .await;
     assert_eq!(status, 200, "{published}");
 }
+
+#[tokio::test]
+async fn suggestions_from_a_live_call_of_a_connection() {
+    let s = setup().await;
+    let (_, connections) = s.cp.send("GET", "/connections", None).await;
+    let id = connections[0]["id"].as_str().unwrap().to_owned();
+    // The domain defaults to the one the connector maps the operation onto.
+    let (status, proposal) =
+        s.cp.send(
+            "POST",
+            format!("/connections/{id}/operations/listCustomers/suggest"),
+            Some(json!({"parameters": {"page_size": 3}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{proposal}");
+    assert_eq!(proposal["domain"], "customer");
+    let by: std::collections::HashMap<String, String> = proposal["suggestions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["field"].as_str().unwrap().to_owned(),
+                x["expression"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for (field, expression) in [
+        ("email", ".email"),
+        ("phone", ".phone"),
+        ("first_name", ".firstName"),
+        ("last_name", ".lastName"),
+        ("postal_code", ".postcode"),
+        ("address_line_1", ".street"),
+        ("country", ".country"),
+        ("customer_id", ".customerNo"),
+    ] {
+        assert_eq!(
+            by.get(field).map(String::as_str),
+            Some(expression),
+            "{field}: {proposal}"
+        );
+    }
+    // The call went through the normal path: it is in the call log.
+    let (_, calls) =
+        s.cp.send(
+            "GET",
+            format!("/api-calls?connection_id={id}&operation=listCustomers"),
+            None,
+        )
+        .await;
+    assert_eq!(calls.as_array().unwrap().len(), 1, "{calls}");
+    // An operation without a mapping needs a domain named.
+    let (status, err) =
+        s.cp.send(
+            "POST",
+            format!("/connections/{id}/operations/health/suggest"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 422, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("name one"),
+        "{err}"
+    );
+}

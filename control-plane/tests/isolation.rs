@@ -118,6 +118,11 @@ const WALK: &[(&str, &str, Option<&str>)] = &[
         "/connectors/{connector}/mappings/{operation}/confirm",
         Some(r#"{"fields":["vin"]}"#),
     ),
+    (
+        "POST",
+        "/connections/{connection}/operations/{operation}/suggest",
+        Some(r#"{"domain":"vehicle"}"#),
+    ),
     ("GET", "/dead-letters/items/{item}", None),
     ("POST", "/dead-letters/items/{item}/discard", None),
 ];
