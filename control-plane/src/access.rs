@@ -86,6 +86,7 @@ pub async fn issue_token(
         revoked_at: None,
         last_used_at: None,
         user_id: None,
+        view_pii: None,
     };
     store
         .create_api_token(&row, &crate::ids::hash_secret(&secret))
@@ -100,6 +101,9 @@ pub(crate) struct NewToken {
     role: String,
     /// Lifetime in seconds; none means no expiry.
     ttl_secs: Option<u64>,
+    /// Give (`true`) or withhold (`false`) the `view_pii` permission; by
+    /// default the role decides (enterprise_admin and operator have it).
+    view_pii: Option<bool>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -112,10 +116,13 @@ pub(crate) struct TokenView {
     expires_at: Option<String>,
     revoked_at: Option<String>,
     last_used_at: Option<String>,
+    /// Whether it may see personal data (the role's default unless set).
+    view_pii: bool,
 }
 
 fn token_view(t: ApiTokenRow) -> TokenView {
     TokenView {
+        view_pii: crate::pii::role_views(&t.role, t.view_pii),
         id: t.id,
         name: t.name,
         role: t.role,
@@ -154,15 +161,19 @@ pub(crate) async fn create_token(
         return Err(ApiError::invalid("the API token is invalid").with_details(json!(problems)));
     }
     let expires_at = body.ttl_secs.map(|t| now_unix() + t as i64);
-    let (row, secret) =
+    let (mut row, secret) =
         issue_token(&core.store, &p.tenant_id, name, &body.role, expires_at).await?;
+    if let Some(v) = body.view_pii {
+        core.store.set_token_view_pii(&row.id, i64::from(v)).await?;
+        row.view_pii = Some(i64::from(v));
+    }
     record(
         &core.store,
         Some(&p.tenant_id),
         &p.actor(),
         "api_token.create",
         ("api_token", &row.id),
-        json!({"name": row.name, "role": row.role}),
+        json!({"name": row.name, "role": row.role, "view_pii": body.view_pii}),
     )
     .await;
     let mut view = serde_json::to_value(token_view(row)).unwrap_or_default();

@@ -193,6 +193,8 @@ pub struct Principal {
     pub token_id: String,
     /// The signed-in user, for session tokens.
     pub user_id: Option<String>,
+    /// `view_pii` given or withheld for this user or token (`None`: the role decides).
+    pub view_pii: Option<bool>,
 }
 
 impl Principal {
@@ -325,6 +327,7 @@ impl FromRequestParts<Arc<Core>> for Principal {
             role: t.role,
             token_id: t.id,
             user_id: t.user_id,
+            view_pii: t.view_pii.map(|v| v != 0),
         })
     }
 }

@@ -1386,6 +1386,7 @@ pub async fn ensure(core: &Core, tenant_id: &str, body: Value) -> anyhow::Result
         role: "enterprise_admin".into(),
         token_id: "dibop-dev".into(),
         user_id: None,
+        view_pii: None,
     };
     let checked = check_request(core, &p, req)
         .await

@@ -24,9 +24,18 @@ use crate::cdm::{self, Pii};
 /// What replaces a personal value.
 pub const REDACTED: &str = "[redacted]";
 
-/// Whether the caller may see personal data.
+/// Whether the caller may see personal data: its own grant, else its
+/// role's default; never a platform admin.
 pub fn can_view(p: &Principal) -> bool {
-    matches!(p.role.as_str(), "enterprise_admin" | "operator")
+    p.role != crate::tenants::PLATFORM_ADMIN && role_views(&p.role, p.view_pii.map(i64::from))
+}
+
+/// `view_pii` of a role with a user's or token's own setting (1/0).
+pub fn role_views(role: &str, own: Option<i64>) -> bool {
+    if role == crate::tenants::PLATFORM_ADMIN {
+        return false;
+    }
+    own.map_or(matches!(role, "enterprise_admin" | "operator"), |v| v != 0)
 }
 
 /// The last field name of each path in a jq expression: `.a.b + .c[0].d`

@@ -31,8 +31,8 @@ macro_rules! select_agents {
 macro_rules! select_tokens {
     ($tail:literal) => {
         concat!(
-            "SELECT id, tenant_id, name, role, prefix, created_at, expires_at, revoked_at, last_used_at, user_id \
-             FROM api_tokens ",
+            "SELECT id, tenant_id, name, role, prefix, created_at, expires_at, revoked_at, last_used_at, user_id, \
+             view_pii FROM api_tokens ",
             $tail
         )
     };
@@ -42,7 +42,7 @@ macro_rules! select_tokens {
 macro_rules! select_users {
     ($tail:literal) => {
         concat!(
-            "SELECT id, tenant_id, email, password_hash, role, created_at, disabled_at FROM users ",
+            "SELECT id, tenant_id, email, password_hash, role, created_at, disabled_at, view_pii FROM users ",
             $tail
         )
     };
@@ -150,6 +150,8 @@ pub struct ApiTokenRow {
     pub last_used_at: Option<i64>,
     /// The signed-in user, for session tokens.
     pub user_id: Option<String>,
+    /// `view_pii` given (1) or withheld (0); `None` follows the role.
+    pub view_pii: Option<i64>,
 }
 
 /// A person who signs in.
@@ -169,6 +171,8 @@ pub struct UserRow {
     pub created_at: i64,
     /// When disabled, if disabled.
     pub disabled_at: Option<i64>,
+    /// `view_pii` given (1) or withheld (0); `None` follows the role.
+    pub view_pii: Option<i64>,
 }
 
 /// A connector (its definition as JSON text).
@@ -506,8 +510,8 @@ impl Store {
         token_hash: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO api_tokens (id, tenant_id, name, role, token_hash, created_at, prefix, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO api_tokens (id, tenant_id, name, role, token_hash, created_at, prefix, expires_at, view_pii) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&token.id)
         .bind(&token.tenant_id)
@@ -517,6 +521,7 @@ impl Store {
         .bind(token.created_at)
         .bind(&token.prefix)
         .bind(token.expires_at)
+        .bind(token.view_pii)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -531,12 +536,23 @@ impl Store {
     ) -> Result<Option<ApiTokenRow>, StoreError> {
         Ok(sqlx::query_as::<_, ApiTokenRow>(
             "SELECT t.id, t.tenant_id, t.name, COALESCE(u.role, t.role) AS role, t.prefix, t.created_at, \
-                    t.expires_at, COALESCE(t.revoked_at, u.disabled_at) AS revoked_at, t.last_used_at, t.user_id \
+                    t.expires_at, COALESCE(t.revoked_at, u.disabled_at) AS revoked_at, t.last_used_at, t.user_id, \
+                    CASE WHEN t.user_id IS NULL THEN t.view_pii ELSE u.view_pii END AS view_pii \
              FROM api_tokens t LEFT JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1",
         )
         .bind(token_hash)
         .fetch_optional(&self.pool)
         .await?)
+    }
+
+    /// Gives (1) or withholds (0) `view_pii` on an API token.
+    pub async fn set_token_view_pii(&self, id: &str, view_pii: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE api_tokens SET view_pii = $1 WHERE id = $2")
+            .bind(view_pii)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Stores a session token for a user.
@@ -558,7 +574,8 @@ impl Store {
     /// Creates a user.
     pub async fn create_user(&self, user: &UserRow) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO users (id, tenant_id, email, password_hash, role, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO users (id, tenant_id, email, password_hash, role, created_at, view_pii) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&user.id)
         .bind(&user.tenant_id)
@@ -566,9 +583,15 @@ impl Store {
         .bind(&user.password_hash)
         .bind(&user.role)
         .bind(user.created_at)
+        .bind(user.view_pii)
         .execute(&self.pool)
         .await
-        .map_err(|e| unique_violation(e, format!("a user with email `{}` already exists", user.email)))?;
+        .map_err(|e| {
+            unique_violation(
+                e,
+                format!("a user with email `{}` already exists", user.email),
+            )
+        })?;
         Ok(())
     }
 
@@ -607,7 +630,16 @@ impl Store {
         id: &str,
         role: Option<&str>,
         disabled_at: Option<Option<i64>>,
+        view_pii: Option<Option<i64>>,
     ) -> Result<Option<UserRow>, StoreError> {
+        if let Some(view_pii) = view_pii {
+            sqlx::query("UPDATE users SET view_pii = $1 WHERE tenant_id = $2 AND id = $3")
+                .bind(view_pii)
+                .bind(tenant_id)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        }
         if let Some(role) = role {
             sqlx::query("UPDATE users SET role = $1 WHERE tenant_id = $2 AND id = $3")
                 .bind(role)
@@ -1498,6 +1530,7 @@ mod tests {
             revoked_at: None,
             last_used_at: None,
             user_id: None,
+            view_pii: None,
         }
     }
 

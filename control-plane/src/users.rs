@@ -139,6 +139,7 @@ pub async fn create_user(
         role: role.to_owned(),
         created_at: now_unix(),
         disabled_at: None,
+        view_pii: None,
     };
     store.create_user(&user).await?;
     Ok(user)
@@ -170,6 +171,7 @@ pub async fn login(
         revoked_at: None,
         last_used_at: None,
         user_id: None,
+        view_pii: None,
     };
     store
         .create_session(&row, &user.id, &crate::ids::hash_secret(&secret))
@@ -191,10 +193,13 @@ pub struct UserView {
     role: String,
     created_at: String,
     disabled_at: Option<String>,
+    /// Whether the user may see personal data (the role's default unless set).
+    view_pii: bool,
 }
 
 fn user_view(u: &UserRow) -> UserView {
     UserView {
+        view_pii: crate::pii::role_views(&u.role, u.view_pii),
         id: u.id.clone(),
         email: u.email.clone(),
         role: u.role.clone(),
@@ -323,6 +328,15 @@ pub(crate) async fn list_users_handler(
 pub(crate) struct UserPatch {
     role: Option<String>,
     disabled: Option<bool>,
+    /// Give (`true`) or withhold (`false`) `view_pii`; `null` returns to the role's default.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<bool>)]
+    view_pii: Option<Option<bool>>,
+}
+
+/// Tells "absent" (outer `None`) from "null" (`Some(None)`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<bool>>, D::Error> {
+    Option::<bool>::deserialize(d).map(Some)
 }
 
 /// `PATCH /api/v1/users/{id}`: change the role or disable/enable; takes
@@ -344,7 +358,13 @@ pub(crate) async fn update_user_handler(
     let disabled_at = body.disabled.map(|d| d.then(now_unix));
     let user = core
         .store
-        .update_user(&p.tenant_id, &id, body.role.as_deref(), disabled_at)
+        .update_user(
+            &p.tenant_id,
+            &id,
+            body.role.as_deref(),
+            disabled_at,
+            body.view_pii.map(|v| v.map(i64::from)),
+        )
         .await?
         .ok_or_else(|| ApiError::not_found("user", &id))?;
     // Sessions cached on this node must see the change on their next request.
@@ -357,7 +377,7 @@ pub(crate) async fn update_user_handler(
         &p.actor(),
         "user.update",
         ("user", &user.id),
-        json!({"role": body.role, "disabled": body.disabled}),
+        json!({"role": body.role, "disabled": body.disabled, "view_pii": body.view_pii}),
     )
     .await;
     Ok(Json(user_view(&user)))

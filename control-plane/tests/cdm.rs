@@ -221,6 +221,80 @@ steps:
             assert!(body.contains("fleet"), "{body}");
         }
     }
+    // `view_pii` is a permission: given to one viewer token, withheld from one operator token.
+    let (_, trusted) =
+        s.cp.send(
+            "POST",
+            "/api-tokens",
+            Some(json!({"name": "dpo", "role": "viewer", "view_pii": true})),
+        )
+        .await;
+    assert_eq!(trusted["view_pii"], true, "{trusted}");
+    let (_, restricted) =
+        s.cp.send(
+            "POST",
+            "/api-tokens",
+            Some(json!({"name": "ops", "role": "operator", "view_pii": false})),
+        )
+        .await;
+    assert_eq!(restricted["view_pii"], false, "{restricted}");
+    let (_, seen) = as_token(&s.cp, trusted["token"].as_str().unwrap(), &exe).await;
+    assert!(seen.contains(&email), "a viewer given view_pii sees it");
+    let (_, seen) = as_token(&s.cp, restricted["token"].as_str().unwrap(), &exe).await;
+    assert!(
+        !seen.contains(&email) && !seen.contains(&phone),
+        "an operator without view_pii does not"
+    );
+    // A person: a viewer signs in, sees no personal data, is given view_pii, sees it at once.
+    let (status, user) = s
+        .cp
+        .send(
+            "POST",
+            "/users",
+            Some(json!({"email": "dpo@dealer.example", "password": "a long passphrase", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{user}");
+    assert_eq!(user["view_pii"], false);
+    let login: Value = reqwest::Client::new()
+        .post(format!("{}/api/v1/auth/login", s.cp.base))
+        .json(&json!({"email": "dpo@dealer.example", "password": "a long passphrase"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let session = login["token"].as_str().unwrap().to_owned();
+    let (_, seen) = as_token(&s.cp, &session, &exe).await;
+    assert!(!seen.contains(&email));
+    let (status, changed) =
+        s.cp.send(
+            "PATCH",
+            format!("/users/{}", user["id"].as_str().unwrap()),
+            Some(json!({"view_pii": true})),
+        )
+        .await;
+    assert_eq!(
+        (status, &changed["view_pii"]),
+        (200, &json!(true)),
+        "{changed}"
+    );
+    let (_, seen) = as_token(&s.cp, &session, &exe).await;
+    assert!(
+        seen.contains(&email),
+        "the grant applies on the next request"
+    );
+
+    let (_, tokens) = s.cp.send("GET", "/api-tokens", None).await;
+    let auditor = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "auditor")
+        .unwrap();
+    assert_eq!(auditor["view_pii"], false, "a viewer's default");
+
     let (status, export) = as_token(&s.cp, &s.cp.admin, "/executions/export").await;
     assert_eq!(status, 200);
     assert_eq!(export.lines().count(), 1);
