@@ -1260,21 +1260,12 @@ async fn sub_orchestration(
     };
     let child = ExecutionRow {
         id: format!("{}_{}", run.exe.id, id),
-        tenant_id: run.exe.tenant_id.clone(),
-        orchestration_id: o.id.clone(),
-        orchestration_name: o.name.clone(),
-        version: o.latest_version,
-        status: "queued".into(),
-        parameters: params.to_string(),
-        output: None,
-        error: None,
-        trigger_type: "orchestration".into(),
-        created_by: format!("execution:{}", run.exe.id),
-        created_at: now_unix(),
-        started_at: None,
-        finished_at: None,
-        rerun_of: None,
-        dead_letter: None,
+        ..ExecutionRow::queued(
+            &o,
+            params.to_string(),
+            "orchestration",
+            format!("execution:{}", run.exe.id),
+        )
     };
     // Resuming: the child may exist already.
     if run

@@ -244,25 +244,7 @@ pub(crate) async fn execute(
     core.quotas
         .ensure_storage(&core.store, &p.tenant_id)
         .await?;
-    let row = ExecutionRow {
-        id: crate::ids::time_ordered_id("exe"),
-        tenant_id: p.tenant_id.clone(),
-        orchestration_id: o.id.clone(),
-        orchestration_name: o.name.clone(),
-        version: o.latest_version,
-        status: "queued".into(),
-        parameters: params.to_string(),
-        output: None,
-        error: None,
-        trigger_type: "api".into(),
-        created_by: p.actor(),
-        created_at: now_unix(),
-        started_at: None,
-        finished_at: None,
-        rerun_of: None,
-        dead_letter: None,
-    };
-    let mut finished = core.engine.subscribe();
+    let row = ExecutionRow::queued(&o, params.to_string(), "api", p.actor());
     core.store.create_execution(&row).await?;
     record(
         &core.store,
@@ -273,25 +255,7 @@ pub(crate) async fn execute(
         json!({"orchestration": o.id, "version": o.latest_version}),
     )
     .await;
-    core.engine.submit(&row.id);
-    if wait > 0 {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait);
-        loop {
-            match tokio::time::timeout_at(deadline, finished.recv()).await {
-                Ok(Ok(done)) if done == row.id => break,
-                Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
-                    continue;
-                }
-                _ => break,
-            }
-        }
-    }
-    let now = core
-        .store
-        .execution(&p.tenant_id, &row.id)
-        .await?
-        .unwrap_or(row);
-    let v = detail(&core, &p, now).await?;
+    let v = wait_for(&core, &p, row, wait).await?;
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
@@ -560,7 +524,12 @@ async fn wait_for(
 ) -> Result<ExecutionView, ApiError> {
     let mut finished = core.engine.subscribe();
     core.engine.submit(&row.id);
-    if wait_ms > 0 {
+    // It may have ended already (another path can start a queued execution).
+    let ended = |e: &Option<ExecutionRow>| {
+        e.as_ref()
+            .is_some_and(|e| !matches!(e.status.as_str(), "queued" | "running"))
+    };
+    if wait_ms > 0 && !ended(&core.store.execution(&p.tenant_id, &row.id).await?) {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(60_000));
         loop {
             match tokio::time::timeout_at(deadline, finished.recv()).await {

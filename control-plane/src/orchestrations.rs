@@ -264,21 +264,13 @@ pub(crate) async fn list(
     let page = query(q)?;
     let limit = page_limit(page.limit)?;
     let after = page.cursor_of("orc_")?;
-    let rows = core
+    // With the newest definitions (trigger and step count) in one query.
+    let views: Vec<OrchestrationView> = core
         .store
-        .list_orchestrations(&p.tenant_id, after, limit + 1)
-        .await?;
-    // The page's newest definitions in one query (trigger and step count).
-    let definitions = core
-        .store
-        .latest_definitions(&p.tenant_id, after, limit + 1)
-        .await?;
-    let views: Vec<OrchestrationView> = rows
+        .orchestrations_with_definitions(&p.tenant_id, after, limit + 1)
+        .await?
         .into_iter()
-        .map(|o| {
-            let d = parsed(&definitions, &o.id);
-            view(o, &d, false)
-        })
+        .map(|(o, d)| view(o, &parsed(&d), false))
         .collect();
     Ok(paged(views, limit, "/orchestrations", |v| v.id.clone()))
 }
@@ -526,37 +518,50 @@ pub async fn using_connection(
     tenant_id: &str,
     connection: &crate::store::ConnectionRow,
 ) -> Result<Vec<String>, ApiError> {
+    Ok(active_calling(
+        core,
+        tenant_id,
+        &[(connection.id.clone(), connection.name.clone())],
+    )
+    .await?
+    .into_iter()
+    .map(|o| format!("{} ({})", o.id, o.name))
+    .collect())
+}
+
+/// A stored definition, parsed (`null` if it does not parse).
+fn parsed(definition: &str) -> Value {
+    serde_json::from_str(definition).unwrap_or(Value::Null)
+}
+
+/// A tenant's active orchestrations with a `call` step on one of
+/// `connections` (id, name).
+async fn active_calling(
+    core: &Core,
+    tenant_id: &str,
+    connections: &[(String, String)],
+) -> Result<Vec<OrchestrationRow>, ApiError> {
     let mut found = Vec::new();
-    let definitions = core
+    for (o, d) in core
         .store
-        .latest_definitions(tenant_id, None, 10_000)
-        .await?;
-    for o in core
-        .store
-        .list_orchestrations(tenant_id, None, 10_000)
+        .orchestrations_with_definitions(tenant_id, None, 10_000)
         .await?
     {
         if o.status != "active" {
             continue;
         }
-        let d = parsed(&definitions, &o.id);
         let mut calls = Vec::new();
+        let d = parsed(&d);
         call_steps(&d["steps"], "$.steps", &mut calls);
         if calls.iter().any(|(_, s)| {
-            s["connection"] == connection.name.as_str() || s["connection"] == connection.id.as_str()
+            connections.iter().any(|(id, name)| {
+                s["connection"] == name.as_str() || s["connection"] == id.as_str()
+            })
         }) {
-            found.push(format!("{} ({})", o.id, o.name));
+            found.push(o);
         }
     }
     Ok(found)
-}
-
-/// A definition of [`crate::store::Store::latest_definitions`], parsed.
-fn parsed(definitions: &std::collections::HashMap<String, String>, id: &str) -> Value {
-    definitions
-        .get(id)
-        .and_then(|t| serde_json::from_str(t).ok())
-        .unwrap_or(Value::Null)
 }
 
 /// How many active orchestrations, in every tenant, call a connection made
@@ -569,26 +574,7 @@ pub async fn count_using_connector(core: &Core, connector_id: &str) -> Result<i6
     }
     let mut count = 0;
     for (tenant, connections) in by_tenant {
-        let definitions = core.store.latest_definitions(&tenant, None, 10_000).await?;
-        for o in core
-            .store
-            .list_orchestrations(&tenant, None, 10_000)
-            .await?
-        {
-            if o.status != "active" {
-                continue;
-            }
-            let d = parsed(&definitions, &o.id);
-            let mut calls = Vec::new();
-            call_steps(&d["steps"], "$.steps", &mut calls);
-            if calls.iter().any(|(_, s)| {
-                connections.iter().any(|(id, name)| {
-                    s["connection"] == name.as_str() || s["connection"] == id.as_str()
-                })
-            }) {
-                count += 1;
-            }
-        }
+        count += active_calling(core, &tenant, &connections).await?.len() as i64;
     }
     Ok(count)
 }

@@ -104,24 +104,13 @@ pub async fn fire_due(core: &Arc<Core>, now: i64) -> anyhow::Result<Vec<String>>
             .flatten()
             .filter_map(|p| Some((p["name"].as_str()?.to_owned(), p.get("default")?.clone())))
             .collect();
-        let row = ExecutionRow {
-            id: crate::ids::time_ordered_id("exe"),
-            tenant_id: o.tenant_id.clone(),
-            orchestration_id: o.id.clone(),
-            orchestration_name: o.name.clone(),
-            version: o.latest_version,
-            status: "queued".into(),
-            parameters: Value::Object(params).to_string(),
-            output: None,
-            error: None,
-            trigger_type: "schedule".into(),
-            created_by: "system:scheduler".into(),
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-            rerun_of: None,
-            dead_letter: None,
-        };
+        let mut row = ExecutionRow::queued(
+            &o,
+            Value::Object(params).to_string(),
+            "schedule",
+            "system:scheduler".into(),
+        );
+        row.created_at = now;
         core.store.create_execution(&row).await?;
         core.engine.submit(&row.id);
         started.push(row.id);

@@ -201,24 +201,7 @@ pub(crate) async fn trigger(
     core.quotas
         .ensure_storage(&core.store, &o.tenant_id)
         .await?;
-    let row = ExecutionRow {
-        id: crate::ids::time_ordered_id("exe"),
-        tenant_id: o.tenant_id.clone(),
-        orchestration_id: o.id.clone(),
-        orchestration_name: o.name.clone(),
-        version: o.latest_version,
-        status: "queued".into(),
-        parameters: params.to_string(),
-        output: None,
-        error: None,
-        trigger_type: "webhook".into(),
-        created_by: "webhook".into(),
-        created_at: now_unix(),
-        started_at: None,
-        finished_at: None,
-        rerun_of: None,
-        dead_letter: None,
-    };
+    let row = ExecutionRow::queued(&o, params.to_string(), "webhook", "webhook".into());
     core.store.create_execution(&row).await?;
     core.engine.submit(&row.id);
     Ok((StatusCode::ACCEPTED, Json(json!({"execution_id": row.id}))).into_response())

@@ -48,6 +48,20 @@ async fn definitions_versions_and_lifecycle() {
     );
     assert_eq!(created["steps"], 4);
     let id = created["id"].as_str().unwrap().to_owned();
+    // The list shows each one's trigger and step count from its newest version.
+    let (status, list) = cp.send("GET", "/orchestrations", None).await;
+    assert_eq!(status, 200, "{list}");
+    let listed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(
+        (listed["trigger"].as_str(), listed["steps"].as_u64()),
+        (Some("manual"), Some(4))
+    );
+    assert!(listed.get("definition").is_none(), "{listed}");
 
     // A wrong operation is named; nothing is saved.
     let wrong = EXAMPLE.replace("operation: getVehicle", "operation: getTractor");

@@ -41,6 +41,35 @@ pub struct ExecutionRow {
     pub dead_letter: Option<String>,
 }
 
+impl ExecutionRow {
+    /// A new, queued execution of the newest version of `o`.
+    pub fn queued(
+        o: &super::OrchestrationRow,
+        parameters: String,
+        trigger: &str,
+        created_by: String,
+    ) -> ExecutionRow {
+        ExecutionRow {
+            id: crate::ids::time_ordered_id("exe"),
+            tenant_id: o.tenant_id.clone(),
+            orchestration_id: o.id.clone(),
+            orchestration_name: o.name.clone(),
+            version: o.latest_version,
+            status: "queued".into(),
+            parameters,
+            output: None,
+            error: None,
+            trigger_type: trigger.into(),
+            created_by,
+            created_at: super::now_unix(),
+            started_at: None,
+            finished_at: None,
+            rerun_of: None,
+            dead_letter: None,
+        }
+    }
+}
+
 /// One step's record in an execution.
 #[derive(Debug, Clone, FromRow)]
 pub struct StepRow {

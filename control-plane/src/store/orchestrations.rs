@@ -171,17 +171,23 @@ impl Store {
         )
     }
 
-    /// The newest definitions of a page of a tenant's orchestrations (the
-    /// page [`Store::list_orchestrations`] gives), in one query: id → JSON.
-    pub async fn latest_definitions(
+    /// A page of a tenant's orchestrations (as [`Store::list_orchestrations`])
+    /// each with its newest definition (JSON), in one query.
+    pub async fn orchestrations_with_definitions(
         &self,
         tenant_id: &str,
         after: Option<&str>,
         limit: i64,
-    ) -> Result<std::collections::HashMap<String, String>, StoreError> {
-        use sqlx::Row as _;
-        let rows = sqlx::query(
-            "SELECT o.id, v.definition FROM orchestrations o JOIN orchestration_versions v \
+    ) -> Result<Vec<(OrchestrationRow, String)>, StoreError> {
+        #[derive(FromRow)]
+        struct WithDefinition {
+            #[sqlx(flatten)]
+            row: OrchestrationRow,
+            definition: String,
+        }
+        let rows = sqlx::query_as::<_, WithDefinition>(
+            "SELECT o.id, o.tenant_id, o.name, o.status, o.latest_version, o.created_by, o.created_at, \
+             o.updated_at, v.definition FROM orchestrations o JOIN orchestration_versions v \
              ON v.orchestration_id = o.id AND v.version = o.latest_version \
              WHERE o.tenant_id = $1 AND ($2 IS NULL OR o.id > $2) ORDER BY o.id LIMIT $3",
         )
@@ -190,9 +196,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("id")?, r.try_get("definition")?)))
-            .collect()
+        Ok(rows.into_iter().map(|r| (r.row, r.definition)).collect())
     }
 
     /// Sets an orchestration's status.
