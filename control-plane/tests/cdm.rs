@@ -46,18 +46,6 @@ async fn create(cp: &common::TestCp, body: &str) -> String {
     cp.create_orchestration(body).await
 }
 
-async fn run(cp: &common::TestCp, id: &str) -> Value {
-    let (status, e) = cp
-        .send(
-            "POST",
-            format!("/orchestrations/{id}/execute"),
-            Some(json!({"wait_ms": 30000})),
-        )
-        .await;
-    assert_eq!(status, 201, "{e}");
-    e
-}
-
 #[tokio::test]
 async fn the_explorer_lists_22_domains_with_pii_classes_and_who_maps_them() {
     let s = setup().await;
@@ -166,7 +154,7 @@ steps:
 "#,
     )
     .await;
-    let e = run(&s.cp, &id).await;
+    let e = s.cp.run(&id, json!({})).await;
     assert_eq!(e["status"], "succeeded", "{e}");
     let cdm = &e["steps"][1]["output"];
     assert_eq!(

@@ -29,15 +29,7 @@ async fn create(cp: &common::TestCp, body: &str) -> String {
 }
 
 async fn run(cp: &common::TestCp, id: &str, parameters: Value) -> Value {
-    let (status, e) = cp
-        .send(
-            "POST",
-            format!("/orchestrations/{id}/execute"),
-            Some(json!({"parameters": parameters, "wait_ms": 30000})),
-        )
-        .await;
-    assert_eq!(status, 201, "{e}");
-    e
+    cp.run(id, parameters).await
 }
 
 async fn vin(sim: &str, status: &str) -> String {

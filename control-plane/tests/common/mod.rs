@@ -97,6 +97,20 @@ impl TestCp {
         v["id"].as_str().unwrap().to_owned()
     }
 
+    /// Executes an orchestration with `parameters`, waiting up to 30 s for it
+    /// to end; the execution.
+    pub async fn run(&self, id: &str, parameters: Value) -> Value {
+        let (status, e) = self
+            .send(
+                "POST",
+                format!("/orchestrations/{id}/execute"),
+                Some(serde_json::json!({"parameters": parameters, "wait_ms": 30000})),
+            )
+            .await;
+        assert_eq!(status, 201, "{e}");
+        e
+    }
+
     /// Creates a connector from `definition` and publishes it for `acme`; its id.
     pub async fn publish(&self, definition: Value) -> String {
         let (status, created) = self.send("POST", "/connectors", Some(definition)).await;
