@@ -285,18 +285,23 @@ async fn suggestions(core: &Core, req: &SuggestRequest) -> Result<SuggestView, A
             .map_err(|e| ApiError::invalid(format!("records `{code}`: {e}")))?,
         None => req.sample.clone(),
     };
-    let suggestions = crate::suggest::suggest(d, &sample);
+    Ok(suggest_view(d, &sample))
+}
+
+/// Suggestions for `d` from a sample, with the required fields left unfound.
+fn suggest_view(d: &cdm::Domain, sample: &Value) -> SuggestView {
+    let suggestions = crate::suggest::suggest(d, sample);
     let unmapped_required = d
         .fields
         .iter()
         .filter(|f| f.required && !suggestions.iter().any(|s| s.field == f.name))
         .map(|f| f.name.clone())
         .collect();
-    Ok(SuggestView {
+    SuggestView {
         domain: d.name.clone(),
         suggestions,
         unmapped_required,
-    })
+    }
 }
 
 /// `POST /api/v1/cdm/suggest`
@@ -382,18 +387,7 @@ pub(crate) async fn suggest_from_call(
         .as_str()
         .and_then(|ptr| answer.pointer(ptr))
         .unwrap_or(answer);
-    let suggestions = crate::suggest::suggest(d, sample);
-    let unmapped_required = d
-        .fields
-        .iter()
-        .filter(|f| f.required && !suggestions.iter().any(|s| s.field == f.name))
-        .map(|f| f.name.clone())
-        .collect();
-    Ok(Json(SuggestView {
-        domain: d.name.clone(),
-        suggestions,
-        unmapped_required,
-    }))
+    Ok(Json(suggest_view(d, sample)))
 }
 
 fn require_admin(p: &Principal) -> Result<(), ApiError> {
@@ -606,10 +600,10 @@ async fn item_views(
     p: &Principal,
     rows: Vec<crate::store::DeadLetterItem>,
 ) -> Vec<DeadLetterItemView> {
-    let keys = (!crate::pii::can_view(p)).then_some(());
-    let keys = match keys {
-        Some(()) => Some(crate::pii::keys_for(core, &p.tenant_id).await),
-        None => None,
+    let keys = if crate::pii::can_view(p) {
+        None
+    } else {
+        Some(crate::pii::keys_for(core, &p.tenant_id).await)
     };
     rows.into_iter()
         .map(|r| {

@@ -221,15 +221,9 @@ fn check_mapping(c: &mut Checker, m: &Map<String, Value>, at: &str) {
         found
     });
     if let Some(r) = m.get("records") {
-        match r.as_str() {
-            Some(code) if crate::expr::check(code).is_ok() => {}
-            Some(code) => c.add(
-                join(at, "records"),
-                format!(
-                    "invalid expression: {}",
-                    crate::expr::check(code).err().unwrap_or_default()
-                ),
-            ),
+        match r.as_str().map(crate::expr::check) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => c.add(join(at, "records"), format!("invalid expression: {e}")),
             None => c.add(
                 join(at, "records"),
                 "must be an expression selecting the native records, e.g. .items",

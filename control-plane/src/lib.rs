@@ -145,6 +145,8 @@ pub struct Core {
     pub engine: engine::Engine,
     /// Opened connections (row, definition, credentials), for a few seconds.
     pub connections: cache::TtlCache<Arc<execute::Resolved>>,
+    /// Per tenant, the keys of personal data in its payloads (see [`pii`]).
+    pub pii_keys: cache::TtlCache<Arc<std::collections::BTreeSet<String>>>,
     /// Settings, with `public_tunnel_addr` resolved.
     pub settings: ResolvedSettings,
 }
@@ -224,6 +226,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         },
         engine: engine::Engine::default(),
         connections: cache::TtlCache::new(Duration::from_secs(5), 10_000),
+        pii_keys: cache::TtlCache::new(Duration::from_secs(30), 10_000),
         settings: ResolvedSettings {
             public_tunnel_addr: String::new(),
             agent_idle_timeout: settings.agent_idle_timeout,

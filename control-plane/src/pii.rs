@@ -13,7 +13,6 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::Value;
 
@@ -131,10 +130,7 @@ pub fn native_pii_keys(definition: &Value) -> BTreeSet<String> {
 /// The personal keys in a tenant's data: the CDM's and those of the
 /// connectors its connections use (cached for 30 s).
 pub async fn keys_for(core: &Core, tenant_id: &str) -> Arc<BTreeSet<String>> {
-    static CACHE: std::sync::OnceLock<crate::cache::TtlCache<Arc<BTreeSet<String>>>> =
-        std::sync::OnceLock::new();
-    let cache = CACHE.get_or_init(|| crate::cache::TtlCache::new(Duration::from_secs(30), 10_000));
-    if let Some(k) = cache.get(tenant_id) {
+    if let Some(k) = core.pii_keys.get(tenant_id) {
         return k;
     }
     let mut keys = cdm::pii_field_names().clone();
@@ -155,7 +151,7 @@ pub async fn keys_for(core: &Core, tenant_id: &str) -> Arc<BTreeSet<String>> {
         }
     }
     let keys = Arc::new(keys);
-    cache.insert(tenant_id.to_owned(), keys.clone());
+    core.pii_keys.insert(tenant_id.to_owned(), keys.clone());
     keys
 }
 
