@@ -245,6 +245,8 @@ pub(crate) async fn execute(
         .ensure_storage(&core.store, &p.tenant_id)
         .await?;
     let row = ExecutionRow::queued(&o, params.to_string(), "api", p.actor());
+    // Subscribed before the row exists: its end cannot be missed.
+    let finished = core.engine.subscribe();
     core.store.create_execution(&row).await?;
     record(
         &core.store,
@@ -255,7 +257,7 @@ pub(crate) async fn execute(
         json!({"orchestration": o.id, "version": o.latest_version}),
     )
     .await;
-    let v = wait_for(&core, &p, row, wait).await?;
+    let v = wait_for(&core, &p, row, wait, finished).await?;
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
@@ -516,20 +518,17 @@ async fn rerun_of(
     Ok(row)
 }
 
+/// Submits a created execution and waits up to `wait_ms` for its end (on
+/// `finished`, subscribed before the row was created); the execution as it is then.
 async fn wait_for(
     core: &Core,
     p: &Principal,
     row: ExecutionRow,
     wait_ms: u64,
+    mut finished: tokio::sync::broadcast::Receiver<String>,
 ) -> Result<ExecutionView, ApiError> {
-    let mut finished = core.engine.subscribe();
     core.engine.submit(&row.id);
-    // It may have ended already (another path can start a queued execution).
-    let ended = |e: &Option<ExecutionRow>| {
-        e.as_ref()
-            .is_some_and(|e| !matches!(e.status.as_str(), "queued" | "running"))
-    };
-    if wait_ms > 0 && !ended(&core.store.execution(&p.tenant_id, &row.id).await?) {
+    if wait_ms > 0 {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(60_000));
         loop {
             match tokio::time::timeout_at(deadline, finished.recv()).await {
@@ -569,10 +568,11 @@ pub(crate) async fn rerun(
         .await?
         .ok_or_else(|| ApiError::not_found("execution", &id))?;
     let wait = req.wait_ms.unwrap_or(0);
+    let finished = core.engine.subscribe();
     let row = rerun_of(&core, &p, &e, req, "rerun").await?;
     Ok((
         StatusCode::CREATED,
-        Json(wait_for(&core, &p, row, wait).await?),
+        Json(wait_for(&core, &p, row, wait, finished).await?),
     )
         .into_response())
 }
@@ -627,10 +627,11 @@ pub(crate) async fn replay(
         version: None,
         wait_ms: None,
     };
+    let finished = core.engine.subscribe();
     let row = rerun_of(&core, &p, &e, req, "replay").await?;
     Ok((
         StatusCode::CREATED,
-        Json(wait_for(&core, &p, row, 0).await?),
+        Json(wait_for(&core, &p, row, 0, finished).await?),
     )
         .into_response())
 }
