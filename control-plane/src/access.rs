@@ -147,8 +147,8 @@ pub(crate) async fn create_token(
     if name.is_empty() || name.len() > 100 {
         problems.push(json!({"field": "name", "problem": "must be 1 to 100 characters"}));
     }
-    if !TENANT_ROLES.contains(&body.role.as_str()) {
-        problems.push(json!({"field": "role", "problem": format!("must be one of {}", TENANT_ROLES.join(", "))}));
+    if let Some(problem) = crate::users::role_problem(p.is_platform_admin(), &body.role) {
+        problems.push(json!({"field": "role", "problem": problem}));
     }
     if let Some(ttl) = body.ttl_secs
         && !(60..=10 * 365 * 24 * 3600).contains(&ttl)

@@ -67,6 +67,11 @@ impl ApiError {
         }
     }
 
+    /// The stable code (`not_found`, `credentials_unreadable`, …).
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
     /// The message for a person.
     pub fn message(&self) -> &str {
         &self.message
@@ -198,6 +203,12 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Whether the caller is a platform admin (who belongs to the platform
+    /// tenant, which holds no other role).
+    pub fn is_platform_admin(&self) -> bool {
+        self.role == crate::tenants::PLATFORM_ADMIN
+    }
+
     /// How the audit log names this caller.
     pub fn actor(&self) -> String {
         format!("token:{}", self.token_id)
@@ -315,6 +326,20 @@ impl FromRequestParts<Arc<Core>> for Principal {
                 format!(
                     "tenant `{}` is suspended: contact the platform operator",
                     tenant.name
+                ),
+            ));
+        }
+        // The platform tenant holds platform admins only; an enterprise role
+        // there (a row from before that rule) must not reach global resources.
+        if (tenant.name == crate::tenants::PLATFORM_TENANT)
+            != (t.role == crate::tenants::PLATFORM_ADMIN)
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "the `{}` role does not exist in tenant `{}`: ask a platform admin for a user in your enterprise's tenant",
+                    t.role, tenant.name
                 ),
             ));
         }
@@ -618,6 +643,10 @@ pub fn router(core: Arc<Core>) -> Router {
         .route(
             "/tenants/{id}",
             get(crate::tenants::get_tenant).patch(crate::tenants::update_tenant),
+        )
+        .route(
+            "/tenants/{id}/users",
+            post(crate::tenants::create_tenant_user),
         )
         .route("/usage", get(crate::tenants::own_usage))
         .fallback(not_found)

@@ -36,6 +36,8 @@ pub struct ServeFile {
     pub health_check_interval_secs: Option<u64>,
     /// Default 60 (1 to 86400).
     pub storage_interval_secs: Option<u64>,
+    /// Default 600 (0 to 86400).
+    pub agent_wait_secs: Option<u64>,
 }
 
 /// Values from flags and the environment (`None` when not given).
@@ -61,6 +63,8 @@ pub struct Overrides {
     pub health_check_interval_secs: Option<u64>,
     /// `--storage-interval-secs` / `DIBOP_STORAGE_INTERVAL_SECS`.
     pub storage_interval_secs: Option<u64>,
+    /// `--agent-wait-secs` / `DIBOP_AGENT_WAIT_SECS`.
+    pub agent_wait_secs: Option<u64>,
 }
 
 /// A configuration that cannot be used.
@@ -184,6 +188,11 @@ pub fn resolve(file: ServeFile, over: Overrides, origin: &str) -> Result<Setting
         ));
     }
     settings.storage_interval = Duration::from_secs(storage);
+    let wait = over.agent_wait_secs.or(file.agent_wait_secs).unwrap_or(600);
+    if wait > 86_400 {
+        problems.push(format!("agent_wait_secs = {wait} must be 0..=86400"));
+    }
+    settings.agent_wait = Duration::from_secs(wait);
     if problems.is_empty() {
         Ok(settings)
     } else {

@@ -896,7 +896,9 @@ pub(crate) async fn rotate_credentials(
 ) -> Result<Json<ConnectionView>, ApiError> {
     let c = own(&core, &p, &id).await?;
     authorize(&core, &p, &c, "admin").await?;
-    let resolved = execute::resolve(&core, c.clone()).await?;
+    // The stored credentials are not opened: rotation must also repair ones
+    // that no longer decrypt.
+    let resolved = execute::resolve_definition(&core, c.clone()).await?;
     let mut problems = Vec::new();
     let creds = check_credentials(&resolved.scheme(), &req.credentials, &mut problems);
     if !problems.is_empty() {
@@ -1141,7 +1143,7 @@ pub(crate) async fn check_now(
 ) -> Result<Json<HealthView>, ApiError> {
     require_operator(&p)?;
     let c = own(&core, &p, &id).await?;
-    let resolved = execute::resolve(&core, c.clone()).await?;
+    let resolved = execute::resolve_definition(&core, c.clone()).await?;
     authorize(&core, &p, &c, &health_method(&resolved)).await?;
     if c.status != "active" {
         return Err(ApiError::new(

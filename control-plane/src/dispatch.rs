@@ -55,10 +55,47 @@ struct Maps {
 }
 
 /// Online agents.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     maps: RwLock<Maps>,
     next_call_id: AtomicU64,
+    /// Woken whenever an agent comes online.
+    arrived: tokio::sync::Notify,
+    /// When this control plane started (agents reconnect after a restart).
+    born: Instant,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            maps: RwLock::default(),
+            next_call_id: AtomicU64::default(),
+            arrived: tokio::sync::Notify::new(),
+            born: Instant::now(),
+        }
+    }
+}
+
+/// How long the control plane waits for an agent's answer to `message`:
+/// every attempt its retry policy allows, with the longest pauses between
+/// them, and [`RESULT_GRACE`] for the agent to report its own timeout.
+pub fn answer_deadline(message: &ControlToAgent) -> Duration {
+    let (request, retry) = match message {
+        ControlToAgent::Call(r) => (r, None),
+        ControlToAgent::Invoke(r) => (&r.call, Some(&r.retry)),
+        _ => return RESULT_GRACE,
+    };
+    let per_attempt = Duration::from_millis(u64::from(request.timeout_ms));
+    let Some(retry) = retry else {
+        return per_attempt + RESULT_GRACE;
+    };
+    // As the agent counts them.
+    let attempts = retry.max_attempts.clamp(1, 10);
+    // A token fetch, and one more try after a refused token, may each take
+    // a timeout of their own.
+    per_attempt * (attempts + 2)
+        + Duration::from_millis(u64::from(retry.max_backoff_ms)) * (attempts - 1)
+        + RESULT_GRACE
 }
 
 struct InFlight<'a>(&'a AtomicU32);
@@ -119,19 +156,49 @@ impl Registry {
     /// Registers a connected agent, replacing (and closing) an older
     /// connection of the same agent.
     pub fn insert(&self, agent: Arc<LiveAgent>) {
-        let old = {
+        let old = self.replace(agent);
+        self.arrived.notify_waiters();
+        if let Some(old) = old {
+            old.connection.close(
+                codes::CLOSE_REPLACED.into(),
+                b"replaced by a newer connection of this agent",
+            );
+        }
+    }
+
+    /// How long ago this control plane started.
+    pub fn uptime(&self) -> Duration {
+        self.born.elapsed()
+    }
+
+    /// Waits until an agent of `group_id` is online (`true`), or `until`
+    /// passes without one (`false`).
+    pub async fn wait_for_group(&self, group_id: &str, until: Instant) -> bool {
+        loop {
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            if self.online_in_group(group_id) > 0 {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            tokio::select! {
+                _ = arrived => {}
+                _ = tokio::time::sleep_until(until.into()) => {}
+            }
+        }
+    }
+
+    fn replace(&self, agent: Arc<LiveAgent>) -> Option<Arc<LiveAgent>> {
+        {
             let mut maps = self.maps.write().unwrap_or_else(lock_poisoned);
             let old = maps.by_id.insert(agent.id.clone(), agent.clone());
             let group = maps.by_group.entry(agent.group_id.clone()).or_default();
             group.retain(|a| a.id != agent.id);
             group.push(agent);
             old
-        };
-        if let Some(old) = old {
-            old.connection.close(
-                codes::CLOSE_REPLACED.into(),
-                b"replaced by a newer connection of this agent",
-            );
         }
     }
 
@@ -323,7 +390,7 @@ impl Registry {
             return Attempt::NotSent(format!("cannot send the request: {e}"));
         }
         let _ = send.finish();
-        let wait = Duration::from_millis(u64::from(request.timeout_ms)) + RESULT_GRACE;
+        let wait = answer_deadline(message);
         let started = Instant::now();
         match tokio::time::timeout(
             wait,

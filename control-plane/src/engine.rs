@@ -72,6 +72,8 @@ pub struct Engine {
     tx: mpsc::UnboundedSender<String>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     finished: broadcast::Sender<String>,
+    /// Worker slots; an execution waiting for an agent lends its slot.
+    workers: Arc<tokio::sync::Semaphore>,
 }
 
 impl Default for Engine {
@@ -84,6 +86,7 @@ impl Default for Engine {
             tx,
             rx: Mutex::new(Some(rx)),
             finished: broadcast::channel(4096).0,
+            workers: Arc::new(tokio::sync::Semaphore::new(WORKERS)),
         }
     }
 }
@@ -150,7 +153,7 @@ pub async fn run(core: Arc<Core>, shutdown: tokio_util::sync::CancellationToken)
     // Leases: renewed, and executions no live node holds taken over (at
     // start, those this node left unfinished).
     tokio::spawn(keep_leases(core.clone(), shutdown.clone()));
-    let workers = Arc::new(tokio::sync::Semaphore::new(WORKERS));
+    let workers = core.engine.workers.clone();
     loop {
         let id = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -502,10 +505,55 @@ fn run_steps(
         let mut last = Value::Null;
         for (i, step) in steps.iter().enumerate() {
             let path = format!("{base}[{i}]{suffix}");
-            last = run_step(&run, step, &path, &mut local).await?;
+            match run_step(&run, step, &path, &mut local).await {
+                Ok(out) => last = out,
+                Err(e) => {
+                    let reason = format!("not run: step `{}` failed before it", e.step);
+                    skip(&run, &steps, i + 1, &base, &suffix, &reason).await;
+                    return Err(e);
+                }
+            }
         }
         Ok((last, local))
     })
+}
+
+/// Records `steps[from..]` (at `{base}[i]{suffix}`) as skipped, with why.
+async fn skip(
+    run: &Arc<Run>,
+    steps: &[Value],
+    from: usize,
+    base: &str,
+    suffix: &str,
+    reason: &str,
+) {
+    let now = now_unix();
+    let rows: Vec<StepRow> = steps
+        .iter()
+        .enumerate()
+        .skip(from)
+        .map(|(i, step)| {
+            let id = step["id"].as_str().unwrap_or_default();
+            StepRow {
+                execution_id: run.exe.id.clone(),
+                path: format!("{base}[{i}]{suffix}"),
+                seq: run.seq.fetch_add(1, Ordering::SeqCst) + 1,
+                step_id: id.to_owned(),
+                step_type: step["type"].as_str().unwrap_or_default().to_owned(),
+                status: "skipped".into(),
+                input: None,
+                output: None,
+                error: Some(json!({"class": "skipped", "message": reason, "step": id}).to_string()),
+                attempts: 0,
+                started_at: now,
+                finished_at: Some(now),
+                duration_ms: Some(0),
+            }
+        })
+        .collect();
+    if let Err(e) = run.core.store.skip_steps(&rows).await {
+        tracing::warn!(execution = %run.exe.id, "cannot record skipped steps: {e}");
+    }
 }
 
 /// Runs steps and writes the resulting scope back; the last output.
@@ -557,6 +605,9 @@ async fn run_step(
         .and_then(|r| r.output.clone());
     if let Some(output) = done {
         let v: Value = serde_json::from_str(&output).unwrap_or(Value::Null);
+        if kind.starts_with("map_") && v["dead_letters"].as_array().is_some_and(|d| !d.is_empty()) {
+            run.partial.store(true, Ordering::SeqCst);
+        }
         scope["steps"][&id] = v.clone();
         return Ok(v);
     }
@@ -573,6 +624,21 @@ async fn run_step(
     let result = loop {
         attempt += 1;
         let started = Instant::now();
+        // A delay's end is durable: resumed after a restart, it waits only
+        // what is left.
+        let input = (kind == "delay").then(|| {
+            let ms = step["ms"].as_u64().unwrap_or(0) as i64;
+            let earlier = run
+                .records
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(path)
+                .and_then(|r| r.input.as_deref())
+                .and_then(|i| serde_json::from_str::<Value>(i).ok())
+                .and_then(|v| v["until_ms"].as_i64());
+            let until = earlier.unwrap_or_else(|| now_millis() + ms);
+            json!({"ms": ms, "until_ms": until}).to_string()
+        });
         let record = StepRow {
             execution_id: run.exe.id.clone(),
             path: path.to_owned(),
@@ -580,7 +646,7 @@ async fn run_step(
             step_id: id.clone(),
             step_type: kind.clone(),
             status: "running".into(),
-            input: None,
+            input: input.clone(),
             output: None,
             error: None,
             attempts: i64::from(attempt),
@@ -594,6 +660,12 @@ async fn run_step(
                 format!("cannot record the step: {e}"),
                 &id,
             ));
+        }
+        if input.is_some() {
+            run.records
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(path.to_owned(), record.clone());
         }
         let (input, outcome) = exec_step(run, step, &kind, &id, path, scope).await;
         let ms = started.elapsed().as_millis() as i64;
@@ -619,6 +691,15 @@ async fn run_step(
                 break Ok(out);
             }
             Err(e) => {
+                let retryable = attempt < max
+                    && !never.contains(&e.class)
+                    && !matches!(
+                        e.class.as_str(),
+                        "failed" | "cancelled" | "expression_error"
+                    );
+                // With `on_error: continue` the step's output is its error.
+                let continued = (!retryable && step["on_error"] == "continue")
+                    .then(|| stored(&json!({"error": e})));
                 let _ = run
                     .core
                     .store
@@ -627,19 +708,13 @@ async fn run_step(
                         path,
                         "failed",
                         input_text.as_deref(),
-                        None,
+                        continued.as_deref(),
                         Some(&json!(e).to_string()),
                         i64::from(attempt),
                         now_unix(),
                         ms,
                     )
                     .await;
-                let retryable = attempt < max
-                    && !never.contains(&e.class)
-                    && !matches!(
-                        e.class.as_str(),
-                        "failed" | "cancelled" | "expression_error"
-                    );
                 if !retryable {
                     break Err(e);
                 }
@@ -684,6 +759,13 @@ async fn run_step(
             _ => Err(e),
         },
     }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Renders step values: strings are templates, `{"expr": …}` expressions.
@@ -767,8 +849,19 @@ async fn exec_step(
         }
         "delay" => {
             let ms = step["ms"].as_u64().unwrap_or(0);
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            (Some(json!({"ms": ms})), Ok(json!({"ms": ms})))
+            let until = run
+                .records
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(path)
+                .and_then(|r| r.input.as_deref())
+                .and_then(|i| serde_json::from_str::<Value>(i).ok())
+                .and_then(|v| v["until_ms"].as_i64())
+                .unwrap_or_else(|| now_millis() + ms as i64);
+            let left = (until - now_millis()).max(0) as u64;
+            tokio::time::sleep(Duration::from_millis(left)).await;
+            let input = json!({"ms": ms, "until_ms": until});
+            (Some(input), Ok(json!({"ms": ms})))
         }
         "branch" => {
             let (chosen, label) = if let Some(cond) = step["if"].as_str() {
@@ -799,6 +892,25 @@ async fn exec_step(
                     Err(e) => return (Some(json!(on)), Err(expr_err(e))),
                 }
             };
+            // The branches not taken are in the trace too, as skipped.
+            let mut others: Vec<(String, &Value)> = Vec::new();
+            if step.get("if").is_some() {
+                others.push(("then".into(), &step["then"]));
+                others.push(("else".into(), &step["else"]));
+            } else {
+                if let Some(cases) = step["cases"].as_object() {
+                    others.extend(cases.iter().map(|(k, v)| (format!("cases.{k}"), v)));
+                }
+                others.push(("default".into(), &step["default"]));
+            }
+            for (other, steps) in others {
+                if other != label
+                    && let Some(steps) = steps.as_array()
+                {
+                    let reason = format!("not run: the branch took `{label}`");
+                    skip(run, steps, 0, &format!("{path}.{other}"), "", &reason).await;
+                }
+            }
             let steps = chosen.as_array().cloned().unwrap_or_default();
             let out = steps_in(run, steps, format!("{path}.{label}"), String::new(), scope).await;
             (
@@ -1100,6 +1212,10 @@ async fn map_step(
             }
         }
     }
+    if !dead_letters.is_empty() {
+        // Records set aside: the execution is a partial success at best.
+        run.partial.store(true, Ordering::SeqCst);
+    }
     let mut output = json!({
         "domain": domain,
         "count": mapped.records.len(),
@@ -1188,8 +1304,44 @@ async fn call_step(
         );
     }
     let actor = format!("execution:{}", run.exe.id);
-    let (out, ran_on, elapsed) =
-        crate::execute::run(&run.core, &resolved, operation, request, &actor, true).await;
+    // A call for a relay group with no agent online waits for one (after a
+    // restart, agents take a few seconds to reconnect), up to `agent_wait`.
+    let group = match (
+        resolved.row.execution_mode.as_str(),
+        &resolved.row.agent_group_id,
+    ) {
+        ("agent_group", Some(g)) => Some(g.clone()),
+        _ => None,
+    };
+    let until = Instant::now() + run.core.settings.agent_wait;
+    let (out, ran_on, elapsed) = loop {
+        if let Some(group) = &group
+            && run.core.registry.online_in_group(group) == 0
+            && let Err(e) = wait_for_agent(run, group, path, id, until).await
+        {
+            return (Some(input), Err(e));
+        }
+        let (out, ran_on, elapsed) = crate::execute::run(
+            &run.core,
+            &resolved,
+            operation,
+            request.clone(),
+            &actor,
+            true,
+        )
+        .await;
+        // Not delivered to any agent (attempts 0): safe to wait and send again.
+        let undelivered = out.result.attempts == 0
+            && out
+                .result
+                .error
+                .as_ref()
+                .is_some_and(|e| e.class == dibop_protocol::ErrorClass::AgentUnavailable);
+        if group.is_some() && undelivered && Instant::now() < until {
+            continue;
+        }
+        break (out, ran_on, elapsed);
+    };
     let r = &out.result;
     let response = match &r.body {
         dibop_protocol::ResponseBody::Json(t) => serde_json::from_str(t).unwrap_or(Value::Null),
@@ -1214,6 +1366,57 @@ async fn call_step(
             Err(StepError::new("upstream_error", "the call failed", id)),
         ),
     }
+}
+
+/// Waits for an agent of `group` to come online, the step marked `waiting`
+/// meanwhile and its worker slot lent to other executions; fails
+/// `agent_unavailable` at `until`, `cancelled` when the execution is.
+async fn wait_for_agent(
+    run: &Arc<Run>,
+    group: &str,
+    path: &str,
+    id: &str,
+    until: Instant,
+) -> Result<(), StepError> {
+    let store = &run.core.store;
+    let wait_secs = run.core.settings.agent_wait.as_secs();
+    let why = json!({"class": "agent_unavailable", "step": id, "message": format!(
+        "waiting for an agent of relay group {group} to come online (at most {wait_secs} s from the step's start)"
+    )});
+    let _ = store
+        .set_step_waiting(&run.exe.id, path, Some(&why.to_string()))
+        .await;
+    let workers = run.core.engine.workers.clone();
+    workers.add_permits(1);
+    let outcome = loop {
+        let tick = (Instant::now() + Duration::from_secs(1)).min(until);
+        if run.core.registry.wait_for_group(group, tick).await {
+            break Ok(());
+        }
+        if run.cancelled().await {
+            break Err(StepError::new(
+                "cancelled",
+                "the execution was cancelled",
+                id,
+            ));
+        }
+        if Instant::now() >= until {
+            break Err(StepError::new(
+                "agent_unavailable",
+                format!(
+                    "no agent of relay group {group} came online within {wait_secs} s: check that \
+                     dibop-agent runs at the site and can reach the control plane"
+                ),
+                id,
+            ));
+        }
+    };
+    // Take a worker slot back before running on.
+    if let Ok(permit) = workers.acquire().await {
+        permit.forget();
+    }
+    let _ = store.set_step_waiting(&run.exe.id, path, None).await;
+    outcome
 }
 
 async fn sub_orchestration(

@@ -361,6 +361,18 @@ fn proxy_of(c: &Resolved) -> Option<ProxyOptions> {
 async fn send(core: &Core, c: &Resolved, request: InvokeRequest) -> (InvokeResult, String) {
     match (c.row.execution_mode.as_str(), &c.row.agent_group_id) {
         ("agent_group", Some(group)) => {
+            // Just after a start, agents are still reconnecting: wait for one
+            // (within the call's own timeout) rather than fail at once.
+            let grace = core
+                .settings
+                .agent_grace
+                .saturating_sub(core.registry.uptime())
+                .min(Duration::from_millis(u64::from(request.call.timeout_ms)));
+            if !grace.is_zero() && core.registry.online_in_group(group) == 0 {
+                core.registry
+                    .wait_for_group(group, Instant::now() + grace)
+                    .await;
+            }
             let out = core.registry.invoke(group, request).await;
             let ran_on = if out.result.agent_id.is_empty() {
                 format!("agent_group:{group}")
@@ -702,6 +714,18 @@ pub async fn resolve_cached(
 
 /// Opens a stored connection: its connector version and credentials.
 pub async fn resolve(core: &Core, row: ConnectionRow) -> Result<Resolved, crate::api::ApiError> {
+    let mut resolved = resolve_definition(core, row).await?;
+    open_credentials(core, &mut resolved).await?;
+    Ok(resolved)
+}
+
+/// A stored connection with its connector version, credentials left sealed
+/// (for what needs only the definition: rotating credentials that may no
+/// longer open, for one).
+pub async fn resolve_definition(
+    core: &Core,
+    row: ConnectionRow,
+) -> Result<Resolved, crate::api::ApiError> {
     let version = core
         .store
         .version(&row.connector_id, &row.connector_version)
@@ -710,7 +734,20 @@ pub async fn resolve(core: &Core, row: ConnectionRow) -> Result<Resolved, crate:
             crate::api::ApiError::not_found("connector version", &row.connector_version)
         })?;
     let definition: Value = serde_json::from_str(&version.definition).unwrap_or(Value::Null);
-    let mut credentials = HashMap::new();
+    Ok(Resolved {
+        row,
+        definition,
+        credentials: HashMap::new(),
+        proxy: None,
+    })
+}
+
+/// Opens a connection's sealed credentials into `resolved`.
+async fn open_credentials(
+    core: &Core,
+    resolved: &mut Resolved,
+) -> Result<(), crate::api::ApiError> {
+    let row = &resolved.row;
     let mut proxy_user = None;
     let mut proxy_password = None;
     for (field, sealed) in core.store.secrets(&row.id).await? {
@@ -721,30 +758,31 @@ pub async fn resolve(core: &Core, row: ConnectionRow) -> Result<Resolved, crate:
             .map_err(|e| {
                 tracing::error!(connection = %row.id, %field, "cannot open a credential: {e}");
                 crate::api::ApiError::new(
-                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                    "vault_error",
-                    "a credential of this connection cannot be opened: ask the platform operator to check the master key",
+                    axum::http::StatusCode::CONFLICT,
+                    "credentials_unreadable",
+                    format!(
+                        "the connection's `{}` can no longer be decrypted (the master key it was \
+                         sealed with is gone, or the stored value is damaged): set the credentials \
+                         again with PUT /api/v1/connections/{}/credentials",
+                        field.trim_start_matches("cred."),
+                        row.id
+                    ),
                 )
             })?;
         if let Some(name) = field.strip_prefix("cred.") {
-            credentials.insert(name.to_owned(), secret);
+            resolved.credentials.insert(name.to_owned(), secret);
         } else if field == "proxy.username" {
             proxy_user = Some(secret.expose().to_owned());
         } else if field == "proxy.password" {
             proxy_password = Some(secret);
         }
     }
-    let proxy = match (proxy_user, proxy_password) {
+    resolved.proxy = match (proxy_user, proxy_password) {
         (Some(u), Some(p)) => Some((u, p)),
         (Some(u), None) => Some((u, Secret::new(""))),
         _ => None,
     };
-    Ok(Resolved {
-        row,
-        definition,
-        credentials,
-        proxy,
-    })
+    Ok(())
 }
 
 /// Checks every active connection's health every `interval` (jittered),
@@ -783,8 +821,20 @@ pub async fn check_health(core: &Core, row: ConnectionRow) -> Option<HealthRow> 
     let resolved = match resolve(core, row).await {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(connection = %id, "health check skipped: {e:?}");
-            return None;
+            // A connection that cannot even be opened is down, and says why.
+            tracing::warn!(connection = %id, code = e.code(), "health check failed before the call: {}", e.message());
+            let h = HealthRow {
+                connection_id: id,
+                at: now_unix(),
+                status: "offline".into(),
+                outcome: e.code().to_owned(),
+                detail: e.message().to_owned(),
+                duration_ms: 0,
+            };
+            if let Err(e) = core.store.record_health(&h).await {
+                tracing::warn!(connection = %h.connection_id, "cannot record health: {e}");
+            }
+            return Some(h);
         }
     };
     let timeout = resolved

@@ -103,12 +103,89 @@ fn compile(code: &str) -> Result<Filter, String> {
         })
 }
 
-/// Checks that `code` is a valid expression (syntax and names).
-pub fn check(code: &str) -> Result<(), String> {
-    if code.len() > 64 * 1024 {
-        return Err("the expression is longer than 64 KiB".into());
+/// Longest expression accepted, in bytes.
+pub const MAX_LEN: usize = 64 * 1024;
+/// Deepest nesting of brackets (`(`, `[`, `{`, string interpolation) accepted.
+pub const MAX_NESTING: usize = 128;
+/// Stack of the thread that parses and compiles an expression being checked.
+/// jq's parser and compiler recurse once per nesting level and per operator
+/// of a right-associative chain (`a | b | c …`), and an expression of
+/// [`MAX_LEN`] bytes stays far inside this (only the pages it touches are
+/// ever committed).
+const CHECK_STACK: usize = 256 * 1024 * 1024;
+
+/// The deepest bracket nesting in `code`, counted without parsing it (so a
+/// hostile expression cannot exhaust a stack while being measured).
+pub fn nesting(code: &str) -> usize {
+    // What each open level is: a bracket in code, a string, or an
+    // interpolation `\(…)` inside a string.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Level {
+        Bracket,
+        Str,
+        Interpolation,
     }
-    compile(code).map(|_| ())
+    let mut stack: Vec<Level> = Vec::new();
+    let mut deepest = 0;
+    let mut chars = code.chars();
+    while let Some(c) = chars.next() {
+        if stack.last() == Some(&Level::Str) {
+            match c {
+                // An escape: `\(` opens an interpolation, others are skipped.
+                '\\' => stack.extend((chars.next() == Some('(')).then_some(Level::Interpolation)),
+                '"' => {
+                    stack.pop();
+                }
+                _ => {}
+            }
+        } else {
+            match c {
+                '"' => stack.push(Level::Str),
+                '(' | '[' | '{' => stack.push(Level::Bracket),
+                ')' | ']' | '}' => {
+                    stack.pop();
+                }
+                '#' => {
+                    // A comment runs to the end of the line.
+                    for c in chars.by_ref() {
+                        if c == '\n' {
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        deepest = deepest.max(stack.len());
+    }
+    deepest
+}
+
+/// Checks that `code` is a valid expression (syntax and names): no longer
+/// than [`MAX_LEN`], nested at most [`MAX_NESTING`] deep, then parsed and
+/// compiled on a thread with a stack large enough for any such expression.
+pub fn check(code: &str) -> Result<(), String> {
+    if code.len() > MAX_LEN {
+        return Err(format!(
+            "the expression is longer than {} KiB",
+            MAX_LEN / 1024
+        ));
+    }
+    let depth = nesting(code);
+    if depth > MAX_NESTING {
+        return Err(format!(
+            "the expression nests {depth} levels deep; at most {MAX_NESTING} are allowed"
+        ));
+    }
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("dibop-expr-check".into())
+            .stack_size(CHECK_STACK)
+            .spawn_scoped(scope, || compile(code).map(|_| ()))
+            .map_err(|e| format!("cannot start the expression checker: {e}"))?
+            .join()
+            .unwrap_or_else(|_| Err("the expression could not be checked".into()))
+    })
 }
 
 fn to_val(v: &Value) -> Val {
@@ -496,6 +573,50 @@ mod tests {
         assert!(e.contains("undefined variable"), "{e}");
         let e = eval_blocking(".a + 1", &json!({"a": "x"})).unwrap_err();
         assert!(e.contains("cannot"), "{e}");
+    }
+
+    /// Expressions as deep or as long as allowed, in every shape that makes
+    /// jq's parser or compiler recurse: each is refused or checked, and the
+    /// process lives.
+    #[test]
+    fn hostile_expressions_cannot_exhaust_the_stack() {
+        let deep = format!("{}1{}", "(".repeat(1000), ")".repeat(1000));
+        let e = check(&deep).unwrap_err();
+        assert!(e.contains("1000 levels deep"), "{e}");
+        let deep_string = format!("\"{}1{}\"", "\\(".repeat(300), ")".repeat(300));
+        assert!(check(&deep_string).unwrap_err().contains("levels deep"));
+        let deep_arrays = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+        assert!(check(&deep_arrays).is_err());
+        let at_limit = format!("{}1{}", "(".repeat(MAX_NESTING), ")".repeat(MAX_NESTING));
+        check(&at_limit).unwrap();
+        // Chains that nest without brackets, each as long as allowed.
+        let fill = |unit: &str, end: &str| {
+            let n = (MAX_LEN - end.len()) / unit.len();
+            format!("{}{end}", unit.repeat(n))
+        };
+        for code in [
+            fill(". | ", "."),
+            fill("1 + ", "1"),
+            fill(". as $x | ", "."),
+            fill("- ", "1"),
+            fill("try ", "1"),
+            fill("def f: ", "1"),
+            fill(". // ", "."),
+            fill("not | ", "."),
+            fill(".a", ""),
+            fill("1, ", "1"),
+            fill("if . then . else ", ". end"),
+        ] {
+            let _ = check(&code);
+        }
+        assert!(
+            check(&"1".repeat(MAX_LEN + 1))
+                .unwrap_err()
+                .contains("longer than")
+        );
+        // Comments and strings do not count as nesting.
+        assert_eq!(nesting("\"((((\" # [[[[\n."), 1);
+        assert_eq!(nesting("\"a\\(.b | (.c))\""), 3);
     }
 
     #[test]

@@ -84,6 +84,13 @@ pub struct Settings {
     pub cloud_agent_allow: Vec<String>,
     /// How often active connections are health-checked.
     pub health_check_interval: Duration,
+    /// How long an execution's call waits for an agent of its group to come
+    /// online (the step shows `waiting` meanwhile) before it fails
+    /// `agent_unavailable`.
+    pub agent_wait: Duration,
+    /// After a start, how long API calls to a group with no agent online
+    /// wait for one (agents reconnect after a control-plane restart).
+    pub agent_grace: Duration,
     /// Whether schedule triggers fire (off only in tests that drive them).
     pub run_scheduler: bool,
     /// The `dibop` executable whose `expr-worker` subcommand evaluates
@@ -109,6 +116,8 @@ impl Settings {
             agent_cert_ttl: Duration::from_secs(30 * 24 * 3600),
             cloud_agent_allow: vec!["public".into()],
             health_check_interval: Duration::from_secs(60),
+            agent_wait: Duration::from_secs(600),
+            agent_grace: Duration::from_secs(30),
             run_scheduler: true,
             storage_interval: Duration::from_secs(60),
             expression_worker: sandbox::default_program(),
@@ -164,6 +173,10 @@ pub struct ResolvedSettings {
     pub health_check_interval: Duration,
     /// See [`Settings::storage_interval`].
     pub storage_interval: Duration,
+    /// See [`Settings::agent_wait`].
+    pub agent_wait: Duration,
+    /// See [`Settings::agent_grace`].
+    pub agent_grace: Duration,
 }
 
 /// A running control plane.
@@ -233,6 +246,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             agent_cert_ttl: settings.agent_cert_ttl,
             health_check_interval: settings.health_check_interval,
             storage_interval: settings.storage_interval,
+            agent_wait: settings.agent_wait,
+            agent_grace: settings.agent_grace,
         },
     };
     let endpoint = tunnel::endpoint(&core, settings.tunnel_addr)

@@ -106,6 +106,10 @@ struct ServeArgs {
     /// storage limit [default: 60].
     #[arg(long, env = "DIBOP_STORAGE_INTERVAL_SECS")]
     storage_interval_secs: Option<u64>,
+    /// Seconds an execution's call waits for an agent of its relay group to come
+    /// online (the step shows `waiting`) before failing `agent_unavailable` [default: 600].
+    #[arg(long, env = "DIBOP_AGENT_WAIT_SECS")]
+    agent_wait_secs: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -254,13 +258,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cloud_agent_allow: serve.cloud_agent_allow,
                 health_check_interval_secs: serve.health_check_interval_secs,
                 storage_interval_secs: serve.storage_interval_secs,
+                agent_wait_secs: serve.agent_wait_secs,
             };
             let settings = config::resolve(file, overrides, &origin)?;
             if serve.check_config {
+                // The database must answer too, not only parse.
+                if let Some(url) = &settings.database_url {
+                    let shown = dibop_control_plane::store::redact_url(url);
+                    match tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        dibop_control_plane::store::Store::ping_url(url),
+                    )
+                    .await
+                    {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            anyhow::bail!("{origin}: the database at {shown} cannot be used: {e}")
+                        }
+                        Err(_) => {
+                            anyhow::bail!(
+                                "{origin}: the database at {shown} did not answer within 10 s"
+                            )
+                        }
+                    }
+                }
                 println!(
                     "configuration is valid:\n  data_dir = {}\n  database = {}\n  http_addr = {}\n  tunnel_addr = {}\n  \
                      public_tunnel_addr = {}\n  agent_idle_timeout_ms = {}\n  agent_cert_ttl_secs = {}\n  \
-                     cloud_agent_allow = {:?}\n  health_check_interval_secs = {}\n  storage_interval_secs = {}",
+                     cloud_agent_allow = {:?}\n  health_check_interval_secs = {}\n  storage_interval_secs = {}\n  \
+                     agent_wait_secs = {}",
                     settings.data_dir.display(),
                     settings.database_url.as_deref().map_or(
                         "sqlite (data_dir/dibop.db)".to_owned(),
@@ -277,6 +303,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     settings.cloud_agent_allow,
                     settings.health_check_interval.as_secs(),
                     settings.storage_interval.as_secs(),
+                    settings.agent_wait.as_secs(),
                 );
                 return Ok(());
             }
@@ -445,11 +472,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ttl_secs,
             } => {
                 use dibop_control_plane::access;
-                anyhow::ensure!(
-                    access::TENANT_ROLES.contains(&role.as_str()),
-                    "role must be one of {}",
-                    access::TENANT_ROLES.join(", ")
-                );
                 let store =
                     dibop_control_plane::open_store(&data_dir, database_url.as_deref()).await?;
                 let t = store.tenant_by_name(&tenant).await?.ok_or_else(|| {
@@ -457,6 +479,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "no tenant named `{tenant}` (create it with `dibop admin create-tenant`)"
                     )
                 })?;
+                if let Some(problem) = dibop_control_plane::users::role_problem(
+                    t.name == dibop_control_plane::tenants::PLATFORM_TENANT,
+                    &role,
+                ) {
+                    anyhow::bail!("--role `{role}`: {problem}");
+                }
                 let expires_at =
                     ttl_secs.map(|s| dibop_control_plane::store::now_unix() + s as i64);
                 let (row, token) =

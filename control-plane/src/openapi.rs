@@ -125,6 +125,7 @@ impl Modify for BearerAuth {
         crate::tenants::get_tenant,
         crate::tenants::own_usage,
         crate::tenants::update_tenant,
+        crate::tenants::create_tenant_user,
         crate::catalogue::validate,
         crate::catalogue::create,
         crate::catalogue::list,

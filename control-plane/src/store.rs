@@ -378,6 +378,20 @@ impl Store {
         Ok(Store { pool, backend })
     }
 
+    /// Connects once to a PostgreSQL `url` and runs `SELECT 1`, changing
+    /// nothing (for `--check-config`); SQLite URLs are not opened.
+    pub async fn ping_url(url: &str) -> Result<(), StoreError> {
+        use sqlx::Connection as _;
+        if url.starts_with("sqlite:") {
+            return Ok(());
+        }
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(url).await?;
+        sqlx::query("SELECT 1").execute(&mut conn).await?;
+        conn.close().await?;
+        Ok(())
+    }
+
     /// Which backend this is.
     pub fn backend(&self) -> Backend {
         self.backend

@@ -394,6 +394,64 @@ pub(crate) async fn update_tenant(
     Ok(Json(tenant_view(&core, t).await?))
 }
 
+/// A tenant's user created by a platform admin (typically its first
+/// enterprise admin).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewTenantUser {
+    email: String,
+    /// At least 12 characters; hand it to the person, who should change it.
+    password: String,
+    /// `enterprise_admin` (the default), `operator` or `viewer`.
+    role: Option<String>,
+}
+
+/// `POST /api/v1/tenants/{id}/users`: a platform admin gives a tenant a
+/// user (its first enterprise admin). The platform admin sees nothing of the
+/// tenant's data afterwards: the answer is the new user, no session.
+#[utoipa::path(post, path = "/api/v1/tenants/{id}/users", tag = "tenants", summary = "Create a tenant's user, e.g. its first enterprise admin (platform admins)", request_body = NewTenantUser, params(("id" = String, Path, description = "The resource id")), responses((status = 201, body = crate::users::UserView), (status = 404, description = "No such tenant", body = crate::openapi::ErrorBody), (status = 409, description = "The email is already taken", body = crate::openapi::ErrorBody), (status = 422, description = "Invalid: every problem in `details`", body = crate::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
+pub(crate) async fn create_tenant_user(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<NewTenantUser>,
+) -> Result<Response, ApiError> {
+    require_platform_admin(&p)?;
+    let t = core
+        .store
+        .tenant(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant", &id))?;
+    if t.name == PLATFORM_TENANT {
+        return Err(ApiError::invalid("the platform tenant holds platform admins only")
+            .with_details(json!([{"field": "id", "problem": "create platform admins with `dibop admin create-platform-admin`"}])));
+    }
+    let role = body.role.as_deref().unwrap_or("enterprise_admin");
+    let user =
+        crate::users::create_user(&core.store, &t.id, &body.email, &body.password, role).await?;
+    let details = json!({"email": user.email, "role": user.role, "by": "platform_admin"});
+    // In the tenant's own audit log (its admins see who made the user) and the platform's.
+    record(
+        &core.store,
+        Some(&t.id),
+        &p.actor(),
+        "user.create",
+        ("user", &user.id),
+        details.clone(),
+    )
+    .await;
+    record(
+        &core.store,
+        None,
+        &p.actor(),
+        "tenant.create_user",
+        ("tenant", &t.id),
+        json!({"user_id": user.id, "role": user.role}),
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(crate::users::user_view(&user))).into_response())
+}
+
 /// A tenant row for unit tests.
 #[cfg(test)]
 pub(crate) fn test_tenant(tier: &str) -> Tenant {

@@ -96,6 +96,23 @@ fn password_problem(password: &str) -> Option<String> {
     }
 }
 
+/// Why `role` cannot exist in a tenant (the platform tenant when `platform`):
+/// the platform tenant holds platform admins only, every other tenant the
+/// enterprise roles only.
+pub fn role_problem(platform: bool, role: &str) -> Option<String> {
+    if platform {
+        (role != crate::tenants::PLATFORM_ADMIN).then(|| {
+            format!(
+                "the platform tenant holds platform admins only: must be {}",
+                crate::tenants::PLATFORM_ADMIN
+            )
+        })
+    } else {
+        (!TENANT_ROLES.contains(&role))
+            .then(|| format!("must be one of {}", TENANT_ROLES.join(", ")))
+    }
+}
+
 /// Creates a user after validating every field; returns the row.
 pub async fn create_user(
     store: &Store,
@@ -112,13 +129,12 @@ pub async fn create_user(
     if let Some(p) = password_problem(password) {
         problems.push(json!({"field": "password", "problem": p}));
     }
-    let platform_admin = role == crate::tenants::PLATFORM_ADMIN
-        && store
-            .tenant(tenant_id)
-            .await?
-            .is_some_and(|t| t.name == crate::tenants::PLATFORM_TENANT);
-    if !TENANT_ROLES.contains(&role) && !platform_admin {
-        problems.push(json!({"field": "role", "problem": format!("must be one of {}", TENANT_ROLES.join(", "))}));
+    let platform = store
+        .tenant(tenant_id)
+        .await?
+        .is_some_and(|t| t.name == crate::tenants::PLATFORM_TENANT);
+    if let Some(problem) = role_problem(platform, role) {
+        problems.push(json!({"field": "role", "problem": problem}));
     }
     if !problems.is_empty() {
         return Err(ApiError::invalid("the user is invalid").with_details(json!(problems)));
@@ -197,7 +213,7 @@ pub struct UserView {
     view_pii: bool,
 }
 
-fn user_view(u: &UserRow) -> UserView {
+pub(crate) fn user_view(u: &UserRow) -> UserView {
     UserView {
         view_pii: crate::pii::role_views(&u.role, u.view_pii),
         id: u.id.clone(),
@@ -350,10 +366,10 @@ pub(crate) async fn update_user_handler(
 ) -> Result<Json<UserView>, ApiError> {
     require_admin(&p)?;
     if let Some(role) = &body.role
-        && !TENANT_ROLES.contains(&role.as_str())
+        && let Some(problem) = role_problem(p.is_platform_admin(), role)
     {
         return Err(ApiError::invalid("the change is invalid")
-            .with_details(json!([{"field": "role", "problem": format!("must be one of {}", TENANT_ROLES.join(", "))}])));
+            .with_details(json!([{"field": "role", "problem": problem}])));
     }
     let disabled_at = body.disabled.map(|d| d.then(now_unix));
     let user = core

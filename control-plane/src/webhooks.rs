@@ -1,10 +1,20 @@
 //! Webhook triggers: an inbound URL per orchestration,
 //! `POST /api/v1/hooks/{orchestration id}`, authenticated by the
-//! orchestration's secret (`auth: secret`, header `X-Webhook-Secret`) or an
-//! HMAC-SHA256 signature of the body with it (`auth: hmac`, header
-//! `X-Webhook-Signature: sha256=<hex>`). The JSON body (an object) becomes
-//! the execution's parameters. The secret is created (and shown once) with
-//! `POST /orchestrations/{id}/webhook-secret`, sealed by the vault.
+//! orchestration's secret, created (and shown once) with
+//! `POST /orchestrations/{id}/webhook-secret` and sealed by the vault.
+//!
+//! - `auth: hmac` (recommended): the sender signs `<timestamp>.<raw body>`
+//!   with HMAC-SHA256 and sends `X-Webhook-Timestamp: <unix seconds>` and
+//!   `X-Webhook-Signature: sha256=<hex>`. A timestamp more than
+//!   [`TOLERANCE_SECS`] away from the control plane's clock is refused, and
+//!   so is a signature already received inside that window (on any
+//!   replica: deliveries are remembered in the database), so a captured
+//!   request cannot be replayed.
+//! - `auth: secret`: the secret itself as `X-Webhook-Secret`. It cannot tell
+//!   a replay from a new request unless the sender names each delivery
+//!   (`X-Webhook-Id`), which is then accepted once in [`DELIVERY_ID_TTL_SECS`].
+//!
+//! The JSON body (an object) becomes the execution's parameters.
 
 use std::sync::Arc;
 
@@ -23,13 +33,19 @@ use crate::vault::Secret;
 
 const FIELD: &str = "webhook.secret";
 
+/// How far a signed request's timestamp may be from the control plane's clock.
+pub const TOLERANCE_SECS: i64 = 300;
+/// How long a sender's `X-Webhook-Id` is remembered (`auth: secret`).
+pub const DELIVERY_ID_TTL_SECS: i64 = 24 * 3600;
+
 /// A new webhook secret (shown once).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WebhookSecretView {
     /// `POST` here to trigger the orchestration.
     url_path: String,
-    /// The secret: send it as `X-Webhook-Secret`, or sign the body with it (HMAC-SHA256) as
-    /// `X-Webhook-Signature: sha256=<hex>`.
+    /// The secret: with `auth: hmac`, sign `<unix seconds>.<raw body>` with it (HMAC-SHA256)
+    /// and send `X-Webhook-Timestamp: <unix seconds>` and `X-Webhook-Signature: sha256=<hex>`;
+    /// with `auth: secret`, send it as `X-Webhook-Secret`.
     secret: String,
 }
 
@@ -110,7 +126,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     params(("id" = String, Path, description = "The orchestration id")),
     request_body(content = Object, description = "A JSON object", content_type = "application/json"),
     responses((status = 202, description = "Queued: `{execution_id}`"), (status = 401, body = crate::openapi::ErrorBody),
-        (status = 404, body = crate::openapi::ErrorBody), (status = 409, description = "Not an active webhook orchestration", body = crate::openapi::ErrorBody),
+        (status = 404, body = crate::openapi::ErrorBody), (status = 409, description = "Not an active webhook orchestration, or a delivery already received (`replayed`)", body = crate::openapi::ErrorBody),
         (status = 422, body = crate::openapi::ErrorBody)))]
 pub(crate) async fn trigger(
     State(core): State<Arc<Core>>,
@@ -147,27 +163,62 @@ pub(crate) async fn trigger(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
     };
-    let ok = match trigger["auth"].as_str().unwrap_or("secret") {
+    // What identifies this delivery, to refuse it a second time: the
+    // signature (it covers the timestamp), or the sender's delivery id.
+    let now = now_unix();
+    let delivery = match trigger["auth"].as_str().unwrap_or("secret") {
         "hmac" => {
+            let stamp = header("x-webhook-timestamp");
+            let Ok(sent_at) = stamp.trim().parse::<i64>() else {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "X-Webhook-Timestamp is missing or not unix seconds: sign `<timestamp>.<body>` \
+                     and send the timestamp with the signature",
+                ));
+            };
             let key =
                 aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.expose().as_bytes());
-            let expected = format!(
-                "sha256={}",
-                hex::encode(aws_lc_rs::hmac::sign(&key, &body).as_ref())
-            );
-            same(
-                header("x-webhook-signature").as_bytes(),
-                expected.as_bytes(),
-            )
+            let mut ctx = aws_lc_rs::hmac::Context::with_key(&key);
+            ctx.update(stamp.trim().as_bytes());
+            ctx.update(b".");
+            ctx.update(&body);
+            let expected = format!("sha256={}", hex::encode(ctx.sign().as_ref()));
+            let given = header("x-webhook-signature");
+            if !same(given.as_bytes(), expected.as_bytes()) {
+                return Err(unauthorized());
+            }
+            let age = now - sent_at;
+            if age.abs() > TOLERANCE_SECS {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "stale_signature",
+                    format!(
+                        "the signed timestamp is {} s {} the control plane's clock; at most {TOLERANCE_SECS} s \
+                         are accepted (a replayed request, or the sender's clock is wrong)",
+                        age.abs(),
+                        if age > 0 { "behind" } else { "ahead of" }
+                    ),
+                ));
+            }
+            Some((expected, sent_at + TOLERANCE_SECS + 1))
         }
-        _ => same(
-            header("x-webhook-secret").as_bytes(),
-            secret.expose().as_bytes(),
-        ),
+        _ => {
+            if !same(
+                header("x-webhook-secret").as_bytes(),
+                secret.expose().as_bytes(),
+            ) {
+                return Err(unauthorized());
+            }
+            let id = header("x-webhook-id").trim();
+            if id.len() > 200 {
+                return Err(ApiError::invalid(
+                    "X-Webhook-Id must be at most 200 characters",
+                ));
+            }
+            (!id.is_empty()).then(|| (format!("id:{id}"), now + DELIVERY_ID_TTL_SECS))
+        }
     };
-    if !ok {
-        return Err(unauthorized());
-    }
     if o.status != "active" {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -201,6 +252,26 @@ pub(crate) async fn trigger(
     core.quotas
         .ensure_storage(&core.store, &o.tenant_id)
         .await?;
+    if let Some((identity, keep_until)) = delivery {
+        let digest = hex::encode(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            identity.as_bytes(),
+        ));
+        if let Some(first) = core
+            .store
+            .remember_webhook_delivery(&o.id, &digest, now, keep_until)
+            .await?
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "replayed",
+                format!(
+                    "this delivery was already received at {}: it does not run twice",
+                    dibop_relay_agent::rfc3339(first)
+                ),
+            ));
+        }
+    }
     let row = ExecutionRow::queued(&o, params.to_string(), "webhook", "webhook".into());
     core.store.create_execution(&row).await?;
     core.engine.submit(&row.id);

@@ -934,3 +934,137 @@ async fn connector_drafts_from_json_or_yaml_with_every_problem_named() {
         404
     );
 }
+
+/// The platform tenant holds platform admins only: no enterprise role can be
+/// made there (users, tokens, role changes), a row from before that rule
+/// cannot act, and platform admins give a tenant its first enterprise admin
+/// through `POST /tenants/{id}/users` without seeing its data afterwards.
+#[tokio::test]
+async fn enterprise_roles_never_exist_in_the_platform_tenant() {
+    let cp = cp().await;
+    let (_, _, platform) = dibop_control_plane::bootstrap_platform_admin(
+        &cp.core.store,
+        "ops@dibop.example",
+        None,
+        "cli",
+    )
+    .await
+    .unwrap();
+    let password = "a long enough password";
+    for role in ["enterprise_admin", "operator", "viewer"] {
+        let (status, e) = send(
+            &cp,
+            &platform,
+            "POST",
+            "/users",
+            Some(json!({"email": format!("{role}@dibop.example"), "password": password, "role": role})),
+        )
+        .await;
+        assert_eq!(status, 422, "{role}: {e}");
+        assert_eq!(e["error"]["details"][0]["field"], "role", "{e}");
+        let (status, e) = send(
+            &cp,
+            &platform,
+            "POST",
+            "/api-tokens",
+            Some(json!({"name": "t", "role": role})),
+        )
+        .await;
+        assert_eq!(status, 422, "{role}: {e}");
+    }
+    // An enterprise-role token in the platform tenant made before the rule: refused.
+    let platform_tenant = cp
+        .core
+        .store
+        .tenant_by_name("platform")
+        .await
+        .unwrap()
+        .unwrap();
+    let (_, stray) = access::issue_token(
+        &cp.core.store,
+        &platform_tenant.id,
+        "stray",
+        "enterprise_admin",
+        None,
+    )
+    .await
+    .unwrap();
+    let (_, catalogue) = send(&cp, &cp.admin, "GET", "/catalogue?q=dms-sim", None).await;
+    let global = catalogue[0]["id"].as_str().unwrap().to_owned();
+    let (status, e) = send(
+        &cp,
+        &stray,
+        "POST",
+        &format!("/connectors/{global}/unpublish"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "{e}");
+    let (_, still) = send(&cp, &cp.admin, "GET", "/catalogue?q=dms-sim", None).await;
+    assert_eq!(
+        still[0]["id"],
+        global.as_str(),
+        "the global connector stays"
+    );
+
+    // The proper path: the tenant's first enterprise admin.
+    let (status, user) = send(
+        &cp,
+        &platform,
+        "POST",
+        &format!("/tenants/{}/users", cp.tenant_id),
+        Some(json!({"email": "first-admin@acme.example", "password": password})),
+    )
+    .await;
+    assert_eq!(status, 201, "{user}");
+    assert_eq!(user["role"], "enterprise_admin");
+    let (status, session) = login(&cp, "first-admin@acme.example", password).await;
+    assert_eq!(status, 200, "{session}");
+    assert_eq!(session["tenant_id"], cp.tenant_id.as_str());
+    // Bad input, the platform tenant itself and unknown tenants are refused.
+    let (status, e) = send(
+        &cp,
+        &platform,
+        "POST",
+        &format!("/tenants/{}/users", cp.tenant_id),
+        Some(json!({"email": "x@acme.example", "password": password, "role": "platform_admin"})),
+    )
+    .await;
+    assert_eq!(status, 422, "{e}");
+    let (status, _) = send(
+        &cp,
+        &platform,
+        "POST",
+        &format!("/tenants/{}/users", platform_tenant.id),
+        Some(json!({"email": "y@acme.example", "password": password})),
+    )
+    .await;
+    assert_eq!(status, 422);
+    let (status, _) = send(
+        &cp,
+        &platform,
+        "POST",
+        "/tenants/ten_nope/users",
+        Some(json!({"email": "z@acme.example", "password": password})),
+    )
+    .await;
+    assert_eq!(status, 404);
+    // Enterprise admins cannot use it; the platform admin still sees no tenant users.
+    let (status, _) = send(
+        &cp,
+        &cp.admin,
+        "POST",
+        &format!("/tenants/{}/users", cp.tenant_id),
+        Some(json!({"email": "w@acme.example", "password": password})),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (_, users) = send(&cp, &platform, "GET", "/users", None).await;
+    assert!(
+        !users.to_string().contains("first-admin@acme.example"),
+        "{users}"
+    );
+    // The tenant's own audit log says who made the user.
+    let (_, audit) = send(&cp, &cp.admin, "GET", "/audit?action=user.create", None).await;
+    assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
+}

@@ -1011,6 +1011,62 @@ async fn usage_is_counted_and_a_major_version_notifies_its_users() {
     assert_eq!(unread, json!([]));
 }
 
+/// A credential that no longer decrypts (its master key is gone, or the
+/// stored value is damaged): calls say so with a clear error (never a 500),
+/// health reports it as a failure, and rotation replaces it.
+#[tokio::test]
+async fn rotation_repairs_a_credential_that_no_longer_decrypts() {
+    let cp = cp().await;
+    let id = cp
+        .connect("damaged", "api_key", json!({"api_key": "dms-demo-key"}))
+        .await;
+    let tenant = cp.core.store.tenant_by_name("acme").await.unwrap().unwrap();
+    // Sealed under a key that no longer exists.
+    let mut sealed = cp.core.store.secrets(&id).await.unwrap();
+    for (_, s) in &mut sealed {
+        *s = s.chars().rev().collect();
+    }
+    cp.core
+        .store
+        .replace_secrets(&tenant.id, &id, &sealed, 0)
+        .await
+        .unwrap();
+    dibop_control_plane::execute::forget(&cp.core, &id);
+    let (status, answer) = cp.invoke(&id, "listVehicles", json!({})).await;
+    assert_eq!(
+        (status, code(&answer)),
+        (409, "credentials_unreadable"),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/credentials")
+    );
+    let (status, h) = cp
+        .send("POST", &format!("/connections/{id}/health/check"), None)
+        .await;
+    assert_eq!(status, 200, "{h}");
+    assert_eq!(
+        (h["status"].as_str(), h["outcome"].as_str()),
+        (Some("offline"), Some("credentials_unreadable")),
+        "{h}"
+    );
+    let (_, c) = cp.send("GET", &format!("/connections/{id}"), None).await;
+    assert_eq!(c["health"], "offline", "{c}");
+    let (status, rotated) = cp
+        .send(
+            "PUT",
+            &format!("/connections/{id}/credentials"),
+            Some(json!({"credentials": {"api_key": "dms-demo-key"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let (_, result) = cp.invoke(&id, "listVehicles", json!({})).await;
+    assert_eq!(result["ok"], true, "{result}");
+}
+
 #[tokio::test]
 async fn active_connections_are_monitored_and_inactive_ones_are_not() {
     let cp = cp_with(|s| s.health_check_interval = std::time::Duration::from_millis(200)).await;

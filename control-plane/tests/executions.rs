@@ -555,17 +555,28 @@ async fn webhooks_start_executions_with_the_body_as_parameters() {
     .await;
     let hook = format!("{}/api/v1/hooks/{id}", s.cp.base);
     let body = r#"{"vin": "WVWZZZ1JZXW000001", "extra": "ignored"}"#;
-    let post = |signature: String| {
+    let post = |timestamp: i64, signature: String| {
         reqwest::Client::new()
             .post(hook.clone())
             .header("content-type", "application/json")
+            .header("x-webhook-timestamp", timestamp.to_string())
             .header("x-webhook-signature", signature)
             .body(body)
             .send()
     };
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
     // No secret yet: refused.
     assert_eq!(
-        post("sha256=00".into()).await.unwrap().status().as_u16(),
+        post(now(), "sha256=00".into())
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
         401
     );
     let (status, secret) =
@@ -573,29 +584,57 @@ async fn webhooks_start_executions_with_the_body_as_parameters() {
             .await;
     assert_eq!(status, 201, "{secret}");
     let secret = secret["secret"].as_str().unwrap().to_owned();
-    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
-    let signature = format!(
-        "sha256={}",
-        hex::encode(aws_lc_rs::hmac::sign(&key, body.as_bytes()).as_ref())
-    );
+    let sign = |timestamp: i64, body: &str| {
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+        format!(
+            "sha256={}",
+            hex::encode(
+                aws_lc_rs::hmac::sign(&key, format!("{timestamp}.{body}").as_bytes()).as_ref()
+            )
+        )
+    };
     // A wrong signature is refused; a draft is not triggered.
     assert_eq!(
-        post("sha256=deadbeef".into())
+        post(now(), "sha256=deadbeef".into())
             .await
             .unwrap()
             .status()
             .as_u16(),
         401
     );
+    let at = now();
     assert_eq!(
-        post(signature.clone()).await.unwrap().status().as_u16(),
+        post(at, sign(at, body)).await.unwrap().status().as_u16(),
         409,
         "a draft does not run"
     );
     s.cp.send("POST", format!("/orchestrations/{id}/activate"), None)
         .await;
-    let resp = post(signature).await.unwrap();
+    // A signature of the body alone (no timestamp signed) is refused.
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+    let body_only = format!(
+        "sha256={}",
+        hex::encode(aws_lc_rs::hmac::sign(&key, body.as_bytes()).as_ref())
+    );
+    assert_eq!(post(now(), body_only).await.unwrap().status().as_u16(), 401);
+    // A correctly signed but stale request (10 minutes old) is refused, naming why.
+    let old = now() - 600;
+    let resp = post(old, sign(old, body)).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "stale_signature", "{e}");
+    let at = now();
+    let resp = post(at, sign(at, body)).await.unwrap();
     assert_eq!(resp.status().as_u16(), 202);
+    // The same signed request again: refused as a replay, no second execution.
+    let replay = post(at, sign(at, body)).await.unwrap();
+    assert_eq!(replay.status().as_u16(), 409);
+    let e: Value = replay.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "replayed", "{e}");
+    let (_, list) =
+        s.cp.send("GET", format!("/executions?orchestration_id={id}"), None)
+            .await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
     let accepted: Value = resp.json().await.unwrap();
     let exe = accepted["execution_id"].as_str().unwrap().to_owned();
     let mut e = Value::Null;

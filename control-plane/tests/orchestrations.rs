@@ -133,3 +133,49 @@ async fn definitions_versions_and_lifecycle() {
         .await;
     assert!(audit.as_array().unwrap().len() >= 7, "{audit}");
 }
+
+/// An expression nested a thousand levels deep (2 KB), or a chain of pipes
+/// as long as allowed, sent by any signed-in user to every route that checks
+/// expressions, is refused or checked, and the control plane lives.
+#[tokio::test]
+async fn deep_expressions_are_refused_and_the_process_lives() {
+    let cp = common::start_cp().await;
+    let deep = format!("{}.{}", "(".repeat(1000), ")".repeat(1000));
+    let chain = format!("{}.", ". | ".repeat(16_000));
+    let dms = include_str!("../../catalogue/dms-sim.yaml");
+    for expression in [&deep, &chain] {
+        let orchestration = EXAMPLE.replace(
+            "vin: \"{{ .params.vin }}\"",
+            &format!("vin: '{{{{ {expression} }}}}'"),
+        );
+        assert_ne!(orchestration, EXAMPLE);
+        let transform = format!(
+            "format: dibop.orchestration/v1\nname: deep\nsteps:\n  - {{id: t, type: transform, expression: '{expression}'}}\n"
+        );
+        let connector = dms.replacen("records: .items", &format!("records: '{expression}'"), 1);
+        assert_ne!(connector, dms);
+        for (path, body) in [
+            ("/orchestrations/validate", &orchestration),
+            ("/orchestrations/validate", &transform),
+            ("/orchestrations", &transform),
+            ("/connectors/validate", &connector),
+        ] {
+            let (status, answer) = post_yaml(&cp, "POST", path, body).await;
+            if expression == &deep {
+                assert!(
+                    status == 422 || (status == 200 && answer["valid"] == false),
+                    "{path}: {status} {answer}"
+                );
+                assert!(
+                    answer.to_string().contains("levels deep"),
+                    "{path}: {answer}"
+                );
+            } else {
+                assert!(status < 500, "{path}: {status} {answer}");
+            }
+        }
+    }
+    // Still serving.
+    let (status, _) = cp.send("GET", "/orchestrations", None).await;
+    assert_eq!(status, 200);
+}

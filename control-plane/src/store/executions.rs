@@ -374,6 +374,52 @@ impl Store {
         Ok(())
     }
 
+    /// Records steps that were not taken as `skipped` (their reason in
+    /// `error`); a step already recorded keeps its record.
+    pub async fn skip_steps(&self, rows: &[StepRow]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for s in rows {
+            sqlx::query(
+                "INSERT INTO execution_steps (execution_id, path, seq, step_id, step_type, status, error, attempts, started_at, finished_at, duration_ms) \
+                 VALUES ($1, $2, $3, $4, $5, 'skipped', $6, 0, $7, $7, 0) ON CONFLICT (execution_id, path) DO NOTHING",
+            )
+            .bind(&s.execution_id)
+            .bind(&s.path)
+            .bind(s.seq)
+            .bind(&s.step_id)
+            .bind(&s.step_type)
+            .bind(&s.error)
+            .bind(s.started_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Marks a running step `waiting` (with why, in `error`) or `running`
+    /// again, without ending it.
+    pub async fn set_step_waiting(
+        &self,
+        execution_id: &str,
+        path: &str,
+        why: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE execution_steps SET status = $3, error = $4 WHERE execution_id = $1 AND path = $2",
+        )
+        .bind(execution_id)
+        .bind(path)
+        .bind(if why.is_some() { "waiting" } else { "running" })
+        .bind(why)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Records a step's outcome.
     #[allow(clippy::too_many_arguments)]
     pub async fn finish_step(

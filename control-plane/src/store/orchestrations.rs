@@ -374,6 +374,48 @@ impl Store {
         Ok(())
     }
 
+    /// Records a webhook delivery (`digest` of its signature or delivery
+    /// id) until `expires_at`; `Some(received_at)` of the earlier delivery
+    /// when it was already received, `None` when it is new.
+    pub async fn remember_webhook_delivery(
+        &self,
+        orchestration_id: &str,
+        digest: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        use sqlx::Row as _;
+        sqlx::query("DELETE FROM webhook_deliveries WHERE expires_at < $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO webhook_deliveries (orchestration_id, digest, received_at, expires_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (orchestration_id, digest) DO NOTHING",
+        )
+        .bind(orchestration_id)
+        .bind(digest)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(None);
+        }
+        let row = sqlx::query(
+            "SELECT received_at FROM webhook_deliveries WHERE orchestration_id = $1 AND digest = $2",
+        )
+        .bind(orchestration_id)
+        .bind(digest)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(Some(match row {
+            Some(r) => r.try_get("received_at")?,
+            None => now,
+        }))
+    }
+
     /// An orchestration's sealed webhook secret.
     pub async fn webhook_secret(&self, id: &str) -> Result<Option<String>, StoreError> {
         use sqlx::Row as _;
