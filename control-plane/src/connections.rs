@@ -1226,16 +1226,35 @@ pub(crate) async fn invoke(
         core.quotas.check_storage(&tenant.0)?;
         core.quotas.take_call(&core.store, &tenant.0).await?;
     }
-    let request = execute::prepare(&core, &resolved, &op, &body.parameters)
-        .await
-        .map_err(|problems| {
-            ApiError::invalid(format!("the call of `{operation}` is invalid")).with_details(json!(
-                problems
-                    .iter()
-                    .map(|p| json!({"problem": p}))
-                    .collect::<Vec<_>>()
-            ))
-        })?;
+    let request = match execute::prepare(&core, &resolved, &op, &body.parameters).await {
+        Ok(r) => r,
+        Err(execute::Unprepared::Invalid(problems)) => {
+            return Err(
+                ApiError::invalid(format!("the call of `{operation}` is invalid")).with_details(
+                    json!(
+                        problems
+                            .iter()
+                            .map(|p| json!({"problem": p}))
+                            .collect::<Vec<_>>()
+                    ),
+                ),
+            );
+        }
+        // A call needed first (OpenID Connect discovery) failed: the
+        // normalized result says how.
+        Err(execute::Unprepared::Failed(result)) => {
+            let out = dibop_protocol::InvokeResult {
+                result: *result,
+                rotated_refresh_token: None,
+                token_fetches: 0,
+            };
+            return Ok(Json(execute::result_json(
+                out,
+                "",
+                std::time::Duration::ZERO,
+            )));
+        }
+    };
     let max_pages = body.max_pages.unwrap_or(1);
     let (out, ran_on, elapsed) =
         execute::run(&core, &resolved, &operation, request, &p.actor(), true).await;

@@ -459,6 +459,43 @@ mod tests {
         assert!(!is_idempotent("PATCH"));
     }
 
+    /// The control plane waits for every attempt the agent may make: a 5 s
+    /// timeout with 3 attempts and pauses of up to 2 s is never cut off at
+    /// 5 s + grace while the agent is still retrying.
+    #[test]
+    fn the_answer_deadline_covers_the_retry_policy() {
+        let call = CallRequest {
+            call_id: 0,
+            method: "GET".into(),
+            url: "http://x/".into(),
+            headers: vec![],
+            body: vec![],
+            timeout_ms: 5000,
+        };
+        assert_eq!(
+            answer_deadline(&ControlToAgent::Call(call.clone())),
+            Duration::from_secs(5) + RESULT_GRACE
+        );
+        let invoke = InvokeRequest {
+            call,
+            auth: dibop_protocol::CallAuth::None,
+            auth_cache_key: String::new(),
+            retry: dibop_protocol::RetryPolicy {
+                max_attempts: 3,
+                initial_backoff_ms: 200,
+                max_backoff_ms: 2000,
+                safe_to_retry: false,
+            },
+            tls: Default::default(),
+            proxy: None,
+        };
+        let deadline = answer_deadline(&ControlToAgent::Invoke(Box::new(invoke)));
+        assert!(
+            deadline >= Duration::from_secs(3 * 5 + 2 * 2),
+            "{deadline:?}"
+        );
+    }
+
     #[tokio::test]
     async fn no_agent_means_agent_unavailable() {
         let registry = Registry::default();

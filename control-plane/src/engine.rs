@@ -1266,10 +1266,10 @@ async fn call_step(
     let params_map = params.as_object().cloned().unwrap_or_default();
     let mut request = match crate::execute::prepare(&run.core, &resolved, &op, &params_map).await {
         Ok(r) => r,
-        Err(problems) => {
+        Err(why) => {
             return (
                 Some(input),
-                Err(StepError::new("invalid_request", problems.join("; "), id)),
+                Err(StepError::new(why.class(), why.describe(), id)),
             );
         }
     };

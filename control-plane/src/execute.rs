@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dibop_protocol::{
-    CallAuth, CallRequest, ClientAuth, DynamicApiKey, ErrorClass, InvokeRequest, InvokeResult,
-    KeyPlacement, OAuth2, OAuth2Grant, ProxyOptions, RetryPolicy, TlsOptions,
+    CallAuth, CallRequest, CallResult, ClientAuth, DynamicApiKey, ErrorClass, InvokeRequest,
+    InvokeResult, KeyPlacement, OAuth2, OAuth2Grant, ProxyOptions, RetryPolicy, TlsOptions,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -187,7 +187,7 @@ pub fn discovery_cache() -> DiscoveryCache {
 }
 
 /// The call's auth, TLS and proxy from the connection's credentials.
-async fn auth_of(core: &Core, c: &Resolved) -> Result<(CallAuth, TlsOptions), String> {
+async fn auth_of(core: &Core, c: &Resolved) -> Result<(CallAuth, TlsOptions), Unprepared> {
     let scheme = c.scheme();
     let base = c.base_url();
     let settings = c.settings();
@@ -237,7 +237,9 @@ async fn auth_of(core: &Core, c: &Resolved) -> Result<(CallAuth, TlsOptions), St
             let token_url = match core.discovery.get(&discovery) {
                 Some(t) => t,
                 None => {
-                    let t = discover(core, c, &discovery).await?;
+                    let t = discover(core, c, &discovery)
+                        .await
+                        .map_err(|r| Unprepared::Failed(Box::new(r)))?;
                     core.discovery.insert(discovery.clone(), t.clone());
                     t
                 }
@@ -292,17 +294,58 @@ async fn auth_of(core: &Core, c: &Resolved) -> Result<(CallAuth, TlsOptions), St
             CallAuth::None
         }
         other => {
-            return Err(format!(
+            return Err(Unprepared::Invalid(vec![format!(
                 "`{other}` connections cannot make calls in this release"
-            ));
+            )]));
         }
     };
     Ok((auth, tls))
 }
 
+/// Why a call could not be prepared.
+#[derive(Debug)]
+pub enum Unprepared {
+    /// The parameters or the connection's settings are wrong: the caller's to fix.
+    Invalid(Vec<String>),
+    /// A call needed first failed (OpenID Connect discovery): its
+    /// normalized result, answered like the call's own.
+    Failed(Box<CallResult>),
+}
+
+impl Unprepared {
+    /// One line for a person.
+    pub fn describe(&self) -> String {
+        match self {
+            Unprepared::Invalid(problems) => problems.join("; "),
+            Unprepared::Failed(r) => r
+                .error
+                .as_ref()
+                .map_or_else(|| "the call failed".to_owned(), |e| e.message.clone()),
+        }
+    }
+
+    /// The error class a step or a page fetch fails with.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Unprepared::Invalid(_) => "invalid_request",
+            Unprepared::Failed(r) => r
+                .error
+                .as_ref()
+                .map_or("upstream_error", |e| e.class.as_str()),
+        }
+    }
+}
+
+impl From<Vec<String>> for Unprepared {
+    fn from(problems: Vec<String>) -> Self {
+        Unprepared::Invalid(problems)
+    }
+}
+
 /// Reads an OpenID Connect discovery document (through the connection's
-/// own path) and returns its token endpoint.
-async fn discover(core: &Core, c: &Resolved, url: &str) -> Result<String, String> {
+/// own path) and returns its token endpoint; a failed read is a normalized
+/// failure (`network_error`, `tls_error`, `timeout`, … as the read failed).
+async fn discover(core: &Core, c: &Resolved, url: &str) -> Result<String, CallResult> {
     let request = InvokeRequest {
         call: CallRequest {
             call_id: 0,
@@ -322,23 +365,41 @@ async fn discover(core: &Core, c: &Resolved, url: &str) -> Result<String, String
         proxy: proxy_of(c),
         retry: RetryPolicy::default(),
     };
-    let (out, _) = send(core, c, request).await;
-    let r = out.result;
+    let (out, _) = send(core, c, request.clone()).await;
+    let mut r = out.result;
     let body = match &r.body {
         dibop_protocol::ResponseBody::Json(t) => t.clone(),
         _ => String::new(),
     };
     let v: Value = serde_json::from_str(&body).unwrap_or_default();
-    match v["token_endpoint"].as_str() {
-        Some(t) if r.ok => Ok(t.to_owned()),
-        _ => Err(format!(
-            "OpenID Connect discovery at {url} failed: {}",
-            r.error.map_or_else(
-                || "the document has no token_endpoint".to_owned(),
-                |e| e.message
-            )
-        )),
+    if r.ok
+        && let Some(t) = v["token_endpoint"].as_str()
+    {
+        return Ok(t.to_owned());
     }
+    let (class, why) = match r.error.take() {
+        Some(e) => (e.class, e.message),
+        None if r.ok => (
+            ErrorClass::UpstreamError,
+            "the document has no token_endpoint".to_owned(),
+        ),
+        None => (
+            ErrorClass::UpstreamError,
+            format!(
+                "it answered HTTP {}",
+                r.status.map_or("?".to_owned(), |s| s.to_string())
+            ),
+        ),
+    };
+    let mut failure = CallResult::failure(
+        &request.call,
+        &r.agent_id,
+        class,
+        format!("OpenID Connect discovery at {url} failed: {why}"),
+    );
+    failure.status = r.status;
+    failure.attempts = r.attempts;
+    Err(failure)
 }
 
 fn proxy_of(c: &Resolved) -> Option<ProxyOptions> {
@@ -391,7 +452,7 @@ pub async fn prepare(
     c: &Resolved,
     operation: &Value,
     parameters: &Map<String, Value>,
-) -> Result<InvokeRequest, Vec<String>> {
+) -> Result<InvokeRequest, Unprepared> {
     let prepared = crate::call::prepare(operation, &c.base_url(), parameters)?;
     let settings = c.settings();
     let resilience = &c.definition["resilience"];
@@ -428,7 +489,7 @@ pub async fn prepare(
         }
         _ => false,
     };
-    let (auth, tls) = auth_of(core, c).await.map_err(|e| vec![e])?;
+    let (auth, tls) = auth_of(core, c).await?;
     Ok(InvokeRequest {
         call: CallRequest {
             call_id: 0,
@@ -542,7 +603,8 @@ pub async fn run(
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TestOutcome {
     /// `success`, `auth_failure`, `timeout`, `network_error`, `tls_error`,
-    /// `policy_denied` or `agent_unavailable`.
+    /// `policy_denied`, `agent_unavailable`, or `invalid_request` (the
+    /// health-check call cannot be made from the connection's settings).
     pub outcome: &'static str,
     /// Whether the connection works.
     pub success: bool,
@@ -575,15 +637,26 @@ pub async fn test(core: &Core, c: &Resolved, actor: &str, saved: bool) -> TestOu
             ran_on: String::new(),
         };
     };
-    let request = match prepare(core, c, &op, &Map::new()).await {
-        Ok(r) => r,
-        Err(problems) => {
+    let (out, ran_on, elapsed, timeout) = match prepare(core, c, &op, &Map::new()).await {
+        Ok(request) => {
+            let timeout = request.call.timeout_ms;
+            let (out, ran_on, elapsed) = run(core, c, &op_id, request, actor, saved).await;
+            (out, ran_on, elapsed, timeout)
+        }
+        // Discovery failed: judged like the call's own failure.
+        Err(Unprepared::Failed(result)) => (
+            InvokeResult {
+                result: *result,
+                rotated_refresh_token: None,
+                token_fetches: 0,
+            },
+            String::new(),
+            Duration::ZERO,
+            10_000,
+        ),
+        Err(Unprepared::Invalid(problems)) => {
             return TestOutcome {
-                outcome: if problems.iter().any(|p| p.contains("discovery")) {
-                    "auth_failure"
-                } else {
-                    "network_error"
-                },
+                outcome: "invalid_request",
                 success: false,
                 detail: problems.join("; "),
                 http_status: None,
@@ -593,8 +666,6 @@ pub async fn test(core: &Core, c: &Resolved, actor: &str, saved: bool) -> TestOu
             };
         }
     };
-    let timeout = request.call.timeout_ms;
-    let (out, ran_on, elapsed) = run(core, c, &op_id, request, actor, saved).await;
     let r = out.result;
     let status = r.status;
     let (outcome, detail) = match (&r.error, r.ok) {
@@ -628,13 +699,9 @@ pub async fn test(core: &Core, c: &Resolved, actor: &str, saved: bool) -> TestOu
                     e.message
                 ),
             ),
-            ErrorClass::PolicyDenied => (
-                "policy_denied",
-                format!(
-                    "{} (the agent's own allow-list refused it; only the dealer can widen it)",
-                    e.message
-                ),
-            ),
+            // The message names who can widen the list (the dealer, or for
+            // the cloud agent the platform operator).
+            ErrorClass::PolicyDenied => ("policy_denied", e.message.clone()),
             ErrorClass::AgentUnavailable => ("agent_unavailable", e.message.clone()),
             ErrorClass::InvalidRequest
                 if e.message.contains("PEM") || e.message.contains("certificate") =>

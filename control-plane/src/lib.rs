@@ -314,7 +314,12 @@ fn cloud_agent(allow: &[String]) -> anyhow::Result<dibop_relay_agent::runtime::R
                 .collect::<Vec<_>>()
                 .join("; ")
         )
-    })?;
+    })?
+    .with_remedy(
+        "it runs in the control plane's cloud agent, which calls public addresses only by default: \
+         the platform operator can widen its allow-list (`--cloud-agent-allow`, or `cloud_agent_allow` \
+         in dibop.toml), or run the connection on a relay agent (execution_mode `agent_group`)",
+    );
     dibop_relay_agent::runtime::Runtime::new(
         Arc::new(policy),
         "cloud",

@@ -152,8 +152,8 @@ pub async fn follow(
         }
         let mut request = match execute::prepare(core, c, op, &params).await {
             Ok(r) => r,
-            Err(problems) => {
-                failure = Some(problems.join("; "));
+            Err(why) => {
+                failure = Some(why.describe());
                 break;
             }
         };

@@ -79,8 +79,14 @@ async fn the_example_runs_branches_and_traces_every_step() {
             ("steps[1]", "succeeded"),
             ("steps[2]", "succeeded"),
             ("steps[3]", "succeeded"),
+            ("steps[3].else[0]", "skipped"),
             ("steps[3].then[0]", "succeeded")
         ]
+    );
+    // The branch not taken is in the trace, saying why it did not run.
+    assert_eq!(
+        e["steps"][4]["error"]["message"], "not run: the branch took `then`",
+        "{e}"
     );
     // The DMS's vehicle became a valid CDM vehicle (kilometres, euros, vPIC body class).
     let cdm = &e["steps"][1]["output"];
@@ -242,6 +248,123 @@ steps:
         s.cp.send("POST", format!("/executions/{exe}/cancel"), None)
             .await;
     assert_eq!(status, 409);
+}
+
+/// Steps after a failure are in the trace as skipped, with why; a step
+/// that continues on error has its error as its output.
+#[tokio::test]
+async fn skipped_steps_and_continued_errors_are_traced() {
+    let s = setup().await;
+    let id = create(
+        &s.cp,
+        r#"
+format: dibop.orchestration/v1
+name: skips
+steps:
+  - { id: tolerant, type: transform, expression: "error(\"tolerated\")", on_error: continue }
+  - { id: breaks, type: transform, expression: "\"text\" + 1" }
+  - { id: never, type: transform, expression: "1" }
+  - { id: neither, type: delay, ms: 1 }
+"#,
+    )
+    .await;
+    let e = run(&s.cp, &id, json!({})).await;
+    assert_eq!(e["status"], "failed", "{e}");
+    let steps = e["steps"].as_array().unwrap();
+    let traces: Vec<(&str, &str)> = steps
+        .iter()
+        .map(|t| {
+            (
+                t["step_id"].as_str().unwrap(),
+                t["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        traces,
+        [
+            ("tolerant", "failed"),
+            ("breaks", "failed"),
+            ("never", "skipped"),
+            ("neither", "skipped")
+        ],
+        "{e}"
+    );
+    assert_eq!(
+        steps[0]["output"]["error"]["class"], "expression_error",
+        "the continued step's output is its error: {e}"
+    );
+    assert_eq!(
+        steps[2]["error"]["message"], "not run: step `breaks` failed before it",
+        "{e}"
+    );
+}
+
+/// A delay resumed after a restart waits only what is left of it: its end
+/// time is stored when it starts.
+#[tokio::test]
+async fn a_resumed_delay_waits_only_what_is_left() {
+    let s = setup().await;
+    let id = create(
+        &s.cp,
+        "format: dibop.orchestration/v1
+name: long wait
+steps:
+  - {id: wait, type: delay, ms: 600000}
+  - {id: after, type: transform, expression: '1'}
+",
+    )
+    .await;
+    let core = &s.cp.core;
+    let tenant = core.store.tenant_by_name("acme").await.unwrap().unwrap().id;
+    let row = dibop_control_plane::store::ExecutionRow {
+        id: "exe_delayed".into(),
+        tenant_id: tenant,
+        orchestration_id: id.clone(),
+        orchestration_name: "long wait".into(),
+        version: 1,
+        status: "running".into(),
+        parameters: "{}".into(),
+        output: None,
+        error: None,
+        trigger_type: "api".into(),
+        created_by: "test".into(),
+        created_at: 1,
+        started_at: Some(1),
+        finished_at: None,
+        rerun_of: None,
+        dead_letter: None,
+    };
+    core.store.create_execution(&row).await.unwrap();
+    // The ten-minute delay started ten minutes and one second ago, then the node stopped.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let step = dibop_control_plane::store::StepRow {
+        execution_id: "exe_delayed".into(),
+        path: "steps[0]".into(),
+        seq: 1,
+        step_id: "wait".into(),
+        step_type: "delay".into(),
+        status: "running".into(),
+        input: Some(json!({"ms": 600000, "until_ms": now_ms - 1000}).to_string()),
+        output: None,
+        error: None,
+        attempts: 1,
+        started_at: 1,
+        finished_at: None,
+        duration_ms: None,
+    };
+    core.store.start_step(&step).await.unwrap();
+    let ended = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        dibop_control_plane::engine::execute(core, "exe_delayed", 0),
+    )
+    .await
+    .expect("the delay started over instead of resuming")
+    .unwrap();
+    assert_eq!(ended.status, "succeeded");
 }
 
 #[tokio::test]

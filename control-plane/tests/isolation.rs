@@ -136,6 +136,7 @@ const DMS_SIM: &str = include_str!("../../catalogue/dms-sim.yaml");
 /// Routes that are not tenant-scoped (platform-only, checked elsewhere).
 const NOT_TENANT_SCOPED: &[&str] = &[
     "/tenants/{id}",
+    "/tenants/{id}/users",
     "/catalogue/{id}/promote",
     "/reviews/{id}/approve",
     "/reviews/{id}/reject",

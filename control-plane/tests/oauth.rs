@@ -240,3 +240,58 @@ async fn tokens_are_renewed_before_they_expire() {
         );
     }
 }
+
+/// OpenID Connect discovery that cannot be read is a normalized call
+/// result (`network_error`, with what failed), like any failed call: not a
+/// 422 blaming the request.
+#[tokio::test]
+async fn a_failed_discovery_is_a_normalized_network_error() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let cp = common::start_cp().await;
+    let definition = json!({
+        "format": "dibop.connector/v1", "name": "Lost IdP", "slug": "lost-idp",
+        "description": "An API whose OpenID Connect provider is down.", "category": "telematics",
+        "base_url": closed, "documentation_url": "https://fleet.example/docs",
+        "auth": {"schemes": [
+            {"type": "openid_connect", "discovery_url": format!("{closed}/.well-known/openid-configuration")}
+        ]},
+        "health_check": "health",
+        "resilience": {"timeout_ms": 5000, "retries": {"max_attempts": 1}},
+        "operations": [
+            {"id": "health", "name": "Health", "method": "GET", "path": "/health", "response_schema": {"type": "object"}},
+            {"id": "listVehicles", "name": "Vehicles", "method": "GET", "path": "/vehicles",
+             "parameters": [{"name": "page", "in": "query", "type": "integer"}], "response_schema": {"type": "object"}}
+        ]
+    });
+    let connector = cp.publish(definition).await;
+    let (status, c) = cp
+        .send(
+            "POST",
+            "/connections",
+            Some(json!({"connector_id": connector, "name": "lost", "auth_type": "openid_connect", "activate": true,
+                   "credentials": {"client_id": "dibop", "client_secret": "s3cret-canary"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{c}");
+    let id = c["id"].as_str().unwrap();
+    let (status, result) = cp
+        .send(
+            "POST",
+            format!("/connections/{id}/operations/health/invoke"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["ok"], false, "{result}");
+    assert_eq!(result["error"]["class"], "network_error", "{result}");
+    let message = result["error"]["message"].as_str().unwrap();
+    assert!(message.contains("OpenID Connect discovery"), "{message}");
+    assert!(!result.to_string().contains("s3cret-canary"));
+    let (_, tested) = cp
+        .send("POST", format!("/connections/{id}/test"), None)
+        .await;
+    assert_eq!(tested["outcome"], "network_error", "{tested}");
+}

@@ -95,6 +95,9 @@ pub struct Rule {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AllowList {
     rules: Vec<Rule>,
+    /// What a refusal tells the reader to do (default: the dealer edits the
+    /// agent's config file).
+    remedy: Option<String>,
 }
 
 /// An allow-list entry that could not be parsed.
@@ -258,7 +261,10 @@ impl AllowList {
             }
         }
         if errors.is_empty() {
-            Ok(AllowList { rules })
+            Ok(AllowList {
+                rules,
+                remedy: None,
+            })
         } else {
             Err(errors)
         }
@@ -295,14 +301,25 @@ impl AllowList {
         })
     }
 
+    /// The same list, whose refusals name `remedy` as what to do (the cloud
+    /// agent's list is the control plane's setting, not a dealer's file).
+    pub fn with_remedy(mut self, remedy: impl Into<String>) -> AllowList {
+        self.remedy = Some(remedy.into());
+        self
+    }
+
     /// Pre-flight check of a URL, before anything leaves the agent.
     pub fn check(&self, url: &Url) -> Result<Verdict, PolicyDenied> {
         let port = url
             .port_or_known_default()
             .ok_or_else(|| PolicyDenied(format!("{url} has no port")))?;
+        let remedy = self
+            .remedy
+            .as_deref()
+            .unwrap_or("the dealer can add it to `policy.allow` in the agent's config file");
         let denied = |what: String| {
             PolicyDenied(format!(
-                "{what} is not in this agent's allow-list; the dealer can add it to `policy.allow` in the agent's config file"
+                "{what} is not in this agent's allow-list; {remedy}"
             ))
         };
         match url.host() {

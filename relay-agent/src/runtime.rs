@@ -304,10 +304,22 @@ fn classify(error: &reqwest::Error, timeout: Duration) -> (ErrorClass, String) {
         if let Some(denied) = s.downcast_ref::<PolicyDenied>() {
             return (ErrorClass::PolicyDenied, denied.0.clone());
         }
-        if s.downcast_ref::<rustls::Error>().is_some() {
+        // An I/O error's `source()` skips the error it wraps: look inside.
+        let tls = s.downcast_ref::<rustls::Error>().or_else(|| {
+            s.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(tls) = tls {
+            let hint = match tls {
+                rustls::Error::InvalidMessage(_) => {
+                    " (the target does not speak TLS on this port: is it plain http://?)"
+                }
+                _ => "",
+            };
             return (
                 ErrorClass::TlsError,
-                format!("TLS with the target failed: {s}"),
+                format!("TLS with the target failed: {tls}{hint}"),
             );
         }
         chain.push_str(": ");
@@ -328,6 +340,14 @@ fn classify(error: &reqwest::Error, timeout: Duration) -> (ErrorClass, String) {
         return (ErrorClass::InvalidRequest, chain);
     }
     let lower = chain.to_ascii_lowercase();
+    if lower.contains("corrupt message") || lower.contains("invalidcontenttype") {
+        return (
+            ErrorClass::TlsError,
+            format!(
+                "TLS with the target failed: {chain} (the target does not speak TLS on this port: is it plain http://?)"
+            ),
+        );
+    }
     if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
         return (ErrorClass::TlsError, chain);
     }
@@ -403,6 +423,22 @@ mod tests {
             "{result:?}"
         );
         assert!(!result.ok);
+    }
+
+    /// `https://` to a port that speaks plain HTTP is a TLS failure that
+    /// says so, not a network error.
+    #[tokio::test]
+    async fn https_to_a_plain_http_port_is_a_tls_error() {
+        let addr = serve_raw(
+            "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n".into(),
+            Duration::ZERO,
+        )
+        .await;
+        let rt = runtime(&[addr.to_string()], 1024);
+        let result = rt.perform(&get(format!("https://{addr}/"), 2000)).await;
+        assert_eq!(class(&result), Some(ErrorClass::TlsError), "{result:?}");
+        let message = result.error.map(|e| e.message).unwrap_or_default();
+        assert!(message.contains("plain http"), "{message}");
     }
 
     #[tokio::test]

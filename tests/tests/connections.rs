@@ -125,4 +125,8 @@ async fn the_cloud_agent_refuses_private_addresses_by_default() {
         .unwrap();
     assert_eq!(tested["outcome"], "policy_denied", "{tested}");
     assert_eq!(tested["ran_on"], "cloud");
+    // The remedy is the control plane's setting, not a dealer's config file.
+    let detail = tested["detail"].as_str().unwrap();
+    assert!(detail.contains("cloud_agent_allow"), "{detail}");
+    assert!(!detail.contains("agent's config file"), "{detail}");
 }

@@ -212,3 +212,161 @@ async fn executions_survive_sigkill_and_finish_exactly_once() {
         per_step.values().sum::<usize>()
     );
 }
+
+const WAITING: &str = r#"
+format: dibop.orchestration/v1
+name: waits for its agent
+steps:
+  - { id: list, type: call, connection: Site DMS, operation: listVehicles, parameters: { page_size: 1 } }
+  - { id: vin, type: transform, expression: ".steps.list.response.items[0].vin" }
+"#;
+
+/// Executions whose relay group has no agent online wait for one (their step
+/// shows `waiting`), across a SIGKILL and restart of the control plane, and
+/// all succeed once the site's agent is back: none fails for want of a retry
+/// policy long enough to cover the restart.
+#[tokio::test]
+async fn executions_wait_for_the_sites_agent_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cp");
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut cp = ControlPlane::start_with(&data, any, any, &[])
+        .await
+        .unwrap();
+    let api = cp.tenant("waiting-motors").await.unwrap();
+    let dms = Dms::start().await.unwrap();
+    let group = api.create_group("site-w").await.unwrap();
+    let token = api.enrollment_token(&group, None).await.unwrap();
+    let allow = [dms.addr.to_string()];
+    let mut agent = dibop_e2e::harness::Agent::enroll_and_start(dir.path(), "gw", &token, &allow)
+        .await
+        .unwrap();
+    api.wait_online(&agent.id).await.unwrap();
+    let (_, catalogue) = api.send("GET", "/catalogue?q=dms-sim", None).await.unwrap();
+    let (status, c) = api
+        .send(
+            "POST",
+            "/connections",
+            Some(json!({"connector_id": catalogue[0]["id"], "name": "Site DMS", "auth_type": "api_key",
+                "credentials": {"api_key": "dms-demo-key"}, "base_url": dms.url,
+                "execution_mode": "agent_group", "agent_group_id": group, "activate": true})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{c}");
+    let created: Value = reqwest::Client::new()
+        .post(format!("{}/api/v1/orchestrations", cp.http))
+        .bearer_auth(api.token())
+        .header("content-type", "application/yaml")
+        .body(WAITING)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let orchestration = created["id"].as_str().unwrap().to_owned();
+    api.send(
+        "POST",
+        &format!("/orchestrations/{orchestration}/activate"),
+        None,
+    )
+    .await
+    .unwrap();
+
+    // The site goes dark, then 40 executions start: they wait.
+    agent.terminate().await.unwrap();
+    let mut started = Vec::new();
+    for _ in 0..40 {
+        let (status, e) = api
+            .send(
+                "POST",
+                &format!("/orchestrations/{orchestration}/execute"),
+                Some(json!({})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 201, "{e}");
+        started.push(e["id"].as_str().unwrap().to_owned());
+    }
+    // (The tenant's concurrency limit lets some run, and wait, while the others queue.)
+    let waiting_step = |api: Api| async move {
+        let (_, running) = api
+            .send("GET", "/executions?status=running", None)
+            .await
+            .unwrap();
+        for e in running.as_array().cloned().unwrap_or_default() {
+            let id = e["id"].as_str().unwrap();
+            let (_, e) = api
+                .send("GET", &format!("/executions/{id}"), None)
+                .await
+                .unwrap();
+            if e["steps"][0]["status"] == "waiting" {
+                return Some(e);
+            }
+        }
+        None
+    };
+    let e = dibop_e2e::harness::eventually(
+        "a step waiting for the agent",
+        Duration::from_secs(30),
+        || waiting_step(Api::new(&cp.http, api.token())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(e["status"], "running", "{e}");
+    assert!(
+        e["steps"][0]["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("waiting for an agent"),
+        "{e}"
+    );
+
+    // The control plane is killed and restarted on the same addresses.
+    let (http, tunnel) = (cp.http_addr, cp.tunnel_addr);
+    cp.kill().await;
+    let cp = ControlPlane::start_with(&data, http, tunnel, &[])
+        .await
+        .unwrap();
+    let api = Api::new(&cp.http, api.token());
+    dibop_e2e::harness::eventually(
+        "steps waiting again after the restart",
+        Duration::from_secs(30),
+        || waiting_step(Api::new(&cp.http, api.token())),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, failed) = api
+        .send("GET", "/executions?status=failed", None)
+        .await
+        .unwrap();
+    assert_eq!(failed, json!([]), "nothing fails while the agent is away");
+
+    // The agent comes back: every execution succeeds, once.
+    let _agent = dibop_e2e::harness::Agent::start(&agent.data_dir, &allow)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, all) = api
+            .send("GET", "/executions?limit=100", None)
+            .await
+            .unwrap();
+        let all = all.as_array().cloned().unwrap_or_default();
+        assert_eq!(all.len(), 40, "none lost, none invented");
+        if all.iter().all(|e| e["status"] == "succeeded") {
+            break;
+        }
+        assert!(
+            all.iter().all(|e| matches!(
+                e["status"].as_str(),
+                Some("queued" | "running" | "succeeded")
+            )),
+            "{all:?}"
+        );
+        assert!(Instant::now() < deadline, "never all succeeded: {all:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
