@@ -34,12 +34,26 @@ pub const DEFINITIONS: &[(&str, &str)] = &[
 ];
 
 /// Publishes or updates every built-in; returns one line per change.
-pub async fn load(store: &Store) -> anyhow::Result<Vec<String>> {
+/// `base_urls` (slug, URL) moves built-ins to where their systems run here
+/// (`dibop dev` points the simulator's connector at its simulator).
+pub async fn load(store: &Store, base_urls: &[(String, String)]) -> anyhow::Result<Vec<String>> {
     let platform = crate::platform_tenant(store).await?;
     let mut done = Vec::new();
     for (file, text) in DEFINITIONS {
-        let doc =
+        let mut doc =
             crate::connector::parse(text).map_err(|p| anyhow::anyhow!("catalogue/{file}: {p}"))?;
+        if let Some((_, url)) = base_urls
+            .iter()
+            .find(|(slug, _)| doc["slug"] == slug.as_str())
+        {
+            doc["base_url"] = json!(url);
+            if doc["documentation_url"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("http://127.0.0.1:9100"))
+            {
+                doc["documentation_url"] = json!(format!("{url}/health"));
+            }
+        }
         let problems = crate::connector::validate(&doc);
         anyhow::ensure!(
             problems.is_empty(),
@@ -158,11 +172,11 @@ mod tests {
     async fn loading_twice_publishes_once_and_an_edit_is_versioned() {
         for db in crate::store::testdb::all().await {
             let store = &db.store;
-            let first = load(store).await.unwrap();
+            let first = load(store, &[]).await.unwrap();
             assert_eq!(first.len(), DEFINITIONS.len(), "{}", db.name);
             assert!(first.iter().all(|l| l.ends_with(" 1.0.0")), "{first:?}");
             assert!(
-                load(store).await.unwrap().is_empty(),
+                load(store, &[]).await.unwrap().is_empty(),
                 "{}: a second start republished",
                 db.name
             );
@@ -181,7 +195,7 @@ mod tests {
             v.definition = old.to_string();
             store.publish_version(&c, Some("1.0.0"), &v).await.unwrap();
             assert_eq!(
-                load(store).await.unwrap(),
+                load(store, &[]).await.unwrap(),
                 ["open-meteo 1.0.2"],
                 "{}",
                 db.name

@@ -165,6 +165,10 @@ pub struct ConnectionView {
     health: String,
     health_checked_at: Option<String>,
     credentials: HashMap<String, CredentialView>,
+    /// The connector's circuit breaker for this connection (absent when the
+    /// connector declares none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    circuit_breaker: Option<crate::guard::BreakerView>,
     created_by: String,
     created_at: String,
     updated_at: String,
@@ -528,6 +532,9 @@ async fn view(
         );
     }
     Ok(ConnectionView {
+        circuit_breaker: core
+            .guards
+            .view(&c.id, crate::guard::policies(&definition).0),
         effective_base_url: c
             .base_url
             .clone()

@@ -57,12 +57,7 @@ async fn demo_group(store: &Store, tenant_id: &str) -> anyhow::Result<AgentGroup
 /// Runs until `shutdown` is cancelled.
 pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     let data_dir = options.data_dir.clone();
-    let mut settings = Settings::new(data_dir.clone());
-    settings.http_addr = options.http_addr;
-    settings.tunnel_addr = options.tunnel_addr;
-    let server = crate::start(settings, shutdown.clone()).await?;
-    let core = server.core.clone();
-
+    // The simulator first: the built-in simulator connector points at it.
     let (dms_addr, dms_task) = dibop_e2e::dms_sim::spawn(options.dms_addr, Default::default())
         .await
         .with_context(|| {
@@ -72,6 +67,12 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
             )
         })?;
     let dms_url = format!("http://{dms_addr}");
+    let mut settings = Settings::new(data_dir.clone());
+    settings.http_addr = options.http_addr;
+    settings.tunnel_addr = options.tunnel_addr;
+    settings.builtin_base_urls = vec![("dms-sim".into(), dms_url.clone())];
+    let server = crate::start(settings, shutdown.clone()).await?;
+    let core = server.core.clone();
 
     let (tenant_id, api_token) =
         crate::bootstrap_tenant(&core.store, DEMO_TENANT, "dibop-dev").await?;

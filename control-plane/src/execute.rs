@@ -446,6 +446,73 @@ async fn send(core: &Core, c: &Resolved, request: InvokeRequest) -> (InvokeResul
     }
 }
 
+/// Sends through the connection's rate limit and circuit breaker (see
+/// [`crate::guard`]): a call they hold back fails without reaching the system.
+async fn guarded_send(core: &Core, c: &Resolved, request: InvokeRequest) -> (InvokeResult, String) {
+    use crate::guard::{Refused, is_system_failure, policies};
+    let (breaker, rate) = policies(&c.definition);
+    let system = c.definition["name"].as_str().unwrap_or("the system");
+    let refused = |class, message: String| {
+        let mut result = CallResult::failure(&request.call, "", class, message);
+        result.attempts = 0;
+        (
+            InvokeResult {
+                result,
+                rotated_refresh_token: None,
+                token_fetches: 0,
+            },
+            String::new(),
+        )
+    };
+    if let Some(rate) = rate {
+        let max_wait = Duration::from_millis(u64::from(request.call.timeout_ms));
+        if let Err(Refused::Throttled(wait)) = core
+            .guards
+            .pace(&core.store, &c.row.id, rate, max_wait)
+            .await
+        {
+            return refused(
+                ErrorClass::Throttled,
+                format!(
+                    "{system} allows {} calls per second (resilience.rate_limit): this call would wait \
+                     {} ms for its turn, longer than its {} ms timeout; it was not sent",
+                    rate.per_second,
+                    wait.as_millis(),
+                    request.call.timeout_ms
+                ),
+            );
+        }
+    }
+    if let Some(policy) = breaker
+        && let Err(Refused::Open(until)) = core.guards.admit(&c.row.id, policy)
+    {
+        return refused(
+            ErrorClass::CircuitOpen,
+            format!(
+                "the circuit breaker of connection `{}` is open after {} failures in a row of {system} \
+                 (resilience.circuit_breaker): calls are not sent until {}, then one trial call decides",
+                c.row.name,
+                policy.threshold,
+                dibop_relay_agent::rfc3339(until / 1000)
+            ),
+        );
+    }
+    let (out, ran_on) = send(core, c, request).await;
+    if let Some(policy) = breaker {
+        let r = &out.result;
+        // A call that never reached the system says nothing about it.
+        let outcome = if is_system_failure(r) {
+            Some(true)
+        } else if r.ok || r.status.is_some() {
+            Some(false)
+        } else {
+            None
+        };
+        core.guards.record(&c.row.id, policy, outcome);
+    }
+    (out, ran_on)
+}
+
 /// A rendered, authenticated call of `operation` with `parameters`.
 pub async fn prepare(
     core: &Core,
@@ -527,7 +594,11 @@ pub async fn run(
     saved: bool,
 ) -> (InvokeResult, String, Duration) {
     let started = Instant::now();
-    let (out, ran_on) = send(core, c, request).await;
+    let (out, ran_on) = if saved {
+        guarded_send(core, c, request).await
+    } else {
+        send(core, c, request).await
+    };
     let elapsed = started.elapsed();
     if saved {
         if let Some(token) = &out.rotated_refresh_token {

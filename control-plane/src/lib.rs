@@ -28,6 +28,7 @@ pub mod engine;
 pub mod execute;
 pub mod executions;
 pub mod expr;
+pub mod guard;
 pub mod idempotency;
 pub mod ids;
 pub mod import;
@@ -91,6 +92,8 @@ pub struct Settings {
     /// After a start, how long API calls to a group with no agent online
     /// wait for one (agents reconnect after a control-plane restart).
     pub agent_grace: Duration,
+    /// Built-in connectors moved to where their systems run: (slug, base URL).
+    pub builtin_base_urls: Vec<(String, String)>,
     /// Whether schedule triggers fire (off only in tests that drive them).
     pub run_scheduler: bool,
     /// The `dibop` executable whose `expr-worker` subcommand evaluates
@@ -118,6 +121,7 @@ impl Settings {
             health_check_interval: Duration::from_secs(60),
             agent_wait: Duration::from_secs(600),
             agent_grace: Duration::from_secs(30),
+            builtin_base_urls: Vec::new(),
             run_scheduler: true,
             storage_interval: Duration::from_secs(60),
             expression_worker: sandbox::default_program(),
@@ -142,6 +146,8 @@ pub struct Core {
     pub vault: vault::Vault,
     /// Counters for `/metrics`.
     pub metrics: metrics::Metrics,
+    /// Connectors' circuit breakers and rate limits, per connection.
+    pub guards: guard::Guards,
     /// The built-in cloud agent: the relay agent's runtime, in process.
     pub cloud: dibop_relay_agent::runtime::Runtime,
     /// OpenID Connect token endpoints by discovery URL.
@@ -210,7 +216,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let node = node_id(&settings.data_dir)?;
     let vault = vault::Vault::new(vault::default_provider(&settings.data_dir)?);
     vault.verify(&store).await?;
-    builtin::load(&store)
+    builtin::load(&store, &settings.builtin_base_urls)
         .await
         .context("cannot load the built-in connector catalogue")?;
     let listener = tokio::net::TcpListener::bind(settings.http_addr)
@@ -231,6 +237,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         vault,
         metrics: metrics::Metrics::default(),
         cloud: cloud_agent(&settings.cloud_agent_allow)?,
+        guards: guard::Guards::default(),
         discovery: execute::discovery_cache(),
         calls: calllog::CallLog::default(),
         expressions: match &settings.expression_worker {
@@ -262,6 +269,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let mut tasks = JoinSet::new();
     tasks.spawn(tunnel::serve(core.clone(), endpoint, shutdown.clone()));
     tasks.spawn(quotas::run_sharing(core.clone(), shutdown.clone()));
+    tasks.spawn(guard::run_sharing(core.clone(), shutdown.clone()));
     tasks.spawn(quotas::run_storage(core.clone(), shutdown.clone()));
     tasks.spawn(publishing::sweep_deprecations(
         core.clone(),

@@ -1347,6 +1347,36 @@ pub(crate) mod testdb {
 mod tests {
     use super::*;
 
+    /// Call slots and breaker changes, as replicas share them.
+    #[tokio::test]
+    async fn pacing_slots_and_breakers_are_shared() {
+        for db in testdb::all().await {
+            let store = &db.store;
+            // Slots 500 ms apart from an idle start; a slot given back is reused.
+            assert_eq!(
+                store.reserve_slot("con_a", 10_000, 500).await.unwrap(),
+                10_500,
+                "{}",
+                db.name
+            );
+            assert_eq!(
+                store.reserve_slot("con_a", 10_100, 500).await.unwrap(),
+                11_000
+            );
+            assert_eq!(store.reserve_slot("con_a", 0, -500).await.unwrap(), 10_500);
+            assert_eq!(
+                store.reserve_slot("con_a", 20_000, 500).await.unwrap(),
+                20_500
+            );
+            store.set_breaker("con_a", 99_000, 3, 1_000).await.unwrap();
+            store.set_breaker("con_b", 0, 0, 2_000).await.unwrap();
+            let changed = store.breakers_since(1_500).await.unwrap();
+            assert_eq!(changed, [("con_b".to_owned(), 0, 0, 2_000)], "{}", db.name);
+            store.set_breaker("con_a", 0, 0, 3_000).await.unwrap();
+            assert_eq!(store.breakers_since(2_500).await.unwrap().len(), 1);
+        }
+    }
+
     async fn seed(store: &Store) {
         store.create_tenant("ten_a", "A").await.unwrap();
         store.create_tenant("ten_b", "B").await.unwrap();

@@ -214,6 +214,12 @@ pub enum ErrorClass {
     Cancelled,
     /// Something failed inside DIBOP.
     Internal,
+    /// The connection's circuit breaker is open after repeated failures of
+    /// the system: the call was not sent (decided by the control plane).
+    CircuitOpen,
+    /// The connector's own rate limit would have delayed the call past its
+    /// timeout: the call was not sent (decided by the control plane).
+    Throttled,
 }
 
 impl ErrorClass {
@@ -232,6 +238,8 @@ impl ErrorClass {
             ErrorClass::ResponseTooLarge => "response_too_large",
             ErrorClass::Cancelled => "cancelled",
             ErrorClass::Internal => "internal",
+            ErrorClass::CircuitOpen => "circuit_open",
+            ErrorClass::Throttled => "throttled",
         }
     }
 
@@ -240,7 +248,11 @@ impl ErrorClass {
     pub fn request_may_have_been_sent(self) -> bool {
         !matches!(
             self,
-            ErrorClass::PolicyDenied | ErrorClass::AgentUnavailable | ErrorClass::InvalidRequest
+            ErrorClass::PolicyDenied
+                | ErrorClass::AgentUnavailable
+                | ErrorClass::InvalidRequest
+                | ErrorClass::CircuitOpen
+                | ErrorClass::Throttled
         )
     }
 }

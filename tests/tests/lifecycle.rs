@@ -73,6 +73,33 @@ async fn dibop_dev_runs_the_whole_platform_and_stops_cleanly() {
         "{result}"
     );
 
+    // A connection made by hand, without a base URL, reaches the simulator
+    // wherever --dms-addr put it: the built-in connector points there.
+    let (_, catalogue) = api.send("GET", "/catalogue?q=dms-sim", None).await.unwrap();
+    let (status, second) = api
+        .send(
+            "POST",
+            "/connections",
+            Some(json!({"connector_id": catalogue[0]["id"], "name": "Second DMS", "auth_type": "api_key",
+                "credentials": {"api_key": "dms-demo-key"}, "execution_mode": "agent_group",
+                "agent_group_id": group, "activate": true})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{second}");
+    let (_, result) = api
+        .send(
+            "POST",
+            &format!(
+                "/connections/{}/operations/listVehicles/invoke",
+                second["id"].as_str().unwrap()
+            ),
+            Some(json!({})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(result["ok"], true, "{result}");
+
     // The seeded example orchestration runs through the same connection.
     let (_, stock) = api
         .send(

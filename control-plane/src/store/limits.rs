@@ -36,6 +36,81 @@ pub struct StorageUsage {
 }
 
 impl Store {
+    /// Shares a connection's breaker: open until `open_until_ms` (0: closed).
+    pub async fn set_breaker(
+        &self,
+        connection_id: &str,
+        open_until_ms: i64,
+        failures: i64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO connection_breakers (connection_id, open_until_ms, failures, updated_at_ms) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (connection_id) DO UPDATE SET \
+             open_until_ms = excluded.open_until_ms, failures = excluded.failures, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(connection_id)
+        .bind(open_until_ms)
+        .bind(failures)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Breakers changed after `since_ms`: (connection, open until, failures, changed at).
+    pub async fn breakers_since(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<(String, i64, i64, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT connection_id, open_until_ms, failures, updated_at_ms FROM connection_breakers \
+             WHERE updated_at_ms > $1",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("connection_id")?,
+                    r.try_get("open_until_ms")?,
+                    r.try_get("failures")?,
+                    r.try_get("updated_at_ms")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Reserves the next call slot of a rate-limited connection (GCRA,
+    /// atomic in the database): the new theoretical arrival time.
+    pub async fn reserve_slot(
+        &self,
+        connection_id: &str,
+        now_ms: i64,
+        interval_ms: i64,
+    ) -> Result<i64, StoreError> {
+        let sql = match self.backend {
+            super::Backend::Postgres => {
+                "INSERT INTO connection_pacing (connection_id, tat_ms) VALUES ($1, $2 + $3) \
+                 ON CONFLICT (connection_id) DO UPDATE SET \
+                 tat_ms = GREATEST(connection_pacing.tat_ms, $2) + $3 RETURNING tat_ms"
+            }
+            super::Backend::Sqlite => {
+                "INSERT INTO connection_pacing (connection_id, tat_ms) VALUES ($1, $2 + $3) \
+                 ON CONFLICT (connection_id) DO UPDATE SET \
+                 tat_ms = MAX(connection_pacing.tat_ms, $2) + $3 RETURNING tat_ms"
+            }
+        };
+        let row = sqlx::query(sql)
+            .bind(connection_id)
+            .bind(now_ms)
+            .bind(interval_ms)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("tat_ms")?)
+    }
+
     /// Adds requests counted by `node` to the shared per-minute windows.
     pub async fn add_rate_requests(
         &self,
