@@ -514,6 +514,10 @@ pub fn router(core: Arc<Core>) -> Router {
             axum::routing::put(crate::connections::rotate_credentials),
         )
         .route(
+            "/connections/{id}/move",
+            post(crate::connections::move_version),
+        )
+        .route(
             "/connections/{id}/test",
             post(crate::connections::test_saved),
         )

@@ -344,6 +344,26 @@ async fn seal_all(
     Ok(sealed)
 }
 
+/// Seals `creds` as the connection's credentials, replacing the stored ones
+/// (proxy credentials are not part of them: they are kept).
+async fn replace_credentials(
+    core: &Core,
+    tenant_id: &str,
+    id: &str,
+    creds: &[(String, String)],
+) -> Result<(), ApiError> {
+    let mut sealed = seal_all(core, tenant_id, id, creds, None).await?;
+    for (field, s) in core.store.secrets(id).await? {
+        if field.starts_with("proxy.") {
+            sealed.push((field, s));
+        }
+    }
+    core.store
+        .replace_secrets(tenant_id, id, &sealed, now_unix())
+        .await?;
+    Ok(())
+}
+
 /// A connection checked and ready to store or test (nothing stored yet).
 struct Checked {
     row: ConnectionRow,
@@ -786,6 +806,247 @@ pub(crate) async fn update(
     Ok(Json(view(&core, c, None).await?))
 }
 
+/// The body of `POST /connections/{id}/move`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MoveRequest {
+    /// The connector version to move to (e.g. `2.0.0`).
+    version: String,
+    /// Only say what would change and what stands in the way.
+    #[serde(default)]
+    dry_run: bool,
+    /// Credentials for the new version's scheme, when it needs fields the
+    /// connection has not stored (write-only; every field of the scheme).
+    #[schema(value_type = Option<Object>)]
+    credentials: Option<Map<String, Value>>,
+}
+
+/// What a move to another connector version changes.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct MoveView {
+    from: String,
+    to: String,
+    /// The computed changes between the two versions.
+    changes: Vec<crate::lifecycle::Change>,
+    /// Why the move would break this connection or the orchestrations using it
+    /// (empty: it is safe).
+    problems: Vec<String>,
+    /// Whether the connection now uses `to`.
+    moved: bool,
+    /// The connection after the move.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connection: Option<ConnectionView>,
+}
+
+/// What moving connection `c` to `target` (a definition) would break.
+async fn move_problems(
+    core: &Core,
+    c: &ConnectionRow,
+    target: &Value,
+    version: &str,
+    credentials: Option<&Map<String, Value>>,
+) -> Result<Vec<String>, ApiError> {
+    let mut problems = Vec::new();
+    let schemes: Vec<&str> = target["auth"]["schemes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["type"].as_str())
+        .collect();
+    let scheme = target["auth"]["schemes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["type"] == c.auth_type.as_str());
+    match scheme {
+        None => problems.push(format!(
+            "the connection authenticates with `{}`, which {version} no longer offers (it offers: {})",
+            c.auth_type,
+            schemes.join(", ")
+        )),
+        Some(scheme) if credentials.is_none() => {
+            let stored: Vec<String> = core
+                .store
+                .secrets(&c.id)
+                .await?
+                .into_iter()
+                .filter_map(|(f, _)| f.strip_prefix("cred.").map(str::to_owned))
+                .collect();
+            for (name, _, required) in fields_of(scheme) {
+                if required && !stored.contains(&name) {
+                    problems.push(format!(
+                        "{version} needs the credential `{name}`, which the connection has not stored: \
+                         send it with the move (`credentials`)"
+                    ));
+                }
+            }
+        }
+        Some(scheme) => {
+            let mut given = Vec::new();
+            check_credentials(scheme, credentials.unwrap_or(&Map::new()), &mut given);
+            problems.extend(given.iter().map(|p| {
+                format!(
+                    "{}: {}",
+                    p["field"].as_str().unwrap_or_default(),
+                    p["problem"].as_str().unwrap_or_default()
+                )
+            }));
+        }
+    }
+    // The steps of this tenant's orchestrations that use the connection.
+    let operations: Vec<&Value> = target["operations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    for (o, d) in core
+        .store
+        .orchestrations_with_definitions(&c.tenant_id, None, 10_000)
+        .await?
+    {
+        if o.status == "archived" {
+            continue;
+        }
+        let d: Value = serde_json::from_str(&d).unwrap_or_default();
+        let mut steps = Vec::new();
+        crate::orchestrations::steps_where(&d["steps"], "$.steps", &mut steps, &|s| {
+            s["connection"] == c.name.as_str() || s["connection"] == c.id.as_str()
+        });
+        for (path, step) in steps {
+            let op_id = step["operation"].as_str().unwrap_or_default();
+            let Some(op) = operations.iter().find(|op| op["id"] == op_id) else {
+                problems.push(format!(
+                    "orchestration `{}` ({path}) uses operation `{op_id}`, which {version} removes",
+                    o.name
+                ));
+                continue;
+            };
+            let kind = step["type"].as_str().unwrap_or_default();
+            if kind.starts_with("map_") && target["mappings"].get(op_id).is_none() {
+                problems.push(format!(
+                    "orchestration `{}` ({path}) maps `{op_id}` onto the CDM, and {version} has no mapping for it",
+                    o.name
+                ));
+            }
+            if kind == "call" {
+                for p in op["parameters"].as_array().into_iter().flatten() {
+                    let name = p["name"].as_str().unwrap_or_default();
+                    if p["required"] == true
+                        && p.get("default").is_none()
+                        && step["parameters"].get(name).is_none()
+                    {
+                        problems.push(format!(
+                            "orchestration `{}` ({path}) calls `{op_id}` without `{name}`, which {version} requires",
+                            o.name
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// `POST /api/v1/connections/{id}/move`
+#[utoipa::path(post, path = "/api/v1/connections/{id}/move", tag = "connections",
+    summary = "Move a connection to another version of its connector (after a major version notice)",
+    description = "Answers the computed changes between the versions and what the move would break: an auth \
+        scheme the new version dropped, credentials it needs, operations, mappings or parameters that the \
+        tenant's orchestrations use. A move that would break something is refused (409 with the problems); \
+        `dry_run` only reports.",
+    params(("id" = String, Path, description = "The resource id")), request_body = MoveRequest,
+    responses((status = 200, body = MoveView), (status = 409, description = "Same version, or the move would break the connection (`incompatible_version`, problems in `details`)", body = crate::openapi::ErrorBody),
+        (status = 422, body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such connection or version", body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn move_version(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<MoveRequest>,
+) -> Result<Json<MoveView>, ApiError> {
+    let c = own(&core, &p, &id).await?;
+    authorize(&core, &p, &c, "admin").await?;
+    let to = req.version.trim().to_owned();
+    if crate::lifecycle::Version::parse(&to).is_none() {
+        return Err(ApiError::invalid(format!(
+            "version `{to}` is not a version like 2.0.0"
+        )));
+    }
+    if to == c.connector_version {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "same_version",
+            format!("the connection already uses {to}"),
+        ));
+    }
+    let target = core
+        .store
+        .version(&c.connector_id, &to)
+        .await?
+        .ok_or_else(|| ApiError::not_found("connector version", &to))?;
+    let current = core
+        .store
+        .version(&c.connector_id, &c.connector_version)
+        .await?;
+    let old: Value = current
+        .and_then(|v| serde_json::from_str(&v.definition).ok())
+        .unwrap_or_default();
+    let new: Value = serde_json::from_str(&target.definition).unwrap_or_default();
+    let changes = crate::lifecycle::diff(&old, &new);
+    let problems = move_problems(&core, &c, &new, &to, req.credentials.as_ref()).await?;
+    let mut answer = MoveView {
+        from: c.connector_version.clone(),
+        to: to.clone(),
+        changes,
+        problems,
+        moved: false,
+        connection: None,
+    };
+    if req.dry_run {
+        return Ok(Json(answer));
+    }
+    if !answer.problems.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "incompatible_version",
+            format!(
+                "moving to {to} would break the connection: {}",
+                answer.problems.join("; ")
+            ),
+        )
+        .with_details(json!({"problems": answer.problems, "changes": answer.changes})));
+    }
+    if let Some(given) = &req.credentials {
+        let scheme = new["auth"]["schemes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["type"] == c.auth_type.as_str())
+            .cloned()
+            .unwrap_or_default();
+        let creds = check_credentials(&scheme, given, &mut Vec::new());
+        replace_credentials(&core, &p.tenant_id, &id, &creds).await?;
+    }
+    core.store
+        .set_connection_version(&p.tenant_id, &id, &to, now_unix())
+        .await?;
+    execute::forget(&core, &id);
+    record(
+        &core.store,
+        Some(&p.tenant_id),
+        &p.actor(),
+        "connection.move_version",
+        ("connection", &id),
+        json!({"from": answer.from, "to": to, "credentials_replaced": req.credentials.is_some()}),
+    )
+    .await;
+    let c = own(&core, &p, &id).await?;
+    answer.moved = true;
+    answer.connection = Some(view(&core, c, None).await?);
+    Ok(Json(answer))
+}
+
 /// `DELETE /api/v1/connections/{id}`
 #[utoipa::path(delete, path = "/api/v1/connections/{id}", tag = "connections",
     summary = "Delete a connection with its credentials and health history (the call log keeps its name)",
@@ -911,16 +1172,7 @@ pub(crate) async fn rotate_credentials(
     if !problems.is_empty() {
         return Err(ApiError::invalid("the credentials are invalid").with_details(json!(problems)));
     }
-    let mut sealed = seal_all(&core, &p.tenant_id, &id, &creds, None).await?;
-    // Proxy credentials are not part of a rotation: keep them.
-    for (field, s) in core.store.secrets(&id).await? {
-        if field.starts_with("proxy.") {
-            sealed.push((field, s));
-        }
-    }
-    core.store
-        .replace_secrets(&p.tenant_id, &id, &sealed, now_unix())
-        .await?;
+    replace_credentials(&core, &p.tenant_id, &id, &creds).await?;
     execute::forget(&core, &id);
     record(
         &core.store,

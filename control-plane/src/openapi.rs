@@ -157,6 +157,7 @@ impl Modify for BearerAuth {
         crate::connections::activate,
         crate::connections::deactivate,
         crate::connections::rotate_credentials,
+        crate::connections::move_version,
         crate::connections::test_saved,
         crate::connections::test_unsaved,
         crate::connections::health,

@@ -85,24 +85,34 @@ fn invalid(problems: Vec<Problem>) -> ApiError {
 
 /// Every `call` step, with its path.
 fn call_steps<'a>(steps: &'a Value, at: &str, out: &mut Vec<(String, &'a Value)>) {
+    steps_where(steps, at, out, &|s| s["type"] == "call");
+}
+
+/// Every step (nested ones too) that `wanted` picks, with its path.
+pub(crate) fn steps_where<'a>(
+    steps: &'a Value,
+    at: &str,
+    out: &mut Vec<(String, &'a Value)>,
+    wanted: &dyn Fn(&Value) -> bool,
+) {
     for (i, s) in steps.as_array().into_iter().flatten().enumerate() {
         let path = format!("{at}[{i}]");
-        if s["type"] == "call" {
+        if wanted(s) {
             out.push((path.clone(), s));
         }
         for key in ["then", "else", "default", "steps"] {
             if s.get(key).is_some() {
-                call_steps(&s[key], &format!("{path}.{key}"), out);
+                steps_where(&s[key], &format!("{path}.{key}"), out, wanted);
             }
         }
         if let Some(h) = s.get("on_error").filter(|h| h.is_object()) {
-            call_steps(&h["steps"], &format!("{path}.on_error.steps"), out);
+            steps_where(&h["steps"], &format!("{path}.on_error.steps"), out, wanted);
         }
         for (k, v) in s["cases"].as_object().into_iter().flatten() {
-            call_steps(v, &format!("{path}.cases.{k}"), out);
+            steps_where(v, &format!("{path}.cases.{k}"), out, wanted);
         }
         for (b, v) in s["branches"].as_array().into_iter().flatten().enumerate() {
-            call_steps(v, &format!("{path}.branches[{b}]"), out);
+            steps_where(v, &format!("{path}.branches[{b}]"), out, wanted);
         }
     }
 }

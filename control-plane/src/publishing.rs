@@ -670,11 +670,13 @@ async fn notify_major(core: &Core, c: &ConnectorRow, v: &VersionRow, changes: &[
         .collect();
     for (tenant, connections) in by_tenant {
         let message = format!(
-            "{} {} is out with breaking changes ({}); {} of your connections stay on their version until you move them",
+            "{} {} is out with breaking changes ({}); {} of your connections stay on their version until you move them \
+             (POST /api/v1/connections/{{id}}/move with {{\"version\": \"{}\", \"dry_run\": true}} shows what changes)",
             v.name,
             v.version,
             breaking.join("; "),
-            connections.len()
+            connections.len(),
+            v.version
         );
         let details = json!({"connector_id": c.id, "slug": c.slug, "version": v.version,
                              "release_notes": v.release_notes, "connections": connections});

@@ -1000,6 +1000,94 @@ async fn usage_is_counted_and_a_major_version_notifies_its_users() {
         works["method"], "GET",
         "the old version still has getPart: {works}"
     );
+    // Moving it: a dry run shows the computed changes and nothing in the way.
+    let conn = c["id"].as_str().unwrap();
+    let (status, preview) = cp
+        .send(
+            "POST",
+            &format!("/connections/{conn}/move"),
+            Some(json!({"version": "2.0.0", "dry_run": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{preview}");
+    assert_eq!(preview["moved"], false);
+    assert_eq!(preview["problems"], json!([]), "{preview}");
+    assert!(
+        preview["changes"].to_string().contains("getPart"),
+        "{preview}"
+    );
+    // A 3.0.0 that drops listVehicles would break the active orchestration: refused, naming it.
+    let mut v3: Value = cp
+        .send("GET", &format!("/connectors/{connector}"), None)
+        .await
+        .1["definition"]
+        .clone();
+    v3["operations"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|o| o["id"] != "listVehicles");
+    drop_orphan_mappings(&mut v3);
+    if v3["health_check"] == "listVehicles" {
+        v3["health_check"] = json!("health");
+    }
+    let (status, put) = cp
+        .send("PUT", &format!("/connectors/{connector}"), Some(v3))
+        .await;
+    assert_eq!(status, 200, "{put}");
+    let (status, v3) = cp
+        .send(
+            "POST",
+            &format!("/connectors/{connector}/versions"),
+            Some(json!({"bump": "major", "release_notes": "listVehicles removed."})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v3}");
+    let (status, refused) = cp
+        .send(
+            "POST",
+            &format!("/connections/{conn}/move"),
+            Some(json!({"version": "3.0.0"})),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&refused)),
+        (409, "incompatible_version"),
+        "{refused}"
+    );
+    let why = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        why.contains("uses-ours") && why.contains("listVehicles"),
+        "{why}"
+    );
+    // Unknown versions do not exist; the safe move happens and is audited.
+    let (status, _) = cp
+        .send(
+            "POST",
+            &format!("/connections/{conn}/move"),
+            Some(json!({"version": "9.9.9"})),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, moved) = cp
+        .send(
+            "POST",
+            &format!("/connections/{conn}/move"),
+            Some(json!({"version": "2.0.0"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{moved}");
+    assert_eq!(moved["connection"]["connector_version"], "2.0.0", "{moved}");
+    let (status, _) = cp
+        .invoke(conn, "getPart", json!({"parameters": {"partNo": "X"}}))
+        .await;
+    assert!(status >= 400, "2.0.0 has no getPart");
+    let (_, works) = cp.invoke(conn, "listVehicles", json!({})).await;
+    assert_eq!(works["ok"], true, "{works}");
+    let (_, audit) = cp
+        .send("GET", "/audit?action=connection.move_version", None)
+        .await;
+    assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
+
     let id = notes[0]["id"].as_str().unwrap();
     assert_eq!(
         cp.send("POST", &format!("/notifications/{id}/read"), None)
@@ -1008,7 +1096,12 @@ async fn usage_is_counted_and_a_major_version_notifies_its_users() {
         204
     );
     let (_, unread) = cp.send("GET", "/notifications?unread=true", None).await;
-    assert_eq!(unread, json!([]));
+    assert_eq!(
+        unread.as_array().unwrap().len(),
+        1,
+        "only 3.0.0's: {unread}"
+    );
+    assert_eq!(unread[0]["details"]["version"], "3.0.0");
 }
 
 /// A credential that no longer decrypts (its master key is gone, or the

@@ -95,6 +95,11 @@ const WALK: &[(&str, &str, Option<&str>)] = &[
         Some(r#"{"credentials":{"api_key":"k"}}"#),
     ),
     ("POST", "/connections/{connection}/test", None),
+    (
+        "POST",
+        "/connections/{connection}/move",
+        Some(r#"{"version":"1.0.1","dry_run":true}"#),
+    ),
     ("GET", "/connections/{connection}/grants", None),
     (
         "PUT",

@@ -245,6 +245,26 @@ impl Store {
         Ok(())
     }
 
+    /// Moves a connection to another version of its connector.
+    pub async fn set_connection_version(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        version: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE connections SET connector_version = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4",
+        )
+        .bind(version)
+        .bind(now)
+        .bind(tenant_id)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Replaces a connection's sealed fields (all of them) and bumps its
     /// credentials version.
     pub async fn replace_secrets(
