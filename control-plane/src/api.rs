@@ -535,6 +535,7 @@ pub fn router(core: Arc<Core>) -> Router {
             post(crate::connections::invoke),
         )
         .route("/api-calls", get(crate::connections::list_calls))
+        .route("/api-calls/{id}", get(crate::connections::get_call))
         .route(
             "/orchestrations",
             post(crate::orchestrations::create).get(crate::orchestrations::list),

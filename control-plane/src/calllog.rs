@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::Core;
-use crate::store::{ApiCallRow, Store};
+use crate::store::{ApiCallRow, CallPayloadRow, Store};
 
 /// Rows that trigger an early write.
 const EARLY_FLUSH: usize = 1000;
@@ -18,7 +18,7 @@ const EARLY_FLUSH: usize = 1000;
 /// Buffered call records.
 #[derive(Debug, Default)]
 pub struct CallLog {
-    pending: Mutex<Vec<ApiCallRow>>,
+    pending: Mutex<Vec<(ApiCallRow, Option<CallPayloadRow>)>>,
     wake: tokio::sync::Notify,
     /// Serializes flushes so batches land in order.
     writing: tokio::sync::Mutex<()>,
@@ -27,9 +27,14 @@ pub struct CallLog {
 impl CallLog {
     /// Queues a record.
     pub fn push(&self, row: ApiCallRow) {
+        self.push_with(row, None);
+    }
+
+    /// Queues a record with its payload.
+    pub fn push_with(&self, row: ApiCallRow, payload: Option<CallPayloadRow>) {
         let len = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            pending.push(row);
+            pending.push((row, payload));
             pending.len()
         };
         if len >= EARLY_FLUSH {
@@ -44,7 +49,7 @@ impl CallLog {
         if batch.is_empty() {
             return;
         }
-        if let Err(e) = store.record_calls(&batch).await {
+        if let Err(e) = store.record_calls_with(&batch).await {
             tracing::error!(
                 calls = batch.len(),
                 "cannot write the API-call log, keeping the batch: {e}"

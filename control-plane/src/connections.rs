@@ -1534,7 +1534,7 @@ pub(crate) async fn invoke(
     Ok(Json(pages))
 }
 
-/// `?connection_id=&operation=&outcome=&error_class=&limit=&cursor=` of the call log.
+/// `?connection_id=&operation=&outcome=&error_class=&since=&until=&limit=&cursor=` of the call log.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CallQuery {
@@ -1542,8 +1542,112 @@ pub(crate) struct CallQuery {
     operation: Option<String>,
     outcome: Option<String>,
     error_class: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
     limit: Option<i64>,
     cursor: Option<String>,
+}
+
+/// One call with its bodies (`GET /api-calls/{id}`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ApiCallDetailView {
+    #[serde(flatten)]
+    call: ApiCallView,
+    /// What was sent (JSON when it was JSON), capped at 16 KiB; absent for
+    /// calls without a body and once the payload retention has passed.
+    #[schema(value_type = Option<Object>)]
+    request_body: Option<Value>,
+    /// What came back, the same way.
+    #[schema(value_type = Option<Object>)]
+    response_body: Option<Value>,
+    /// Whether a body was cut at the cap.
+    request_truncated: bool,
+    response_truncated: bool,
+    /// Whether the bodies were kept: they are removed after a shorter time
+    /// than the call record (at most 7 days).
+    payload_kept: bool,
+}
+
+fn call_view(
+    c: crate::store::ApiCallRow,
+    keys: Option<&std::collections::BTreeSet<String>>,
+) -> ApiCallView {
+    ApiCallView {
+        at: rfc3339(c.at),
+        duration_ms: c.duration_us as f64 / 1000.0,
+        ok: c.ok != 0,
+        id: c.id,
+        connection_id: c.connection_id,
+        connection_name: c.connection_name,
+        connector_slug: c.connector_slug,
+        operation: c.operation,
+        method: c.method,
+        url: match keys {
+            Some(k) => crate::pii::redact_url(&c.url, k),
+            None => c.url,
+        },
+        status: c.status,
+        error_class: c.error_class,
+        response_bytes: c.response_bytes,
+        attempts: c.attempts,
+        ran_on: c.ran_on,
+        actor: c.actor,
+    }
+}
+
+/// `since`/`until` of the call log: an RFC 3339 time or a date.
+fn time_bound(name: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
+    value
+        .map(|v| {
+            crate::publishing::parse_date(v.trim()).ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "{name} `{v}` is not a time: use RFC 3339 (2026-12-01T09:00:00Z) or a date (2026-12-01)"
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// `GET /api/v1/api-calls/{id}`
+#[utoipa::path(get, path = "/api/v1/api-calls/{id}", tag = "connections", summary = "One call of the API-call log, with its request and response bodies",
+    params(("id" = String, Path, description = "The call id")),
+    responses((status = 200, body = ApiCallDetailView), (status = 404, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn get_call(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<ApiCallDetailView>, ApiError> {
+    core.calls.flush(&core.store).await;
+    let (call, payload) = core
+        .store
+        .call(&p.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("call", &id))?;
+    let keys = if crate::pii::can_view(&p) {
+        None
+    } else {
+        Some(crate::pii::keys_for(&core, &p.tenant_id).await)
+    };
+    let body = |text: Option<String>| {
+        text.map(|t| {
+            let mut v = serde_json::from_str::<Value>(&t).unwrap_or(Value::String(t));
+            if let Some(k) = &keys {
+                crate::pii::redact(&mut v, k);
+            }
+            v
+        })
+    };
+    let payload = payload.unwrap_or_default();
+    let kept = !payload.call_id.is_empty();
+    Ok(Json(ApiCallDetailView {
+        call: call_view(call, keys.as_deref()),
+        request_truncated: payload.request_truncated != 0,
+        response_truncated: payload.response_truncated != 0,
+        request_body: body(payload.request_body),
+        response_body: body(payload.response_body),
+        payload_kept: kept,
+    }))
 }
 
 /// One entry of the API-call log.
@@ -1575,6 +1679,8 @@ pub struct ApiCallView {
         ("operation" = Option<String>, Query, description = "One operation id"),
         ("outcome" = Option<String>, Query, description = "ok or failed"),
         ("error_class" = Option<String>, Query, description = "e.g. timeout, auth_failure"),
+        ("since" = Option<String>, Query, description = "Calls at or after this time (RFC 3339 or a date)"),
+        ("until" = Option<String>, Query, description = "Calls before this time (RFC 3339 or a date)"),
         ("limit" = Option<i64>, Query, description = "1..=500, default 100"),
         ("cursor" = Option<String>, Query, description = "From the previous page's Link header")),
     responses((status = 200, body = [ApiCallView]), (status = 422, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
@@ -1598,12 +1704,16 @@ pub(crate) async fn list_calls(
         cursor: q.cursor.clone(),
         group_id: None,
     };
+    let since = time_bound("since", q.since.as_deref())?;
+    let until = time_bound("until", q.until.as_deref())?;
     let filter = ApiCallFilter {
         connection_id: q.connection_id,
         operation: q.operation,
         outcome: q.outcome,
         error_class: q.error_class,
         before: page.cursor_of("call_")?.map(str::to_owned),
+        since,
+        until,
     };
     let rows = core
         .store
@@ -1616,27 +1726,7 @@ pub(crate) async fn list_calls(
     };
     let views: Vec<ApiCallView> = rows
         .into_iter()
-        .map(|c| ApiCallView {
-            at: rfc3339(c.at),
-            duration_ms: c.duration_us as f64 / 1000.0,
-            ok: c.ok != 0,
-            id: c.id,
-            connection_id: c.connection_id,
-            connection_name: c.connection_name,
-            connector_slug: c.connector_slug,
-            operation: c.operation,
-            method: c.method,
-            url: match &keys {
-                Some(k) => crate::pii::redact_url(&c.url, k),
-                None => c.url,
-            },
-            status: c.status,
-            error_class: c.error_class,
-            response_bytes: c.response_bytes,
-            attempts: c.attempts,
-            ran_on: c.ran_on,
-            actor: c.actor,
-        })
+        .map(|c| call_view(c, keys.as_deref()))
         .collect();
     Ok(paged(views, limit, "/api-calls", |c| c.id.clone()))
 }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::Core;
-use crate::store::{ApiCallRow, ConnectionRow, HealthRow, now_unix};
+use crate::store::{ApiCallRow, CallPayloadRow, ConnectionRow, HealthRow, now_unix};
 use crate::vault::Secret;
 
 /// Settings of a connection (stored as JSON).
@@ -594,6 +594,10 @@ pub async fn run(
     saved: bool,
 ) -> (InvokeResult, String, Duration) {
     let started = Instant::now();
+    // What was sent, for the call log (bodies are capped there anyway).
+    let sent = (saved && !request.call.body.is_empty())
+        .then(|| payload_of_bytes(&request.call.body))
+        .flatten();
     let (out, ran_on) = if saved {
         guarded_send(core, c, request).await
     } else {
@@ -657,7 +661,25 @@ pub async fn run(
             actor: actor.to_owned(),
             at: now_unix(),
         };
-        core.calls.push(row);
+        let received = match &r.body {
+            dibop_protocol::ResponseBody::Json(t) | dibop_protocol::ResponseBody::Text(t) => {
+                payload_of_text(t)
+            }
+            dibop_protocol::ResponseBody::Binary(b) => {
+                Some((format!("({} bytes of binary data)", b.len()), false))
+            }
+            dibop_protocol::ResponseBody::Empty => None,
+        };
+        let payload = (sent.is_some() || received.is_some()).then(|| CallPayloadRow {
+            call_id: row.id.clone(),
+            tenant_id: row.tenant_id.clone(),
+            request_truncated: i64::from(sent.as_ref().is_some_and(|s| s.1)),
+            response_truncated: i64::from(received.as_ref().is_some_and(|r| r.1)),
+            request_body: sent.map(|s| s.0),
+            response_body: received.map(|r| r.0),
+            at: row.at,
+        });
+        core.calls.push_with(row, payload);
         let settings = c.settings();
         if settings.log_level == "debug" || (!r.ok && settings.log_level != "error") {
             tracing::info!(
@@ -668,6 +690,57 @@ pub async fn run(
         }
     }
     (out, ran_on, elapsed)
+}
+
+/// Most bytes of a request or response body kept in the call log.
+pub const PAYLOAD_CAP: usize = 16 * 1024;
+/// Bodies larger than this are not parsed to mask personal values: only
+/// their size is kept.
+const PAYLOAD_PARSE_LIMIT: usize = 256 * 1024;
+
+/// A body for the call log: JSON with sensitive personal values masked (as
+/// in stored URLs), cut at [`PAYLOAD_CAP`]; (text, truncated).
+fn payload_of_text(text: &str) -> Option<(String, bool)> {
+    if text.is_empty() {
+        return None;
+    }
+    if text.len() > PAYLOAD_PARSE_LIMIT {
+        return Some((
+            format!(
+                "(a body of {} bytes: larger than {} KiB, not kept)",
+                text.len(),
+                PAYLOAD_PARSE_LIMIT / 1024
+            ),
+            true,
+        ));
+    }
+    let masked = match serde_json::from_str::<Value>(text) {
+        Ok(mut v) => {
+            crate::pii::redact(&mut v, crate::pii::sensitive_keys());
+            v.to_string()
+        }
+        Err(_) => text.to_owned(),
+    };
+    Some(cap(masked))
+}
+
+fn payload_of_bytes(body: &[u8]) -> Option<(String, bool)> {
+    match std::str::from_utf8(body) {
+        Ok(text) => payload_of_text(text),
+        Err(_) => Some((format!("({} bytes of binary data)", body.len()), false)),
+    }
+}
+
+fn cap(mut text: String) -> (String, bool) {
+    if text.len() <= PAYLOAD_CAP {
+        return (text, false);
+    }
+    let mut end = PAYLOAD_CAP;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    (text, true)
 }
 
 /// The outcome of Test Connection.

@@ -164,6 +164,7 @@ impl Modify for BearerAuth {
         crate::connections::check_now,
         crate::connections::invoke,
         crate::connections::list_calls,
+        crate::connections::get_call,
         crate::connections::grants,
         crate::connections::set_grants,
         crate::notifications::list,

@@ -788,7 +788,7 @@ pub(crate) async fn unpublish(
 }
 
 /// Parses `2027-03-01` (midnight UTC) or an RFC 3339 time.
-fn parse_date(s: &str) -> Option<i64> {
+pub(crate) fn parse_date(s: &str) -> Option<i64> {
     use time::format_description::well_known::Rfc3339;
     if let Ok(t) = time::OffsetDateTime::parse(s, &Rfc3339) {
         return Some(t.unix_timestamp());

@@ -481,8 +481,14 @@ pub async fn run_storage(core: Arc<Core>, shutdown: CancellationToken) {
     }
 }
 
+/// Days call payloads (request and response bodies) are kept: a shorter
+/// time than the call records, at most a week.
+pub fn payload_retention_days(retention_days: i64) -> i64 {
+    retention_days.clamp(1, 7)
+}
+
 /// Deletes every tenant's finished executions and call records older than
-/// its retention.
+/// its retention, and call payloads older than [`payload_retention_days`].
 pub async fn apply_retention(core: &Core) {
     let mut after: Option<String> = None;
     loop {
@@ -496,6 +502,10 @@ pub async fn apply_retention(core: &Core) {
         for t in &page {
             let days = limits_of(t).retention_days;
             let cutoff = crate::store::now_unix() - days * 86_400;
+            let payload_cutoff = crate::store::now_unix() - payload_retention_days(days) * 86_400;
+            if let Err(e) = core.store.prune_call_payloads(&t.id, payload_cutoff).await {
+                tracing::warn!(tenant = %t.id, "payload retention failed: {e}");
+            }
             match core.store.prune_tenant_history(&t.id, cutoff).await {
                 Ok((0, 0)) => {}
                 Ok((calls, executions)) => tracing::info!(

@@ -79,7 +79,7 @@ mod limits;
 mod orchestrations;
 pub use catalogue::{CatalogueFilter, CatalogueRow, VersionRow};
 pub use cdm::DeadLetterItem;
-pub use connections::{ApiCallFilter, ApiCallRow, ConnectionRow, HealthRow};
+pub use connections::{ApiCallFilter, ApiCallRow, CallPayloadRow, ConnectionRow, HealthRow};
 pub use executions::{ExecutionRow, StepRow};
 pub use orchestrations::{OrchestrationRow, OrchestrationVersionRow};
 

@@ -1317,3 +1317,85 @@ fn drop_orphan_mappings(def: &mut Value) {
         m.retain(|k, _| ids.contains(&Value::String(k.clone())));
     }
 }
+
+/// The call log filters by time, and one call shows the bodies it sent and
+/// received, with personal data hidden from a viewer.
+#[tokio::test]
+async fn the_call_log_filters_by_time_and_keeps_each_calls_bodies() {
+    let cp = cp().await;
+    let id = cp
+        .connect("logged", "api_key", json!({"api_key": "dms-demo-key"}))
+        .await;
+    let (_, customers) = cp
+        .invoke(
+            &id,
+            "listCustomers",
+            json!({"parameters": {"page_size": 2}}),
+        )
+        .await;
+    assert_eq!(customers["ok"], true, "{customers}");
+    let email = customers["body"]["items"][0]["email"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, calls) = cp.send("GET", "/api-calls?since=2020-01-01", None).await;
+    assert_eq!(status, 200, "{calls}");
+    assert_eq!(calls.as_array().unwrap().len(), 1, "{calls}");
+    let (_, none) = cp
+        .send("GET", "/api-calls?until=2020-01-01T00:00:00Z", None)
+        .await;
+    assert_eq!(none, json!([]));
+    let (status, e) = cp.send("GET", "/api-calls?since=yesterday", None).await;
+    assert_eq!(status, 422, "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("since"),
+        "{e}"
+    );
+
+    let call = calls[0]["id"].as_str().unwrap();
+    let (status, one) = cp.send("GET", &format!("/api-calls/{call}"), None).await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one["operation"], "listCustomers");
+    assert_eq!(one["payload_kept"], true);
+    assert_eq!(
+        one["response_body"]["items"][0]["email"],
+        email.as_str(),
+        "{one}"
+    );
+    assert!(
+        !one.to_string().contains("dms-demo-key"),
+        "no credential in the log"
+    );
+    // A viewer sees the call, not the personal data in it.
+    let (_, viewer) = cp
+        .send(
+            "POST",
+            "/api-tokens",
+            Some(json!({"name": "auditor", "role": "viewer"})),
+        )
+        .await;
+    let viewer = viewer["token"].as_str().unwrap().to_owned();
+    let (status, seen) = cp
+        .send_as(&viewer, "GET", &format!("/api-calls/{call}"), None)
+        .await;
+    assert_eq!(status, 200, "{seen}");
+    assert!(!seen.to_string().contains(&email), "{seen}");
+    assert_eq!(seen["response_body"]["items"][0]["email"], "[redacted]");
+    assert_eq!(cp.send("GET", "/api-calls/call_nope", None).await.0, 404);
+    // What a call sent is kept too.
+    let (_, booked) = cp
+        .invoke(
+            &id,
+            "createAppointment",
+            json!({"parameters": {"appointment": {"start": "2027-01-04T09:00:00Z", "service": "logged-body"}}}),
+        )
+        .await;
+    assert_eq!(booked["ok"], true, "{booked}");
+    let (_, calls) = cp
+        .send("GET", "/api-calls?operation=createAppointment", None)
+        .await;
+    let call = calls[0]["id"].as_str().unwrap();
+    let (_, one) = cp.send("GET", &format!("/api-calls/{call}"), None).await;
+    assert_eq!(one["request_body"]["service"], "logged-body", "{one}");
+    assert_eq!(one["request_truncated"], false);
+}

@@ -129,6 +129,7 @@ const WALK: &[(&str, &str, Option<&str>)] = &[
         Some(r#"{"domain":"vehicle"}"#),
     ),
     ("GET", "/dead-letters/items/{item}", None),
+    ("GET", "/api-calls/{call}", None),
     ("POST", "/dead-letters/items/{item}/discard", None),
 ];
 
@@ -178,6 +179,7 @@ fn the_walk_covers_every_documented_tenant_resource() {
                 "{orchestration}",
                 "{execution}",
                 "{item}",
+                "{call}",
             ]
             .iter()
             .fold(p.to_string(), |p, k| p.replace(k, "{id}"));
@@ -355,6 +357,17 @@ async fn another_tenants_resources_do_not_exist() {
     .await;
     assert_eq!(status, 201, "{connection}");
     let connection = connection["id"].as_str().unwrap().to_owned();
+    // One call in A's call log (refused by the cloud agent's allow-list: recorded all the same).
+    send(
+        &base,
+        &a,
+        "POST",
+        &format!("/connections/{connection}/operations/listVehicles/invoke"),
+        Some("{}"),
+    )
+    .await;
+    let (_, calls) = send(&base, &a, "GET", "/api-calls", None).await;
+    let call = calls[0]["id"].as_str().unwrap().to_owned();
     store
         .notify(&tenant_a, "test", "for tenant A", "{}")
         .await
@@ -409,6 +422,7 @@ async fn another_tenants_resources_do_not_exist() {
         ("{orchestration}", orchestration.as_str()),
         ("{execution}", execution.as_str()),
         ("{item}", item),
+        ("{call}", call.as_str()),
     ];
     for (method, template, body) in WALK {
         let path = ids

@@ -65,6 +65,25 @@ pub struct HealthRow {
     pub duration_ms: i64,
 }
 
+/// The bodies of a recorded call (capped; sensitive personal values masked).
+#[derive(Debug, Clone, Default, FromRow)]
+pub struct CallPayloadRow {
+    /// The call (`call_…`).
+    pub call_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// What was sent, if anything.
+    pub request_body: Option<String>,
+    /// What came back, if anything.
+    pub response_body: Option<String>,
+    /// 1 when the request body was cut at the cap.
+    pub request_truncated: i64,
+    /// 1 when the response body was cut at the cap.
+    pub response_truncated: i64,
+    /// When (Unix seconds).
+    pub at: i64,
+}
+
 /// One recorded connector call.
 #[derive(Debug, Clone, FromRow)]
 pub struct ApiCallRow {
@@ -119,6 +138,10 @@ pub struct ApiCallFilter {
     pub error_class: Option<String>,
     /// Older than this id (cursor).
     pub before: Option<String>,
+    /// At or after this time (Unix seconds).
+    pub since: Option<i64>,
+    /// Before this time (Unix seconds).
+    pub until: Option<i64>,
 }
 
 macro_rules! select_connections {
@@ -418,6 +441,63 @@ impl Store {
         Ok(())
     }
 
+    /// Appends calls and their payloads in one transaction.
+    pub async fn record_calls_with(
+        &self,
+        batch: &[(ApiCallRow, Option<CallPayloadRow>)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (c, _) in batch {
+            Self::insert_call(&mut *tx, c).await?;
+        }
+        for p in batch.iter().filter_map(|(_, p)| p.as_ref()) {
+            sqlx::query(
+                "INSERT INTO api_call_payloads (call_id, tenant_id, request_body, response_body, \
+                 request_truncated, response_truncated, at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&p.call_id)
+            .bind(&p.tenant_id)
+            .bind(&p.request_body)
+            .bind(&p.response_body)
+            .bind(p.request_truncated)
+            .bind(p.response_truncated)
+            .bind(p.at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One call of a tenant, with its payload when still kept.
+    pub async fn call(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<(ApiCallRow, Option<CallPayloadRow>)>, StoreError> {
+        let Some(call) = sqlx::query_as::<_, ApiCallRow>(
+            "SELECT id, tenant_id, connection_id, connector_id, connection_name, connector_slug, operation, method, \
+             url, status, ok, error_class, duration_us, response_bytes, attempts, ran_on, actor, at FROM api_calls \
+             WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let payload = sqlx::query_as::<_, CallPayloadRow>(
+            "SELECT call_id, tenant_id, request_body, response_body, request_truncated, response_truncated, at \
+             FROM api_call_payloads WHERE tenant_id = $1 AND call_id = $2",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(Some((call, payload)))
+    }
+
     /// Appends to the API-call log.
     pub async fn record_call(&self, c: &ApiCallRow) -> Result<(), StoreError> {
         Self::insert_call(&self.pool, c).await
@@ -467,6 +547,7 @@ impl Store {
              url, status, ok, error_class, duration_us, response_bytes, attempts, ran_on, actor, at FROM api_calls \
              WHERE tenant_id = $1 AND ($2 IS NULL OR connection_id = $2) AND ($3 IS NULL OR operation = $3) \
              AND ($4 IS NULL OR ok = $4) AND ($5 IS NULL OR error_class = $5) AND ($6 IS NULL OR id < $6) \
+             AND ($8 IS NULL OR at >= $8) AND ($9 IS NULL OR at < $9) \
              ORDER BY id DESC LIMIT $7",
         )
         .bind(tenant_id)
@@ -476,6 +557,8 @@ impl Store {
         .bind(&f.error_class)
         .bind(&f.before)
         .bind(limit)
+        .bind(f.since)
+        .bind(f.until)
         .fetch_all(&self.pool)
         .await?)
     }

@@ -9,7 +9,7 @@ use super::{Store, StoreError};
 /// `LENGTH` counts characters of the stored text (JSON payloads, definitions,
 /// URLs); each row adds a fixed overhead for its keys, numbers and index
 /// entries, so many small rows are not free.
-const STORAGE_QUERIES: [&str; 6] = [
+const STORAGE_QUERIES: [&str; 7] = [
     "SELECT tenant_id, SUM(COALESCE(LENGTH(url), 0) + LENGTH(operation) + LENGTH(connection_name) \
      + COALESCE(LENGTH(error_class), 0) + 160) AS bytes FROM api_calls GROUP BY tenant_id",
     "SELECT tenant_id, SUM(LENGTH(parameters) + COALESCE(LENGTH(output), 0) \
@@ -22,6 +22,8 @@ const STORAGE_QUERIES: [&str; 6] = [
     "SELECT c.tenant_id, SUM(LENGTH(v.definition) + LENGTH(v.changes) + LENGTH(v.release_notes) + 200) AS bytes \
      FROM connector_versions v JOIN connectors c ON c.id = v.connector_id GROUP BY c.tenant_id",
     "SELECT tenant_id, SUM(LENGTH(definition) + 200) AS bytes FROM connectors GROUP BY tenant_id",
+    "SELECT tenant_id, SUM(COALESCE(LENGTH(request_body), 0) + COALESCE(LENGTH(response_body), 0) + 60) AS bytes \
+     FROM api_call_payloads GROUP BY tenant_id",
 ];
 
 /// A tenant's measured storage.
@@ -248,6 +250,23 @@ impl Store {
         .transpose()
     }
 
+    /// Deletes a tenant's call payloads older than `cutoff` (they are kept
+    /// for less time than the call records); how many.
+    pub async fn prune_call_payloads(
+        &self,
+        tenant_id: &str,
+        cutoff: i64,
+    ) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM api_call_payloads WHERE tenant_id = $1 AND at < $2")
+                .bind(tenant_id)
+                .bind(cutoff)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
     /// Deletes a tenant's call records and finished executions (with their
     /// steps) older than `cutoff`, keeping open dead letters. Returns
     /// `(calls, executions)` deleted.
@@ -256,6 +275,11 @@ impl Store {
         tenant_id: &str,
         cutoff: i64,
     ) -> Result<(u64, u64), StoreError> {
+        sqlx::query("DELETE FROM api_call_payloads WHERE tenant_id = $1 AND at < $2")
+            .bind(tenant_id)
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await?;
         let calls = sqlx::query("DELETE FROM api_calls WHERE tenant_id = $1 AND at < $2")
             .bind(tenant_id)
             .bind(cutoff)
