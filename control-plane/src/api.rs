@@ -1180,9 +1180,11 @@ pub(crate) async fn group_call(
     };
     let started = Instant::now();
     let result = core.registry.call(&id, request).await;
-    let outcome = result.error.as_ref().map_or("ok", |e| e.class.as_str());
-    core.metrics
-        .relayed_call(outcome, started.elapsed().as_secs_f64());
+    core.metrics.call(
+        "diagnostic",
+        result.error.as_ref().map(|e| e.class.as_str()),
+        started.elapsed().as_secs_f64(),
+    );
     Ok(Json(NormalizedResult::from_result(result, started.elapsed())).into_response())
 }
 

@@ -381,6 +381,7 @@ pub async fn execute(core: &Arc<Core>, id: &str, depth: u32) -> Option<Execution
         return Some(exe);
     }
     let now = now_unix();
+    core.metrics.execution_started(&exe.trigger_type);
     if exe.status != "running" {
         // (A claimed execution is `running` already: no second write.)
         let _ = core
@@ -477,6 +478,10 @@ pub async fn execute(core: &Arc<Core>, id: &str, depth: u32) -> Option<Execution
         .store
         .update_execution(id, status, output.as_deref(), error.as_deref(), now_unix())
         .await;
+    core.metrics.execution_finished(
+        status,
+        (now_unix() - exe.started_at.unwrap_or(now)).max(0) as f64,
+    );
     // Traces of ended executions keep at most the payload limit per step.
     // Failed ones keep everything until replayed or discarded: a re-run from
     // the failed step reads the earlier steps' full outputs.
@@ -669,6 +674,9 @@ async fn run_step(
         }
         let (input, outcome) = exec_step(run, step, &kind, &id, path, scope).await;
         let ms = started.elapsed().as_millis() as i64;
+        run.core
+            .metrics
+            .step_finished(&kind, outcome.is_ok(), started.elapsed().as_secs_f64());
         let input_text = input.as_ref().map(stored);
         match outcome {
             Ok(out) => {

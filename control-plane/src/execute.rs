@@ -604,6 +604,11 @@ pub async fn run(
         send(core, c, request).await
     };
     let elapsed = started.elapsed();
+    core.metrics.call(
+        &c.row.execution_mode,
+        out.result.error.as_ref().map(|e| e.class.as_str()),
+        elapsed.as_secs_f64(),
+    );
     if saved {
         if let Some(token) = &out.rotated_refresh_token {
             match core

@@ -1049,3 +1049,61 @@ async fn orchestration_calls_count_against_the_monthly_quota() {
         "{e}"
     );
 }
+
+/// Every call counts in the metrics by where it ran (connection invokes and
+/// orchestration steps, not only diagnostic calls), and executions and
+/// steps are counted with their durations.
+#[tokio::test]
+async fn metrics_count_every_call_execution_and_step() {
+    let s = setup().await;
+    let id = create(
+        &s.cp,
+        "format: dibop.orchestration/v1\nname: measured\nsteps:\n  - {id: list, type: call, connection: Demo DMS, operation: listVehicles}\n  - {id: count, type: transform, expression: '.steps.list.response.items | length'}\n",
+    )
+    .await;
+    let e = run(&s.cp, &id, json!({})).await;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    let (_, r) =
+        s.cp.send(
+            "POST",
+            format!(
+                "/connections/{}/operations/listVehicles/invoke",
+                s.connection
+            ),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(r["ok"], true);
+    let metrics = reqwest::get(format!("{}/metrics", s.cp.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    assert!(value("dibop_calls_total{mode=\"cloud\",outcome=\"ok\",error_class=\"\"}") >= 2.0);
+    assert_eq!(
+        value("dibop_executions_finished_total{status=\"succeeded\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("dibop_steps_finished_total{type=\"call\",status=\"succeeded\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("dibop_steps_finished_total{type=\"transform\",status=\"succeeded\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("dibop_step_duration_seconds_count{type=\"call\"}"),
+        1.0
+    );
+    assert!(value("dibop_call_duration_seconds_count{mode=\"cloud\"}") >= 2.0);
+}

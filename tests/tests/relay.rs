@@ -165,11 +165,15 @@ async fn enrolled_agent_relays_calls_to_the_dms() {
         .unwrap();
     assert!(metrics.contains("dibop_agents_online 1"), "{metrics}");
     assert!(
-        metrics.contains("dibop_relayed_calls_total{outcome=\"timeout\"} 1"),
+        metrics.contains(
+            "dibop_calls_total{mode=\"diagnostic\",outcome=\"failed\",error_class=\"timeout\"} 1"
+        ),
         "{metrics}"
     );
     assert!(
-        metrics.contains("dibop_relayed_calls_total{outcome=\"auth_failure\"} 1"),
+        metrics.contains(
+            "dibop_calls_total{mode=\"diagnostic\",outcome=\"failed\",error_class=\"auth_failure\"} 1"
+        ),
         "{metrics}"
     );
 
