@@ -144,8 +144,8 @@ pub(crate) async fn create_token(
     require_admin(&p)?;
     let mut problems = Vec::new();
     let name = body.name.trim();
-    if name.is_empty() || name.len() > 100 {
-        problems.push(json!({"field": "name", "problem": "must be 1 to 100 characters"}));
+    if let Some(problem) = crate::api::name_problem(name) {
+        problems.push(json!({"field": "name", "problem": problem}));
     }
     if let Some(problem) = crate::users::role_problem(p.is_platform_admin(), &body.role) {
         problems.push(json!({"field": "role", "problem": problem}));
@@ -188,7 +188,7 @@ pub(crate) async fn list_tokens(
     p: Principal,
     q: Result<Query<crate::api::Page>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    require_admin(&p)?;
+    crate::api::require_admin_to(&p, "list API tokens")?;
     let page = query(q)?;
     let limit = page_limit(page.limit)?;
     let rows = core
@@ -200,13 +200,28 @@ pub(crate) async fn list_tokens(
 }
 
 /// `DELETE /api/v1/api-tokens/{id}`
-#[utoipa::path(delete, path = "/api/v1/api-tokens/{id}", tag = "access", summary = "Revoke an API token", params(("id" = String, Path, description = "The resource id")), responses((status = 204, description = "Revoked"), (status = 404, description = "No such resource in your tenant", body = crate::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/api/v1/api-tokens/{id}", tag = "access", summary = "Revoke an API token", params(("id" = String, Path, description = "The resource id")), responses((status = 204, description = "Revoked"), (status = 409, description = "Already revoked", body = crate::openapi::ErrorBody), (status = 404, description = "No such resource in your tenant", body = crate::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
 pub(crate) async fn revoke_token(
     State(core): State<Arc<Core>>,
     p: Principal,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     require_admin(&p)?;
+    match core.store.api_token(&p.tenant_id, &id).await? {
+        None => return Err(ApiError::not_found("API token", &id)),
+        Some(t) if t.revoked_at.is_some() => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "already_revoked",
+                format!(
+                    "API token `{}` was already revoked at {}",
+                    t.prefix,
+                    rfc3339(t.revoked_at.unwrap_or_default())
+                ),
+            ));
+        }
+        Some(_) => {}
+    }
     let Some(row) = core
         .store
         .revoke_api_token(&p.tenant_id, &id, now_unix())
@@ -247,7 +262,7 @@ pub(crate) struct AuditView {
     resource_id: String,
     source_ip: String,
     request_id: String,
-    #[schema(value_type = Object)]
+    /// What changed (`null` when nothing more is said).
     details: Value,
 }
 
@@ -258,7 +273,7 @@ pub(crate) async fn list_audit(
     p: Principal,
     q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    require_admin(&p)?;
+    crate::api::require_admin_to(&p, "read the audit log")?;
     let q = query(q)?;
     let limit = page_limit(q.limit)?;
     if q.cursor.as_deref().is_some_and(|c| !c.starts_with("aud_")) {

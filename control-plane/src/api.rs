@@ -155,6 +155,10 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
                     "unsupported_media_type",
                     "send the body as JSON with `Content-Type: application/json`",
                 ),
+                // Well-formed but nested too deep: invalid, as for definitions.
+                JsonRejection::JsonSyntaxError(e) if e.body_text().contains("recursion limit") => {
+                    ApiError::invalid("the body nests deeper than 128 levels")
+                }
                 JsonRejection::JsonSyntaxError(e) => ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "malformed_json",
@@ -169,6 +173,18 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
                 other => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", other.body_text()),
             }),
         }
+    }
+}
+
+/// What is wrong with a name of something a person made (trimmed before):
+/// 1 to 100 characters, no control characters.
+pub(crate) fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() || name.chars().count() > 100 {
+        Some("must be 1 to 100 characters")
+    } else if name.chars().any(char::is_control) {
+        Some("must not contain control characters (such as NUL or a line break)")
+    } else {
+        None
     }
 }
 
@@ -408,6 +424,11 @@ async fn uniform_error(response: Response) -> Response {
             format!("the body is larger than {MAX_BODY_BYTES} bytes"),
         ),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", text),
+        StatusCode::NOT_FOUND => ("not_found", "there is nothing at this path".to_owned()),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this path does not take this method".to_owned(),
+        ),
         s if s.is_server_error() => (
             "internal",
             "the control plane failed to complete the request".to_owned(),
@@ -637,10 +658,6 @@ pub fn router(core: Arc<Core>) -> Router {
                 .delete(crate::catalogue::delete),
         )
         .route("/openapi.json", get(openapi_json))
-        .merge(
-            utoipa_swagger_ui::SwaggerUi::new("/docs")
-                .config(utoipa_swagger_ui::Config::from("/api/v1/openapi.json")),
-        )
         .route(
             "/tenants",
             post(crate::tenants::create_tenant).get(crate::tenants::list_tenants),
@@ -660,6 +677,12 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        // Mounted with its full path so that its redirect from `/api/v1/docs`
+        // keeps the prefix.
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/api/v1/docs")
+                .config(utoipa_swagger_ui::Config::from("/api/v1/openapi.json")),
+        )
         .nest("/api/v1", api)
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -693,9 +716,8 @@ pub(crate) async fn healthz(State(core): State<Arc<Core>>) -> Json<Value> {
     )
 }
 
-async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    static DOC: std::sync::LazyLock<utoipa::openapi::OpenApi> =
-        std::sync::LazyLock::new(crate::openapi::document);
+async fn openapi_json() -> Json<Value> {
+    static DOC: std::sync::LazyLock<Value> = std::sync::LazyLock::new(crate::openapi::document);
     Json(DOC.clone())
 }
 
@@ -726,6 +748,11 @@ pub(crate) async fn readyz(State(core): State<Arc<Core>>) -> Result<Json<Value>,
 }
 
 pub(crate) fn require_admin(p: &Principal) -> ApiResult<()> {
+    require_admin_to(p, "make changes")
+}
+
+/// Refuses all but admins, saying what the caller tried (`read the audit log`).
+pub(crate) fn require_admin_to(p: &Principal, what: &str) -> ApiResult<()> {
     if matches!(p.role.as_str(), "enterprise_admin" | "platform_admin") {
         Ok(())
     } else {
@@ -733,7 +760,7 @@ pub(crate) fn require_admin(p: &Principal) -> ApiResult<()> {
             StatusCode::FORBIDDEN,
             "forbidden",
             format!(
-                "the `{}` role cannot make changes: that needs the enterprise_admin role",
+                "the `{}` role cannot {what}: that needs the enterprise_admin role",
                 p.role
             ),
         ))
@@ -855,8 +882,8 @@ pub(crate) async fn create_group(
     require_admin(&p)?;
     let name = body.name.trim();
     let mut problems = Vec::new();
-    if name.is_empty() || name.len() > 100 {
-        problems.push(json!({"field": "name", "problem": "must be 1 to 100 characters"}));
+    if let Some(problem) = name_problem(name) {
+        problems.push(json!({"field": "name", "problem": problem}));
     }
     if body.description.len() > 1000 {
         problems
@@ -1063,13 +1090,27 @@ pub(crate) async fn get_agent(
     Ok(Json(agent_view(&core, row)))
 }
 
-#[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents", summary = "Revoke an agent", params(("id" = String, Path, description = "The resource id")), responses((status = 204, description = "Revoked; its tunnel is closed"), (status = 404, description = "No such resource in your tenant", body = crate::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents", summary = "Revoke an agent", params(("id" = String, Path, description = "The resource id")), responses((status = 204, description = "Revoked; its tunnel is closed"), (status = 409, description = "Already revoked", body = crate::openapi::ErrorBody), (status = 404, description = "No such resource in your tenant", body = crate::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
 pub(crate) async fn revoke_agent(
     State(core): State<Arc<Core>>,
     p: Principal,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     require_admin(&p)?;
+    match core.store.agent(&p.tenant_id, &id).await? {
+        None => return Err(ApiError::not_found("agent", &id)),
+        Some(a) if a.revoked_at.is_some() => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "already_revoked",
+                format!(
+                    "agent {id} was already revoked at {}",
+                    rfc3339(a.revoked_at.unwrap_or_default())
+                ),
+            ));
+        }
+        Some(_) => {}
+    }
     if !core
         .store
         .revoke_agent(&p.tenant_id, &id, now_unix())

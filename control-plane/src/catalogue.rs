@@ -608,6 +608,7 @@ pub(crate) async fn catalogue_version(
 /// `?base_url=&slug=&category=` of an import.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ImportQuery {
     /// The API's base URL, when the document's servers are relative or absent.
     base_url: Option<String>,

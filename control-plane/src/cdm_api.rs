@@ -630,10 +630,14 @@ async fn item_views(
 /// Filters of `GET /dead-letters/items`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ItemQuery {
     /// `open` (default) or `discarded`, or `all`.
     status: Option<String>,
+    /// One execution's records.
     execution_id: Option<String>,
+    /// 1..=500, default 100.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     cursor: Option<String>,
 }

@@ -50,6 +50,12 @@ impl Checker {
     ) -> Option<&'a str> {
         let at = join(path, key);
         match m.get(key) {
+            Some(Value::String(s))
+                if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') =>
+            {
+                self.add(at, "must not contain control characters (such as NUL)");
+                None
+            }
             Some(Value::String(s)) if !s.trim().is_empty() => Some(s),
             Some(Value::String(_)) => {
                 self.add(at, "must not be empty");

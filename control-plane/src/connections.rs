@@ -466,8 +466,8 @@ async fn check_request(
         .unwrap_or_else(|| v.name.clone())
         .trim()
         .to_owned();
-    if name.is_empty() || name.len() > 100 {
-        problems.push(json!({"field": "name", "problem": "must be 1 to 100 characters"}));
+    if let Some(problem) = crate::api::name_problem(&name) {
+        problems.push(json!({"field": "name", "problem": problem}));
     }
     if !problems.is_empty() {
         return Err(ApiError::invalid("the connection is invalid").with_details(json!(problems)));
@@ -731,8 +731,8 @@ pub(crate) async fn update(
     let mut problems = Vec::new();
     if let Some(name) = &patch.name {
         let name = name.trim();
-        if name.is_empty() || name.len() > 100 {
-            problems.push(json!({"field": "name", "problem": "must be 1 to 100 characters"}));
+        if let Some(problem) = crate::api::name_problem(name) {
+            problems.push(json!({"field": "name", "problem": problem}));
         }
         c.name = name.to_owned();
     }

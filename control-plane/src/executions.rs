@@ -23,10 +23,11 @@ use crate::store::{ExecutionRow, now_unix};
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecuteRequest {
-    /// Values of the orchestration's parameters (defaults apply).
+    /// Values of the orchestration's parameters (defaults apply); absent or
+    /// `null` is none.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
-    parameters: Map<String, Value>,
+    parameters: Option<Map<String, Value>>,
     /// Wait up to this long for the execution to end (0-60000; default 0: answer at once).
     #[serde(default)]
     wait_ms: Option<u64>,
@@ -240,7 +241,7 @@ pub(crate) async fn execute(
         .await?
         .and_then(|v| serde_json::from_str(&v.definition).ok())
         .unwrap_or(Value::Null);
-    let params = check_parameters(&definition, req.parameters)?;
+    let params = check_parameters(&definition, req.parameters.unwrap_or_default())?;
     core.quotas
         .ensure_storage(&core.store, &p.tenant_id)
         .await?;

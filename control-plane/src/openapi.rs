@@ -20,8 +20,8 @@ pub struct ErrorDetail {
     pub code: String,
     /// What happened and what to do, for a person.
     pub message: String,
-    /// Extra facts, e.g. `[{"field","problem"}]` for validation errors.
-    #[schema(value_type = Option<Object>)]
+    /// Extra facts: a list such as `[{"field","problem"}]` for validation
+    /// errors, an object for some conflicts, or `null`.
     pub details: serde_json::Value,
     /// The request id, also in the `x-request-id` header and the logs.
     pub request_id: String,
@@ -207,7 +207,107 @@ impl Modify for BearerAuth {
 )]
 pub struct ApiDoc;
 
-/// The document as JSON.
-pub fn document() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+/// The document as served, with what every operation shares filled in
+/// (see [`complete`]).
+pub fn document() -> serde_json::Value {
+    let mut v = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    complete(&mut v);
+    v
+}
+
+fn error_answer(description: &str) -> serde_json::Value {
+    serde_json::json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    })
+}
+
+/// Adds what every operation of this API can answer but its annotation may
+/// not say: `400` (a malformed query string or path), `415` (a body of an
+/// unsupported type) where it takes a body, `422` where it reads a body or
+/// query parameters, `401`, `403` and `429` where it needs a token; and
+/// bounds on every `limit` (1 to 500).
+pub fn complete(doc: &mut serde_json::Value) {
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for item in paths.values_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in item.iter_mut() {
+            if !["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
+                continue;
+            }
+            let secured = op
+                .get("security")
+                .is_some_and(|s| s.as_array().is_some_and(|a| !a.is_empty()));
+            let has_body = op.get("requestBody").is_some();
+            let has_query = op["parameters"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["in"] == "query"));
+            if let Some(params) = op.get_mut("parameters").and_then(|p| p.as_array_mut()) {
+                for p in params.iter_mut() {
+                    if p["name"] == "limit" {
+                        p["schema"]["minimum"] = serde_json::json!(1);
+                        p["schema"]["maximum"] = serde_json::json!(500);
+                    }
+                }
+            }
+            let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) else {
+                continue;
+            };
+            let mut add = |code: &str, description: &str| {
+                responses
+                    .entry(code.to_owned())
+                    .or_insert_with(|| error_answer(description));
+            };
+            add(
+                "400",
+                "Malformed request: a query string, path or header that cannot be read",
+            );
+            if has_body {
+                add(
+                    "415",
+                    "The body's content type is not one this operation reads",
+                );
+                add("422", "Invalid: every problem in `details`");
+            }
+            if has_query {
+                add("422", "A query parameter is invalid");
+            }
+            if secured {
+                add("401", "Missing, invalid, revoked or expired token");
+                add("403", "The role may not do this");
+                add("429", "A tenant limit was reached");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operation_documents_the_shared_answers() {
+        let doc = document();
+        let post = &doc["paths"]["/api/v1/agent-groups"]["post"]["responses"];
+        for code in ["400", "401", "403", "415", "422", "429"] {
+            assert!(post.get(code).is_some(), "{code} missing: {post}");
+        }
+        let items = &doc["paths"]["/api/v1/dead-letters/items"]["get"]["parameters"];
+        for p in items.as_array().unwrap() {
+            assert_eq!(p["in"], "query", "{p}");
+            if p["name"] == "limit" {
+                assert_eq!(
+                    (
+                        p["schema"]["minimum"].as_i64(),
+                        p["schema"]["maximum"].as_i64()
+                    ),
+                    (Some(1), Some(500))
+                );
+            }
+        }
+    }
 }

@@ -178,6 +178,30 @@ async fn read(
             }
         }
     }
+    // Sub-orchestrations must be this enterprise's (or this one, by name).
+    let mut subs = Vec::new();
+    steps_where(&doc["steps"], "$.steps", &mut subs, &|s| {
+        s["type"] == "call_orchestration"
+    });
+    if !subs.is_empty() {
+        let mine = core
+            .store
+            .list_orchestrations(&p.tenant_id, None, 10_000)
+            .await?;
+        for (path, step) in subs {
+            let Some(target) = step["orchestration"].as_str() else {
+                continue;
+            };
+            let known =
+                doc["name"] == target || mine.iter().any(|o| o.id == target || o.name == target);
+            if !known {
+                problems.push(Problem {
+                    path: format!("{path}.orchestration"),
+                    problem: format!("your enterprise has no orchestration `{target}`"),
+                });
+            }
+        }
+    }
     Ok((doc, problems))
 }
 

@@ -739,6 +739,21 @@ impl Store {
         )
     }
 
+    /// One API token of a tenant.
+    pub async fn api_token(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<ApiTokenRow>, StoreError> {
+        Ok(
+            sqlx::query_as::<_, ApiTokenRow>(select_tokens!("WHERE tenant_id = $1 AND id = $2"))
+                .bind(tenant_id)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     /// Records a token's use.
     pub async fn touch_api_token(&self, id: &str, now: i64) -> Result<(), StoreError> {
         sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2")

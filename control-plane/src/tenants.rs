@@ -263,9 +263,9 @@ pub(crate) async fn create_tenant(
         .map(str::trim)
         .unwrap_or_default()
         .to_owned();
-    if name.is_empty() || name.len() > 100 || name == PLATFORM_TENANT {
+    if crate::api::name_problem(&name).is_some() || name == PLATFORM_TENANT {
         return Err(ApiError::invalid("the tenant is invalid").with_details(
-            json!([{"field": "name", "problem": "must be 1 to 100 characters and not `platform`"}]),
+            json!([{"field": "name", "problem": "must be 1 to 100 characters, no control characters, and not `platform`"}]),
         ));
     }
     let mut t = Tenant {

@@ -328,7 +328,7 @@ pub(crate) async fn list_users_handler(
     p: Principal,
     q: Result<Query<crate::api::Page>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    require_admin(&p)?;
+    crate::api::require_admin_to(&p, "list users")?;
     let page = query(q)?;
     let limit = page_limit(page.limit)?;
     let rows = core

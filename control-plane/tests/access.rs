@@ -117,6 +117,29 @@ async fn tokens_carry_roles_and_can_be_revoked() {
     )
     .await;
     assert_eq!(status, 204);
+    // Revoking it again says so, and writes no second audit entry.
+    let (status, again) = send(
+        &cp,
+        &cp.admin,
+        "DELETE",
+        &format!("/api-tokens/{}", created["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, again["error"]["code"].as_str()),
+        (409, Some("already_revoked")),
+        "{again}"
+    );
+    let (_, audit) = send(
+        &cp,
+        &cp.admin,
+        "GET",
+        "/audit?action=api_token.revoke",
+        None,
+    )
+    .await;
+    assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
     let (status, body) = send(&cp, &viewer, "GET", "/agent-groups", None).await;
     assert_eq!(status, 401);
     assert!(
@@ -226,6 +249,20 @@ async fn changes_are_audited_with_who_what_and_where() {
     assert_eq!(status, 422, "{body}");
     let (status, body) = send(&cp, &cp.admin, "GET", "/audit?limit=0", None).await;
     assert_eq!(status, 422, "{body}");
+    // A viewer may not read it, and is told what is missing (a read, not a change).
+    let (_, viewer) = send(
+        &cp,
+        &cp.admin,
+        "POST",
+        "/api-tokens",
+        Some(json!({"name": "reader", "role": "viewer"})),
+    )
+    .await;
+    let viewer = viewer["token"].as_str().unwrap().to_owned();
+    let (status, body) = send(&cp, &viewer, "GET", "/audit", None).await;
+    assert_eq!(status, 403);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("cannot read the audit log"), "{message}");
 
     // Another tenant sees none of it.
     let (_, other) = dibop_control_plane::bootstrap_tenant(&cp.core.store, "other", "cli")
@@ -629,6 +666,15 @@ async fn bad_input_gets_the_error_shape_never_a_500() {
                 .body("{\"name\": 7}"),
             422,
         ),
+        // A NUL byte in a name.
+        (
+            client
+                .post(&url)
+                .bearer_auth(&cp.admin)
+                .header("content-type", "application/json")
+                .body("{\"name\": \"site\\u0000x\"}"),
+            422,
+        ),
         (client.post(&url).bearer_auth(&cp.admin).body("name=x"), 415),
         (
             client
@@ -658,6 +704,19 @@ async fn bad_input_gets_the_error_shape_never_a_500() {
             404,
         ),
         (client.get(&url).header("authorization", "Basic abc"), 401),
+        // A record nested deeper than JSON bodies may be: invalid, like a too-deep definition.
+        (
+            client
+                .post(format!("{}/api/v1/cdm/validate", cp.base))
+                .bearer_auth(&cp.admin)
+                .header("content-type", "application/json")
+                .body(format!(
+                    "{{\"domain\":\"vehicle\",\"record\":{}1{}}}",
+                    "[".repeat(200),
+                    "]".repeat(200)
+                )),
+            422,
+        ),
     ];
     for (i, (req, expected)) in cases.into_iter().enumerate() {
         let resp = req.send().await.unwrap();
@@ -769,6 +828,19 @@ async fn the_openapi_document_and_docs_are_served_without_a_cdn() {
         .await
         .unwrap();
     assert_eq!(bundle.status().as_u16(), 200);
+    // Without the slash, the docs are still found (a redirect to them, followed here).
+    let page = reqwest::get(format!("{}/api/v1/docs", cp.base))
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert_eq!(page.url().path(), "/api/v1/docs/");
+    // Nothing at a path under them is a 404 that says so.
+    let missing = reqwest::get(format!("{}/api/v1/docs/nothing-here.js", cp.base))
+        .await
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+    let e: Value = missing.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "not_found", "{e}");
 }
 
 #[tokio::test]

@@ -466,6 +466,13 @@ async fn revoked_agent_is_cut_off_and_refused() {
         .await
         .unwrap();
     assert_eq!(status, 204);
+    let (status, again) = site
+        .api
+        .send("DELETE", &format!("/agents/{}", agent.id), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "revoked once: {again}");
+    assert_eq!(again["error"]["code"], "already_revoked");
     let exit = agent.wait_exit(READY).await.unwrap();
     assert_eq!(exit.code(), Some(3));
     assert!(agent.log_text().contains("revoked"), "{}", agent.log_text());
