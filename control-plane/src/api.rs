@@ -143,12 +143,53 @@ type ApiResult<T> = Result<T, ApiError>;
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
+/// Reads a JSON body (already parsed) as `T`: the top level must be an
+/// object, `25.0` counts as the integer 25 (as in JSON Schema), and an
+/// error names where in the body it is.
+pub(crate) fn from_json_value<T: serde::de::DeserializeOwned>(mut v: Value) -> ApiResult<T> {
+    if !v.is_object() {
+        return Err(ApiError::invalid("the request body must be a JSON object"));
+    }
+    integral_floats(&mut v);
+    serde_path_to_error::deserialize(v).map_err(|e| match e.path().to_string().as_str() {
+        "." => ApiError::invalid(format!("the request body is invalid: {}", e.inner())),
+        path => ApiError::invalid(format!(
+            "the request body is invalid at `{path}`: {}",
+            e.inner()
+        )),
+    })
+}
+
+/// [`from_json_value`] from bytes; `None` when the body is empty or `null`.
+pub(crate) fn optional_json_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+) -> ApiResult<Option<T>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        if e.to_string().contains("recursion limit") {
+            ApiError::invalid("the body nests deeper than 128 levels")
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the body is not valid JSON: {e}"),
+            )
+        }
+    })?;
+    if v.is_null() {
+        return Ok(None);
+    }
+    from_json_value(v).map(Some)
+}
+
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(ApiJson(v)),
+        match Json::<Value>::from_request(req, state).await {
+            Ok(Json(v)) => from_json_value(v).map(ApiJson),
             Err(rejection) => Err(match rejection {
                 JsonRejection::MissingJsonContentType(_) => ApiError::new(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -185,6 +226,33 @@ pub(crate) fn name_problem(name: &str) -> Option<&'static str> {
         Some("must not contain control characters (such as NUL or a line break)")
     } else {
         None
+    }
+}
+
+/// For `#[serde(default, deserialize_with = "null_as_default")]`: `null`
+/// is the same as leaving the field out.
+pub(crate) fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + serde::Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
+/// Turns numbers like `25.0` into integers, at any depth.
+fn integral_floats(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && f.abs() < 9.0e15
+            {
+                *v = Value::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats),
+        Value::Object(m) => m.values_mut().for_each(integral_floats),
+        _ => {}
     }
 }
 
@@ -373,6 +441,16 @@ impl FromRequestParts<Arc<Core>> for Principal {
     }
 }
 
+/// The first query parameter given without a value (`?cursor=`): the API
+/// refuses those rather than guess whether "empty" means "none".
+fn empty_param(query: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .find(|pair| pair.split_once('=').is_none_or(|(_, v)| v.is_empty()))
+        .map(|pair| pair.split('=').next().unwrap_or_default().to_owned())
+}
+
 async fn request_meta_layer(State(core): State<Arc<Core>>, req: Request, next: Next) -> Response {
     let id = req
         .headers()
@@ -390,7 +468,18 @@ async fn request_meta_layer(State(core): State<Arc<Core>>, req: Request, next: N
         id: id.clone(),
         source_ip,
     };
-    let response = REQUEST.scope(meta.clone(), next.run(req)).await;
+    let empty = req
+        .uri()
+        .query()
+        .filter(|_| req.uri().path().starts_with("/api/v1/"))
+        .and_then(empty_param);
+    let response = match empty {
+        Some(name) => ApiError::invalid(format!(
+            "query parameter `{name}` is empty: leave it out, or give it a value"
+        ))
+        .into_response(),
+        None => REQUEST.scope(meta.clone(), next.run(req)).await,
+    };
     let mut response = REQUEST.scope(meta, uniform_error(response)).await;
     core.metrics.http_response(response.status().as_u16());
     if response.status() == StatusCode::TOO_MANY_REQUESTS {
@@ -962,12 +1051,7 @@ pub(crate) async fn create_enrollment_token(
     require_admin(&p)?;
     let group = load_group(&core, &p, &id).await?;
     // The body is optional: no body means the defaults.
-    let options: NewEnrollmentToken = if body.iter().all(u8::is_ascii_whitespace) {
-        NewEnrollmentToken::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::invalid(format!("the body is not a valid token request: {e}")))?
-    };
+    let options: NewEnrollmentToken = optional_json_body(&body)?.unwrap_or_default();
     let ttl = options.ttl_secs.unwrap_or(24 * 3600);
     if !(1..=30 * 24 * 3600).contains(&ttl) {
         return Err(ApiError::invalid(format!(
@@ -1180,13 +1264,13 @@ pub(crate) async fn group_call(
     }
     let mut problems = Vec::new();
     let method = body.method.to_ascii_uppercase();
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
-        problems.push(json!({"field": "method", "problem": format!("`{}` is not an HTTP method", body.method)}));
+    if !["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"].contains(&method.as_str()) {
+        problems.push(json!({"field": "method", "problem": format!(
+            "`{}` is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS", body.method)}));
     }
-    match reqwest::Url::parse(&body.url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-        Ok(u) => problems.push(json!({"field": "url", "problem": format!("scheme `{}` is not http or https", u.scheme())})),
-        Err(e) => problems.push(json!({"field": "url", "problem": format!("not an absolute URL: {e}")})),
+    if !crate::connector::is_http_url(&body.url) {
+        problems.push(json!({"field": "url", "problem":
+            "must be an absolute http(s) URL: a host name or IPv4 address, an optional port, then a path without spaces"}));
     }
     let timeout_ms = body.timeout_ms.unwrap_or(DEFAULT_CALL_TIMEOUT_MS);
     if timeout_ms == 0 || timeout_ms > MAX_CALL_TIMEOUT_MS {

@@ -325,7 +325,7 @@ pub struct LiveSuggestRequest {
     /// The CDM domain; default: the one the connector already maps the operation onto.
     domain: Option<String>,
     /// The operation's parameters for the sample call.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::null_as_default")]
     #[schema(value_type = Option<Object>)]
     parameters: serde_json::Map<String, Value>,
 }

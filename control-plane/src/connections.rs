@@ -122,7 +122,7 @@ pub struct CredentialsRequest {
 #[serde(deny_unknown_fields)]
 pub struct InvokeBody {
     /// Parameter values by name.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::null_as_default")]
     #[schema(value_type = Option<Object>)]
     parameters: Map<String, Value>,
     /// Follow the operation's pagination, up to this many pages (1-100).
@@ -1449,12 +1449,7 @@ pub(crate) async fn invoke(
 ) -> Result<Json<Value>, ApiError> {
     require_operator(&p)?;
     // The body is optional: an operation without parameters needs none.
-    let body: InvokeBody = if raw.iter().all(u8::is_ascii_whitespace) {
-        InvokeBody::default()
-    } else {
-        serde_json::from_slice(&raw)
-            .map_err(|e| ApiError::invalid(format!("the request body is invalid: {e}")))?
-    };
+    let body: InvokeBody = crate::api::optional_json_body(&raw)?.unwrap_or_default();
     let resolved = execute::resolve_cached(&core, &p.tenant_id, &id).await?;
     if resolved.row.status != "active" {
         return Err(ApiError::new(

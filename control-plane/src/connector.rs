@@ -121,9 +121,28 @@ fn is_slug(s: &str) -> bool {
 
 /// Whether `s` is an absolute http(s) URL with a host.
 pub fn is_http_url(s: &str) -> bool {
-    reqwest::Url::parse(s)
-        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+    HTTP_URL.is_match(s)
+        && reqwest::Url::parse(s)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
 }
+
+/// What an http(s) URL given to the API looks like: a scheme, a host name
+/// (or an IPv4 address) in ASCII, an optional port, then a path, query or
+/// fragment without spaces or control characters. The OpenAPI document
+/// states the same pattern.
+pub const HTTP_URL_PATTERN: &str = concat!(
+    r"^[Hh][Tt][Tt][Pp][Ss]?://",
+    r"(([A-Za-z0-9-]+\.)*[A-Za-z0-9-]*[A-Za-z][A-Za-z0-9-]*",
+    r"|((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]))",
+    r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9][0-9]|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?",
+    r"([/?#][^\s\x00-\x1f\x7f-\x9f]*)?$"
+);
+
+static HTTP_URL: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    // A constant pattern, compiled in `the_url_pattern_compiles_and_matches`.
+    #[allow(clippy::expect_used)]
+    regex::Regex::new(HTTP_URL_PATTERN).expect("the URL pattern compiles")
+});
 
 /// Validates a definition document; every problem, in document order.
 pub fn validate(doc: &Value) -> Vec<Problem> {
@@ -550,6 +569,30 @@ fn check_resilience(c: &mut Checker, root: &Map<String, Value>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_url_pattern_compiles_and_matches() {
+        for good in [
+            "https://dms.dealer.example",
+            "http://127.0.0.1:9100/api/v1?x=1#f",
+            "HTTPS://Api.Example.com:443/v3/",
+            "http://localhost:65535",
+        ] {
+            assert!(is_http_url(good), "{good}");
+        }
+        for bad in [
+            "ftp://x.example",
+            "https://",
+            "https://a b.example",
+            "https://x.example/a b",
+            "https://x.example:65536",
+            "https://1.2.3.4.5",
+            "https://\u{e7}\u{1}\u{95}@x",
+            "//x.example",
+        ] {
+            assert!(!is_http_url(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn the_dms_simulator_definition_is_valid() {

@@ -262,6 +262,26 @@ pub(crate) async fn execute(
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
+/// Every status an execution can have.
+pub const STATUSES: [&str; 6] = [
+    "queued",
+    "running",
+    "succeeded",
+    "partially_succeeded",
+    "failed",
+    "cancelled",
+];
+
+fn check_status(status: Option<&str>) -> Result<(), ApiError> {
+    match status {
+        Some(s) if !STATUSES.contains(&s) => Err(ApiError::invalid(format!(
+            "status `{s}` is not one of {}",
+            STATUSES.join(", ")
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// `?orchestration_id=&status=&limit=&cursor=`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -286,6 +306,7 @@ pub(crate) async fn list(
     q: Result<Query<ExecutionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
+    check_status(q.status.as_deref())?;
     let limit = page_limit(q.limit)?;
     let page = crate::api::Page {
         limit: q.limit,
@@ -321,6 +342,7 @@ pub(crate) async fn export(
     q: Result<Query<ExecutionQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
+    check_status(q.status.as_deref())?;
     let limit = q.limit.unwrap_or(1000);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit must be 1..=1000"));

@@ -215,6 +215,221 @@ pub fn document() -> serde_json::Value {
     v
 }
 
+/// Names people give things: 1 to 100 characters, no control characters.
+const NAME: &str = r#"{"minLength": 1, "maxLength": 100, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"}"#;
+const ROLE: &str = r#"{"enum": ["enterprise_admin", "operator", "viewer"]}"#;
+const EMAIL: &str = r#"{"maxLength": 254, "pattern": "^[^@\\s\\u0000-\\u001f\\u007f-\\u009f]+@[^@\\s.\\u0000-\\u001f\\u007f-\\u009f]+(\\.[^@\\s.\\u0000-\\u001f\\u007f-\\u009f]+)+$"}"#;
+const PASSWORD: &str = r#"{"minLength": 12, "maxLength": 1024}"#;
+/// Stands for [`crate::connector::HTTP_URL_PATTERN`] (filled in by [`constrain`]).
+const HTTP_URL: &str = "http-url";
+const AUTH_TYPE: &str = r#"{"enum": ["none", "api_key", "basic", "bearer", "oauth2_client_credentials", "oauth2_password", "oauth2_authorization_code", "openid_connect", "dynamic_api_key", "aws_sigv4", "mutual_tls"]}"#;
+const AT_LEAST_ONE: &str = r#"{"minimum": 1}"#;
+
+/// What the handlers check and the annotations cannot say: the constraints
+/// of request fields, by (schema, property). Kept here, next to the
+/// document, and asserted by the API fuzzer (schemathesis) in the tests.
+const CONSTRAINTS: &[(&str, &str, &str)] = &[
+    ("NewGroup", "name", NAME),
+    ("NewGroup", "description", r#"{"maxLength": 1000}"#),
+    (
+        "NewEnrollmentToken",
+        "ttl_secs",
+        r#"{"minimum": 1, "maximum": 2592000}"#,
+    ),
+    ("NewToken", "name", NAME),
+    ("NewToken", "role", ROLE),
+    (
+        "NewToken",
+        "ttl_secs",
+        r#"{"minimum": 60, "maximum": 315360000}"#,
+    ),
+    ("NewUser", "email", EMAIL),
+    ("NewUser", "password", PASSWORD),
+    ("NewUser", "role", ROLE),
+    ("NewTenantUser", "email", EMAIL),
+    ("NewTenantUser", "password", PASSWORD),
+    ("NewTenantUser", "role", ROLE),
+    ("UserPatch", "role", ROLE),
+    ("TenantPlan", "name", NAME),
+    (
+        "TenantPlan",
+        "status",
+        r#"{"enum": ["active", "suspended"]}"#,
+    ),
+    (
+        "TenantPlan",
+        "tier",
+        r#"{"enum": ["free", "standard", "premium"]}"#,
+    ),
+    ("TenantPlan", "calls_per_month", AT_LEAST_ONE),
+    ("TenantPlan", "requests_per_minute", AT_LEAST_ONE),
+    ("TenantPlan", "concurrent_executions", AT_LEAST_ONE),
+    ("TenantPlan", "storage_bytes", AT_LEAST_ONE),
+    ("TenantPlan", "retention_days", AT_LEAST_ONE),
+    (
+        "CallBody",
+        "method",
+        r#"{"enum": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "get", "head", "post", "put", "patch", "delete", "options"]}"#,
+    ),
+    ("CallBody", "url", HTTP_URL),
+    (
+        "CallBody",
+        "timeout_ms",
+        r#"{"minimum": 1, "maximum": 120000}"#,
+    ),
+    ("ConnectionRequest", "name", NAME),
+    ("ConnectionRequest", "auth_type", AUTH_TYPE),
+    ("ConnectionRequest", "base_url", HTTP_URL),
+    (
+        "ConnectionRequest",
+        "execution_mode",
+        r#"{"enum": ["cloud", "agent_group", "proxy"]}"#,
+    ),
+    ("ConnectionPatch", "name", NAME),
+    ("ConnectionPatch", "base_url", HTTP_URL),
+    (
+        "ConnectionPatch",
+        "execution_mode",
+        r#"{"enum": ["cloud", "agent_group", "proxy"]}"#,
+    ),
+    (
+        "ConnectionSettings",
+        "timeout_ms",
+        r#"{"minimum": 1, "maximum": 300000}"#,
+    ),
+    (
+        "ConnectionSettings",
+        "max_retries",
+        r#"{"minimum": 0, "maximum": 10}"#,
+    ),
+    (
+        "ConnectionSettings",
+        "log_level",
+        r#"{"enum": ["error", "warn", "info", "debug"]}"#,
+    ),
+    (
+        "TlsSettings",
+        "extra_ca_pem",
+        r#"{"pattern": "-----BEGIN CERTIFICATE-----"}"#,
+    ),
+    ("ProxyInput", "url", HTTP_URL),
+    (
+        "InvokeBody",
+        "max_pages",
+        r#"{"minimum": 1, "maximum": 100}"#,
+    ),
+    (
+        "ExecuteRequest",
+        "wait_ms",
+        r#"{"minimum": 0, "maximum": 60000}"#,
+    ),
+    (
+        "MoveRequest",
+        "version",
+        r#"{"pattern": "^[0-9]{1,9}\\.[0-9]{1,9}\\.[0-9]{1,9}$"}"#,
+    ),
+    (
+        "PublishRequest",
+        "scope",
+        r#"{"enum": ["global", "enterprise"]}"#,
+    ),
+    (
+        "UpdateRequest",
+        "bump",
+        r#"{"enum": ["major", "minor", "patch"]}"#,
+    ),
+    (
+        "UpdateRequest",
+        "release_notes",
+        r#"{"minLength": 1, "maxLength": 2000, "pattern": "\\S"}"#,
+    ),
+    (
+        "RejectRequest",
+        "reason",
+        r#"{"minLength": 1, "maxLength": 2000, "pattern": "\\S"}"#,
+    ),
+];
+
+/// Query parameters' constraints, by name, wherever they appear (string
+/// parameters are never empty: the API refuses `?name=`).
+const QUERY_CONSTRAINTS: &[(&str, &str)] = &[
+    ("limit", r#"{"minimum": 1, "maximum": 500}"#),
+    ("outcome", r#"{"enum": ["ok", "failed"]}"#),
+    ("auth_type", AUTH_TYPE),
+    ("since", r#"{"format": "date-time"}"#),
+    ("until", r#"{"format": "date-time"}"#),
+];
+
+const EXECUTION_STATUS: &str =
+    r#"{"enum": ["queued", "running", "succeeded", "partially_succeeded", "failed", "cancelled"]}"#;
+
+/// Query parameters whose constraints depend on the operation: (path, name, constraint).
+const OPERATION_QUERY_CONSTRAINTS: &[(&str, &str, &str)] = &[
+    ("/api/v1/executions", "status", EXECUTION_STATUS),
+    ("/api/v1/executions/export", "status", EXECUTION_STATUS),
+    (
+        "/api/v1/executions/export",
+        "limit",
+        r#"{"minimum": 1, "maximum": 1000}"#,
+    ),
+    (
+        "/api/v1/dead-letters/items",
+        "status",
+        r#"{"enum": ["open", "discarded", "all"]}"#,
+    ),
+    (
+        "/api/v1/catalogue",
+        "scope",
+        r#"{"enum": ["global", "enterprise"]}"#,
+    ),
+];
+
+/// Each list's cursor: the id prefix of its items (a cursor is the last id
+/// of the previous page).
+const CURSORS: &[(&str, &str)] = &[
+    ("/api/v1/agent-groups", "grp_"),
+    ("/api/v1/agents", "agt_"),
+    ("/api/v1/api-tokens", "tok_"),
+    ("/api/v1/users", "usr_"),
+    ("/api/v1/audit", "aud_"),
+    ("/api/v1/connectors", "cnr_"),
+    ("/api/v1/catalogue", "cnr_"),
+    ("/api/v1/reviews", "cnr_"),
+    ("/api/v1/connections", "con_"),
+    ("/api/v1/api-calls", "call_"),
+    ("/api/v1/notifications", "ntf_"),
+    ("/api/v1/orchestrations", "orc_"),
+    ("/api/v1/executions", "exe_"),
+    ("/api/v1/dead-letters", "exe_"),
+    ("/api/v1/dead-letters/items", "dli_"),
+    ("/api/v1/tenants", "ten_"),
+];
+
+/// Merges `extra` into a property's schema; an `enum` of an optional value
+/// keeps `null` allowed.
+fn constrain(schema: &mut serde_json::Value, extra: &str) {
+    let extra = if extra == HTTP_URL {
+        serde_json::json!({"maxLength": 2048, "pattern": crate::connector::HTTP_URL_PATTERN})
+    } else {
+        serde_json::from_str::<serde_json::Value>(extra).unwrap_or_default()
+    };
+    let serde_json::Value::Object(extra) = extra else {
+        return;
+    };
+    let nullable = schema["type"]
+        .as_array()
+        .is_some_and(|t| t.iter().any(|t| t == "null"));
+    for (k, mut v) in extra {
+        if k == "enum"
+            && nullable
+            && let Some(values) = v.as_array_mut()
+        {
+            values.push(serde_json::Value::Null);
+        }
+        schema[k] = v;
+    }
+}
+
 fn error_answer(description: &str) -> serde_json::Value {
     serde_json::json!({
         "description": description,
@@ -222,16 +437,38 @@ fn error_answer(description: &str) -> serde_json::Value {
     })
 }
 
-/// Adds what every operation of this API can answer but its annotation may
-/// not say: `400` (a malformed query string or path), `415` (a body of an
-/// unsupported type) where it takes a body, `422` where it reads a body or
-/// query parameters, `401`, `403` and `429` where it needs a token; and
-/// bounds on every `limit` (1 to 500).
+/// Adds what the annotations cannot say: the [`CONSTRAINTS`] of request
+/// fields and of query parameters, and what every operation can answer:
+/// `400` (a malformed query string or path), `415`, `422` and `409` where it
+/// takes a body, `422` where it reads query parameters, `401`, `403` and
+/// `429` where it needs a token.
 pub fn complete(doc: &mut serde_json::Value) {
+    for (schema, property, extra) in CONSTRAINTS {
+        let target = &mut doc["components"]["schemas"][*schema]["properties"][*property];
+        debug_assert!(
+            !target.is_null(),
+            "{schema}.{property} is not in the document"
+        );
+        if target.is_object() {
+            constrain(target, extra);
+        }
+    }
+    // Validation answers every JSON document, whatever its shape.
+    for path in [
+        "/api/v1/connectors/validate",
+        "/api/v1/orchestrations/validate",
+    ] {
+        if let Some(content) = doc["paths"][path]["post"]["requestBody"]["content"].as_object_mut()
+        {
+            for media in content.values_mut() {
+                media["schema"] = serde_json::json!({});
+            }
+        }
+    }
     let Some(paths) = doc["paths"].as_object_mut() else {
         return;
     };
-    for item in paths.values_mut() {
+    for (path, item) in paths.iter_mut() {
         let Some(item) = item.as_object_mut() else {
             continue;
         };
@@ -243,15 +480,11 @@ pub fn complete(doc: &mut serde_json::Value) {
                 .get("security")
                 .is_some_and(|s| s.as_array().is_some_and(|a| !a.is_empty()));
             let has_body = op.get("requestBody").is_some();
-            let has_query = op["parameters"]
-                .as_array()
-                .is_some_and(|ps| ps.iter().any(|p| p["in"] == "query"));
+            let mut has_query = false;
             if let Some(params) = op.get_mut("parameters").and_then(|p| p.as_array_mut()) {
-                for p in params.iter_mut() {
-                    if p["name"] == "limit" {
-                        p["schema"]["minimum"] = serde_json::json!(1);
-                        p["schema"]["maximum"] = serde_json::json!(500);
-                    }
+                for p in params.iter_mut().filter(|p| p["in"] == "query") {
+                    has_query = true;
+                    constrain_query(path, p);
                 }
             }
             let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) else {
@@ -273,6 +506,12 @@ pub fn complete(doc: &mut serde_json::Value) {
                 );
                 add("422", "Invalid: every problem in `details`");
             }
+            if method != "get" {
+                add(
+                    "409",
+                    "Conflicts with what exists or its state, e.g. a name already taken",
+                );
+            }
             if has_query {
                 add("422", "A query parameter is invalid");
             }
@@ -282,6 +521,42 @@ pub fn complete(doc: &mut serde_json::Value) {
                 add("429", "A tenant limit was reached");
             }
         }
+    }
+}
+
+/// A query parameter's constraints: never empty, then by name and by operation.
+fn constrain_query(path: &str, p: &mut serde_json::Value) {
+    let name = p["name"].as_str().unwrap_or_default().to_owned();
+    // A query string has no `null`: an optional parameter is one left out.
+    if let Some(types) = p["schema"]["type"].as_array() {
+        let kept: Vec<serde_json::Value> = types.iter().filter(|t| *t != "null").cloned().collect();
+        if kept.len() == 1 {
+            p["schema"]["type"] = kept[0].clone();
+        }
+    }
+    let types = &p["schema"]["type"];
+    if types == "string"
+        || types
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t == "string"))
+    {
+        constrain(&mut p["schema"], r#"{"minLength": 1}"#);
+    }
+    if let Some((_, extra)) = QUERY_CONSTRAINTS.iter().find(|(n, _)| name == *n) {
+        constrain(&mut p["schema"], extra);
+    }
+    if let Some((_, _, extra)) = OPERATION_QUERY_CONSTRAINTS
+        .iter()
+        .find(|(at, n, _)| *at == path && name == *n)
+    {
+        constrain(&mut p["schema"], extra);
+    }
+    if name == "cursor"
+        && let Some((_, prefix)) = CURSORS.iter().find(|(at, _)| *at == path)
+    {
+        let rest = 64 - prefix.len();
+        let pattern = format!(r#"{{"pattern": "^{prefix}[A-Za-z0-9_]{{0,{rest}}}$"}}"#);
+        constrain(&mut p["schema"], &pattern);
     }
 }
 
