@@ -432,9 +432,185 @@ pub struct CatalogueDetail {
     operations_list: Vec<OperationSummary>,
     /// Every published version, newest first.
     versions: Vec<crate::publishing::VersionView>,
+    /// What a form for a connection to it asks: each auth scheme's
+    /// credential fields, and the connection settings with this
+    /// connector's defaults.
+    form: ConnectionForm,
     /// The newest version's definition.
     #[schema(value_type = Object)]
     definition: Value,
+}
+
+/// The form of a new connection to a connector.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ConnectionForm {
+    /// One entry per auth scheme the connector offers, the default first.
+    auth: Vec<AuthForm>,
+    /// Connection settings (`settings` of `POST /connections`), with defaults.
+    settings: Vec<FormField>,
+    /// The base URL calls go to unless the connection overrides it.
+    base_url: String,
+    /// Where calls can run: `cloud`, `agent_group` (a relay agent on site), `proxy`.
+    execution_modes: Vec<&'static str>,
+}
+
+/// An auth scheme's credentials.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuthForm {
+    /// `auth_type` of the connection.
+    #[serde(rename = "type")]
+    kind: String,
+    /// For a person.
+    label: String,
+    /// The `credentials` fields.
+    fields: Vec<FormField>,
+}
+
+/// One field of a form.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FormField {
+    /// Its key in the request.
+    name: String,
+    /// For a person.
+    label: String,
+    /// `string`, `password` (a secret: write-only, never shown again),
+    /// `pem` (a certificate or key, several lines), `integer`, `boolean` or `enum`.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// Whether it is a secret.
+    secret: bool,
+    required: bool,
+    /// The value used when it is left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    default: Option<Value>,
+    /// For `enum`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    options: Option<Vec<&'static str>>,
+    /// For `integer`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    minimum: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    maximum: Option<i64>,
+}
+
+fn label_of(name: &str) -> String {
+    let mut out = String::new();
+    for (i, word) in name.split('_').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let word = match word {
+            "id" => "ID",
+            "api" => "API",
+            "url" => "URL",
+            "pem" => "PEM",
+            w => w,
+        };
+        if i == 0 {
+            let mut chars = word.chars();
+            if let Some(first) = chars.next() {
+                out.extend(first.to_uppercase());
+                out.push_str(chars.as_str());
+            }
+        } else {
+            out.push_str(word);
+        }
+    }
+    out
+}
+
+/// The form of a connection to `definition`'s connector.
+pub fn connection_form(definition: &Value) -> ConnectionForm {
+    let field = |name: &str, kind, secret, required, default: Option<Value>| FormField {
+        label: label_of(name),
+        name: name.to_owned(),
+        kind,
+        secret,
+        required,
+        default,
+        options: None,
+        minimum: None,
+        maximum: None,
+    };
+    let auth = definition["auth"]["schemes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|scheme| {
+            let kind = scheme["type"].as_str().unwrap_or_default().to_owned();
+            let declared = scheme["fields"].as_array();
+            let fields = crate::connections::fields_of(scheme)
+                .into_iter()
+                .map(|(name, secret, required)| {
+                    let label = declared
+                        .and_then(|d| d.iter().find(|f| f["name"] == name.as_str()))
+                        .and_then(|f| f["label"].as_str())
+                        .map(str::to_owned);
+                    let pem = matches!(name.as_str(), "client_certificate" | "client_key");
+                    let kind = match (pem, secret) {
+                        (true, _) => "pem",
+                        (false, true) => "password",
+                        (false, false) => "string",
+                    };
+                    let mut f = field(&name, kind, secret, required, None);
+                    if let Some(l) = label {
+                        f.label = l;
+                    }
+                    f
+                })
+                .collect();
+            AuthForm {
+                label: label_of(&kind).replace("Oauth2", "OAuth 2.0"),
+                kind,
+                fields,
+            }
+        })
+        .collect();
+    let r = &definition["resilience"];
+    let timeout = r["timeout_ms"].as_i64().unwrap_or(30_000);
+    let retries = r["retries"]["max_attempts"].as_i64().unwrap_or(1).max(1) - 1;
+    let mut timeout_field = field("timeout_ms", "integer", false, false, Some(json!(timeout)));
+    timeout_field.label = "Timeout (ms)".into();
+    timeout_field.minimum = Some(1);
+    timeout_field.maximum = Some(300_000);
+    let mut retries_field = field("max_retries", "integer", false, false, Some(json!(retries)));
+    retries_field.minimum = Some(0);
+    retries_field.maximum = Some(10);
+    let mut log_level = field("log_level", "enum", false, false, Some(json!("info")));
+    log_level.options = Some(vec!["error", "warn", "info", "debug"]);
+    let mut ca = field("tls.extra_ca_pem", "pem", false, false, None);
+    ca.label = "Extra trusted CA certificates (PEM)".into();
+    let mut verify = field(
+        "tls.reject_unauthorized",
+        "boolean",
+        false,
+        false,
+        Some(json!(true)),
+    );
+    verify.label = "Verify the system's certificate".into();
+    ConnectionForm {
+        auth,
+        settings: vec![
+            timeout_field,
+            field(
+                "retry_on_failure",
+                "boolean",
+                false,
+                false,
+                Some(json!(true)),
+            ),
+            retries_field,
+            log_level,
+            ca,
+            verify,
+        ],
+        base_url: definition["base_url"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        execution_modes: vec!["cloud", "agent_group", "proxy"],
+    }
 }
 
 fn entry(row: CatalogueRow, tenant_id: &str) -> CatalogueEntry {
@@ -582,6 +758,7 @@ pub(crate) async fn catalogue_detail(
             .map(|v| crate::publishing::version_view(v, false))
             .collect(),
         entry,
+        form: connection_form(&definition),
         definition,
     }))
 }
@@ -695,4 +872,41 @@ pub(crate) async fn import(
         }),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A form a console or client can render for the simulator's connector:
+    /// each scheme's fields, secrets marked, the connector's own defaults.
+    #[test]
+    fn the_connection_form_names_fields_secrets_and_defaults() {
+        let doc = crate::connector::parse(include_str!("../../catalogue/dms-sim.yaml")).unwrap();
+        let form = serde_json::to_value(connection_form(&doc)).unwrap();
+        assert_eq!(form["auth"][0]["type"], "api_key");
+        assert_eq!(
+            form["auth"][0]["fields"],
+            json!([{"name": "api_key", "label": "API key", "type": "password", "secret": true, "required": true}])
+        );
+        let basic = &form["auth"][1];
+        assert_eq!(basic["type"], "basic");
+        assert_eq!(basic["fields"][0]["name"], "username");
+        assert_eq!(basic["fields"][0]["type"], "string");
+        assert_eq!(basic["fields"][1]["type"], "password");
+        let settings = form["settings"].as_array().unwrap();
+        let timeout = settings.iter().find(|f| f["name"] == "timeout_ms").unwrap();
+        assert_eq!(timeout["default"], 10000, "the connector's own timeout");
+        let retries = settings
+            .iter()
+            .find(|f| f["name"] == "max_retries")
+            .unwrap();
+        assert_eq!(
+            (retries["default"].as_i64(), retries["maximum"].as_i64()),
+            (Some(2), Some(10))
+        );
+        let level = settings.iter().find(|f| f["name"] == "log_level").unwrap();
+        assert_eq!(level["options"], json!(["error", "warn", "info", "debug"]));
+        assert_eq!(form["base_url"], "http://127.0.0.1:9100");
+    }
 }
