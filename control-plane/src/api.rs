@@ -680,6 +680,10 @@ pub fn router(core: Arc<Core>) -> Router {
             "/dead-letters/items/{id}/discard",
             post(crate::cdm_api::discard_item),
         )
+        .route(
+            "/dead-letters/items/{id}/replay",
+            post(crate::cdm_api::replay_item),
+        )
         .route("/dead-letters/{id}/replay", post(crate::executions::replay))
         .route("/executions/export", get(crate::executions::export))
         .route("/cdm/domains", get(crate::cdm_api::list_domains))

@@ -590,9 +590,11 @@ pub struct DeadLetterItemView {
     #[schema(value_type = Object)]
     record: Value,
     problems: Vec<Problem>,
-    /// `open` or `discarded`.
+    /// `open`, `discarded` or `replayed`.
     status: String,
     created_at: String,
+    /// The execution that took the corrected record on, once replayed.
+    replay_execution_id: Option<String>,
 }
 
 async fn item_views(
@@ -622,6 +624,7 @@ async fn item_views(
                 problems: serde_json::from_str(&r.problems).unwrap_or_default(),
                 status: r.status,
                 created_at: rfc3339(r.created_at),
+                replay_execution_id: r.replay_execution_id,
             }
         })
         .collect()
@@ -632,7 +635,7 @@ async fn item_views(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ItemQuery {
-    /// `open` (default) or `discarded`, or `all`.
+    /// `open` (default), `discarded`, `replayed`, or `all`.
     status: Option<String>,
     /// One execution's records.
     execution_id: Option<String>,
@@ -658,10 +661,11 @@ pub(crate) async fn list_items(
     let status = match q.status.as_deref() {
         None | Some("open") => Some("open"),
         Some("discarded") => Some("discarded"),
+        Some("replayed") => Some("replayed"),
         Some("all") => None,
         Some(other) => {
             return Err(ApiError::invalid(format!(
-                "status `{other}` is not open, discarded or all"
+                "status `{other}` is not open, discarded, replayed or all"
             )));
         }
     };
@@ -703,6 +707,167 @@ pub(crate) async fn get_item(
     Ok(Json(views.remove(0)))
 }
 
+/// The body of `POST /dead-letters/items/{id}/replay`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayItemRequest {
+    /// The corrected CDM record; default: the record as it was set aside
+    /// (when what it broke has since been fixed elsewhere).
+    #[schema(value_type = Option<Object>)]
+    record: Option<Value>,
+}
+
+/// A replayed record and the execution that takes it on.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReplayedItemView {
+    item: DeadLetterItemView,
+    /// The new execution: the steps before the mapping step reused, the
+    /// mapping step's output the corrected record, the steps after it run.
+    execution_id: String,
+}
+
+/// `POST /api/v1/dead-letters/items/{id}/replay`
+#[utoipa::path(post, path = "/api/v1/dead-letters/items/{id}/replay", tag = "executions",
+    summary = "Correct a dead-lettered record and send it on from its mapping step",
+    description = "The (corrected) record is validated against its CDM domain; a valid one starts a new execution \
+        of the same orchestration version that reuses the steps before the mapping step, takes the record as the \
+        mapping step's only output, and runs the steps after it. Inbound records (`map_to_cdm`) only.",
+    params(("id" = String, Path, description = "The resource id")), request_body = ReplayItemRequest,
+    responses((status = 201, body = ReplayedItemView), (status = 404, description = "No open record with this id", body = crate::openapi::ErrorBody),
+        (status = 409, description = "An outbound record, or its execution is still running or gone", body = crate::openapi::ErrorBody),
+        (status = 422, description = "The record still breaks its domain's rules (each in `details`)", body = crate::openapi::ErrorBody),
+        (status = 401, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn replay_item(
+    State(core): State<Arc<Core>>,
+    p: Principal,
+    ApiPath(id): ApiPath<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    decides_dead_letters(&p)?;
+    let req: ReplayItemRequest = crate::api::optional_json_body(&body)?.unwrap_or_default();
+    let item = core
+        .store
+        .dead_letter_item(&p.tenant_id, &id)
+        .await?
+        .filter(|i| i.status == "open")
+        .ok_or_else(|| ApiError::not_found("open dead-lettered record", &id))?;
+    let conflict = |m: String| ApiError::new(StatusCode::CONFLICT, "not_replayable", m);
+    if item.direction != "inbound" {
+        return Err(conflict(
+            "an outbound record is replayed by correcting its source data and re-running the execution".into(),
+        ));
+    }
+    let domain = cdm::domain(&item.domain).ok_or_else(|| unknown_domain(&item.domain))?;
+    let record = match req.record {
+        Some(r) => r,
+        None => serde_json::from_str(&item.record).unwrap_or(Value::Null),
+    };
+    let problems = cdm::validate(domain, &record);
+    if !problems.is_empty() {
+        return Err(ApiError::invalid(format!(
+            "the record still breaks {} rule(s) of the {} domain",
+            problems.len(),
+            item.domain
+        ))
+        .with_details(json!(problems)));
+    }
+    let original = core
+        .store
+        .execution(&p.tenant_id, &item.execution_id)
+        .await?
+        .ok_or_else(|| {
+            conflict(format!(
+                "execution {} is gone (retention)",
+                item.execution_id
+            ))
+        })?;
+    if matches!(original.status.as_str(), "queued" | "running") {
+        return Err(conflict(format!(
+            "execution {} is still {}: replay it once it has ended",
+            original.id, original.status
+        )));
+    }
+    let steps = core.store.step_records(&original.id).await?;
+    let Some(map_step) = steps.iter().find(|s| s.path == item.step_path) else {
+        return Err(conflict(format!(
+            "execution {} has no record of step {}",
+            original.id, item.step_path
+        )));
+    };
+    let row = crate::executions::rerun_row(&original, original.version, "replay", &p.actor());
+    core.store.create_execution(&row).await?;
+    core.store
+        .copy_steps_before(&original.id, &row.id, map_step.seq)
+        .await?;
+    // The mapping step, done: its output is the corrected record alone.
+    let output = json!({"domain": item.domain, "count": 1, "invalid": 0, "dead_letters": [],
+                        "records": [record], "replayed_item": item.id});
+    let mut done = map_step.clone();
+    done.execution_id = row.id.clone();
+    done.status = "running".into();
+    core.store.start_step(&done).await?;
+    core.store
+        .finish_step(
+            &row.id,
+            &done.path,
+            "succeeded",
+            done.input.as_deref(),
+            Some(&output.to_string()),
+            None,
+            1,
+            crate::store::now_unix(),
+            0,
+        )
+        .await?;
+    if !core
+        .store
+        .replay_dead_letter_item(&p.tenant_id, &id, &record.to_string(), &row.id)
+        .await?
+    {
+        return Err(ApiError::not_found("open dead-lettered record", &id));
+    }
+    core.engine.submit(&row.id);
+    record_audit(&core, &p, &id, &row.id).await;
+    let item = core
+        .store
+        .dead_letter_item(&p.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("dead-lettered record", &id))?;
+    let item = item_views(&core, &p, vec![item]).await.remove(0);
+    Ok(axum::response::IntoResponse::into_response((
+        StatusCode::CREATED,
+        Json(ReplayedItemView {
+            item,
+            execution_id: row.id,
+        }),
+    )))
+}
+
+async fn record_audit(core: &Core, p: &Principal, id: &str, execution: &str) {
+    record(
+        &core.store,
+        Some(&p.tenant_id),
+        &p.actor(),
+        "dead_letter_item.replay",
+        ("dead_letter_item", id),
+        json!({"execution_id": execution}),
+    )
+    .await;
+}
+
+fn decides_dead_letters(p: &Principal) -> Result<(), ApiError> {
+    if matches!(p.role.as_str(), "enterprise_admin" | "operator") {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "operators and admins decide on dead letters",
+        ))
+    }
+}
+
 /// `POST /api/v1/dead-letters/items/{id}/discard`
 #[utoipa::path(post, path = "/api/v1/dead-letters/items/{id}/discard", tag = "executions", summary = "Discard a dead-lettered record",
     params(("id" = String, Path, description = "The resource id")),
@@ -713,13 +878,7 @@ pub(crate) async fn discard_item(
     p: Principal,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<DeadLetterItemView>, ApiError> {
-    if !matches!(p.role.as_str(), "enterprise_admin" | "operator") {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "operators and admins decide on dead letters",
-        ));
-    }
+    decides_dead_letters(&p)?;
     if !core
         .store
         .discard_dead_letter_item(&p.tenant_id, &id)

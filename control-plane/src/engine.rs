@@ -482,6 +482,19 @@ pub async fn execute(core: &Arc<Core>, id: &str, depth: u32) -> Option<Execution
         status,
         (now_unix() - exe.started_at.unwrap_or(now)).max(0) as f64,
     );
+    // A re-run that succeeded settles the failed execution it re-ran.
+    if matches!(status, "succeeded" | "partially_succeeded")
+        && let Some(original) = &exe.rerun_of
+        && let Err(e) = core
+            .store
+            .close_dead_letter(&exe.tenant_id, original, "resolved")
+            .await
+    {
+        tracing::warn!(
+            execution = id,
+            "cannot close the dead letter of {original}: {e}"
+        );
+    }
     // Traces of ended executions keep at most the payload limit per step.
     // Failed ones keep everything until replayed or discarded: a re-run from
     // the failed step reads the earlier steps' full outputs.
@@ -1204,6 +1217,7 @@ async fn map_step(
                         problems: json!(bad.problems).to_string(),
                         status: "open".into(),
                         created_at: now_unix(),
+                        replay_execution_id: None,
                     };
                     if let Err(e) = run.core.store.add_dead_letter_item(&item).await {
                         return (

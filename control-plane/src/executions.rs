@@ -468,6 +468,33 @@ pub struct RerunRequest {
     wait_ms: Option<u64>,
 }
 
+/// A new queued execution re-running `e` (same parameters) on `version`.
+pub(crate) fn rerun_row(
+    e: &ExecutionRow,
+    version: i64,
+    trigger: &str,
+    actor: &str,
+) -> ExecutionRow {
+    ExecutionRow {
+        id: crate::ids::time_ordered_id("exe"),
+        tenant_id: e.tenant_id.clone(),
+        orchestration_id: e.orchestration_id.clone(),
+        orchestration_name: e.orchestration_name.clone(),
+        version,
+        status: "queued".into(),
+        parameters: e.parameters.clone(),
+        output: None,
+        error: None,
+        trigger_type: trigger.into(),
+        created_by: actor.to_owned(),
+        created_at: now_unix(),
+        started_at: None,
+        finished_at: None,
+        rerun_of: Some(e.id.clone()),
+        dead_letter: None,
+    }
+}
+
 /// Starts a re-run of an ended execution; the new execution.
 async fn rerun_of(
     core: &Core,
@@ -507,24 +534,7 @@ async fn rerun_of(
             "from `{from}` is not start or failed_step"
         )));
     }
-    let row = ExecutionRow {
-        id: crate::ids::time_ordered_id("exe"),
-        tenant_id: p.tenant_id.clone(),
-        orchestration_id: e.orchestration_id.clone(),
-        orchestration_name: e.orchestration_name.clone(),
-        version,
-        status: "queued".into(),
-        parameters: e.parameters.clone(),
-        output: None,
-        error: None,
-        trigger_type: trigger.into(),
-        created_by: p.actor(),
-        created_at: now_unix(),
-        started_at: None,
-        finished_at: None,
-        rerun_of: Some(e.id.clone()),
-        dead_letter: None,
-    };
+    let row = rerun_row(e, version, trigger, &p.actor());
     core.store.create_execution(&row).await?;
     if from == "failed_step" {
         core.store.copy_succeeded_steps(&e.id, &row.id).await?;

@@ -201,6 +201,7 @@ impl Modify for BearerAuth {
         crate::cdm_api::list_items,
         crate::cdm_api::get_item,
         crate::cdm_api::discard_item,
+        crate::cdm_api::replay_item,
     ),
     components(schemas(ErrorBody, ErrorDetail, EnrollmentTokenView, CreatedTokenView, SessionView)),
     modifiers(&BearerAuth)

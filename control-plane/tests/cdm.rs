@@ -309,6 +309,82 @@ steps:
     assert_eq!(open.as_array().unwrap().len(), 0);
 }
 
+/// A dead-lettered record is corrected and sent on from its mapping step:
+/// still invalid, it is refused with what it breaks; valid, a new execution
+/// reuses the steps before the mapping, takes the record as the mapping's
+/// output and runs the steps after it.
+#[tokio::test]
+async fn a_corrected_dead_lettered_record_is_replayed_from_its_mapping_step() {
+    let s = setup().await;
+    let id = create(
+        &s.cp,
+        r#"format: dibop.orchestration/v1
+name: customers-replayed
+steps:
+  - { id: list, type: call, connection: Demo DMS, operation: listCustomers, parameters: { page_size: 3 } }
+  - id: cdm
+    type: map_to_cdm
+    connection: Demo DMS
+    operation: listCustomers
+    from: '.steps.list.response | .items[1].email = "not-an-email"'
+  - { id: emails, type: transform, expression: '[.steps.cdm.records[].email]' }
+"#,
+    )
+    .await;
+    let e = s.cp.run(&id, json!({})).await;
+    assert_eq!(e["status"], "partially_succeeded", "{e}");
+    let (_, items) = s.cp.send("GET", "/dead-letters/items", None).await;
+    let item = items[0].clone();
+    let item_id = item["id"].as_str().unwrap().to_owned();
+    let replay = format!("/dead-letters/items/{item_id}/replay");
+    // Sent on as it is, it still breaks the rule: refused, naming the field.
+    let (status, refused) = s.cp.send("POST", replay.clone(), Some(json!({}))).await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(
+        refused["error"]["details"][0]["field"], "email",
+        "{refused}"
+    );
+    // Corrected: a new execution takes it on from the mapping step.
+    let mut fixed = item["record"].clone();
+    fixed["email"] = json!("fixed.customer@dealer.example");
+    let (_, calls_before) = s.cp.send("GET", "/api-calls", None).await;
+    let (status, replayed) =
+        s.cp.send("POST", replay.clone(), Some(json!({"record": fixed})))
+            .await;
+    assert_eq!(status, 201, "{replayed}");
+    assert_eq!(replayed["item"]["status"], "replayed");
+    let exe = replayed["execution_id"].as_str().unwrap().to_owned();
+    assert_eq!(replayed["item"]["replay_execution_id"], exe.as_str());
+    let mut rx = s.cp.core.engine.subscribe();
+    let (_, mut now) = s.cp.send("GET", format!("/executions/{exe}"), None).await;
+    while !matches!(
+        now["status"].as_str(),
+        Some("succeeded" | "partially_succeeded" | "failed")
+    ) {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), rx.recv()).await;
+        now = s.cp.send("GET", format!("/executions/{exe}"), None).await.1;
+    }
+    assert_eq!(now["status"], "succeeded", "{now}");
+    assert_eq!(
+        now["output"],
+        json!(["fixed.customer@dealer.example"]),
+        "{now}"
+    );
+    assert_eq!(now["rerun_of"], e["id"]);
+    let (_, calls_after) = s.cp.send("GET", "/api-calls", None).await;
+    assert_eq!(
+        calls_after.as_array().unwrap().len(),
+        calls_before.as_array().unwrap().len(),
+        "the DMS was not called again: the steps before the mapping were reused"
+    );
+    // Once only.
+    assert_eq!(s.cp.send("POST", replay, Some(json!({}))).await.0, 404);
+    let (_, replayed_list) =
+        s.cp.send("GET", "/dead-letters/items?status=replayed", None)
+            .await;
+    assert_eq!(replayed_list.as_array().unwrap().len(), 1);
+}
+
 #[tokio::test]
 async fn map_from_cdm_builds_the_native_body_and_on_invalid_fail_names_field_and_rule() {
     let s = setup().await;

@@ -541,6 +541,35 @@ steps:
         "replayed once"
     );
 
+    // A failed execution re-run with success is settled: its dead letter closes.
+    s.cp.send("POST", format!("/connections/{second}/deactivate"), None)
+        .await;
+    let failed_again = run(&s.cp, &id, json!({})).await;
+    assert_eq!(failed_again["status"], "failed", "{failed_again}");
+    let failed_id = failed_again["id"].as_str().unwrap().to_owned();
+    let (_, letters) = s.cp.send("GET", "/dead-letters", None).await;
+    assert_eq!(letters[0]["id"], failed_id.as_str(), "{letters}");
+    s.cp.send("POST", format!("/connections/{second}/activate"), None)
+        .await;
+    let (status, rerun) =
+        s.cp.send(
+            "POST",
+            format!("/executions/{failed_id}/rerun"),
+            Some(json!({"from": "failed_step", "wait_ms": 30000})),
+        )
+        .await;
+    assert_eq!(
+        (status, rerun["status"].as_str()),
+        (201, Some("succeeded")),
+        "{rerun}"
+    );
+    let (_, letters) = s.cp.send("GET", "/dead-letters", None).await;
+    assert_eq!(letters, json!([]), "the successful re-run closed it");
+    let (_, settled) =
+        s.cp.send("GET", format!("/executions/{failed_id}"), None)
+            .await;
+    assert_eq!(settled["dead_letter"], "resolved");
+
     // A re-run from the start makes every call again; discard closes a dead letter.
     s.cp.send("POST", format!("/connections/{second}/deactivate"), None)
         .await;

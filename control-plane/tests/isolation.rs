@@ -131,6 +131,7 @@ const WALK: &[(&str, &str, Option<&str>)] = &[
     ("GET", "/dead-letters/items/{item}", None),
     ("GET", "/api-calls/{call}", None),
     ("POST", "/dead-letters/items/{item}/discard", None),
+    ("POST", "/dead-letters/items/{item}/replay", Some("{}")),
 ];
 
 /// A valid orchestration definition (no connections needed).
@@ -406,6 +407,7 @@ async fn another_tenants_resources_do_not_exist() {
             problems: "[]".into(),
             status: "open".into(),
             created_at: now_unix(),
+            replay_execution_id: None,
         })
         .await
         .unwrap();

@@ -26,10 +26,12 @@ pub struct DeadLetterItem {
     pub record: String,
     /// The rules it broke (JSON list of `{field, rule, message}`).
     pub problems: String,
-    /// `open` or `discarded`.
+    /// `open`, `discarded` or `replayed`.
     pub status: String,
     /// When (Unix seconds).
     pub created_at: i64,
+    /// The execution that took the corrected record on, once replayed.
+    pub replay_execution_id: Option<String>,
 }
 
 impl Store {
@@ -67,7 +69,7 @@ impl Store {
     ) -> Result<Vec<DeadLetterItem>, StoreError> {
         Ok(sqlx::query_as::<_, DeadLetterItem>(
             "SELECT id, tenant_id, execution_id, orchestration_id, step_path, domain, direction, record, problems, \
-             status, created_at FROM dead_letter_items WHERE tenant_id = $1 AND ($2 IS NULL OR status = $2) \
+             status, created_at, replay_execution_id FROM dead_letter_items WHERE tenant_id = $1 AND ($2 IS NULL OR status = $2) \
              AND ($3 IS NULL OR execution_id = $3) AND ($4 IS NULL OR id > $4) ORDER BY id LIMIT $5",
         )
         .bind(tenant_id)
@@ -87,12 +89,35 @@ impl Store {
     ) -> Result<Option<DeadLetterItem>, StoreError> {
         Ok(sqlx::query_as::<_, DeadLetterItem>(
             "SELECT id, tenant_id, execution_id, orchestration_id, step_path, domain, direction, record, problems, \
-             status, created_at FROM dead_letter_items WHERE tenant_id = $1 AND id = $2",
+             status, created_at, replay_execution_id FROM dead_letter_items WHERE tenant_id = $1 AND id = $2",
         )
         .bind(tenant_id)
         .bind(id)
         .fetch_optional(&self.pool)
         .await?)
+    }
+
+    /// Marks an open dead-lettered record replayed, with its corrected
+    /// record and the execution that took it on; false when not open.
+    pub async fn replay_dead_letter_item(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        record: &str,
+        execution_id: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE dead_letter_items SET status = 'replayed', record = $3, replay_execution_id = $4 \
+             WHERE tenant_id = $1 AND id = $2 AND status = 'open'",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .bind(record)
+        .bind(execution_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            > 0)
     }
 
     /// Discards an open dead-lettered record; false when not open.

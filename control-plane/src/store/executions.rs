@@ -487,6 +487,28 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Copies the steps of `from` that succeeded before step number `seq`
+    /// into `to` (a replay from a later step).
+    pub async fn copy_steps_before(
+        &self,
+        from: &str,
+        to: &str,
+        seq: i64,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO execution_steps (execution_id, path, seq, step_id, step_type, status, input, output, error, \
+             attempts, started_at, finished_at, duration_ms) \
+             SELECT $2, path, seq, step_id, step_type, status, input, output, error, attempts, started_at, finished_at, \
+             duration_ms FROM execution_steps WHERE execution_id = $1 AND status = 'succeeded' AND seq < $3",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(seq)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Copies the succeeded step records of `from` into `to` (a re-run from
     /// the failed step reuses them, as a resumed execution would).
     pub async fn copy_succeeded_steps(&self, from: &str, to: &str) -> Result<u64, StoreError> {
