@@ -134,6 +134,24 @@ async fn the_explorer_lists_22_domains_with_pii_classes_and_who_maps_them() {
     );
 }
 
+/// Customers from the DMS onto the CDM, the second one's email broken on
+/// the way (so it fails validation and is dead-lettered), then `last`.
+fn customers_with_a_broken_email(name: &str, last: &str) -> String {
+    format!(
+        r#"format: dibop.orchestration/v1
+name: {name}
+steps:
+  - {{ id: list, type: call, connection: Demo DMS, operation: listCustomers, parameters: {{ page_size: 3 }} }}
+  - id: cdm
+    type: map_to_cdm
+    connection: Demo DMS
+    operation: listCustomers
+    from: '.steps.list.response | .items[1].email = "not-an-email"'
+  - {{ id: last, type: transform, expression: '{last}' }}
+"#
+    )
+}
+
 #[tokio::test]
 async fn invalid_records_go_to_the_dead_letter_queue_and_personal_data_stays_hidden_from_viewers() {
     let s = setup().await;
@@ -141,17 +159,7 @@ async fn invalid_records_go_to_the_dead_letter_queue_and_personal_data_stays_hid
     // on the way, so it fails validation and is dead-lettered.
     let id = create(
         &s.cp,
-        r#"format: dibop.orchestration/v1
-name: customers-to-cdm
-steps:
-  - { id: list, type: call, connection: Demo DMS, operation: listCustomers, parameters: { page_size: 3 } }
-  - id: cdm
-    type: map_to_cdm
-    connection: Demo DMS
-    operation: listCustomers
-    from: '.steps.list.response | .items[1].email = "not-an-email"'
-  - { id: first, type: transform, expression: '.steps.cdm.records[0]' }
-"#,
+        &customers_with_a_broken_email("customers-to-cdm", ".steps.cdm.records[0]"),
     )
     .await;
     let e = s.cp.run(&id, json!({})).await;
@@ -318,17 +326,7 @@ async fn a_corrected_dead_lettered_record_is_replayed_from_its_mapping_step() {
     let s = setup().await;
     let id = create(
         &s.cp,
-        r#"format: dibop.orchestration/v1
-name: customers-replayed
-steps:
-  - { id: list, type: call, connection: Demo DMS, operation: listCustomers, parameters: { page_size: 3 } }
-  - id: cdm
-    type: map_to_cdm
-    connection: Demo DMS
-    operation: listCustomers
-    from: '.steps.list.response | .items[1].email = "not-an-email"'
-  - { id: emails, type: transform, expression: '[.steps.cdm.records[].email]' }
-"#,
+        &customers_with_a_broken_email("customers-replayed", "[.steps.cdm.records[].email]"),
     )
     .await;
     let e = s.cp.run(&id, json!({})).await;
