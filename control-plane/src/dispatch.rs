@@ -46,6 +46,88 @@ pub struct LiveAgent {
     pub last_seen: AtomicI64,
     /// Calls completed over this connection.
     pub calls_total: AtomicU64,
+    /// When the agent was last heard from, and probed (protocol 3).
+    pub heard: Heard,
+}
+
+/// How long the agent may be silent, while calls wait on it, before it is
+/// probed.
+const PROBE_AFTER: Duration = Duration::from_millis(400);
+/// How long the agent may be silent, while calls wait on it and probes go
+/// unanswered, before it is given up on.
+const DEAD_AFTER: Duration = Duration::from_millis(1200);
+/// How often a waiting call looks at its agent's liveness.
+const LIVENESS_TICK: Duration = Duration::from_millis(200);
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// When an agent was last heard from (any frame: heartbeat, acknowledgement,
+/// result, pong) and last probed, in Unix milliseconds.
+#[derive(Debug)]
+pub struct Heard {
+    at: AtomicI64,
+    probed: AtomicI64,
+}
+
+impl Default for Heard {
+    fn default() -> Self {
+        Heard {
+            at: AtomicI64::new(now_ms()),
+            probed: AtomicI64::new(0),
+        }
+    }
+}
+
+impl Heard {
+    /// The agent said something.
+    pub fn now(&self) {
+        self.at.store(now_ms(), Ordering::Relaxed);
+    }
+
+    fn silent_for(&self) -> Duration {
+        Duration::from_millis((now_ms() - self.at.load(Ordering::Relaxed)).max(0) as u64)
+    }
+
+    /// Whether this caller should send the probe (one per [`PROBE_AFTER`]).
+    fn claim_probe(&self) -> bool {
+        let now = now_ms();
+        let last = self.probed.load(Ordering::Relaxed);
+        now - last >= PROBE_AFTER.as_millis() as i64
+            && self
+                .probed
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+/// Sends a liveness probe to `agent` and records its answer.
+fn probe(agent: Arc<LiveAgent>) {
+    tokio::spawn(async move {
+        let nonce = fastrand::u64(..);
+        let exchange = async {
+            let (mut send, mut recv) = agent.connection.open_bi().await.ok()?;
+            write_frame(&mut send, &ControlToAgent::Ping(nonce))
+                .await
+                .ok()?;
+            let _ = send.finish();
+            match read_frame::<AgentToControl>(&mut recv, 64).await {
+                Ok(Some(AgentToControl::Pong(n))) if n == nonce => Some(()),
+                _ => None,
+            }
+        };
+        if tokio::time::timeout(DEAD_AFTER, exchange)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            agent.heard.now();
+        }
+    });
 }
 
 #[derive(Debug, Default)]
@@ -375,7 +457,7 @@ impl Registry {
 
     async fn attempt(
         &self,
-        agent: &LiveAgent,
+        agent: &Arc<LiveAgent>,
         message: &ControlToAgent,
         request: &CallRequest,
     ) -> Attempt {
@@ -392,50 +474,89 @@ impl Registry {
         let _ = send.finish();
         let wait = answer_deadline(message);
         let started = Instant::now();
-        match tokio::time::timeout(
-            wait,
-            read_frame::<AgentToControl>(&mut stream.recv, MAX_FRAME_LEN),
-        )
-        .await
-        {
-            Ok(Ok(Some(AgentToControl::CallResult(mut result)))) => {
-                stream.done = true;
-                result.call_id = request.call_id;
-                done(result)
+        // From protocol 3 the agent acknowledges the call before performing
+        // it, and answers probes: until it acknowledges, the call can move.
+        let live = agent.protocol >= 3;
+        let mut accepted = !live;
+        let mut tick = tokio::time::interval(LIVENESS_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.reset();
+        loop {
+            let frame = tokio::select! {
+                f = read_frame::<AgentToControl>(&mut stream.recv, MAX_FRAME_LEN) => f,
+                _ = tick.tick() => {
+                    if started.elapsed() >= wait {
+                        return done(CallResult::failure(
+                            request,
+                            &agent.id,
+                            ErrorClass::Timeout,
+                            format!(
+                                "no result from agent {} within {} ms",
+                                agent.id,
+                                started.elapsed().as_millis()
+                            ),
+                        ));
+                    }
+                    if live {
+                        // Silence counts from this call's start: an idle agent
+                        // has had nothing to say before it.
+                        let silent = agent.heard.silent_for().min(started.elapsed());
+                        if silent >= DEAD_AFTER {
+                            warn!(agent_id = %agent.id, silent_ms = silent.as_millis() as u64,
+                                "agent silent and not answering probes: closing its tunnel");
+                            agent.connection.close(
+                                codes::CLOSE_UNRESPONSIVE.into(),
+                                b"no answer to liveness probes",
+                            );
+                            let why = format!("agent {} stopped answering", agent.id);
+                            return if accepted { Attempt::Lost(why) } else { Attempt::NotSent(why) };
+                        }
+                        if silent >= PROBE_AFTER && agent.heard.claim_probe() {
+                            probe(agent.clone());
+                        }
+                    }
+                    continue;
+                }
+            };
+            if live {
+                agent.heard.now();
             }
-            Ok(Ok(Some(AgentToControl::InvokeResult(mut out))))
-                if matches!(message, ControlToAgent::Invoke(_)) =>
-            {
-                stream.done = true;
-                out.result.call_id = request.call_id;
-                Attempt::Done(out)
-            }
-            Ok(Ok(other)) => done(CallResult::failure(
-                request,
-                &agent.id,
-                ErrorClass::Internal,
-                format!("the agent answered the call with {}", describe(&other)),
-            )),
-            Ok(Err(WireError::Frame(e))) => {
-                warn!(agent_id = %agent.id, "malformed call result: {e}");
-                done(CallResult::failure(
+            return match frame {
+                Ok(Some(AgentToControl::Accepted(_))) if !accepted => {
+                    accepted = true;
+                    continue;
+                }
+                Ok(Some(AgentToControl::CallResult(mut result))) => {
+                    stream.done = true;
+                    result.call_id = request.call_id;
+                    done(result)
+                }
+                Ok(Some(AgentToControl::InvokeResult(mut out)))
+                    if matches!(message, ControlToAgent::Invoke(_)) =>
+                {
+                    stream.done = true;
+                    out.result.call_id = request.call_id;
+                    Attempt::Done(out)
+                }
+                Ok(other) => done(CallResult::failure(
                     request,
                     &agent.id,
                     ErrorClass::Internal,
-                    format!("the agent sent a malformed result: {e}"),
-                ))
-            }
-            Ok(Err(e)) => Attempt::Lost(e.to_string()),
-            Err(_) => done(CallResult::failure(
-                request,
-                &agent.id,
-                ErrorClass::Timeout,
-                format!(
-                    "no result from agent {} within {} ms",
-                    agent.id,
-                    started.elapsed().as_millis()
-                ),
-            )),
+                    format!("the agent answered the call with {}", describe(&other)),
+                )),
+                Err(WireError::Frame(e)) => {
+                    warn!(agent_id = %agent.id, "malformed call result: {e}");
+                    done(CallResult::failure(
+                        request,
+                        &agent.id,
+                        ErrorClass::Internal,
+                        format!("the agent sent a malformed result: {e}"),
+                    ))
+                }
+                // The stream broke before the agent took the call: it never had it.
+                Err(e) if !accepted => Attempt::NotSent(e.to_string()),
+                Err(e) => Attempt::Lost(e.to_string()),
+            };
         }
     }
 }

@@ -247,6 +247,7 @@ async fn handle(core: Arc<Core>, connection: quinn::Connection) {
         in_flight: AtomicU32::new(0),
         last_seen: AtomicI64::new(now),
         calls_total: AtomicU64::new(0),
+        heard: crate::dispatch::Heard::default(),
     });
     core.registry.insert(live.clone());
     info!(%agent_id, group_id = %row.group_id, %remote, version = %hello.agent_version, "agent online");
@@ -272,6 +273,7 @@ async fn control_stream(
             Ok(Some(AgentToControl::Heartbeat(beat))) => {
                 let now = now_unix();
                 live.last_seen.store(now, Ordering::Relaxed);
+                live.heard.now();
                 if now - last_written >= LAST_SEEN_WRITE_EVERY {
                     last_written = now;
                     let _ = core.store.agent_seen(&live.id, now).await;

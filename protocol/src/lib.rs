@@ -49,7 +49,11 @@ pub use token::{EnrollmentToken, TokenError};
 
 /// The protocol version this build speaks best. Version 2 adds connector
 /// calls (`Invoke` / `InvokeResult`); version 1 agents still take plain calls.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 3 adds liveness: the agent acknowledges each call
+/// (`Accepted`) before it performs it, and answers the control plane's
+/// `Ping` with `Pong`, so a dead agent is noticed in about a second and the
+/// calls it never took move to another agent.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The oldest protocol version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
@@ -67,6 +71,8 @@ pub mod codes {
     pub const CLOSE_REPLACED: u32 = 0x13;
     /// The handshake was refused (see the `Rejected` message).
     pub const CLOSE_REJECTED: u32 = 0x14;
+    /// The agent did not answer liveness probes: the control plane gave up on it.
+    pub const CLOSE_UNRESPONSIVE: u32 = 0x15;
     /// Stream error code: the caller cancelled the call.
     pub const STREAM_CANCELLED: u32 = 0x20;
 }

@@ -19,6 +19,18 @@ pub enum AgentToControl {
     CallResult(CallResult),
     /// The outcome of an [`InvokeRequest`] (protocol version 2).
     InvokeResult(Box<InvokeResult>),
+    /// The call of this stream was received and is about to be performed:
+    /// the first frame on a call stream, before its result (protocol version 3).
+    Accepted(CallAccepted),
+    /// The answer to a [`ControlToAgent::Ping`], on its stream (protocol version 3).
+    Pong(u64),
+}
+
+/// A call taken on by the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallAccepted {
+    /// The call's id.
+    pub call_id: u64,
 }
 
 /// Everything the control plane sends.
@@ -39,6 +51,9 @@ pub enum ControlToAgent {
     /// Perform a connector call with auth, TLS, proxy and retry settings
     /// (first and only message on a call stream; protocol version 2).
     Invoke(Box<InvokeRequest>),
+    /// A liveness probe on a stream of its own, answered by `Pong` with the
+    /// same number (protocol version 3).
+    Ping(u64),
 }
 
 /// The agent's opening message.

@@ -201,7 +201,7 @@ async fn session(shared: &Arc<Shared>, shutdown: &CancellationToken) -> SessionE
         _ = shutdown.cancelled() => return SessionEnd::Shutdown,
     };
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&connection)).await;
-    let (send, recv, heartbeat_every) = match handshake {
+    let (send, recv, heartbeat_every, version) = match handshake {
         Ok(Ok(h)) => h,
         Ok(Err(end)) => return end,
         Err(_) => {
@@ -219,7 +219,7 @@ async fn session(shared: &Arc<Shared>, shutdown: &CancellationToken) -> SessionE
             incoming = connection.accept_bi() => match incoming {
                 Ok((send, recv)) => {
                     let shared = shared.clone();
-                    calls.spawn(async move { serve_call(&shared, send, recv).await });
+                    calls.spawn(async move { serve_call(&shared, send, recv, version).await });
                 }
                 Err(e) => break connection_end(e),
             },
@@ -262,7 +262,7 @@ fn connection_end(error: quinn::ConnectionError) -> SessionEnd {
 
 async fn handshake(
     connection: &quinn::Connection,
-) -> Result<(quinn::SendStream, quinn::RecvStream, Duration), SessionEnd> {
+) -> Result<(quinn::SendStream, quinn::RecvStream, Duration, u16), SessionEnd> {
     let retry = |what: &str, e: &dyn std::fmt::Display| SessionEnd::Retry(format!("{what}: {e}"));
     let (mut send, mut recv) = connection.open_bi().await.map_err(connection_end)?;
     let hello = AgentToControl::Hello(Hello {
@@ -281,6 +281,7 @@ async fn handshake(
                 send,
                 recv,
                 Duration::from_millis(u64::from(w.heartbeat_interval_ms.max(100))),
+                w.version,
             ))
         }
         Ok(Some(ControlToAgent::Rejected(r))) => Err(match r.code {
@@ -401,10 +402,25 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Serves one call stream: read the request, perform it unless the control
-/// plane cancels, answer.
-async fn serve_call(shared: &Shared, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+/// Serves one stream the control plane opened: a call (read the request,
+/// acknowledge it from protocol 3 on, perform it unless the control plane
+/// cancels, answer) or a liveness probe.
+async fn serve_call(
+    shared: &Shared,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    version: u16,
+) {
     let message = match read_frame::<ControlToAgent>(&mut recv, MAX_FRAME_LEN).await {
+        Ok(Some(ControlToAgent::Ping(n))) => {
+            if write_frame(&mut send, &AgentToControl::Pong(n))
+                .await
+                .is_ok()
+            {
+                let _ = send.finish();
+            }
+            return;
+        }
         Ok(Some(m @ (ControlToAgent::Call(_) | ControlToAgent::Invoke(_)))) => m,
         Ok(other) => {
             warn!("call stream did not start with a call: {other:?}");
@@ -416,6 +432,20 @@ async fn serve_call(shared: &Shared, mut send: quinn::SendStream, mut recv: quin
             return;
         }
     };
+    if version >= 3 {
+        // Taken on: from here the control plane treats the call as possibly
+        // performed, and no longer moves it to another agent on its own.
+        let call_id = match &message {
+            ControlToAgent::Call(r) => r.call_id,
+            ControlToAgent::Invoke(r) => r.call.call_id,
+            _ => 0,
+        };
+        let accepted = AgentToControl::Accepted(dibop_protocol::CallAccepted { call_id });
+        if let Err(e) = write_frame(&mut send, &accepted).await {
+            debug!(call_id, "could not acknowledge the call: {e}");
+            return;
+        }
+    }
     let Ok(_permit) = shared.limiter.acquire().await else {
         return;
     };

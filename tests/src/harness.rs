@@ -253,7 +253,11 @@ impl ControlPlane {
                 "--tunnel-addr",
                 &tunnel.to_string(),
             ])
-            .args(["--agent-idle-timeout-ms", "3000"])
+            .args(if extra.contains(&"--agent-idle-timeout-ms") {
+                &[][..]
+            } else {
+                &["--agent-idle-timeout-ms", "3000"][..]
+            })
             .args(extra)
             .env(
                 "RUST_LOG",

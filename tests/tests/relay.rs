@@ -16,8 +16,16 @@ struct Site {
 
 impl Site {
     async fn new() -> Site {
+        Site::with(&[]).await
+    }
+
+    /// A site whose control plane runs with extra `dibop serve` flags.
+    async fn with(flags: &[&str]) -> Site {
         let dir = tempfile::tempdir().unwrap();
-        let cp = ControlPlane::start(&dir.path().join("cp")).await.unwrap();
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let cp = ControlPlane::start_with(&dir.path().join("cp"), any, any, flags)
+            .await
+            .unwrap();
         let api = cp.tenant("acme-motors").await.unwrap();
         let dms = Dms::start().await.unwrap();
         let group = api.create_group("site-a").await.unwrap();
@@ -382,6 +390,44 @@ async fn calls_keep_succeeding_when_one_of_two_agents_is_killed() {
     for _ in 0..5 {
         assert_eq!(site.call_ok().await["agentId"], b.id.as_str());
     }
+}
+
+/// An agent killed without a goodbye is noticed by liveness probes, not the
+/// tunnel's idle timeout (a minute here): calls sent to it that it never
+/// acknowledged move to the other agent, whatever their method, and all
+/// succeed long before the idle timeout could have said anything.
+#[tokio::test]
+async fn calls_sent_to_a_dead_agent_move_to_a_live_one_within_seconds() {
+    let site = Site::with(&["--agent-idle-timeout-ms", "60000"]).await;
+    let mut a = site.agent("agent-a").await;
+    let b = site.agent("agent-b").await;
+    a.kill().await;
+    let started = std::time::Instant::now();
+    let mut calls = Vec::new();
+    for i in 0..8 {
+        let (api, group) = (site.api.clone(), site.group.clone());
+        let call = if i % 2 == 0 {
+            site.vehicles_call()
+        } else {
+            json!({"method": "POST", "url": format!("{}/api/v1/appointments", site.dms.url),
+                   "headers": {"X-API-Key": "dms-demo-key"},
+                   "body": {"start": "2027-02-01T09:00:00Z", "service": format!("moved-{i}")},
+                   "timeout_ms": 10_000})
+        };
+        calls.push(tokio::spawn(async move { api.call(&group, call).await }));
+    }
+    for c in calls {
+        let (status, r) = c.await.unwrap().unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["agentId"], b.id.as_str(), "{r}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the calls waited for the tunnel's idle timeout: {:?}",
+        started.elapsed()
+    );
+    assert!(site.cp.log_text().contains("not answering probes"));
 }
 
 #[tokio::test]
