@@ -480,9 +480,8 @@ pub struct FormField {
     /// Whether it is a secret.
     secret: bool,
     required: bool,
-    /// The value used when it is left out.
+    /// The value used when it is left out (a number, a boolean or a string).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
     default: Option<Value>,
     /// For `enum`.
     #[serde(skip_serializing_if = "Option::is_none")]

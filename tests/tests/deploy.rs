@@ -326,3 +326,32 @@ fn the_readme_import_example_runs_from_a_fresh_clone() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `--check-config` says a configuration is valid only when its database
+/// answers: an unreachable PostgreSQL fails the check, naming it (without
+/// its password).
+#[test]
+fn check_config_fails_when_the_database_does_not_answer() {
+    // A port with nothing listening on it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin("dibop"))
+        .args(["serve", "--check-config", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--database-url",
+            &format!("postgres://dibop:s3cret-canary@127.0.0.1:{port}/dibop"),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(!stdout.contains("configuration is valid"), "{stdout}");
+    assert!(stderr.contains("database"), "{stderr}");
+    assert!(!stderr.contains("s3cret-canary"), "{stderr}");
+}
