@@ -719,12 +719,17 @@ fn payload_of_text(text: &str) -> Option<(String, bool)> {
             true,
         ));
     }
-    let masked = match serde_json::from_str::<Value>(text) {
-        Ok(mut v) => {
-            crate::pii::redact(&mut v, crate::pii::sensitive_keys());
-            v.to_string()
+    // Most bodies name no sensitive key: kept as they are, without parsing.
+    let masked = if !crate::pii::mentions_sensitive_key(text) {
+        text.to_owned()
+    } else {
+        match serde_json::from_str::<Value>(text) {
+            Ok(mut v) => {
+                crate::pii::redact(&mut v, crate::pii::sensitive_keys());
+                v.to_string()
+            }
+            Err(_) => text.to_owned(),
         }
-        Err(_) => text.to_owned(),
     };
     Some(cap(masked))
 }

@@ -196,6 +196,20 @@ pub fn redact_url(url: &str, keys: &BTreeSet<String>) -> String {
     format!("{base}?{}", parts.join("&"))
 }
 
+/// Whether JSON `text` may hold a `sensitive_pii` key (as an object key,
+/// any case): when not, it needs no parsing to be masked.
+pub fn mentions_sensitive_key(text: &str) -> bool {
+    static QUOTED: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let quoted = QUOTED.get_or_init(|| {
+        sensitive_keys()
+            .iter()
+            .map(|k| format!("\"{k}\""))
+            .collect()
+    });
+    let lower = text.to_ascii_lowercase();
+    quoted.iter().any(|k| lower.contains(k.as_str()))
+}
+
 /// The keys of `sensitive_pii` fields: masked even in stored call records.
 pub fn sensitive_keys() -> &'static BTreeSet<String> {
     static KEYS: std::sync::OnceLock<BTreeSet<String>> = std::sync::OnceLock::new();
@@ -213,6 +227,17 @@ pub fn sensitive_keys() -> &'static BTreeSet<String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_bodies_naming_a_sensitive_key_need_masking() {
+        assert!(sensitive_keys().contains("date_of_birth"));
+        assert!(mentions_sensitive_key(
+            r#"{"items": [{"Date_Of_Birth": "1980-01-01"}]}"#
+        ));
+        assert!(!mentions_sensitive_key(
+            r#"{"items": [{"vin": "WVW", "note": "no date_of_birth given"}]}"#
+        ));
+    }
 
     #[test]
     fn leaves_of_paths() {
