@@ -11,9 +11,9 @@ CREATE TABLE connection_breakers (
 );
 CREATE INDEX connection_breakers_by_update ON connection_breakers (updated_at_ms);
 
--- The theoretical arrival time (GCRA) of the next call of a rate-limited
--- connection, when replicas share a PostgreSQL database.
+-- The theoretical arrival time (GCRA, Unix microseconds) of the next call of
+-- a rate-limited connection, when replicas share a PostgreSQL database.
 CREATE TABLE connection_pacing (
     connection_id  TEXT PRIMARY KEY,
-    tat_ms         BIGINT NOT NULL
+    tat_us         BIGINT NOT NULL
 );

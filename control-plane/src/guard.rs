@@ -49,14 +49,15 @@ pub struct RatePolicy {
 }
 
 impl RatePolicy {
-    /// Time between calls.
-    fn interval_ms(self) -> i64 {
-        ((1000.0 / self.per_second).round() as i64).max(1)
+    /// Time between calls, in microseconds.
+    fn interval_us(self) -> i64 {
+        ((1_000_000.0 / self.per_second).round() as i64).max(1)
     }
 
-    /// How far ahead of its slot a call may go: a burst of one second's calls.
-    fn tolerance_ms(self) -> i64 {
-        (self.per_second.floor() as i64 - 1).max(0) * self.interval_ms()
+    /// How far ahead of its slot a call may go (microseconds): a burst of
+    /// one second's calls.
+    fn tolerance_us(self) -> i64 {
+        (self.per_second.floor() as i64 - 1).max(0) * self.interval_us()
     }
 }
 
@@ -123,7 +124,7 @@ pub enum Refused {
 #[derive(Debug, Default)]
 pub struct Guards {
     breakers: Mutex<HashMap<String, Breaker>>,
-    /// Theoretical arrival times (Unix ms) of rate-limited connections, on SQLite.
+    /// Theoretical arrival times (Unix µs) of rate-limited connections, on SQLite.
     pacing: Mutex<HashMap<String, i64>>,
     /// Transitions not yet written: (connection, open until, failures).
     unshared: Mutex<Vec<(String, i64, i64)>>,
@@ -134,9 +135,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn now_ms() -> i64 {
+    now_us() / 1000
+}
+
+fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 impl Guards {
@@ -242,28 +247,25 @@ impl Guards {
         rate: RatePolicy,
         max_wait: Duration,
     ) -> Result<(), Refused> {
-        let now = now_ms();
-        let interval = rate.interval_ms();
+        let now = now_us();
+        let interval = rate.interval_us();
         let tat = match store.backend() {
             Backend::Postgres => match store.reserve_slot(connection_id, now, interval).await {
                 Ok(t) => t,
                 Err(e) => {
                     // The limit protects the system; without the database, pace here.
-                    tracing::warn!(
-                        connection = connection_id,
-                        "cannot reserve a call slot: {e}"
-                    );
+                    tracing::warn!(connection = connection_id, "cannot reserve a call slot: {e}");
                     self.reserve_here(connection_id, now, interval)
                 }
             },
             Backend::Sqlite => self.reserve_here(connection_id, now, interval),
         };
         // This call's slot: the previous arrival time, less the burst allowance.
-        let wait = (tat - interval - rate.tolerance_ms() - now).max(0);
+        let wait = (tat - interval - rate.tolerance_us() - now).max(0);
         if wait == 0 {
             return Ok(());
         }
-        let wait = Duration::from_millis(wait as u64);
+        let wait = Duration::from_micros(wait as u64);
         if wait > max_wait {
             self.release(store, connection_id, interval).await;
             return Err(Refused::Throttled(wait));
@@ -272,22 +274,22 @@ impl Guards {
         Ok(())
     }
 
-    fn reserve_here(&self, connection_id: &str, now: i64, interval: i64) -> i64 {
+    fn reserve_here(&self, connection_id: &str, now_us: i64, interval_us: i64) -> i64 {
         let mut map = lock(&self.pacing);
-        let tat = map.entry(connection_id.to_owned()).or_insert(now);
-        *tat = (*tat).max(now) + interval;
+        let tat = map.entry(connection_id.to_owned()).or_insert(now_us);
+        *tat = (*tat).max(now_us) + interval_us;
         *tat
     }
 
     /// Gives back a slot that a refused call reserved.
-    async fn release(&self, store: &Store, connection_id: &str, interval: i64) {
+    async fn release(&self, store: &Store, connection_id: &str, interval_us: i64) {
         match store.backend() {
             Backend::Postgres => {
-                let _ = store.reserve_slot(connection_id, 0, -interval).await;
+                let _ = store.reserve_slot(connection_id, 0, -interval_us).await;
             }
             Backend::Sqlite => {
                 if let Some(tat) = lock(&self.pacing).get_mut(connection_id) {
-                    *tat -= interval;
+                    *tat -= interval_us;
                 }
             }
         }
@@ -377,17 +379,20 @@ mod tests {
     #[test]
     fn rates_allow_a_second_of_burst_then_space_calls() {
         let one = RatePolicy { per_second: 1.0 };
-        assert_eq!((one.interval_ms(), one.tolerance_ms()), (1000, 0));
+        assert_eq!((one.interval_us(), one.tolerance_us()), (1_000_000, 0));
         let ten = RatePolicy { per_second: 10.0 };
-        assert_eq!((ten.interval_ms(), ten.tolerance_ms()), (100, 900));
+        assert_eq!((ten.interval_us(), ten.tolerance_us()), (100_000, 900_000));
+        // Above a thousand a second the slots are still distinct.
+        let fast = RatePolicy { per_second: 5000.0 };
+        assert_eq!(fast.interval_us(), 200);
         let g = Guards::default();
         let waits: Vec<i64> = (0..4)
             .map(|_| {
-                let tat = g.reserve_here("c", 0, one.interval_ms());
-                (tat - one.interval_ms() - one.tolerance_ms()).max(0)
+                let tat = g.reserve_here("c", 0, one.interval_us());
+                (tat - one.interval_us() - one.tolerance_us()).max(0)
             })
             .collect();
-        assert_eq!(waits, [0, 1000, 2000, 3000]);
+        assert_eq!(waits, [0, 1_000_000, 2_000_000, 3_000_000]);
     }
 
     #[test]

@@ -1367,7 +1367,7 @@ mod tests {
     async fn pacing_slots_and_breakers_are_shared() {
         for db in testdb::all().await {
             let store = &db.store;
-            // Slots 500 ms apart from an idle start; a slot given back is reused.
+            // Slots 500 µs apart from an idle start; a slot given back is reused.
             assert_eq!(
                 store.reserve_slot("con_a", 10_000, 500).await.unwrap(),
                 10_500,

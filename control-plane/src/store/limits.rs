@@ -85,32 +85,33 @@ impl Store {
     }
 
     /// Reserves the next call slot of a rate-limited connection (GCRA,
-    /// atomic in the database): the new theoretical arrival time.
+    /// atomic in the database): the new theoretical arrival time, in
+    /// microseconds like `now_us` and `interval_us`.
     pub async fn reserve_slot(
         &self,
         connection_id: &str,
-        now_ms: i64,
-        interval_ms: i64,
+        now_us: i64,
+        interval_us: i64,
     ) -> Result<i64, StoreError> {
         let sql = match self.backend {
             super::Backend::Postgres => {
-                "INSERT INTO connection_pacing (connection_id, tat_ms) VALUES ($1, $2 + $3) \
+                "INSERT INTO connection_pacing (connection_id, tat_us) VALUES ($1, $2 + $3) \
                  ON CONFLICT (connection_id) DO UPDATE SET \
-                 tat_ms = GREATEST(connection_pacing.tat_ms, $2) + $3 RETURNING tat_ms"
+                 tat_us = GREATEST(connection_pacing.tat_us, $2) + $3 RETURNING tat_us"
             }
             super::Backend::Sqlite => {
-                "INSERT INTO connection_pacing (connection_id, tat_ms) VALUES ($1, $2 + $3) \
+                "INSERT INTO connection_pacing (connection_id, tat_us) VALUES ($1, $2 + $3) \
                  ON CONFLICT (connection_id) DO UPDATE SET \
-                 tat_ms = MAX(connection_pacing.tat_ms, $2) + $3 RETURNING tat_ms"
+                 tat_us = MAX(connection_pacing.tat_us, $2) + $3 RETURNING tat_us"
             }
         };
         let row = sqlx::query(sql)
             .bind(connection_id)
-            .bind(now_ms)
-            .bind(interval_ms)
+            .bind(now_us)
+            .bind(interval_us)
             .fetch_one(&self.pool)
             .await?;
-        Ok(row.try_get("tat_ms")?)
+        Ok(row.try_get("tat_us")?)
     }
 
     /// Adds requests counted by `node` to the shared per-minute windows.
