@@ -578,6 +578,15 @@ pub fn connection_form(definition: &Value) -> ConnectionForm {
     retries_field.maximum = Some(10);
     let mut log_level = field("log_level", "enum", false, false, Some(json!("info")));
     log_level.options = Some(vec!["error", "warn", "info", "debug"]);
+    let mut payloads = field(
+        "log_payloads",
+        "enum",
+        false,
+        false,
+        Some(json!("failures")),
+    );
+    payloads.label = "Keep request and response bodies of".into();
+    payloads.options = Some(vec!["failures", "all", "none"]);
     let mut ca = field("tls.extra_ca_pem", "pem", false, false, None);
     ca.label = "Extra trusted CA certificates (PEM)".into();
     let mut verify = field(
@@ -601,6 +610,7 @@ pub fn connection_form(definition: &Value) -> ConnectionForm {
             ),
             retries_field,
             log_level,
+            payloads,
             ca,
             verify,
         ],

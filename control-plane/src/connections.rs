@@ -251,6 +251,11 @@ fn check_settings(s: &ConnectionSettings, problems: &mut Vec<Value>) {
     if s.max_retries.is_some_and(|r| r > 10) {
         problems.push(json!({"field": "settings.max_retries", "problem": "must be 0..=10"}));
     }
+    if !["failures", "all", "none"].contains(&s.log_payloads.as_str()) {
+        problems.push(
+            json!({"field": "settings.log_payloads", "problem": "must be failures, all or none"}),
+        );
+    }
     if !LOG_LEVELS.contains(&s.log_level.as_str()) {
         problems.push(
             json!({"field": "settings.log_level", "problem": "must be error, warn, info or debug"}),

@@ -1359,7 +1359,15 @@ async fn call_step(
                 .error
                 .as_ref()
                 .is_some_and(|e| e.class == dibop_protocol::ErrorClass::AgentUnavailable);
-        if group.is_some() && undelivered && Instant::now() < until {
+        if let Some(group) = &group
+            && undelivered
+            && Instant::now() < until
+        {
+            // Agents online that could not take it (too old a release, or
+            // all lost at once): look again shortly, not in a tight loop.
+            if run.core.registry.online_in_group(group) > 0 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             continue;
         }
         break (out, ran_on, elapsed);

@@ -41,9 +41,17 @@ pub struct ConnectionSettings {
     /// `error`, `warn`, `info` or `debug`; changeable at run time.
     #[serde(default = "info")]
     pub log_level: String,
+    /// Which calls keep their request and response bodies in the call log:
+    /// `failures` (default), `all` (also with `log_level: debug`), or `none`.
+    #[serde(default = "failures")]
+    pub log_payloads: String,
     /// TLS towards the system.
     #[serde(default)]
     pub tls: TlsSettings,
+}
+
+fn failures() -> String {
+    "failures".into()
 }
 
 fn yes() -> bool {
@@ -61,6 +69,7 @@ impl Default for ConnectionSettings {
             retry_on_failure: true,
             max_retries: None,
             log_level: info(),
+            log_payloads: failures(),
             tls: TlsSettings::default(),
         }
     }
@@ -594,8 +603,16 @@ pub async fn run(
     saved: bool,
 ) -> (InvokeResult, String, Duration) {
     let started = Instant::now();
-    // What was sent, for the call log (bodies are capped there anyway).
-    let sent = (saved && !request.call.body.is_empty())
+    // Bodies for the call log, as the connection's settings ask.
+    let settings = c.settings();
+    let payloads = match settings.log_payloads.as_str() {
+        _ if !saved => None,
+        "none" => None,
+        _ if settings.log_level == "debug" => Some(true),
+        "all" => Some(true),
+        _ => Some(false),
+    };
+    let sent = (payloads.is_some() && !request.call.body.is_empty())
         .then(|| payload_of_bytes(&request.call.body))
         .flatten();
     let (out, ran_on) = if saved {
@@ -666,7 +683,10 @@ pub async fn run(
             actor: actor.to_owned(),
             at: now_unix(),
         };
+        // `Some(all)`: kept for every call, else for failures only.
+        let keep = payloads.is_some_and(|all| all || !r.ok);
         let received = match &r.body {
+            _ if !keep => None,
             dibop_protocol::ResponseBody::Json(t) | dibop_protocol::ResponseBody::Text(t) => {
                 payload_of_text(t)
             }
@@ -675,6 +695,7 @@ pub async fn run(
             }
             dibop_protocol::ResponseBody::Empty => None,
         };
+        let sent = sent.filter(|_| keep);
         let payload = (sent.is_some() || received.is_some()).then(|| CallPayloadRow {
             call_id: row.id.clone(),
             tenant_id: row.tenant_id.clone(),
@@ -685,7 +706,6 @@ pub async fn run(
             at: row.at,
         });
         core.calls.push_with(row, payload);
-        let settings = c.settings();
         if settings.log_level == "debug" || (!r.ok && settings.log_level != "error") {
             tracing::info!(
                 connection = %c.row.id, operation, status = ?r.status, ok = r.ok,

@@ -254,7 +254,10 @@ impl Guards {
                 Ok(t) => t,
                 Err(e) => {
                     // The limit protects the system; without the database, pace here.
-                    tracing::warn!(connection = connection_id, "cannot reserve a call slot: {e}");
+                    tracing::warn!(
+                        connection = connection_id,
+                        "cannot reserve a call slot: {e}"
+                    );
                     self.reserve_here(connection_id, now, interval)
                 }
             },

@@ -1326,6 +1326,58 @@ async fn the_call_log_filters_by_time_and_keeps_each_calls_bodies() {
     let id = cp
         .connect("logged", "api_key", json!({"api_key": "dms-demo-key"}))
         .await;
+    // By default only failed calls keep their bodies: a success has none.
+    let (_, ok) = cp.invoke(&id, "listVehicles", json!({})).await;
+    assert_eq!(ok["ok"], true);
+    let (_, calls) = cp
+        .send("GET", "/api-calls?operation=listVehicles", None)
+        .await;
+    let (_, plain) = cp
+        .send(
+            "GET",
+            &format!("/api-calls/{}", calls[0]["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            plain["payload_kept"].as_bool(),
+            plain["response_body"].is_null()
+        ),
+        (Some(false), true),
+        "{plain}"
+    );
+    let (_, failed) = cp
+        .invoke(
+            &id,
+            "getVehicle",
+            json!({"parameters": {"vin": "NOSUCHVIN00000000"}}),
+        )
+        .await;
+    assert_eq!(failed["ok"], false, "{failed}");
+    let (_, calls) = cp
+        .send("GET", "/api-calls?operation=getVehicle", None)
+        .await;
+    let (_, kept) = cp
+        .send(
+            "GET",
+            &format!("/api-calls/{}", calls[0]["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        kept["payload_kept"], true,
+        "a failure keeps its body: {kept}"
+    );
+    // Every call's bodies from here on.
+    let (status, _) = cp
+        .send(
+            "PATCH",
+            &format!("/connections/{id}"),
+            Some(json!({"settings": {"log_payloads": "all"}})),
+        )
+        .await;
+    assert_eq!(status, 200);
     let (_, customers) = cp
         .invoke(
             &id,
@@ -1338,7 +1390,13 @@ async fn the_call_log_filters_by_time_and_keeps_each_calls_bodies() {
         .as_str()
         .unwrap()
         .to_owned();
-    let (status, calls) = cp.send("GET", "/api-calls?since=2020-01-01", None).await;
+    let (status, calls) = cp
+        .send(
+            "GET",
+            "/api-calls?since=2020-01-01&operation=listCustomers",
+            None,
+        )
+        .await;
     assert_eq!(status, 200, "{calls}");
     assert_eq!(calls.as_array().unwrap().len(), 1, "{calls}");
     let (_, none) = cp
