@@ -58,7 +58,7 @@ async fn demo_group(store: &Store, tenant_id: &str) -> anyhow::Result<AgentGroup
 pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     let data_dir = options.data_dir.clone();
     // The simulator first: the built-in simulator connector points at it.
-    let (dms_addr, dms_task) = dibop_e2e::dms_sim::spawn(options.dms_addr, Default::default())
+    let (dms_addr, dms_task) = dibop_dms_sim::spawn(options.dms_addr, Default::default())
         .await
         .with_context(|| {
             format!(
@@ -178,7 +178,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         .next()
         .map(|c| c.id)
         .context("the built-in dms-sim connector is missing")?;
-    let sim = dibop_e2e::dms_sim::SimAuth::default();
+    let sim = dibop_dms_sim::SimAuth::default();
     let connection_id = crate::connections::ensure(
         &core,
         &tenant_id,
@@ -200,7 +200,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         "connection_id": connection_id,
         "orchestration_id": orchestration_id,
         "dms_url": dms_url,
-        "dms_api_key": dibop_e2e::dms_sim::SimAuth::default().api_key,
+        "dms_api_key": dibop_dms_sim::SimAuth::default().api_key,
         "tunnel_addr": server.tunnel_addr.to_string(),
         "enterprise_admin": {"email": admin_email, "password": admin_password, "api_token": api_token},
         "platform_admin": {"email": platform_email, "password": platform_password, "api_token": platform_token},

@@ -22,6 +22,7 @@ pub mod config;
 pub mod connections;
 pub mod connector;
 pub mod cron;
+#[cfg(feature = "dev-sim")]
 pub mod dev;
 pub mod dispatch;
 pub mod engine;

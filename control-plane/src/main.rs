@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+#[cfg(feature = "dev-sim")]
 use dibop_control_plane::dev;
 use tokio_util::sync::CancellationToken;
 
@@ -230,13 +231,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tunnel_addr,
             dms_addr,
         } => {
-            let options = dev::DevOptions {
-                data_dir,
-                http_addr,
-                tunnel_addr,
-                dms_addr,
-            };
-            dev::run(options, shutdown_on_signal()).await
+            #[cfg(feature = "dev-sim")]
+            {
+                let options = dev::DevOptions {
+                    data_dir,
+                    http_addr,
+                    tunnel_addr,
+                    dms_addr,
+                };
+                dev::run(options, shutdown_on_signal()).await
+            }
+            #[cfg(not(feature = "dev-sim"))]
+            {
+                let _ = (data_dir, http_addr, tunnel_addr, dms_addr);
+                anyhow::bail!(
+                    "this dibop was built without the DMS simulator (cargo feature `dev-sim`), so \
+                     `dibop dev` is not available: run `dibop serve`, or build with the default features"
+                )
+            }
         }
         Command::Serve { serve } => {
             use dibop_control_plane::config;

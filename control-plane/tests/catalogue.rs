@@ -636,10 +636,9 @@ async fn review_reject_approve_and_promote() {
 async fn publishing_tests_each_operation_against_a_test_target() {
     let cp = cp().await;
     let (_, admin) = cp.tenant("acme").await;
-    let (sim, _task) =
-        dibop_e2e::dms_sim::spawn("127.0.0.1:0".parse().unwrap(), Default::default())
-            .await
-            .unwrap();
+    let (sim, _task) = dibop_dms_sim::spawn("127.0.0.1:0".parse().unwrap(), Default::default())
+        .await
+        .unwrap();
     let sim_url = format!("http://{sim}");
     let vehicles: Value = reqwest::Client::new()
         .get(format!("{sim_url}/api/v1/vehicles?page_size=1"))

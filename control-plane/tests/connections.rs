@@ -39,7 +39,7 @@ async fn cp_with(tune: impl FnOnce(&mut Settings)) -> Cp {
     let base = format!("http://{}", server.http_addr);
     let core = server.core.clone();
     tokio::spawn(server.wait());
-    let (sim, _) = dibop_e2e::dms_sim::spawn("127.0.0.1:0".parse().unwrap(), Default::default())
+    let (sim, _) = dibop_dms_sim::spawn("127.0.0.1:0".parse().unwrap(), Default::default())
         .await
         .unwrap();
     let mut cp = Cp {

@@ -1,5 +1,6 @@
-//! End-to-end support for DIBOP: the DMS simulator (also used by `dibop dev`)
-//! and the harness that starts the real binaries as processes.
+//! End-to-end support for DIBOP: the harness that starts the real binaries
+//! as processes, and the DMS simulator (its own crate, `dibop-dms-sim`,
+//! re-exported here for the tests).
 
-pub mod dms_sim;
+pub use dibop_dms_sim as dms_sim;
 pub mod harness;

@@ -355,3 +355,26 @@ fn check_config_fails_when_the_database_does_not_answer() {
     assert!(stderr.contains("database"), "{stderr}");
     assert!(!stderr.contains("s3cret-canary"), "{stderr}");
 }
+
+/// The production binaries depend on no test code: the control plane takes
+/// the DMS simulator from its own crate (optional, for `dibop dev`), never
+/// from the end-to-end crate.
+#[test]
+fn production_crates_do_not_depend_on_the_test_crate() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for manifest in [
+        "control-plane/Cargo.toml",
+        "relay-agent/Cargo.toml",
+        "protocol/Cargo.toml",
+    ] {
+        let text = std::fs::read_to_string(root.join(manifest)).unwrap();
+        let doc: toml::Table = toml::from_str(&text).unwrap();
+        for section in ["dependencies", "build-dependencies"] {
+            let deps = doc.get(section).and_then(|d| d.as_table());
+            assert!(
+                deps.is_none_or(|d| !d.contains_key("dibop-e2e")),
+                "{manifest} [{section}] names dibop-e2e"
+            );
+        }
+    }
+}

@@ -131,7 +131,7 @@ impl TestCp {
 /// Starts a DMS simulator and connects `acme` to it as `Demo DMS` (the
 /// built-in `dms-sim` connector, API key, active): (simulator URL, connection id).
 pub async fn demo_dms(cp: &TestCp) -> (String, String) {
-    let (sim, _) = dibop_e2e::dms_sim::spawn("127.0.0.1:0".parse().unwrap(), Default::default())
+    let (sim, _) = dibop_dms_sim::spawn("127.0.0.1:0".parse().unwrap(), Default::default())
         .await
         .unwrap();
     let sim = format!("http://{sim}");

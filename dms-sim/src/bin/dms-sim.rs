@@ -1,10 +1,10 @@
 //! `dms-sim`: a simulated on-premise dealer management system (see
-//! `dibop_e2e::dms_sim` for its API, credentials and fault injection).
+//! `dibop_dms_sim` for its API, credentials and fault injection).
 
 use std::net::SocketAddr;
 
 use clap::Parser;
-use dibop_e2e::dms_sim::{SimAuth, serve};
+use dibop_dms_sim::{SimAuth, serve};
 
 /// A realistic dealer management system API for tests, benchmarks and demos.
 #[derive(Debug, Parser)]
