@@ -33,7 +33,9 @@ async fn the_api_fuzzer_finds_nothing_against_the_document() {
         .arg(format!("{}/api/v1/openapi.json", cp.http))
         .args(["--url", &cp.http])
         .args(["-H", &format!("Authorization: Bearer {}", api.token())])
-        .args(["--checks", "all", "--max-examples", "20", "--workers", "2"])
+        // One worker: the fuzzer's generator is not reliably thread-safe (a Python `ast`
+        // recursion-depth error was seen once with two).
+        .args(["--checks", "all", "--max-examples", "20", "--workers", "1"])
         // A fixed seed: the same requests on every run (change it to explore).
         .args(["--seed", "20261201", "--no-color"])
         // Signing out would revoke the fuzzer's own token.
