@@ -54,7 +54,8 @@ pub struct LiveAgent {
 /// probed.
 const PROBE_AFTER: Duration = Duration::from_millis(400);
 /// How long the agent may be silent, while calls wait on it and probes go
-/// unanswered, before it is given up on.
+/// unanswered, before it is given up on (longer on a path whose round trip
+/// is long: four round trips and a probe interval).
 const DEAD_AFTER: Duration = Duration::from_millis(1200);
 /// How often a waiting call looks at its agent's liveness.
 const LIVENESS_TICK: Duration = Duration::from_millis(200);
@@ -119,7 +120,8 @@ fn probe(agent: Arc<LiveAgent>) {
                 _ => None,
             }
         };
-        if tokio::time::timeout(DEAD_AFTER, exchange)
+        let patience = DEAD_AFTER.max(agent.connection.rtt() * 4 + PROBE_AFTER);
+        if tokio::time::timeout(patience, exchange)
             .await
             .ok()
             .flatten()
@@ -499,9 +501,13 @@ impl Registry {
                     }
                     if live {
                         // Silence counts from this call's start: an idle agent
-                        // has had nothing to say before it.
+                        // has had nothing to say before it. A slow path (a
+                        // satellite link, a far VPN) gets its round trips' worth.
                         let silent = agent.heard.silent_for().min(started.elapsed());
-                        if silent >= DEAD_AFTER {
+                        let rtt = agent.connection.rtt();
+                        let (probe_after, dead_after) =
+                            (PROBE_AFTER.max(rtt * 2), DEAD_AFTER.max(rtt * 4 + PROBE_AFTER));
+                        if silent >= dead_after {
                             warn!(agent_id = %agent.id, silent_ms = silent.as_millis() as u64,
                                 "agent silent and not answering probes: closing its tunnel");
                             agent.connection.close(
@@ -511,7 +517,7 @@ impl Registry {
                             let why = format!("agent {} stopped answering", agent.id);
                             return if accepted { Attempt::Lost(why) } else { Attempt::NotSent(why) };
                         }
-                        if silent >= PROBE_AFTER && agent.heard.claim_probe() {
+                        if silent >= probe_after && agent.heard.claim_probe() {
                             probe(agent.clone());
                         }
                     }
