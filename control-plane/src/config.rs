@@ -103,24 +103,27 @@ pub fn resolve(file: ServeFile, over: Overrides, origin: &str) -> Result<Setting
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("/var/lib/dibop")),
     );
-    let mut addr = |name: &str, value: Option<String>, default: &str| -> SocketAddr {
-        let text = value.unwrap_or_else(|| default.to_owned());
+    // Every default is `Settings::new`'s: written once.
+    let mut addr = |name: &str, value: Option<String>, default: SocketAddr| -> SocketAddr {
+        let Some(text) = value else {
+            return default;
+        };
         text.parse().unwrap_or_else(|_| {
             problems.push(format!(
                 "{name} = `{text}` is not an address like 0.0.0.0:8080"
             ));
-            SocketAddr::from(([127, 0, 0, 1], 0))
+            default
         })
     };
     settings.http_addr = addr(
         "http_addr",
         over.http_addr.or(file.http_addr),
-        "127.0.0.1:8080",
+        settings.http_addr,
     );
     settings.tunnel_addr = addr(
         "tunnel_addr",
         over.tunnel_addr.or(file.tunnel_addr),
-        "0.0.0.0:4433",
+        settings.tunnel_addr,
     );
     settings.database_url = over.database_url.or(file.database_url);
     if let Some(url) = &settings.database_url
@@ -143,7 +146,7 @@ pub fn resolve(file: ServeFile, over: Overrides, origin: &str) -> Result<Setting
     let idle = over
         .agent_idle_timeout_ms
         .or(file.agent_idle_timeout_ms)
-        .unwrap_or(15_000);
+        .unwrap_or(settings.agent_idle_timeout.as_millis() as u64);
     if !(600..=600_000).contains(&idle) {
         problems.push(format!(
             "agent_idle_timeout_ms = {idle} must be 600..=600000"
@@ -153,7 +156,7 @@ pub fn resolve(file: ServeFile, over: Overrides, origin: &str) -> Result<Setting
     let ttl = over
         .agent_cert_ttl_secs
         .or(file.agent_cert_ttl_secs)
-        .unwrap_or(30 * 24 * 3600);
+        .unwrap_or(settings.agent_cert_ttl.as_secs());
     if ttl < 5 {
         problems.push(format!("agent_cert_ttl_secs = {ttl} must be at least 5"));
     }
@@ -171,7 +174,7 @@ pub fn resolve(file: ServeFile, over: Overrides, origin: &str) -> Result<Setting
     let interval = over
         .health_check_interval_secs
         .or(file.health_check_interval_secs)
-        .unwrap_or(60);
+        .unwrap_or(settings.health_check_interval.as_secs());
     if !(5..=86_400).contains(&interval) {
         problems.push(format!(
             "health_check_interval_secs = {interval} must be 5..=86400"
@@ -181,14 +184,17 @@ pub fn resolve(file: ServeFile, over: Overrides, origin: &str) -> Result<Setting
     let storage = over
         .storage_interval_secs
         .or(file.storage_interval_secs)
-        .unwrap_or(60);
+        .unwrap_or(settings.storage_interval.as_secs());
     if !(1..=86_400).contains(&storage) {
         problems.push(format!(
             "storage_interval_secs = {storage} must be 1..=86400"
         ));
     }
     settings.storage_interval = Duration::from_secs(storage);
-    let wait = over.agent_wait_secs.or(file.agent_wait_secs).unwrap_or(600);
+    let wait = over
+        .agent_wait_secs
+        .or(file.agent_wait_secs)
+        .unwrap_or(settings.agent_wait.as_secs());
     if wait > 86_400 {
         problems.push(format!("agent_wait_secs = {wait} must be 0..=86400"));
     }
@@ -213,6 +219,16 @@ mod tests {
         let file = parse(text, "dibop.example.toml").unwrap();
         let settings = resolve(file, Overrides::default(), "dibop.example.toml").unwrap();
         assert_eq!(settings.http_addr.port(), 8080);
+    }
+
+    /// Nothing given: exactly `Settings::new`'s defaults (each written once).
+    #[test]
+    fn the_defaults_are_the_settings_defaults() {
+        let resolved = resolve(ServeFile::default(), Overrides::default(), "nothing").unwrap();
+        let defaults = Settings::new(PathBuf::from("/var/lib/dibop"));
+        assert_eq!(format!("{resolved:?}"), format!("{defaults:?}"));
+        assert_eq!(resolved.tunnel_addr.to_string(), "0.0.0.0:4433");
+        assert_eq!(resolved.http_addr.to_string(), "127.0.0.1:8080");
     }
 
     #[test]

@@ -114,7 +114,8 @@ impl Settings {
             data_dir,
             database_url: None,
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            tunnel_addr: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            // Agents dial in from other machines.
+            tunnel_addr: SocketAddr::from(([0, 0, 0, 0], 4433)),
             public_tunnel_addr: None,
             agent_idle_timeout: Duration::from_secs(15),
             agent_cert_ttl: Duration::from_secs(30 * 24 * 3600),
