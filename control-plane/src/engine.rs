@@ -646,15 +646,7 @@ async fn run_step(
         // what is left.
         let input = (kind == "delay").then(|| {
             let ms = step["ms"].as_u64().unwrap_or(0) as i64;
-            let earlier = run
-                .records
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(path)
-                .and_then(|r| r.input.as_deref())
-                .and_then(|i| serde_json::from_str::<Value>(i).ok())
-                .and_then(|v| v["until_ms"].as_i64());
-            let until = earlier.unwrap_or_else(|| now_millis() + ms);
+            let until = delay_end(run, path).unwrap_or_else(|| now_millis() + ms);
             json!({"ms": ms, "until_ms": until}).to_string()
         });
         let record = StepRow {
@@ -782,6 +774,17 @@ async fn run_step(
     }
 }
 
+/// When the delay step at `path` ends, as recorded when it started (Unix ms).
+fn delay_end(run: &Run, path: &str) -> Option<i64> {
+    run.records
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(path)
+        .and_then(|r| r.input.as_deref())
+        .and_then(|i| serde_json::from_str::<Value>(i).ok())
+        .and_then(|v| v["until_ms"].as_i64())
+}
+
 /// Milliseconds since the Unix epoch.
 fn now_millis() -> i64 {
     std::time::SystemTime::now()
@@ -870,15 +873,7 @@ async fn exec_step(
         }
         "delay" => {
             let ms = step["ms"].as_u64().unwrap_or(0);
-            let until = run
-                .records
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(path)
-                .and_then(|r| r.input.as_deref())
-                .and_then(|i| serde_json::from_str::<Value>(i).ok())
-                .and_then(|v| v["until_ms"].as_i64())
-                .unwrap_or_else(|| now_millis() + ms as i64);
+            let until = delay_end(run, path).unwrap_or_else(|| now_millis() + ms as i64);
             let left = (until - now_millis()).max(0) as u64;
             tokio::time::sleep(Duration::from_millis(left)).await;
             let input = json!({"ms": ms, "until_ms": until});

@@ -99,6 +99,15 @@ impl Cp {
         created["id"].as_str().unwrap().to_owned()
     }
 
+    /// The newest logged call of `operation`, with its bodies.
+    async fn newest_call(&self, operation: &str) -> Value {
+        let (_, calls) = self
+            .send("GET", &format!("/api-calls?operation={operation}"), None)
+            .await;
+        let id = calls[0]["id"].as_str().unwrap();
+        self.send("GET", &format!("/api-calls/{id}"), None).await.1
+    }
+
     async fn invoke(&self, id: &str, operation: &str, body: Value) -> (u16, Value) {
         self.send(
             "POST",
@@ -1329,16 +1338,7 @@ async fn the_call_log_filters_by_time_and_keeps_each_calls_bodies() {
     // By default only failed calls keep their bodies: a success has none.
     let (_, ok) = cp.invoke(&id, "listVehicles", json!({})).await;
     assert_eq!(ok["ok"], true);
-    let (_, calls) = cp
-        .send("GET", "/api-calls?operation=listVehicles", None)
-        .await;
-    let (_, plain) = cp
-        .send(
-            "GET",
-            &format!("/api-calls/{}", calls[0]["id"].as_str().unwrap()),
-            None,
-        )
-        .await;
+    let plain = cp.newest_call("listVehicles").await;
     assert_eq!(
         (
             plain["payload_kept"].as_bool(),
@@ -1355,16 +1355,7 @@ async fn the_call_log_filters_by_time_and_keeps_each_calls_bodies() {
         )
         .await;
     assert_eq!(failed["ok"], false, "{failed}");
-    let (_, calls) = cp
-        .send("GET", "/api-calls?operation=getVehicle", None)
-        .await;
-    let (_, kept) = cp
-        .send(
-            "GET",
-            &format!("/api-calls/{}", calls[0]["id"].as_str().unwrap()),
-            None,
-        )
-        .await;
+    let kept = cp.newest_call("getVehicle").await;
     assert_eq!(
         kept["payload_kept"], true,
         "a failure keeps its body: {kept}"
@@ -1449,11 +1440,7 @@ async fn the_call_log_filters_by_time_and_keeps_each_calls_bodies() {
         )
         .await;
     assert_eq!(booked["ok"], true, "{booked}");
-    let (_, calls) = cp
-        .send("GET", "/api-calls?operation=createAppointment", None)
-        .await;
-    let call = calls[0]["id"].as_str().unwrap();
-    let (_, one) = cp.send("GET", &format!("/api-calls/{call}"), None).await;
+    let one = cp.newest_call("createAppointment").await;
     assert_eq!(one["request_body"]["service"], "logged-body", "{one}");
     assert_eq!(one["request_truncated"], false);
 }

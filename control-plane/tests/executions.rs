@@ -24,6 +24,30 @@ async fn setup() -> Setup {
     }
 }
 
+/// An execution that was running when its node stopped, as a restart finds it.
+async fn interrupted(core: &dibop_control_plane::Core, exe: &str, orchestration: &str, name: &str) {
+    let tenant = core.store.tenant_by_name("acme").await.unwrap().unwrap().id;
+    let row = dibop_control_plane::store::ExecutionRow {
+        id: exe.into(),
+        tenant_id: tenant,
+        orchestration_id: orchestration.into(),
+        orchestration_name: name.into(),
+        version: 1,
+        status: "running".into(),
+        parameters: "{}".into(),
+        output: None,
+        error: None,
+        trigger_type: "api".into(),
+        created_by: "test".into(),
+        created_at: 1,
+        started_at: Some(1),
+        finished_at: None,
+        rerun_of: None,
+        dead_letter: None,
+    };
+    core.store.create_execution(&row).await.unwrap();
+}
+
 async fn create(cp: &common::TestCp, body: &str) -> String {
     cp.create_orchestration(body).await
 }
@@ -316,26 +340,7 @@ steps:
     )
     .await;
     let core = &s.cp.core;
-    let tenant = core.store.tenant_by_name("acme").await.unwrap().unwrap().id;
-    let row = dibop_control_plane::store::ExecutionRow {
-        id: "exe_delayed".into(),
-        tenant_id: tenant,
-        orchestration_id: id.clone(),
-        orchestration_name: "long wait".into(),
-        version: 1,
-        status: "running".into(),
-        parameters: "{}".into(),
-        output: None,
-        error: None,
-        trigger_type: "api".into(),
-        created_by: "test".into(),
-        created_at: 1,
-        started_at: Some(1),
-        finished_at: None,
-        rerun_of: None,
-        dead_letter: None,
-    };
-    core.store.create_execution(&row).await.unwrap();
+    interrupted(core, "exe_delayed", &id, "long wait").await;
     // The ten-minute delay started ten minutes and one second ago, then the node stopped.
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -377,26 +382,7 @@ async fn a_resumed_execution_does_not_repeat_completed_steps() {
     .await;
     // An execution interrupted after its first step: as a restart finds it.
     let core = &s.cp.core;
-    let tenant = core.store.tenant_by_name("acme").await.unwrap().unwrap().id;
-    let row = dibop_control_plane::store::ExecutionRow {
-        id: "exe_resumed".into(),
-        tenant_id: tenant,
-        orchestration_id: id.clone(),
-        orchestration_name: "resume".into(),
-        version: 1,
-        status: "running".into(),
-        parameters: "{}".into(),
-        output: None,
-        error: None,
-        trigger_type: "api".into(),
-        created_by: "test".into(),
-        created_at: 1,
-        started_at: Some(1),
-        finished_at: None,
-        rerun_of: None,
-        dead_letter: None,
-    };
-    core.store.create_execution(&row).await.unwrap();
+    interrupted(core, "exe_resumed", &id, "resume").await;
     core.store
         .update_execution("exe_resumed", "running", None, None, 1)
         .await
