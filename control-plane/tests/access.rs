@@ -38,6 +38,14 @@ async fn cp() -> Cp {
     }
 }
 
+/// A platform admin's API token.
+async fn platform_admin(cp: &Cp) -> String {
+    dibop_control_plane::bootstrap_platform_admin(&cp.core.store, "ops@dibop.example", None, "cli")
+        .await
+        .unwrap()
+        .2
+}
+
 async fn send(cp: &Cp, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let client = reqwest::Client::new();
     let mut req = client
@@ -409,14 +417,7 @@ async fn wrong_credentials_say_nothing_about_which_part_is_wrong() {
 #[tokio::test]
 async fn platform_admins_manage_tenants_and_limits_answer_429() {
     let cp = cp().await;
-    let (_, _, platform) = dibop_control_plane::bootstrap_platform_admin(
-        &cp.core.store,
-        "ops@dibop.example",
-        None,
-        "cli",
-    )
-    .await
-    .unwrap();
+    let platform = platform_admin(&cp).await;
 
     // Tenant admins cannot manage tenants; platform admins see no tenant data.
     let (status, _) = send(&cp, &cp.admin, "GET", "/tenants", None).await;
@@ -1014,14 +1015,7 @@ async fn connector_drafts_from_json_or_yaml_with_every_problem_named() {
 #[tokio::test]
 async fn enterprise_roles_never_exist_in_the_platform_tenant() {
     let cp = cp().await;
-    let (_, _, platform) = dibop_control_plane::bootstrap_platform_admin(
-        &cp.core.store,
-        "ops@dibop.example",
-        None,
-        "cli",
-    )
-    .await
-    .unwrap();
+    let platform = platform_admin(&cp).await;
     let password = "a long enough password";
     for role in ["enterprise_admin", "operator", "viewer"] {
         let (status, e) = send(
