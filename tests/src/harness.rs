@@ -390,6 +390,27 @@ impl Api {
         Ok((status, value))
     }
 
+    /// `POST /orchestrations` with a YAML definition → orchestration id.
+    pub async fn create_orchestration(&self, yaml: &str) -> anyhow::Result<String> {
+        let resp = self
+            .client
+            .post(format!("{}/api/v1/orchestrations", self.base))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/yaml")
+            .body(yaml.to_owned())
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await?;
+        if status != 201 {
+            bail!("creating the orchestration answered {status}: {body}");
+        }
+        Ok(body["id"]
+            .as_str()
+            .context("no orchestration id")?
+            .to_owned())
+    }
+
     /// `POST /agent-groups` → group id.
     pub async fn create_group(&self, name: &str) -> anyhow::Result<String> {
         let (status, body) = self

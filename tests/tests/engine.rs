@@ -50,18 +50,7 @@ async fn executions_survive_sigkill_and_finish_exactly_once() {
         .await
         .unwrap();
     assert_eq!(status, 201, "{c}");
-    let created: Value = reqwest::Client::new()
-        .post(format!("{}/api/v1/orchestrations", cp.http))
-        .bearer_auth(api.token())
-        .header("content-type", "application/yaml")
-        .body(ORCHESTRATION)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let orchestration = created["id"].as_str().unwrap().to_owned();
+    let orchestration = api.create_orchestration(ORCHESTRATION).await.unwrap();
 
     // 200 executions, queued as fast as the API takes them.
     let mut started = Vec::new();
@@ -254,18 +243,7 @@ async fn executions_wait_for_the_sites_agent_across_a_restart() {
         .await
         .unwrap();
     assert_eq!(status, 201, "{c}");
-    let created: Value = reqwest::Client::new()
-        .post(format!("{}/api/v1/orchestrations", cp.http))
-        .bearer_auth(api.token())
-        .header("content-type", "application/yaml")
-        .body(WAITING)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let orchestration = created["id"].as_str().unwrap().to_owned();
+    let orchestration = api.create_orchestration(WAITING).await.unwrap();
     api.send(
         "POST",
         &format!("/orchestrations/{orchestration}/activate"),

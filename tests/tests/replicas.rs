@@ -186,20 +186,8 @@ async fn replicas_share_limits_and_take_over_executions() {
             "format: dibop.orchestration/v1\nname: wait-{ms}\nsteps:\n  - {{id: wait, type: delay, ms: {ms}}}\n"
         )
     };
-    let create = |api: Api, yaml: String| async move {
-        let v: Value = reqwest::Client::new()
-            .post(format!("{}/orchestrations", api.base_url()))
-            .bearer_auth(api.token())
-            .header("content-type", "application/yaml")
-            .body(yaml)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["id"].as_str().unwrap().to_owned()
-    };
+    let create =
+        |api: Api, yaml: String| async move { api.create_orchestration(&yaml).await.unwrap() };
     let short = create(on_a.clone(), orchestration(300)).await;
     for api in [&on_a, &on_b, &on_a, &on_b, &on_a, &on_b] {
         let (status, e) = api

@@ -347,24 +347,11 @@ steps:
   - { id: list, type: call, connection: DMS, operation: listCustomers, parameters: { page_size: 5 } }
   - { id: cdm, type: map_to_cdm, connection: DMS, operation: listCustomers, from: .steps.list.response }
 "#;
-    let created: Value = reqwest::Client::new()
-        .post(format!("{}/api/v1/orchestrations", cp.http))
-        .bearer_auth(api.token())
-        .header("content-type", "application/yaml")
-        .body(orchestration)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = api.create_orchestration(orchestration).await.unwrap();
     let (_, e) = api
         .send(
             "POST",
-            &format!(
-                "/orchestrations/{}/execute",
-                created["id"].as_str().unwrap()
-            ),
+            &format!("/orchestrations/{}/execute", created),
             Some(json!({"wait_ms": 30000})),
         )
         .await
