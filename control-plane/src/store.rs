@@ -364,10 +364,12 @@ impl Store {
             // One writer at a time is SQLite's model; a few readers share the WAL.
             Backend::Sqlite => options.max_connections(8).after_connect(|conn, _| {
                 Box::pin(async move {
+                    // First, so that the pragmas after it wait for a lock held by
+                    // another process (`dibop admin` beside `dibop serve`) too.
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
                     conn.execute("PRAGMA journal_mode = WAL").await?;
                     conn.execute("PRAGMA synchronous = NORMAL").await?;
                     conn.execute("PRAGMA foreign_keys = ON").await?;
-                    conn.execute("PRAGMA busy_timeout = 5000").await?;
                     Ok(())
                 })
             }),
