@@ -797,6 +797,55 @@ async fn webhooks_start_executions_with_the_body_as_parameters() {
     assert!(!e.to_string().contains(&secret));
 }
 
+/// With `auth: secret` the secret itself travels, so only a sender's
+/// delivery id can tell a repeat: each `X-Webhook-Id` runs once.
+#[tokio::test]
+async fn secret_webhooks_run_each_delivery_id_once() {
+    let s = setup().await;
+    let id = create(
+        &s.cp,
+        "format: dibop.orchestration/v1\nname: hook-by-secret\ntrigger: {type: webhook, auth: secret}\nsteps:\n  - {id: one, type: transform, expression: '1'}\n",
+    )
+    .await;
+    let (_, secret) =
+        s.cp.send("POST", format!("/orchestrations/{id}/webhook-secret"), None)
+            .await;
+    let secret = secret["secret"].as_str().unwrap().to_owned();
+    s.cp.send("POST", format!("/orchestrations/{id}/activate"), None)
+        .await;
+    let hook = format!("{}/api/v1/hooks/{id}", s.cp.base);
+    let post = |delivery: Option<&'static str>| {
+        let mut req = reqwest::Client::new()
+            .post(hook.clone())
+            .header("content-type", "application/json")
+            .header("x-webhook-secret", secret.clone())
+            .body("{}");
+        if let Some(d) = delivery {
+            req = req.header("x-webhook-id", d);
+        }
+        req.send()
+    };
+    assert_eq!(
+        post(Some("delivery-1")).await.unwrap().status().as_u16(),
+        202
+    );
+    let again = post(Some("delivery-1")).await.unwrap();
+    assert_eq!(again.status().as_u16(), 409);
+    let e: Value = again.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "replayed", "{e}");
+    assert_eq!(
+        post(Some("delivery-2")).await.unwrap().status().as_u16(),
+        202
+    );
+    // Without an id, nothing can tell a repeat: each runs.
+    assert_eq!(post(None).await.unwrap().status().as_u16(), 202);
+    assert_eq!(post(None).await.unwrap().status().as_u16(), 202);
+    let (_, list) =
+        s.cp.send("GET", format!("/executions?orchestration_id={id}"), None)
+            .await;
+    assert_eq!(list.as_array().map(Vec::len), Some(4), "{list}");
+}
+
 #[tokio::test]
 async fn deactivating_a_connection_lists_the_active_orchestrations_using_it() {
     let s = setup().await;
