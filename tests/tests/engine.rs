@@ -322,10 +322,33 @@ async fn executions_wait_for_the_sites_agent_across_a_restart() {
         .unwrap();
     assert_eq!(failed, json!([]), "nothing fails while the agent is away");
 
-    // The agent comes back: every execution succeeds, once.
+    // An API call made now, just after the restart, waits for the site's
+    // agent (the start-up grace) instead of failing at once.
+    let connection = c["id"].as_str().unwrap().to_owned();
+    let waiting_call = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            api.send(
+                "POST",
+                &format!("/connections/{connection}/operations/listVehicles/invoke"),
+                Some(json!({})),
+            )
+            .await
+            .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The agent comes back: the waiting call and every execution succeed, once.
     let _agent = dibop_e2e::harness::Agent::start(&agent.data_dir, &allow)
         .await
         .unwrap();
+    let (status, answered) = waiting_call.await.unwrap();
+    assert_eq!(status, 200, "{answered}");
+    assert_eq!(
+        answered["ok"], true,
+        "the call waited for the agent: {answered}"
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, all) = api
