@@ -51,6 +51,24 @@ fn call_request_bytes_are_pinned() {
     );
 }
 
+/// Protocol 3's liveness messages: appended variants, pinned like the rest.
+#[test]
+fn liveness_bytes_are_pinned() {
+    let accepted = encode_frame(&AgentToControl::Accepted(CallAccepted { call_id: 42 })).unwrap();
+    assert_eq!(hex(&accepted), "00000002062a");
+    let pong = encode_frame(&AgentToControl::Pong(300)).unwrap();
+    assert_eq!(hex(&pong), "0000000307ac02");
+    let ping = encode_frame(&ControlToAgent::Ping(300)).unwrap();
+    assert_eq!(hex(&ping), "0000000307ac02");
+    // The error classes decided by the control plane come after the others.
+    let classes = [ErrorClass::CircuitOpen, ErrorClass::Throttled];
+    let bytes: Vec<u8> = classes
+        .iter()
+        .flat_map(|c| postcard::to_allocvec(c).unwrap())
+        .collect();
+    assert_eq!(hex(&bytes), "0c0d");
+}
+
 #[test]
 fn rejection_bytes_are_pinned() {
     let frame = encode_frame(&ControlToAgent::Rejected(Rejection {
