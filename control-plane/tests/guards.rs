@@ -173,29 +173,36 @@ async fn the_rate_limit_paces_calls_and_refuses_what_would_time_out() {
         started.elapsed()
     );
     assert_eq!(seen.load(Ordering::SeqCst), 6);
-    // A short timeout: the next calls cannot wait for their turn.
-    let (status, _) = cp
-        .send(
-            "PATCH",
-            format!("/connections/{conn}"),
-            Some(json!({"settings": {"timeout_ms": 100}})),
-        )
+    // One call a second and a 100 ms timeout: right after a call, the next
+    // one would wait most of a second, so it is refused without reaching the
+    // system. (Judged only for calls sent within 0.8 s of the first: a
+    // machine slower than that has let the slot come round.)
+    let (slow_url, slow_seen) = counting_server(200).await;
+    let id = cp
+        .publish(connector(
+            "one-a-second",
+            &slow_url,
+            json!({"timeout_ms": 5000, "retries": {"max_attempts": 1}, "rate_limit": {"requests_per_second": 1}}),
+        ))
         .await;
-    assert_eq!(status, 200);
-    let mut throttled = 0;
-    for _ in 0..4 {
+    let conn = connect(&cp, &id, json!({"timeout_ms": 100})).await;
+    assert_eq!(invoke(&cp, &conn).await["ok"], true);
+    let first = Instant::now();
+    let mut judged = 0;
+    for _ in 0..3 {
+        let sent = first.elapsed();
         let r = invoke(&cp, &conn).await;
-        if r["error"]["class"] == "throttled" {
-            throttled += 1;
-            assert!(
-                r["error"]["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("2 calls per second"),
-                "{r}"
-            );
+        if sent < Duration::from_millis(800) {
+            judged += 1;
+            assert_eq!(r["error"]["class"], "throttled", "{r}");
+            let message = r["error"]["message"].as_str().unwrap();
+            assert!(message.contains("1 calls per second"), "{message}");
         }
     }
-    assert!(throttled >= 3, "{throttled} of 4 throttled");
-    assert!(seen.load(Ordering::SeqCst) <= 7);
+    assert!(judged >= 1, "no call was sent within 0.8 s of the first");
+    assert_eq!(
+        slow_seen.load(Ordering::SeqCst),
+        1 + 3 - judged,
+        "throttled calls never reach the system"
+    );
 }
