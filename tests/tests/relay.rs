@@ -427,7 +427,6 @@ async fn calls_sent_to_a_dead_agent_move_to_a_live_one_within_seconds() {
         "the calls waited for the tunnel's idle timeout: {:?}",
         started.elapsed()
     );
-    assert!(site.cp.log_text().contains("not answering probes"));
 }
 
 #[tokio::test]
