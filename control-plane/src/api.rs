@@ -160,6 +160,20 @@ pub(crate) fn from_json_value<T: serde::de::DeserializeOwned>(mut v: Value) -> A
     })
 }
 
+/// A body serde_json could not read: `400 malformed_json`, or, when it is
+/// well-formed but nested too deep, `422` as for definitions.
+fn unreadable_json(why: &str) -> ApiError {
+    if why.contains("recursion limit") {
+        ApiError::invalid("the body nests deeper than 128 levels")
+    } else {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the body is not valid JSON: {why}"),
+        )
+    }
+}
+
 /// [`from_json_value`] from bytes; `None` when the body is empty or `null`.
 pub(crate) fn optional_json_body<T: serde::de::DeserializeOwned>(
     body: &[u8],
@@ -167,17 +181,7 @@ pub(crate) fn optional_json_body<T: serde::de::DeserializeOwned>(
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        if e.to_string().contains("recursion limit") {
-            ApiError::invalid("the body nests deeper than 128 levels")
-        } else {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                format!("the body is not valid JSON: {e}"),
-            )
-        }
-    })?;
+    let v: Value = serde_json::from_slice(body).map_err(|e| unreadable_json(&e.to_string()))?;
     if v.is_null() {
         return Ok(None);
     }
@@ -196,15 +200,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
                     "unsupported_media_type",
                     "send the body as JSON with `Content-Type: application/json`",
                 ),
-                // Well-formed but nested too deep: invalid, as for definitions.
-                JsonRejection::JsonSyntaxError(e) if e.body_text().contains("recursion limit") => {
-                    ApiError::invalid("the body nests deeper than 128 levels")
-                }
-                JsonRejection::JsonSyntaxError(e) => ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "malformed_json",
-                    format!("the body is not valid JSON: {}", e.body_text()),
-                ),
+                JsonRejection::JsonSyntaxError(e) => unreadable_json(&e.body_text()),
                 JsonRejection::JsonDataError(e) => ApiError::invalid(e.body_text()),
                 other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,

@@ -527,11 +527,7 @@ async fn view(
         .as_ref()
         .and_then(|v| serde_json::from_str(&v.definition).ok())
         .unwrap_or(Value::Null);
-    let scheme = definition["auth"]["schemes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|s| s["type"] == c.auth_type.as_str())
+    let scheme = execute::scheme_of(&definition, &c.auth_type)
         .cloned()
         .unwrap_or(Value::Null);
     let stored: HashMap<String, String> = core.store.secrets(&c.id).await?.into_iter().collect();
@@ -858,12 +854,7 @@ async fn move_problems(
         .flatten()
         .filter_map(|s| s["type"].as_str())
         .collect();
-    let scheme = target["auth"]["schemes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|s| s["type"] == c.auth_type.as_str());
-    match scheme {
+    match execute::scheme_of(target, &c.auth_type) {
         None => problems.push(format!(
             "the connection authenticates with `{}`, which {version} no longer offers (it offers: {})",
             c.auth_type,
@@ -1023,11 +1014,7 @@ pub(crate) async fn move_version(
         .with_details(json!({"problems": answer.problems, "changes": answer.changes})));
     }
     if let Some(given) = &req.credentials {
-        let scheme = new["auth"]["schemes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|s| s["type"] == c.auth_type.as_str())
+        let scheme = execute::scheme_of(&new, &c.auth_type)
             .cloned()
             .unwrap_or_default();
         let creds = check_credentials(&scheme, given, &mut Vec::new());

@@ -19,6 +19,8 @@ use dibop_protocol::{
 use dibop_relay_agent::wire::{WireError, read_frame, write_frame};
 use tracing::{debug, warn};
 
+use crate::clock::now_ms;
+
 /// Extra time the control plane waits beyond a call's own timeout, for the
 /// agent to report that timeout itself.
 const RESULT_GRACE: Duration = Duration::from_secs(5);
@@ -59,12 +61,6 @@ const PROBE_AFTER: Duration = Duration::from_millis(400);
 const DEAD_AFTER: Duration = Duration::from_millis(1200);
 /// How often a waiting call looks at its agent's liveness.
 const LIVENESS_TICK: Duration = Duration::from_millis(200);
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// When an agent was last heard from (any frame: heartbeat, acknowledgement,
 /// result, pong) and last probed, in Unix milliseconds.

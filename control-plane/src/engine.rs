@@ -646,7 +646,7 @@ async fn run_step(
         // what is left.
         let input = (kind == "delay").then(|| {
             let ms = step["ms"].as_u64().unwrap_or(0) as i64;
-            let until = delay_end(run, path).unwrap_or_else(|| now_millis() + ms);
+            let until = delay_end(run, path).unwrap_or_else(|| crate::clock::now_ms() + ms);
             json!({"ms": ms, "until_ms": until}).to_string()
         });
         let record = StepRow {
@@ -785,13 +785,6 @@ fn delay_end(run: &Run, path: &str) -> Option<i64> {
         .and_then(|v| v["until_ms"].as_i64())
 }
 
-/// Milliseconds since the Unix epoch.
-fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Renders step values: strings are templates, `{"expr": …}` expressions.
 async fn render(run: &Arc<Run>, v: &Value, scope: &Value) -> Result<Value, String> {
     match v {
@@ -873,8 +866,8 @@ async fn exec_step(
         }
         "delay" => {
             let ms = step["ms"].as_u64().unwrap_or(0);
-            let until = delay_end(run, path).unwrap_or_else(|| now_millis() + ms as i64);
-            let left = (until - now_millis()).max(0) as u64;
+            let until = delay_end(run, path).unwrap_or_else(|| crate::clock::now_ms() + ms as i64);
+            let left = (until - crate::clock::now_ms()).max(0) as u64;
             tokio::time::sleep(Duration::from_millis(left)).await;
             let input = json!({"ms": ms, "until_ms": until});
             (Some(input), Ok(json!({"ms": ms})))

@@ -118,11 +118,7 @@ impl Resolved {
 
     /// The auth scheme in use.
     pub fn scheme(&self) -> Value {
-        self.definition["auth"]["schemes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|s| s["type"] == self.row.auth_type.as_str())
+        scheme_of(&self.definition, &self.row.auth_type)
             .cloned()
             .unwrap_or(Value::Null)
     }
@@ -520,6 +516,15 @@ async fn guarded_send(core: &Core, c: &Resolved, request: InvokeRequest) -> (Inv
         core.guards.record(&c.row.id, policy, outcome);
     }
     (out, ran_on)
+}
+
+/// The auth scheme of type `auth_type` a connector definition offers.
+pub fn scheme_of<'a>(definition: &'a Value, auth_type: &str) -> Option<&'a Value> {
+    definition["auth"]["schemes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["type"] == auth_type)
 }
 
 /// A rendered, authenticated call of `operation` with `parameters`.

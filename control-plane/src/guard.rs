@@ -27,6 +27,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{now_ms, now_us};
 use crate::store::{Backend, Store};
 
 /// How often breaker changes are exchanged between replicas.
@@ -132,16 +133,6 @@ pub struct Guards {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn now_ms() -> i64 {
-    now_us() / 1000
-}
-
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }
 
 impl Guards {

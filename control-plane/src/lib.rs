@@ -18,6 +18,7 @@ pub mod catalogue;
 pub mod cdm;
 pub mod cdm_api;
 pub(crate) mod checker;
+pub mod clock;
 pub mod config;
 pub mod connections;
 pub mod connector;

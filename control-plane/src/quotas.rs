@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Core;
 use crate::api::ApiError;
+use crate::clock::now_ms;
 use crate::store::{Store, StoreError, Tenant};
 use crate::tenants::limits_of;
 
@@ -424,12 +425,6 @@ impl Quotas {
         );
         Ok(())
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Exchanges request counts every second and monthly call counts every two
