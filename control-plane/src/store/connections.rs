@@ -155,6 +155,16 @@ macro_rules! select_connections {
     };
 }
 
+macro_rules! select_calls {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, tenant_id, connection_id, connector_id, connection_name, connector_slug, operation, method, \
+             url, status, ok, error_class, duration_us, response_bytes, attempts, ran_on, actor, at FROM api_calls ",
+            $tail
+        )
+    };
+}
+
 impl Store {
     /// Stores a new connection and its sealed fields, atomically.
     pub async fn create_connection(
@@ -475,15 +485,12 @@ impl Store {
         tenant_id: &str,
         id: &str,
     ) -> Result<Option<(ApiCallRow, Option<CallPayloadRow>)>, StoreError> {
-        let Some(call) = sqlx::query_as::<_, ApiCallRow>(
-            "SELECT id, tenant_id, connection_id, connector_id, connection_name, connector_slug, operation, method, \
-             url, status, ok, error_class, duration_us, response_bytes, attempts, ran_on, actor, at FROM api_calls \
-             WHERE tenant_id = $1 AND id = $2",
-        )
-        .bind(tenant_id)
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
+        let Some(call) =
+            sqlx::query_as::<_, ApiCallRow>(select_calls!("WHERE tenant_id = $1 AND id = $2"))
+                .bind(tenant_id)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
         else {
             return Ok(None);
         };
@@ -543,12 +550,12 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<ApiCallRow>, StoreError> {
         Ok(sqlx::query_as::<_, ApiCallRow>(
-            "SELECT id, tenant_id, connection_id, connector_id, connection_name, connector_slug, operation, method, \
-             url, status, ok, error_class, duration_us, response_bytes, attempts, ran_on, actor, at FROM api_calls \
-             WHERE tenant_id = $1 AND ($2 IS NULL OR connection_id = $2) AND ($3 IS NULL OR operation = $3) \
+            select_calls!(
+            "WHERE tenant_id = $1 AND ($2 IS NULL OR connection_id = $2) AND ($3 IS NULL OR operation = $3) \
              AND ($4 IS NULL OR ok = $4) AND ($5 IS NULL OR error_class = $5) AND ($6 IS NULL OR id < $6) \
              AND ($8 IS NULL OR at >= $8) AND ($9 IS NULL OR at < $9) \
-             ORDER BY id DESC LIMIT $7",
+             ORDER BY id DESC LIMIT $7"
+        ),
         )
         .bind(tenant_id)
         .bind(&f.connection_id)
