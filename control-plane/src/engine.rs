@@ -526,8 +526,11 @@ fn run_steps(
             match run_step(&run, step, &path, &mut local).await {
                 Ok(out) => last = out,
                 Err(e) => {
-                    let reason = format!("not run: step `{}` failed before it", e.step);
-                    skip(&run, &steps, i + 1, &base, &suffix, &reason).await;
+                    // A cancelled execution's trace ends where it was cancelled.
+                    if e.class != "cancelled" {
+                        let reason = format!("not run: step `{}` failed before it", e.step);
+                        skip(&run, &steps, i + 1, &base, &suffix, &reason).await;
+                    }
                     return Err(e);
                 }
             }
