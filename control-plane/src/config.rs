@@ -162,7 +162,7 @@ pub fn resolve(file: ServeFile, over: Overrides, origin: &str) -> Result<Setting
     }
     settings.agent_cert_ttl = Duration::from_secs(ttl);
     if let Some(allow) = over.cloud_agent_allow.or(file.cloud_agent_allow) {
-        if let Err(errors) = dibop_relay_agent::policy::AllowList::parse(&allow) {
+        if let Err(errors) = dibop_runtime::policy::AllowList::parse(&allow) {
             problems.extend(
                 errors
                     .into_iter()

@@ -15,8 +15,9 @@ use dibop_relay_agent::identity::Identity;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::Settings;
 use crate::store::{AgentGroup, Store, now_unix};
-use crate::{Settings, ids};
+use crate::support::ids;
 
 /// Options of `dibop dev`.
 #[derive(Debug, Clone)]
@@ -179,7 +180,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         .map(|c| c.id)
         .context("the built-in dms-sim connector is missing")?;
     let sim = dibop_dms_sim::SimAuth::default();
-    let connection_id = crate::connections::ensure(
+    let connection_id = crate::http::connections::ensure(
         &core,
         &tenant_id,
         json!({
@@ -189,7 +190,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         }),
     )
     .await?;
-    let orchestration_id = crate::orchestrations::ensure_example(&core, &tenant_id).await?;
+    let orchestration_id = crate::http::orchestrations::ensure_example(&core, &tenant_id).await?;
 
     let api_url = format!("http://{}", server.http_addr);
     let credentials = json!({

@@ -217,7 +217,7 @@ fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let signal = token.clone();
     tokio::spawn(async move {
-        dibop_relay_agent::shutdown_signal().await;
+        dibop_runtime::support::shutdown_signal().await;
         signal.cancel();
     });
     token
@@ -331,11 +331,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Orchestration {
             task: OrchestrationTask::Validate { file },
         } => {
-            use dibop_control_plane::orchestration;
+            use dibop_control_plane::orchestration::definition;
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            let problems = match orchestration::parse(&text) {
-                Ok(doc) => orchestration::validate(&doc),
+            let problems = match definition::parse(&text) {
+                Ok(doc) => definition::validate(&doc),
                 Err(p) => vec![p],
             };
             if problems.is_empty() {
@@ -354,7 +354,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Connector {
             task: ConnectorTask::Validate { file },
         } => {
-            use dibop_control_plane::connector;
+            use dibop_control_plane::catalogue::connector;
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
             let problems = match connector::parse(&text) {
@@ -384,7 +384,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     output,
                 },
         } => {
-            use dibop_control_plane::{connector, import};
+            use dibop_control_plane::catalogue::{connector, import};
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
             let options = import::Options {
@@ -483,7 +483,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 role,
                 ttl_secs,
             } => {
-                use dibop_control_plane::access;
+                use dibop_control_plane::identity::{audit, tokens};
                 let store =
                     dibop_control_plane::open_store(&data_dir, database_url.as_deref()).await?;
                 let t = store.tenant_by_name(&tenant).await?.ok_or_else(|| {
@@ -491,8 +491,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "no tenant named `{tenant}` (create it with `dibop admin create-tenant`)"
                     )
                 })?;
-                if let Some(problem) = dibop_control_plane::users::role_problem(
-                    t.name == dibop_control_plane::tenants::PLATFORM_TENANT,
+                if let Some(problem) = dibop_control_plane::identity::users::role_problem(
+                    t.name == dibop_control_plane::identity::PLATFORM_TENANT,
                     &role,
                 ) {
                     anyhow::bail!("--role `{role}`: {problem}");
@@ -500,8 +500,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let expires_at =
                     ttl_secs.map(|s| dibop_control_plane::store::now_unix() + s as i64);
                 let (row, token) =
-                    access::issue_token(&store, &t.id, &name, &role, expires_at).await?;
-                access::record(
+                    tokens::issue_token(&store, &t.id, &name, &role, expires_at).await?;
+                audit::record(
                     &store,
                     Some(&t.id),
                     "cli",
@@ -509,7 +509,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ("api_token", &row.id),
                     serde_json::json!({"name": name, "role": role}),
                 )
-                .await;
+                .await?;
                 println!(
                     "{}",
                     serde_json::json!({"id": row.id, "api_token": token, "role": role})
@@ -522,7 +522,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     dibop_control_plane::open_store(&data_dir, database_url.as_deref()).await?;
                 let (key_id, n) =
                     dibop_control_plane::vault::rotate_master_key(&store, &data_dir).await?;
-                dibop_control_plane::access::record(
+                dibop_control_plane::identity::audit::record(
                     &store,
                     None,
                     "cli",
@@ -530,7 +530,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ("master_key", &key_id),
                     serde_json::json!({"data_keys_rewrapped": n}),
                 )
-                .await;
+                .await?;
                 println!(
                     "{}",
                     serde_json::json!({"master_key_id": key_id, "data_keys_rewrapped": n})
@@ -562,7 +562,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 enterprise_publishing,
             } => {
                 anyhow::ensure!(
-                    name != dibop_control_plane::tenants::PLATFORM_TENANT,
+                    name != dibop_control_plane::identity::PLATFORM_TENANT,
                     "`platform` is reserved"
                 );
                 let store =
@@ -594,9 +594,9 @@ fn main() -> ExitCode {
     // runtime, logging or argument parsing.
     if std::env::args_os()
         .nth(1)
-        .is_some_and(|a| a == dibop_control_plane::sandbox::WORKER_COMMAND)
+        .is_some_and(|a| a == dibop_control_plane::expr::sandbox::WORKER_COMMAND)
     {
-        return match dibop_control_plane::sandbox::run_worker() {
+        return match dibop_control_plane::expr::sandbox::run_worker() {
             Ok(()) => ExitCode::SUCCESS,
             Err(_) => ExitCode::FAILURE,
         };
@@ -606,8 +606,8 @@ fn main() -> ExitCode {
 
 #[tokio::main]
 async fn cli_main() -> ExitCode {
-    dibop_relay_agent::install_crypto_provider();
-    dibop_relay_agent::init_tracing("info");
+    dibop_runtime::install_crypto_provider();
+    dibop_runtime::support::init_tracing("info");
     match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -12,9 +12,13 @@
 use std::path::Path;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use sqlx::any::AnyPoolOptions;
-use sqlx::{Any, Pool};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, Connection as _, Pool, Transaction};
 use sqlx::{Executor as _, FromRow, Row};
+use tokio::sync::{Mutex, MutexGuard};
 
 /// `SELECT <every agent column> FROM agents <tail>`, as a static string.
 macro_rules! select_agents {
@@ -319,11 +323,38 @@ pub enum Backend {
     Postgres,
 }
 
-/// The database.
+/// The database. A clone shares the pool; [`Store::begin`] gives a store
+/// whose every query runs in one transaction until [`Store::commit`].
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: Pool<Any>,
     backend: Backend,
+    tx: Option<Arc<Mutex<Option<Transaction<'static, Any>>>>>,
+}
+
+/// A connection for one query: from the pool, or the store's transaction.
+enum Db<'a> {
+    Pooled(PoolConnection<Any>),
+    Tx(MutexGuard<'a, Option<Transaction<'static, Any>>>),
+}
+
+impl std::ops::Deref for Db<'_> {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        match self {
+            Db::Pooled(c) => c,
+            Db::Tx(t) => t.as_ref().expect("a store used after its commit"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for Db<'_> {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match self {
+            Db::Pooled(c) => c,
+            Db::Tx(t) => t.as_mut().expect("a store used after its commit"),
+        }
+    }
 }
 
 /// Hides the password of a database URL for logs and errors.
@@ -340,7 +371,7 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-pub use dibop_relay_agent::now_unix;
+pub use dibop_runtime::support::now_unix;
 
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and migrates it.
@@ -377,7 +408,11 @@ impl Store {
         };
         let pool = options.connect(url).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            tx: None,
+        })
     }
 
     /// Connects once to a PostgreSQL `url` and runs `SELECT 1`, changing
@@ -394,6 +429,38 @@ impl Store {
         Ok(())
     }
 
+    /// A store whose queries all run in one new transaction: the change
+    /// and its audit entry commit together or not at all. Nothing is
+    /// written until [`Store::commit`]; dropping it rolls back. Queries of
+    /// the returned store wait for each other (one connection).
+    pub async fn begin(&self) -> Result<Store, StoreError> {
+        let tx = self.pool.begin().await?;
+        Ok(Store {
+            pool: self.pool.clone(),
+            backend: self.backend,
+            tx: Some(Arc::new(Mutex::new(Some(tx)))),
+        })
+    }
+
+    /// Commits the transaction [`Store::begin`] opened (a store outside a
+    /// transaction has nothing to commit).
+    pub async fn commit(self) -> Result<(), StoreError> {
+        if let Some(tx) = self.tx
+            && let Some(tx) = tx.lock().await.take()
+        {
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// The connection for the next query.
+    async fn db(&self) -> Result<Db<'_>, StoreError> {
+        Ok(match &self.tx {
+            None => Db::Pooled(self.pool.acquire().await?),
+            Some(tx) => Db::Tx(tx.lock().await),
+        })
+    }
+
     /// Which backend this is.
     pub fn backend(&self) -> Backend {
         self.backend
@@ -401,7 +468,9 @@ impl Store {
 
     /// Whether the database answers (for readiness checks).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1")
+            .execute(&mut *self.db().await?)
+            .await?;
         Ok(())
     }
 
@@ -412,7 +481,7 @@ impl Store {
             .bind(id)
             .bind(name)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut *self.db().await?)
             .await
             .map_err(|e| unique_violation(e, format!("a tenant named `{name}` already exists")))?;
         Ok(Tenant {
@@ -435,7 +504,7 @@ impl Store {
         Ok(
             sqlx::query_as::<_, Tenant>(select_tenants!("WHERE name = $1"))
                 .bind(name)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.db().await?)
                 .await?,
         )
     }
@@ -445,7 +514,7 @@ impl Store {
         Ok(
             sqlx::query_as::<_, Tenant>(select_tenants!("WHERE id = $1"))
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.db().await?)
                 .await?,
         )
     }
@@ -461,7 +530,7 @@ impl Store {
         ))
         .bind(after)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?)
     }
 
@@ -481,7 +550,7 @@ impl Store {
         .bind(t.concurrent_executions)
         .bind(t.storage_bytes)
         .bind(t.retention_days)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(())
     }
@@ -492,7 +561,7 @@ impl Store {
             sqlx::query("SELECT calls FROM usage_counters WHERE tenant_id = $1 AND period = $2")
                 .bind(tenant_id)
                 .bind(period)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.db().await?)
                 .await?;
         Ok(match row {
             Some(r) => r.try_get::<i64, _>("calls")?,
@@ -514,7 +583,7 @@ impl Store {
         .bind(tenant_id)
         .bind(period)
         .bind(calls)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(())
     }
@@ -538,7 +607,7 @@ impl Store {
         .bind(&token.prefix)
         .bind(token.expires_at)
         .bind(token.view_pii)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(())
     }
@@ -557,7 +626,7 @@ impl Store {
              FROM api_tokens t LEFT JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1",
         )
         .bind(token_hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.db().await?)
         .await?)
     }
 
@@ -566,7 +635,7 @@ impl Store {
         sqlx::query("UPDATE api_tokens SET view_pii = $1 WHERE id = $2")
             .bind(view_pii)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *self.db().await?)
             .await?;
         Ok(())
     }
@@ -582,7 +651,7 @@ impl Store {
         sqlx::query("UPDATE api_tokens SET user_id = $1 WHERE id = $2")
             .bind(user_id)
             .bind(&token.id)
-            .execute(&self.pool)
+            .execute(&mut *self.db().await?)
             .await?;
         Ok(())
     }
@@ -600,7 +669,7 @@ impl Store {
         .bind(&user.role)
         .bind(user.created_at)
         .bind(user.view_pii)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await
         .map_err(|e| {
             unique_violation(
@@ -616,7 +685,7 @@ impl Store {
         Ok(
             sqlx::query_as::<_, UserRow>(select_users!("WHERE email = $1"))
                 .bind(email)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.db().await?)
                 .await?,
         )
     }
@@ -634,7 +703,7 @@ impl Store {
         .bind(tenant_id)
         .bind(after)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?)
     }
 
@@ -653,7 +722,7 @@ impl Store {
                 .bind(view_pii)
                 .bind(tenant_id)
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&mut *self.db().await?)
                 .await?;
         }
         if let Some(role) = role {
@@ -661,7 +730,7 @@ impl Store {
                 .bind(role)
                 .bind(tenant_id)
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&mut *self.db().await?)
                 .await?;
         }
         if let Some(disabled_at) = disabled_at {
@@ -669,14 +738,14 @@ impl Store {
                 .bind(disabled_at)
                 .bind(tenant_id)
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&mut *self.db().await?)
                 .await?;
         }
         Ok(
             sqlx::query_as::<_, UserRow>(select_users!("WHERE tenant_id = $1 AND id = $2"))
                 .bind(tenant_id)
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.db().await?)
                 .await?,
         )
     }
@@ -686,7 +755,7 @@ impl Store {
         sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
             .bind(password_hash)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *self.db().await?)
             .await?;
         Ok(())
     }
@@ -695,7 +764,7 @@ impl Store {
     pub async fn session_ids_of(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query("SELECT id FROM api_tokens WHERE user_id = $1")
             .bind(user_id)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.db().await?)
             .await?;
         rows.iter()
             .map(|r| r.try_get::<String, _>("id").map_err(StoreError::from))
@@ -715,7 +784,7 @@ impl Store {
         .bind(tenant_id)
         .bind(after)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?)
     }
 
@@ -730,13 +799,13 @@ impl Store {
             .bind(now)
             .bind(tenant_id)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *self.db().await?)
             .await?;
         Ok(
             sqlx::query_as::<_, ApiTokenRow>(select_tokens!("WHERE tenant_id = $1 AND id = $2"))
                 .bind(tenant_id)
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.db().await?)
                 .await?,
         )
     }
@@ -751,7 +820,7 @@ impl Store {
             sqlx::query_as::<_, ApiTokenRow>(select_tokens!("WHERE tenant_id = $1 AND id = $2"))
                 .bind(tenant_id)
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.db().await?)
                 .await?,
         )
     }
@@ -761,7 +830,7 @@ impl Store {
         sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2")
             .bind(now)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *self.db().await?)
             .await?;
         Ok(())
     }
@@ -770,7 +839,7 @@ impl Store {
     pub async fn tenant_key(&self, tenant_id: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query("SELECT wrapped_key FROM tenant_keys WHERE tenant_id = $1")
             .bind(tenant_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.db().await?)
             .await?;
         Ok(match row {
             Some(r) => Some(r.try_get("wrapped_key")?),
@@ -793,7 +862,7 @@ impl Store {
         .bind(wrapped)
         .bind(master_key_id)
         .bind(now_unix())
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -801,7 +870,7 @@ impl Store {
     /// Every wrapped data key: (tenant id, wrapped key).
     pub async fn tenant_keys(&self) -> Result<Vec<(String, String)>, StoreError> {
         let rows = sqlx::query("SELECT tenant_id, wrapped_key FROM tenant_keys ORDER BY tenant_id")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.db().await?)
             .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("tenant_id")?, r.try_get("wrapped_key")?)))
@@ -814,7 +883,8 @@ impl Store {
         keys: &[(String, String)],
         master_key_id: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut db = self.db().await?;
+        let mut tx = db.begin().await?;
         for (tenant_id, wrapped) in keys {
             sqlx::query(
                 "UPDATE tenant_keys SET wrapped_key = $1, master_key_id = $2 WHERE tenant_id = $3",
@@ -845,7 +915,7 @@ impl Store {
         .bind(scope)
         .bind(key)
         .bind(now - 24 * 3600)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         let inserted = sqlx::query(
             "INSERT INTO idempotency_keys (scope, idem_key, tenant_id, fingerprint, status, created_at) \
@@ -856,7 +926,7 @@ impl Store {
         .bind(tenant_id)
         .bind(fingerprint)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         if inserted.rows_affected() > 0 {
             return Ok(None);
@@ -864,7 +934,7 @@ impl Store {
         let row = sqlx::query("SELECT fingerprint, status, response FROM idempotency_keys WHERE scope = $1 AND idem_key = $2")
             .bind(scope)
             .bind(key)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.db().await?)
             .await?;
         Ok(Some((
             row.try_get("fingerprint")?,
@@ -886,7 +956,7 @@ impl Store {
             .bind(response)
             .bind(scope)
             .bind(key)
-            .execute(&self.pool)
+            .execute(&mut *self.db().await?)
             .await?;
         Ok(())
     }
@@ -896,7 +966,7 @@ impl Store {
         sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND idem_key = $2")
             .bind(scope)
             .bind(key)
-            .execute(&self.pool)
+            .execute(&mut *self.db().await?)
             .await?;
         Ok(())
     }
@@ -917,7 +987,7 @@ impl Store {
         .bind(&c.created_by)
         .bind(c.created_at)
         .bind(c.updated_at)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await
         .map_err(|e| unique_violation(e, format!("a connector with slug `{}` already exists", c.slug)))?;
         Ok(())
@@ -934,7 +1004,7 @@ impl Store {
         ))
         .bind(tenant_id)
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.db().await?)
         .await?)
     }
 
@@ -951,7 +1021,7 @@ impl Store {
         .bind(tenant_id)
         .bind(after)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?)
     }
 
@@ -968,7 +1038,7 @@ impl Store {
         .bind(c.updated_at)
         .bind(&c.tenant_id)
         .bind(&c.id)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await
         .map_err(|e| unique_violation(e, format!("a connector with slug `{}` already exists", c.slug)))?;
         Ok(done.rows_affected() > 0)
@@ -982,7 +1052,7 @@ impl Store {
         )
         .bind(tenant_id)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -1003,7 +1073,7 @@ impl Store {
         .bind(&e.source_ip)
         .bind(&e.request_id)
         .bind(&e.details)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(())
     }
@@ -1029,7 +1099,7 @@ impl Store {
         .bind(&f.resource_id)
         .bind(&f.before)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?)
     }
 
@@ -1043,7 +1113,7 @@ impl Store {
         .bind(&group.name)
         .bind(&group.description)
         .bind(group.created_at)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await
         .map_err(|e| unique_violation(e, format!("an agent group named `{}` already exists", group.name)))?;
         Ok(())
@@ -1063,7 +1133,7 @@ impl Store {
         .bind(tenant_id)
         .bind(after)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?)
     }
 
@@ -1074,7 +1144,7 @@ impl Store {
         )
         .bind(tenant_id)
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.db().await?)
         .await?)
     }
 
@@ -1097,7 +1167,7 @@ impl Store {
         .bind(secret_hash)
         .bind(expires_at)
         .bind(now_unix())
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(())
     }
@@ -1116,7 +1186,7 @@ impl Store {
         )
         .bind(now)
         .bind(secret_hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.db().await?)
         .await?;
         if let Some(row) = row {
             return Ok(Redeem::Ok {
@@ -1128,7 +1198,7 @@ impl Store {
         let state =
             sqlx::query("SELECT used_at, expires_at FROM enrollment_tokens WHERE secret_hash = $1")
                 .bind(secret_hash)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.db().await?)
                 .await?;
         Ok(match state {
             None => Redeem::Unknown,
@@ -1139,7 +1209,8 @@ impl Store {
 
     /// Records an enrolled agent and links it to its token.
     pub async fn create_agent(&self, agent: &AgentRow, token_id: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut db = self.db().await?;
+        let mut tx = db.begin().await?;
         sqlx::query(
             "INSERT INTO agents (id, tenant_id, group_id, name, hostname, version, enrolled_at, last_seen, cert_not_after) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -1170,7 +1241,7 @@ impl Store {
         Ok(
             sqlx::query_as::<_, AgentRow>(select_agents!("WHERE id = $1"))
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.db().await?)
                 .await?,
         )
     }
@@ -1181,7 +1252,7 @@ impl Store {
             sqlx::query_as::<_, AgentRow>(select_agents!("WHERE tenant_id = $1 AND id = $2"))
                 .bind(tenant_id)
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.db().await?)
                 .await?,
         )
     }
@@ -1201,7 +1272,7 @@ impl Store {
         .bind(group_id)
         .bind(after)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?)
     }
 
@@ -1218,7 +1289,7 @@ impl Store {
             .bind(version)
             .bind(now)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *self.db().await?)
             .await?;
         Ok(())
     }
@@ -1228,7 +1299,7 @@ impl Store {
         sqlx::query("UPDATE agents SET last_seen = $1 WHERE id = $2")
             .bind(now)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *self.db().await?)
             .await?;
         Ok(())
     }
@@ -1238,7 +1309,7 @@ impl Store {
         sqlx::query("UPDATE agents SET cert_not_after = $1 WHERE id = $2")
             .bind(not_after)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *self.db().await?)
             .await?;
         Ok(())
     }
@@ -1256,7 +1327,7 @@ impl Store {
         .bind(now)
         .bind(tenant_id)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -1330,7 +1401,7 @@ pub(crate) mod testdb {
                 sqlx::any::install_default_drivers();
                 let db = format!(
                     "dibop_test_{}",
-                    crate::ids::new_id("db").trim_start_matches("db_")
+                    crate::support::ids::new_id("db").trim_start_matches("db_")
                 );
                 let pool = AnyPoolOptions::new()
                     .max_connections(1)

@@ -1,104 +1,39 @@
 //! API tokens, roles, readiness and the audit log, through a real HTTP
 //! socket against an in-process control plane.
 
-use dibop_control_plane::{Settings, access, start, store::now_unix};
+use dibop_control_plane::identity::tokens;
+use dibop_control_plane::testing::TestCp;
+use dibop_control_plane::{Settings, start, store::now_unix};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-struct Cp {
-    _dir: tempfile::TempDir,
-    base: String,
-    admin: String,
-    tenant_id: String,
-    core: std::sync::Arc<dibop_control_plane::Core>,
-    _shutdown: tokio_util::sync::DropGuard,
-}
-
-async fn cp() -> Cp {
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings::new(dir.path().join("cp"));
-    settings.http_addr = "127.0.0.1:0".parse().unwrap();
-    settings.tunnel_addr = "127.0.0.1:0".parse().unwrap();
-    let shutdown = CancellationToken::new();
-    let server = start(settings, shutdown.clone()).await.unwrap();
-    let (tenant_id, admin) =
-        dibop_control_plane::bootstrap_tenant(&server.core.store, "acme", "cli")
-            .await
-            .unwrap();
-    let base = format!("http://{}", server.http_addr);
-    let core = server.core.clone();
-    tokio::spawn(server.wait());
-    Cp {
-        _dir: dir,
-        base,
-        admin,
-        tenant_id,
-        core,
-        _shutdown: shutdown.drop_guard(),
-    }
-}
-
-/// A platform admin's API token.
-async fn platform_admin(cp: &Cp) -> String {
-    dibop_control_plane::bootstrap_platform_admin(&cp.core.store, "ops@dibop.example", None, "cli")
-        .await
-        .unwrap()
-        .2
-}
-
-async fn send(cp: &Cp, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let client = reqwest::Client::new();
-    let mut req = client
-        .request(method.parse().unwrap(), format!("{}/api/v1{path}", cp.base))
-        .bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap()
-        },
-    )
-}
-
 #[tokio::test]
 async fn tokens_carry_roles_and_can_be_revoked() {
-    let cp = cp().await;
-    let (status, created) = send(
-        &cp,
-        &cp.admin,
-        "POST",
-        "/api-tokens",
-        Some(json!({"name": "ci", "role": "viewer"})),
-    )
-    .await;
+    let cp = TestCp::start().await;
+    let (status, created) = cp
+        .send_as(
+            &cp.admin,
+            "POST",
+            "/api-tokens",
+            Some(json!({"name": "ci", "role": "viewer"})),
+        )
+        .await;
     assert_eq!(status, 201, "{created}");
     let viewer = created["token"].as_str().unwrap().to_owned();
     assert!(viewer.starts_with("dibop_"));
     assert_eq!(created["prefix"].as_str().unwrap(), &viewer[..12]);
 
     // A viewer reads but cannot change.
-    let (status, _) = send(&cp, &viewer, "GET", "/agent-groups", None).await;
+    let (status, _) = cp.send_as(&viewer, "GET", "/agent-groups", None).await;
     assert_eq!(status, 200);
-    let (status, body) = send(
-        &cp,
-        &viewer,
-        "POST",
-        "/agent-groups",
-        Some(json!({"name": "x"})),
-    )
-    .await;
+    let (status, body) = cp
+        .send_as(&viewer, "POST", "/agent-groups", Some(json!({"name": "x"})))
+        .await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"]["code"], "forbidden");
 
     // Listed without the secret, with its last use.
-    let (_, list) = send(&cp, &cp.admin, "GET", "/api-tokens", None).await;
+    let (_, list) = cp.send_as(&cp.admin, "GET", "/api-tokens", None).await;
     let listed = list
         .as_array()
         .unwrap()
@@ -116,39 +51,34 @@ async fn tokens_carry_roles_and_can_be_revoked() {
         "no secret anywhere in the list"
     );
 
-    let (status, _) = send(
-        &cp,
-        &cp.admin,
-        "DELETE",
-        &format!("/api-tokens/{}", created["id"].as_str().unwrap()),
-        None,
-    )
-    .await;
+    let (status, _) = cp
+        .send_as(
+            &cp.admin,
+            "DELETE",
+            &format!("/api-tokens/{}", created["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
     assert_eq!(status, 204);
     // Revoking it again says so, and writes no second audit entry.
-    let (status, again) = send(
-        &cp,
-        &cp.admin,
-        "DELETE",
-        &format!("/api-tokens/{}", created["id"].as_str().unwrap()),
-        None,
-    )
-    .await;
+    let (status, again) = cp
+        .send_as(
+            &cp.admin,
+            "DELETE",
+            &format!("/api-tokens/{}", created["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
     assert_eq!(
         (status, again["error"]["code"].as_str()),
         (409, Some("already_revoked")),
         "{again}"
     );
-    let (_, audit) = send(
-        &cp,
-        &cp.admin,
-        "GET",
-        "/audit?action=api_token.revoke",
-        None,
-    )
-    .await;
+    let (_, audit) = cp
+        .send_as(&cp.admin, "GET", "/audit?action=api_token.revoke", None)
+        .await;
     assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
-    let (status, body) = send(&cp, &viewer, "GET", "/agent-groups", None).await;
+    let (status, body) = cp.send_as(&viewer, "GET", "/agent-groups", None).await;
     assert_eq!(status, 401);
     assert!(
         body["error"]["message"]
@@ -158,14 +88,14 @@ async fn tokens_carry_roles_and_can_be_revoked() {
         "{body}"
     );
 
-    let (status, body) = send(
-        &cp,
-        &cp.admin,
-        "POST",
-        "/api-tokens",
-        Some(json!({"name": "", "role": "root"})),
-    )
-    .await;
+    let (status, body) = cp
+        .send_as(
+            &cp.admin,
+            "POST",
+            "/api-tokens",
+            Some(json!({"name": "", "role": "root"})),
+        )
+        .await;
     assert_eq!(status, 422);
     assert_eq!(
         body["error"]["details"].as_array().unwrap().len(),
@@ -176,8 +106,8 @@ async fn tokens_carry_roles_and_can_be_revoked() {
 
 #[tokio::test]
 async fn expired_tokens_say_so() {
-    let cp = cp().await;
-    let (_, secret) = access::issue_token(
+    let cp = TestCp::start().await;
+    let (_, secret) = tokens::issue_token(
         &cp.core.store,
         &cp.tenant_id,
         "old",
@@ -186,7 +116,7 @@ async fn expired_tokens_say_so() {
     )
     .await
     .unwrap();
-    let (status, body) = send(&cp, &secret, "GET", "/agents", None).await;
+    let (status, body) = cp.send_as(&secret, "GET", "/agents", None).await;
     assert_eq!(status, 401);
     assert!(
         body["error"]["message"]
@@ -199,25 +129,24 @@ async fn expired_tokens_say_so() {
 
 #[tokio::test]
 async fn changes_are_audited_with_who_what_and_where() {
-    let cp = cp().await;
-    let (_, group) = send(
-        &cp,
-        &cp.admin,
-        "POST",
-        "/agent-groups",
-        Some(json!({"name": "site-a"})),
-    )
-    .await;
+    let cp = TestCp::start().await;
+    let (_, group) = cp
+        .send_as(
+            &cp.admin,
+            "POST",
+            "/agent-groups",
+            Some(json!({"name": "site-a"})),
+        )
+        .await;
     let group_id = group["id"].as_str().unwrap();
-    send(
-        &cp,
+    cp.send_as(
         &cp.admin,
         "POST",
         &format!("/agent-groups/{group_id}/enrollment-tokens"),
         None,
     )
     .await;
-    let (status, audit) = send(&cp, &cp.admin, "GET", "/audit", None).await;
+    let (status, audit) = cp.send_as(&cp.admin, "GET", "/audit", None).await;
     assert_eq!(status, 200, "{audit}");
     let actions: Vec<&str> = audit
         .as_array()
@@ -244,30 +173,27 @@ async fn changes_are_audited_with_who_what_and_where() {
         "no enrollment secret in the audit log"
     );
 
-    let (_, filtered) = send(
-        &cp,
-        &cp.admin,
-        "GET",
-        "/audit?action=agent_group.create",
-        None,
-    )
-    .await;
+    let (_, filtered) = cp
+        .send_as(&cp.admin, "GET", "/audit?action=agent_group.create", None)
+        .await;
     assert_eq!(filtered.as_array().unwrap().len(), 1);
-    let (status, body) = send(&cp, &cp.admin, "GET", "/audit?cursor=nonsense", None).await;
+    let (status, body) = cp
+        .send_as(&cp.admin, "GET", "/audit?cursor=nonsense", None)
+        .await;
     assert_eq!(status, 422, "{body}");
-    let (status, body) = send(&cp, &cp.admin, "GET", "/audit?limit=0", None).await;
+    let (status, body) = cp.send_as(&cp.admin, "GET", "/audit?limit=0", None).await;
     assert_eq!(status, 422, "{body}");
     // A viewer may not read it, and is told what is missing (a read, not a change).
-    let (_, viewer) = send(
-        &cp,
-        &cp.admin,
-        "POST",
-        "/api-tokens",
-        Some(json!({"name": "reader", "role": "viewer"})),
-    )
-    .await;
+    let (_, viewer) = cp
+        .send_as(
+            &cp.admin,
+            "POST",
+            "/api-tokens",
+            Some(json!({"name": "reader", "role": "viewer"})),
+        )
+        .await;
     let viewer = viewer["token"].as_str().unwrap().to_owned();
-    let (status, body) = send(&cp, &viewer, "GET", "/audit", None).await;
+    let (status, body) = cp.send_as(&viewer, "GET", "/audit", None).await;
     assert_eq!(status, 403);
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("cannot read the audit log"), "{message}");
@@ -276,7 +202,7 @@ async fn changes_are_audited_with_who_what_and_where() {
     let (_, other) = dibop_control_plane::bootstrap_tenant(&cp.core.store, "other", "cli")
         .await
         .unwrap();
-    let (_, theirs) = send(&cp, &other, "GET", "/audit", None).await;
+    let (_, theirs) = cp.send_as(&other, "GET", "/audit", None).await;
     assert!(
         theirs
             .as_array()
@@ -288,7 +214,7 @@ async fn changes_are_audited_with_who_what_and_where() {
 
 #[tokio::test]
 async fn readiness_reflects_the_store() {
-    let cp = cp().await;
+    let cp = TestCp::start().await;
     let resp = reqwest::get(format!("{}/readyz", cp.base)).await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     cp.core.store.close().await;
@@ -298,7 +224,7 @@ async fn readiness_reflects_the_store() {
     assert_eq!(body["error"]["code"], "not_ready");
 }
 
-async fn login(cp: &Cp, email: &str, password: &str) -> (u16, Value) {
+async fn login(cp: &TestCp, email: &str, password: &str) -> (u16, Value) {
     let resp = reqwest::Client::new()
         .post(format!("{}/api/v1/auth/login", cp.base))
         .json(&json!({"email": email, "password": password}))
@@ -310,10 +236,8 @@ async fn login(cp: &Cp, email: &str, password: &str) -> (u16, Value) {
 
 #[tokio::test]
 async fn people_sign_in_and_role_changes_apply_on_the_next_request() {
-    let cp = cp().await;
-    let (status, user) = send(
-        &cp,
-        &cp.admin,
+    let cp = TestCp::start().await;
+    let (status, user) = cp.send_as(&cp.admin,
         "POST",
         "/users",
         Some(json!({"email": "Ana@Dealer.example", "password": "a long passphrase", "role": "operator"})),
@@ -329,52 +253,51 @@ async fn people_sign_in_and_role_changes_apply_on_the_next_request() {
     assert_eq!(body["user"]["role"], "operator");
 
     // An operator may not create groups; promoted, the same session may.
-    let (status, _) = send(
-        &cp,
-        &session,
-        "POST",
-        "/agent-groups",
-        Some(json!({"name": "a"})),
-    )
-    .await;
+    let (status, _) = cp
+        .send_as(
+            &session,
+            "POST",
+            "/agent-groups",
+            Some(json!({"name": "a"})),
+        )
+        .await;
     assert_eq!(status, 403);
-    let (status, _) = send(
-        &cp,
-        &cp.admin,
-        "PATCH",
-        &format!("/users/{}", user["id"].as_str().unwrap()),
-        Some(json!({"role": "enterprise_admin"})),
-    )
-    .await;
+    let (status, _) = cp
+        .send_as(
+            &cp.admin,
+            "PATCH",
+            &format!("/users/{}", user["id"].as_str().unwrap()),
+            Some(json!({"role": "enterprise_admin"})),
+        )
+        .await;
     assert_eq!(status, 200);
-    let (status, body) = send(
-        &cp,
-        &session,
-        "POST",
-        "/agent-groups",
-        Some(json!({"name": "a"})),
-    )
-    .await;
+    let (status, body) = cp
+        .send_as(
+            &session,
+            "POST",
+            "/agent-groups",
+            Some(json!({"name": "a"})),
+        )
+        .await;
     assert_eq!(status, 201, "{body}");
 
     // Logout ends the session.
-    let (status, _) = send(&cp, &session, "POST", "/auth/logout", None).await;
+    let (status, _) = cp.send_as(&session, "POST", "/auth/logout", None).await;
     assert_eq!(status, 204);
-    let (status, _) = send(&cp, &session, "GET", "/agents", None).await;
+    let (status, _) = cp.send_as(&session, "GET", "/agents", None).await;
     assert_eq!(status, 401);
 
     // Disabling a user ends every session and refuses sign-in.
     let (_, body) = login(&cp, "ana@dealer.example", "a long passphrase").await;
     let session = body["token"].as_str().unwrap().to_owned();
-    send(
-        &cp,
+    cp.send_as(
         &cp.admin,
         "PATCH",
         &format!("/users/{}", user["id"].as_str().unwrap()),
         Some(json!({"disabled": true})),
     )
     .await;
-    let (status, _) = send(&cp, &session, "GET", "/agents", None).await;
+    let (status, _) = cp.send_as(&session, "GET", "/agents", None).await;
     assert_eq!(status, 401);
     let (status, _) = login(&cp, "ana@dealer.example", "a long passphrase").await;
     assert_eq!(status, 401);
@@ -382,8 +305,8 @@ async fn people_sign_in_and_role_changes_apply_on_the_next_request() {
 
 #[tokio::test]
 async fn wrong_credentials_say_nothing_about_which_part_is_wrong() {
-    let cp = cp().await;
-    send(&cp, &cp.admin, "POST", "/users", Some(json!({"email": "bo@dealer.example", "password": "another passphrase", "role": "viewer"}))).await;
+    let cp = TestCp::start().await;
+    cp.send_as(&cp.admin, "POST", "/users", Some(json!({"email": "bo@dealer.example", "password": "another passphrase", "role": "viewer"}))).await;
     let (s1, wrong_password) = login(&cp, "bo@dealer.example", "not the passphrase").await;
     let (s2, unknown_user) = login(&cp, "nobody@dealer.example", "not the passphrase").await;
     assert_eq!((s1, s2), (401, 401));
@@ -393,21 +316,21 @@ async fn wrong_credentials_say_nothing_about_which_part_is_wrong() {
     );
     assert_eq!(wrong_password["error"]["code"], "invalid_credentials");
 
-    let (status, body) = send(
-        &cp,
-        &cp.admin,
-        "POST",
-        "/users",
-        Some(json!({"email": "x", "password": "short", "role": "god"})),
-    )
-    .await;
+    let (status, body) = cp
+        .send_as(
+            &cp.admin,
+            "POST",
+            "/users",
+            Some(json!({"email": "x", "password": "short", "role": "god"})),
+        )
+        .await;
     assert_eq!(status, 422);
     assert_eq!(
         body["error"]["details"].as_array().unwrap().len(),
         3,
         "{body}"
     );
-    let (status, body) = send(&cp, &cp.admin, "POST", "/users", Some(json!({"email": "BO@dealer.example", "password": "another passphrase", "role": "viewer"}))).await;
+    let (status, body) = cp.send_as(&cp.admin, "POST", "/users", Some(json!({"email": "BO@dealer.example", "password": "another passphrase", "role": "viewer"}))).await;
     assert_eq!(
         status, 409,
         "emails are unique, whatever their case: {body}"
@@ -416,23 +339,23 @@ async fn wrong_credentials_say_nothing_about_which_part_is_wrong() {
 
 #[tokio::test]
 async fn platform_admins_manage_tenants_and_limits_answer_429() {
-    let cp = cp().await;
-    let platform = platform_admin(&cp).await;
+    let cp = TestCp::start().await;
+    let platform = cp.platform_admin().await;
 
     // Tenant admins cannot manage tenants; platform admins see no tenant data.
-    let (status, _) = send(&cp, &cp.admin, "GET", "/tenants", None).await;
+    let (status, _) = cp.send_as(&cp.admin, "GET", "/tenants", None).await;
     assert_eq!(status, 403);
-    let (status, groups) = send(&cp, &platform, "GET", "/agent-groups", None).await;
+    let (status, groups) = cp.send_as(&platform, "GET", "/agent-groups", None).await;
     assert_eq!((status, groups.as_array().unwrap().len()), (200, 0));
 
-    let (status, t) = send(
-        &cp,
-        &platform,
-        "POST",
-        "/tenants",
-        Some(json!({"name": "small-dealer", "tier": "free"})),
-    )
-    .await;
+    let (status, t) = cp
+        .send_as(
+            &platform,
+            "POST",
+            "/tenants",
+            Some(json!({"name": "small-dealer", "tier": "free"})),
+        )
+        .await;
     assert_eq!(status, 201, "{t}");
     assert_eq!(
         t["limits"],
@@ -446,7 +369,7 @@ async fn platform_admins_manage_tenants_and_limits_answer_429() {
 
     // Ten requests a minute, then 429 with Retry-After and the limit named.
     for _ in 0..10 {
-        assert_eq!(send(&cp, &small, "GET", "/agents", None).await.0, 200);
+        assert_eq!(cp.send_as(&small, "GET", "/agents", None).await.0, 200);
     }
     let resp = reqwest::Client::new()
         .get(format!("{}/api/v1/agents", cp.base))
@@ -466,25 +389,25 @@ async fn platform_admins_manage_tenants_and_limits_answer_429() {
     );
 
     // A custom monthly quota of two calls.
-    let (status, t) = send(
-        &cp,
-        &platform,
-        "PATCH",
-        &format!("/tenants/{tenant_id}"),
-        Some(json!({"requests_per_minute": 1000, "calls_per_month": 2, "retention_days": 90})),
-    )
-    .await;
+    let (status, t) = cp
+        .send_as(
+            &platform,
+            "PATCH",
+            &format!("/tenants/{tenant_id}"),
+            Some(json!({"requests_per_minute": 1000, "calls_per_month": 2, "retention_days": 90})),
+        )
+        .await;
     assert_eq!(status, 200, "{t}");
     assert_eq!(t["limits"]["retention_days"], 90);
     assert_eq!(t["custom_retention_days"], 90);
-    let (status, bad) = send(
-        &cp,
-        &platform,
-        "PATCH",
-        &format!("/tenants/{tenant_id}"),
-        Some(json!({"storage_bytes": 0, "retention_days": "long"})),
-    )
-    .await;
+    let (status, bad) = cp
+        .send_as(
+            &platform,
+            "PATCH",
+            &format!("/tenants/{tenant_id}"),
+            Some(json!({"storage_bytes": 0, "retention_days": "long"})),
+        )
+        .await;
     assert_eq!(status, 422, "{bad}");
     assert!(
         bad["error"]["message"]
@@ -493,34 +416,29 @@ async fn platform_admins_manage_tenants_and_limits_answer_429() {
             .contains("retention_days"),
         "{bad}"
     );
-    let (_, group) = send(
-        &cp,
-        &small,
-        "POST",
-        "/agent-groups",
-        Some(json!({"name": "g"})),
-    )
-    .await;
+    let (_, group) = cp
+        .send_as(&small, "POST", "/agent-groups", Some(json!({"name": "g"})))
+        .await;
     let calls = format!("/agent-groups/{}/calls", group["id"].as_str().unwrap());
     for _ in 0..2 {
-        let (status, r) = send(
-            &cp,
+        let (status, r) = cp
+            .send_as(
+                &small,
+                "POST",
+                &calls,
+                Some(json!({"url": "http://127.0.0.1:9/"})),
+            )
+            .await;
+        assert_eq!(status, 200, "{r}");
+    }
+    let (status, body) = cp
+        .send_as(
             &small,
             "POST",
             &calls,
             Some(json!({"url": "http://127.0.0.1:9/"})),
         )
         .await;
-        assert_eq!(status, 200, "{r}");
-    }
-    let (status, body) = send(
-        &cp,
-        &small,
-        "POST",
-        &calls,
-        Some(json!({"url": "http://127.0.0.1:9/"})),
-    )
-    .await;
     assert_eq!(status, 429);
     assert!(
         body["error"]["message"]
@@ -530,48 +448,41 @@ async fn platform_admins_manage_tenants_and_limits_answer_429() {
         "{body}"
     );
     cp.core.quotas.flush(&cp.core.store).await;
-    let (_, t) = send(
-        &cp,
-        &platform,
-        "GET",
-        &format!("/tenants/{tenant_id}"),
-        None,
-    )
-    .await;
+    let (_, t) = cp
+        .send_as(&platform, "GET", &format!("/tenants/{tenant_id}"), None)
+        .await;
     assert_eq!(t["calls_this_month"], 2, "{t}");
 
     // Suspended: every request refused, saying why; resumed: back.
-    send(
-        &cp,
+    cp.send_as(
         &platform,
         "PATCH",
         &format!("/tenants/{tenant_id}"),
         Some(json!({"status": "suspended"})),
     )
     .await;
-    let (status, body) = send(&cp, &small, "GET", "/agents", None).await;
+    let (status, body) = cp.send_as(&small, "GET", "/agents", None).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (403, Some("tenant_suspended"))
     );
-    send(
-        &cp,
+    cp.send_as(
         &platform,
         "PATCH",
         &format!("/tenants/{tenant_id}"),
         Some(json!({"status": "active"})),
     )
     .await;
-    assert_eq!(send(&cp, &small, "GET", "/agents", None).await.0, 200);
+    assert_eq!(cp.send_as(&small, "GET", "/agents", None).await.0, 200);
 
-    let (status, body) = send(
-        &cp,
-        &platform,
-        "PATCH",
-        &format!("/tenants/{tenant_id}"),
-        Some(json!({"tier": "gold", "calls_per_month": 0})),
-    )
-    .await;
+    let (status, body) = cp
+        .send_as(
+            &platform,
+            "PATCH",
+            &format!("/tenants/{tenant_id}"),
+            Some(json!({"tier": "gold", "calls_per_month": 0})),
+        )
+        .await;
     assert_eq!(status, 422);
     assert_eq!(
         body["error"]["details"].as_array().unwrap().len(),
@@ -647,7 +558,7 @@ async fn rotate_master_key_keeps_secrets_and_a_wrong_key_stops_the_start() {
 
 #[tokio::test]
 async fn bad_input_gets_the_error_shape_never_a_500() {
-    let cp = cp().await;
+    let cp = TestCp::start().await;
     let client = reqwest::Client::new();
     let url = format!("{}/api/v1/agent-groups", cp.base);
     let cases: Vec<(reqwest::RequestBuilder, u16)> = vec![
@@ -741,7 +652,7 @@ async fn bad_input_gets_the_error_shape_never_a_500() {
 
 #[tokio::test]
 async fn idempotency_keys_replay_creations_and_refuse_reuse() {
-    let cp = cp().await;
+    let cp = TestCp::start().await;
     let client = reqwest::Client::new();
     let post = |key: &str, body: Value| {
         client
@@ -770,7 +681,7 @@ async fn idempotency_keys_replay_creations_and_refuse_reuse() {
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["id"], first["id"], "the same token, not a second one");
     assert_eq!(again["token"], first["token"]);
-    let (_, list) = send(&cp, &cp.admin, "GET", "/api-tokens", None).await;
+    let (_, list) = cp.send_as(&cp.admin, "GET", "/api-tokens", None).await;
     assert_eq!(
         list.as_array()
             .unwrap()
@@ -792,8 +703,8 @@ async fn idempotency_keys_replay_creations_and_refuse_reuse() {
 
     // The stored response holds a secret: it is sealed in the database.
     cp.core.store.close().await;
-    let db = std::fs::read(cp._dir.path().join("cp/dibop.db")).unwrap();
-    let wal = std::fs::read(cp._dir.path().join("cp/dibop.db-wal")).unwrap_or_default();
+    let db = std::fs::read(cp.data_dir.join("dibop.db")).unwrap();
+    let wal = std::fs::read(cp.data_dir.join("dibop.db-wal")).unwrap_or_default();
     let secret = first["token"].as_str().unwrap().as_bytes();
     for file in [db, wal] {
         assert!(
@@ -805,7 +716,7 @@ async fn idempotency_keys_replay_creations_and_refuse_reuse() {
 
 #[tokio::test]
 async fn the_openapi_document_and_docs_are_served_without_a_cdn() {
-    let cp = cp().await;
+    let cp = TestCp::start().await;
     let doc: Value = reqwest::get(format!("{}/api/v1/openapi.json", cp.base))
         .await
         .unwrap()
@@ -846,8 +757,8 @@ async fn the_openapi_document_and_docs_are_served_without_a_cdn() {
 
 #[tokio::test]
 async fn the_cli_issues_api_tokens_that_work() {
-    let cp = cp().await;
-    let data = cp._dir.path().join("cp");
+    let cp = TestCp::start().await;
+    let data = cp.data_dir.clone();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dibop"))
         .args(["admin", "--data-dir"])
         .arg(&data)
@@ -869,17 +780,11 @@ async fn the_cli_issues_api_tokens_that_work() {
     );
     let created: Value = serde_json::from_slice(&out.stdout).unwrap();
     let token = created["api_token"].as_str().unwrap();
-    assert_eq!(send(&cp, token, "GET", "/agents", None).await.0, 200);
+    assert_eq!(cp.send_as(token, "GET", "/agents", None).await.0, 200);
     assert_eq!(
-        send(
-            &cp,
-            token,
-            "POST",
-            "/agent-groups",
-            Some(json!({"name": "x"}))
-        )
-        .await
-        .0,
+        cp.send_as(token, "POST", "/agent-groups", Some(json!({"name": "x"})))
+            .await
+            .0,
         403,
         "a viewer"
     );
@@ -895,7 +800,7 @@ async fn the_cli_issues_api_tokens_that_work() {
 
 #[tokio::test]
 async fn connector_drafts_from_json_or_yaml_with_every_problem_named() {
-    let cp = cp().await;
+    let cp = TestCp::start().await;
     let yaml = include_str!("../../catalogue/dms-sim.yaml");
     let post = |path: &str, content_type: &str, body: String| {
         reqwest::Client::new()
@@ -948,7 +853,7 @@ async fn connector_drafts_from_json_or_yaml_with_every_problem_named() {
         ["slug", "operations[0].method", "health_check"],
         "{body}"
     );
-    let (_, list) = send(&cp, &cp.admin, "GET", "/connectors", None).await;
+    let (_, list) = cp.send_as(&cp.admin, "GET", "/connectors", None).await;
     assert_eq!(list.as_array().unwrap().len(), 2, "nothing half-saved");
 
     // Validate without saving.
@@ -970,38 +875,38 @@ async fn connector_drafts_from_json_or_yaml_with_every_problem_named() {
 
     // Replace, then delete; viewers may read but not write.
     let id = created["id"].as_str().unwrap();
-    let (status, replaced) = send(
-        &cp,
-        &cp.admin,
-        "PUT",
-        &format!("/connectors/{id}"),
-        Some(created["definition"].clone()),
-    )
-    .await;
+    let (status, replaced) = cp
+        .send_as(
+            &cp.admin,
+            "PUT",
+            &format!("/connectors/{id}"),
+            Some(created["definition"].clone()),
+        )
+        .await;
     assert_eq!(status, 200, "{replaced}");
-    let (_, viewer) = access::issue_token(&cp.core.store, &cp.tenant_id, "v", "viewer", None)
+    let (_, viewer) = tokens::issue_token(&cp.core.store, &cp.tenant_id, "v", "viewer", None)
         .await
         .unwrap();
     assert_eq!(
-        send(&cp, &viewer, "GET", &format!("/connectors/{id}"), None)
+        cp.send_as(&viewer, "GET", &format!("/connectors/{id}"), None)
             .await
             .0,
         200
     );
     assert_eq!(
-        send(&cp, &viewer, "DELETE", &format!("/connectors/{id}"), None)
+        cp.send_as(&viewer, "DELETE", &format!("/connectors/{id}"), None)
             .await
             .0,
         403
     );
     assert_eq!(
-        send(&cp, &cp.admin, "DELETE", &format!("/connectors/{id}"), None)
+        cp.send_as(&cp.admin, "DELETE", &format!("/connectors/{id}"), None)
             .await
             .0,
         204
     );
     assert_eq!(
-        send(&cp, &cp.admin, "GET", &format!("/connectors/{id}"), None)
+        cp.send_as(&cp.admin, "GET", &format!("/connectors/{id}"), None)
             .await
             .0,
         404
@@ -1014,13 +919,11 @@ async fn connector_drafts_from_json_or_yaml_with_every_problem_named() {
 /// through `POST /tenants/{id}/users` without seeing its data afterwards.
 #[tokio::test]
 async fn enterprise_roles_never_exist_in_the_platform_tenant() {
-    let cp = cp().await;
-    let platform = platform_admin(&cp).await;
+    let cp = TestCp::start().await;
+    let platform = cp.platform_admin().await;
     let password = "a long enough password";
     for role in ["enterprise_admin", "operator", "viewer"] {
-        let (status, e) = send(
-            &cp,
-            &platform,
+        let (status, e) = cp.send_as(&platform,
             "POST",
             "/users",
             Some(json!({"email": format!("{role}@dibop.example"), "password": password, "role": role})),
@@ -1028,14 +931,14 @@ async fn enterprise_roles_never_exist_in_the_platform_tenant() {
         .await;
         assert_eq!(status, 422, "{role}: {e}");
         assert_eq!(e["error"]["details"][0]["field"], "role", "{e}");
-        let (status, e) = send(
-            &cp,
-            &platform,
-            "POST",
-            "/api-tokens",
-            Some(json!({"name": "t", "role": role})),
-        )
-        .await;
+        let (status, e) = cp
+            .send_as(
+                &platform,
+                "POST",
+                "/api-tokens",
+                Some(json!({"name": "t", "role": role})),
+            )
+            .await;
         assert_eq!(status, 422, "{role}: {e}");
     }
     // An enterprise-role token in the platform tenant made before the rule: refused.
@@ -1046,7 +949,7 @@ async fn enterprise_roles_never_exist_in_the_platform_tenant() {
         .await
         .unwrap()
         .unwrap();
-    let (_, stray) = access::issue_token(
+    let (_, stray) = tokens::issue_token(
         &cp.core.store,
         &platform_tenant.id,
         "stray",
@@ -1055,18 +958,22 @@ async fn enterprise_roles_never_exist_in_the_platform_tenant() {
     )
     .await
     .unwrap();
-    let (_, catalogue) = send(&cp, &cp.admin, "GET", "/catalogue?q=dms-sim", None).await;
+    let (_, catalogue) = cp
+        .send_as(&cp.admin, "GET", "/catalogue?q=dms-sim", None)
+        .await;
     let global = catalogue[0]["id"].as_str().unwrap().to_owned();
-    let (status, e) = send(
-        &cp,
-        &stray,
-        "POST",
-        &format!("/connectors/{global}/unpublish"),
-        None,
-    )
-    .await;
+    let (status, e) = cp
+        .send_as(
+            &stray,
+            "POST",
+            &format!("/connectors/{global}/unpublish"),
+            None,
+        )
+        .await;
     assert_eq!(status, 403, "{e}");
-    let (_, still) = send(&cp, &cp.admin, "GET", "/catalogue?q=dms-sim", None).await;
+    let (_, still) = cp
+        .send_as(&cp.admin, "GET", "/catalogue?q=dms-sim", None)
+        .await;
     assert_eq!(
         still[0]["id"],
         global.as_str(),
@@ -1074,63 +981,67 @@ async fn enterprise_roles_never_exist_in_the_platform_tenant() {
     );
 
     // The proper path: the tenant's first enterprise admin.
-    let (status, user) = send(
-        &cp,
-        &platform,
-        "POST",
-        &format!("/tenants/{}/users", cp.tenant_id),
-        Some(json!({"email": "first-admin@acme.example", "password": password})),
-    )
-    .await;
+    let (status, user) = cp
+        .send_as(
+            &platform,
+            "POST",
+            &format!("/tenants/{}/users", cp.tenant_id),
+            Some(json!({"email": "first-admin@acme.example", "password": password})),
+        )
+        .await;
     assert_eq!(status, 201, "{user}");
     assert_eq!(user["role"], "enterprise_admin");
     let (status, session) = login(&cp, "first-admin@acme.example", password).await;
     assert_eq!(status, 200, "{session}");
     assert_eq!(session["tenant_id"], cp.tenant_id.as_str());
     // Bad input, the platform tenant itself and unknown tenants are refused.
-    let (status, e) = send(
-        &cp,
-        &platform,
-        "POST",
-        &format!("/tenants/{}/users", cp.tenant_id),
-        Some(json!({"email": "x@acme.example", "password": password, "role": "platform_admin"})),
-    )
-    .await;
+    let (status, e) = cp
+        .send_as(
+            &platform,
+            "POST",
+            &format!("/tenants/{}/users", cp.tenant_id),
+            Some(
+                json!({"email": "x@acme.example", "password": password, "role": "platform_admin"}),
+            ),
+        )
+        .await;
     assert_eq!(status, 422, "{e}");
-    let (status, _) = send(
-        &cp,
-        &platform,
-        "POST",
-        &format!("/tenants/{}/users", platform_tenant.id),
-        Some(json!({"email": "y@acme.example", "password": password})),
-    )
-    .await;
+    let (status, _) = cp
+        .send_as(
+            &platform,
+            "POST",
+            &format!("/tenants/{}/users", platform_tenant.id),
+            Some(json!({"email": "y@acme.example", "password": password})),
+        )
+        .await;
     assert_eq!(status, 422);
-    let (status, _) = send(
-        &cp,
-        &platform,
-        "POST",
-        "/tenants/ten_nope/users",
-        Some(json!({"email": "z@acme.example", "password": password})),
-    )
-    .await;
+    let (status, _) = cp
+        .send_as(
+            &platform,
+            "POST",
+            "/tenants/ten_nope/users",
+            Some(json!({"email": "z@acme.example", "password": password})),
+        )
+        .await;
     assert_eq!(status, 404);
     // Enterprise admins cannot use it; the platform admin still sees no tenant users.
-    let (status, _) = send(
-        &cp,
-        &cp.admin,
-        "POST",
-        &format!("/tenants/{}/users", cp.tenant_id),
-        Some(json!({"email": "w@acme.example", "password": password})),
-    )
-    .await;
+    let (status, _) = cp
+        .send_as(
+            &cp.admin,
+            "POST",
+            &format!("/tenants/{}/users", cp.tenant_id),
+            Some(json!({"email": "w@acme.example", "password": password})),
+        )
+        .await;
     assert_eq!(status, 403);
-    let (_, users) = send(&cp, &platform, "GET", "/users", None).await;
+    let (_, users) = cp.send_as(&platform, "GET", "/users", None).await;
     assert!(
         !users.to_string().contains("first-admin@acme.example"),
         "{users}"
     );
     // The tenant's own audit log says who made the user.
-    let (_, audit) = send(&cp, &cp.admin, "GET", "/audit?action=user.create", None).await;
+    let (_, audit) = cp
+        .send_as(&cp.admin, "GET", "/audit?action=user.create", None)
+        .await;
     assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
 }

@@ -4,93 +4,29 @@
 //! tests against a real DMS simulator, and OpenAPI import of real public
 //! documents.
 
-use std::sync::Arc;
-
-use dibop_control_plane::{Core, Settings, bootstrap_platform_admin, bootstrap_tenant, start};
+use dibop_control_plane::testing::{TestCp, code};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 const DMS_SIM: &str = include_str!("../../catalogue/dms-sim.yaml");
 
-struct Cp {
-    _dir: tempfile::TempDir,
-    base: String,
-    core: Arc<Core>,
-    platform: String,
-    _shutdown: tokio_util::sync::DropGuard,
+async fn create(cp: &TestCp, token: &str, definition: &Value) -> String {
+    let (status, created) = cp
+        .send_as(token, "POST", "/connectors", Some(definition.clone()))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    created["id"].as_str().unwrap().to_owned()
 }
 
-async fn cp() -> Cp {
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings::new(dir.path().join("cp"));
-    settings.http_addr = "127.0.0.1:0".parse().unwrap();
-    settings.tunnel_addr = "127.0.0.1:0".parse().unwrap();
-    let shutdown = CancellationToken::new();
-    let server = start(settings, shutdown.clone()).await.unwrap();
-    let (_, _, platform) =
-        bootstrap_platform_admin(&server.core.store, "ops@platform.example", None, "cli")
-            .await
-            .unwrap();
-    let base = format!("http://{}", server.http_addr);
-    let core = server.core.clone();
-    tokio::spawn(server.wait());
-    Cp {
-        _dir: dir,
-        base,
-        core,
-        platform,
-        _shutdown: shutdown.drop_guard(),
-    }
-}
-
-impl Cp {
-    async fn tenant(&self, name: &str) -> (String, String) {
-        bootstrap_tenant(&self.core.store, name, "cli")
-            .await
-            .unwrap()
-    }
-
-    async fn send(
-        &self,
-        token: &str,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = reqwest::Client::new()
-            .request(
-                method.parse().unwrap(),
-                format!("{}/api/v1{path}", self.base),
-            )
-            .bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn create(&self, token: &str, definition: &Value) -> String {
-        let (status, created) = self
-            .send(token, "POST", "/connectors", Some(definition.clone()))
-            .await;
-        assert_eq!(status, 201, "{created}");
-        created["id"].as_str().unwrap().to_owned()
-    }
-
-    async fn slugs(&self, token: &str, query: &str) -> Vec<String> {
-        let (status, list) = self
-            .send(token, "GET", &format!("/catalogue{query}"), None)
-            .await;
-        assert_eq!(status, 200, "{list}");
-        list.as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["slug"].as_str().unwrap().to_owned())
-            .collect()
-    }
+async fn slugs(cp: &TestCp, token: &str, query: &str) -> Vec<String> {
+    let (status, list) = cp
+        .send_as(token, "GET", &format!("/catalogue{query}"), None)
+        .await;
+    assert_eq!(status, 200, "{list}");
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["slug"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 fn dms(slug: &str) -> Value {
@@ -100,21 +36,18 @@ fn dms(slug: &str) -> Value {
     d
 }
 
-fn code(answer: &Value) -> &str {
-    answer["error"]["code"].as_str().unwrap_or_default()
-}
-
 #[tokio::test]
 async fn publish_version_deprecate_and_unpublish() {
-    let cp = cp().await;
+    let cp = TestCp::builder().enterprise_publishing(false).start().await;
+    let platform = cp.platform_admin().await;
     let (acme_id, acme) = cp.tenant("acme").await;
     let (_, other) = cp.tenant("other").await;
-    let id = cp.create(&acme, &dms("acme-dms")).await;
+    let id = create(&cp, &acme, &dms("acme-dms")).await;
     let publish = format!("/connectors/{id}/publish");
 
     // Who may publish what.
     let (_, viewer) = cp
-        .send(
+        .send_as(
             &acme,
             "POST",
             "/api-tokens",
@@ -123,7 +56,7 @@ async fn publish_version_deprecate_and_unpublish() {
         .await;
     let viewer = viewer["token"].as_str().unwrap();
     let (status, answer) = cp
-        .send(
+        .send_as(
             viewer,
             "POST",
             &publish,
@@ -132,7 +65,7 @@ async fn publish_version_deprecate_and_unpublish() {
         .await;
     assert_eq!((status, code(&answer)), (403, "forbidden"), "{answer}");
     let (status, answer) = cp
-        .send(&acme, "POST", &publish, Some(json!({"scope": "global"})))
+        .send_as(&acme, "POST", &publish, Some(json!({"scope": "global"})))
         .await;
     assert_eq!(status, 403, "{answer}");
     assert!(
@@ -143,7 +76,7 @@ async fn publish_version_deprecate_and_unpublish() {
         "{answer}"
     );
     let (status, answer) = cp
-        .send(
+        .send_as(
             &acme,
             "POST",
             &publish,
@@ -156,7 +89,7 @@ async fn publish_version_deprecate_and_unpublish() {
         "{answer}"
     );
     let (status, answer) = cp
-        .send(
+        .send_as(
             &acme,
             "POST",
             &publish,
@@ -165,8 +98,8 @@ async fn publish_version_deprecate_and_unpublish() {
         .await;
     assert_eq!(status, 422, "{answer}");
     let (status, _) = cp
-        .send(
-            &cp.platform,
+        .send_as(
+            &platform,
             "PATCH",
             &format!("/tenants/{acme_id}"),
             Some(json!({"enterprise_publishing": true})),
@@ -174,7 +107,7 @@ async fn publish_version_deprecate_and_unpublish() {
         .await;
     assert_eq!(status, 200);
     let (status, published) = cp
-        .send(
+        .send_as(
             &acme,
             "POST",
             &publish,
@@ -185,7 +118,7 @@ async fn publish_version_deprecate_and_unpublish() {
     assert_eq!(published["latest_version"], "1.0.0");
     assert_eq!(published["scope"], "enterprise");
     let (status, answer) = cp
-        .send(
+        .send_as(
             &acme,
             "POST",
             &publish,
@@ -199,7 +132,7 @@ async fn publish_version_deprecate_and_unpublish() {
     );
 
     // The catalogue: built-ins for everyone, acme's connector for acme only.
-    let mine = cp.slugs(&acme, "").await;
+    let mine = slugs(&cp, &acme, "").await;
     for slug in [
         "acme-dms",
         "dms-sim",
@@ -212,31 +145,35 @@ async fn publish_version_deprecate_and_unpublish() {
             "{slug} missing from {mine:?}"
         );
     }
-    assert!(!cp.slugs(&other, "").await.contains(&"acme-dms".to_owned()));
+    assert!(
+        !slugs(&cp, &other, "")
+            .await
+            .contains(&"acme-dms".to_owned())
+    );
     assert_eq!(
-        cp.send(&other, "GET", &format!("/catalogue/{id}"), None)
+        cp.send_as(&other, "GET", &format!("/catalogue/{id}"), None)
             .await
             .0,
         404
     );
-    assert_eq!(cp.slugs(&acme, "?q=VIN").await, ["nhtsa-vpic"]);
-    let mut reference = cp.slugs(&acme, "?category=reference").await;
+    assert_eq!(slugs(&cp, &acme, "?q=VIN").await, ["nhtsa-vpic"]);
+    let mut reference = slugs(&cp, &acme, "?category=reference").await;
     reference.sort();
     assert_eq!(reference, ["open-meteo", "rest-countries"]);
-    let mut keyed = cp.slugs(&acme, "?auth_type=api_key").await;
+    let mut keyed = slugs(&cp, &acme, "?auth_type=api_key").await;
     keyed.sort();
     assert_eq!(keyed, ["acme-dms", "dms-sim"]);
-    assert_eq!(cp.slugs(&acme, "?scope=enterprise").await, ["acme-dms"]);
+    assert_eq!(slugs(&cp, &acme, "?scope=enterprise").await, ["acme-dms"]);
     assert!(
-        cp.slugs(&acme, "?q=50%25_").await.is_empty(),
+        slugs(&cp, &acme, "?q=50%25_").await.is_empty(),
         "LIKE wildcards are literal"
     );
     let (status, answer) = cp
-        .send(&acme, "GET", "/catalogue?auth_type=kerberos", None)
+        .send_as(&acme, "GET", "/catalogue?auth_type=kerberos", None)
         .await;
     assert_eq!(status, 422, "{answer}");
     let (status, detail) = cp
-        .send(&acme, "GET", &format!("/catalogue/{id}"), None)
+        .send_as(&acme, "GET", &format!("/catalogue/{id}"), None)
         .await;
     assert_eq!(status, 200, "{detail}");
     assert_eq!(detail["operations_list"].as_array().unwrap().len(), 10);
@@ -251,7 +188,7 @@ async fn publish_version_deprecate_and_unpublish() {
         .retain(|o| o["id"] != "getPart");
     drop_orphan_mappings(&mut def);
     assert_eq!(
-        cp.send(
+        cp.send_as(
             &acme,
             "PUT",
             &format!("/connectors/{id}"),
@@ -263,7 +200,7 @@ async fn publish_version_deprecate_and_unpublish() {
     );
     let versions = format!("/connectors/{id}/versions");
     let (status, answer) = cp
-        .send(
+        .send_as(
             &acme,
             "POST",
             &versions,
@@ -284,7 +221,7 @@ async fn publish_version_deprecate_and_unpublish() {
     );
     assert_eq!(answer["error"]["details"][0]["impact"], "breaking");
     let (status, answer) = cp
-        .send(
+        .send_as(
             &acme,
             "POST",
             &versions,
@@ -293,7 +230,7 @@ async fn publish_version_deprecate_and_unpublish() {
         .await;
     assert_eq!(status, 422, "release notes are required: {answer}");
     let (status, v2) = cp
-        .send(
+        .send_as(
             &acme,
             "POST",
             &versions,
@@ -309,7 +246,7 @@ async fn publish_version_deprecate_and_unpublish() {
     def["operations"].as_array_mut().unwrap().push(
         json!({"id": "listLocations", "name": "Locations", "method": "GET", "path": "/api/v1/locations"}),
     );
-    cp.send(
+    cp.send_as(
         &acme,
         "PUT",
         &format!("/connectors/{id}"),
@@ -317,7 +254,7 @@ async fn publish_version_deprecate_and_unpublish() {
     )
     .await;
     let (status, answer) = cp
-        .send(
+        .send_as(
             &acme,
             "POST",
             &versions,
@@ -326,7 +263,7 @@ async fn publish_version_deprecate_and_unpublish() {
         .await;
     assert_eq!((status, code(&answer)), (409, "bump_too_small"), "{answer}");
     let (status, v21) = cp
-        .send(
+        .send_as(
             &acme,
             "POST",
             &versions,
@@ -339,7 +276,7 @@ async fn publish_version_deprecate_and_unpublish() {
         "{v21}"
     );
     let (status, answer) = cp
-        .send(
+        .send_as(
             &acme,
             "POST",
             &versions,
@@ -347,7 +284,7 @@ async fn publish_version_deprecate_and_unpublish() {
         )
         .await;
     assert_eq!((status, code(&answer)), (409, "no_changes"), "{answer}");
-    let (_, list) = cp.send(&acme, "GET", &versions, None).await;
+    let (_, list) = cp.send_as(&acme, "GET", &versions, None).await;
     let listed: Vec<&str> = list
         .as_array()
         .unwrap()
@@ -357,25 +294,26 @@ async fn publish_version_deprecate_and_unpublish() {
     assert_eq!(listed, ["2.1.0", "2.0.0", "1.0.0"]);
     // Old versions are frozen: 1.0.0 still has getPart.
     let (_, v1) = cp
-        .send(&acme, "GET", &format!("{versions}/1.0.0"), None)
+        .send_as(&acme, "GET", &format!("{versions}/1.0.0"), None)
         .await;
     assert!(v1["definition"].to_string().contains("getPart"));
     let mut renamed = def.clone();
     renamed["slug"] = json!("acme-dms-2");
     let (status, answer) = cp
-        .send(&acme, "PUT", &format!("/connectors/{id}"), Some(renamed))
+        .send_as(&acme, "PUT", &format!("/connectors/{id}"), Some(renamed))
         .await;
     assert_eq!((status, code(&answer)), (409, "slug_frozen"), "{answer}");
     let (status, answer) = cp
-        .send(&acme, "DELETE", &format!("/connectors/{id}"), None)
+        .send_as(&acme, "DELETE", &format!("/connectors/{id}"), None)
         .await;
     assert_eq!((status, code(&answer)), (409, "published"), "{answer}");
 
     // Deprecation: at least 30 days' notice, a warning, then out.
     let deprecate = format!("/connectors/{id}/deprecate");
-    let soon = dibop_relay_agent::rfc3339(dibop_control_plane::store::now_unix() + 10 * 86_400);
+    let soon =
+        dibop_runtime::support::rfc3339(dibop_control_plane::store::now_unix() + 10 * 86_400);
     let (status, answer) = cp
-        .send(
+        .send_as(
             &acme,
             "POST",
             &deprecate,
@@ -389,9 +327,10 @@ async fn publish_version_deprecate_and_unpublish() {
             .unwrap()
             .contains("30 days")
     );
-    let later = dibop_relay_agent::rfc3339(dibop_control_plane::store::now_unix() + 40 * 86_400);
+    let later =
+        dibop_runtime::support::rfc3339(dibop_control_plane::store::now_unix() + 40 * 86_400);
     let (status, answer) = cp
-        .send(
+        .send_as(
             &acme,
             "POST",
             &deprecate,
@@ -400,27 +339,27 @@ async fn publish_version_deprecate_and_unpublish() {
         .await;
     assert_eq!(status, 200, "{answer}");
     let (_, detail) = cp
-        .send(&acme, "GET", &format!("/catalogue/{id}"), None)
+        .send_as(&acme, "GET", &format!("/catalogue/{id}"), None)
         .await;
     assert_eq!(detail["status"], "deprecated");
     assert_eq!(detail["deprecation"]["message"], "Use acme-dms-3.");
-    let swept = dibop_control_plane::publishing::unpublish_expired(
+    let swept = dibop_control_plane::catalogue::publishing::unpublish_expired(
         &cp.core,
         dibop_control_plane::store::now_unix() + 41 * 86_400,
     )
     .await
     .unwrap();
     assert_eq!(swept, 1);
-    assert!(!cp.slugs(&acme, "").await.contains(&"acme-dms".to_owned()));
+    assert!(!slugs(&cp, &acme, "").await.contains(&"acme-dms".to_owned()));
     let (_, own) = cp
-        .send(&acme, "GET", &format!("/connectors/{id}"), None)
+        .send_as(&acme, "GET", &format!("/connectors/{id}"), None)
         .await;
     assert_eq!(
         (own["status"].as_str(), own["latest_version"].as_str()),
         (Some("draft"), Some("2.1.0"))
     );
     let (status, answer) = cp
-        .send(
+        .send_as(
             &acme,
             "POST",
             &publish,
@@ -433,7 +372,7 @@ async fn publish_version_deprecate_and_unpublish() {
         "{answer}"
     );
     // The audit log has the whole story.
-    let (_, audit) = cp.send(&acme, "GET", "/audit", None).await;
+    let (_, audit) = cp.send_as(&acme, "GET", "/audit", None).await;
     let actions = audit.to_string();
     for action in [
         "connector.publish",
@@ -447,7 +386,8 @@ async fn publish_version_deprecate_and_unpublish() {
 
 #[tokio::test]
 async fn review_reject_approve_and_promote() {
-    let cp = cp().await;
+    let cp = TestCp::builder().enterprise_publishing(false).start().await;
+    let platform = cp.platform_admin().await;
     let (_, dealer) = cp.tenant("dealer").await;
     let (acme_id, acme) = cp.tenant("acme").await;
     let mut incomplete = dms("dealer-dms");
@@ -455,9 +395,9 @@ async fn review_reject_approve_and_promote() {
         .as_object_mut()
         .unwrap()
         .remove("documentation_url");
-    let id = cp.create(&dealer, &incomplete).await;
+    let id = create(&cp, &dealer, &incomplete).await;
     let review = format!("/connectors/{id}/review");
-    let (status, answer) = cp.send(&dealer, "POST", &review, Some(json!({}))).await;
+    let (status, answer) = cp.send_as(&dealer, "POST", &review, Some(json!({}))).await;
     assert_eq!(
         (status, code(&answer)),
         (422, "checklist_failed"),
@@ -470,36 +410,36 @@ async fn review_reject_approve_and_promote() {
             .unwrap()
             .contains("documentation_url")
     );
-    cp.send(
+    cp.send_as(
         &dealer,
         "PUT",
         &format!("/connectors/{id}"),
         Some(dms("dealer-dms")),
     )
     .await;
-    let (status, answer) = cp.send(&dealer, "POST", &review, Some(json!({}))).await;
+    let (status, answer) = cp.send_as(&dealer, "POST", &review, Some(json!({}))).await;
     assert_eq!(
         (status, answer["review_status"].as_str()),
         (200, Some("pending")),
         "{answer}"
     );
-    let (status, answer) = cp.send(&dealer, "POST", &review, Some(json!({}))).await;
+    let (status, answer) = cp.send_as(&dealer, "POST", &review, Some(json!({}))).await;
     assert_eq!((status, code(&answer)), (409, "review_pending"));
 
     // Only platform admins see and decide reviews.
-    assert_eq!(cp.send(&dealer, "GET", "/reviews", None).await.0, 403);
-    let (status, queue) = cp.send(&cp.platform, "GET", "/reviews", None).await;
+    assert_eq!(cp.send_as(&dealer, "GET", "/reviews", None).await.0, 403);
+    let (status, queue) = cp.send_as(&platform, "GET", "/reviews", None).await;
     assert_eq!(status, 200);
     assert_eq!(queue[0]["id"], id.as_str());
     assert_eq!(
-        cp.send(&acme, "POST", &format!("/reviews/{id}/approve"), None)
+        cp.send_as(&acme, "POST", &format!("/reviews/{id}/approve"), None)
             .await
             .0,
         403
     );
     let (status, _) = cp
-        .send(
-            &cp.platform,
+        .send_as(
+            &platform,
             "POST",
             &format!("/reviews/{id}/reject"),
             Some(json!({"reason": " "})),
@@ -507,8 +447,8 @@ async fn review_reject_approve_and_promote() {
         .await;
     assert_eq!(status, 422);
     let (status, rejected) = cp
-        .send(
-            &cp.platform,
+        .send_as(
+            &platform,
             "POST",
             &format!("/reviews/{id}/reject"),
             Some(json!({"reason": "Add a VIN decode mapping."})),
@@ -516,33 +456,23 @@ async fn review_reject_approve_and_promote() {
         .await;
     assert_eq!(status, 200, "{rejected}");
     let (_, own) = cp
-        .send(&dealer, "GET", &format!("/connectors/{id}"), None)
+        .send_as(&dealer, "GET", &format!("/connectors/{id}"), None)
         .await;
     assert_eq!(
         (own["review_status"].as_str(), own["review_reason"].as_str()),
         (Some("rejected"), Some("Add a VIN decode mapping."))
     );
     assert_eq!(
-        cp.send(
-            &cp.platform,
-            "POST",
-            &format!("/reviews/{id}/approve"),
-            None
-        )
-        .await
-        .0,
+        cp.send_as(&platform, "POST", &format!("/reviews/{id}/approve"), None)
+            .await
+            .0,
         404
     );
 
     // Resubmitted and approved: global, version 1.0.0, visible to everyone.
-    cp.send(&dealer, "POST", &review, Some(json!({}))).await;
+    cp.send_as(&dealer, "POST", &review, Some(json!({}))).await;
     let (status, approved) = cp
-        .send(
-            &cp.platform,
-            "POST",
-            &format!("/reviews/{id}/approve"),
-            None,
-        )
+        .send_as(&platform, "POST", &format!("/reviews/{id}/approve"), None)
         .await;
     assert_eq!(status, 200, "{approved}");
     assert_eq!(
@@ -552,38 +482,46 @@ async fn review_reject_approve_and_promote() {
         ),
         (Some("global"), Some("1.0.0"))
     );
-    assert!(cp.slugs(&acme, "").await.contains(&"dealer-dms".to_owned()));
+    assert!(
+        slugs(&cp, &acme, "")
+            .await
+            .contains(&"dealer-dms".to_owned())
+    );
     let (_, entry) = cp
-        .send(&acme, "GET", &format!("/catalogue/{id}"), None)
+        .send_as(&acme, "GET", &format!("/catalogue/{id}"), None)
         .await;
     assert_eq!(entry["owned_by_you"], false);
 
     // Promotion of an enterprise connector.
-    cp.send(
-        &cp.platform,
+    cp.send_as(
+        &platform,
         "PATCH",
         &format!("/tenants/{acme_id}"),
         Some(json!({"enterprise_publishing": true})),
     )
     .await;
-    let own_id = cp.create(&acme, &dms("acme-own")).await;
-    cp.send(
+    let own_id = create(&cp, &acme, &dms("acme-own")).await;
+    cp.send_as(
         &acme,
         "POST",
         &format!("/connectors/{own_id}/publish"),
         Some(json!({"scope": "enterprise"})),
     )
     .await;
-    assert!(!cp.slugs(&dealer, "").await.contains(&"acme-own".to_owned()));
+    assert!(
+        !slugs(&cp, &dealer, "")
+            .await
+            .contains(&"acme-own".to_owned())
+    );
     assert_eq!(
-        cp.send(&acme, "POST", &format!("/catalogue/{own_id}/promote"), None)
+        cp.send_as(&acme, "POST", &format!("/catalogue/{own_id}/promote"), None)
             .await
             .0,
         403
     );
     let (status, promoted) = cp
-        .send(
-            &cp.platform,
+        .send_as(
+            &platform,
             "POST",
             &format!("/catalogue/{own_id}/promote"),
             None,
@@ -594,10 +532,14 @@ async fn review_reject_approve_and_promote() {
         (200, Some("global")),
         "{promoted}"
     );
-    assert!(cp.slugs(&dealer, "").await.contains(&"acme-own".to_owned()));
+    assert!(
+        slugs(&cp, &dealer, "")
+            .await
+            .contains(&"acme-own".to_owned())
+    );
     let (status, answer) = cp
-        .send(
-            &cp.platform,
+        .send_as(
+            &platform,
             "POST",
             &format!("/catalogue/{own_id}/promote"),
             None,
@@ -606,10 +548,10 @@ async fn review_reject_approve_and_promote() {
     assert_eq!((status, code(&answer)), (409, "already_global"));
 
     // The platform's own connectors are global.
-    let pid = cp.create(&cp.platform, &dms("platform-dms")).await;
+    let pid = create(&cp, &platform, &dms("platform-dms")).await;
     let (status, _) = cp
-        .send(
-            &cp.platform,
+        .send_as(
+            &platform,
             "POST",
             &format!("/connectors/{pid}/publish"),
             Some(json!({"scope": "enterprise"})),
@@ -617,8 +559,8 @@ async fn review_reject_approve_and_promote() {
         .await;
     assert_eq!(status, 422);
     let (status, _) = cp
-        .send(
-            &cp.platform,
+        .send_as(
+            &platform,
             "POST",
             &format!("/connectors/{pid}/publish"),
             Some(json!({"scope": "global"})),
@@ -626,7 +568,7 @@ async fn review_reject_approve_and_promote() {
         .await;
     assert_eq!(status, 200);
     assert!(
-        cp.slugs(&dealer, "?scope=global")
+        slugs(&cp, &dealer, "?scope=global")
             .await
             .contains(&"platform-dms".to_owned())
     );
@@ -634,7 +576,8 @@ async fn review_reject_approve_and_promote() {
 
 #[tokio::test]
 async fn publishing_tests_each_operation_against_a_test_target() {
-    let cp = cp().await;
+    let cp = TestCp::builder().enterprise_publishing(false).start().await;
+    let platform = cp.platform_admin().await;
     let (_, admin) = cp.tenant("acme").await;
     let (sim, _task) = dibop_dms_sim::spawn("127.0.0.1:0".parse().unwrap(), Default::default())
         .await
@@ -658,7 +601,7 @@ async fn publishing_tests_each_operation_against_a_test_target() {
         .retain(|o| o["method"] == "GET" && o["id"] != "getPart");
     drop_orphan_mappings(&mut def);
     def["health_check"] = json!("health");
-    let id = cp.create(&admin, &def).await;
+    let id = create(&cp, &admin, &def).await;
     let checklist = format!("/connectors/{id}/checklist");
     let target = |key: &str| {
         json!({"test_target": {"base_url": sim_url, "credentials": {"api_key": key},
@@ -666,13 +609,13 @@ async fn publishing_tests_each_operation_against_a_test_target() {
     };
 
     let (status, report) = cp
-        .send(&admin, "POST", &checklist, Some(target("dms-demo-key")))
+        .send_as(&admin, "POST", &checklist, Some(target("dms-demo-key")))
         .await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["passed"], true, "{report}");
 
     let (_, report) = cp
-        .send(&admin, "POST", &checklist, Some(target("wrong-key-canary")))
+        .send_as(&admin, "POST", &checklist, Some(target("wrong-key-canary")))
         .await;
     assert_eq!(report["passed"], false);
     let tests = report["items"]
@@ -698,13 +641,13 @@ async fn publishing_tests_each_operation_against_a_test_target() {
     // A response that does not match its schema fails, naming the field.
     def["operations"][2]["response_schema"] =
         json!({"type": "object", "required": ["vin", "chassis_number"]});
-    cp.send(&admin, "PUT", &format!("/connectors/{id}"), Some(def))
+    cp.send_as(&admin, "PUT", &format!("/connectors/{id}"), Some(def))
         .await;
     let mut body = target("dms-demo-key");
     body["scope"] = json!("global");
     let (status, answer) = cp
-        .send(
-            &cp.platform,
+        .send_as(
+            &platform,
             "POST",
             &format!("/connectors/{id}/publish"),
             Some(body.clone()),
@@ -715,7 +658,7 @@ async fn publishing_tests_each_operation_against_a_test_target() {
         "the platform cannot publish a tenant's draft: {answer}"
     );
     let (_, report) = cp
-        .send(&admin, "POST", &checklist, Some(target("dms-demo-key")))
+        .send_as(&admin, "POST", &checklist, Some(target("dms-demo-key")))
         .await;
     assert!(
         report
@@ -734,9 +677,9 @@ async fn publishing_tests_each_operation_against_a_test_target() {
     short["health_check"] = json!("health");
     short["operations"][0]["parameters"] =
         json!([{"name": "probe", "in": "query", "type": "string"}]);
-    let sid = cp.create(&admin, &short).await;
+    let sid = create(&cp, &admin, &short).await;
     let (_, report) = cp
-        .send(
+        .send_as(
             &admin,
             "POST",
             &format!("/connectors/{sid}/checklist"),
@@ -770,7 +713,8 @@ fn oas_examples() -> std::path::PathBuf {
 #[tokio::test]
 async fn imports_real_openapi_documents() {
     let examples = oas_examples();
-    let cp = cp().await;
+    let cp = TestCp::builder().enterprise_publishing(false).start().await;
+    let _platform = cp.platform_admin().await;
     let (_, admin) = cp.tenant("acme").await;
     let client = reqwest::Client::new();
     let import = |path: &str, query: &str| {
@@ -839,9 +783,10 @@ async fn imports_real_openapi_documents() {
                 continue;
             }
             let text = std::fs::read_to_string(&path).unwrap();
-            match dibop_control_plane::import::from_openapi(&text, &Default::default()) {
+            match dibop_control_plane::catalogue::import::from_openapi(&text, &Default::default()) {
                 Ok(i) => {
-                    let problems = dibop_control_plane::connector::validate(&i.definition);
+                    let problems =
+                        dibop_control_plane::catalogue::connector::validate(&i.definition);
                     assert!(problems.is_empty(), "{}: {problems:?}", path.display());
                     imported += 1;
                 }
@@ -858,7 +803,8 @@ async fn imports_real_openapi_documents() {
 
 #[tokio::test]
 async fn bad_imports_are_refused_and_nothing_is_saved() {
-    let cp = cp().await;
+    let cp = TestCp::builder().enterprise_publishing(false).start().await;
+    let _platform = cp.platform_admin().await;
     let (_, admin) = cp.tenant("acme").await;
     let post = |body: String, kind: &'static str| {
         reqwest::Client::new()
@@ -903,7 +849,7 @@ async fn bad_imports_are_refused_and_nothing_is_saved() {
             "{answer}"
         );
     }
-    let (_, list) = cp.send(&admin, "GET", "/connectors", None).await;
+    let (_, list) = cp.send_as(&admin, "GET", "/connectors", None).await;
     assert_eq!(list, json!([]), "a refused import saved something");
 }
 

@@ -6,17 +6,17 @@
 
 use serde_json::{Value, json};
 
-mod common;
+use dibop_control_plane::testing::TestCp;
 
 struct Setup {
-    cp: common::TestCp,
+    cp: TestCp,
     sim: String,
     viewer: String,
 }
 
 async fn setup() -> Setup {
-    let cp = common::start_cp_with(|s| s.run_scheduler = false).await;
-    let (sim, _) = common::demo_dms(&cp).await;
+    let cp = TestCp::start_with(|s| s.run_scheduler = false).await;
+    let (sim, _) = cp.demo_dms().await;
     let (status, token) = cp
         .send(
             "POST",
@@ -32,7 +32,7 @@ async fn setup() -> Setup {
     }
 }
 
-async fn as_token(cp: &common::TestCp, token: &str, path: &str) -> (u16, String) {
+async fn as_token(cp: &TestCp, token: &str, path: &str) -> (u16, String) {
     let resp = reqwest::Client::new()
         .get(format!("{}/api/v1{path}", cp.base))
         .bearer_auth(token)
@@ -42,7 +42,7 @@ async fn as_token(cp: &common::TestCp, token: &str, path: &str) -> (u16, String)
     (resp.status().as_u16(), resp.text().await.unwrap())
 }
 
-async fn create(cp: &common::TestCp, body: &str) -> String {
+async fn create(cp: &TestCp, body: &str) -> String {
     cp.create_orchestration(body).await
 }
 

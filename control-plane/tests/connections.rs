@@ -5,84 +5,38 @@
 
 use std::sync::Arc;
 
-use dibop_control_plane::{Core, Settings, bootstrap_tenant, start};
+use dibop_control_plane::testing::{TestCp, code, spawn_dms_sim};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
+/// `acme` connected to a DMS simulator.
 struct Cp {
-    _dir: tempfile::TempDir,
-    base: String,
-    core: Arc<Core>,
-    admin: String,
+    cp: TestCp,
     sim: String,
     dms_sim: String,
-    _shutdown: tokio_util::sync::DropGuard,
+}
+
+impl std::ops::Deref for Cp {
+    type Target = TestCp;
+    fn deref(&self) -> &TestCp {
+        &self.cp
+    }
 }
 
 async fn cp() -> Cp {
     cp_with(|_| {}).await
 }
 
-async fn cp_with(tune: impl FnOnce(&mut Settings)) -> Cp {
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings::new(dir.path().join("cp"));
-    settings.http_addr = "127.0.0.1:0".parse().unwrap();
-    settings.tunnel_addr = "127.0.0.1:0".parse().unwrap();
-    // The simulator runs on loopback, which the default (`public`) refuses.
-    settings.cloud_agent_allow = vec!["127.0.0.0/8".into()];
-    tune(&mut settings);
-    let shutdown = CancellationToken::new();
-    let server = start(settings, shutdown.clone()).await.unwrap();
-    let (_, admin) = bootstrap_tenant(&server.core.store, "acme", "cli")
-        .await
-        .unwrap();
-    let base = format!("http://{}", server.http_addr);
-    let core = server.core.clone();
-    tokio::spawn(server.wait());
-    let (sim, _) = dibop_dms_sim::spawn("127.0.0.1:0".parse().unwrap(), Default::default())
-        .await
-        .unwrap();
-    let mut cp = Cp {
-        _dir: dir,
-        base,
-        core,
-        admin,
-        sim: format!("http://{sim}"),
-        dms_sim: String::new(),
-        _shutdown: shutdown.drop_guard(),
-    };
-    let (_, catalogue) = cp.send("GET", "/catalogue?q=dms-sim", None).await;
-    cp.dms_sim = catalogue[0]["id"].as_str().unwrap().to_owned();
-    cp
+async fn cp_with(tune: impl FnOnce(&mut dibop_control_plane::Settings)) -> Cp {
+    let cp = TestCp::start_with(tune).await;
+    let dms_sim = cp.dms_sim_connector().await;
+    Cp {
+        sim: spawn_dms_sim().await,
+        dms_sim,
+        cp,
+    }
 }
 
 impl Cp {
-    async fn send(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        self.send_as(&self.admin, method, path, body).await
-    }
-
-    async fn send_as(
-        &self,
-        token: &str,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = reqwest::Client::new()
-            .request(
-                method.parse().unwrap(),
-                format!("{}/api/v1{path}", self.base),
-            )
-            .bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
     /// Creates and activates a connection to the simulator.
     async fn connect(&self, name: &str, auth_type: &str, credentials: Value) -> String {
         let (status, created) = self
@@ -116,10 +70,6 @@ impl Cp {
         )
         .await
     }
-}
-
-fn code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or_default()
 }
 
 #[tokio::test]
@@ -1133,7 +1083,7 @@ async fn rotation_repairs_a_credential_that_no_longer_decrypts() {
         .replace_secrets(&tenant.id, &id, &sealed, 0)
         .await
         .unwrap();
-    dibop_control_plane::execute::forget(&cp.core, &id);
+    dibop_control_plane::connections::execute::forget(&cp.core, &id);
     let (status, answer) = cp.invoke(&id, "listVehicles", json!({})).await;
     assert_eq!(
         (status, code(&answer)),
@@ -1275,7 +1225,7 @@ async fn password_grant_and_rotating_refresh_tokens_are_stored_back() {
                 .await
                 .unwrap()
                 .unwrap();
-            let resolved = dibop_control_plane::execute::resolve(&core, row)
+            let resolved = dibop_control_plane::connections::execute::resolve(&core, row)
                 .await
                 .unwrap();
             resolved.credentials["refresh_token"].expose().to_owned()

@@ -3,20 +3,20 @@
 
 use serde_json::{Value, json};
 
-mod common;
+use dibop_control_plane::testing::TestCp;
 
 const EXAMPLE: &str = include_str!("../../catalogue/orchestrations/vin-decode-and-enrich.yaml");
 
 struct Setup {
-    cp: common::TestCp,
+    cp: TestCp,
     sim: String,
     connection: String,
 }
 
 async fn setup() -> Setup {
     // Schedules are driven by the tests, with their own clock.
-    let cp = common::start_cp_with(|s| s.run_scheduler = false).await;
-    let (sim, connection) = common::demo_dms(&cp).await;
+    let cp = TestCp::start_with(|s| s.run_scheduler = false).await;
+    let (sim, connection) = cp.demo_dms().await;
     Setup {
         connection,
         cp,
@@ -48,11 +48,11 @@ async fn interrupted(core: &dibop_control_plane::Core, exe: &str, orchestration:
     core.store.create_execution(&row).await.unwrap();
 }
 
-async fn create(cp: &common::TestCp, body: &str) -> String {
+async fn create(cp: &TestCp, body: &str) -> String {
     cp.create_orchestration(body).await
 }
 
-async fn run(cp: &common::TestCp, id: &str, parameters: Value) -> Value {
+async fn run(cp: &TestCp, id: &str, parameters: Value) -> Value {
     cp.run(id, parameters).await
 }
 
@@ -364,7 +364,7 @@ steps:
     core.store.start_step(&step).await.unwrap();
     let ended = tokio::time::timeout(
         std::time::Duration::from_secs(60),
-        dibop_control_plane::engine::execute(core, "exe_delayed", 0),
+        dibop_control_plane::orchestration::engine::execute(core, "exe_delayed", 0),
     )
     .await
     .expect("the delay started over instead of resuming")
@@ -417,7 +417,7 @@ async fn a_resumed_execution_does_not_repeat_completed_steps() {
         )
         .await
         .unwrap();
-    let ended = dibop_control_plane::engine::execute(core, "exe_resumed", 0)
+    let ended = dibop_control_plane::orchestration::engine::execute(core, "exe_resumed", 0)
         .await
         .unwrap();
     assert_eq!(ended.status, "succeeded");
@@ -654,7 +654,7 @@ async fn schedules_fire_once_per_time_in_their_zone_and_skip_overlaps() {
     .await;
     let core = &s.cp.core;
     let at = |t: &str| t.parse::<jiff::Timestamp>().unwrap().as_second();
-    let fire = |t: i64| dibop_control_plane::scheduler::fire_due(core, t);
+    let fire = |t: i64| dibop_control_plane::orchestration::scheduler::fire_due(core, t);
     // A draft does not fire.
     assert!(fire(at("2026-11-28T10:02:30Z")).await.unwrap().is_empty());
     s.cp.send("POST", format!("/orchestrations/{id}/activate"), None)

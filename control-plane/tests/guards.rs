@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-mod common;
+use dibop_control_plane::testing::TestCp;
 
 /// A server answering every request with `status`; (URL, requests seen).
 async fn counting_server(status: u16) -> (String, Arc<AtomicUsize>) {
@@ -44,7 +44,7 @@ fn connector(slug: &str, base_url: &str, resilience: Value) -> Value {
     })
 }
 
-async fn connect(cp: &common::TestCp, connector: &str, settings: Value) -> String {
+async fn connect(cp: &TestCp, connector: &str, settings: Value) -> String {
     let (status, c) = cp
         .send(
             "POST",
@@ -57,7 +57,7 @@ async fn connect(cp: &common::TestCp, connector: &str, settings: Value) -> Strin
     c["id"].as_str().unwrap().to_owned()
 }
 
-async fn invoke(cp: &common::TestCp, id: &str) -> Value {
+async fn invoke(cp: &TestCp, id: &str) -> Value {
     let (status, r) = cp
         .send(
             "POST",
@@ -75,7 +75,7 @@ async fn invoke(cp: &common::TestCp, id: &str) -> Value {
 #[tokio::test]
 async fn the_circuit_breaker_stops_calls_to_a_failing_system() {
     let (url, seen) = counting_server(503).await;
-    let cp = common::start_cp().await;
+    let cp = TestCp::start().await;
     let id = cp
         .publish(connector(
             "failing-dms",
@@ -115,7 +115,7 @@ async fn the_circuit_breaker_stops_calls_to_a_failing_system() {
 async fn a_successful_trial_closes_the_breaker() {
     let (bad, _) = counting_server(500).await;
     let (good, seen) = counting_server(200).await;
-    let cp = common::start_cp().await;
+    let cp = TestCp::start().await;
     let id = cp
         .publish(connector(
             "flaky-dms",
@@ -154,7 +154,7 @@ async fn a_successful_trial_closes_the_breaker() {
 #[tokio::test]
 async fn the_rate_limit_paces_calls_and_refuses_what_would_time_out() {
     let (url, seen) = counting_server(200).await;
-    let cp = common::start_cp().await;
+    let cp = TestCp::start().await;
     let id = cp
         .publish(connector(
             "paced-dms",

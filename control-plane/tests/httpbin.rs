@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt as _;
 
-mod common;
+use dibop_control_plane::testing::TestCp;
 
 async fn httpbin() -> (String, tokio::process::Child) {
     let deps = std::env::var("DIBOP_TEST_DEPS")
@@ -41,7 +41,7 @@ async fn httpbin() -> (String, tokio::process::Child) {
 #[tokio::test]
 async fn bearer_query_keys_basic_retries_and_timeouts_against_httpbin() {
     let (bin, _httpbin) = httpbin().await;
-    let cp = common::start_cp().await;
+    let cp = TestCp::start().await;
     let send = |method: &'static str, path: &str, body: Option<Value>| {
         cp.send(method, path.to_owned(), body)
     };

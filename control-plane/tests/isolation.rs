@@ -4,9 +4,8 @@
 //! a new route that is not in the walk fails `the_walk_covers_every_route`.
 
 use dibop_control_plane::store::{AgentRow, now_unix};
-use dibop_control_plane::{Settings, bootstrap_tenant, start};
+use dibop_control_plane::testing::TestCp;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 /// (method, path template, body) of every tenant-scoped `{id}` endpoint.
 /// `{group}`, `{agent}`, `{token}`, `{user}` are tenant A's resources.
@@ -152,7 +151,7 @@ const NOT_TENANT_SCOPED: &[&str] = &[
 
 /// (method, path) of every operation in the OpenAPI document.
 fn documented() -> Vec<(String, String)> {
-    let doc = dibop_control_plane::openapi::document();
+    let doc = dibop_control_plane::http::openapi::document();
     let mut ops = Vec::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for method in item.as_object().unwrap().keys() {
@@ -203,7 +202,7 @@ fn the_walk_covers_every_documented_tenant_resource() {
 #[test]
 fn the_document_covers_every_route() {
     let doc: Vec<String> = documented().into_iter().map(|(_, p)| p).collect();
-    let source = include_str!("../src/api.rs");
+    let source = include_str!("../src/http/mod.rs");
     let mut routes = 0;
     for route in source
         .split("route(")
@@ -230,40 +229,12 @@ fn the_document_covers_every_route() {
     );
 }
 
-async fn send(
-    base: &str,
-    token: &str,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method.parse().unwrap(), format!("{base}/api/v1{path}"))
-        .bearer_auth(token);
-    if let Some(b) = body {
-        req = req
-            .header("content-type", "application/json")
-            .body(b.to_owned());
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn another_tenants_resources_do_not_exist() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings::new(dir.path().join("cp"));
-    settings.http_addr = "127.0.0.1:0".parse().unwrap();
-    settings.tunnel_addr = "127.0.0.1:0".parse().unwrap();
-    let shutdown = CancellationToken::new();
-    let server = start(settings, shutdown.clone()).await.unwrap();
-    let _guard = shutdown.drop_guard();
-    let base = format!("http://{}", server.http_addr);
-    let store = server.core.store.clone();
-    let (tenant_a, a) = bootstrap_tenant(&store, "tenant-a", "cli").await.unwrap();
-    let (tenant_b, b) = bootstrap_tenant(&store, "tenant-b", "cli").await.unwrap();
+    let cp = TestCp::start().await;
+    let store = cp.core.store.clone();
+    let (tenant_a, a) = cp.tenant("tenant-a").await;
+    let (tenant_b, b) = cp.tenant("tenant-b").await;
     // The walk makes more requests than a tier's minute allows: no quota in the way.
     for tenant in [&tenant_a, &tenant_b] {
         dibop_control_plane::set_tenant_plan(&store, tenant, None, None, Some(1_000_000))
@@ -272,32 +243,35 @@ async fn another_tenants_resources_do_not_exist() {
     }
 
     // Tenant A's resources.
-    let (_, group) = send(
-        &base,
-        &a,
-        "POST",
-        "/agent-groups",
-        Some(r#"{"name":"site"}"#),
-    )
-    .await;
+    let (_, group) = cp
+        .send_text(
+            &a,
+            "POST",
+            "/agent-groups",
+            Some(("application/json", r#"{"name":"site"}"#)),
+        )
+        .await;
     let group = group["id"].as_str().unwrap().to_owned();
-    let (_, token) = send(
-        &base,
-        &a,
-        "POST",
-        "/api-tokens",
-        Some(r#"{"name":"ci","role":"viewer"}"#),
-    )
-    .await;
+    let (_, token) = cp
+        .send_text(
+            &a,
+            "POST",
+            "/api-tokens",
+            Some(("application/json", r#"{"name":"ci","role":"viewer"}"#)),
+        )
+        .await;
     let token = token["id"].as_str().unwrap().to_owned();
-    let (_, user) = send(
-        &base,
-        &a,
-        "POST",
-        "/users",
-        Some(r#"{"email":"a@a.example","password":"a long passphrase","role":"viewer"}"#),
-    )
-    .await;
+    let (_, user) = cp
+        .send_text(
+            &a,
+            "POST",
+            "/users",
+            Some((
+                "application/json",
+                r#"{"email":"a@a.example","password":"a long passphrase","role":"viewer"}"#,
+            )),
+        )
+        .await;
     let user = user["id"].as_str().unwrap().to_owned();
     store
         .create_enrollment_token("enr_x", &tenant_a, &group, "hash-x", now_unix() + 60)
@@ -318,7 +292,7 @@ async fn another_tenants_resources_do_not_exist() {
     store.create_agent(&agent, "enr_x").await.unwrap();
 
     let connector = reqwest::Client::new()
-        .post(format!("{base}/api/v1/connectors"))
+        .post(format!("{}/api/v1/connectors", cp.base))
         .bearer_auth(&a)
         .header("content-type", "application/yaml")
         .body(DMS_SIM)
@@ -334,40 +308,37 @@ async fn another_tenants_resources_do_not_exist() {
     let mut plan = store.tenant(&tenant_a).await.unwrap().unwrap();
     plan.enterprise_publishing = 1;
     store.update_tenant_plan(&plan).await.unwrap();
-    let (status, published) = send(
-        &base,
-        &a,
-        "POST",
-        &format!("/connectors/{connector}/publish"),
-        Some(r#"{"scope":"enterprise"}"#),
-    )
-    .await;
+    let (status, published) = cp
+        .send_text(
+            &a,
+            "POST",
+            &format!("/connectors/{connector}/publish"),
+            Some(("application/json", r#"{"scope":"enterprise"}"#)),
+        )
+        .await;
     assert_eq!(status, 200, "{published}");
-    let (_, catalogue) = send(&base, &a, "GET", "/catalogue?q=dms-sim", None).await;
-    let (status, connection) = send(
-        &base,
-        &a,
+    let (_, catalogue) = cp.send_text(&a, "GET", "/catalogue?q=dms-sim", None).await;
+    let (status, connection) = cp.send_text(&a,
         "POST",
         "/connections",
-        Some(
+        Some(("application/json", 
             &serde_json::json!({"connector_id": catalogue[0]["id"], "credentials": {"api_key": "k"},
                 "base_url": "http://127.0.0.1:9", "activate": true})
             .to_string(),
-        ),
+        )),
     )
     .await;
     assert_eq!(status, 201, "{connection}");
     let connection = connection["id"].as_str().unwrap().to_owned();
     // One call in A's call log (refused by the cloud agent's allow-list: recorded all the same).
-    send(
-        &base,
+    cp.send_text(
         &a,
         "POST",
         &format!("/connections/{connection}/operations/listVehicles/invoke"),
-        Some("{}"),
+        Some(("application/json", "{}")),
     )
     .await;
-    let (_, calls) = send(&base, &a, "GET", "/api-calls", None).await;
+    let (_, calls) = cp.send_text(&a, "GET", "/api-calls", None).await;
     let call = calls[0]["id"].as_str().unwrap().to_owned();
     store
         .notify(&tenant_a, "test", "for tenant A", "{}")
@@ -379,18 +350,24 @@ async fn another_tenants_resources_do_not_exist() {
         .unwrap()[0]
         .0
         .clone();
-    let (status, orchestration) =
-        send(&base, &a, "POST", "/orchestrations", Some(ORCHESTRATION)).await;
+    let (status, orchestration) = cp
+        .send_text(
+            &a,
+            "POST",
+            "/orchestrations",
+            Some(("application/json", ORCHESTRATION)),
+        )
+        .await;
     assert_eq!(status, 201, "{orchestration}");
     let orchestration = orchestration["id"].as_str().unwrap().to_owned();
-    let (status, execution) = send(
-        &base,
-        &a,
-        "POST",
-        &format!("/orchestrations/{orchestration}/execute"),
-        Some(r#"{"wait_ms":10000}"#),
-    )
-    .await;
+    let (status, execution) = cp
+        .send_text(
+            &a,
+            "POST",
+            &format!("/orchestrations/{orchestration}/execute"),
+            Some(("application/json", r#"{"wait_ms":10000}"#)),
+        )
+        .await;
     assert_eq!(status, 201, "{execution}");
     let execution = execution["id"].as_str().unwrap().to_owned();
     let item = "dli_isolation";
@@ -430,13 +407,14 @@ async fn another_tenants_resources_do_not_exist() {
         let path = ids
             .iter()
             .fold(template.to_string(), |p, (k, v)| p.replace(k, v));
-        let (status, answer) = send(&base, &b, method, &path, *body).await;
+        let body = body.map(|b| ("application/json", b));
+        let (status, answer) = cp.send_text(&b, method, &path, body).await;
         assert_eq!(status, 404, "{method} {path} as another tenant: {answer}");
         assert_eq!(answer["error"]["code"], "not_found");
         // And tenant A still has it: the 404 is about B, not a broken route.
         if *method == "GET" {
             assert_eq!(
-                send(&base, &a, method, &path, None).await.0,
+                cp.send_text(&a, method, &path, None).await.0,
                 200,
                 "{method} {path} as its owner"
             );
@@ -458,7 +436,7 @@ async fn another_tenants_resources_do_not_exist() {
         "/dead-letters",
         "/dead-letters/items",
     ] {
-        let (status, rows) = send(&base, &b, "GET", list, None).await;
+        let (status, rows) = cp.send_text(&b, "GET", list, None).await;
         assert_eq!(status, 200, "{list}");
         let text = rows.to_string();
         for (_, id) in ids
@@ -468,7 +446,7 @@ async fn another_tenants_resources_do_not_exist() {
             assert!(!text.contains(id), "{list} of tenant B shows {id}");
         }
     }
-    let (_, still) = send(&base, &a, "GET", "/agents/agt_isolation", None).await;
+    let (_, still) = cp.send_text(&a, "GET", "/agents/agt_isolation", None).await;
     assert_eq!(
         still["status"], "offline",
         "B's DELETE did not revoke A's agent"

@@ -13,7 +13,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt as _;
 
-mod common;
+use dibop_control_plane::testing::TestCp;
 
 fn test_deps() -> PathBuf {
     std::env::var("DIBOP_TEST_DEPS")
@@ -109,7 +109,7 @@ async fn client_credentials_and_discovery_against_a_real_provider() {
     let api_url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let cp = common::start_cp().await;
+    let cp = TestCp::start().await;
     let send = |method: &'static str, path: &str, body: Value| {
         cp.send(method, path.to_owned(), Some(body))
     };
@@ -200,7 +200,7 @@ async fn client_credentials_and_discovery_against_a_real_provider() {
 async fn tokens_are_renewed_before_they_expire() {
     // Tokens of 10 s are inside the 30 s renewal window: every call renews.
     let (issuer, _provider) = provider(10).await;
-    let cp = common::start_cp().await;
+    let cp = TestCp::start().await;
     let app = axum::Router::new().route(
         "/health",
         get(|| async { axum::Json(json!({"status": "ok"})) }),
@@ -250,7 +250,7 @@ async fn a_failed_discovery_is_a_normalized_network_error() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())
     };
-    let cp = common::start_cp().await;
+    let cp = TestCp::start().await;
     let definition = json!({
         "format": "dibop.connector/v1", "name": "Lost IdP", "slug": "lost-idp",
         "description": "An API whose OpenID Connect provider is down.", "category": "telematics",

@@ -3,11 +3,11 @@
 
 use serde_json::{Value, json};
 
-mod common;
+use dibop_control_plane::testing::TestCp;
 
 const EXAMPLE: &str = include_str!("../../catalogue/orchestrations/vin-decode-and-enrich.yaml");
 
-async fn post_yaml(cp: &common::TestCp, method: &str, path: &str, yaml: &str) -> (u16, Value) {
+async fn post_yaml(cp: &TestCp, method: &str, path: &str, yaml: &str) -> (u16, Value) {
     let resp = reqwest::Client::new()
         .request(method.parse().unwrap(), format!("{}/api/v1{path}", cp.base))
         .bearer_auth(&cp.admin)
@@ -22,7 +22,7 @@ async fn post_yaml(cp: &common::TestCp, method: &str, path: &str, yaml: &str) ->
 
 #[tokio::test]
 async fn definitions_versions_and_lifecycle() {
-    let cp = common::start_cp().await;
+    let cp = TestCp::start().await;
     // The example calls connection `Demo DMS`: not there yet.
     let (status, answer) = post_yaml(&cp, "POST", "/orchestrations", EXAMPLE).await;
     assert_eq!(status, 422, "{answer}");
@@ -139,7 +139,7 @@ async fn definitions_versions_and_lifecycle() {
 /// expressions, is refused or checked, and the control plane lives.
 #[tokio::test]
 async fn deep_expressions_are_refused_and_the_process_lives() {
-    let cp = common::start_cp().await;
+    let cp = TestCp::start().await;
     let deep = format!("{}.{}", "(".repeat(1000), ")".repeat(1000));
     let chain = format!("{}.", ". | ".repeat(16_000));
     let dms = include_str!("../../catalogue/dms-sim.yaml");

@@ -9,7 +9,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-mod common;
+use dibop_control_plane::testing::TestCp;
 
 struct Ca {
     pem: String,
@@ -107,7 +107,7 @@ async fn mtls_server(server_ca: &Ca, client_ca: &Ca) -> u16 {
 
 #[tokio::test]
 async fn mutual_tls_extra_ca_and_tls_errors() {
-    dibop_relay_agent::install_crypto_provider();
+    dibop_runtime::install_crypto_provider();
     let (server_ca, client_ca, stranger_ca) = (
         ca("dealer server CA"),
         ca("dealer client CA"),
@@ -117,7 +117,7 @@ async fn mutual_tls_extra_ca_and_tls_errors() {
     let (client_cert, client_key, _, _) = leaf(&client_ca, vec!["dibop".into()]);
     let (stranger_cert, stranger_key, _, _) = leaf(&stranger_ca, vec!["dibop".into()]);
 
-    let cp = common::start_cp().await;
+    let cp = TestCp::start().await;
     let send = |path: &str, body: Value| cp.send("POST", path.to_owned(), Some(body));
     let definition = json!({
         "format": "dibop.connector/v1", "name": "Dealer bank", "slug": "dealer-bank",

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::policy::AllowList;
+use dibop_runtime::policy::AllowList;
 
 /// The file as written.
 #[derive(Debug, Clone, Default, Deserialize)]

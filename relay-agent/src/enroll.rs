@@ -13,9 +13,9 @@ use dibop_protocol::{
 };
 
 use crate::identity::{Identity, IdentityError, IdentityMeta};
-use crate::tls::{TUNNEL_SERVER_NAME, enrollment_client_config, sha256};
-use crate::wire::{MAX_CONTROL_FRAME_LEN, read_frame, write_frame};
-use crate::{now_unix, rfc3339};
+use dibop_runtime::support::{now_unix, rfc3339};
+use dibop_runtime::tls::{TUNNEL_SERVER_NAME, enrollment_client_config, sha256};
+use dibop_runtime::wire::{MAX_CONTROL_FRAME_LEN, read_frame, write_frame};
 
 /// Why enrollment failed.
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +123,7 @@ pub async fn enroll(
         .open_bi()
         .await
         .map_err(|e| unreachable(e.to_string()))?;
-    let protocol = |e: crate::wire::WireError| EnrollError::Protocol(e.to_string());
+    let protocol = |e: dibop_runtime::wire::WireError| EnrollError::Protocol(e.to_string());
     write_frame(
         &mut send,
         &AgentToControl::Hello(Hello {

@@ -13,7 +13,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
 
-use crate::tls::to_pem;
+use dibop_runtime::tls::to_pem;
 
 /// What `agent.json` holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,17 +220,10 @@ impl Identity {
 
 /// Creates `dir` (and parents) with owner-only permissions.
 pub fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
-    let err = |source| IdentityError::Write {
+    dibop_runtime::support::create_private_dir(dir).map_err(|source| IdentityError::Write {
         path: dir.display().to_string(),
         source,
-    };
-    std::fs::create_dir_all(dir).map_err(err)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -84,7 +84,7 @@ fn main() -> ExitCode {
 
 async fn agent_main() -> ExitCode {
     install_crypto_provider();
-    dibop_relay_agent::init_tracing("info");
+    dibop_runtime::support::init_tracing("info");
     let cli = Cli::parse();
     match cli.command {
         Command::Enroll {
@@ -134,7 +134,7 @@ async fn agent_main() -> ExitCode {
             let shutdown = CancellationToken::new();
             let signal = shutdown.clone();
             tokio::spawn(async move {
-                dibop_relay_agent::shutdown_signal().await;
+                dibop_runtime::support::shutdown_signal().await;
                 signal.cancel();
             });
             match tunnel::run(config, &data_dir, shutdown).await {

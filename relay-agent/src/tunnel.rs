@@ -24,10 +24,10 @@ use tracing::{debug, info, warn};
 use crate::config::AgentConfig;
 use crate::enroll::{client_endpoint, hostname, resolve};
 use crate::identity::{Identity, IdentityError};
-use crate::runtime::Runtime;
-use crate::tls::{TUNNEL_SERVER_NAME, agent_client_config, transport};
-use crate::wire::{MAX_CONTROL_FRAME_LEN, read_frame, write_frame};
-use crate::{now_unix, rfc3339};
+use dibop_runtime::Runtime;
+use dibop_runtime::support::{now_unix, rfc3339};
+use dibop_runtime::tls::{TUNNEL_SERVER_NAME, agent_client_config, transport};
+use dibop_runtime::wire::{MAX_CONTROL_FRAME_LEN, read_frame, write_frame};
 
 /// Why the agent stopped for good.
 #[derive(Debug, thiserror::Error)]

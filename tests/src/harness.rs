@@ -261,7 +261,7 @@ impl ControlPlane {
             .args(extra)
             .env(
                 "RUST_LOG",
-                "info,dibop_control_plane=debug,dibop_relay_agent=debug",
+                "info,dibop_control_plane=debug,dibop_relay_agent=debug,dibop_runtime=debug",
             )
             .stdout(Stdio::piped())
             .stderr(log_file(&log)?)

@@ -365,6 +365,8 @@ fn production_crates_do_not_depend_on_the_test_crate() {
     for manifest in [
         "control-plane/Cargo.toml",
         "relay-agent/Cargo.toml",
+        "runtime/Cargo.toml",
+        "dms-sim/Cargo.toml",
         "protocol/Cargo.toml",
     ] {
         let text = std::fs::read_to_string(root.join(manifest)).unwrap();
@@ -377,4 +379,15 @@ fn production_crates_do_not_depend_on_the_test_crate() {
             );
         }
     }
+    // The control plane shares the call runtime with the agent through
+    // `dibop-runtime`; the agent crate itself only comes with `dibop dev`.
+    let text = std::fs::read_to_string(root.join("control-plane/Cargo.toml")).unwrap();
+    let doc: toml::Table = toml::from_str(&text).unwrap();
+    let deps = doc["dependencies"].as_table().unwrap();
+    assert!(deps.contains_key("dibop-runtime"));
+    let agent = deps.get("dibop-relay-agent").and_then(|d| d.as_table());
+    assert!(
+        agent.is_some_and(|a| a.get("optional").and_then(|o| o.as_bool()) == Some(true)),
+        "the control plane depends on the agent crate beyond `dibop dev`: {agent:?}"
+    );
 }

@@ -564,16 +564,16 @@ async fn garbage_and_oversized_frames_do_not_hurt_the_control_plane() {
     }
 
     // A TLS-valid peer (no client certificate) announcing a 4 GiB frame.
-    dibop_relay_agent::install_crypto_provider();
+    dibop_runtime::install_crypto_provider();
     let token = site.api.enrollment_token(&site.group, None).await.unwrap();
     let token = dibop_protocol::EnrollmentToken::decode(&token).unwrap();
-    let config = dibop_relay_agent::tls::enrollment_client_config(token.ca_sha256).unwrap();
+    let config = dibop_runtime::tls::enrollment_client_config(token.ca_sha256).unwrap();
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let conn = endpoint
         .connect_with(
             config,
             site.cp.tunnel_addr,
-            dibop_relay_agent::tls::TUNNEL_SERVER_NAME,
+            dibop_runtime::tls::TUNNEL_SERVER_NAME,
         )
         .unwrap()
         .await
@@ -592,9 +592,9 @@ async fn garbage_and_oversized_frames_do_not_hurt_the_control_plane() {
     // Bytes that are not a message at all.
     let conn = endpoint
         .connect_with(
-            dibop_relay_agent::tls::enrollment_client_config(token.ca_sha256).unwrap(),
+            dibop_runtime::tls::enrollment_client_config(token.ca_sha256).unwrap(),
             site.cp.tunnel_addr,
-            dibop_relay_agent::tls::TUNNEL_SERVER_NAME,
+            dibop_runtime::tls::TUNNEL_SERVER_NAME,
         )
         .unwrap()
         .await
@@ -651,18 +651,18 @@ async fn cancelled_call_cancels_the_agents_request() {
 #[tokio::test]
 async fn an_agent_speaking_only_a_future_protocol_is_told_what_to_upgrade() {
     use dibop_protocol::{AgentToControl, ControlToAgent, Hello, RejectCode};
-    use dibop_relay_agent::wire::{MAX_CONTROL_FRAME_LEN, read_frame, write_frame};
+    use dibop_runtime::wire::{MAX_CONTROL_FRAME_LEN, read_frame, write_frame};
 
     let site = Site::new().await;
-    dibop_relay_agent::install_crypto_provider();
+    dibop_runtime::install_crypto_provider();
     let token = site.api.enrollment_token(&site.group, None).await.unwrap();
     let token = dibop_protocol::EnrollmentToken::decode(&token).unwrap();
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let conn = endpoint
         .connect_with(
-            dibop_relay_agent::tls::enrollment_client_config(token.ca_sha256).unwrap(),
+            dibop_runtime::tls::enrollment_client_config(token.ca_sha256).unwrap(),
             site.cp.tunnel_addr,
-            dibop_relay_agent::tls::TUNNEL_SERVER_NAME,
+            dibop_runtime::tls::TUNNEL_SERVER_NAME,
         )
         .unwrap()
         .await

@@ -6,6 +6,7 @@
 //! `global`, and to its own tenant when it is `enterprise`. Platform admins
 //! also see enterprise-scoped connectors (to promote them), never drafts.
 
+use sqlx::Connection as _;
 use sqlx::FromRow;
 
 use super::{ConnectorRow, Store, StoreError, unique_violation};
@@ -132,7 +133,7 @@ impl Store {
         Ok(
             sqlx::query_as::<_, ConnectorRow>(select_connectors!("WHERE id = $1"))
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.db().await?)
                 .await?,
         )
     }
@@ -147,7 +148,8 @@ impl Store {
         previous: Option<&str>,
         v: &VersionRow,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut db = self.db().await?;
+        let mut tx = db.begin().await?;
         sqlx::query(
             "INSERT INTO connector_versions (connector_id, version, major, minor, patch, name, description, \
              category, auth_types, icon, operations, definition, bump, breaking, changes, release_notes, \
@@ -215,7 +217,7 @@ impl Store {
         .bind(&c.deprecation_message)
         .bind(c.updated_at)
         .bind(&c.id)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(())
     }
@@ -227,7 +229,7 @@ impl Store {
              ORDER BY major DESC, minor DESC, patch DESC",
         )
         .bind(connector_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?)
     }
 
@@ -242,7 +244,7 @@ impl Store {
         )
         .bind(connector_id)
         .bind(version)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.db().await?)
         .await?)
     }
 
@@ -273,7 +275,7 @@ impl Store {
         .bind(filter.scope.as_deref())
         .bind(after)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?)
     }
 
@@ -289,7 +291,7 @@ impl Store {
                 .bind(tenant_id)
                 .bind(i64::from(platform))
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.db().await?)
                 .await?,
         )
     }
@@ -305,7 +307,7 @@ impl Store {
         ))
         .bind(after)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?)
     }
 
@@ -315,7 +317,7 @@ impl Store {
             "WHERE status = 'deprecated' AND deprecated_until <= $1 ORDER BY id"
         ))
         .bind(now)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?)
     }
 
@@ -330,7 +332,7 @@ impl Store {
         ))
         .bind(tenant_id)
         .bind(slug)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.db().await?)
         .await?)
     }
 }

@@ -53,7 +53,7 @@ impl Store {
         .bind(&d.problems)
         .bind(&d.status)
         .bind(d.created_at)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(())
     }
@@ -77,7 +77,7 @@ impl Store {
         .bind(execution_id)
         .bind(after)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?)
     }
 
@@ -93,7 +93,7 @@ impl Store {
         )
         .bind(tenant_id)
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.db().await?)
         .await?)
     }
 
@@ -114,7 +114,7 @@ impl Store {
         .bind(id)
         .bind(record)
         .bind(execution_id)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?
         .rows_affected()
             > 0)
@@ -131,7 +131,7 @@ impl Store {
         )
         .bind(tenant_id)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?
         .rows_affected()
             > 0)

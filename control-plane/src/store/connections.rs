@@ -1,6 +1,7 @@
 //! Connections, their sealed credential fields, health history and the
 //! API-call log. Every query takes the tenant.
 
+use sqlx::Connection as _;
 use sqlx::FromRow;
 
 use super::{Store, StoreError, unique_violation};
@@ -172,7 +173,8 @@ impl Store {
         c: &ConnectionRow,
         secrets: &[(String, String)],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut db = self.db().await?;
+        let mut tx = db.begin().await?;
         sqlx::query(
             "INSERT INTO connections (id, tenant_id, connector_id, connector_version, connector_slug, name, \
              auth_type, base_url, settings, execution_mode, agent_group_id, proxy_url, status, health, \
@@ -226,7 +228,7 @@ impl Store {
         ))
         .bind(tenant_id)
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.db().await?)
         .await?)
     }
 
@@ -243,7 +245,7 @@ impl Store {
         .bind(tenant_id)
         .bind(after)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?)
     }
 
@@ -252,7 +254,7 @@ impl Store {
         Ok(sqlx::query_as::<_, ConnectionRow>(select_connections!(
             "WHERE status = 'active' ORDER BY id"
         ))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?)
     }
 
@@ -272,7 +274,7 @@ impl Store {
         .bind(c.updated_at)
         .bind(&c.tenant_id)
         .bind(&c.id)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await
         .map_err(|e| unique_violation(e, format!("a connection named `{}` already exists", c.name)))?;
         Ok(())
@@ -293,7 +295,7 @@ impl Store {
         .bind(now)
         .bind(tenant_id)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(())
     }
@@ -307,7 +309,8 @@ impl Store {
         secrets: &[(String, String)],
         now: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut db = self.db().await?;
+        let mut tx = db.begin().await?;
         sqlx::query(
             "UPDATE connections SET credentials_version = credentials_version + 1, updated_at = $1 \
              WHERE tenant_id = $2 AND id = $3",
@@ -345,7 +348,7 @@ impl Store {
         .bind(id)
         .bind(field)
         .bind(sealed)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(())
     }
@@ -357,7 +360,7 @@ impl Store {
             "SELECT field, sealed FROM connection_secrets WHERE connection_id = $1 ORDER BY field",
         )
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -371,7 +374,8 @@ impl Store {
 
     /// Deletes a connection with its secrets and health history.
     pub async fn delete_connection(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut db = self.db().await?;
+        let mut tx = db.begin().await?;
         for table in [
             "connection_secrets",
             "connection_health",
@@ -397,7 +401,8 @@ impl Store {
 
     /// Records a health check and the connection's new health.
     pub async fn record_health(&self, h: &HealthRow) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut db = self.db().await?;
+        let mut tx = db.begin().await?;
         sqlx::query(
             "INSERT INTO connection_health (connection_id, at, status, outcome, detail, duration_ms) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -437,13 +442,14 @@ impl Store {
         )
         .bind(id)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?)
     }
 
     /// Appends a batch to the API-call log in one transaction.
     pub async fn record_calls(&self, calls: &[ApiCallRow]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut db = self.db().await?;
+        let mut tx = db.begin().await?;
         for c in calls {
             Self::insert_call(&mut *tx, c).await?;
         }
@@ -456,7 +462,8 @@ impl Store {
         &self,
         batch: &[(ApiCallRow, Option<CallPayloadRow>)],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut db = self.db().await?;
+        let mut tx = db.begin().await?;
         for (c, _) in batch {
             Self::insert_call(&mut *tx, c).await?;
         }
@@ -489,7 +496,7 @@ impl Store {
             sqlx::query_as::<_, ApiCallRow>(select_calls!("WHERE tenant_id = $1 AND id = $2"))
                 .bind(tenant_id)
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.db().await?)
                 .await?
         else {
             return Ok(None);
@@ -500,14 +507,14 @@ impl Store {
         )
         .bind(tenant_id)
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.db().await?)
         .await?;
         Ok(Some((call, payload)))
     }
 
     /// Appends to the API-call log.
     pub async fn record_call(&self, c: &ApiCallRow) -> Result<(), StoreError> {
-        Self::insert_call(&self.pool, c).await
+        Self::insert_call(&mut *self.db().await?, c).await
     }
 
     async fn insert_call<'e, E>(executor: E, c: &ApiCallRow) -> Result<(), StoreError>
@@ -566,7 +573,7 @@ impl Store {
         .bind(limit)
         .bind(f.since)
         .bind(f.until)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?)
     }
 
@@ -577,7 +584,7 @@ impl Store {
             "SELECT subject, role FROM connection_grants WHERE connection_id = $1 ORDER BY subject, role",
         )
         .bind(connection_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -595,7 +602,8 @@ impl Store {
         connection_id: &str,
         grants: &[(String, String)],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut db = self.db().await?;
+        let mut tx = db.begin().await?;
         sqlx::query("DELETE FROM connection_grants WHERE connection_id = $1")
             .bind(connection_id)
             .execute(&mut *tx)
@@ -627,7 +635,7 @@ impl Store {
         .bind(connection_id)
         .bind(subject)
         .bind(role)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.db().await?)
         .await?
         .is_some())
     }
@@ -644,7 +652,7 @@ impl Store {
         )))
         .bind(tenant_id)
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.db().await?)
         .await?
         .is_some())
     }
@@ -664,7 +672,7 @@ impl Store {
              FROM connections WHERE connector_id = $1",
         )
         .bind(connector_id)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.db().await?)
         .await?;
         let calls = sqlx::query(
             "SELECT COALESCE(SUM(CASE WHEN at >= $2 THEN 1 ELSE 0 END), 0) AS day, COUNT(*) AS month \
@@ -673,7 +681,7 @@ impl Store {
         .bind(connector_id)
         .bind(day_ago)
         .bind(month_ago)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.db().await?)
         .await?;
         Ok((
             c.try_get::<i64, _>("enterprises")?,
@@ -693,7 +701,7 @@ impl Store {
             "SELECT tenant_id, id, name, connector_version FROM connections WHERE connector_id = $1 ORDER BY tenant_id, id",
         )
         .bind(connector_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -718,13 +726,13 @@ impl Store {
         sqlx::query(
             "INSERT INTO notifications (id, tenant_id, kind, message, details, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
         )
-        .bind(crate::ids::time_ordered_id("ntf"))
+        .bind(crate::support::ids::time_ordered_id("ntf"))
         .bind(tenant_id)
         .bind(kind)
         .bind(message)
         .bind(details)
         .bind(super::now_unix())
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(())
     }
@@ -748,7 +756,7 @@ impl Store {
         .bind(i64::from(unread_only))
         .bind(before)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -772,7 +780,7 @@ impl Store {
         .bind(now)
         .bind(tenant_id)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(done.rows_affected() > 0)
     }

@@ -1,5 +1,6 @@
 //! Executions and their step records.
 
+use sqlx::Connection as _;
 use sqlx::FromRow;
 
 use super::{Store, StoreError};
@@ -50,7 +51,7 @@ impl ExecutionRow {
         created_by: String,
     ) -> ExecutionRow {
         ExecutionRow {
-            id: crate::ids::time_ordered_id("exe"),
+            id: crate::support::ids::time_ordered_id("exe"),
             tenant_id: o.tenant_id.clone(),
             orchestration_id: o.id.clone(),
             orchestration_name: o.name.clone(),
@@ -129,7 +130,7 @@ impl Store {
         .bind(&e.created_by)
         .bind(e.created_at)
         .bind(&e.rerun_of)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(())
     }
@@ -145,7 +146,7 @@ impl Store {
         ))
         .bind(tenant_id)
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.db().await?)
         .await?)
     }
 
@@ -154,7 +155,7 @@ impl Store {
         Ok(
             sqlx::query_as::<_, ExecutionRow>(select_executions!("WHERE id = $1"))
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.db().await?)
                 .await?,
         )
     }
@@ -177,7 +178,7 @@ impl Store {
         .bind(status)
         .bind(before)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?)
     }
 
@@ -197,7 +198,7 @@ impl Store {
         )
         .bind(node)
         .bind(now)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?;
         rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
@@ -217,7 +218,8 @@ impl Store {
         until: i64,
         limit: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut db = self.db().await?;
+        let mut tx = db.begin().await?;
         if self.backend == super::Backend::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))::TEXT AS locked")
                 .bind(tenant_id)
@@ -255,7 +257,7 @@ impl Store {
         use sqlx::Row as _;
         let row = sqlx::query("SELECT owner, lease_until FROM executions WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.db().await?)
             .await?;
         row.map(|r| Ok((r.try_get("owner")?, r.try_get("lease_until")?)))
             .transpose()
@@ -268,7 +270,7 @@ impl Store {
         )
         .bind(node)
         .bind(until)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?
         .rows_affected())
     }
@@ -298,7 +300,7 @@ impl Store {
         .bind(now)
         .bind(i64::from(finished))
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -317,7 +319,7 @@ impl Store {
         )
         .bind(execution_id)
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?;
         let mut cut = 0;
         for row in rows {
@@ -336,7 +338,7 @@ impl Store {
             .bind(output)
             .bind(execution_id)
             .bind(&path)
-            .execute(&self.pool)
+            .execute(&mut *self.db().await?)
             .await?;
         }
         Ok(cut)
@@ -349,7 +351,7 @@ impl Store {
              finished_at, duration_ms FROM execution_steps WHERE execution_id = $1 ORDER BY seq",
         )
         .bind(execution_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?)
     }
 
@@ -369,7 +371,7 @@ impl Store {
         .bind(&s.input)
         .bind(s.attempts)
         .bind(s.started_at)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(())
     }
@@ -380,7 +382,8 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut db = self.db().await?;
+        let mut tx = db.begin().await?;
         for s in rows {
             sqlx::query(
                 "INSERT INTO execution_steps (execution_id, path, seq, step_id, step_type, status, error, attempts, started_at, finished_at, duration_ms) \
@@ -415,7 +418,7 @@ impl Store {
         .bind(path)
         .bind(if why.is_some() { "waiting" } else { "running" })
         .bind(why)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(())
     }
@@ -447,7 +450,7 @@ impl Store {
         .bind(execution_id)
         .bind(path)
         .bind(input)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(())
     }
@@ -465,7 +468,7 @@ impl Store {
         .bind(tenant_id)
         .bind(before)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?)
     }
 
@@ -482,7 +485,7 @@ impl Store {
         .bind(state)
         .bind(tenant_id)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -504,7 +507,7 @@ impl Store {
         .bind(from)
         .bind(to)
         .bind(seq)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(done.rows_affected())
     }
@@ -520,7 +523,7 @@ impl Store {
         )
         .bind(from)
         .bind(to)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(done.rows_affected())
     }

@@ -1,5 +1,6 @@
 //! Shared request-rate windows, storage accounting and retention.
 
+use sqlx::Connection as _;
 use sqlx::Row;
 
 use super::{Store, StoreError};
@@ -55,7 +56,7 @@ impl Store {
         .bind(open_until_ms)
         .bind(failures)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(())
     }
@@ -70,7 +71,7 @@ impl Store {
              WHERE updated_at_ms > $1",
         )
         .bind(since_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -109,7 +110,7 @@ impl Store {
             .bind(connection_id)
             .bind(now_us)
             .bind(interval_us)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.db().await?)
             .await?;
         Ok(row.try_get("tat_us")?)
     }
@@ -123,7 +124,8 @@ impl Store {
         if counts.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut db = self.db().await?;
+        let mut tx = db.begin().await?;
         for (tenant, window, n) in counts {
             sqlx::query(
                 "INSERT INTO rate_windows (tenant_id, window_start, node_id, requests) VALUES ($1, $2, $3, $4) \
@@ -154,7 +156,7 @@ impl Store {
         )
         .bind(since)
         .bind(node)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -172,7 +174,7 @@ impl Store {
         Ok(
             sqlx::query("DELETE FROM rate_windows WHERE window_start < $1")
                 .bind(before)
-                .execute(&self.pool)
+                .execute(&mut *self.db().await?)
                 .await?
                 .rows_affected(),
         )
@@ -182,19 +184,20 @@ impl Store {
     pub async fn measure_storage(&self, now: i64) -> Result<Vec<StorageUsage>, StoreError> {
         let mut totals = std::collections::BTreeMap::<String, i64>::new();
         for tenant in sqlx::query("SELECT id FROM tenants")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.db().await?)
             .await?
         {
             totals.insert(tenant.try_get("id")?, 0);
         }
         for q in STORAGE_QUERIES {
-            for row in sqlx::query(q).fetch_all(&self.pool).await? {
+            for row in sqlx::query(q).fetch_all(&mut *self.db().await?).await? {
                 let tenant: String = row.try_get(0)?;
                 let bytes: Option<i64> = row.try_get(1)?;
                 *totals.entry(tenant).or_default() += bytes.unwrap_or(0);
             }
         }
-        let mut tx = self.pool.begin().await?;
+        let mut db = self.db().await?;
+        let mut tx = db.begin().await?;
         let mut out = Vec::with_capacity(totals.len());
         for (tenant_id, bytes) in totals {
             sqlx::query(
@@ -219,7 +222,7 @@ impl Store {
     /// Every tenant's last measured storage.
     pub async fn storage_usage(&self) -> Result<Vec<StorageUsage>, StoreError> {
         let rows = sqlx::query("SELECT tenant_id, bytes, measured_at FROM storage_usage")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.db().await?)
             .await?;
         rows.iter()
             .map(|r| {
@@ -239,7 +242,7 @@ impl Store {
     ) -> Result<Option<StorageUsage>, StoreError> {
         let row = sqlx::query("SELECT bytes, measured_at FROM storage_usage WHERE tenant_id = $1")
             .bind(tenant_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.db().await?)
             .await?;
         row.map(|r| {
             Ok(StorageUsage {
@@ -262,7 +265,7 @@ impl Store {
             sqlx::query("DELETE FROM api_call_payloads WHERE tenant_id = $1 AND at < $2")
                 .bind(tenant_id)
                 .bind(cutoff)
-                .execute(&self.pool)
+                .execute(&mut *self.db().await?)
                 .await?
                 .rows_affected(),
         )
@@ -279,15 +282,16 @@ impl Store {
         sqlx::query("DELETE FROM api_call_payloads WHERE tenant_id = $1 AND at < $2")
             .bind(tenant_id)
             .bind(cutoff)
-            .execute(&self.pool)
+            .execute(&mut *self.db().await?)
             .await?;
         let calls = sqlx::query("DELETE FROM api_calls WHERE tenant_id = $1 AND at < $2")
             .bind(tenant_id)
             .bind(cutoff)
-            .execute(&self.pool)
+            .execute(&mut *self.db().await?)
             .await?
             .rows_affected();
-        let mut tx = self.pool.begin().await?;
+        let mut db = self.db().await?;
+        let mut tx = db.begin().await?;
         sqlx::query(
             "DELETE FROM execution_steps WHERE execution_id IN (SELECT id FROM executions \
              WHERE tenant_id = $1 AND finished_at IS NOT NULL AND finished_at < $2 \

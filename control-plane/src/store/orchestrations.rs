@@ -1,5 +1,6 @@
 //! Orchestrations and their versions. Every query takes the tenant.
 
+use sqlx::Connection as _;
 use sqlx::FromRow;
 
 use super::{Store, StoreError, unique_violation};
@@ -56,7 +57,8 @@ impl Store {
         o: &OrchestrationRow,
         definition: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut db = self.db().await?;
+        let mut tx = db.begin().await?;
         sqlx::query(
             "INSERT INTO orchestrations (id, tenant_id, name, status, latest_version, created_by, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -95,7 +97,8 @@ impl Store {
         definition: &str,
         actor: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut db = self.db().await?;
+        let mut tx = db.begin().await?;
         let done = sqlx::query(
             "UPDATE orchestrations SET name = $1, latest_version = $2, updated_at = $3 \
              WHERE tenant_id = $4 AND id = $5 AND latest_version = $6",
@@ -147,7 +150,7 @@ impl Store {
             ))
             .bind(tenant_id)
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.db().await?)
             .await?,
         )
     }
@@ -166,7 +169,7 @@ impl Store {
             .bind(tenant_id)
             .bind(after)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.db().await?)
             .await?,
         )
     }
@@ -194,7 +197,7 @@ impl Store {
         .bind(tenant_id)
         .bind(after)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?;
         Ok(rows.into_iter().map(|r| (r.row, r.definition)).collect())
     }
@@ -212,7 +215,7 @@ impl Store {
             .bind(now)
             .bind(tenant_id)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *self.db().await?)
             .await?;
         Ok(())
     }
@@ -227,7 +230,7 @@ impl Store {
              WHERE orchestration_id = $1 ORDER BY version DESC",
         )
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.db().await?)
         .await?)
     }
 
@@ -243,7 +246,7 @@ impl Store {
         )
         .bind(id)
         .bind(version)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.db().await?)
         .await?)
     }
 
@@ -253,7 +256,8 @@ impl Store {
         tenant_id: &str,
         id: &str,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut db = self.db().await?;
+        let mut tx = db.begin().await?;
         sqlx::query(
             "DELETE FROM orchestration_versions WHERE orchestration_id = $1 AND EXISTS \
              (SELECT 1 FROM orchestrations WHERE id = $1 AND tenant_id = $2)",
@@ -277,7 +281,7 @@ impl Store {
             sqlx::query_as::<_, OrchestrationRow>(select_orchestrations!(
                 "WHERE status = 'active' ORDER BY id"
             ))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.db().await?)
             .await?,
         )
     }
@@ -288,7 +292,7 @@ impl Store {
         let row =
             sqlx::query("SELECT cron, next_fire_at FROM schedules WHERE orchestration_id = $1")
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.db().await?)
                 .await?;
         Ok(match row {
             Some(r) => Some((r.try_get("cron")?, r.try_get("next_fire_at")?)),
@@ -312,7 +316,7 @@ impl Store {
         .bind(tenant_id)
         .bind(cron)
         .bind(next)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(())
     }
@@ -325,7 +329,7 @@ impl Store {
         .bind(next)
         .bind(due)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -335,7 +339,7 @@ impl Store {
         use sqlx::Row as _;
         let rows = sqlx::query("SELECT status FROM executions WHERE orchestration_id = $1 AND status IN ('queued', 'running')")
             .bind(id)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.db().await?)
             .await?;
         rows.iter().map(|r| Ok(r.try_get("status")?)).collect()
     }
@@ -348,7 +352,7 @@ impl Store {
         Ok(
             sqlx::query_as::<_, OrchestrationRow>(select_orchestrations!("WHERE id = $1"))
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.db().await?)
                 .await?,
         )
     }
@@ -369,7 +373,7 @@ impl Store {
         .bind(tenant_id)
         .bind(sealed)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?;
         Ok(())
     }
@@ -387,7 +391,7 @@ impl Store {
         use sqlx::Row as _;
         sqlx::query("DELETE FROM webhook_deliveries WHERE expires_at < $1")
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut *self.db().await?)
             .await?;
         let inserted = sqlx::query(
             "INSERT INTO webhook_deliveries (orchestration_id, digest, received_at, expires_at) \
@@ -397,7 +401,7 @@ impl Store {
         .bind(digest)
         .bind(now)
         .bind(expires_at)
-        .execute(&self.pool)
+        .execute(&mut *self.db().await?)
         .await?
         .rows_affected();
         if inserted == 1 {
@@ -408,7 +412,7 @@ impl Store {
         )
         .bind(orchestration_id)
         .bind(digest)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.db().await?)
         .await?;
         Ok(Some(match row {
             Some(r) => r.try_get("received_at")?,
@@ -421,7 +425,7 @@ impl Store {
         use sqlx::Row as _;
         let row = sqlx::query("SELECT sealed FROM webhook_secrets WHERE orchestration_id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.db().await?)
             .await?;
         Ok(match row {
             Some(r) => Some(r.try_get("sealed")?),

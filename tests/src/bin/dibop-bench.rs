@@ -458,7 +458,7 @@ async fn run_orchestrations(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    dibop_relay_agent::install_crypto_provider();
+    dibop_runtime::install_crypto_provider();
     let args = Args::parse();
     match args.scenario.as_str() {
         "relay" => {}

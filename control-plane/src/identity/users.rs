@@ -1,0 +1,211 @@
+//! People: users, their passwords and sign-in.
+//!
+//! Passwords are hashed with Argon2id (OWASP baseline parameters, PHC
+//! strings so they can be raised later) on the blocking pool, at most
+//! [`MAX_CONCURRENT_HASHES`] at once: each hash takes about 19 MiB, so a
+//! login flood cannot exhaust memory. A session is an API token linked to
+//! its user (12 hours): the user's current role applies on the next request,
+//! and disabling the user ends every session.
+
+use std::sync::LazyLock;
+
+use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+use tokio::sync::Semaphore;
+
+use super::{IdentityError, PLATFORM_ADMIN, PLATFORM_TENANT, TENANT_ROLES};
+use crate::store::{ApiTokenRow, Store, StoreError, UserRow, now_unix};
+
+/// Hashes running at once (each allocates about 19 MiB).
+pub const MAX_CONCURRENT_HASHES: usize = 2;
+
+/// Lifetime of a session.
+pub const SESSION_TTL_SECS: i64 = 12 * 3600;
+
+/// Shortest password accepted.
+pub const MIN_PASSWORD_LEN: usize = 12;
+
+static HASHING: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(MAX_CONCURRENT_HASHES));
+
+/// A hash to compare against when the email is unknown, so that unknown and
+/// known emails take the same time.
+static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
+    argon2::Argon2::default()
+        .hash_password(b"dibop-timing-equaliser")
+        .map(|h| h.to_string())
+        .unwrap_or_default()
+});
+
+/// Hashes a password off the async threads.
+pub async fn hash_password(password: String) -> anyhow::Result<String> {
+    let _permit = HASHING.acquire().await?;
+    let hash = tokio::task::spawn_blocking(move || {
+        argon2::Argon2::default()
+            .hash_password(password.as_bytes())
+            .map(|h| h.to_string())
+    })
+    .await?
+    .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
+    Ok(hash)
+}
+
+/// Checks a password against a PHC string off the async threads.
+pub async fn verify_password(password: String, hash: String) -> bool {
+    let Ok(_permit) = HASHING.acquire().await else {
+        return false;
+    };
+    tokio::task::spawn_blocking(move || {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), hash.as_str())
+            .is_ok()
+    })
+    .await
+    .unwrap_or(false)
+}
+
+fn normalize_email(email: &str) -> String {
+    email.trim().to_ascii_lowercase()
+}
+
+fn email_problem(email: &str) -> Option<&'static str> {
+    let ok = email.len() <= 254
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        })
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    (!ok).then_some("must be an email address")
+}
+
+fn password_problem(password: &str) -> Option<String> {
+    let n = password.chars().count();
+    if n < MIN_PASSWORD_LEN {
+        Some(format!("must be at least {MIN_PASSWORD_LEN} characters"))
+    } else if n > 1024 {
+        Some("must be at most 1024 characters".into())
+    } else {
+        None
+    }
+}
+
+/// Why `role` cannot exist in a tenant (the platform tenant when `platform`):
+/// the platform tenant holds platform admins only, every other tenant the
+/// enterprise roles only.
+pub fn role_problem(platform: bool, role: &str) -> Option<String> {
+    if platform {
+        (role != PLATFORM_ADMIN).then(|| {
+            format!(
+                "the platform tenant holds platform admins only: must be {}",
+                PLATFORM_ADMIN
+            )
+        })
+    } else {
+        (!TENANT_ROLES.contains(&role))
+            .then(|| format!("must be one of {}", TENANT_ROLES.join(", ")))
+    }
+}
+
+/// Creates a user after validating every field; returns the row.
+pub async fn create_user(
+    store: &Store,
+    tenant_id: &str,
+    email: &str,
+    password: &str,
+    role: &str,
+) -> Result<UserRow, IdentityError> {
+    let email = normalize_email(email);
+    let mut problems = Vec::new();
+    if let Some(p) = email_problem(&email) {
+        problems.push(serde_json::json!({"field": "email", "problem": p}));
+    }
+    if let Some(p) = password_problem(password) {
+        problems.push(serde_json::json!({"field": "password", "problem": p}));
+    }
+    let platform = store
+        .tenant(tenant_id)
+        .await?
+        .is_some_and(|t| t.name == PLATFORM_TENANT);
+    if let Some(problem) = role_problem(platform, role) {
+        problems.push(serde_json::json!({"field": "role", "problem": problem}));
+    }
+    if !problems.is_empty() {
+        return Err(IdentityError::Invalid {
+            message: "the user is invalid".into(),
+            problems,
+        });
+    }
+    let password_hash = hash_password(password.to_owned())
+        .await
+        .map_err(|e| IdentityError::Internal(format!("cannot hash the password: {e}")))?;
+    let user = UserRow {
+        id: crate::support::ids::new_id("usr"),
+        tenant_id: tenant_id.to_owned(),
+        email,
+        password_hash,
+        role: role.to_owned(),
+        created_at: now_unix(),
+        disabled_at: None,
+        view_pii: None,
+    };
+    store.create_user(&user).await?;
+    Ok(user)
+}
+
+/// Signs a user in: a new session token, or `None` for wrong credentials.
+pub async fn login(
+    store: &Store,
+    email: &str,
+    password: &str,
+) -> Result<Option<(UserRow, ApiTokenRow, String)>, StoreError> {
+    let user = store.user_by_email(&normalize_email(email)).await?;
+    let hash = user
+        .as_ref()
+        .map_or_else(|| DUMMY_HASH.clone(), |u| u.password_hash.clone());
+    let matches = verify_password(password.to_owned(), hash).await;
+    let Some(user) = user.filter(|u| matches && u.disabled_at.is_none()) else {
+        return Ok(None);
+    };
+    let secret = crate::support::ids::new_secret("dibop_");
+    let row = ApiTokenRow {
+        id: crate::support::ids::new_id("tok"),
+        tenant_id: user.tenant_id.clone(),
+        name: format!("session of {}", user.email),
+        role: user.role.clone(),
+        prefix: secret.chars().take(12).collect(),
+        created_at: now_unix(),
+        expires_at: Some(now_unix() + SESSION_TTL_SECS),
+        revoked_at: None,
+        last_used_at: None,
+        user_id: None,
+        view_pii: None,
+    };
+    store
+        .create_session(&row, &user.id, &crate::support::ids::hash_secret(&secret))
+        .await?;
+    Ok(Some((user, row, secret)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hashes_verify_and_differ_per_salt() {
+        let a = hash_password("correct horse battery".into()).await.unwrap();
+        let b = hash_password("correct horse battery".into()).await.unwrap();
+        assert!(a.starts_with("$argon2id$"), "{a}");
+        assert_ne!(a, b, "salted");
+        assert!(verify_password("correct horse battery".into(), a.clone()).await);
+        assert!(!verify_password("wrong horse battery".into(), a).await);
+    }
+
+    #[test]
+    fn emails_and_passwords_are_checked() {
+        assert!(email_problem("ana@dealer.example").is_none());
+        assert!(email_problem("ana@localhost").is_some());
+        assert!(email_problem("ana dealer@x.y").is_some());
+        assert!(password_problem("short").is_some());
+        assert!(password_problem("long enough password").is_none());
+    }
+}
