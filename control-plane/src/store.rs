@@ -433,8 +433,15 @@ impl Store {
     /// and its audit entry commit together or not at all. Nothing is
     /// written until [`Store::commit`]; dropping it rolls back. Queries of
     /// the returned store wait for each other (one connection).
+    ///
+    /// On SQLite the transaction takes the write lock at once (`BEGIN
+    /// IMMEDIATE`): one that read first and wrote later would otherwise fail
+    /// at its first write whenever another connection wrote in between.
     pub async fn begin(&self) -> Result<Store, StoreError> {
-        let tx = self.pool.begin().await?;
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
         Ok(Store {
             pool: self.pool.clone(),
             backend: self.backend,

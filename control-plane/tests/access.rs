@@ -1045,3 +1045,63 @@ async fn enterprise_roles_never_exist_in_the_platform_tenant() {
         .await;
     assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
 }
+
+/// The audit entry is written in the transaction of the change it records:
+/// when the audit log cannot be written, the change is refused and leaves
+/// nothing behind (no group without its audit entry).
+#[tokio::test]
+async fn a_change_whose_audit_entry_cannot_be_written_does_not_happen() {
+    use sqlx::Connection;
+    let cp = TestCp::start().await;
+    let url = format!("sqlite://{}", cp.data_dir.join("dibop.db").display());
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query(
+        "CREATE TRIGGER audit_down BEFORE INSERT ON audit_log \
+         BEGIN SELECT RAISE(ABORT, 'the audit log is down'); END",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+
+    let (status, body) = cp
+        .send("POST", "/agent-groups", Some(json!({"name": "unaudited"})))
+        .await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"]["code"], "internal", "{body}");
+    assert!(
+        !body.to_string().contains("audit log is down"),
+        "storage detail stays in the logs: {body}"
+    );
+    let (status, body) = cp
+        .send(
+            "POST",
+            "/api-tokens",
+            Some(json!({"name": "unaudited", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(status, 500, "{body}");
+
+    sqlx::query("DROP TRIGGER audit_down")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let (_, groups) = cp.send("GET", "/agent-groups", None).await;
+    assert!(
+        !groups.to_string().contains("unaudited"),
+        "the refused change was rolled back: {groups}"
+    );
+    let (_, tokens) = cp.send("GET", "/api-tokens", None).await;
+    assert!(
+        !tokens.to_string().contains("unaudited"),
+        "the refused token was rolled back: {tokens}"
+    );
+    // With the log back, the same change goes through and is audited.
+    let (status, _) = cp
+        .send("POST", "/agent-groups", Some(json!({"name": "unaudited"})))
+        .await;
+    assert_eq!(status, 201);
+    let (_, audit) = cp
+        .send("GET", "/audit?action=agent_group.create", None)
+        .await;
+    assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
+}

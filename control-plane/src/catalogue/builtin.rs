@@ -126,7 +126,8 @@ pub async fn load(store: &Store, base_urls: &[(String, String)]) -> anyhow::Resu
         };
         c.definition = doc.to_string();
         c.updated_at = now;
-        store.update_connector(&c).await?;
+        let tx = store.begin().await?;
+        tx.update_connector(&c).await?;
         let notes = if previous.is_none() {
             "Built-in catalogue.".to_owned()
         } else {
@@ -136,9 +137,9 @@ pub async fn load(store: &Store, base_urls: &[(String, String)]) -> anyhow::Resu
             crate::catalogue::publishing::freeze(&c, &doc, version, bump, &changes, notes, ACTOR);
         c.status = "published".into();
         c.scope = Some("global".into());
-        store.publish_version(&c, previous.as_deref(), &v).await?;
+        tx.publish_version(&c, previous.as_deref(), &v).await?;
         record(
-            store,
+            &tx,
             None,
             ACTOR,
             "connector.publish",
@@ -146,6 +147,7 @@ pub async fn load(store: &Store, base_urls: &[(String, String)]) -> anyhow::Resu
             json!({"slug": slug, "version": v.version, "builtin": true}),
         )
         .await?;
+        tx.commit().await?;
         done.push(format!("{slug} {}", v.version));
     }
     if !done.is_empty() {

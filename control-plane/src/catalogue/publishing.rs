@@ -83,9 +83,10 @@ pub async fn unpublish_expired(core: &Core, now: i64) -> Result<usize, StoreErro
     for mut c in expired {
         c.status = "draft".into();
         c.updated_at = now_unix();
-        core.store.update_lifecycle(&c).await?;
+        let tx = core.store.begin().await?;
+        tx.update_lifecycle(&c).await?;
         record(
-            &core.store,
+            &tx,
             Some(&c.tenant_id),
             "system",
             "connector.unpublish",
@@ -93,6 +94,7 @@ pub async fn unpublish_expired(core: &Core, now: i64) -> Result<usize, StoreErro
             json!({"reason": "deprecation date passed"}),
         )
         .await?;
+        tx.commit().await?;
         tracing::info!(connector = %c.id, slug = %c.slug, "deprecation date passed: unpublished");
     }
     Ok(count)

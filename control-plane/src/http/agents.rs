@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use dibop_protocol::{CallRequest, EnrollmentToken};
@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{
-    ApiError, ApiJson, ApiPath, ApiResult, Page, name_problem, optional_json_body, page_limit,
-    paged, query, require_admin, require_operator,
+    ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Page, name_problem, optional_json_body,
+    page_limit, paged, require_admin, require_operator,
 };
 
 use crate::Core;
@@ -53,7 +53,7 @@ fn group_view(core: &Core, g: AgentGroup) -> GroupView {
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/agent-groups", tag = "agents", summary = "Create an agent group", request_body = NewGroup, responses((status = 201, body = GroupView), (status = 422, description = "Invalid: every problem in `details`", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::http::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::http::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/agent-groups", tag = "agents", summary = "Create an agent group", request_body = NewGroup, responses((status = 201, body = GroupView)), security(("bearer" = [])))]
 pub(crate) async fn create_group(
     State(core): State<Arc<Core>>,
     p: Principal,
@@ -79,26 +79,26 @@ pub(crate) async fn create_group(
         description: body.description,
         created_at: now_unix(),
     };
-    core.store.create_group(&group).await?;
-    crate::identity::audit::record(
-        &core.store,
-        Some(&group.tenant_id),
-        &p.actor(),
+    let tx = core.store.begin().await?;
+    tx.create_group(&group).await?;
+    crate::identity::audit::record_by(
+        &tx,
+        &p,
         "agent_group.create",
         ("agent_group", &group.id),
         json!({"name": group.name}),
     )
     .await?;
+    tx.commit().await?;
     Ok((StatusCode::CREATED, Json(group_view(&core, group))).into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/agent-groups", tag = "agents", summary = "List agent groups", responses((status = 200, body = [GroupView]), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::http::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/v1/agent-groups", tag = "agents", summary = "List agent groups", responses((status = 200, body = [GroupView])), security(("bearer" = [])))]
 pub(crate) async fn list_groups(
     State(core): State<Arc<Core>>,
     p: Principal,
-    q: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> ApiResult<Response> {
-    let page = query(q)?;
     let limit = page_limit(page.limit)?;
     let rows = core
         .store
@@ -115,7 +115,7 @@ async fn load_group(core: &Core, p: &Principal, id: &str) -> ApiResult<AgentGrou
         .ok_or_else(|| ApiError::not_found("agent group", id))
 }
 
-#[utoipa::path(get, path = "/api/v1/agent-groups/{id}", tag = "agents", summary = "Get an agent group", params(("id" = String, Path, description = "The resource id")), responses((status = 200, body = GroupView), (status = 404, description = "No such resource in your tenant", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::http::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/v1/agent-groups/{id}", tag = "agents", summary = "Get an agent group", params(("id" = String, Path, description = "The resource id")), responses((status = 200, body = GroupView)), security(("bearer" = [])))]
 pub(crate) async fn get_group(
     State(core): State<Arc<Core>>,
     p: Principal,
@@ -132,7 +132,7 @@ pub(crate) struct NewEnrollmentToken {
     ttl_secs: Option<u64>,
 }
 
-#[utoipa::path(post, path = "/api/v1/agent-groups/{id}/enrollment-tokens", tag = "agents", summary = "Create a single-use enrollment token", request_body = Option<NewEnrollmentToken>, params(("id" = String, Path, description = "The resource id")), responses((status = 201, body = crate::http::openapi::EnrollmentTokenView), (status = 404, description = "No such resource in your tenant", body = crate::http::openapi::ErrorBody), (status = 422, description = "Invalid: every problem in `details`", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::http::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::http::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/agent-groups/{id}/enrollment-tokens", tag = "agents", summary = "Create a single-use enrollment token", request_body = Option<NewEnrollmentToken>, params(("id" = String, Path, description = "The resource id")), responses((status = 201, body = crate::http::openapi::EnrollmentTokenView)), security(("bearer" = [])))]
 pub(crate) async fn create_enrollment_token(
     State(core): State<Arc<Core>>,
     p: Principal,
@@ -161,10 +161,9 @@ pub(crate) async fn create_enrollment_token(
             expires_at,
         )
         .await?;
-    crate::identity::audit::record(
+    crate::identity::audit::record_by(
         &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+        &p,
         "enrollment_token.create",
         ("enrollment_token", &token_id),
         json!({"group_id": group.id, "expires_at": rfc3339(expires_at)}),
@@ -230,13 +229,12 @@ fn agent_view(core: &Core, a: AgentRow) -> AgentView {
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/agents", tag = "agents", summary = "List agents", responses((status = 200, body = [AgentView]), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::http::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/v1/agents", tag = "agents", summary = "List agents", responses((status = 200, body = [AgentView])), security(("bearer" = [])))]
 pub(crate) async fn list_agents(
     State(core): State<Arc<Core>>,
     p: Principal,
-    q: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> ApiResult<Response> {
-    let page = query(q)?;
     let limit = page_limit(page.limit)?;
     let rows = core
         .store
@@ -251,7 +249,7 @@ pub(crate) async fn list_agents(
     Ok(paged(views, limit, "/agents", |a| a.id.clone()))
 }
 
-#[utoipa::path(get, path = "/api/v1/agents/{id}", tag = "agents", summary = "Get an agent", params(("id" = String, Path, description = "The resource id")), responses((status = 200, body = AgentView), (status = 404, description = "No such resource in your tenant", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::http::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/v1/agents/{id}", tag = "agents", summary = "Get an agent", params(("id" = String, Path, description = "The resource id")), responses((status = 200, body = AgentView)), security(("bearer" = [])))]
 pub(crate) async fn get_agent(
     State(core): State<Arc<Core>>,
     p: Principal,
@@ -265,7 +263,7 @@ pub(crate) async fn get_agent(
     Ok(Json(agent_view(&core, row)))
 }
 
-#[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents", summary = "Revoke an agent", params(("id" = String, Path, description = "The resource id")), responses((status = 204, description = "Revoked; its tunnel is closed"), (status = 409, description = "Already revoked", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such resource in your tenant", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::http::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::http::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents", summary = "Revoke an agent", params(("id" = String, Path, description = "The resource id")), responses((status = 204, description = "Revoked; its tunnel is closed"), (status = 409, description = "Already revoked", body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
 pub(crate) async fn revoke_agent(
     State(core): State<Arc<Core>>,
     p: Principal,
@@ -299,15 +297,8 @@ pub(crate) async fn revoke_agent(
         "this agent was revoked by an administrator",
     );
     tracing::info!(agent_id = %id, tenant_id = %p.tenant_id, "agent revoked");
-    crate::identity::audit::record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
-        "agent.revoke",
-        ("agent", &id),
-        Value::Null,
-    )
-    .await?;
+    crate::identity::audit::record_by(&core.store, &p, "agent.revoke", ("agent", &id), Value::Null)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -336,7 +327,7 @@ const MAX_CALL_TIMEOUT_MS: u32 = 120_000;
 /// Default when the caller gives none.
 const DEFAULT_CALL_TIMEOUT_MS: u32 = 30_000;
 
-#[utoipa::path(post, path = "/api/v1/agent-groups/{id}/calls", tag = "calls", summary = "Perform an HTTP call through an agent of the group", request_body = CallBody, params(("id" = String, Path, description = "The resource id")), responses((status = 200, description = "The normalized result, whatever happened to the call", body = NormalizedResult), (status = 404, description = "No such resource in your tenant", body = crate::http::openapi::ErrorBody), (status = 422, description = "Invalid: every problem in `details`", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::http::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::http::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/agent-groups/{id}/calls", tag = "calls", summary = "Perform an HTTP call through an agent of the group", request_body = CallBody, params(("id" = String, Path, description = "The resource id")), responses((status = 200, description = "The normalized result, whatever happened to the call", body = NormalizedResult)), security(("bearer" = [])))]
 pub(crate) async fn group_call(
     State(core): State<Arc<Core>>,
     p: Principal,
@@ -402,4 +393,15 @@ pub(crate) async fn group_call(
         started.elapsed().as_secs_f64(),
     );
     Ok(Json(NormalizedResult::from_result(result, started.elapsed())).into_response())
+}
+
+/// This area's routes, each registered with its OpenAPI operation.
+pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Core>> {
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(create_group, list_groups))
+        .routes(utoipa_axum::routes!(get_group))
+        .routes(utoipa_axum::routes!(create_enrollment_token))
+        .routes(utoipa_axum::routes!(list_agents))
+        .routes(utoipa_axum::routes!(get_agent, revoke_agent))
+        .routes(utoipa_axum::routes!(group_call))
 }

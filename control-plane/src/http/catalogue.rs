@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dibop_runtime::support::rfc3339;
@@ -20,9 +20,9 @@ use serde_json::{Value, json};
 
 use crate::Core;
 use crate::catalogue::connector::{self, Problem};
-use crate::http::{ApiError, ApiPath, Principal, page_limit, paged, query, require_admin};
+use crate::http::{ApiError, ApiPath, ApiQuery, Page, Principal, page_limit, paged, require_admin};
 use crate::identity::PLATFORM_ADMIN;
-use crate::identity::audit::record;
+use crate::identity::audit::record_by;
 use crate::store::{CatalogueFilter, CatalogueRow, ConnectorRow, now_unix};
 
 /// A connector as the API shows it.
@@ -165,7 +165,7 @@ fn row_from(
 /// `POST /api/v1/connectors/validate`
 #[utoipa::path(post, path = "/api/v1/connectors/validate", tag = "connectors", summary = "Validate a connector definition without saving it",
     request_body(content = Object, description = "A definition, JSON or YAML", content_type = "application/json"),
-    responses((status = 200, body = ValidationView), (status = 401, body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = ValidationView)), security(("bearer" = [])))]
 pub(crate) async fn validate(
     _p: Principal,
     headers: HeaderMap,
@@ -187,9 +187,8 @@ pub(crate) async fn validate(
 /// `POST /api/v1/connectors`
 #[utoipa::path(post, path = "/api/v1/connectors", tag = "connectors", summary = "Create a connector draft from a definition",
     request_body(content = Object, description = "A definition, JSON or YAML", content_type = "application/json"),
-    responses((status = 201, body = ConnectorView), (status = 409, body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "Every problem of the definition, with its path", body = crate::http::openapi::ErrorBody),
-        (status = 401, body = crate::http::openapi::ErrorBody), (status = 403, body = crate::http::openapi::ErrorBody)),
+    responses((status = 201, body = ConnectorView),
+        (status = 422, description = "Every problem of the definition, with its path", body = crate::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn create(
     State(core): State<Arc<Core>>,
@@ -213,28 +212,28 @@ pub(crate) async fn create(
         &p.actor(),
         now,
     );
-    core.store.create_connector(&row).await?;
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    let tx = core.store.begin().await?;
+    tx.create_connector(&row).await?;
+    record_by(
+        &tx,
+        &p,
         "connector.create",
         ("connector", &row.id),
         json!({"slug": row.slug}),
     )
     .await?;
+    tx.commit().await?;
     Ok((StatusCode::CREATED, Json(view(row, true))).into_response())
 }
 
 /// `GET /api/v1/connectors`
 #[utoipa::path(get, path = "/api/v1/connectors", tag = "connectors", summary = "List the tenant's connectors",
-    responses((status = 200, body = [ConnectorView]), (status = 401, body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = [ConnectorView])), security(("bearer" = [])))]
 pub(crate) async fn list(
     State(core): State<Arc<Core>>,
     p: Principal,
-    q: Result<Query<crate::http::Page>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Response, ApiError> {
-    let page = query(q)?;
     let limit = page_limit(page.limit)?;
     let rows = core
         .store
@@ -247,7 +246,7 @@ pub(crate) async fn list(
 /// `GET /api/v1/connectors/{id}`
 #[utoipa::path(get, path = "/api/v1/connectors/{id}", tag = "connectors", summary = "Get a connector with its definition",
     params(("id" = String, Path, description = "The resource id")),
-    responses((status = 200, body = ConnectorView), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = ConnectorView)),
     security(("bearer" = [])))]
 pub(crate) async fn get(
     State(core): State<Arc<Core>>,
@@ -266,8 +265,7 @@ pub(crate) async fn get(
 #[utoipa::path(put, path = "/api/v1/connectors/{id}", tag = "connectors", summary = "Replace the working definition (what the next published version freezes)",
     params(("id" = String, Path, description = "The resource id")),
     request_body(content = Object, description = "A definition, JSON or YAML", content_type = "application/json"),
-    responses((status = 200, body = ConnectorView), (status = 404, body = crate::http::openapi::ErrorBody),
-        (status = 422, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = ConnectorView)),
     security(("bearer" = [])))]
 pub(crate) async fn replace(
     State(core): State<Arc<Core>>,
@@ -313,25 +311,26 @@ pub(crate) async fn replace(
     row.review_reason = existing.review_reason;
     row.deprecated_until = existing.deprecated_until;
     row.deprecation_message = existing.deprecation_message;
-    if !core.store.update_connector(&row).await? {
+    let tx = core.store.begin().await?;
+    if !tx.update_connector(&row).await? {
         return Err(ApiError::not_found("connector", &existing.id));
     }
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    record_by(
+        &tx,
+        &p,
         "connector.update",
         ("connector", &row.id),
         json!({"slug": row.slug}),
     )
     .await?;
+    tx.commit().await?;
     Ok(Json(view(row, true)))
 }
 
 /// `DELETE /api/v1/connectors/{id}`
 #[utoipa::path(delete, path = "/api/v1/connectors/{id}", tag = "connectors", summary = "Delete a draft that was never published",
     params(("id" = String, Path, description = "The resource id")),
-    responses((status = 204, description = "Deleted"), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 204, description = "Deleted")),
     security(("bearer" = [])))]
 pub(crate) async fn delete(
     State(core): State<Arc<Core>>,
@@ -339,8 +338,9 @@ pub(crate) async fn delete(
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     require_admin(&p)?;
-    if !core.store.delete_connector(&p.tenant_id, &id).await? {
-        return Err(match core.store.connector(&p.tenant_id, &id).await? {
+    let tx = core.store.begin().await?;
+    if !tx.delete_connector(&p.tenant_id, &id).await? {
+        return Err(match tx.connector(&p.tenant_id, &id).await? {
             Some(c) => ApiError::new(
                 StatusCode::CONFLICT,
                 "published",
@@ -352,15 +352,8 @@ pub(crate) async fn delete(
             None => ApiError::not_found("connector", &id),
         });
     }
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
-        "connector.delete",
-        ("connector", &id),
-        Value::Null,
-    )
-    .await?;
+    record_by(&tx, &p, "connector.delete", ("connector", &id), Value::Null).await?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -660,14 +653,13 @@ fn entry(row: CatalogueRow, tenant_id: &str) -> CatalogueEntry {
         ("scope" = Option<String>, Query, description = "global or enterprise"),
         ("limit" = Option<i64>, Query, description = "1..=500, default 100"),
         ("cursor" = Option<String>, Query, description = "From the previous page's Link header")),
-    responses((status = 200, body = [CatalogueEntry]), (status = 422, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = [CatalogueEntry])),
     security(("bearer" = [])))]
 pub(crate) async fn browse(
     State(core): State<Arc<Core>>,
     p: Principal,
-    q: Result<Query<CatalogueQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<CatalogueQuery>,
 ) -> Result<Response, ApiError> {
-    let q = query(q)?;
     let limit = page_limit(q.limit)?;
     let page = crate::http::Page {
         limit: q.limit,
@@ -729,7 +721,7 @@ async fn visible(core: &Core, p: &Principal, id: &str) -> Result<CatalogueRow, A
 /// `GET /api/v1/catalogue/{id}`
 #[utoipa::path(get, path = "/api/v1/catalogue/{id}", tag = "catalogue", summary = "A catalogue entry with its operations and versions",
     params(("id" = String, Path, description = "The connector id")),
-    responses((status = 200, body = CatalogueDetail), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = CatalogueDetail)),
     security(("bearer" = [])))]
 pub(crate) async fn catalogue_detail(
     State(core): State<Arc<Core>>,
@@ -775,7 +767,7 @@ pub(crate) async fn catalogue_detail(
 /// `GET /api/v1/catalogue/{id}/versions/{version}`
 #[utoipa::path(get, path = "/api/v1/catalogue/{id}/versions/{version}", tag = "catalogue", summary = "One version of a catalogue entry with its frozen definition",
     params(("id" = String, Path, description = "The connector id"), ("version" = String, Path, description = "e.g. 1.2.0")),
-    responses((status = 200, body = crate::http::publishing::VersionView), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = crate::http::publishing::VersionView)),
     security(("bearer" = [])))]
 pub(crate) async fn catalogue_version(
     State(core): State<Arc<Core>>,
@@ -821,18 +813,16 @@ pub struct ImportView {
     params(ImportQuery),
     request_body(content = Object, description = "An OpenAPI document, JSON or YAML", content_type = "application/json"),
     responses((status = 201, body = ImportView),
-        (status = 422, description = "Not an OpenAPI document, too large, cyclic, or the result is invalid: every problem in `details`", body = crate::http::openapi::ErrorBody),
-        (status = 409, body = crate::http::openapi::ErrorBody), (status = 403, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+        (status = 422, description = "Not an OpenAPI document, too large, cyclic, or the result is invalid: every problem in `details`", body = crate::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn import(
     State(core): State<Arc<Core>>,
     p: Principal,
-    q: Result<Query<ImportQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<ImportQuery>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     require_admin(&p)?;
-    let q = query(q)?;
     core.quotas
         .ensure_storage(&core.store, &p.tenant_id)
         .await?;
@@ -863,16 +853,17 @@ pub(crate) async fn import(
         &p.actor(),
         now_unix(),
     );
-    core.store.create_connector(&row).await?;
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    let tx = core.store.begin().await?;
+    tx.create_connector(&row).await?;
+    record_by(
+        &tx,
+        &p,
         "connector.import",
         ("connector", &row.id),
         json!({"slug": row.slug, "warnings": imported.warnings.len()}),
     )
     .await?;
+    tx.commit().await?;
     Ok((
         StatusCode::CREATED,
         Json(ImportView {
@@ -881,6 +872,18 @@ pub(crate) async fn import(
         }),
     )
         .into_response())
+}
+
+/// This area's routes, each registered with its OpenAPI operation.
+pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Core>> {
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(validate))
+        .routes(utoipa_axum::routes!(create, list))
+        .routes(utoipa_axum::routes!(get, replace, delete))
+        .routes(utoipa_axum::routes!(browse))
+        .routes(utoipa_axum::routes!(catalogue_detail))
+        .routes(utoipa_axum::routes!(catalogue_version))
+        .routes(utoipa_axum::routes!(import))
 }
 
 #[cfg(test)]

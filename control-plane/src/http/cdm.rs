@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use dibop_runtime::support::rfc3339;
@@ -17,9 +17,9 @@ use serde_json::{Value, json};
 use crate::Core;
 use crate::cdm::suggest::Suggestion;
 use crate::cdm::{self, Field, Problem};
-use crate::http::{ApiError, ApiJson, ApiPath, Principal, page_limit, paged, query};
+use crate::http::{ApiError, ApiJson, ApiPath, ApiQuery, Principal, page_limit, paged};
 use crate::identity::PLATFORM_ADMIN;
-use crate::identity::audit::record;
+use crate::identity::audit::record_by;
 
 /// A connector that maps a field.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -140,7 +140,7 @@ async fn coverage(core: &Core, p: &Principal) -> Result<Coverage, ApiError> {
 
 /// `GET /api/v1/cdm/domains`
 #[utoipa::path(get, path = "/api/v1/cdm/domains", tag = "cdm", summary = "The CDM's domains, with how many connectors map each",
-    responses((status = 200, body = [DomainSummary]), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = [DomainSummary])),
     security(("bearer" = [])))]
 pub(crate) async fn list_domains(
     State(core): State<Arc<Core>>,
@@ -178,7 +178,7 @@ fn unknown_domain(name: &str) -> ApiError {
 #[utoipa::path(get, path = "/api/v1/cdm/domains/{domain}", tag = "cdm",
     summary = "A domain: fields with type, required flag, PII class, format, and the connectors mapping each",
     params(("domain" = String, Path, description = "e.g. vehicle")),
-    responses((status = 200, body = DomainView), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = DomainView)),
     security(("bearer" = [])))]
 pub(crate) async fn get_domain(
     State(core): State<Arc<Core>>,
@@ -230,7 +230,7 @@ pub struct ValidateRequest {
 /// `POST /api/v1/cdm/validate`
 #[utoipa::path(post, path = "/api/v1/cdm/validate", tag = "cdm", summary = "Check records against a domain: every field and rule broken",
     request_body = ValidateRequest,
-    responses((status = 200, description = "`{valid, results: [{index, valid, problems}]}`"), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, description = "`{valid, results: [{index, valid, problems}]}`"), (status = 404, body = crate::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn validate(
     _p: Principal,
@@ -308,7 +308,7 @@ fn suggest_view(d: &cdm::Domain, sample: &Value) -> SuggestView {
 #[utoipa::path(post, path = "/api/v1/cdm/suggest", tag = "cdm",
     summary = "Propose field mappings from a sample payload (each `assumed` until confirmed)",
     request_body = SuggestRequest,
-    responses((status = 200, body = SuggestView), (status = 404, body = crate::http::openapi::ErrorBody), (status = 422, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = SuggestView), (status = 404, body = crate::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn suggest(
     State(core): State<Arc<Core>>,
@@ -337,7 +337,7 @@ pub struct LiveSuggestRequest {
         operation's pagination `items_pointer` when it has one.",
     request_body = LiveSuggestRequest,
     params(("id" = String, Path, description = "The connection"), ("operation" = String, Path, description = "The operation id")),
-    responses((status = 200, body = SuggestView), (status = 404, body = crate::http::openapi::ErrorBody), (status = 422, description = "No domain, or the sample call failed", body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = SuggestView), (status = 422, description = "No domain, or the sample call failed", body = crate::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn suggest_from_call(
     State(core): State<Arc<Core>>,
@@ -402,11 +402,13 @@ fn require_admin(p: &Principal) -> Result<(), ApiError> {
     }
 }
 
-/// Loads a draft, changes its working definition, validates and stores it.
+/// Loads a draft, changes its working definition, validates and stores it
+/// with its audit entry (`action`, `details`).
 async fn change_draft(
     core: &Core,
     p: &Principal,
     id: &str,
+    (action, details): (&str, Value),
     change: impl FnOnce(&mut Value) -> Result<(), ApiError>,
 ) -> Result<Value, ApiError> {
     let mut row = core
@@ -424,9 +426,12 @@ async fn change_draft(
     }
     row.definition = doc.to_string();
     row.updated_at = crate::store::now_unix();
-    if !core.store.update_connector(&row).await? {
+    let tx = core.store.begin().await?;
+    if !tx.update_connector(&row).await? {
         return Err(ApiError::not_found("connector", id));
     }
+    record_by(&tx, p, action, ("connector", id), details).await?;
+    tx.commit().await?;
     Ok(doc)
 }
 
@@ -435,7 +440,7 @@ async fn change_draft(
     summary = "Write suggested field mappings into a connector draft, each listed in `assumed` until confirmed",
     request_body = SuggestRequest,
     params(("id" = String, Path, description = "The connector"), ("operation" = String, Path, description = "The operation id")),
-    responses((status = 200, body = SuggestView), (status = 404, body = crate::http::openapi::ErrorBody), (status = 422, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = SuggestView)),
     security(("bearer" = [])))]
 pub(crate) async fn suggest_into_draft(
     State(core): State<Arc<Core>>,
@@ -447,59 +452,57 @@ pub(crate) async fn suggest_into_draft(
     let view = suggestions(&core, &req).await?;
     let proposed = view.suggestions.clone();
     let records = req.records.clone();
-    change_draft(&core, &p, &id, |doc| {
-        let has_op = doc["operations"]
-            .as_array()
-            .is_some_and(|ops| ops.iter().any(|o| o["id"] == operation.as_str()));
-        if !has_op {
-            return Err(ApiError::not_found("operation", &operation));
-        }
-        let mapping = &mut doc["mappings"][&operation];
-        if !mapping.is_object() {
-            *mapping = json!({"domain": view.domain});
-        }
-        if mapping["domain"] != view.domain.as_str() {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "other_domain",
-                format!(
-                    "`{operation}` already maps onto {}: change it by editing the definition",
-                    mapping["domain"]
-                ),
-            ));
-        }
-        if let Some(r) = &records {
-            mapping["records"] = json!(r);
-        }
-        let mut assumed: Vec<String> = mapping["assumed"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect();
-        for s in &proposed {
-            // A field someone already mapped and confirmed stays as it is.
-            let confirmed =
-                mapping["inbound"].get(&s.field).is_some() && !assumed.contains(&s.field);
-            if confirmed {
-                continue;
+    let details = json!({"operation": operation, "fields": proposed.len()});
+    change_draft(
+        &core,
+        &p,
+        &id,
+        ("connector.mapping_suggest", details),
+        |doc| {
+            let has_op = doc["operations"]
+                .as_array()
+                .is_some_and(|ops| ops.iter().any(|o| o["id"] == operation.as_str()));
+            if !has_op {
+                return Err(ApiError::not_found("operation", &operation));
             }
-            mapping["inbound"][&s.field] = json!(s.expression);
-            if !assumed.contains(&s.field) {
-                assumed.push(s.field.clone());
+            let mapping = &mut doc["mappings"][&operation];
+            if !mapping.is_object() {
+                *mapping = json!({"domain": view.domain});
             }
-        }
-        mapping["assumed"] = json!(assumed);
-        Ok(())
-    })
-    .await?;
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
-        "connector.mapping_suggest",
-        ("connector", &id),
-        json!({"operation": operation, "fields": proposed.len()}),
+            if mapping["domain"] != view.domain.as_str() {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "other_domain",
+                    format!(
+                        "`{operation}` already maps onto {}: change it by editing the definition",
+                        mapping["domain"]
+                    ),
+                ));
+            }
+            if let Some(r) = &records {
+                mapping["records"] = json!(r);
+            }
+            let mut assumed: Vec<String> = mapping["assumed"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            for s in &proposed {
+                // A field someone already mapped and confirmed stays as it is.
+                let confirmed =
+                    mapping["inbound"].get(&s.field).is_some() && !assumed.contains(&s.field);
+                if confirmed {
+                    continue;
+                }
+                mapping["inbound"][&s.field] = json!(s.expression);
+                if !assumed.contains(&s.field) {
+                    assumed.push(s.field.clone());
+                }
+            }
+            mapping["assumed"] = json!(assumed);
+            Ok(())
+        },
     )
     .await?;
     Ok(Json(view))
@@ -518,7 +521,7 @@ pub struct ConfirmRequest {
     summary = "Confirm assumed field mappings of a connector draft",
     request_body = ConfirmRequest,
     params(("id" = String, Path, description = "The connector"), ("operation" = String, Path, description = "The operation id")),
-    responses((status = 200, description = "The mapping after confirmation"), (status = 404, body = crate::http::openapi::ErrorBody), (status = 422, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, description = "The mapping after confirmation")),
     security(("bearer" = [])))]
 pub(crate) async fn confirm(
     State(core): State<Arc<Core>>,
@@ -528,49 +531,46 @@ pub(crate) async fn confirm(
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&p)?;
     let fields = req.fields.clone();
-    let doc = change_draft(&core, &p, &id, |doc| {
-        let mapping = &mut doc["mappings"][&operation];
-        if !mapping.is_object() {
-            return Err(ApiError::not_found("mapping", &operation));
-        }
-        let assumed: Vec<String> = mapping["assumed"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect();
-        let unknown: Vec<&String> = fields.iter().filter(|f| !assumed.contains(f)).collect();
-        if !unknown.is_empty() {
-            return Err(
-                ApiError::invalid("only assumed fields can be confirmed").with_details(json!(
-                    unknown
-                        .iter()
-                        .map(|f| json!({"field": f, "problem": "is not assumed"}))
-                        .collect::<Vec<_>>()
-                )),
-            );
-        }
-        let left: Vec<String> = assumed
-            .into_iter()
-            .filter(|f| !fields.contains(f))
-            .collect();
-        if left.is_empty() {
-            if let Some(m) = mapping.as_object_mut() {
-                m.remove("assumed");
+    let details = json!({"operation": operation, "fields": req.fields});
+    let doc = change_draft(
+        &core,
+        &p,
+        &id,
+        ("connector.mapping_confirm", details),
+        |doc| {
+            let mapping = &mut doc["mappings"][&operation];
+            if !mapping.is_object() {
+                return Err(ApiError::not_found("mapping", &operation));
             }
-        } else {
-            mapping["assumed"] = json!(left);
-        }
-        Ok(())
-    })
-    .await?;
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
-        "connector.mapping_confirm",
-        ("connector", &id),
-        json!({"operation": operation, "fields": req.fields}),
+            let assumed: Vec<String> = mapping["assumed"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            let unknown: Vec<&String> = fields.iter().filter(|f| !assumed.contains(f)).collect();
+            if !unknown.is_empty() {
+                return Err(ApiError::invalid("only assumed fields can be confirmed")
+                    .with_details(json!(
+                        unknown
+                            .iter()
+                            .map(|f| json!({"field": f, "problem": "is not assumed"}))
+                            .collect::<Vec<_>>()
+                    )));
+            }
+            let left: Vec<String> = assumed
+                .into_iter()
+                .filter(|f| !fields.contains(f))
+                .collect();
+            if left.is_empty() {
+                if let Some(m) = mapping.as_object_mut() {
+                    m.remove("assumed");
+                }
+            } else {
+                mapping["assumed"] = json!(left);
+            }
+            Ok(())
+        },
     )
     .await?;
     Ok(Json(doc["mappings"][&operation].clone()))
@@ -649,14 +649,13 @@ pub struct ItemQuery {
 #[utoipa::path(get, path = "/api/v1/dead-letters/items", tag = "executions",
     summary = "Records that failed CDM validation in orchestrations",
     params(ItemQuery),
-    responses((status = 200, body = [DeadLetterItemView]), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = [DeadLetterItemView])),
     security(("bearer" = [])))]
 pub(crate) async fn list_items(
     State(core): State<Arc<Core>>,
     p: Principal,
-    q: Result<Query<ItemQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<ItemQuery>,
 ) -> Result<Response, ApiError> {
-    let q = query(q)?;
     let limit = page_limit(q.limit)?;
     let status = match q.status.as_deref() {
         None | Some("open") => Some("open"),
@@ -691,7 +690,7 @@ pub(crate) async fn list_items(
 /// `GET /api/v1/dead-letters/items/{id}`
 #[utoipa::path(get, path = "/api/v1/dead-letters/items/{id}", tag = "executions", summary = "A dead-lettered record",
     params(("id" = String, Path, description = "The resource id")),
-    responses((status = 200, body = DeadLetterItemView), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = DeadLetterItemView)),
     security(("bearer" = [])))]
 pub(crate) async fn get_item(
     State(core): State<Arc<Core>>,
@@ -735,8 +734,7 @@ pub struct ReplayedItemView {
     params(("id" = String, Path, description = "The resource id")), request_body = ReplayItemRequest,
     responses((status = 201, body = ReplayedItemView), (status = 404, description = "No open record with this id", body = crate::http::openapi::ErrorBody),
         (status = 409, description = "An outbound record, or its execution is still running or gone", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "The record still breaks its domain's rules (each in `details`)", body = crate::http::openapi::ErrorBody),
-        (status = 401, body = crate::http::openapi::ErrorBody), (status = 403, body = crate::http::openapi::ErrorBody)),
+        (status = 422, description = "The record still breaks its domain's rules (each in `details`)", body = crate::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn replay_item(
     State(core): State<Arc<Core>>,
@@ -850,10 +848,9 @@ async fn record_audit(
     id: &str,
     execution: &str,
 ) -> Result<(), crate::store::StoreError> {
-    record(
+    record_by(
         &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+        p,
         "dead_letter_item.replay",
         ("dead_letter_item", id),
         json!({"execution_id": execution}),
@@ -876,7 +873,7 @@ fn decides_dead_letters(p: &Principal) -> Result<(), ApiError> {
 /// `POST /api/v1/dead-letters/items/{id}/discard`
 #[utoipa::path(post, path = "/api/v1/dead-letters/items/{id}/discard", tag = "executions", summary = "Discard a dead-lettered record",
     params(("id" = String, Path, description = "The resource id")),
-    responses((status = 200, body = DeadLetterItemView), (status = 404, description = "No open record with this id", body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = DeadLetterItemView), (status = 404, description = "No open record with this id", body = crate::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn discard_item(
     State(core): State<Arc<Core>>,
@@ -884,21 +881,34 @@ pub(crate) async fn discard_item(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<DeadLetterItemView>, ApiError> {
     decides_dead_letters(&p)?;
-    if !core
-        .store
-        .discard_dead_letter_item(&p.tenant_id, &id)
-        .await?
-    {
+    let tx = core.store.begin().await?;
+    if !tx.discard_dead_letter_item(&p.tenant_id, &id).await? {
         return Err(ApiError::not_found("open dead-lettered record", &id));
     }
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    record_by(
+        &tx,
+        &p,
         "dead_letter_item.discard",
         ("dead_letter_item", &id),
         Value::Null,
     )
     .await?;
+    tx.commit().await?;
     get_item(State(core), p, ApiPath(id)).await
+}
+
+/// This area's routes, each registered with its OpenAPI operation.
+pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Core>> {
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(list_domains))
+        .routes(utoipa_axum::routes!(get_domain))
+        .routes(utoipa_axum::routes!(validate))
+        .routes(utoipa_axum::routes!(suggest))
+        .routes(utoipa_axum::routes!(suggest_from_call))
+        .routes(utoipa_axum::routes!(suggest_into_draft))
+        .routes(utoipa_axum::routes!(confirm))
+        .routes(utoipa_axum::routes!(list_items))
+        .routes(utoipa_axum::routes!(get_item))
+        .routes(utoipa_axum::routes!(replay_item))
+        .routes(utoipa_axum::routes!(discard_item))
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use dibop_runtime::support::rfc3339;
@@ -21,10 +21,10 @@ use serde_json::{Map, Value, json};
 use crate::Core;
 use crate::connections::execute::{self, ConnectionSettings, Resolved, TestOutcome};
 use crate::http::{
-    ApiError, ApiJson, ApiPath, Principal, page_limit, paged, query, require_admin,
+    ApiError, ApiJson, ApiPath, ApiQuery, Page, Principal, page_limit, paged, require_admin,
     require_operator,
 };
-use crate::identity::audit::record;
+use crate::identity::audit::record_by;
 use crate::store::{ApiCallFilter, ConnectionRow, now_unix};
 use crate::vault::Secret;
 
@@ -351,22 +351,21 @@ async fn seal_all(
 
 /// Seals `creds` as the connection's credentials, replacing the stored ones
 /// (proxy credentials are not part of them: they are kept).
-async fn replace_credentials(
+/// New credentials sealed, with the stored proxy credentials kept: what
+/// replaces a connection's secrets.
+async fn sealed_credentials(
     core: &Core,
     tenant_id: &str,
     id: &str,
     creds: &[(String, String)],
-) -> Result<(), ApiError> {
+) -> Result<Vec<(String, String)>, ApiError> {
     let mut sealed = seal_all(core, tenant_id, id, creds, None).await?;
     for (field, s) in core.store.secrets(id).await? {
         if field.starts_with("proxy.") {
             sealed.push((field, s));
         }
     }
-    core.store
-        .replace_secrets(tenant_id, id, &sealed, now_unix())
-        .await?;
-    Ok(())
+    Ok(sealed)
 }
 
 /// A connection checked and ready to store or test (nothing stored yet).
@@ -644,9 +643,9 @@ fn roles_of(definition: &Value) -> Vec<String> {
 #[utoipa::path(post, path = "/api/v1/connections", tag = "connections",
     summary = "Create a connection from a published connector version (inactive unless `activate`)",
     request_body = ConnectionRequest,
-    responses((status = 201, body = ConnectionView), (status = 409, body = crate::http::openapi::ErrorBody),
+    responses((status = 201, body = ConnectionView),
         (status = 422, description = "Every problem in `details`", body = crate::http::openapi::ErrorBody),
-        (status = 404, body = crate::http::openapi::ErrorBody), (status = 403, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+        (status = 404, body = crate::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn create(
     State(core): State<Arc<Core>>,
@@ -663,11 +662,11 @@ pub(crate) async fn create(
         checked.proxy.as_ref(),
     )
     .await?;
-    core.store.create_connection(&checked.row, &sealed).await?;
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    let tx = core.store.begin().await?;
+    tx.create_connection(&checked.row, &sealed).await?;
+    record_by(
+        &tx,
+        &p,
         "connection.create",
         ("connection", &checked.row.id),
         json!({"name": checked.row.name, "connector": checked.row.connector_slug,
@@ -675,19 +674,19 @@ pub(crate) async fn create(
                "status": checked.row.status}),
     )
     .await?;
+    tx.commit().await?;
     let v = view(&core, checked.row, checked.warning).await?;
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
 /// `GET /api/v1/connections`
 #[utoipa::path(get, path = "/api/v1/connections", tag = "connections", summary = "The enterprise's connections",
-    responses((status = 200, body = [ConnectionView]), (status = 401, body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = [ConnectionView])), security(("bearer" = [])))]
 pub(crate) async fn list(
     State(core): State<Arc<Core>>,
     p: Principal,
-    q: Result<Query<crate::http::Page>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Response, ApiError> {
-    let page = query(q)?;
     let limit = page_limit(page.limit)?;
     let rows = core
         .store
@@ -703,7 +702,7 @@ pub(crate) async fn list(
 /// `GET /api/v1/connections/{id}`
 #[utoipa::path(get, path = "/api/v1/connections/{id}", tag = "connections", summary = "One connection (secrets never shown)",
     params(("id" = String, Path, description = "The resource id")),
-    responses((status = 200, body = ConnectionView), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = ConnectionView)),
     security(("bearer" = [])))]
 pub(crate) async fn get(
     State(core): State<Arc<Core>>,
@@ -718,8 +717,7 @@ pub(crate) async fn get(
 #[utoipa::path(patch, path = "/api/v1/connections/{id}", tag = "connections",
     summary = "Change a connection's name, base URL, settings (log level at run time) or execution mode",
     params(("id" = String, Path, description = "The resource id")), request_body = ConnectionPatch,
-    responses((status = 200, body = ConnectionView), (status = 422, body = crate::http::openapi::ErrorBody),
-        (status = 404, body = crate::http::openapi::ErrorBody), (status = 403, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = ConnectionView)),
     security(("bearer" = [])))]
 pub(crate) async fn update(
     State(core): State<Arc<Core>>,
@@ -786,24 +784,27 @@ pub(crate) async fn update(
         return Err(ApiError::invalid("the change is invalid").with_details(json!(problems)));
     }
     c.updated_at = now_unix();
-    core.store.update_connection(&c).await?;
-    execute::forget(&core, &c.id);
-    if let Some(px) = &patch.proxy
-        && (px.username.is_some() || px.password.is_some())
-    {
-        for (field, sealed) in seal_all(&core, &p.tenant_id, &c.id, &[], Some(px)).await? {
-            core.store.set_secret(&c.id, &field, &sealed).await?;
+    let proxy_secrets = match &patch.proxy {
+        Some(px) if px.username.is_some() || px.password.is_some() => {
+            seal_all(&core, &p.tenant_id, &c.id, &[], Some(px)).await?
         }
+        _ => Vec::new(),
+    };
+    let tx = core.store.begin().await?;
+    tx.update_connection(&c).await?;
+    for (field, sealed) in proxy_secrets {
+        tx.set_secret(&c.id, &field, &sealed).await?;
     }
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    record_by(
+        &tx,
+        &p,
         "connection.update",
         ("connection", &c.id),
         json!({"name": c.name, "mode": c.execution_mode, "settings": serde_json::from_str::<Value>(&c.settings).unwrap_or_default()}),
     )
     .await?;
+    tx.commit().await?;
+    execute::forget(&core, &c.id);
     Ok(Json(view(&core, c, None).await?))
 }
 
@@ -952,8 +953,7 @@ async fn move_problems(
         `dry_run` only reports.",
     params(("id" = String, Path, description = "The resource id")), request_body = MoveRequest,
     responses((status = 200, body = MoveView), (status = 409, description = "Same version, or the move would break the connection (`incompatible_version`, problems in `details`)", body = crate::http::openapi::ErrorBody),
-        (status = 422, body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "No such connection or version", body = crate::http::openapi::ErrorBody), (status = 403, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+        (status = 404, description = "No such connection or version", body = crate::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn move_version(
     State(core): State<Arc<Core>>,
@@ -1013,26 +1013,32 @@ pub(crate) async fn move_version(
         )
         .with_details(json!({"problems": answer.problems, "changes": answer.changes})));
     }
-    if let Some(given) = &req.credentials {
+    let sealed = if let Some(given) = &req.credentials {
         let scheme = execute::scheme_of(&new, &c.auth_type)
             .cloned()
             .unwrap_or_default();
         let creds = check_credentials(&scheme, given, &mut Vec::new());
-        replace_credentials(&core, &p.tenant_id, &id, &creds).await?;
+        Some(sealed_credentials(&core, &p.tenant_id, &id, &creds).await?)
+    } else {
+        None
+    };
+    let tx = core.store.begin().await?;
+    if let Some(sealed) = &sealed {
+        tx.replace_secrets(&p.tenant_id, &id, sealed, now_unix())
+            .await?;
     }
-    core.store
-        .set_connection_version(&p.tenant_id, &id, &to, now_unix())
+    tx.set_connection_version(&p.tenant_id, &id, &to, now_unix())
         .await?;
-    execute::forget(&core, &id);
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    record_by(
+        &tx,
+        &p,
         "connection.move_version",
         ("connection", &id),
         json!({"from": answer.from, "to": to, "credentials_replaced": req.credentials.is_some()}),
     )
     .await?;
+    tx.commit().await?;
+    execute::forget(&core, &id);
     let c = own(&core, &p, &id).await?;
     answer.moved = true;
     answer.connection = Some(view(&core, c, None).await?);
@@ -1043,7 +1049,7 @@ pub(crate) async fn move_version(
 #[utoipa::path(delete, path = "/api/v1/connections/{id}", tag = "connections",
     summary = "Delete a connection with its credentials and health history (the call log keeps its name)",
     params(("id" = String, Path, description = "The resource id")),
-    responses((status = 204, description = "Deleted"), (status = 404, body = crate::http::openapi::ErrorBody), (status = 403, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 204, description = "Deleted")),
     security(("bearer" = [])))]
 pub(crate) async fn delete(
     State(core): State<Arc<Core>>,
@@ -1053,18 +1059,19 @@ pub(crate) async fn delete(
     let c = own(&core, &p, &id).await?;
     authorize(&core, &p, &c, "admin").await?;
     execute::forget(&core, &id);
-    if !core.store.delete_connection(&p.tenant_id, &id).await? {
+    let tx = core.store.begin().await?;
+    if !tx.delete_connection(&p.tenant_id, &id).await? {
         return Err(ApiError::not_found("connection", &id));
     }
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    record_by(
+        &tx,
+        &p,
         "connection.delete",
         ("connection", &id),
         Value::Null,
     )
     .await?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1086,22 +1093,16 @@ async fn set_status(
     let mut c = own(core, p, id).await?;
     c.status = status.into();
     c.updated_at = now_unix();
-    core.store.update_connection(&c).await?;
-    execute::forget(core, id);
     let action = if status == "active" {
         "connection.activate"
     } else {
         "connection.deactivate"
     };
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
-        action,
-        ("connection", id),
-        Value::Null,
-    )
-    .await?;
+    let tx = core.store.begin().await?;
+    tx.update_connection(&c).await?;
+    record_by(&tx, p, action, ("connection", id), Value::Null).await?;
+    tx.commit().await?;
+    execute::forget(core, id);
     let c_for_use = c.clone();
     Ok(Json(StateChange {
         connection: view(core, c, None).await?,
@@ -1117,7 +1118,7 @@ async fn set_status(
 /// `POST /api/v1/connections/{id}/activate`
 #[utoipa::path(post, path = "/api/v1/connections/{id}/activate", tag = "connections", summary = "Activate: calls allowed, health monitored",
     params(("id" = String, Path, description = "The resource id")),
-    responses((status = 200, body = StateChange), (status = 404, body = crate::http::openapi::ErrorBody), (status = 403, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = StateChange)),
     security(("bearer" = [])))]
 pub(crate) async fn activate(
     State(core): State<Arc<Core>>,
@@ -1131,7 +1132,7 @@ pub(crate) async fn activate(
 #[utoipa::path(post, path = "/api/v1/connections/{id}/deactivate", tag = "connections",
     summary = "Deactivate: no new calls, no health checks; credentials kept",
     params(("id" = String, Path, description = "The resource id")),
-    responses((status = 200, body = StateChange), (status = 404, body = crate::http::openapi::ErrorBody), (status = 403, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = StateChange)),
     security(("bearer" = [])))]
 pub(crate) async fn deactivate(
     State(core): State<Arc<Core>>,
@@ -1145,8 +1146,7 @@ pub(crate) async fn deactivate(
 #[utoipa::path(put, path = "/api/v1/connections/{id}/credentials", tag = "connections",
     summary = "Rotate credentials: replaces every field (audited; cached tokens are dropped)",
     params(("id" = String, Path, description = "The resource id")), request_body = CredentialsRequest,
-    responses((status = 200, body = ConnectionView), (status = 422, body = crate::http::openapi::ErrorBody),
-        (status = 404, body = crate::http::openapi::ErrorBody), (status = 403, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = ConnectionView)),
     security(("bearer" = [])))]
 pub(crate) async fn rotate_credentials(
     State(core): State<Arc<Core>>,
@@ -1164,17 +1164,20 @@ pub(crate) async fn rotate_credentials(
     if !problems.is_empty() {
         return Err(ApiError::invalid("the credentials are invalid").with_details(json!(problems)));
     }
-    replace_credentials(&core, &p.tenant_id, &id, &creds).await?;
-    execute::forget(&core, &id);
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    let sealed = sealed_credentials(&core, &p.tenant_id, &id, &creds).await?;
+    let tx = core.store.begin().await?;
+    tx.replace_secrets(&p.tenant_id, &id, &sealed, now_unix())
+        .await?;
+    record_by(
+        &tx,
+        &p,
         "connection.rotate_credentials",
         ("connection", &id),
         json!({"fields": creds.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>()}),
     )
     .await?;
+    tx.commit().await?;
+    execute::forget(&core, &id);
     let c = own(&core, &p, &id).await?;
     Ok(Json(view(&core, c, None).await?))
 }
@@ -1183,7 +1186,7 @@ pub(crate) async fn rotate_credentials(
 #[utoipa::path(post, path = "/api/v1/connections/{id}/test", tag = "connections",
     summary = "Test Connection with the saved credentials: authenticate and run the health check",
     params(("id" = String, Path, description = "The resource id")),
-    responses((status = 200, body = TestOutcome), (status = 404, body = crate::http::openapi::ErrorBody), (status = 403, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = TestOutcome)),
     security(("bearer" = [])))]
 pub(crate) async fn test_saved(
     State(core): State<Arc<Core>>,
@@ -1203,8 +1206,7 @@ pub(crate) async fn test_saved(
 #[utoipa::path(post, path = "/api/v1/connections/test", tag = "connections",
     summary = "Test Connection with credentials typed into the form, before saving (nothing is stored)",
     request_body = ConnectionRequest,
-    responses((status = 200, body = TestOutcome), (status = 422, body = crate::http::openapi::ErrorBody), (status = 404, body = crate::http::openapi::ErrorBody),
-        (status = 403, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = TestOutcome), (status = 404, body = crate::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn test_unsaved(
     State(core): State<Arc<Core>>,
@@ -1273,7 +1275,7 @@ pub struct GrantsRequest {
 #[utoipa::path(get, path = "/api/v1/connections/{id}/grants", tag = "connections",
     summary = "A connection's roles (admin, one per HTTP verb) and who holds them",
     params(("id" = String, Path, description = "The resource id")),
-    responses((status = 200, body = GrantsView), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = GrantsView)),
     security(("bearer" = [])))]
 pub(crate) async fn grants(
     State(core): State<Arc<Core>>,
@@ -1298,8 +1300,7 @@ pub(crate) async fn grants(
     description = "Enterprise admins hold every role on every connection. Others need the HTTP verb's role to invoke \
         operations of that verb, and `admin` to manage the connection (it includes every verb); viewers never invoke.",
     params(("id" = String, Path, description = "The resource id")), request_body = GrantsRequest,
-    responses((status = 200, body = GrantsView), (status = 422, body = crate::http::openapi::ErrorBody),
-        (status = 404, body = crate::http::openapi::ErrorBody), (status = 403, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = GrantsView)),
     security(("bearer" = [])))]
 pub(crate) async fn set_grants(
     State(core): State<Arc<Core>>,
@@ -1328,16 +1329,17 @@ pub(crate) async fn set_grants(
     if !problems.is_empty() {
         return Err(ApiError::invalid("the grants are invalid").with_details(json!(problems)));
     }
-    core.store.replace_grants(&id, &grants).await?;
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    let tx = core.store.begin().await?;
+    tx.replace_grants(&id, &grants).await?;
+    record_by(
+        &tx,
+        &p,
         "connection.grants",
         ("connection", &id),
         json!({"grants": grants.iter().map(|(s, r)| json!({"subject": s, "role": r})).collect::<Vec<_>>()}),
     )
     .await?;
+    tx.commit().await?;
     Ok(Json(GrantsView {
         roles,
         grants: grants
@@ -1360,7 +1362,7 @@ pub struct HealthView {
 /// `GET /api/v1/connections/{id}/health`
 #[utoipa::path(get, path = "/api/v1/connections/{id}/health", tag = "connections", summary = "Health history, newest first (up to 500)",
     params(("id" = String, Path, description = "The resource id")),
-    responses((status = 200, body = [HealthView]), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = [HealthView])),
     security(("bearer" = [])))]
 pub(crate) async fn health(
     State(core): State<Arc<Core>>,
@@ -1385,7 +1387,7 @@ pub(crate) async fn health(
 /// `POST /api/v1/connections/{id}/health/check`
 #[utoipa::path(post, path = "/api/v1/connections/{id}/health/check", tag = "connections", summary = "Run a health check now and record it",
     params(("id" = String, Path, description = "The resource id")),
-    responses((status = 200, body = HealthView), (status = 409, body = crate::http::openapi::ErrorBody), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = HealthView)),
     security(("bearer" = [])))]
 pub(crate) async fn check_now(
     State(core): State<Arc<Core>>,
@@ -1428,9 +1430,7 @@ pub(crate) async fn check_now(
     params(("id" = String, Path, description = "The connection id"), ("operation" = String, Path, description = "The operation id")),
     request_body = InvokeBody,
     responses((status = 200, body = Object), (status = 409, description = "The connection is inactive", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "Bad parameters: every problem in `details`", body = crate::http::openapi::ErrorBody),
-        (status = 404, body = crate::http::openapi::ErrorBody), (status = 429, body = crate::http::openapi::ErrorBody),
-        (status = 403, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+        (status = 422, description = "Bad parameters: every problem in `details`", body = crate::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn invoke(
     State(core): State<Arc<Core>>,
@@ -1598,7 +1598,7 @@ fn time_bound(name: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> 
 /// `GET /api/v1/api-calls/{id}`
 #[utoipa::path(get, path = "/api/v1/api-calls/{id}", tag = "connections", summary = "One call of the API-call log, with its request and response bodies",
     params(("id" = String, Path, description = "The call id")),
-    responses((status = 200, body = ApiCallDetailView), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = ApiCallDetailView)),
     security(("bearer" = [])))]
 pub(crate) async fn get_call(
     State(core): State<Arc<Core>>,
@@ -1670,16 +1670,15 @@ pub struct ApiCallView {
         ("until" = Option<String>, Query, description = "Calls before this time (RFC 3339 or a date)"),
         ("limit" = Option<i64>, Query, description = "1..=500, default 100"),
         ("cursor" = Option<String>, Query, description = "From the previous page's Link header")),
-    responses((status = 200, body = [ApiCallView]), (status = 422, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = [ApiCallView])),
     security(("bearer" = [])))]
 pub(crate) async fn list_calls(
     State(core): State<Arc<Core>>,
     p: Principal,
-    q: Result<Query<CallQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<CallQuery>,
 ) -> Result<Response, ApiError> {
     // This node's buffered calls first, so a caller sees its own calls.
     core.calls.flush(&core.store).await;
-    let q = query(q)?;
     let limit = page_limit(q.limit)?;
     if let Some(o) = &q.outcome
         && !matches!(o.as_str(), "ok" | "failed")
@@ -1753,4 +1752,23 @@ pub async fn ensure(core: &Core, tenant_id: &str, body: Value) -> anyhow::Result
         .map_err(|e| anyhow::anyhow!("cannot seal the credentials: {e:?}"))?;
     core.store.create_connection(&checked.row, &sealed).await?;
     Ok(checked.row.id)
+}
+
+/// This area's routes, each registered with its OpenAPI operation.
+pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Core>> {
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(create, list))
+        .routes(utoipa_axum::routes!(get, update, delete))
+        .routes(utoipa_axum::routes!(move_version))
+        .routes(utoipa_axum::routes!(activate))
+        .routes(utoipa_axum::routes!(deactivate))
+        .routes(utoipa_axum::routes!(rotate_credentials))
+        .routes(utoipa_axum::routes!(test_saved))
+        .routes(utoipa_axum::routes!(test_unsaved))
+        .routes(utoipa_axum::routes!(grants, set_grants))
+        .routes(utoipa_axum::routes!(health))
+        .routes(utoipa_axum::routes!(check_now))
+        .routes(utoipa_axum::routes!(invoke))
+        .routes(utoipa_axum::routes!(get_call))
+        .routes(utoipa_axum::routes!(list_calls))
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use dibop_runtime::support::rfc3339;
@@ -14,9 +14,9 @@ use serde_json::{Map, Value, json};
 
 use crate::Core;
 use crate::http::{
-    ApiError, ApiJson, ApiPath, Principal, page_limit, paged, query, require_operator,
+    ApiError, ApiJson, ApiPath, ApiQuery, Page, Principal, page_limit, paged, require_operator,
 };
-use crate::identity::audit::record;
+use crate::identity::audit::record_by;
 use crate::store::{ExecutionRow, now_unix};
 
 /// The body of `POST /orchestrations/{id}/execute`.
@@ -206,8 +206,7 @@ pub(crate) fn check_parameters(
     params(("id" = String, Path, description = "The orchestration id")), request_body = ExecuteRequest,
     responses((status = 201, description = "Started (or finished within wait_ms)", body = ExecutionView),
         (status = 409, description = "The orchestration is paused or archived", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "Bad parameters: each named", body = crate::http::openapi::ErrorBody),
-        (status = 404, body = crate::http::openapi::ErrorBody), (status = 403, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+        (status = 422, description = "Bad parameters: each named", body = crate::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn execute(
     State(core): State<Arc<Core>>,
@@ -248,16 +247,17 @@ pub(crate) async fn execute(
     let row = ExecutionRow::queued(&o, params.to_string(), "api", p.actor());
     // Subscribed before the row exists: its end cannot be missed.
     let finished = core.engine.subscribe();
-    core.store.create_execution(&row).await?;
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    let tx = core.store.begin().await?;
+    tx.create_execution(&row).await?;
+    record_by(
+        &tx,
+        &p,
         "execution.start",
         ("execution", &row.id),
         json!({"orchestration": o.id, "version": o.latest_version}),
     )
     .await?;
+    tx.commit().await?;
     let v = wait_for(&core, &p, row, wait, finished).await?;
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
@@ -298,14 +298,13 @@ pub(crate) struct ExecutionQuery {
         ("status" = Option<String>, Query, description = "queued, running, succeeded, partially_succeeded, failed, cancelled"),
         ("limit" = Option<i64>, Query, description = "1..=500, default 100"),
         ("cursor" = Option<String>, Query, description = "From the previous page's Link header")),
-    responses((status = 200, body = [ExecutionView]), (status = 422, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = [ExecutionView])),
     security(("bearer" = [])))]
 pub(crate) async fn list(
     State(core): State<Arc<Core>>,
     p: Principal,
-    q: Result<Query<ExecutionQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<ExecutionQuery>,
 ) -> Result<Response, ApiError> {
-    let q = query(q)?;
     check_status(q.status.as_deref())?;
     let limit = page_limit(q.limit)?;
     let page = crate::http::Page {
@@ -334,14 +333,13 @@ pub(crate) async fn list(
     params(("orchestration_id" = Option<String>, Query, description = "One orchestration"),
         ("status" = Option<String>, Query, description = "queued, running, succeeded, partially_succeeded, failed, cancelled"),
         ("limit" = Option<i64>, Query, description = "1..=1000, default 1000")),
-    responses((status = 200, description = "`application/x-ndjson`; personal data redacted without `view_pii`"), (status = 422, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, description = "`application/x-ndjson`; personal data redacted without `view_pii`")),
     security(("bearer" = [])))]
 pub(crate) async fn export(
     State(core): State<Arc<Core>>,
     p: Principal,
-    q: Result<Query<ExecutionQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<ExecutionQuery>,
 ) -> Result<Response, ApiError> {
-    let q = query(q)?;
     check_status(q.status.as_deref())?;
     let limit = q.limit.unwrap_or(1000);
     if !(1..=1000).contains(&limit) {
@@ -368,10 +366,9 @@ pub(crate) async fn export(
         body.push_str(&serde_json::to_string(&v).unwrap_or_default());
         body.push('\n');
     }
-    record(
+    record_by(
         &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+        &p,
         "execution.export",
         ("execution", "*"),
         json!({"orchestration_id": q.orchestration_id, "status": q.status}),
@@ -393,7 +390,7 @@ pub(crate) async fn export(
 /// `GET /api/v1/executions/{id}`
 #[utoipa::path(get, path = "/api/v1/executions/{id}", tag = "executions", summary = "An execution with its status and step traces",
     params(("id" = String, Path, description = "The resource id")),
-    responses((status = 200, body = ExecutionView), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = ExecutionView)),
     security(("bearer" = [])))]
 pub(crate) async fn get(
     State(core): State<Arc<Core>>,
@@ -412,8 +409,7 @@ pub(crate) async fn get(
 #[utoipa::path(post, path = "/api/v1/executions/{id}/cancel", tag = "executions",
     summary = "Cancel: the running step finishes, no further step starts",
     params(("id" = String, Path, description = "The resource id")),
-    responses((status = 200, body = ExecutionView), (status = 409, description = "It already ended", body = crate::http::openapi::ErrorBody),
-        (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = ExecutionView), (status = 409, description = "It already ended", body = crate::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn cancel(
     State(core): State<Arc<Core>>,
@@ -428,8 +424,8 @@ pub(crate) async fn cancel(
         .ok_or_else(|| ApiError::not_found("execution", &id))?;
     let error =
         json!({"class": "cancelled", "message": format!("cancelled by {}", p.actor())}).to_string();
-    if !core
-        .store
+    let tx = core.store.begin().await?;
+    if !tx
         .update_execution(&e.id, "cancelled", None, Some(&error), now_unix())
         .await?
     {
@@ -439,16 +435,9 @@ pub(crate) async fn cancel(
             format!("execution {id} already ended ({})", e.status),
         ));
     }
+    record_by(&tx, &p, "execution.cancel", ("execution", &id), Value::Null).await?;
+    tx.commit().await?;
     core.engine.cancel(&id);
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
-        "execution.cancel",
-        ("execution", &id),
-        Value::Null,
-    )
-    .await?;
     let e = core.store.execution(&p.tenant_id, &id).await?.unwrap_or(e);
     Ok(Json(detail(&core, &p, e).await?))
 }
@@ -535,19 +524,20 @@ async fn rerun_of(
         )));
     }
     let row = rerun_row(e, version, trigger, &p.actor());
-    core.store.create_execution(&row).await?;
+    let tx = core.store.begin().await?;
+    tx.create_execution(&row).await?;
     if from == "failed_step" {
-        core.store.copy_succeeded_steps(&e.id, &row.id).await?;
+        tx.copy_succeeded_steps(&e.id, &row.id).await?;
     }
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    record_by(
+        &tx,
+        p,
         "execution.rerun",
         ("execution", &row.id),
         json!({"rerun_of": e.id, "from": from, "version": version}),
     )
     .await?;
+    tx.commit().await?;
     Ok(row)
 }
 
@@ -585,8 +575,7 @@ async fn wait_for(
 #[utoipa::path(post, path = "/api/v1/executions/{id}/rerun", tag = "executions",
     summary = "Re-run an ended execution: from the start or from the failed step, on the pinned or the current version",
     params(("id" = String, Path, description = "The resource id")), request_body = RerunRequest,
-    responses((status = 201, body = ExecutionView), (status = 409, description = "Still running", body = crate::http::openapi::ErrorBody),
-        (status = 422, body = crate::http::openapi::ErrorBody), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 201, body = ExecutionView), (status = 409, description = "Still running", body = crate::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn rerun(
     State(core): State<Arc<Core>>,
@@ -613,13 +602,12 @@ pub(crate) async fn rerun(
 /// `GET /api/v1/dead-letters`
 #[utoipa::path(get, path = "/api/v1/dead-letters", tag = "executions",
     summary = "Failed executions waiting for a decision (replay or discard), newest first",
-    responses((status = 200, body = [ExecutionView]), (status = 401, body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = [ExecutionView])), security(("bearer" = [])))]
 pub(crate) async fn dead_letters(
     State(core): State<Arc<Core>>,
     p: Principal,
-    q: Result<Query<crate::http::Page>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Response, ApiError> {
-    let page = query(q)?;
     let limit = page_limit(page.limit)?;
     let rows = core
         .store
@@ -634,7 +622,7 @@ pub(crate) async fn dead_letters(
 #[utoipa::path(post, path = "/api/v1/dead-letters/{id}/replay", tag = "executions",
     summary = "Replay a dead letter from its failed step on its pinned version",
     params(("id" = String, Path, description = "The failed execution's id")),
-    responses((status = 201, body = ExecutionView), (status = 404, description = "Not an open dead letter", body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 201, body = ExecutionView), (status = 404, description = "Not an open dead letter", body = crate::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn replay(
     State(core): State<Arc<Core>>,
@@ -672,7 +660,7 @@ pub(crate) async fn replay(
 /// `POST /api/v1/dead-letters/{id}/discard`
 #[utoipa::path(post, path = "/api/v1/dead-letters/{id}/discard", tag = "executions", summary = "Discard a dead letter (the execution stays failed)",
     params(("id" = String, Path, description = "The failed execution's id")),
-    responses((status = 204, description = "Discarded"), (status = 404, description = "Not an open dead letter", body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 204, description = "Discarded"), (status = 404, description = "Not an open dead letter", body = crate::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn discard(
     State(core): State<Arc<Core>>,
@@ -680,21 +668,32 @@ pub(crate) async fn discard(
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     require_operator(&p)?;
-    if !core
-        .store
-        .close_dead_letter(&p.tenant_id, &id, "discarded")
-        .await?
-    {
+    let tx = core.store.begin().await?;
+    if !tx.close_dead_letter(&p.tenant_id, &id, "discarded").await? {
         return Err(ApiError::not_found("dead letter", &id));
     }
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    record_by(
+        &tx,
+        &p,
         "execution.discard",
         ("execution", &id),
         Value::Null,
     )
     .await?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// This area's routes, each registered with its OpenAPI operation.
+pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Core>> {
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(execute))
+        .routes(utoipa_axum::routes!(list))
+        .routes(utoipa_axum::routes!(export))
+        .routes(utoipa_axum::routes!(get))
+        .routes(utoipa_axum::routes!(cancel))
+        .routes(utoipa_axum::routes!(rerun))
+        .routes(utoipa_axum::routes!(dead_letters))
+        .routes(utoipa_axum::routes!(replay))
+        .routes(utoipa_axum::routes!(discard))
 }

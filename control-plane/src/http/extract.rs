@@ -253,11 +253,20 @@ pub(crate) fn page_limit(limit: Option<i64>) -> ApiResult<i64> {
     }
 }
 
-pub(crate) fn query<T: serde::de::DeserializeOwned>(
-    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<T> {
-    q.map(|Query(v)| v)
-        .map_err(|e| ApiError::invalid(e.body_text()))
+/// Query parameters with the API's error shape (`422 invalid_request`
+/// naming the parameter).
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| ApiQuery(v))
+            .map_err(|e| ApiError::invalid(e.body_text()))
+    }
 }
 
 /// Returns the page as a JSON array with a `Link` header when more remain.

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use dibop_runtime::support::rfc3339;
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::Core;
-use crate::http::{ApiError, ApiPath, Principal, page_limit, paged, query};
+use crate::http::{ApiError, ApiPath, ApiQuery, Principal, page_limit, paged};
 use crate::store::now_unix;
 
 /// `?unread=&limit=&cursor=`.
@@ -42,14 +42,13 @@ pub struct NotificationView {
     params(("unread" = Option<bool>, Query, description = "Only unread ones"),
         ("limit" = Option<i64>, Query, description = "1..=500, default 100"),
         ("cursor" = Option<String>, Query, description = "From the previous page's Link header")),
-    responses((status = 200, body = [NotificationView]), (status = 422, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = [NotificationView])),
     security(("bearer" = [])))]
 pub(crate) async fn list(
     State(core): State<Arc<Core>>,
     p: Principal,
-    q: Result<Query<NotificationQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<NotificationQuery>,
 ) -> Result<Response, ApiError> {
-    let q = query(q)?;
     let limit = page_limit(q.limit)?;
     let page = crate::http::Page {
         limit: q.limit,
@@ -84,7 +83,7 @@ pub(crate) async fn list(
 /// `POST /api/v1/notifications/{id}/read`
 #[utoipa::path(post, path = "/api/v1/notifications/{id}/read", tag = "notifications", summary = "Mark a notification read",
     params(("id" = String, Path, description = "The resource id")),
-    responses((status = 204, description = "Marked"), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 204, description = "Marked")),
     security(("bearer" = [])))]
 pub(crate) async fn read(
     State(core): State<Arc<Core>>,
@@ -96,4 +95,11 @@ pub(crate) async fn read(
     } else {
         Err(ApiError::not_found("notification", &id))
     }
+}
+
+/// This area's routes, each registered with its OpenAPI operation.
+pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Core>> {
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(list))
+        .routes(utoipa_axum::routes!(read))
 }

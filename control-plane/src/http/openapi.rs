@@ -88,7 +88,8 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The document.
+/// The document's frame: information, shared schemas and the bearer scheme;
+/// the operations come from the routes (see [`super::api`]).
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(
@@ -99,119 +100,15 @@ impl Modify for BearerAuth {
                        Every error has the shape of `ErrorBody`; lists are JSON arrays with a `Link: rel=\"next\"` \
                        header; creating POSTs honour `Idempotency-Key`."
     ),
-    paths(
-        crate::http::ops::healthz,
-        crate::http::ops::readyz,
-        crate::http::ops::metrics,
-        crate::http::agents::create_group,
-        crate::http::agents::list_groups,
-        crate::http::agents::get_group,
-        crate::http::agents::create_enrollment_token,
-        crate::http::agents::list_agents,
-        crate::http::agents::get_agent,
-        crate::http::agents::revoke_agent,
-        crate::http::agents::group_call,
-        crate::http::tokens::create_token,
-        crate::http::tokens::list_tokens,
-        crate::http::tokens::revoke_token,
-        crate::http::tokens::list_audit,
-        crate::http::users::login_handler,
-        crate::http::users::logout_handler,
-        crate::http::users::create_user_handler,
-        crate::http::users::list_users_handler,
-        crate::http::users::update_user_handler,
-        crate::http::tenants::create_tenant,
-        crate::http::tenants::list_tenants,
-        crate::http::tenants::get_tenant,
-        crate::http::tenants::own_usage,
-        crate::http::tenants::update_tenant,
-        crate::http::tenants::create_tenant_user,
-        crate::http::catalogue::validate,
-        crate::http::catalogue::create,
-        crate::http::catalogue::list,
-        crate::http::catalogue::get,
-        crate::http::catalogue::replace,
-        crate::http::catalogue::delete,
-        crate::http::catalogue::import,
-        crate::http::catalogue::browse,
-        crate::http::catalogue::catalogue_detail,
-        crate::http::catalogue::catalogue_version,
-        crate::http::publishing::publish,
-        crate::http::publishing::publish_update,
-        crate::http::publishing::list_versions,
-        crate::http::publishing::get_version,
-        crate::http::publishing::checklist,
-        crate::http::publishing::unpublish,
-        crate::http::publishing::deprecate,
-        crate::http::publishing::submit_review,
-        crate::http::publishing::usage,
-        crate::http::publishing::list_reviews,
-        crate::http::publishing::approve_review,
-        crate::http::publishing::reject_review,
-        crate::http::publishing::promote,
-        crate::http::connections::create,
-        crate::http::connections::list,
-        crate::http::connections::get,
-        crate::http::connections::update,
-        crate::http::connections::delete,
-        crate::http::connections::activate,
-        crate::http::connections::deactivate,
-        crate::http::connections::rotate_credentials,
-        crate::http::connections::move_version,
-        crate::http::connections::test_saved,
-        crate::http::connections::test_unsaved,
-        crate::http::connections::health,
-        crate::http::connections::check_now,
-        crate::http::connections::invoke,
-        crate::http::connections::list_calls,
-        crate::http::connections::get_call,
-        crate::http::connections::grants,
-        crate::http::connections::set_grants,
-        crate::http::notifications::list,
-        crate::http::notifications::read,
-        crate::http::orchestrations::validate,
-        crate::http::orchestrations::create,
-        crate::http::orchestrations::list,
-        crate::http::orchestrations::get,
-        crate::http::orchestrations::replace,
-        crate::http::orchestrations::versions,
-        crate::http::orchestrations::activate,
-        crate::http::orchestrations::pause,
-        crate::http::orchestrations::archive,
-        crate::http::orchestrations::restore,
-        crate::http::orchestrations::delete,
-        crate::http::executions::execute,
-        crate::http::executions::list,
-        crate::http::executions::get,
-        crate::http::executions::cancel,
-        crate::http::executions::rerun,
-        crate::http::webhooks::create_secret,
-        crate::http::webhooks::trigger,
-        crate::http::executions::dead_letters,
-        crate::http::executions::replay,
-        crate::http::executions::discard,
-        crate::http::executions::export,
-        crate::http::cdm::list_domains,
-        crate::http::cdm::get_domain,
-        crate::http::cdm::validate,
-        crate::http::cdm::suggest,
-        crate::http::cdm::suggest_into_draft,
-        crate::http::cdm::suggest_from_call,
-        crate::http::cdm::confirm,
-        crate::http::cdm::list_items,
-        crate::http::cdm::get_item,
-        crate::http::cdm::discard_item,
-        crate::http::cdm::replay_item,
-    ),
     components(schemas(ErrorBody, ErrorDetail, EnrollmentTokenView, CreatedTokenView, SessionView)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
 
-/// The document as served, with what every operation shares filled in
-/// (see [`complete`]).
+/// The document as served: the operations of [`super::api`]'s routes, with
+/// what every operation shares filled in (see [`complete`]).
 pub fn document() -> serde_json::Value {
-    let mut v = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let mut v = serde_json::to_value(super::api().into_openapi()).unwrap_or_default();
     complete(&mut v);
     v
 }
@@ -441,8 +338,9 @@ fn error_answer(description: &str) -> serde_json::Value {
 /// Adds what the annotations cannot say: the [`CONSTRAINTS`] of request
 /// fields and of query parameters, and what every operation can answer:
 /// `400` (a malformed query string or path), `415`, `422` and `409` where it
-/// takes a body, `422` where it reads query parameters, `401`, `403` and
-/// `429` where it needs a token.
+/// takes a body, `422` where it reads query parameters, `404` where its path
+/// names a resource, `401`, `403` and `429` where it needs a token. The
+/// handlers' annotations list only the answers particular to them.
 pub fn complete(doc: &mut serde_json::Value) {
     for (schema, property, extra) in CONSTRAINTS {
         let target = &mut doc["components"]["schemas"][*schema]["properties"][*property];
@@ -515,6 +413,9 @@ pub fn complete(doc: &mut serde_json::Value) {
             }
             if has_query {
                 add("422", "A query parameter is invalid");
+            }
+            if path.contains('{') {
+                add("404", "No such resource in your tenant");
             }
             if secured {
                 add("401", "Missing, invalid, revoked or expired token");

@@ -63,3 +63,11 @@ pub(crate) async fn readyz(State(core): State<Arc<Core>>) -> Result<Json<Value>,
     })?;
     Ok(Json(json!({"status": "ready"})))
 }
+
+/// This area's routes, each registered with its OpenAPI operation.
+pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Core>> {
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(healthz))
+        .routes(utoipa_axum::routes!(metrics))
+        .routes(utoipa_axum::routes!(readyz))
+}

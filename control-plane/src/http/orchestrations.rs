@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use dibop_runtime::support::rfc3339;
@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 
 use crate::Core;
 use crate::catalogue::connector::Problem;
-use crate::http::{ApiError, ApiPath, Principal, page_limit, paged, query, require_admin};
-use crate::identity::audit::record;
+use crate::http::{ApiError, ApiPath, ApiQuery, Page, Principal, page_limit, paged, require_admin};
+use crate::identity::audit::record_by;
 use crate::store::{OrchestrationRow, now_unix};
 
 /// An orchestration as the API shows it.
@@ -225,7 +225,7 @@ async fn definition_of(core: &Core, o: &OrchestrationRow) -> Result<Value, ApiEr
 #[utoipa::path(post, path = "/api/v1/orchestrations/validate", tag = "orchestrations",
     summary = "Validate an orchestration definition against your enterprise's connections, without saving",
     request_body(content = Object, description = "A definition, JSON or YAML", content_type = "application/json"),
-    responses((status = 200, body = crate::http::catalogue::ValidationView), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = crate::http::catalogue::ValidationView)),
     security(("bearer" = [])))]
 pub(crate) async fn validate(
     State(core): State<Arc<Core>>,
@@ -243,9 +243,8 @@ pub(crate) async fn validate(
 #[utoipa::path(post, path = "/api/v1/orchestrations", tag = "orchestrations",
     summary = "Create an orchestration (a draft, version 1) from a definition",
     request_body(content = Object, description = "A definition, JSON or YAML", content_type = "application/json"),
-    responses((status = 201, body = OrchestrationView), (status = 409, body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "Every problem of the definition, with its path", body = crate::http::openapi::ErrorBody),
-        (status = 403, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 201, body = OrchestrationView),
+        (status = 422, description = "Every problem of the definition, with its path", body = crate::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn create(
     State(core): State<Arc<Core>>,
@@ -272,30 +271,28 @@ pub(crate) async fn create(
         created_at: now,
         updated_at: now,
     };
-    core.store
-        .create_orchestration(&row, &doc.to_string())
-        .await?;
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    let tx = core.store.begin().await?;
+    tx.create_orchestration(&row, &doc.to_string()).await?;
+    record_by(
+        &tx,
+        &p,
         "orchestration.create",
         ("orchestration", &row.id),
         json!({"name": row.name}),
     )
     .await?;
+    tx.commit().await?;
     Ok((StatusCode::CREATED, Json(view(row, &doc, true))).into_response())
 }
 
 /// `GET /api/v1/orchestrations`
 #[utoipa::path(get, path = "/api/v1/orchestrations", tag = "orchestrations", summary = "Your enterprise's orchestrations",
-    responses((status = 200, body = [OrchestrationView]), (status = 401, body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = [OrchestrationView])), security(("bearer" = [])))]
 pub(crate) async fn list(
     State(core): State<Arc<Core>>,
     p: Principal,
-    q: Result<Query<crate::http::Page>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Response, ApiError> {
-    let page = query(q)?;
     let limit = page_limit(page.limit)?;
     let after = page.cursor_of("orc_")?;
     // With the newest definitions (trigger and step count) in one query.
@@ -312,7 +309,7 @@ pub(crate) async fn list(
 /// `GET /api/v1/orchestrations/{id}`
 #[utoipa::path(get, path = "/api/v1/orchestrations/{id}", tag = "orchestrations", summary = "An orchestration with its newest definition",
     params(("id" = String, Path, description = "The resource id")),
-    responses((status = 200, body = OrchestrationView), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = OrchestrationView)),
     security(("bearer" = [])))]
 pub(crate) async fn get(
     State(core): State<Arc<Core>>,
@@ -329,9 +326,7 @@ pub(crate) async fn get(
     summary = "Save a new version (running executions keep theirs)",
     params(("id" = String, Path, description = "The resource id")),
     request_body(content = Object, description = "A definition, JSON or YAML", content_type = "application/json"),
-    responses((status = 200, body = OrchestrationView), (status = 409, body = crate::http::openapi::ErrorBody),
-        (status = 422, body = crate::http::openapi::ErrorBody), (status = 404, body = crate::http::openapi::ErrorBody),
-        (status = 403, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = OrchestrationView)),
     security(("bearer" = [])))]
 pub(crate) async fn replace(
     State(core): State<Arc<Core>>,
@@ -360,25 +355,25 @@ pub(crate) async fn replace(
     o.latest_version += 1;
     o.name = doc["name"].as_str().unwrap_or_default().trim().to_owned();
     o.updated_at = now_unix();
-    core.store
-        .add_orchestration_version(&o, previous, &doc.to_string(), &p.actor())
+    let tx = core.store.begin().await?;
+    tx.add_orchestration_version(&o, previous, &doc.to_string(), &p.actor())
         .await?;
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    record_by(
+        &tx,
+        &p,
         "orchestration.update",
         ("orchestration", &o.id),
         json!({"version": o.latest_version}),
     )
     .await?;
+    tx.commit().await?;
     Ok(Json(view(o, &doc, true)))
 }
 
 /// `GET /api/v1/orchestrations/{id}/versions`
 #[utoipa::path(get, path = "/api/v1/orchestrations/{id}/versions", tag = "orchestrations", summary = "Every saved version, newest first",
     params(("id" = String, Path, description = "The resource id")),
-    responses((status = 200, body = [OrchestrationVersionView]), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = [OrchestrationVersionView])),
     security(("bearer" = [])))]
 pub(crate) async fn versions(
     State(core): State<Arc<Core>>,
@@ -429,18 +424,18 @@ async fn lifecycle(
     };
     o.status = to.into();
     o.updated_at = now_unix();
-    core.store
-        .set_orchestration_status(&p.tenant_id, id, to, o.updated_at)
+    let tx = core.store.begin().await?;
+    tx.set_orchestration_status(&p.tenant_id, id, to, o.updated_at)
         .await?;
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    record_by(
+        &tx,
+        p,
         &format!("orchestration.{action}"),
         ("orchestration", id),
         Value::Null,
     )
     .await?;
+    tx.commit().await?;
     let d = definition_of(core, &o).await?;
     Ok(Json(view(o, &d, false)))
 }
@@ -450,8 +445,7 @@ macro_rules! lifecycle_handler {
         #[doc = concat!("`POST /api/v1/orchestrations/{id}/", $action, "`")]
         #[utoipa::path(post, path = concat!("/api/v1/orchestrations/{id}/", $action), tag = "orchestrations", summary = $summary,
             params(("id" = String, Path, description = "The resource id")),
-            responses((status = 200, body = OrchestrationView), (status = 409, description = "Not allowed from the current status", body = crate::http::openapi::ErrorBody),
-                (status = 404, body = crate::http::openapi::ErrorBody), (status = 403, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+            responses((status = 200, body = OrchestrationView), (status = 409, description = "Not allowed from the current status", body = crate::http::openapi::ErrorBody)),
             security(("bearer" = [])))]
         pub(crate) async fn $name(
             State(core): State<Arc<Core>>,
@@ -483,7 +477,7 @@ lifecycle_handler!(
 /// `DELETE /api/v1/orchestrations/{id}`
 #[utoipa::path(delete, path = "/api/v1/orchestrations/{id}", tag = "orchestrations", summary = "Delete an orchestration and its versions",
     params(("id" = String, Path, description = "The resource id")),
-    responses((status = 204, description = "Deleted"), (status = 404, body = crate::http::openapi::ErrorBody), (status = 403, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 204, description = "Deleted")),
     security(("bearer" = [])))]
 pub(crate) async fn delete(
     State(core): State<Arc<Core>>,
@@ -491,18 +485,19 @@ pub(crate) async fn delete(
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     require_admin(&p)?;
-    if !core.store.delete_orchestration(&p.tenant_id, &id).await? {
+    let tx = core.store.begin().await?;
+    if !tx.delete_orchestration(&p.tenant_id, &id).await? {
         return Err(ApiError::not_found("orchestration", &id));
     }
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    record_by(
+        &tx,
+        &p,
         "orchestration.delete",
         ("orchestration", &id),
         Value::Null,
     )
     .await?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -613,6 +608,19 @@ pub async fn count_using_connector(core: &Core, connector_id: &str) -> Result<i6
         count += active_calling(core, &tenant, &connections).await?.len() as i64;
     }
     Ok(count)
+}
+
+/// This area's routes, each registered with its OpenAPI operation.
+pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Core>> {
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(validate))
+        .routes(utoipa_axum::routes!(create, list))
+        .routes(utoipa_axum::routes!(get, replace, delete))
+        .routes(utoipa_axum::routes!(versions))
+        .routes(utoipa_axum::routes!(activate))
+        .routes(utoipa_axum::routes!(pause))
+        .routes(utoipa_axum::routes!(archive))
+        .routes(utoipa_axum::routes!(restore))
 }
 
 #[cfg(test)]

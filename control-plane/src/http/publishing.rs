@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use dibop_runtime::support::rfc3339;
@@ -27,9 +27,11 @@ use serde_json::{Map, Value, json};
 use crate::Core;
 use crate::catalogue::lifecycle::{self, Bump, Change, CheckItem, Version};
 use crate::catalogue::publishing::{MIN_DEPRECATION_DAYS, freeze, parse_date};
-use crate::http::{ApiError, ApiJson, ApiPath, Principal, page_limit, paged, query, require_admin};
+use crate::http::{
+    ApiError, ApiJson, ApiPath, ApiQuery, Page, Principal, page_limit, paged, require_admin,
+};
 use crate::identity::PLATFORM_ADMIN;
-use crate::identity::audit::record;
+use crate::identity::audit::{record, record_by};
 use crate::store::{ConnectorRow, VersionRow, now_unix};
 
 /// Where publishing tests each operation before freezing a version.
@@ -371,15 +373,16 @@ fn notes(n: Option<String>) -> Result<String, ApiError> {
 }
 
 /// Freezes the first version (1.0.0) of `c` with `scope`, after the
-/// checklist. Shared by publish and review approval.
+/// checklist: the connector and the version to store (in the transaction
+/// of its audit entry). Shared by publish and review approval.
 pub(crate) async fn publish_first(
-    core: &Core,
-    mut c: ConnectorRow,
+    c: &ConnectorRow,
     scope: &str,
     release_notes: String,
     target: Option<&TestTarget>,
     actor: &str,
-) -> Result<ConnectorRow, ApiError> {
+) -> Result<(ConnectorRow, VersionRow), ApiError> {
+    let mut c = c.clone();
     let doc = definition_of(&c);
     let check = run_checklist(&doc, target).await;
     if !check.passed {
@@ -399,9 +402,8 @@ pub(crate) async fn publish_first(
     c.review_status = None;
     c.review_reason = None;
     c.updated_at = now_unix();
-    core.store.publish_version(&c, None, &v).await?;
-    c.latest_version = Some(v.version);
-    Ok(c)
+    c.latest_version = Some(v.version.clone());
+    Ok((c, v))
 }
 
 /// `POST /api/v1/connectors/{id}/publish`
@@ -410,9 +412,7 @@ pub(crate) async fn publish_first(
     params(("id" = String, Path, description = "The resource id")), request_body = PublishRequest,
     responses((status = 200, body = crate::http::catalogue::ConnectorView),
         (status = 409, description = "Already published", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "The checklist failed: each failing item in `details`", body = crate::http::openapi::ErrorBody),
-        (status = 403, body = crate::http::openapi::ErrorBody), (status = 404, body = crate::http::openapi::ErrorBody),
-        (status = 401, body = crate::http::openapi::ErrorBody)),
+        (status = 422, description = "The checklist failed: each failing item in `details`", body = crate::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn publish(
     State(core): State<Arc<Core>>,
@@ -471,24 +471,25 @@ pub(crate) async fn publish(
             )
         });
     }
-    let c = publish_first(
-        &core,
-        c,
+    let (c, v) = publish_first(
+        &c,
         &req.scope,
         notes(req.release_notes)?,
         req.test_target.as_ref(),
         &p.actor(),
     )
     .await?;
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    let tx = core.store.begin().await?;
+    tx.publish_version(&c, None, &v).await?;
+    record_by(
+        &tx,
+        &p,
         "connector.publish",
         ("connector", &c.id),
         json!({"scope": req.scope, "version": c.latest_version}),
     )
     .await?;
+    tx.commit().await?;
     Ok(Json(crate::http::catalogue::view(c, true)))
 }
 
@@ -500,9 +501,7 @@ pub(crate) async fn publish(
     params(("id" = String, Path, description = "The resource id")), request_body = UpdateRequest,
     responses((status = 201, body = VersionView),
         (status = 409, description = "Not yet published, nothing changed, or the bump is too small", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "The checklist failed", body = crate::http::openapi::ErrorBody),
-        (status = 403, body = crate::http::openapi::ErrorBody), (status = 404, body = crate::http::openapi::ErrorBody),
-        (status = 401, body = crate::http::openapi::ErrorBody)),
+        (status = 422, description = "The checklist failed", body = crate::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn publish_update(
     State(core): State<Arc<Core>>,
@@ -583,16 +582,17 @@ pub(crate) async fn publish_update(
         c.status = "published".into();
     }
     c.updated_at = now_unix();
-    core.store.publish_version(&c, Some(&latest), &v).await?;
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    let tx = core.store.begin().await?;
+    tx.publish_version(&c, Some(&latest), &v).await?;
+    record_by(
+        &tx,
+        &p,
         "connector.publish_update",
         ("connector", &c.id),
         json!({"version": v.version, "bump": v.bump, "breaking": v.breaking != 0}),
     )
     .await?;
+    tx.commit().await?;
     if req.bump == Bump::Major {
         notify_major(&core, &c, &v, &changes).await;
     }
@@ -653,7 +653,7 @@ async fn notify_major(core: &Core, c: &ConnectorRow, v: &VersionRow, changes: &[
 /// `GET /api/v1/connectors/{id}/versions`
 #[utoipa::path(get, path = "/api/v1/connectors/{id}/versions", tag = "connectors", summary = "A connector's published versions, newest first",
     params(("id" = String, Path, description = "The resource id")),
-    responses((status = 200, body = [VersionView]), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = [VersionView])),
     security(("bearer" = [])))]
 pub(crate) async fn list_versions(
     State(core): State<Arc<Core>>,
@@ -673,7 +673,7 @@ pub(crate) async fn list_versions(
 /// `GET /api/v1/connectors/{id}/versions/{version}`
 #[utoipa::path(get, path = "/api/v1/connectors/{id}/versions/{version}", tag = "connectors", summary = "One published version with its frozen definition",
     params(("id" = String, Path, description = "The resource id"), ("version" = String, Path, description = "e.g. 1.2.0")),
-    responses((status = 200, body = VersionView), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = VersionView)),
     security(("bearer" = [])))]
 pub(crate) async fn get_version(
     State(core): State<Arc<Core>>,
@@ -693,7 +693,7 @@ pub(crate) async fn get_version(
 #[utoipa::path(post, path = "/api/v1/connectors/{id}/checklist", tag = "connectors",
     summary = "Run the pre-publication checklist on the working definition without publishing",
     params(("id" = String, Path, description = "The resource id")), request_body = ChecklistRequest,
-    responses((status = 200, body = ChecklistView), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = ChecklistView)),
     security(("bearer" = [])))]
 pub(crate) async fn checklist(
     State(core): State<Arc<Core>>,
@@ -712,8 +712,7 @@ pub(crate) async fn checklist(
 #[utoipa::path(post, path = "/api/v1/connectors/{id}/unpublish", tag = "connectors",
     summary = "Take a connector out of the catalogue (its versions stay for existing users; no new connections)",
     params(("id" = String, Path, description = "The resource id")),
-    responses((status = 200, body = crate::http::catalogue::ConnectorView), (status = 409, body = crate::http::openapi::ErrorBody),
-        (status = 403, body = crate::http::openapi::ErrorBody), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = crate::http::catalogue::ConnectorView)),
     security(("bearer" = [])))]
 pub(crate) async fn unpublish(
     State(core): State<Arc<Core>>,
@@ -729,16 +728,17 @@ pub(crate) async fn unpublish(
     c.deprecated_until = None;
     c.deprecation_message = None;
     c.updated_at = now_unix();
-    core.store.update_lifecycle(&c).await?;
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    let tx = core.store.begin().await?;
+    tx.update_lifecycle(&c).await?;
+    record_by(
+        &tx,
+        &p,
         "connector.unpublish",
         ("connector", &c.id),
         Value::Null,
     )
     .await?;
+    tx.commit().await?;
     Ok(Json(crate::http::catalogue::view(c, false)))
 }
 
@@ -746,9 +746,7 @@ pub(crate) async fn unpublish(
 #[utoipa::path(post, path = "/api/v1/connectors/{id}/deprecate", tag = "connectors",
     summary = "Deprecate: visible with a warning until a date at least 30 days ahead, then unpublished",
     params(("id" = String, Path, description = "The resource id")), request_body = DeprecateRequest,
-    responses((status = 200, body = crate::http::catalogue::ConnectorView), (status = 409, body = crate::http::openapi::ErrorBody),
-        (status = 422, body = crate::http::openapi::ErrorBody), (status = 403, body = crate::http::openapi::ErrorBody),
-        (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = crate::http::catalogue::ConnectorView)),
     security(("bearer" = [])))]
 pub(crate) async fn deprecate(
     State(core): State<Arc<Core>>,
@@ -787,16 +785,17 @@ pub(crate) async fn deprecate(
     c.deprecated_until = Some(until);
     c.deprecation_message = Some(message.to_owned());
     c.updated_at = now_unix();
-    core.store.update_lifecycle(&c).await?;
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    let tx = core.store.begin().await?;
+    tx.update_lifecycle(&c).await?;
+    record_by(
+        &tx,
+        &p,
         "connector.deprecate",
         ("connector", &c.id),
         json!({"until": rfc3339(until)}),
     )
     .await?;
+    tx.commit().await?;
     Ok(Json(crate::http::catalogue::view(c, false)))
 }
 
@@ -804,9 +803,8 @@ pub(crate) async fn deprecate(
 #[utoipa::path(post, path = "/api/v1/connectors/{id}/review", tag = "connectors",
     summary = "Submit a connector for the global catalogue (a platform admin approves or rejects)",
     params(("id" = String, Path, description = "The resource id")), request_body = ChecklistRequest,
-    responses((status = 200, body = crate::http::catalogue::ConnectorView), (status = 409, body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "The checklist failed", body = crate::http::openapi::ErrorBody),
-        (status = 403, body = crate::http::openapi::ErrorBody), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = crate::http::catalogue::ConnectorView),
+        (status = 422, description = "The checklist failed", body = crate::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn submit_review(
     State(core): State<Arc<Core>>,
@@ -835,23 +833,24 @@ pub(crate) async fn submit_review(
     c.review_status = Some("pending".into());
     c.review_reason = None;
     c.updated_at = now_unix();
-    core.store.update_lifecycle(&c).await?;
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    let tx = core.store.begin().await?;
+    tx.update_lifecycle(&c).await?;
+    record_by(
+        &tx,
+        &p,
         "connector.review_submit",
         ("connector", &c.id),
         Value::Null,
     )
     .await?;
+    tx.commit().await?;
     Ok(Json(crate::http::catalogue::view(c, false)))
 }
 
 /// `GET /api/v1/connectors/{id}/usage`
 #[utoipa::path(get, path = "/api/v1/connectors/{id}/usage", tag = "connectors", summary = "Where a connector is used",
     params(("id" = String, Path, description = "The resource id")),
-    responses((status = 200, body = UsageView), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = UsageView)),
     security(("bearer" = [])))]
 pub(crate) async fn usage(
     State(core): State<Arc<Core>>,
@@ -895,15 +894,14 @@ pub struct ReviewView {
 
 /// `GET /api/v1/reviews`
 #[utoipa::path(get, path = "/api/v1/reviews", tag = "catalogue", summary = "Connectors submitted for the global catalogue (platform admins)",
-    responses((status = 200, body = [ReviewView]), (status = 403, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = [ReviewView])),
     security(("bearer" = [])))]
 pub(crate) async fn list_reviews(
     State(core): State<Arc<Core>>,
     p: Principal,
-    q: Result<Query<crate::http::Page>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Response, ApiError> {
     require_platform(&p)?;
-    let page = query(q)?;
     let limit = page_limit(page.limit)?;
     let rows = core
         .store
@@ -936,7 +934,7 @@ async fn pending(core: &Core, id: &str) -> Result<ConnectorRow, ApiError> {
 
 /// Records a platform admin's action in the platform log and the owner's.
 async fn record_both(
-    core: &Core,
+    store: &crate::store::Store,
     p: &Principal,
     c: &ConnectorRow,
     action: &str,
@@ -944,7 +942,7 @@ async fn record_both(
 ) -> Result<(), crate::store::StoreError> {
     for tenant in [None, Some(c.tenant_id.as_str())] {
         record(
-            &core.store,
+            store,
             tenant,
             &p.actor(),
             action,
@@ -960,8 +958,7 @@ async fn record_both(
 #[utoipa::path(post, path = "/api/v1/reviews/{id}/approve", tag = "catalogue",
     summary = "Approve a submission: the connector joins the global catalogue (platform admins)",
     params(("id" = String, Path, description = "The connector id")),
-    responses((status = 200, body = crate::http::catalogue::ConnectorView), (status = 422, description = "The checklist failed", body = crate::http::openapi::ErrorBody),
-        (status = 403, body = crate::http::openapi::ErrorBody), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = crate::http::catalogue::ConnectorView), (status = 422, description = "The checklist failed", body = crate::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn approve_review(
     State(core): State<Arc<Core>>,
@@ -970,16 +967,19 @@ pub(crate) async fn approve_review(
 ) -> Result<Json<crate::http::catalogue::ConnectorView>, ApiError> {
     require_platform(&p)?;
     let mut c = pending(&core, &id).await?;
+    let tx;
     if c.latest_version.is_none() {
-        c = publish_first(
-            &core,
-            c,
+        let (first, v) = publish_first(
+            &c,
             "global",
             "Approved for the global catalogue.".into(),
             None,
             &p.actor(),
         )
         .await?;
+        c = first;
+        tx = core.store.begin().await?;
+        tx.publish_version(&c, None, &v).await?;
     } else {
         c.scope = Some("global".into());
         if c.status == "draft" {
@@ -988,16 +988,18 @@ pub(crate) async fn approve_review(
         c.review_status = None;
         c.review_reason = None;
         c.updated_at = now_unix();
-        core.store.update_lifecycle(&c).await?;
+        tx = core.store.begin().await?;
+        tx.update_lifecycle(&c).await?;
     }
     record_both(
-        &core,
+        &tx,
         &p,
         &c,
         "connector.review_approve",
         json!({"version": c.latest_version}),
     )
     .await?;
+    tx.commit().await?;
     Ok(Json(crate::http::catalogue::view(c, false)))
 }
 
@@ -1005,8 +1007,7 @@ pub(crate) async fn approve_review(
 #[utoipa::path(post, path = "/api/v1/reviews/{id}/reject", tag = "catalogue",
     summary = "Reject a submission with a reason (platform admins)",
     params(("id" = String, Path, description = "The connector id")), request_body = RejectRequest,
-    responses((status = 200, body = crate::http::catalogue::ConnectorView), (status = 422, body = crate::http::openapi::ErrorBody),
-        (status = 403, body = crate::http::openapi::ErrorBody), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = crate::http::catalogue::ConnectorView)),
     security(("bearer" = [])))]
 pub(crate) async fn reject_review(
     State(core): State<Arc<Core>>,
@@ -1025,15 +1026,17 @@ pub(crate) async fn reject_review(
     c.review_status = Some("rejected".into());
     c.review_reason = Some(reason.to_owned());
     c.updated_at = now_unix();
-    core.store.update_lifecycle(&c).await?;
+    let tx = core.store.begin().await?;
+    tx.update_lifecycle(&c).await?;
     record_both(
-        &core,
+        &tx,
         &p,
         &c,
         "connector.review_reject",
         json!({"reason": reason}),
     )
     .await?;
+    tx.commit().await?;
     Ok(Json(crate::http::catalogue::view(c, false)))
 }
 
@@ -1041,8 +1044,7 @@ pub(crate) async fn reject_review(
 #[utoipa::path(post, path = "/api/v1/catalogue/{id}/promote", tag = "catalogue",
     summary = "Promote an enterprise connector to the global catalogue (platform admins)",
     params(("id" = String, Path, description = "The connector id")),
-    responses((status = 200, body = crate::http::catalogue::ConnectorView), (status = 409, body = crate::http::openapi::ErrorBody),
-        (status = 403, body = crate::http::openapi::ErrorBody), (status = 404, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = crate::http::catalogue::ConnectorView)),
     security(("bearer" = [])))]
 pub(crate) async fn promote(
     State(core): State<Arc<Core>>,
@@ -1069,7 +1071,26 @@ pub(crate) async fn promote(
     c.review_status = None;
     c.review_reason = None;
     c.updated_at = now_unix();
-    core.store.update_lifecycle(&c).await?;
-    record_both(&core, &p, &c, "connector.promote", Value::Null).await?;
+    let tx = core.store.begin().await?;
+    tx.update_lifecycle(&c).await?;
+    record_both(&tx, &p, &c, "connector.promote", Value::Null).await?;
+    tx.commit().await?;
     Ok(Json(crate::http::catalogue::view(c, false)))
+}
+
+/// This area's routes, each registered with its OpenAPI operation.
+pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Core>> {
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(publish))
+        .routes(utoipa_axum::routes!(publish_update, list_versions))
+        .routes(utoipa_axum::routes!(get_version))
+        .routes(utoipa_axum::routes!(checklist))
+        .routes(utoipa_axum::routes!(unpublish))
+        .routes(utoipa_axum::routes!(deprecate))
+        .routes(utoipa_axum::routes!(submit_review))
+        .routes(utoipa_axum::routes!(usage))
+        .routes(utoipa_axum::routes!(list_reviews))
+        .routes(utoipa_axum::routes!(approve_review))
+        .routes(utoipa_axum::routes!(reject_review))
+        .routes(utoipa_axum::routes!(promote))
 }

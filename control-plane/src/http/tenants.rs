@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use dibop_runtime::support::rfc3339;
@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::Core;
-use crate::http::{ApiError, ApiJson, ApiPath, Principal, page_limit, paged, query};
+use crate::http::{ApiError, ApiJson, ApiPath, ApiQuery, Page, Principal, page_limit, paged};
 use crate::identity::audit::record;
 use crate::identity::{PLATFORM_ADMIN, PLATFORM_TENANT};
 use crate::quotas::period_now;
@@ -178,7 +178,7 @@ fn apply_plan(t: &mut Tenant, plan: &TenantPlan) -> Result<(), ApiError> {
 }
 
 /// `POST /api/v1/tenants`
-#[utoipa::path(post, path = "/api/v1/tenants", tag = "tenants", summary = "Create a tenant (platform admins)", request_body = TenantPlan, responses((status = 201, body = TenantView), (status = 422, description = "Invalid: every problem in `details`", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::http::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::http::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/tenants", tag = "tenants", summary = "Create a tenant (platform admins)", request_body = TenantPlan, responses((status = 201, body = TenantView)), security(("bearer" = [])))]
 pub(crate) async fn create_tenant(
     State(core): State<Arc<Core>>,
     p: Principal,
@@ -210,11 +210,12 @@ pub(crate) async fn create_tenant(
         retention_days: None,
     };
     apply_plan(&mut t, &plan)?;
-    let created = core.store.create_tenant(&t.id, &t.name).await?;
+    let tx = core.store.begin().await?;
+    let created = tx.create_tenant(&t.id, &t.name).await?;
     t.created_at = created.created_at;
-    core.store.update_tenant_plan(&t).await?;
+    tx.update_tenant_plan(&t).await?;
     record(
-        &core.store,
+        &tx,
         None,
         &p.actor(),
         "tenant.create",
@@ -222,18 +223,18 @@ pub(crate) async fn create_tenant(
         json!({"name": t.name, "tier": t.tier}),
     )
     .await?;
+    tx.commit().await?;
     Ok((StatusCode::CREATED, Json(tenant_view(&core, t).await?)).into_response())
 }
 
 /// `GET /api/v1/tenants`
-#[utoipa::path(get, path = "/api/v1/tenants", tag = "tenants", summary = "List tenants (platform admins)", responses((status = 200, body = [TenantView]), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::http::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::http::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/v1/tenants", tag = "tenants", summary = "List tenants (platform admins)", responses((status = 200, body = [TenantView])), security(("bearer" = [])))]
 pub(crate) async fn list_tenants(
     State(core): State<Arc<Core>>,
     p: Principal,
-    q: Result<Query<crate::http::Page>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Response, ApiError> {
     require_platform_admin(&p)?;
-    let page = query(q)?;
     let limit = page_limit(page.limit)?;
     let mut views = Vec::new();
     for t in core
@@ -247,7 +248,7 @@ pub(crate) async fn list_tenants(
 }
 
 /// `GET /api/v1/usage`: the caller's own tenant, its limits and usage.
-#[utoipa::path(get, path = "/api/v1/usage", tag = "tenants", summary = "Your tenant's plan, limits and usage (calls this month, stored bytes)", responses((status = 200, body = TenantView), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::http::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/v1/usage", tag = "tenants", summary = "Your tenant's plan, limits and usage (calls this month, stored bytes)", responses((status = 200, body = TenantView)), security(("bearer" = [])))]
 pub(crate) async fn own_usage(
     State(core): State<Arc<Core>>,
     p: Principal,
@@ -261,7 +262,7 @@ pub(crate) async fn own_usage(
 }
 
 /// `GET /api/v1/tenants/{id}`
-#[utoipa::path(get, path = "/api/v1/tenants/{id}", tag = "tenants", summary = "Get a tenant (platform admins)", params(("id" = String, Path, description = "The resource id")), responses((status = 200, body = TenantView), (status = 404, description = "No such resource in your tenant", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::http::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::http::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/v1/tenants/{id}", tag = "tenants", summary = "Get a tenant (platform admins)", params(("id" = String, Path, description = "The resource id")), responses((status = 200, body = TenantView)), security(("bearer" = [])))]
 pub(crate) async fn get_tenant(
     State(core): State<Arc<Core>>,
     p: Principal,
@@ -277,7 +278,7 @@ pub(crate) async fn get_tenant(
 }
 
 /// `PATCH /api/v1/tenants/{id}`: suspend, resume, change tier or limits.
-#[utoipa::path(patch, path = "/api/v1/tenants/{id}", tag = "tenants", summary = "Suspend, resume or change a tenant's plan (platform admins)", request_body = TenantPlan, params(("id" = String, Path, description = "The resource id")), responses((status = 200, body = TenantView), (status = 404, description = "No such resource in your tenant", body = crate::http::openapi::ErrorBody), (status = 422, description = "Invalid: every problem in `details`", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::http::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::http::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(patch, path = "/api/v1/tenants/{id}", tag = "tenants", summary = "Suspend, resume or change a tenant's plan (platform admins)", request_body = TenantPlan, params(("id" = String, Path, description = "The resource id")), responses((status = 200, body = TenantView)), security(("bearer" = [])))]
 pub(crate) async fn update_tenant(
     State(core): State<Arc<Core>>,
     p: Principal,
@@ -303,15 +304,15 @@ pub(crate) async fn update_tenant(
     }
     let before = (t.status.clone(), t.tier.clone());
     apply_plan(&mut t, &plan)?;
-    core.store.update_tenant_plan(&t).await?;
-    core.quotas.forget(&t.id);
+    let tx = core.store.begin().await?;
+    tx.update_tenant_plan(&t).await?;
     let action = match (before.0.as_str(), t.status.as_str()) {
         ("active", "suspended") => "tenant.suspend",
         ("suspended", "active") => "tenant.resume",
         _ => "tenant.update_plan",
     };
     record(
-        &core.store,
+        &tx,
         None,
         &p.actor(),
         action,
@@ -319,6 +320,8 @@ pub(crate) async fn update_tenant(
         json!({"tier": t.tier, "limits": limits_of(&t)}),
     )
     .await?;
+    tx.commit().await?;
+    core.quotas.forget(&t.id);
     Ok(Json(tenant_view(&core, t).await?))
 }
 
@@ -337,7 +340,7 @@ pub(crate) struct NewTenantUser {
 /// `POST /api/v1/tenants/{id}/users`: a platform admin gives a tenant a
 /// user (its first enterprise admin). The platform admin sees nothing of the
 /// tenant's data afterwards: the answer is the new user, no session.
-#[utoipa::path(post, path = "/api/v1/tenants/{id}/users", tag = "tenants", summary = "Create a tenant's user, e.g. its first enterprise admin (platform admins)", request_body = NewTenantUser, params(("id" = String, Path, description = "The resource id")), responses((status = 201, body = crate::http::users::UserView), (status = 404, description = "No such tenant", body = crate::http::openapi::ErrorBody), (status = 409, description = "The email is already taken", body = crate::http::openapi::ErrorBody), (status = 422, description = "Invalid: every problem in `details`", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::http::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/tenants/{id}/users", tag = "tenants", summary = "Create a tenant's user, e.g. its first enterprise admin (platform admins)", request_body = NewTenantUser, params(("id" = String, Path, description = "The resource id")), responses((status = 201, body = crate::http::users::UserView), (status = 404, description = "No such tenant", body = crate::http::openapi::ErrorBody), (status = 409, description = "The email is already taken", body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
 pub(crate) async fn create_tenant_user(
     State(core): State<Arc<Core>>,
     p: Principal,
@@ -356,12 +359,14 @@ pub(crate) async fn create_tenant_user(
     }
     let role = body.role.as_deref().unwrap_or("enterprise_admin");
     let user =
-        crate::identity::users::create_user(&core.store, &t.id, &body.email, &body.password, role)
+        crate::identity::users::new_user(&core.store, &t.id, &body.email, &body.password, role)
             .await?;
+    let tx = core.store.begin().await?;
+    tx.create_user(&user).await?;
     let details = json!({"email": user.email, "role": user.role, "by": "platform_admin"});
     // In the tenant's own audit log (its admins see who made the user) and the platform's.
     record(
-        &core.store,
+        &tx,
         Some(&t.id),
         &p.actor(),
         "user.create",
@@ -370,7 +375,7 @@ pub(crate) async fn create_tenant_user(
     )
     .await?;
     record(
-        &core.store,
+        &tx,
         None,
         &p.actor(),
         "tenant.create_user",
@@ -378,9 +383,19 @@ pub(crate) async fn create_tenant_user(
         json!({"user_id": user.id, "role": user.role}),
     )
     .await?;
+    tx.commit().await?;
     Ok((
         StatusCode::CREATED,
         Json(crate::http::users::user_view(&user)),
     )
         .into_response())
+}
+
+/// This area's routes, each registered with its OpenAPI operation.
+pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Core>> {
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(create_tenant, list_tenants))
+        .routes(utoipa_axum::routes!(own_usage))
+        .routes(utoipa_axum::routes!(get_tenant, update_tenant))
+        .routes(utoipa_axum::routes!(create_tenant_user))
 }

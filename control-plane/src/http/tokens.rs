@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use dibop_runtime::support::rfc3339;
@@ -17,8 +17,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::Core;
-use crate::http::{ApiError, ApiJson, ApiPath, Principal, page_limit, paged, query, require_admin};
-use crate::identity::audit::record;
+use crate::http::{
+    ApiError, ApiJson, ApiPath, ApiQuery, Page, Principal, page_limit, paged, require_admin,
+};
+use crate::identity::audit::record_by;
 use crate::identity::tokens::issue_token;
 use crate::store::{ApiTokenRow, AuditFilter, now_unix};
 
@@ -63,7 +65,7 @@ fn token_view(t: ApiTokenRow) -> TokenView {
 }
 
 /// `POST /api/v1/api-tokens`
-#[utoipa::path(post, path = "/api/v1/api-tokens", tag = "access", summary = "Create an API token (the secret is shown once)", request_body = NewToken, responses((status = 201, body = crate::http::openapi::CreatedTokenView), (status = 422, description = "Invalid: every problem in `details`", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::http::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::http::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/api-tokens", tag = "access", summary = "Create an API token (the secret is shown once)", request_body = NewToken, responses((status = 201, body = crate::http::openapi::CreatedTokenView)), security(("bearer" = [])))]
 pub(crate) async fn create_token(
     State(core): State<Arc<Core>>,
     p: Principal,
@@ -89,35 +91,34 @@ pub(crate) async fn create_token(
         return Err(ApiError::invalid("the API token is invalid").with_details(json!(problems)));
     }
     let expires_at = body.ttl_secs.map(|t| now_unix() + t as i64);
-    let (mut row, secret) =
-        issue_token(&core.store, &p.tenant_id, name, &body.role, expires_at).await?;
+    let tx = core.store.begin().await?;
+    let (mut row, secret) = issue_token(&tx, &p.tenant_id, name, &body.role, expires_at).await?;
     if let Some(v) = body.view_pii {
-        core.store.set_token_view_pii(&row.id, i64::from(v)).await?;
+        tx.set_token_view_pii(&row.id, i64::from(v)).await?;
         row.view_pii = Some(i64::from(v));
     }
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    record_by(
+        &tx,
+        &p,
         "api_token.create",
         ("api_token", &row.id),
         json!({"name": row.name, "role": row.role, "view_pii": body.view_pii}),
     )
     .await?;
+    tx.commit().await?;
     let mut view = serde_json::to_value(token_view(row)).unwrap_or_default();
     view["token"] = Value::String(secret);
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 /// `GET /api/v1/api-tokens`
-#[utoipa::path(get, path = "/api/v1/api-tokens", tag = "access", summary = "List API tokens (no secrets)", responses((status = 200, body = [TokenView]), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::http::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::http::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/v1/api-tokens", tag = "access", summary = "List API tokens (no secrets)", responses((status = 200, body = [TokenView])), security(("bearer" = [])))]
 pub(crate) async fn list_tokens(
     State(core): State<Arc<Core>>,
     p: Principal,
-    q: Result<Query<crate::http::Page>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Response, ApiError> {
     crate::http::require_admin_to(&p, "list API tokens")?;
-    let page = query(q)?;
     let limit = page_limit(page.limit)?;
     let rows = core
         .store
@@ -128,7 +129,7 @@ pub(crate) async fn list_tokens(
 }
 
 /// `DELETE /api/v1/api-tokens/{id}`
-#[utoipa::path(delete, path = "/api/v1/api-tokens/{id}", tag = "access", summary = "Revoke an API token", params(("id" = String, Path, description = "The resource id")), responses((status = 204, description = "Revoked"), (status = 409, description = "Already revoked", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such resource in your tenant", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::http::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::http::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/api/v1/api-tokens/{id}", tag = "access", summary = "Revoke an API token", params(("id" = String, Path, description = "The resource id")), responses((status = 204, description = "Revoked"), (status = 409, description = "Already revoked", body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
 pub(crate) async fn revoke_token(
     State(core): State<Arc<Core>>,
     p: Principal,
@@ -150,23 +151,20 @@ pub(crate) async fn revoke_token(
         }
         Some(_) => {}
     }
-    let Some(row) = core
-        .store
-        .revoke_api_token(&p.tenant_id, &id, now_unix())
-        .await?
-    else {
+    let tx = core.store.begin().await?;
+    let Some(row) = tx.revoke_api_token(&p.tenant_id, &id, now_unix()).await? else {
         return Err(ApiError::not_found("API token", &id));
     };
-    core.tokens.forget(&row.id);
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    record_by(
+        &tx,
+        &p,
         "api_token.revoke",
         ("api_token", &row.id),
         json!({"name": row.name}),
     )
     .await?;
+    tx.commit().await?;
+    core.tokens.forget(&row.id);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -195,14 +193,13 @@ pub(crate) struct AuditView {
 }
 
 /// `GET /api/v1/audit`: the tenant's entries, newest first.
-#[utoipa::path(get, path = "/api/v1/audit", tag = "access", summary = "The tenant's audit log, newest first", responses((status = 200, body = [AuditView]), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::http::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::http::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/v1/audit", tag = "access", summary = "The tenant's audit log, newest first", responses((status = 200, body = [AuditView])), security(("bearer" = [])))]
 pub(crate) async fn list_audit(
     State(core): State<Arc<Core>>,
     p: Principal,
-    q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Response, ApiError> {
     crate::http::require_admin_to(&p, "read the audit log")?;
-    let q = query(q)?;
     let limit = page_limit(q.limit)?;
     if q.cursor.as_deref().is_some_and(|c| !c.starts_with("aud_")) {
         return Err(ApiError::invalid(
@@ -234,4 +231,12 @@ pub(crate) async fn list_audit(
         })
         .collect();
     Ok(paged(views, limit, "/audit", |e| e.id.clone()))
+}
+
+/// This area's routes, each registered with its OpenAPI operation.
+pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Core>> {
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(create_token, list_tokens))
+        .routes(utoipa_axum::routes!(revoke_token))
+        .routes(utoipa_axum::routes!(list_audit))
 }

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dibop_runtime::support::rfc3339;
@@ -18,9 +18,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::Core;
-use crate::http::{ApiError, ApiJson, ApiPath, Principal, page_limit, paged, query, require_admin};
-use crate::identity::audit::record;
-use crate::identity::users::{create_user, login, role_problem};
+use crate::http::{
+    ApiError, ApiJson, ApiPath, ApiQuery, Page, Principal, page_limit, paged, require_admin,
+};
+use crate::identity::audit::{record, record_by};
+use crate::identity::users::{check_credentials, new_user, role_problem, start_session};
 use crate::store::{UserRow, now_unix};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -58,10 +60,12 @@ pub(crate) async fn login_handler(
     State(core): State<Arc<Core>>,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Response, ApiError> {
-    match login(&core.store, &body.email, &body.password).await? {
-        Some((user, session, secret)) => {
+    match check_credentials(&core.store, &body.email, &body.password).await? {
+        Some(user) => {
+            let tx = core.store.begin().await?;
+            let (session, secret) = start_session(&tx, &user).await?;
             record(
-                &core.store,
+                &tx,
                 Some(&user.tenant_id),
                 &format!("user:{}", user.id),
                 "session.create",
@@ -69,6 +73,7 @@ pub(crate) async fn login_handler(
                 Value::Null,
             )
             .await?;
+            tx.commit().await?;
             Ok(Json(json!({
                 "token": secret,
                 "token_type": "Bearer",
@@ -87,24 +92,24 @@ pub(crate) async fn login_handler(
 }
 
 /// `POST /api/v1/auth/logout`: revokes the token used for this request.
-#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "access", summary = "Sign out: the token of this request stops working", responses((status = 204, description = "Signed out"), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::http::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "access", summary = "Sign out: the token of this request stops working", responses((status = 204, description = "Signed out")), security(("bearer" = [])))]
 pub(crate) async fn logout_handler(
     State(core): State<Arc<Core>>,
     p: Principal,
 ) -> Result<StatusCode, ApiError> {
-    core.store
-        .revoke_api_token(&p.tenant_id, &p.token_id, now_unix())
+    let tx = core.store.begin().await?;
+    tx.revoke_api_token(&p.tenant_id, &p.token_id, now_unix())
         .await?;
-    core.tokens.forget(&p.token_id);
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    record_by(
+        &tx,
+        &p,
         "session.revoke",
         ("session", &p.token_id),
         Value::Null,
     )
     .await?;
+    tx.commit().await?;
+    core.tokens.forget(&p.token_id);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -117,14 +122,14 @@ pub(crate) struct NewUser {
 }
 
 /// `POST /api/v1/users`
-#[utoipa::path(post, path = "/api/v1/users", tag = "access", summary = "Create a user", request_body = NewUser, responses((status = 201, body = UserView), (status = 422, description = "Invalid: every problem in `details`", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::http::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::http::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/api/v1/users", tag = "access", summary = "Create a user", request_body = NewUser, responses((status = 201, body = UserView)), security(("bearer" = [])))]
 pub(crate) async fn create_user_handler(
     State(core): State<Arc<Core>>,
     p: Principal,
     ApiJson(body): ApiJson<NewUser>,
 ) -> Result<Response, ApiError> {
     require_admin(&p)?;
-    let user = create_user(
+    let user = new_user(
         &core.store,
         &p.tenant_id,
         &body.email,
@@ -132,15 +137,17 @@ pub(crate) async fn create_user_handler(
         &body.role,
     )
     .await?;
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    let tx = core.store.begin().await?;
+    tx.create_user(&user).await?;
+    record_by(
+        &tx,
+        &p,
         "user.create",
         ("user", &user.id),
         json!({"email": user.email, "role": user.role}),
     )
     .await?;
+    tx.commit().await?;
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, format!("/api/v1/users/{}", user.id))],
@@ -150,14 +157,13 @@ pub(crate) async fn create_user_handler(
 }
 
 /// `GET /api/v1/users`
-#[utoipa::path(get, path = "/api/v1/users", tag = "access", summary = "List users", responses((status = 200, body = [UserView]), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::http::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::http::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/v1/users", tag = "access", summary = "List users", responses((status = 200, body = [UserView])), security(("bearer" = [])))]
 pub(crate) async fn list_users_handler(
     State(core): State<Arc<Core>>,
     p: Principal,
-    q: Result<Query<crate::http::Page>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Response, ApiError> {
     crate::http::require_admin_to(&p, "list users")?;
-    let page = query(q)?;
     let limit = page_limit(page.limit)?;
     let rows = core
         .store
@@ -185,7 +191,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<bool>
 
 /// `PATCH /api/v1/users/{id}`: change the role or disable/enable; takes
 /// effect on the user's next request.
-#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "access", summary = "Change a user's role or disable them", request_body = UserPatch, params(("id" = String, Path, description = "The resource id")), responses((status = 200, body = UserView), (status = 404, description = "No such resource in your tenant", body = crate::http::openapi::ErrorBody), (status = 422, description = "Invalid: every problem in `details`", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing, invalid, revoked or expired token", body = crate::http::openapi::ErrorBody), (status = 429, description = "A tenant limit was reached", body = crate::http::openapi::ErrorBody), (status = 403, description = "The role may not do this", body = crate::http::openapi::ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "access", summary = "Change a user's role or disable them", request_body = UserPatch, params(("id" = String, Path, description = "The resource id")), responses((status = 200, body = UserView)), security(("bearer" = [])))]
 pub(crate) async fn update_user_handler(
     State(core): State<Arc<Core>>,
     p: Principal,
@@ -200,8 +206,8 @@ pub(crate) async fn update_user_handler(
             .with_details(json!([{"field": "role", "problem": problem}])));
     }
     let disabled_at = body.disabled.map(|d| d.then(now_unix));
-    let user = core
-        .store
+    let tx = core.store.begin().await?;
+    let user = tx
         .update_user(
             &p.tenant_id,
             &id,
@@ -211,18 +217,31 @@ pub(crate) async fn update_user_handler(
         )
         .await?
         .ok_or_else(|| ApiError::not_found("user", &id))?;
-    // Sessions cached on this node must see the change on their next request.
-    for session in core.store.session_ids_of(&user.id).await? {
-        core.tokens.forget(&session);
-    }
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    let sessions = tx.session_ids_of(&user.id).await?;
+    record_by(
+        &tx,
+        &p,
         "user.update",
         ("user", &user.id),
         json!({"role": body.role, "disabled": body.disabled, "view_pii": body.view_pii}),
     )
     .await?;
+    tx.commit().await?;
+    // Sessions cached on this node must see the change on their next request.
+    for session in sessions {
+        core.tokens.forget(&session);
+    }
     Ok(Json(user_view(&user)))
+}
+
+/// This area's routes, each registered with its OpenAPI operation.
+pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Core>> {
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(login_handler))
+        .routes(utoipa_axum::routes!(logout_handler))
+        .routes(utoipa_axum::routes!(
+            create_user_handler,
+            list_users_handler
+        ))
+        .routes(utoipa_axum::routes!(update_user_handler))
 }

@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 
 use crate::Core;
 use crate::http::{ApiError, ApiPath, Principal, require_admin};
-use crate::identity::audit::record;
+use crate::identity::audit::record_by;
 use crate::store::{ExecutionRow, now_unix};
 use crate::vault::Secret;
 
@@ -53,8 +53,7 @@ pub struct WebhookSecretView {
 #[utoipa::path(post, path = "/api/v1/orchestrations/{id}/webhook-secret", tag = "orchestrations",
     summary = "Create (or replace) the orchestration's webhook secret; shown once",
     params(("id" = String, Path, description = "The resource id")),
-    responses((status = 201, body = WebhookSecretView), (status = 404, body = crate::http::openapi::ErrorBody),
-        (status = 403, body = crate::http::openapi::ErrorBody), (status = 401, body = crate::http::openapi::ErrorBody)),
+    responses((status = 201, body = WebhookSecretView)),
     security(("bearer" = [])))]
 pub(crate) async fn create_secret(
     State(core): State<Arc<Core>>,
@@ -85,18 +84,18 @@ pub(crate) async fn create_secret(
                 "the secret could not be sealed",
             )
         })?;
-    core.store
-        .set_webhook_secret(&o.id, &o.tenant_id, &sealed, now_unix())
+    let tx = core.store.begin().await?;
+    tx.set_webhook_secret(&o.id, &o.tenant_id, &sealed, now_unix())
         .await?;
-    record(
-        &core.store,
-        Some(&p.tenant_id),
-        &p.actor(),
+    record_by(
+        &tx,
+        &p,
         "orchestration.webhook_secret",
         ("orchestration", &o.id),
         Value::Null,
     )
     .await?;
+    tx.commit().await?;
     Ok((
         StatusCode::CREATED,
         Json(WebhookSecretView {
@@ -125,9 +124,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     summary = "Trigger an orchestration from another system (webhook): the JSON body becomes its parameters",
     params(("id" = String, Path, description = "The orchestration id")),
     request_body(content = Object, description = "A JSON object", content_type = "application/json"),
-    responses((status = 202, description = "Queued: `{execution_id}`"), (status = 401, body = crate::http::openapi::ErrorBody),
-        (status = 404, body = crate::http::openapi::ErrorBody), (status = 409, description = "Not an active webhook orchestration, or a delivery already received (`replayed`)", body = crate::http::openapi::ErrorBody),
-        (status = 422, body = crate::http::openapi::ErrorBody)))]
+    responses((status = 202, description = "Queued: `{execution_id}`"), (status = 401, body = crate::http::openapi::ErrorBody), (status = 409, description = "Not an active webhook orchestration, or a delivery already received (`replayed`)", body = crate::http::openapi::ErrorBody)))]
 pub(crate) async fn trigger(
     State(core): State<Arc<Core>>,
     ApiPath(id): ApiPath<String>,
@@ -276,4 +273,11 @@ pub(crate) async fn trigger(
     core.store.create_execution(&row).await?;
     core.engine.submit(&row.id);
     Ok((StatusCode::ACCEPTED, Json(json!({"execution_id": row.id}))).into_response())
+}
+
+/// This area's routes, each registered with its OpenAPI operation.
+pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Core>> {
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(create_secret))
+        .routes(utoipa_axum::routes!(trigger))
 }

@@ -47,3 +47,22 @@ pub async fn record(
         )
     })
 }
+
+/// [`record`] for what the caller `p` did in its own tenant.
+pub async fn record_by(
+    store: &Store,
+    p: &super::Principal,
+    action: &str,
+    resource: (&str, &str),
+    details: Value,
+) -> Result<(), StoreError> {
+    record(
+        store,
+        Some(&p.tenant_id),
+        &p.actor(),
+        action,
+        resource,
+        details,
+    )
+    .await
+}

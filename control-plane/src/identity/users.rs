@@ -106,8 +106,10 @@ pub fn role_problem(platform: bool, role: &str) -> Option<String> {
     }
 }
 
-/// Creates a user after validating every field; returns the row.
-pub async fn create_user(
+/// A checked user with its password hashed, not yet stored: every problem
+/// of the email, password and role, or the row to insert (hashing happens
+/// before, not inside, the transaction that stores it).
+pub async fn new_user(
     store: &Store,
     tenant_id: &str,
     email: &str,
@@ -148,24 +150,42 @@ pub async fn create_user(
         disabled_at: None,
         view_pii: None,
     };
+    Ok(user)
+}
+
+/// Checks, hashes and stores a user (see [`new_user`]).
+pub async fn create_user(
+    store: &Store,
+    tenant_id: &str,
+    email: &str,
+    password: &str,
+    role: &str,
+) -> Result<UserRow, IdentityError> {
+    let user = new_user(store, tenant_id, email, password, role).await?;
     store.create_user(&user).await?;
     Ok(user)
 }
 
-/// Signs a user in: a new session token, or `None` for wrong credentials.
-pub async fn login(
+/// The user these credentials belong to, or `None` for wrong credentials
+/// or a disabled user (unknown emails take as long as known ones).
+pub async fn check_credentials(
     store: &Store,
     email: &str,
     password: &str,
-) -> Result<Option<(UserRow, ApiTokenRow, String)>, StoreError> {
+) -> Result<Option<UserRow>, StoreError> {
     let user = store.user_by_email(&normalize_email(email)).await?;
     let hash = user
         .as_ref()
         .map_or_else(|| DUMMY_HASH.clone(), |u| u.password_hash.clone());
     let matches = verify_password(password.to_owned(), hash).await;
-    let Some(user) = user.filter(|u| matches && u.disabled_at.is_none()) else {
-        return Ok(None);
-    };
+    Ok(user.filter(|u| matches && u.disabled_at.is_none()))
+}
+
+/// Starts a session of `user`: its token row and the secret to hand out.
+pub async fn start_session(
+    store: &Store,
+    user: &UserRow,
+) -> Result<(ApiTokenRow, String), StoreError> {
     let secret = crate::support::ids::new_secret("dibop_");
     let row = ApiTokenRow {
         id: crate::support::ids::new_id("tok"),
@@ -183,7 +203,7 @@ pub async fn login(
     store
         .create_session(&row, &user.id, &crate::support::ids::hash_secret(&secret))
         .await?;
-    Ok(Some((user, row, secret)))
+    Ok((row, secret))
 }
 
 #[cfg(test)]
