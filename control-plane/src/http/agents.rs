@@ -152,23 +152,24 @@ pub(crate) async fn create_enrollment_token(
     let secret = crate::support::ids::new_secret("");
     let token_id = crate::support::ids::new_id("enr");
     let expires_at = now_unix() + ttl as i64;
-    core.store
-        .create_enrollment_token(
-            &token_id,
-            &p.tenant_id,
-            &group.id,
-            &crate::support::ids::hash_secret(&secret),
-            expires_at,
-        )
-        .await?;
+    let tx = core.store.begin().await?;
+    tx.create_enrollment_token(
+        &token_id,
+        &p.tenant_id,
+        &group.id,
+        &crate::support::ids::hash_secret(&secret),
+        expires_at,
+    )
+    .await?;
     crate::identity::audit::record_by(
-        &core.store,
+        &tx,
         &p,
         "enrollment_token.create",
         ("enrollment_token", &token_id),
         json!({"group_id": group.id, "expires_at": rfc3339(expires_at)}),
     )
     .await?;
+    tx.commit().await?;
     let token = EnrollmentToken {
         address: core.settings.public_tunnel_addr.clone(),
         secret,
@@ -284,21 +285,18 @@ pub(crate) async fn revoke_agent(
         }
         Some(_) => {}
     }
-    if !core
-        .store
-        .revoke_agent(&p.tenant_id, &id, now_unix())
-        .await?
-    {
+    let tx = core.store.begin().await?;
+    if !tx.revoke_agent(&p.tenant_id, &id, now_unix()).await? {
         return Err(ApiError::not_found("agent", &id));
     }
+    crate::identity::audit::record_by(&tx, &p, "agent.revoke", ("agent", &id), Value::Null).await?;
+    tx.commit().await?;
     core.registry.disconnect(
         &id,
         dibop_protocol::codes::CLOSE_REVOKED,
         "this agent was revoked by an administrator",
     );
     tracing::info!(agent_id = %id, tenant_id = %p.tenant_id, "agent revoked");
-    crate::identity::audit::record_by(&core.store, &p, "agent.revoke", ("agent", &id), Value::Null)
-        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -396,8 +394,8 @@ pub(crate) async fn group_call(
 }
 
 /// This area's routes, each registered with its OpenAPI operation.
-pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Core>> {
-    utoipa_axum::router::OpenApiRouter::new()
+pub(crate) fn routes() -> super::Routes {
+    super::Routes::new()
         .routes(utoipa_axum::routes!(create_group, list_groups))
         .routes(utoipa_axum::routes!(get_group))
         .routes(utoipa_axum::routes!(create_enrollment_token))

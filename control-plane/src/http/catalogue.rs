@@ -875,8 +875,8 @@ pub(crate) async fn import(
 }
 
 /// This area's routes, each registered with its OpenAPI operation.
-pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Core>> {
-    utoipa_axum::router::OpenApiRouter::new()
+pub(crate) fn routes() -> super::Routes {
+    super::Routes::new()
         .routes(utoipa_axum::routes!(validate))
         .routes(utoipa_axum::routes!(create, list))
         .routes(utoipa_axum::routes!(get, replace, delete))

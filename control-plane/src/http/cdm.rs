@@ -898,8 +898,8 @@ pub(crate) async fn discard_item(
 }
 
 /// This area's routes, each registered with its OpenAPI operation.
-pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Core>> {
-    utoipa_axum::router::OpenApiRouter::new()
+pub(crate) fn routes() -> super::Routes {
+    super::Routes::new()
         .routes(utoipa_axum::routes!(list_domains))
         .routes(utoipa_axum::routes!(get_domain))
         .routes(utoipa_axum::routes!(validate))

@@ -1755,8 +1755,8 @@ pub async fn ensure(core: &Core, tenant_id: &str, body: Value) -> anyhow::Result
 }
 
 /// This area's routes, each registered with its OpenAPI operation.
-pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Core>> {
-    utoipa_axum::router::OpenApiRouter::new()
+pub(crate) fn routes() -> super::Routes {
+    super::Routes::new()
         .routes(utoipa_axum::routes!(create, list))
         .routes(utoipa_axum::routes!(get, update, delete))
         .routes(utoipa_axum::routes!(move_version))

@@ -133,6 +133,9 @@ async fn uniform_error(response: Response) -> Response {
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
+/// Routes with their OpenAPI operations (each area's `routes()`).
+pub(crate) type Routes = OpenApiRouter<Arc<Core>>;
+
 /// Every documented route with its OpenAPI operation: one list, from
 /// which both the router and the document are made.
 pub fn api() -> OpenApiRouter<Arc<Core>> {

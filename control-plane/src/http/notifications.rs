@@ -98,8 +98,8 @@ pub(crate) async fn read(
 }
 
 /// This area's routes, each registered with its OpenAPI operation.
-pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Core>> {
-    utoipa_axum::router::OpenApiRouter::new()
+pub(crate) fn routes() -> super::Routes {
+    super::Routes::new()
         .routes(utoipa_axum::routes!(list))
         .routes(utoipa_axum::routes!(read))
 }

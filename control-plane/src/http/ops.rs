@@ -65,8 +65,8 @@ pub(crate) async fn readyz(State(core): State<Arc<Core>>) -> Result<Json<Value>,
 }
 
 /// This area's routes, each registered with its OpenAPI operation.
-pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Core>> {
-    utoipa_axum::router::OpenApiRouter::new()
+pub(crate) fn routes() -> super::Routes {
+    super::Routes::new()
         .routes(utoipa_axum::routes!(healthz))
         .routes(utoipa_axum::routes!(metrics))
         .routes(utoipa_axum::routes!(readyz))

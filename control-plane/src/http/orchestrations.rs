@@ -611,8 +611,8 @@ pub async fn count_using_connector(core: &Core, connector_id: &str) -> Result<i6
 }
 
 /// This area's routes, each registered with its OpenAPI operation.
-pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Core>> {
-    utoipa_axum::router::OpenApiRouter::new()
+pub(crate) fn routes() -> super::Routes {
+    super::Routes::new()
         .routes(utoipa_axum::routes!(validate))
         .routes(utoipa_axum::routes!(create, list))
         .routes(utoipa_axum::routes!(get, replace, delete))

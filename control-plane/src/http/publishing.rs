@@ -1079,8 +1079,8 @@ pub(crate) async fn promote(
 }
 
 /// This area's routes, each registered with its OpenAPI operation.
-pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Core>> {
-    utoipa_axum::router::OpenApiRouter::new()
+pub(crate) fn routes() -> super::Routes {
+    super::Routes::new()
         .routes(utoipa_axum::routes!(publish))
         .routes(utoipa_axum::routes!(publish_update, list_versions))
         .routes(utoipa_axum::routes!(get_version))

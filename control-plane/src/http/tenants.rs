@@ -392,8 +392,8 @@ pub(crate) async fn create_tenant_user(
 }
 
 /// This area's routes, each registered with its OpenAPI operation.
-pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Core>> {
-    utoipa_axum::router::OpenApiRouter::new()
+pub(crate) fn routes() -> super::Routes {
+    super::Routes::new()
         .routes(utoipa_axum::routes!(create_tenant, list_tenants))
         .routes(utoipa_axum::routes!(own_usage))
         .routes(utoipa_axum::routes!(get_tenant, update_tenant))

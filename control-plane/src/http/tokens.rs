@@ -234,8 +234,8 @@ pub(crate) async fn list_audit(
 }
 
 /// This area's routes, each registered with its OpenAPI operation.
-pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Core>> {
-    utoipa_axum::router::OpenApiRouter::new()
+pub(crate) fn routes() -> super::Routes {
+    super::Routes::new()
         .routes(utoipa_axum::routes!(create_token, list_tokens))
         .routes(utoipa_axum::routes!(revoke_token))
         .routes(utoipa_axum::routes!(list_audit))

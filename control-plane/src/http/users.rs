@@ -235,8 +235,8 @@ pub(crate) async fn update_user_handler(
 }
 
 /// This area's routes, each registered with its OpenAPI operation.
-pub(crate) fn routes() -> utoipa_axum::router::OpenApiRouter<Arc<Core>> {
-    utoipa_axum::router::OpenApiRouter::new()
+pub(crate) fn routes() -> super::Routes {
+    super::Routes::new()
         .routes(utoipa_axum::routes!(login_handler))
         .routes(utoipa_axum::routes!(logout_handler))
         .routes(utoipa_axum::routes!(
