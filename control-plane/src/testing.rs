@@ -6,9 +6,9 @@
 //! # async fn example() {
 //! use dibop_control_plane::testing::{TestCp, code};
 //! let cp = TestCp::start().await;
-//! let (status, body) = cp.send("GET", "/connections", None).await;
+//! let (status, body) = cp.get("/connections").await;
 //! assert_eq!(status, 200, "{body}");
-//! let (status, body) = cp.send("GET", "/connections/nope", None).await;
+//! let (status, body) = cp.get("/connections/nope").await;
 //! assert_eq!((status, code(&body)), (404, "not_found"));
 //! # }
 //! ```
@@ -153,6 +153,56 @@ impl TestCp {
         self.send_text(token, method, path, body).await
     }
 
+    /// `GET path` as `acme`'s admin.
+    pub async fn get(&self, path: impl AsRef<str>) -> (u16, Value) {
+        self.send("GET", path, None).await
+    }
+
+    /// `POST path` with a JSON body as `acme`'s admin.
+    pub async fn post(&self, path: impl AsRef<str>, body: Value) -> (u16, Value) {
+        self.send("POST", path, Some(body)).await
+    }
+
+    /// `PUT path` with a JSON body as `acme`'s admin.
+    pub async fn put(&self, path: impl AsRef<str>, body: Value) -> (u16, Value) {
+        self.send("PUT", path, Some(body)).await
+    }
+
+    /// `PATCH path` with a JSON body as `acme`'s admin.
+    pub async fn patch(&self, path: impl AsRef<str>, body: Value) -> (u16, Value) {
+        self.send("PATCH", path, Some(body)).await
+    }
+
+    /// `DELETE path` as `acme`'s admin.
+    pub async fn delete(&self, path: impl AsRef<str>) -> (u16, Value) {
+        self.send("DELETE", path, None).await
+    }
+
+    /// `GET path` with `token`.
+    pub async fn get_as(&self, token: &str, path: impl AsRef<str>) -> (u16, Value) {
+        self.send_as(token, "GET", path, None).await
+    }
+
+    /// `POST path` with a JSON body and `token`.
+    pub async fn post_as(&self, token: &str, path: impl AsRef<str>, body: Value) -> (u16, Value) {
+        self.send_as(token, "POST", path, Some(body)).await
+    }
+
+    /// `PUT path` with a JSON body and `token`.
+    pub async fn put_as(&self, token: &str, path: impl AsRef<str>, body: Value) -> (u16, Value) {
+        self.send_as(token, "PUT", path, Some(body)).await
+    }
+
+    /// `PATCH path` with a JSON body and `token`.
+    pub async fn patch_as(&self, token: &str, path: impl AsRef<str>, body: Value) -> (u16, Value) {
+        self.send_as(token, "PATCH", path, Some(body)).await
+    }
+
+    /// `DELETE path` with `token`.
+    pub async fn delete_as(&self, token: &str, path: impl AsRef<str>) -> (u16, Value) {
+        self.send_as(token, "DELETE", path, None).await
+    }
+
     /// Sends a body of any content type (`application/yaml`, malformed
     /// JSON, ...) with `token`.
     pub async fn send_text(
@@ -209,10 +259,9 @@ impl TestCp {
     /// it to end; the execution.
     pub async fn run(&self, id: &str, parameters: Value) -> Value {
         let (status, e) = self
-            .send(
-                "POST",
+            .post(
                 &format!("/orchestrations/{id}/execute"),
-                Some(json!({"parameters": parameters, "wait_ms": 30000})),
+                json!({"parameters": parameters, "wait_ms": 30000}),
             )
             .await;
         assert_eq!(status, 201, "{e}");
@@ -221,14 +270,13 @@ impl TestCp {
 
     /// Creates a connector from `definition` and publishes it for `acme`; its id.
     pub async fn publish(&self, definition: Value) -> String {
-        let (status, created) = self.send("POST", "/connectors", Some(definition)).await;
+        let (status, created) = self.post("/connectors", definition).await;
         assert_eq!(status, 201, "{created}");
         let id = created["id"].as_str().unwrap().to_owned();
         let (status, published) = self
-            .send(
-                "POST",
+            .post(
                 &format!("/connectors/{id}/publish"),
-                Some(json!({"scope": "enterprise"})),
+                json!({"scope": "enterprise"}),
             )
             .await;
         assert_eq!(status, 200, "{published}");
@@ -237,7 +285,7 @@ impl TestCp {
 
     /// The id of the built-in `dms-sim` connector.
     pub async fn dms_sim_connector(&self) -> String {
-        let (_, catalogue) = self.send("GET", "/catalogue?q=dms-sim", None).await;
+        let (_, catalogue) = self.get("/catalogue?q=dms-sim").await;
         catalogue[0]["id"].as_str().unwrap().to_owned()
     }
 
@@ -247,14 +295,11 @@ impl TestCp {
     pub async fn demo_dms(&self) -> (String, String) {
         let sim = spawn_dms_sim().await;
         let (status, c) = self
-            .send(
-                "POST",
+            .post(
                 "/connections",
-                Some(
-                    json!({"connector_id": self.dms_sim_connector().await, "name": "Demo DMS",
+                json!({"connector_id": self.dms_sim_connector().await, "name": "Demo DMS",
                     "auth_type": "api_key", "credentials": {"api_key": "dms-demo-key"},
                     "base_url": sim, "activate": true}),
-                ),
             )
             .await;
         assert_eq!(status, 201, "{c}");

@@ -11,11 +11,10 @@ use tokio_util::sync::CancellationToken;
 async fn tokens_carry_roles_and_can_be_revoked() {
     let cp = TestCp::start().await;
     let (status, created) = cp
-        .send_as(
+        .post_as(
             &cp.admin,
-            "POST",
             "/api-tokens",
-            Some(json!({"name": "ci", "role": "viewer"})),
+            json!({"name": "ci", "role": "viewer"}),
         )
         .await;
     assert_eq!(status, 201, "{created}");
@@ -24,16 +23,16 @@ async fn tokens_carry_roles_and_can_be_revoked() {
     assert_eq!(created["prefix"].as_str().unwrap(), &viewer[..12]);
 
     // A viewer reads but cannot change.
-    let (status, _) = cp.send_as(&viewer, "GET", "/agent-groups", None).await;
+    let (status, _) = cp.get_as(&viewer, "/agent-groups").await;
     assert_eq!(status, 200);
     let (status, body) = cp
-        .send_as(&viewer, "POST", "/agent-groups", Some(json!({"name": "x"})))
+        .post_as(&viewer, "/agent-groups", json!({"name": "x"}))
         .await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"]["code"], "forbidden");
 
     // Listed without the secret, with its last use.
-    let (_, list) = cp.send_as(&cp.admin, "GET", "/api-tokens", None).await;
+    let (_, list) = cp.get_as(&cp.admin, "/api-tokens").await;
     let listed = list
         .as_array()
         .unwrap()
@@ -52,21 +51,17 @@ async fn tokens_carry_roles_and_can_be_revoked() {
     );
 
     let (status, _) = cp
-        .send_as(
+        .delete_as(
             &cp.admin,
-            "DELETE",
             &format!("/api-tokens/{}", created["id"].as_str().unwrap()),
-            None,
         )
         .await;
     assert_eq!(status, 204);
     // Revoking it again says so, and writes no second audit entry.
     let (status, again) = cp
-        .send_as(
+        .delete_as(
             &cp.admin,
-            "DELETE",
             &format!("/api-tokens/{}", created["id"].as_str().unwrap()),
-            None,
         )
         .await;
     assert_eq!(
@@ -74,11 +69,9 @@ async fn tokens_carry_roles_and_can_be_revoked() {
         (409, Some("already_revoked")),
         "{again}"
     );
-    let (_, audit) = cp
-        .send_as(&cp.admin, "GET", "/audit?action=api_token.revoke", None)
-        .await;
+    let (_, audit) = cp.get_as(&cp.admin, "/audit?action=api_token.revoke").await;
     assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
-    let (status, body) = cp.send_as(&viewer, "GET", "/agent-groups", None).await;
+    let (status, body) = cp.get_as(&viewer, "/agent-groups").await;
     assert_eq!(status, 401);
     assert!(
         body["error"]["message"]
@@ -89,11 +82,10 @@ async fn tokens_carry_roles_and_can_be_revoked() {
     );
 
     let (status, body) = cp
-        .send_as(
+        .post_as(
             &cp.admin,
-            "POST",
             "/api-tokens",
-            Some(json!({"name": "", "role": "root"})),
+            json!({"name": "", "role": "root"}),
         )
         .await;
     assert_eq!(status, 422);
@@ -116,7 +108,7 @@ async fn expired_tokens_say_so() {
     )
     .await
     .unwrap();
-    let (status, body) = cp.send_as(&secret, "GET", "/agents", None).await;
+    let (status, body) = cp.get_as(&secret, "/agents").await;
     assert_eq!(status, 401);
     assert!(
         body["error"]["message"]
@@ -131,12 +123,7 @@ async fn expired_tokens_say_so() {
 async fn changes_are_audited_with_who_what_and_where() {
     let cp = TestCp::start().await;
     let (_, group) = cp
-        .send_as(
-            &cp.admin,
-            "POST",
-            "/agent-groups",
-            Some(json!({"name": "site-a"})),
-        )
+        .post_as(&cp.admin, "/agent-groups", json!({"name": "site-a"}))
         .await;
     let group_id = group["id"].as_str().unwrap();
     cp.send_as(
@@ -146,7 +133,7 @@ async fn changes_are_audited_with_who_what_and_where() {
         None,
     )
     .await;
-    let (status, audit) = cp.send_as(&cp.admin, "GET", "/audit", None).await;
+    let (status, audit) = cp.get_as(&cp.admin, "/audit").await;
     assert_eq!(status, 200, "{audit}");
     let actions: Vec<&str> = audit
         .as_array()
@@ -174,26 +161,23 @@ async fn changes_are_audited_with_who_what_and_where() {
     );
 
     let (_, filtered) = cp
-        .send_as(&cp.admin, "GET", "/audit?action=agent_group.create", None)
+        .get_as(&cp.admin, "/audit?action=agent_group.create")
         .await;
     assert_eq!(filtered.as_array().unwrap().len(), 1);
-    let (status, body) = cp
-        .send_as(&cp.admin, "GET", "/audit?cursor=nonsense", None)
-        .await;
+    let (status, body) = cp.get_as(&cp.admin, "/audit?cursor=nonsense").await;
     assert_eq!(status, 422, "{body}");
-    let (status, body) = cp.send_as(&cp.admin, "GET", "/audit?limit=0", None).await;
+    let (status, body) = cp.get_as(&cp.admin, "/audit?limit=0").await;
     assert_eq!(status, 422, "{body}");
     // A viewer may not read it, and is told what is missing (a read, not a change).
     let (_, viewer) = cp
-        .send_as(
+        .post_as(
             &cp.admin,
-            "POST",
             "/api-tokens",
-            Some(json!({"name": "reader", "role": "viewer"})),
+            json!({"name": "reader", "role": "viewer"}),
         )
         .await;
     let viewer = viewer["token"].as_str().unwrap().to_owned();
-    let (status, body) = cp.send_as(&viewer, "GET", "/audit", None).await;
+    let (status, body) = cp.get_as(&viewer, "/audit").await;
     assert_eq!(status, 403);
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("cannot read the audit log"), "{message}");
@@ -202,7 +186,7 @@ async fn changes_are_audited_with_who_what_and_where() {
     let (_, other) = dibop_control_plane::bootstrap_tenant(&cp.core.store, "other", "cli")
         .await
         .unwrap();
-    let (_, theirs) = cp.send_as(&other, "GET", "/audit", None).await;
+    let (_, theirs) = cp.get_as(&other, "/audit").await;
     assert!(
         theirs
             .as_array()
@@ -237,11 +221,7 @@ async fn login(cp: &TestCp, email: &str, password: &str) -> (u16, Value) {
 #[tokio::test]
 async fn people_sign_in_and_role_changes_apply_on_the_next_request() {
     let cp = TestCp::start().await;
-    let (status, user) = cp.send_as(&cp.admin,
-        "POST",
-        "/users",
-        Some(json!({"email": "Ana@Dealer.example", "password": "a long passphrase", "role": "operator"})),
-    )
+    let (status, user) = cp.post_as(&cp.admin, "/users", json!({"email": "Ana@Dealer.example", "password": "a long passphrase", "role": "operator"}))
     .await;
     assert_eq!(status, 201, "{user}");
     assert_eq!(user["email"], "ana@dealer.example");
@@ -254,50 +234,38 @@ async fn people_sign_in_and_role_changes_apply_on_the_next_request() {
 
     // An operator may not create groups; promoted, the same session may.
     let (status, _) = cp
-        .send_as(
-            &session,
-            "POST",
-            "/agent-groups",
-            Some(json!({"name": "a"})),
-        )
+        .post_as(&session, "/agent-groups", json!({"name": "a"}))
         .await;
     assert_eq!(status, 403);
     let (status, _) = cp
-        .send_as(
+        .patch_as(
             &cp.admin,
-            "PATCH",
             &format!("/users/{}", user["id"].as_str().unwrap()),
-            Some(json!({"role": "enterprise_admin"})),
+            json!({"role": "enterprise_admin"}),
         )
         .await;
     assert_eq!(status, 200);
     let (status, body) = cp
-        .send_as(
-            &session,
-            "POST",
-            "/agent-groups",
-            Some(json!({"name": "a"})),
-        )
+        .post_as(&session, "/agent-groups", json!({"name": "a"}))
         .await;
     assert_eq!(status, 201, "{body}");
 
     // Logout ends the session.
     let (status, _) = cp.send_as(&session, "POST", "/auth/logout", None).await;
     assert_eq!(status, 204);
-    let (status, _) = cp.send_as(&session, "GET", "/agents", None).await;
+    let (status, _) = cp.get_as(&session, "/agents").await;
     assert_eq!(status, 401);
 
     // Disabling a user ends every session and refuses sign-in.
     let (_, body) = login(&cp, "ana@dealer.example", "a long passphrase").await;
     let session = body["token"].as_str().unwrap().to_owned();
-    cp.send_as(
+    cp.patch_as(
         &cp.admin,
-        "PATCH",
         &format!("/users/{}", user["id"].as_str().unwrap()),
-        Some(json!({"disabled": true})),
+        json!({"disabled": true}),
     )
     .await;
-    let (status, _) = cp.send_as(&session, "GET", "/agents", None).await;
+    let (status, _) = cp.get_as(&session, "/agents").await;
     assert_eq!(status, 401);
     let (status, _) = login(&cp, "ana@dealer.example", "a long passphrase").await;
     assert_eq!(status, 401);
@@ -306,7 +274,12 @@ async fn people_sign_in_and_role_changes_apply_on_the_next_request() {
 #[tokio::test]
 async fn wrong_credentials_say_nothing_about_which_part_is_wrong() {
     let cp = TestCp::start().await;
-    cp.send_as(&cp.admin, "POST", "/users", Some(json!({"email": "bo@dealer.example", "password": "another passphrase", "role": "viewer"}))).await;
+    cp.post_as(
+        &cp.admin,
+        "/users",
+        json!({"email": "bo@dealer.example", "password": "another passphrase", "role": "viewer"}),
+    )
+    .await;
     let (s1, wrong_password) = login(&cp, "bo@dealer.example", "not the passphrase").await;
     let (s2, unknown_user) = login(&cp, "nobody@dealer.example", "not the passphrase").await;
     assert_eq!((s1, s2), (401, 401));
@@ -317,11 +290,10 @@ async fn wrong_credentials_say_nothing_about_which_part_is_wrong() {
     assert_eq!(wrong_password["error"]["code"], "invalid_credentials");
 
     let (status, body) = cp
-        .send_as(
+        .post_as(
             &cp.admin,
-            "POST",
             "/users",
-            Some(json!({"email": "x", "password": "short", "role": "god"})),
+            json!({"email": "x", "password": "short", "role": "god"}),
         )
         .await;
     assert_eq!(status, 422);
@@ -330,7 +302,7 @@ async fn wrong_credentials_say_nothing_about_which_part_is_wrong() {
         3,
         "{body}"
     );
-    let (status, body) = cp.send_as(&cp.admin, "POST", "/users", Some(json!({"email": "BO@dealer.example", "password": "another passphrase", "role": "viewer"}))).await;
+    let (status, body) = cp.post_as(&cp.admin, "/users", json!({"email": "BO@dealer.example", "password": "another passphrase", "role": "viewer"})).await;
     assert_eq!(
         status, 409,
         "emails are unique, whatever their case: {body}"
@@ -343,17 +315,16 @@ async fn platform_admins_manage_tenants_and_limits_answer_429() {
     let platform = cp.platform_admin().await;
 
     // Tenant admins cannot manage tenants; platform admins see no tenant data.
-    let (status, _) = cp.send_as(&cp.admin, "GET", "/tenants", None).await;
+    let (status, _) = cp.get_as(&cp.admin, "/tenants").await;
     assert_eq!(status, 403);
-    let (status, groups) = cp.send_as(&platform, "GET", "/agent-groups", None).await;
+    let (status, groups) = cp.get_as(&platform, "/agent-groups").await;
     assert_eq!((status, groups.as_array().unwrap().len()), (200, 0));
 
     let (status, t) = cp
-        .send_as(
+        .post_as(
             &platform,
-            "POST",
             "/tenants",
-            Some(json!({"name": "small-dealer", "tier": "free"})),
+            json!({"name": "small-dealer", "tier": "free"}),
         )
         .await;
     assert_eq!(status, 201, "{t}");
@@ -369,7 +340,7 @@ async fn platform_admins_manage_tenants_and_limits_answer_429() {
 
     // Ten requests a minute, then 429 with Retry-After and the limit named.
     for _ in 0..10 {
-        assert_eq!(cp.send_as(&small, "GET", "/agents", None).await.0, 200);
+        assert_eq!(cp.get_as(&small, "/agents").await.0, 200);
     }
     let resp = reqwest::Client::new()
         .get(format!("{}/api/v1/agents", cp.base))
@@ -390,22 +361,20 @@ async fn platform_admins_manage_tenants_and_limits_answer_429() {
 
     // A custom monthly quota of two calls.
     let (status, t) = cp
-        .send_as(
+        .patch_as(
             &platform,
-            "PATCH",
             &format!("/tenants/{tenant_id}"),
-            Some(json!({"requests_per_minute": 1000, "calls_per_month": 2, "retention_days": 90})),
+            json!({"requests_per_minute": 1000, "calls_per_month": 2, "retention_days": 90}),
         )
         .await;
     assert_eq!(status, 200, "{t}");
     assert_eq!(t["limits"]["retention_days"], 90);
     assert_eq!(t["custom_retention_days"], 90);
     let (status, bad) = cp
-        .send_as(
+        .patch_as(
             &platform,
-            "PATCH",
             &format!("/tenants/{tenant_id}"),
-            Some(json!({"storage_bytes": 0, "retention_days": "long"})),
+            json!({"storage_bytes": 0, "retention_days": "long"}),
         )
         .await;
     assert_eq!(status, 422, "{bad}");
@@ -417,27 +386,17 @@ async fn platform_admins_manage_tenants_and_limits_answer_429() {
         "{bad}"
     );
     let (_, group) = cp
-        .send_as(&small, "POST", "/agent-groups", Some(json!({"name": "g"})))
+        .post_as(&small, "/agent-groups", json!({"name": "g"}))
         .await;
     let calls = format!("/agent-groups/{}/calls", group["id"].as_str().unwrap());
     for _ in 0..2 {
         let (status, r) = cp
-            .send_as(
-                &small,
-                "POST",
-                &calls,
-                Some(json!({"url": "http://127.0.0.1:9/"})),
-            )
+            .post_as(&small, &calls, json!({"url": "http://127.0.0.1:9/"}))
             .await;
         assert_eq!(status, 200, "{r}");
     }
     let (status, body) = cp
-        .send_as(
-            &small,
-            "POST",
-            &calls,
-            Some(json!({"url": "http://127.0.0.1:9/"})),
-        )
+        .post_as(&small, &calls, json!({"url": "http://127.0.0.1:9/"}))
         .await;
     assert_eq!(status, 429);
     assert!(
@@ -448,39 +407,34 @@ async fn platform_admins_manage_tenants_and_limits_answer_429() {
         "{body}"
     );
     cp.core.quotas.flush(&cp.core.store).await;
-    let (_, t) = cp
-        .send_as(&platform, "GET", &format!("/tenants/{tenant_id}"), None)
-        .await;
+    let (_, t) = cp.get_as(&platform, &format!("/tenants/{tenant_id}")).await;
     assert_eq!(t["calls_this_month"], 2, "{t}");
 
     // Suspended: every request refused, saying why; resumed: back.
-    cp.send_as(
+    cp.patch_as(
         &platform,
-        "PATCH",
         &format!("/tenants/{tenant_id}"),
-        Some(json!({"status": "suspended"})),
+        json!({"status": "suspended"}),
     )
     .await;
-    let (status, body) = cp.send_as(&small, "GET", "/agents", None).await;
+    let (status, body) = cp.get_as(&small, "/agents").await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (403, Some("tenant_suspended"))
     );
-    cp.send_as(
+    cp.patch_as(
         &platform,
-        "PATCH",
         &format!("/tenants/{tenant_id}"),
-        Some(json!({"status": "active"})),
+        json!({"status": "active"}),
     )
     .await;
-    assert_eq!(cp.send_as(&small, "GET", "/agents", None).await.0, 200);
+    assert_eq!(cp.get_as(&small, "/agents").await.0, 200);
 
     let (status, body) = cp
-        .send_as(
+        .patch_as(
             &platform,
-            "PATCH",
             &format!("/tenants/{tenant_id}"),
-            Some(json!({"tier": "gold", "calls_per_month": 0})),
+            json!({"tier": "gold", "calls_per_month": 0}),
         )
         .await;
     assert_eq!(status, 422);
@@ -681,7 +635,7 @@ async fn idempotency_keys_replay_creations_and_refuse_reuse() {
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["id"], first["id"], "the same token, not a second one");
     assert_eq!(again["token"], first["token"]);
-    let (_, list) = cp.send_as(&cp.admin, "GET", "/api-tokens", None).await;
+    let (_, list) = cp.get_as(&cp.admin, "/api-tokens").await;
     assert_eq!(
         list.as_array()
             .unwrap()
@@ -780,9 +734,9 @@ async fn the_cli_issues_api_tokens_that_work() {
     );
     let created: Value = serde_json::from_slice(&out.stdout).unwrap();
     let token = created["api_token"].as_str().unwrap();
-    assert_eq!(cp.send_as(token, "GET", "/agents", None).await.0, 200);
+    assert_eq!(cp.get_as(token, "/agents").await.0, 200);
     assert_eq!(
-        cp.send_as(token, "POST", "/agent-groups", Some(json!({"name": "x"})))
+        cp.post_as(token, "/agent-groups", json!({"name": "x"}))
             .await
             .0,
         403,
@@ -853,7 +807,7 @@ async fn connector_drafts_from_json_or_yaml_with_every_problem_named() {
         ["slug", "operations[0].method", "health_check"],
         "{body}"
     );
-    let (_, list) = cp.send_as(&cp.admin, "GET", "/connectors", None).await;
+    let (_, list) = cp.get_as(&cp.admin, "/connectors").await;
     assert_eq!(list.as_array().unwrap().len(), 2, "nothing half-saved");
 
     // Validate without saving.
@@ -876,11 +830,10 @@ async fn connector_drafts_from_json_or_yaml_with_every_problem_named() {
     // Replace, then delete; viewers may read but not write.
     let id = created["id"].as_str().unwrap();
     let (status, replaced) = cp
-        .send_as(
+        .put_as(
             &cp.admin,
-            "PUT",
             &format!("/connectors/{id}"),
-            Some(created["definition"].clone()),
+            created["definition"].clone(),
         )
         .await;
     assert_eq!(status, 200, "{replaced}");
@@ -888,27 +841,21 @@ async fn connector_drafts_from_json_or_yaml_with_every_problem_named() {
         .await
         .unwrap();
     assert_eq!(
-        cp.send_as(&viewer, "GET", &format!("/connectors/{id}"), None)
-            .await
-            .0,
+        cp.get_as(&viewer, &format!("/connectors/{id}")).await.0,
         200
     );
     assert_eq!(
-        cp.send_as(&viewer, "DELETE", &format!("/connectors/{id}"), None)
-            .await
-            .0,
+        cp.delete_as(&viewer, &format!("/connectors/{id}")).await.0,
         403
     );
     assert_eq!(
-        cp.send_as(&cp.admin, "DELETE", &format!("/connectors/{id}"), None)
+        cp.delete_as(&cp.admin, &format!("/connectors/{id}"))
             .await
             .0,
         204
     );
     assert_eq!(
-        cp.send_as(&cp.admin, "GET", &format!("/connectors/{id}"), None)
-            .await
-            .0,
+        cp.get_as(&cp.admin, &format!("/connectors/{id}")).await.0,
         404
     );
 }
@@ -923,21 +870,12 @@ async fn enterprise_roles_never_exist_in_the_platform_tenant() {
     let platform = cp.platform_admin().await;
     let password = "a long enough password";
     for role in ["enterprise_admin", "operator", "viewer"] {
-        let (status, e) = cp.send_as(&platform,
-            "POST",
-            "/users",
-            Some(json!({"email": format!("{role}@dibop.example"), "password": password, "role": role})),
-        )
+        let (status, e) = cp.post_as(&platform, "/users", json!({"email": format!("{role}@dibop.example"), "password": password, "role": role}))
         .await;
         assert_eq!(status, 422, "{role}: {e}");
         assert_eq!(e["error"]["details"][0]["field"], "role", "{e}");
         let (status, e) = cp
-            .send_as(
-                &platform,
-                "POST",
-                "/api-tokens",
-                Some(json!({"name": "t", "role": role})),
-            )
+            .post_as(&platform, "/api-tokens", json!({"name": "t", "role": role}))
             .await;
         assert_eq!(status, 422, "{role}: {e}");
     }
@@ -958,9 +896,7 @@ async fn enterprise_roles_never_exist_in_the_platform_tenant() {
     )
     .await
     .unwrap();
-    let (_, catalogue) = cp
-        .send_as(&cp.admin, "GET", "/catalogue?q=dms-sim", None)
-        .await;
+    let (_, catalogue) = cp.get_as(&cp.admin, "/catalogue?q=dms-sim").await;
     let global = catalogue[0]["id"].as_str().unwrap().to_owned();
     let (status, e) = cp
         .send_as(
@@ -971,9 +907,7 @@ async fn enterprise_roles_never_exist_in_the_platform_tenant() {
         )
         .await;
     assert_eq!(status, 403, "{e}");
-    let (_, still) = cp
-        .send_as(&cp.admin, "GET", "/catalogue?q=dms-sim", None)
-        .await;
+    let (_, still) = cp.get_as(&cp.admin, "/catalogue?q=dms-sim").await;
     assert_eq!(
         still[0]["id"],
         global.as_str(),
@@ -982,11 +916,10 @@ async fn enterprise_roles_never_exist_in_the_platform_tenant() {
 
     // The proper path: the tenant's first enterprise admin.
     let (status, user) = cp
-        .send_as(
+        .post_as(
             &platform,
-            "POST",
             &format!("/tenants/{}/users", cp.tenant_id),
-            Some(json!({"email": "first-admin@acme.example", "password": password})),
+            json!({"email": "first-admin@acme.example", "password": password}),
         )
         .await;
     assert_eq!(status, 201, "{user}");
@@ -996,53 +929,45 @@ async fn enterprise_roles_never_exist_in_the_platform_tenant() {
     assert_eq!(session["tenant_id"], cp.tenant_id.as_str());
     // Bad input, the platform tenant itself and unknown tenants are refused.
     let (status, e) = cp
-        .send_as(
+        .post_as(
             &platform,
-            "POST",
             &format!("/tenants/{}/users", cp.tenant_id),
-            Some(
-                json!({"email": "x@acme.example", "password": password, "role": "platform_admin"}),
-            ),
+            json!({"email": "x@acme.example", "password": password, "role": "platform_admin"}),
         )
         .await;
     assert_eq!(status, 422, "{e}");
     let (status, _) = cp
-        .send_as(
+        .post_as(
             &platform,
-            "POST",
             &format!("/tenants/{}/users", platform_tenant.id),
-            Some(json!({"email": "y@acme.example", "password": password})),
+            json!({"email": "y@acme.example", "password": password}),
         )
         .await;
     assert_eq!(status, 422);
     let (status, _) = cp
-        .send_as(
+        .post_as(
             &platform,
-            "POST",
             "/tenants/ten_nope/users",
-            Some(json!({"email": "z@acme.example", "password": password})),
+            json!({"email": "z@acme.example", "password": password}),
         )
         .await;
     assert_eq!(status, 404);
     // Enterprise admins cannot use it; the platform admin still sees no tenant users.
     let (status, _) = cp
-        .send_as(
+        .post_as(
             &cp.admin,
-            "POST",
             &format!("/tenants/{}/users", cp.tenant_id),
-            Some(json!({"email": "w@acme.example", "password": password})),
+            json!({"email": "w@acme.example", "password": password}),
         )
         .await;
     assert_eq!(status, 403);
-    let (_, users) = cp.send_as(&platform, "GET", "/users", None).await;
+    let (_, users) = cp.get_as(&platform, "/users").await;
     assert!(
         !users.to_string().contains("first-admin@acme.example"),
         "{users}"
     );
     // The tenant's own audit log says who made the user.
-    let (_, audit) = cp
-        .send_as(&cp.admin, "GET", "/audit?action=user.create", None)
-        .await;
+    let (_, audit) = cp.get_as(&cp.admin, "/audit?action=user.create").await;
     assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
 }
 
@@ -1063,9 +988,7 @@ async fn a_change_whose_audit_entry_cannot_be_written_does_not_happen() {
     .await
     .unwrap();
 
-    let (status, body) = cp
-        .send("POST", "/agent-groups", Some(json!({"name": "unaudited"})))
-        .await;
+    let (status, body) = cp.post("/agent-groups", json!({"name": "unaudited"})).await;
     assert_eq!(status, 500, "{body}");
     assert_eq!(body["error"]["code"], "internal", "{body}");
     assert!(
@@ -1073,10 +996,9 @@ async fn a_change_whose_audit_entry_cannot_be_written_does_not_happen() {
         "storage detail stays in the logs: {body}"
     );
     let (status, body) = cp
-        .send(
-            "POST",
+        .post(
             "/api-tokens",
-            Some(json!({"name": "unaudited", "role": "viewer"})),
+            json!({"name": "unaudited", "role": "viewer"}),
         )
         .await;
     assert_eq!(status, 500, "{body}");
@@ -1085,23 +1007,19 @@ async fn a_change_whose_audit_entry_cannot_be_written_does_not_happen() {
         .execute(&mut db)
         .await
         .unwrap();
-    let (_, groups) = cp.send("GET", "/agent-groups", None).await;
+    let (_, groups) = cp.get("/agent-groups").await;
     assert!(
         !groups.to_string().contains("unaudited"),
         "the refused change was rolled back: {groups}"
     );
-    let (_, tokens) = cp.send("GET", "/api-tokens", None).await;
+    let (_, tokens) = cp.get("/api-tokens").await;
     assert!(
         !tokens.to_string().contains("unaudited"),
         "the refused token was rolled back: {tokens}"
     );
     // With the log back, the same change goes through and is audited.
-    let (status, _) = cp
-        .send("POST", "/agent-groups", Some(json!({"name": "unaudited"})))
-        .await;
+    let (status, _) = cp.post("/agent-groups", json!({"name": "unaudited"})).await;
     assert_eq!(status, 201);
-    let (_, audit) = cp
-        .send("GET", "/audit?action=agent_group.create", None)
-        .await;
+    let (_, audit) = cp.get("/audit?action=agent_group.create").await;
     assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
 }

@@ -10,17 +10,13 @@ use serde_json::{Value, json};
 const DMS_SIM: &str = include_str!("../../catalogue/dms-sim.yaml");
 
 async fn create(cp: &TestCp, token: &str, definition: &Value) -> String {
-    let (status, created) = cp
-        .send_as(token, "POST", "/connectors", Some(definition.clone()))
-        .await;
+    let (status, created) = cp.post_as(token, "/connectors", definition.clone()).await;
     assert_eq!(status, 201, "{created}");
     created["id"].as_str().unwrap().to_owned()
 }
 
 async fn slugs(cp: &TestCp, token: &str, query: &str) -> Vec<String> {
-    let (status, list) = cp
-        .send_as(token, "GET", &format!("/catalogue{query}"), None)
-        .await;
+    let (status, list) = cp.get_as(token, &format!("/catalogue{query}")).await;
     assert_eq!(status, 200, "{list}");
     list.as_array()
         .unwrap()
@@ -47,25 +43,15 @@ async fn publish_version_deprecate_and_unpublish() {
 
     // Who may publish what.
     let (_, viewer) = cp
-        .send_as(
-            &acme,
-            "POST",
-            "/api-tokens",
-            Some(json!({"name": "v", "role": "viewer"})),
-        )
+        .post_as(&acme, "/api-tokens", json!({"name": "v", "role": "viewer"}))
         .await;
     let viewer = viewer["token"].as_str().unwrap();
     let (status, answer) = cp
-        .send_as(
-            viewer,
-            "POST",
-            &publish,
-            Some(json!({"scope": "enterprise"})),
-        )
+        .post_as(viewer, &publish, json!({"scope": "enterprise"}))
         .await;
     assert_eq!((status, code(&answer)), (403, "forbidden"), "{answer}");
     let (status, answer) = cp
-        .send_as(&acme, "POST", &publish, Some(json!({"scope": "global"})))
+        .post_as(&acme, &publish, json!({"scope": "global"}))
         .await;
     assert_eq!(status, 403, "{answer}");
     assert!(
@@ -76,12 +62,7 @@ async fn publish_version_deprecate_and_unpublish() {
         "{answer}"
     );
     let (status, answer) = cp
-        .send_as(
-            &acme,
-            "POST",
-            &publish,
-            Some(json!({"scope": "enterprise"})),
-        )
+        .post_as(&acme, &publish, json!({"scope": "enterprise"}))
         .await;
     assert_eq!(
         (status, code(&answer)),
@@ -89,41 +70,29 @@ async fn publish_version_deprecate_and_unpublish() {
         "{answer}"
     );
     let (status, answer) = cp
-        .send_as(
-            &acme,
-            "POST",
-            &publish,
-            Some(json!({"scope": "everywhere"})),
-        )
+        .post_as(&acme, &publish, json!({"scope": "everywhere"}))
         .await;
     assert_eq!(status, 422, "{answer}");
     let (status, _) = cp
-        .send_as(
+        .patch_as(
             &platform,
-            "PATCH",
             &format!("/tenants/{acme_id}"),
-            Some(json!({"enterprise_publishing": true})),
+            json!({"enterprise_publishing": true}),
         )
         .await;
     assert_eq!(status, 200);
     let (status, published) = cp
-        .send_as(
+        .post_as(
             &acme,
-            "POST",
             &publish,
-            Some(json!({"scope": "enterprise", "release_notes": "First."})),
+            json!({"scope": "enterprise", "release_notes": "First."}),
         )
         .await;
     assert_eq!(status, 200, "{published}");
     assert_eq!(published["latest_version"], "1.0.0");
     assert_eq!(published["scope"], "enterprise");
     let (status, answer) = cp
-        .send_as(
-            &acme,
-            "POST",
-            &publish,
-            Some(json!({"scope": "enterprise"})),
-        )
+        .post_as(&acme, &publish, json!({"scope": "enterprise"}))
         .await;
     assert_eq!(
         (status, code(&answer)),
@@ -150,12 +119,7 @@ async fn publish_version_deprecate_and_unpublish() {
             .await
             .contains(&"acme-dms".to_owned())
     );
-    assert_eq!(
-        cp.send_as(&other, "GET", &format!("/catalogue/{id}"), None)
-            .await
-            .0,
-        404
-    );
+    assert_eq!(cp.get_as(&other, &format!("/catalogue/{id}")).await.0, 404);
     assert_eq!(slugs(&cp, &acme, "?q=VIN").await, ["nhtsa-vpic"]);
     let mut reference = slugs(&cp, &acme, "?category=reference").await;
     reference.sort();
@@ -168,13 +132,9 @@ async fn publish_version_deprecate_and_unpublish() {
         slugs(&cp, &acme, "?q=50%25_").await.is_empty(),
         "LIKE wildcards are literal"
     );
-    let (status, answer) = cp
-        .send_as(&acme, "GET", "/catalogue?auth_type=kerberos", None)
-        .await;
+    let (status, answer) = cp.get_as(&acme, "/catalogue?auth_type=kerberos").await;
     assert_eq!(status, 422, "{answer}");
-    let (status, detail) = cp
-        .send_as(&acme, "GET", &format!("/catalogue/{id}"), None)
-        .await;
+    let (status, detail) = cp.get_as(&acme, &format!("/catalogue/{id}")).await;
     assert_eq!(status, 200, "{detail}");
     assert_eq!(detail["operations_list"].as_array().unwrap().len(), 10);
     assert_eq!(detail["versions"][0]["version"], "1.0.0");
@@ -188,23 +148,17 @@ async fn publish_version_deprecate_and_unpublish() {
         .retain(|o| o["id"] != "getPart");
     drop_orphan_mappings(&mut def);
     assert_eq!(
-        cp.send_as(
-            &acme,
-            "PUT",
-            &format!("/connectors/{id}"),
-            Some(def.clone())
-        )
-        .await
-        .0,
+        cp.put_as(&acme, &format!("/connectors/{id}"), def.clone())
+            .await
+            .0,
         200
     );
     let versions = format!("/connectors/{id}/versions");
     let (status, answer) = cp
-        .send_as(
+        .post_as(
             &acme,
-            "POST",
             &versions,
-            Some(json!({"bump": "minor", "release_notes": "Tidy."})),
+            json!({"bump": "minor", "release_notes": "Tidy."}),
         )
         .await;
     assert_eq!(
@@ -221,20 +175,18 @@ async fn publish_version_deprecate_and_unpublish() {
     );
     assert_eq!(answer["error"]["details"][0]["impact"], "breaking");
     let (status, answer) = cp
-        .send_as(
+        .post_as(
             &acme,
-            "POST",
             &versions,
-            Some(json!({"bump": "major", "release_notes": ""})),
+            json!({"bump": "major", "release_notes": ""}),
         )
         .await;
     assert_eq!(status, 422, "release notes are required: {answer}");
     let (status, v2) = cp
-        .send_as(
+        .post_as(
             &acme,
-            "POST",
             &versions,
-            Some(json!({"bump": "major", "release_notes": "getPart is gone."})),
+            json!({"bump": "major", "release_notes": "getPart is gone."}),
         )
         .await;
     assert_eq!(status, 201, "{v2}");
@@ -246,28 +198,21 @@ async fn publish_version_deprecate_and_unpublish() {
     def["operations"].as_array_mut().unwrap().push(
         json!({"id": "listLocations", "name": "Locations", "method": "GET", "path": "/api/v1/locations"}),
     );
-    cp.send_as(
-        &acme,
-        "PUT",
-        &format!("/connectors/{id}"),
-        Some(def.clone()),
-    )
-    .await;
+    cp.put_as(&acme, &format!("/connectors/{id}"), def.clone())
+        .await;
     let (status, answer) = cp
-        .send_as(
+        .post_as(
             &acme,
-            "POST",
             &versions,
-            Some(json!({"bump": "patch", "release_notes": "Parts."})),
+            json!({"bump": "patch", "release_notes": "Parts."}),
         )
         .await;
     assert_eq!((status, code(&answer)), (409, "bump_too_small"), "{answer}");
     let (status, v21) = cp
-        .send_as(
+        .post_as(
             &acme,
-            "POST",
             &versions,
-            Some(json!({"bump": "minor", "release_notes": "Parts."})),
+            json!({"bump": "minor", "release_notes": "Parts."}),
         )
         .await;
     assert_eq!(
@@ -276,15 +221,14 @@ async fn publish_version_deprecate_and_unpublish() {
         "{v21}"
     );
     let (status, answer) = cp
-        .send_as(
+        .post_as(
             &acme,
-            "POST",
             &versions,
-            Some(json!({"bump": "patch", "release_notes": "Again."})),
+            json!({"bump": "patch", "release_notes": "Again."}),
         )
         .await;
     assert_eq!((status, code(&answer)), (409, "no_changes"), "{answer}");
-    let (_, list) = cp.send_as(&acme, "GET", &versions, None).await;
+    let (_, list) = cp.get_as(&acme, &versions).await;
     let listed: Vec<&str> = list
         .as_array()
         .unwrap()
@@ -293,19 +237,15 @@ async fn publish_version_deprecate_and_unpublish() {
         .collect();
     assert_eq!(listed, ["2.1.0", "2.0.0", "1.0.0"]);
     // Old versions are frozen: 1.0.0 still has getPart.
-    let (_, v1) = cp
-        .send_as(&acme, "GET", &format!("{versions}/1.0.0"), None)
-        .await;
+    let (_, v1) = cp.get_as(&acme, &format!("{versions}/1.0.0")).await;
     assert!(v1["definition"].to_string().contains("getPart"));
     let mut renamed = def.clone();
     renamed["slug"] = json!("acme-dms-2");
     let (status, answer) = cp
-        .send_as(&acme, "PUT", &format!("/connectors/{id}"), Some(renamed))
+        .put_as(&acme, &format!("/connectors/{id}"), renamed)
         .await;
     assert_eq!((status, code(&answer)), (409, "slug_frozen"), "{answer}");
-    let (status, answer) = cp
-        .send_as(&acme, "DELETE", &format!("/connectors/{id}"), None)
-        .await;
+    let (status, answer) = cp.delete_as(&acme, &format!("/connectors/{id}")).await;
     assert_eq!((status, code(&answer)), (409, "published"), "{answer}");
 
     // Deprecation: at least 30 days' notice, a warning, then out.
@@ -313,11 +253,10 @@ async fn publish_version_deprecate_and_unpublish() {
     let soon =
         dibop_runtime::support::rfc3339(dibop_control_plane::store::now_unix() + 10 * 86_400);
     let (status, answer) = cp
-        .send_as(
+        .post_as(
             &acme,
-            "POST",
             &deprecate,
-            Some(json!({"until": soon, "message": "Use v3."})),
+            json!({"until": soon, "message": "Use v3."}),
         )
         .await;
     assert_eq!(status, 422, "{answer}");
@@ -330,17 +269,14 @@ async fn publish_version_deprecate_and_unpublish() {
     let later =
         dibop_runtime::support::rfc3339(dibop_control_plane::store::now_unix() + 40 * 86_400);
     let (status, answer) = cp
-        .send_as(
+        .post_as(
             &acme,
-            "POST",
             &deprecate,
-            Some(json!({"until": later, "message": "Use acme-dms-3."})),
+            json!({"until": later, "message": "Use acme-dms-3."}),
         )
         .await;
     assert_eq!(status, 200, "{answer}");
-    let (_, detail) = cp
-        .send_as(&acme, "GET", &format!("/catalogue/{id}"), None)
-        .await;
+    let (_, detail) = cp.get_as(&acme, &format!("/catalogue/{id}")).await;
     assert_eq!(detail["status"], "deprecated");
     assert_eq!(detail["deprecation"]["message"], "Use acme-dms-3.");
     let swept = dibop_control_plane::catalogue::publishing::unpublish_expired(
@@ -351,20 +287,13 @@ async fn publish_version_deprecate_and_unpublish() {
     .unwrap();
     assert_eq!(swept, 1);
     assert!(!slugs(&cp, &acme, "").await.contains(&"acme-dms".to_owned()));
-    let (_, own) = cp
-        .send_as(&acme, "GET", &format!("/connectors/{id}"), None)
-        .await;
+    let (_, own) = cp.get_as(&acme, &format!("/connectors/{id}")).await;
     assert_eq!(
         (own["status"].as_str(), own["latest_version"].as_str()),
         (Some("draft"), Some("2.1.0"))
     );
     let (status, answer) = cp
-        .send_as(
-            &acme,
-            "POST",
-            &publish,
-            Some(json!({"scope": "enterprise"})),
-        )
+        .post_as(&acme, &publish, json!({"scope": "enterprise"}))
         .await;
     assert_eq!(
         (status, code(&answer)),
@@ -372,7 +301,7 @@ async fn publish_version_deprecate_and_unpublish() {
         "{answer}"
     );
     // The audit log has the whole story.
-    let (_, audit) = cp.send_as(&acme, "GET", "/audit", None).await;
+    let (_, audit) = cp.get_as(&acme, "/audit").await;
     let actions = audit.to_string();
     for action in [
         "connector.publish",
@@ -397,7 +326,7 @@ async fn review_reject_approve_and_promote() {
         .remove("documentation_url");
     let id = create(&cp, &dealer, &incomplete).await;
     let review = format!("/connectors/{id}/review");
-    let (status, answer) = cp.send_as(&dealer, "POST", &review, Some(json!({}))).await;
+    let (status, answer) = cp.post_as(&dealer, &review, json!({})).await;
     assert_eq!(
         (status, code(&answer)),
         (422, "checklist_failed"),
@@ -410,25 +339,20 @@ async fn review_reject_approve_and_promote() {
             .unwrap()
             .contains("documentation_url")
     );
-    cp.send_as(
-        &dealer,
-        "PUT",
-        &format!("/connectors/{id}"),
-        Some(dms("dealer-dms")),
-    )
-    .await;
-    let (status, answer) = cp.send_as(&dealer, "POST", &review, Some(json!({}))).await;
+    cp.put_as(&dealer, &format!("/connectors/{id}"), dms("dealer-dms"))
+        .await;
+    let (status, answer) = cp.post_as(&dealer, &review, json!({})).await;
     assert_eq!(
         (status, answer["review_status"].as_str()),
         (200, Some("pending")),
         "{answer}"
     );
-    let (status, answer) = cp.send_as(&dealer, "POST", &review, Some(json!({}))).await;
+    let (status, answer) = cp.post_as(&dealer, &review, json!({})).await;
     assert_eq!((status, code(&answer)), (409, "review_pending"));
 
     // Only platform admins see and decide reviews.
-    assert_eq!(cp.send_as(&dealer, "GET", "/reviews", None).await.0, 403);
-    let (status, queue) = cp.send_as(&platform, "GET", "/reviews", None).await;
+    assert_eq!(cp.get_as(&dealer, "/reviews").await.0, 403);
+    let (status, queue) = cp.get_as(&platform, "/reviews").await;
     assert_eq!(status, 200);
     assert_eq!(queue[0]["id"], id.as_str());
     assert_eq!(
@@ -438,26 +362,22 @@ async fn review_reject_approve_and_promote() {
         403
     );
     let (status, _) = cp
-        .send_as(
+        .post_as(
             &platform,
-            "POST",
             &format!("/reviews/{id}/reject"),
-            Some(json!({"reason": " "})),
+            json!({"reason": " "}),
         )
         .await;
     assert_eq!(status, 422);
     let (status, rejected) = cp
-        .send_as(
+        .post_as(
             &platform,
-            "POST",
             &format!("/reviews/{id}/reject"),
-            Some(json!({"reason": "Add a VIN decode mapping."})),
+            json!({"reason": "Add a VIN decode mapping."}),
         )
         .await;
     assert_eq!(status, 200, "{rejected}");
-    let (_, own) = cp
-        .send_as(&dealer, "GET", &format!("/connectors/{id}"), None)
-        .await;
+    let (_, own) = cp.get_as(&dealer, &format!("/connectors/{id}")).await;
     assert_eq!(
         (own["review_status"].as_str(), own["review_reason"].as_str()),
         (Some("rejected"), Some("Add a VIN decode mapping."))
@@ -470,7 +390,7 @@ async fn review_reject_approve_and_promote() {
     );
 
     // Resubmitted and approved: global, version 1.0.0, visible to everyone.
-    cp.send_as(&dealer, "POST", &review, Some(json!({}))).await;
+    cp.post_as(&dealer, &review, json!({})).await;
     let (status, approved) = cp
         .send_as(&platform, "POST", &format!("/reviews/{id}/approve"), None)
         .await;
@@ -487,25 +407,21 @@ async fn review_reject_approve_and_promote() {
             .await
             .contains(&"dealer-dms".to_owned())
     );
-    let (_, entry) = cp
-        .send_as(&acme, "GET", &format!("/catalogue/{id}"), None)
-        .await;
+    let (_, entry) = cp.get_as(&acme, &format!("/catalogue/{id}")).await;
     assert_eq!(entry["owned_by_you"], false);
 
     // Promotion of an enterprise connector.
-    cp.send_as(
+    cp.patch_as(
         &platform,
-        "PATCH",
         &format!("/tenants/{acme_id}"),
-        Some(json!({"enterprise_publishing": true})),
+        json!({"enterprise_publishing": true}),
     )
     .await;
     let own_id = create(&cp, &acme, &dms("acme-own")).await;
-    cp.send_as(
+    cp.post_as(
         &acme,
-        "POST",
         &format!("/connectors/{own_id}/publish"),
-        Some(json!({"scope": "enterprise"})),
+        json!({"scope": "enterprise"}),
     )
     .await;
     assert!(
@@ -550,20 +466,18 @@ async fn review_reject_approve_and_promote() {
     // The platform's own connectors are global.
     let pid = create(&cp, &platform, &dms("platform-dms")).await;
     let (status, _) = cp
-        .send_as(
+        .post_as(
             &platform,
-            "POST",
             &format!("/connectors/{pid}/publish"),
-            Some(json!({"scope": "enterprise"})),
+            json!({"scope": "enterprise"}),
         )
         .await;
     assert_eq!(status, 422);
     let (status, _) = cp
-        .send_as(
+        .post_as(
             &platform,
-            "POST",
             &format!("/connectors/{pid}/publish"),
-            Some(json!({"scope": "global"})),
+            json!({"scope": "global"}),
         )
         .await;
     assert_eq!(status, 200);
@@ -608,14 +522,12 @@ async fn publishing_tests_each_operation_against_a_test_target() {
             "parameters": {"getVehicle": {"vin": vin}}}})
     };
 
-    let (status, report) = cp
-        .send_as(&admin, "POST", &checklist, Some(target("dms-demo-key")))
-        .await;
+    let (status, report) = cp.post_as(&admin, &checklist, target("dms-demo-key")).await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["passed"], true, "{report}");
 
     let (_, report) = cp
-        .send_as(&admin, "POST", &checklist, Some(target("wrong-key-canary")))
+        .post_as(&admin, &checklist, target("wrong-key-canary"))
         .await;
     assert_eq!(report["passed"], false);
     let tests = report["items"]
@@ -641,25 +553,21 @@ async fn publishing_tests_each_operation_against_a_test_target() {
     // A response that does not match its schema fails, naming the field.
     def["operations"][2]["response_schema"] =
         json!({"type": "object", "required": ["vin", "chassis_number"]});
-    cp.send_as(&admin, "PUT", &format!("/connectors/{id}"), Some(def))
-        .await;
+    cp.put_as(&admin, &format!("/connectors/{id}"), def).await;
     let mut body = target("dms-demo-key");
     body["scope"] = json!("global");
     let (status, answer) = cp
-        .send_as(
+        .post_as(
             &platform,
-            "POST",
             &format!("/connectors/{id}/publish"),
-            Some(body.clone()),
+            body.clone(),
         )
         .await;
     assert_eq!(
         status, 404,
         "the platform cannot publish a tenant's draft: {answer}"
     );
-    let (_, report) = cp
-        .send_as(&admin, "POST", &checklist, Some(target("dms-demo-key")))
-        .await;
+    let (_, report) = cp.post_as(&admin, &checklist, target("dms-demo-key")).await;
     assert!(
         report
             .to_string()
@@ -679,11 +587,10 @@ async fn publishing_tests_each_operation_against_a_test_target() {
         json!([{"name": "probe", "in": "query", "type": "string"}]);
     let sid = create(&cp, &admin, &short).await;
     let (_, report) = cp
-        .send_as(
+        .post_as(
             &admin,
-            "POST",
             &format!("/connectors/{sid}/checklist"),
-            Some(json!({"test_target": {"base_url": silent_url, "credentials": {"api_key": "k"}}})),
+            json!({"test_target": {"base_url": silent_url, "credentials": {"api_key": "k"}}}),
         )
         .await;
     assert!(
@@ -849,7 +756,7 @@ async fn bad_imports_are_refused_and_nothing_is_saved() {
             "{answer}"
         );
     }
-    let (_, list) = cp.send_as(&admin, "GET", "/connectors", None).await;
+    let (_, list) = cp.get_as(&admin, "/connectors").await;
     assert_eq!(list, json!([]), "a refused import saved something");
 }
 

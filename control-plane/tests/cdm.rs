@@ -18,11 +18,7 @@ async fn setup() -> Setup {
     let cp = TestCp::start_with(|s| s.run_scheduler = false).await;
     let (sim, _) = cp.demo_dms().await;
     let (status, token) = cp
-        .send(
-            "POST",
-            "/api-tokens",
-            Some(json!({"name": "auditor", "role": "viewer"})),
-        )
+        .post("/api-tokens", json!({"name": "auditor", "role": "viewer"}))
         .await;
     assert_eq!(status, 201, "{token}");
     Setup {
@@ -49,7 +45,7 @@ async fn create(cp: &TestCp, body: &str) -> String {
 #[tokio::test]
 async fn the_explorer_lists_22_domains_with_pii_classes_and_who_maps_them() {
     let s = setup().await;
-    let (status, domains) = s.cp.send("GET", "/cdm/domains", None).await;
+    let (status, domains) = s.cp.get("/cdm/domains").await;
     assert_eq!(status, 200, "{domains}");
     let domains = domains.as_array().unwrap();
     assert_eq!(domains.len(), 22);
@@ -57,7 +53,7 @@ async fn the_explorer_lists_22_domains_with_pii_classes_and_who_maps_them() {
     assert_eq!(vehicle["required"], json!(["vin"]));
     assert!(vehicle["mapped_by"].as_u64().unwrap() >= 2, "{vehicle}");
 
-    let (_, v) = s.cp.send("GET", "/cdm/domains/vehicle", None).await;
+    let (_, v) = s.cp.get("/cdm/domains/vehicle").await;
     let field = |name: &str| {
         v["fields"]
             .as_array()
@@ -90,7 +86,7 @@ async fn the_explorer_lists_22_domains_with_pii_classes_and_who_maps_them() {
     assert_eq!(field("interior_colour")["mapped_by"], 0);
     assert!(v["source"].as_str().unwrap().contains("ISO 3779"));
 
-    let (_, c) = s.cp.send("GET", "/cdm/domains/customer", None).await;
+    let (_, c) = s.cp.get("/cdm/domains/customer").await;
     for f in c["fields"].as_array().unwrap() {
         let expected = match f["name"].as_str().unwrap() {
             "customer_name" | "first_name" | "last_name" | "email" | "phone" | "address_line_1"
@@ -100,17 +96,16 @@ async fn the_explorer_lists_22_domains_with_pii_classes_and_who_maps_them() {
         };
         assert_eq!(f["pii"], expected, "{f}");
     }
-    let (status, err) = s.cp.send("GET", "/cdm/domains/spaceship", None).await;
+    let (status, err) = s.cp.get("/cdm/domains/spaceship").await;
     assert_eq!(status, 404);
     assert_eq!(err["error"]["code"], "not_found");
 
     let (status, checked) =
-        s.cp.send(
-            "POST",
+        s.cp.post(
             "/cdm/validate",
-            Some(json!({"domain": "customer", "record": [
+            json!({"domain": "customer", "record": [
                 {"customer_id": "C1", "email": "jane@example.com", "country": "DE"},
-                {"email": "nope", "customer_type": "alien"}]})),
+                {"email": "nope", "customer_type": "alien"}]}),
         )
         .await;
     assert_eq!(status, 200, "{checked}");
@@ -178,7 +173,7 @@ async fn invalid_records_go_to_the_dead_letter_queue_and_personal_data_stays_hid
     let last_name = customer["last_name"].as_str().unwrap().to_owned();
     assert!(email.contains('@') && phone.starts_with('+'));
 
-    let (_, items) = s.cp.send("GET", "/dead-letters/items", None).await;
+    let (_, items) = s.cp.get("/dead-letters/items").await;
     let items = items.as_array().unwrap().clone();
     assert_eq!(items.len(), 1, "{items:?}");
     let item = &items[0];
@@ -220,18 +215,16 @@ async fn invalid_records_go_to_the_dead_letter_queue_and_personal_data_stays_hid
     }
     // `view_pii` is a permission: given to one viewer token, withheld from one operator token.
     let (_, trusted) =
-        s.cp.send(
-            "POST",
+        s.cp.post(
             "/api-tokens",
-            Some(json!({"name": "dpo", "role": "viewer", "view_pii": true})),
+            json!({"name": "dpo", "role": "viewer", "view_pii": true}),
         )
         .await;
     assert_eq!(trusted["view_pii"], true, "{trusted}");
     let (_, restricted) =
-        s.cp.send(
-            "POST",
+        s.cp.post(
             "/api-tokens",
-            Some(json!({"name": "ops", "role": "operator", "view_pii": false})),
+            json!({"name": "ops", "role": "operator", "view_pii": false}),
         )
         .await;
     assert_eq!(restricted["view_pii"], false, "{restricted}");
@@ -245,11 +238,7 @@ async fn invalid_records_go_to_the_dead_letter_queue_and_personal_data_stays_hid
     // A person: a viewer signs in, sees no personal data, is given view_pii, sees it at once.
     let (status, user) = s
         .cp
-        .send(
-            "POST",
-            "/users",
-            Some(json!({"email": "dpo@dealer.example", "password": "a long passphrase", "role": "viewer"})),
-        )
+        .post("/users", json!({"email": "dpo@dealer.example", "password": "a long passphrase", "role": "viewer"}))
         .await;
     assert_eq!(status, 201, "{user}");
     assert_eq!(user["view_pii"], false);
@@ -266,10 +255,9 @@ async fn invalid_records_go_to_the_dead_letter_queue_and_personal_data_stays_hid
     let (_, seen) = as_token(&s.cp, &session, &exe).await;
     assert!(!seen.contains(&email));
     let (status, changed) =
-        s.cp.send(
-            "PATCH",
+        s.cp.patch(
             format!("/users/{}", user["id"].as_str().unwrap()),
-            Some(json!({"view_pii": true})),
+            json!({"view_pii": true}),
         )
         .await;
     assert_eq!(
@@ -283,7 +271,7 @@ async fn invalid_records_go_to_the_dead_letter_queue_and_personal_data_stays_hid
         "the grant applies on the next request"
     );
 
-    let (_, tokens) = s.cp.send("GET", "/api-tokens", None).await;
+    let (_, tokens) = s.cp.get("/api-tokens").await;
     let auditor = tokens
         .as_array()
         .unwrap()
@@ -313,7 +301,7 @@ async fn invalid_records_go_to_the_dead_letter_queue_and_personal_data_stays_hid
         "{d}"
     );
     assert_eq!(s.cp.send("POST", discard, None).await.0, 404);
-    let (_, open) = s.cp.send("GET", "/dead-letters/items", None).await;
+    let (_, open) = s.cp.get("/dead-letters/items").await;
     assert_eq!(open.as_array().unwrap().len(), 0);
 }
 
@@ -331,12 +319,12 @@ async fn a_corrected_dead_lettered_record_is_replayed_from_its_mapping_step() {
     .await;
     let e = s.cp.run(&id, json!({})).await;
     assert_eq!(e["status"], "partially_succeeded", "{e}");
-    let (_, items) = s.cp.send("GET", "/dead-letters/items", None).await;
+    let (_, items) = s.cp.get("/dead-letters/items").await;
     let item = items[0].clone();
     let item_id = item["id"].as_str().unwrap().to_owned();
     let replay = format!("/dead-letters/items/{item_id}/replay");
     // Sent on as it is, it still breaks the rule: refused, naming the field.
-    let (status, refused) = s.cp.send("POST", replay.clone(), Some(json!({}))).await;
+    let (status, refused) = s.cp.post(replay.clone(), json!({})).await;
     assert_eq!(status, 422, "{refused}");
     assert_eq!(
         refused["error"]["details"][0]["field"], "email",
@@ -345,22 +333,20 @@ async fn a_corrected_dead_lettered_record_is_replayed_from_its_mapping_step() {
     // Corrected: a new execution takes it on from the mapping step.
     let mut fixed = item["record"].clone();
     fixed["email"] = json!("fixed.customer@dealer.example");
-    let (_, calls_before) = s.cp.send("GET", "/api-calls", None).await;
-    let (status, replayed) =
-        s.cp.send("POST", replay.clone(), Some(json!({"record": fixed})))
-            .await;
+    let (_, calls_before) = s.cp.get("/api-calls").await;
+    let (status, replayed) = s.cp.post(replay.clone(), json!({"record": fixed})).await;
     assert_eq!(status, 201, "{replayed}");
     assert_eq!(replayed["item"]["status"], "replayed");
     let exe = replayed["execution_id"].as_str().unwrap().to_owned();
     assert_eq!(replayed["item"]["replay_execution_id"], exe.as_str());
     let mut rx = s.cp.core.engine.subscribe();
-    let (_, mut now) = s.cp.send("GET", format!("/executions/{exe}"), None).await;
+    let (_, mut now) = s.cp.get(format!("/executions/{exe}")).await;
     while !matches!(
         now["status"].as_str(),
         Some("succeeded" | "partially_succeeded" | "failed")
     ) {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), rx.recv()).await;
-        now = s.cp.send("GET", format!("/executions/{exe}"), None).await.1;
+        now = s.cp.get(format!("/executions/{exe}")).await.1;
     }
     assert_eq!(now["status"], "succeeded", "{now}");
     assert_eq!(
@@ -369,17 +355,15 @@ async fn a_corrected_dead_lettered_record_is_replayed_from_its_mapping_step() {
         "{now}"
     );
     assert_eq!(now["rerun_of"], e["id"]);
-    let (_, calls_after) = s.cp.send("GET", "/api-calls", None).await;
+    let (_, calls_after) = s.cp.get("/api-calls").await;
     assert_eq!(
         calls_after.as_array().unwrap().len(),
         calls_before.as_array().unwrap().len(),
         "the DMS was not called again: the steps before the mapping were reused"
     );
     // Once only.
-    assert_eq!(s.cp.send("POST", replay, Some(json!({}))).await.0, 404);
-    let (_, replayed_list) =
-        s.cp.send("GET", "/dead-letters/items?status=replayed", None)
-            .await;
+    assert_eq!(s.cp.post(replay, json!({})).await.0, 404);
+    let (_, replayed_list) = s.cp.get("/dead-letters/items?status=replayed").await;
     assert_eq!(replayed_list.as_array().unwrap().len(), 1);
 }
 
@@ -408,10 +392,9 @@ steps:
     )
     .await;
     let (status, e) =
-        s.cp.send(
-            "POST",
+        s.cp.post(
             format!("/orchestrations/{id}/execute"),
-            Some(json!({"parameters": {"start": "2027-03-01T09:00:00Z"}, "wait_ms": 30000})),
+            json!({"parameters": {"start": "2027-03-01T09:00:00Z"}, "wait_ms": 30000}),
         )
         .await;
     assert_eq!(status, 201);
@@ -423,10 +406,9 @@ steps:
     assert_eq!(e["steps"][2]["output"]["status_code"], 201);
 
     let (_, e) =
-        s.cp.send(
-            "POST",
+        s.cp.post(
             format!("/orchestrations/{id}/execute"),
-            Some(json!({"parameters": {"start": "next tuesday"}, "wait_ms": 30000})),
+            json!({"parameters": {"start": "next tuesday"}, "wait_ms": 30000}),
         )
         .await;
     assert_eq!(e["status"], "failed", "{e}");
@@ -452,10 +434,9 @@ async fn suggestions_are_assumed_until_confirmed_and_block_publishing_meanwhile(
         .await
         .unwrap();
     let (status, proposal) =
-        s.cp.send(
-            "POST",
+        s.cp.post(
             "/cdm/suggest",
-            Some(json!({"domain": "vehicle", "sample": sample, "records": ".items"})),
+            json!({"domain": "vehicle", "sample": sample, "records": ".items"}),
         )
         .await;
     assert_eq!(status, 200, "{proposal}");
@@ -486,18 +467,17 @@ async fn suggestions_are_assumed_until_confirmed_and_block_publishing_meanwhile(
     )
     .unwrap();
     def.as_object_mut().unwrap().remove("mappings");
-    let (status, draft) = s.cp.send("POST", "/connectors", Some(def)).await;
+    let (status, draft) = s.cp.post("/connectors", def).await;
     assert_eq!(status, 201, "{draft}");
     let cid = draft["id"].as_str().unwrap().to_owned();
     let (status, _) =
-        s.cp.send(
-            "POST",
+        s.cp.post(
             format!("/connectors/{cid}/mappings/listVehicles/suggest"),
-            Some(json!({"domain": "vehicle", "sample": sample, "records": ".items"})),
+            json!({"domain": "vehicle", "sample": sample, "records": ".items"}),
         )
         .await;
     assert_eq!(status, 200);
-    let (_, got) = s.cp.send("GET", format!("/connectors/{cid}"), None).await;
+    let (_, got) = s.cp.get(format!("/connectors/{cid}")).await;
     let mapping = &got["definition"]["mappings"]["listVehicles"];
     assert_eq!(mapping["records"], ".items");
     assert_eq!(mapping["inbound"]["vin"], ".vin");
@@ -512,10 +492,9 @@ async fn suggestions_are_assumed_until_confirmed_and_block_publishing_meanwhile(
         "{mapping}"
     );
     let (status, refused) =
-        s.cp.send(
-            "POST",
+        s.cp.post(
             format!("/connectors/{cid}/publish"),
-            Some(json!({"scope": "enterprise"})),
+            json!({"scope": "enterprise"}),
         )
         .await;
     assert_eq!(status, 422, "{refused}");
@@ -526,27 +505,24 @@ async fn suggestions_are_assumed_until_confirmed_and_block_publishing_meanwhile(
 
     // Confirming something not assumed is refused; confirming all of them clears the list.
     let (status, _) =
-        s.cp.send(
-            "POST",
+        s.cp.post(
             format!("/connectors/{cid}/mappings/listVehicles/confirm"),
-            Some(json!({"fields": ["interior_colour"]})),
+            json!({"fields": ["interior_colour"]}),
         )
         .await;
     assert_eq!(status, 422);
     let (status, confirmed) =
-        s.cp.send(
-            "POST",
+        s.cp.post(
             format!("/connectors/{cid}/mappings/listVehicles/confirm"),
-            Some(json!({"fields": assumed})),
+            json!({"fields": assumed}),
         )
         .await;
     assert_eq!(status, 200, "{confirmed}");
     assert!(confirmed.get("assumed").is_none(), "{confirmed}");
     let (status, published) =
-        s.cp.send(
-            "POST",
+        s.cp.post(
             format!("/connectors/{cid}/publish"),
-            Some(json!({"scope": "enterprise"})),
+            json!({"scope": "enterprise"}),
         )
         .await;
     assert_eq!(status, 200, "{published}");
@@ -555,14 +531,13 @@ async fn suggestions_are_assumed_until_confirmed_and_block_publishing_meanwhile(
 #[tokio::test]
 async fn suggestions_from_a_live_call_of_a_connection() {
     let s = setup().await;
-    let (_, connections) = s.cp.send("GET", "/connections", None).await;
+    let (_, connections) = s.cp.get("/connections").await;
     let id = connections[0]["id"].as_str().unwrap().to_owned();
     // The domain defaults to the one the connector maps the operation onto.
     let (status, proposal) =
-        s.cp.send(
-            "POST",
+        s.cp.post(
             format!("/connections/{id}/operations/listCustomers/suggest"),
-            Some(json!({"parameters": {"page_size": 3}})),
+            json!({"parameters": {"page_size": 3}}),
         )
         .await;
     assert_eq!(status, 200, "{proposal}");
@@ -596,19 +571,16 @@ async fn suggestions_from_a_live_call_of_a_connection() {
     }
     // The call went through the normal path: it is in the call log.
     let (_, calls) =
-        s.cp.send(
-            "GET",
-            format!("/api-calls?connection_id={id}&operation=listCustomers"),
-            None,
-        )
+        s.cp.get(format!(
+            "/api-calls?connection_id={id}&operation=listCustomers"
+        ))
         .await;
     assert_eq!(calls.as_array().unwrap().len(), 1, "{calls}");
     // An operation without a mapping needs a domain named.
     let (status, err) =
-        s.cp.send(
-            "POST",
+        s.cp.post(
             format!("/connections/{id}/operations/health/suggest"),
-            Some(json!({})),
+            json!({}),
         )
         .await;
     assert_eq!(status, 422, "{err}");

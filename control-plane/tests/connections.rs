@@ -40,13 +40,10 @@ impl Cp {
     /// Creates and activates a connection to the simulator.
     async fn connect(&self, name: &str, auth_type: &str, credentials: Value) -> String {
         let (status, created) = self
-            .send(
-                "POST",
+            .post(
                 "/connections",
-                Some(
-                    json!({"connector_id": self.dms_sim, "name": name, "auth_type": auth_type,
+                json!({"connector_id": self.dms_sim, "name": name, "auth_type": auth_type,
                     "credentials": credentials, "base_url": self.sim, "activate": true}),
-                ),
             )
             .await;
         assert_eq!(status, 201, "{created}");
@@ -55,18 +52,15 @@ impl Cp {
 
     /// The newest logged call of `operation`, with its bodies.
     async fn newest_call(&self, operation: &str) -> Value {
-        let (_, calls) = self
-            .send("GET", &format!("/api-calls?operation={operation}"), None)
-            .await;
+        let (_, calls) = self.get(&format!("/api-calls?operation={operation}")).await;
         let id = calls[0]["id"].as_str().unwrap();
-        self.send("GET", &format!("/api-calls/{id}"), None).await.1
+        self.get(&format!("/api-calls/{id}")).await.1
     }
 
     async fn invoke(&self, id: &str, operation: &str, body: Value) -> (u16, Value) {
-        self.send(
-            "POST",
+        self.post(
             &format!("/connections/{id}/operations/{operation}/invoke"),
-            Some(body),
+            body,
         )
         .await
     }
@@ -149,16 +143,14 @@ async fn every_scheme_of_the_simulator_calls_for_real() {
     assert_eq!(status, 404);
 
     // The call log: every call, its connection, no credentials.
-    let (_, calls) = cp
-        .send("GET", &format!("/api-calls?connection_id={key}"), None)
-        .await;
+    let (_, calls) = cp.get(&format!("/api-calls?connection_id={key}")).await;
     let calls = calls.as_array().unwrap();
     assert_eq!(calls.len(), 2, "{calls:?}");
     assert_eq!(calls[0]["connection_name"], "dms key");
     assert_eq!(calls[0]["ran_on"], "cloud");
-    let (_, failed) = cp.send("GET", "/api-calls?outcome=failed", None).await;
+    let (_, failed) = cp.get("/api-calls?outcome=failed").await;
     assert_eq!(failed, json!([]));
-    let (_, all) = cp.send("GET", "/api-calls?limit=2", None).await;
+    let (_, all) = cp.get("/api-calls?limit=2").await;
     assert_eq!(all.as_array().unwrap().len(), 2);
 }
 
@@ -172,10 +164,9 @@ async fn test_connection_names_each_outcome() {
     let good = json!({"username": "dealer", "password": "dealer-pass"});
     // Typed into the form, not saved.
     let (_, ok) = cp
-        .send(
-            "POST",
+        .post(
             "/connections/test",
-            Some(test(good.clone(), cp.sim.clone(), json!({}))),
+            test(good.clone(), cp.sim.clone(), json!({})),
         )
         .await;
     assert_eq!(
@@ -187,14 +178,13 @@ async fn test_connection_names_each_outcome() {
 
     // A wrong password.
     let (_, wrong) = cp
-        .send(
-            "POST",
+        .post(
             "/connections/test",
-            Some(test(
+            test(
                 json!({"username": "dealer", "password": "nope"}),
                 cp.sim.clone(),
                 json!({}),
-            )),
+            ),
         )
         .await;
     assert_eq!(wrong["outcome"], "auth_failure", "{wrong}");
@@ -215,10 +205,9 @@ async fn test_connection_names_each_outcome() {
         format!("http://{a}")
     };
     let (_, refused) = cp
-        .send(
-            "POST",
+        .post(
             "/connections/test",
-            Some(test(good.clone(), closed, json!({"max_retries": 0}))),
+            test(good.clone(), closed, json!({"max_retries": 0})),
         )
         .await;
     assert_eq!(refused["outcome"], "network_error", "{refused}");
@@ -227,14 +216,13 @@ async fn test_connection_names_each_outcome() {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_url = format!("http://{}", silent.local_addr().unwrap());
     let (_, slow) = cp
-        .send(
-            "POST",
+        .post(
             "/connections/test",
-            Some(test(
+            test(
                 good.clone(),
                 silent_url,
                 json!({"timeout_ms": 300, "max_retries": 0}),
-            )),
+            ),
         )
         .await;
     assert_eq!(slow["outcome"], "timeout", "{slow}");
@@ -245,24 +233,18 @@ async fn test_connection_names_each_outcome() {
 
     // Outside the cloud agent's allow-list.
     let (_, denied) = cp
-        .send(
-            "POST",
+        .post(
             "/connections/test",
-            Some(test(
-                good.clone(),
-                "http://10.255.0.1:8080".into(),
-                json!({}),
-            )),
+            test(good.clone(), "http://10.255.0.1:8080".into(), json!({})),
         )
         .await;
     assert_eq!(denied["outcome"], "policy_denied", "{denied}");
 
     // Missing and unknown credential fields are refused before anything runs.
     let (status, answer) = cp
-        .send(
-            "POST",
+        .post(
             "/connections/test",
-            Some(test(json!({"user": "x"}), cp.sim.clone(), json!({}))),
+            test(json!({"user": "x"}), cp.sim.clone(), json!({})),
         )
         .await;
     assert_eq!(status, 422, "{answer}");
@@ -275,7 +257,7 @@ async fn test_connection_names_each_outcome() {
         assert!(details.contains(field), "{field} not named: {details}");
     }
     // Nothing of the unsaved tests was stored.
-    let (_, list) = cp.send("GET", "/connections", None).await;
+    let (_, list) = cp.get("/connections").await;
     assert_eq!(list, json!([]));
 }
 
@@ -307,15 +289,13 @@ async fn wrong_credentials_are_an_auth_failure_and_oauth_errors_are_explained() 
         "{message}"
     );
     // The secrets appear in no answer and no log entry.
-    let (_, calls) = cp.send("GET", "/api-calls", None).await;
-    let (_, views) = cp.send("GET", "/connections", None).await;
+    let (_, calls) = cp.get("/api-calls").await;
+    let (_, views) = cp.get("/connections").await;
     for text in [result.to_string(), calls.to_string(), views.to_string()] {
         assert!(!text.contains("canary"), "a secret leaked: {text}");
     }
     // Non-secret fields are shown; secret ones only as set.
-    let (_, one) = cp
-        .send("GET", &format!("/connections/{bad_oauth}"), None)
-        .await;
+    let (_, one) = cp.get(&format!("/connections/{bad_oauth}")).await;
     assert_eq!(
         one["credentials"]["client_id"],
         json!({"secret": false, "set": true, "value": "dibop-client"})
@@ -381,10 +361,9 @@ async fn retries_follow_503_and_429_only_where_safe() {
         "{result}"
     );
     // Retries off.
-    cp.send(
-        "PATCH",
+    cp.patch(
         &format!("/connections/{id}"),
-        Some(json!({"settings": {"retry_on_failure": false}})),
+        json!({"settings": {"retry_on_failure": false}}),
     )
     .await;
     faults("503", 1).await;
@@ -396,11 +375,7 @@ async fn retries_follow_503_and_429_only_where_safe() {
 async fn lifecycle_activation_rotation_deletion() {
     let cp = cp().await;
     let (status, created) = cp
-        .send(
-            "POST",
-            "/connections",
-            Some(json!({"connector_id": cp.dms_sim, "credentials": {"api_key": "old-canary"}, "base_url": cp.sim})),
-        )
+        .post("/connections", json!({"connector_id": cp.dms_sim, "credentials": {"api_key": "old-canary"}, "base_url": cp.sim}))
         .await;
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().unwrap().to_owned();
@@ -427,18 +402,15 @@ async fn lifecycle_activation_rotation_deletion() {
     assert_eq!(result["status"], 401);
     // Rotation: audited, and the next call uses the new key.
     let (status, rotated) = cp
-        .send(
-            "PUT",
+        .put(
             &format!("/connections/{id}/credentials"),
-            Some(json!({"credentials": {"api_key": "dms-demo-key"}})),
+            json!({"credentials": {"api_key": "dms-demo-key"}}),
         )
         .await;
     assert_eq!(status, 200, "{rotated}");
     let (_, result) = cp.invoke(&id, "listVehicles", json!({})).await;
     assert_eq!(result["ok"], true, "{result}");
-    let (_, audit) = cp
-        .send("GET", "/audit?action=connection.rotate_credentials", None)
-        .await;
+    let (_, audit) = cp.get("/audit?action=connection.rotate_credentials").await;
     assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
     assert!(!audit.to_string().contains("dms-demo-key"));
     // Health: checked now, recorded.
@@ -446,18 +418,15 @@ async fn lifecycle_activation_rotation_deletion() {
         .send("POST", &format!("/connections/{id}/health/check"), None)
         .await;
     assert_eq!(h["status"], "healthy", "{h}");
-    let (_, history) = cp
-        .send("GET", &format!("/connections/{id}/health"), None)
-        .await;
+    let (_, history) = cp.get(&format!("/connections/{id}/health")).await;
     assert_eq!(history.as_array().unwrap().len(), 1);
-    let (_, now) = cp.send("GET", &format!("/connections/{id}"), None).await;
+    let (_, now) = cp.get(&format!("/connections/{id}")).await;
     assert_eq!(now["health"], "healthy");
     // Log level changes at run time.
     let (status, patched) = cp
-        .send(
-            "PATCH",
+        .patch(
             &format!("/connections/{id}"),
-            Some(json!({"settings": {"log_level": "debug"}})),
+            json!({"settings": {"log_level": "debug"}}),
         )
         .await;
     assert_eq!(
@@ -465,10 +434,9 @@ async fn lifecycle_activation_rotation_deletion() {
         (200, Some("debug"))
     );
     let (status, _) = cp
-        .send(
-            "PATCH",
+        .patch(
             &format!("/connections/{id}"),
-            Some(json!({"settings": {"log_level": "loud"}})),
+            json!({"settings": {"log_level": "loud"}}),
         )
         .await;
     assert_eq!(status, 422);
@@ -477,20 +445,10 @@ async fn lifecycle_activation_rotation_deletion() {
         .await;
     let (status, _) = cp.invoke(&id, "listVehicles", json!({})).await;
     assert_eq!(status, 409);
-    assert_eq!(
-        cp.send("DELETE", &format!("/connections/{id}"), None)
-            .await
-            .0,
-        204
-    );
-    assert_eq!(
-        cp.send("GET", &format!("/connections/{id}"), None).await.0,
-        404
-    );
+    assert_eq!(cp.delete(&format!("/connections/{id}")).await.0, 204);
+    assert_eq!(cp.get(&format!("/connections/{id}")).await.0, 404);
     assert_eq!(cp.invoke(&id, "listVehicles", json!({})).await.0, 404);
-    let (_, calls) = cp
-        .send("GET", &format!("/api-calls?connection_id={id}"), None)
-        .await;
+    let (_, calls) = cp.get(&format!("/api-calls?connection_id={id}")).await;
     assert_eq!(calls[0]["connection_name"], "DMS Simulator");
     // No secret row is left behind.
     assert!(cp.core.store.secrets(&id).await.unwrap().is_empty());
@@ -500,13 +458,10 @@ async fn lifecycle_activation_rotation_deletion() {
 async fn bad_connections_are_refused_with_every_problem() {
     let cp = cp().await;
     let (status, answer) = cp
-        .send(
-            "POST",
+        .post(
             "/connections",
-            Some(
-                json!({"connector_id": cp.dms_sim, "auth_type": "kerberos", "base_url": "ftp://x",
+            json!({"connector_id": cp.dms_sim, "auth_type": "kerberos", "base_url": "ftp://x",
                 "execution_mode": "agent_group", "settings": {"timeout_ms": 0, "max_retries": 99}}),
-            ),
         )
         .await;
     assert_eq!(status, 422, "{answer}");
@@ -524,11 +479,7 @@ async fn bad_connections_are_refused_with_every_problem() {
         );
     }
     let (status, _) = cp
-        .send(
-            "POST",
-            "/connections",
-            Some(json!({"connector_id": "cnr_nope"})),
-        )
+        .post("/connections", json!({"connector_id": "cnr_nope"}))
         .await;
     assert_eq!(status, 404);
     // A draft is not usable.
@@ -536,12 +487,11 @@ async fn bad_connections_are_refused_with_every_problem() {
         &include_str!("../../catalogue/dms-sim.yaml").replace("slug: dms-sim", "slug: my-dms"),
     )
     .unwrap();
-    let (_, d) = cp.send("POST", "/connectors", Some(draft)).await;
+    let (_, d) = cp.post("/connectors", draft).await;
     let (status, answer) = cp
-        .send(
-            "POST",
+        .post(
             "/connections",
-            Some(json!({"connector_id": d["id"], "credentials": {"api_key": "k"}})),
+            json!({"connector_id": d["id"], "credentials": {"api_key": "k"}}),
         )
         .await;
     assert_eq!(
@@ -553,27 +503,25 @@ async fn bad_connections_are_refused_with_every_problem() {
     cp.connect("twice", "api_key", json!({"api_key": "k"}))
         .await;
     let (status, _) = cp
-        .send("POST", "/connections", Some(json!({"connector_id": cp.dms_sim, "name": "twice", "credentials": {"api_key": "k"}})))
+        .post(
+            "/connections",
+            json!({"connector_id": cp.dms_sim, "name": "twice", "credentials": {"api_key": "k"}}),
+        )
         .await;
     assert_eq!(status, 409);
     // A viewer reads, cannot invoke or create.
     let (_, viewer) = cp
-        .send(
-            "POST",
-            "/api-tokens",
-            Some(json!({"name": "v", "role": "viewer"})),
-        )
+        .post("/api-tokens", json!({"name": "v", "role": "viewer"}))
         .await;
     let viewer = viewer["token"].as_str().unwrap();
-    assert_eq!(cp.send_as(viewer, "GET", "/connections", None).await.0, 200);
-    let (_, list) = cp.send("GET", "/connections", None).await;
+    assert_eq!(cp.get_as(viewer, "/connections").await.0, 200);
+    let (_, list) = cp.get("/connections").await;
     let id = list[0]["id"].as_str().unwrap();
     assert_eq!(
-        cp.send_as(
+        cp.post_as(
             viewer,
-            "POST",
             &format!("/connections/{id}/operations/listVehicles/invoke"),
-            Some(json!({}))
+            json!({})
         )
         .await
         .0,
@@ -605,9 +553,7 @@ async fn pagination_is_followed_up_to_the_cap() {
         .map(|c| c.to_string())
         .collect();
     assert_eq!(ids.len(), 15, "pages repeat items");
-    let (_, calls) = cp
-        .send("GET", &format!("/api-calls?connection_id={id}"), None)
-        .await;
+    let (_, calls) = cp.get(&format!("/api-calls?connection_id={id}")).await;
     assert_eq!(
         calls.as_array().unwrap().len(),
         3,
@@ -622,11 +568,7 @@ async fn operators_need_the_verbs_role_on_the_connection() {
         .connect("dms", "api_key", json!({"api_key": "dms-demo-key"}))
         .await;
     let (_, op) = cp
-        .send(
-            "POST",
-            "/api-tokens",
-            Some(json!({"name": "ops", "role": "operator"})),
-        )
+        .post("/api-tokens", json!({"name": "ops", "role": "operator"}))
         .await;
     let (operator, operator_id) = (
         op["token"].as_str().unwrap().to_owned(),
@@ -634,7 +576,7 @@ async fn operators_need_the_verbs_role_on_the_connection() {
     );
     let invoke = |operation: &str| format!("/connections/{id}/operations/{operation}/invoke");
     let (status, answer) = cp
-        .send_as(&operator, "POST", &invoke("listVehicles"), Some(json!({})))
+        .post_as(&operator, &invoke("listVehicles"), json!({}))
         .await;
     assert_eq!(status, 403, "{answer}");
     assert!(
@@ -645,12 +587,10 @@ async fn operators_need_the_verbs_role_on_the_connection() {
         "{answer}"
     );
 
-    let (_, roles) = cp
-        .send("GET", &format!("/connections/{id}/grants"), None)
-        .await;
+    let (_, roles) = cp.get(&format!("/connections/{id}/grants")).await;
     assert_eq!(roles["roles"], json!(["admin", "GET", "POST"]));
     let grants_path = format!("/connections/{id}/grants");
-    let grant = |grants: Value| cp.send("PUT", &grants_path, Some(json!({"grants": grants})));
+    let grant = |grants: Value| cp.put(&grants_path, json!({"grants": grants}));
     let (status, answer) = grant(json!([{"subject": "token:tok_nope", "role": "GET"}, {"subject": format!("token:{operator_id}"), "role": "DELETE"}])).await;
     assert_eq!(status, 422, "{answer}");
     let details = answer["error"]["details"].to_string();
@@ -663,7 +603,7 @@ async fn operators_need_the_verbs_role_on_the_connection() {
         grant(json!([{"subject": format!("token:{operator_id}"), "role": "GET"}])).await;
     assert_eq!(status, 200);
     let (status, result) = cp
-        .send_as(&operator, "POST", &invoke("listVehicles"), Some(json!({})))
+        .post_as(&operator, &invoke("listVehicles"), json!({}))
         .await;
     assert_eq!(
         (status, result["ok"].as_bool()),
@@ -671,63 +611,52 @@ async fn operators_need_the_verbs_role_on_the_connection() {
         "{result}"
     );
     let (status, _) = cp
-        .send_as(
+        .post_as(
             &operator,
-            "POST",
             &invoke("createAppointment"),
-            Some(json!({"parameters": {"appointment": {"start": "2027-01-01T09:00:00Z"}}})),
+            json!({"parameters": {"appointment": {"start": "2027-01-01T09:00:00Z"}}}),
         )
         .await;
     assert_eq!(status, 403, "GET does not allow POST");
     let (status, _) = cp
-        .send_as(
+        .patch_as(
             &operator,
-            "PATCH",
             &format!("/connections/{id}"),
-            Some(json!({"name": "x"})),
+            json!({"name": "x"}),
         )
         .await;
     assert_eq!(status, 403, "managing needs admin");
     // The connection's admin role holds every verb and management.
     grant(json!([{"subject": format!("token:{operator_id}"), "role": "admin"}])).await;
     let (status, _) = cp
-        .send_as(
+        .patch_as(
             &operator,
-            "PATCH",
             &format!("/connections/{id}"),
-            Some(json!({"name": "renamed"})),
+            json!({"name": "renamed"}),
         )
         .await;
     assert_eq!(status, 200);
     let (status, _) = cp
-        .send_as(
+        .post_as(
             &operator,
-            "POST",
             &invoke("createAppointment"),
-            Some(json!({"parameters": {"appointment": {"start": "2027-01-01T09:00:00Z"}}})),
+            json!({"parameters": {"appointment": {"start": "2027-01-01T09:00:00Z"}}}),
         )
         .await;
     assert_eq!(status, 200);
     // Grants are audited; a viewer never invokes, grant or not.
-    let (_, audit) = cp
-        .send("GET", "/audit?action=connection.grants", None)
-        .await;
+    let (_, audit) = cp.get("/audit?action=connection.grants").await;
     assert_eq!(audit.as_array().unwrap().len(), 2);
     let (_, v) = cp
-        .send(
-            "POST",
-            "/api-tokens",
-            Some(json!({"name": "v", "role": "viewer"})),
-        )
+        .post("/api-tokens", json!({"name": "v", "role": "viewer"}))
         .await;
     grant(json!([{"subject": format!("token:{}", v["id"].as_str().unwrap()), "role": "admin"}]))
         .await;
     let (status, _) = cp
-        .send_as(
+        .post_as(
             v["token"].as_str().unwrap(),
-            "POST",
             &invoke("listVehicles"),
-            Some(json!({})),
+            json!({}),
         )
         .await;
     assert_eq!(status, 403);
@@ -785,13 +714,9 @@ async fn proxy_mode_goes_through_a_real_proxy_with_credentials() {
     let cp = cp().await;
     let (proxy_url, _proxy, seen) = proxy("dibop", "proxy-pass").await;
     let create = |name: &str, password: &str| {
-        cp.send(
-            "POST",
-            "/connections",
-            Some(json!({"connector_id": cp.dms_sim, "name": name, "auth_type": "api_key",
+        cp.post("/connections", json!({"connector_id": cp.dms_sim, "name": name, "auth_type": "api_key",
                 "credentials": {"api_key": "dms-demo-key"}, "base_url": cp.sim, "activate": true,
-                "execution_mode": "proxy", "proxy": {"url": proxy_url, "username": "dibop", "password": password}})),
-        )
+                "execution_mode": "proxy", "proxy": {"url": proxy_url, "username": "dibop", "password": password}}))
     };
     let (status, good) = create("via proxy", "proxy-pass").await;
     assert_eq!(status, 201, "{good}");
@@ -829,10 +754,9 @@ async fn proxy_mode_goes_through_a_real_proxy_with_credentials() {
     // Changing mode needs the proxy; leaving proxy mode drops it.
     let id = good["id"].as_str().unwrap();
     let (status, cloud) = cp
-        .send(
-            "PATCH",
+        .patch(
             &format!("/connections/{id}"),
-            Some(json!({"execution_mode": "cloud"})),
+            json!({"execution_mode": "cloud"}),
         )
         .await;
     assert_eq!(
@@ -841,10 +765,9 @@ async fn proxy_mode_goes_through_a_real_proxy_with_credentials() {
         "{cloud}"
     );
     let (status, _) = cp
-        .send(
-            "PATCH",
+        .patch(
             &format!("/connections/{id}"),
-            Some(json!({"execution_mode": "proxy"})),
+            json!({"execution_mode": "proxy"}),
         )
         .await;
     assert_eq!(status, 422, "proxy mode without a proxy");
@@ -861,21 +784,16 @@ async fn usage_is_counted_and_a_major_version_notifies_its_users() {
         &include_str!("../../catalogue/dms-sim.yaml").replace("slug: dms-sim", "slug: acme-dms"),
     )
     .unwrap();
-    let (_, connector) = cp.send("POST", "/connectors", Some(def.clone())).await;
+    let (_, connector) = cp.post("/connectors", def.clone()).await;
     let connector = connector["id"].as_str().unwrap().to_owned();
-    cp.send(
-        "POST",
+    cp.post(
         &format!("/connectors/{connector}/publish"),
-        Some(json!({"scope": "enterprise"})),
+        json!({"scope": "enterprise"}),
     )
     .await;
     let (status, c) = cp
-        .send(
-            "POST",
-            "/connections",
-            Some(json!({"connector_id": connector, "name": "ours", "credentials": {"api_key": "dms-demo-key"},
-                "base_url": cp.sim, "activate": true})),
-        )
+        .post("/connections", json!({"connector_id": connector, "name": "ours", "credentials": {"api_key": "dms-demo-key"},
+                "base_url": cp.sim, "activate": true}))
         .await;
     assert_eq!(status, 201, "{c}");
     for _ in 0..2 {
@@ -907,9 +825,7 @@ async fn usage_is_counted_and_a_major_version_notifies_its_users() {
             assert_eq!(status, 200, "{a}");
         }
     }
-    let (_, usage) = cp
-        .send("GET", &format!("/connectors/{connector}/usage"), None)
-        .await;
+    let (_, usage) = cp.get(&format!("/connectors/{connector}/usage")).await;
     assert_eq!(
         usage,
         json!({"enterprises": 1, "active_connections": 1, "orchestrations": 1, "calls_24h": 2, "calls_30d": 2})
@@ -921,17 +837,15 @@ async fn usage_is_counted_and_a_major_version_notifies_its_users() {
         .unwrap()
         .retain(|o| o["id"] != "getPart");
     drop_orphan_mappings(&mut def);
-    cp.send("PUT", &format!("/connectors/{connector}"), Some(def))
-        .await;
+    cp.put(&format!("/connectors/{connector}"), def).await;
     let (status, v2) = cp
-        .send(
-            "POST",
+        .post(
             &format!("/connectors/{connector}/versions"),
-            Some(json!({"bump": "major", "release_notes": "getPart removed."})),
+            json!({"bump": "major", "release_notes": "getPart removed."}),
         )
         .await;
     assert_eq!(status, 201, "{v2}");
-    let (_, notes) = cp.send("GET", "/notifications?unread=true", None).await;
+    let (_, notes) = cp.get("/notifications?unread=true").await;
     assert_eq!(notes.as_array().unwrap().len(), 1, "{notes}");
     assert_eq!(notes[0]["kind"], "connector.major_version");
     assert!(
@@ -941,11 +855,7 @@ async fn usage_is_counted_and_a_major_version_notifies_its_users() {
     assert_eq!(notes[0]["details"]["connections"][0]["name"], "ours");
     // The connection stays on 1.0.0 and keeps working.
     let (_, still) = cp
-        .send(
-            "GET",
-            &format!("/connections/{}", c["id"].as_str().unwrap()),
-            None,
-        )
+        .get(&format!("/connections/{}", c["id"].as_str().unwrap()))
         .await;
     assert_eq!(still["connector_version"], "1.0.0");
     let (_, works) = cp
@@ -962,10 +872,9 @@ async fn usage_is_counted_and_a_major_version_notifies_its_users() {
     // Moving it: a dry run shows the computed changes and nothing in the way.
     let conn = c["id"].as_str().unwrap();
     let (status, preview) = cp
-        .send(
-            "POST",
+        .post(
             &format!("/connections/{conn}/move"),
-            Some(json!({"version": "2.0.0", "dry_run": true})),
+            json!({"version": "2.0.0", "dry_run": true}),
         )
         .await;
     assert_eq!(status, 200, "{preview}");
@@ -976,11 +885,7 @@ async fn usage_is_counted_and_a_major_version_notifies_its_users() {
         "{preview}"
     );
     // A 3.0.0 that drops listVehicles would break the active orchestration: refused, naming it.
-    let mut v3: Value = cp
-        .send("GET", &format!("/connectors/{connector}"), None)
-        .await
-        .1["definition"]
-        .clone();
+    let mut v3: Value = cp.get(&format!("/connectors/{connector}")).await.1["definition"].clone();
     v3["operations"]
         .as_array_mut()
         .unwrap()
@@ -989,23 +894,19 @@ async fn usage_is_counted_and_a_major_version_notifies_its_users() {
     if v3["health_check"] == "listVehicles" {
         v3["health_check"] = json!("health");
     }
-    let (status, put) = cp
-        .send("PUT", &format!("/connectors/{connector}"), Some(v3))
-        .await;
+    let (status, put) = cp.put(&format!("/connectors/{connector}"), v3).await;
     assert_eq!(status, 200, "{put}");
     let (status, v3) = cp
-        .send(
-            "POST",
+        .post(
             &format!("/connectors/{connector}/versions"),
-            Some(json!({"bump": "major", "release_notes": "listVehicles removed."})),
+            json!({"bump": "major", "release_notes": "listVehicles removed."}),
         )
         .await;
     assert_eq!(status, 201, "{v3}");
     let (status, refused) = cp
-        .send(
-            "POST",
+        .post(
             &format!("/connections/{conn}/move"),
-            Some(json!({"version": "3.0.0"})),
+            json!({"version": "3.0.0"}),
         )
         .await;
     assert_eq!(
@@ -1020,18 +921,16 @@ async fn usage_is_counted_and_a_major_version_notifies_its_users() {
     );
     // Unknown versions do not exist; the safe move happens and is audited.
     let (status, _) = cp
-        .send(
-            "POST",
+        .post(
             &format!("/connections/{conn}/move"),
-            Some(json!({"version": "9.9.9"})),
+            json!({"version": "9.9.9"}),
         )
         .await;
     assert_eq!(status, 404);
     let (status, moved) = cp
-        .send(
-            "POST",
+        .post(
             &format!("/connections/{conn}/move"),
-            Some(json!({"version": "2.0.0"})),
+            json!({"version": "2.0.0"}),
         )
         .await;
     assert_eq!(status, 200, "{moved}");
@@ -1042,9 +941,7 @@ async fn usage_is_counted_and_a_major_version_notifies_its_users() {
     assert!(status >= 400, "2.0.0 has no getPart");
     let (_, works) = cp.invoke(conn, "listVehicles", json!({})).await;
     assert_eq!(works["ok"], true, "{works}");
-    let (_, audit) = cp
-        .send("GET", "/audit?action=connection.move_version", None)
-        .await;
+    let (_, audit) = cp.get("/audit?action=connection.move_version").await;
     assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
 
     let id = notes[0]["id"].as_str().unwrap();
@@ -1054,7 +951,7 @@ async fn usage_is_counted_and_a_major_version_notifies_its_users() {
             .0,
         204
     );
-    let (_, unread) = cp.send("GET", "/notifications?unread=true", None).await;
+    let (_, unread) = cp.get("/notifications?unread=true").await;
     assert_eq!(
         unread.as_array().unwrap().len(),
         1,
@@ -1105,13 +1002,12 @@ async fn rotation_repairs_a_credential_that_no_longer_decrypts() {
         (Some("offline"), Some("credentials_unreadable")),
         "{h}"
     );
-    let (_, c) = cp.send("GET", &format!("/connections/{id}"), None).await;
+    let (_, c) = cp.get(&format!("/connections/{id}")).await;
     assert_eq!(c["health"], "offline", "{c}");
     let (status, rotated) = cp
-        .send(
-            "PUT",
+        .put(
             &format!("/connections/{id}/credentials"),
-            Some(json!({"credentials": {"api_key": "dms-demo-key"}})),
+            json!({"credentials": {"api_key": "dms-demo-key"}}),
         )
         .await;
     assert_eq!(status, 200, "{rotated}");
@@ -1133,16 +1029,15 @@ async fn active_connections_are_monitored_and_inactive_ones_are_not() {
         format!("http://{}", l.local_addr().unwrap())
     };
     let (_, offline) = cp
-        .send(
-            "POST",
+        .post(
             "/connections",
-            Some(json!({"connector_id": cp.dms_sim, "name": "offline", "credentials": {"api_key": "k"},
-                "base_url": closed, "activate": true, "settings": {"max_retries": 0}})),
+            json!({"connector_id": cp.dms_sim, "name": "offline", "credentials": {"api_key": "k"},
+                "base_url": closed, "activate": true, "settings": {"max_retries": 0}}),
         )
         .await;
     let offline = offline["id"].as_str().unwrap().to_owned();
     let (_, inactive) = cp
-        .send("POST", "/connections", Some(json!({"connector_id": cp.dms_sim, "name": "inactive", "credentials": {"api_key": "k"}, "base_url": cp.sim})))
+        .post("/connections", json!({"connector_id": cp.dms_sim, "name": "inactive", "credentials": {"api_key": "k"}, "base_url": cp.sim}))
         .await;
     let inactive = inactive["id"].as_str().unwrap().to_owned();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -1152,7 +1047,7 @@ async fn active_connections_are_monitored_and_inactive_ones_are_not() {
         (&offline, "offline"),
     ] {
         loop {
-            let (_, c) = cp.send("GET", &format!("/connections/{id}"), None).await;
+            let (_, c) = cp.get(&format!("/connections/{id}")).await;
             if c["health"] == expected {
                 break;
             }
@@ -1163,18 +1058,12 @@ async fn active_connections_are_monitored_and_inactive_ones_are_not() {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
-    let (_, history) = cp
-        .send("GET", &format!("/connections/{degraded}/health"), None)
-        .await;
+    let (_, history) = cp.get(&format!("/connections/{degraded}/health")).await;
     assert_eq!(history[0]["outcome"], "auth_failure", "{history}");
-    let (_, none) = cp
-        .send("GET", &format!("/connections/{inactive}/health"), None)
-        .await;
+    let (_, none) = cp.get(&format!("/connections/{inactive}/health")).await;
     assert_eq!(none, json!([]), "an inactive connection is not checked");
     // Health checks are calls too, recorded as the system's.
-    let (_, calls) = cp
-        .send("GET", &format!("/api-calls?connection_id={healthy}"), None)
-        .await;
+    let (_, calls) = cp.get(&format!("/api-calls?connection_id={healthy}")).await;
     assert_eq!(calls[0]["actor"], "system:health");
 }
 
@@ -1249,10 +1138,9 @@ async fn password_grant_and_rotating_refresh_tokens_are_stored_back() {
     let mut fresh = client.clone();
     fresh["refresh_token"] = json!(rotated);
     let (status, _) = cp
-        .send(
-            "PUT",
+        .put(
             &format!("/connections/{id}/credentials"),
-            Some(json!({"credentials": fresh})),
+            json!({"credentials": fresh}),
         )
         .await;
     assert_eq!(status, 200);
@@ -1312,10 +1200,9 @@ async fn the_call_log_filters_by_time_and_keeps_each_calls_bodies() {
     );
     // Every call's bodies from here on.
     let (status, _) = cp
-        .send(
-            "PATCH",
+        .patch(
             &format!("/connections/{id}"),
-            Some(json!({"settings": {"log_payloads": "all"}})),
+            json!({"settings": {"log_payloads": "all"}}),
         )
         .await;
     assert_eq!(status, 200);
@@ -1332,19 +1219,13 @@ async fn the_call_log_filters_by_time_and_keeps_each_calls_bodies() {
         .unwrap()
         .to_owned();
     let (status, calls) = cp
-        .send(
-            "GET",
-            "/api-calls?since=2020-01-01&operation=listCustomers",
-            None,
-        )
+        .get("/api-calls?since=2020-01-01&operation=listCustomers")
         .await;
     assert_eq!(status, 200, "{calls}");
     assert_eq!(calls.as_array().unwrap().len(), 1, "{calls}");
-    let (_, none) = cp
-        .send("GET", "/api-calls?until=2020-01-01T00:00:00Z", None)
-        .await;
+    let (_, none) = cp.get("/api-calls?until=2020-01-01T00:00:00Z").await;
     assert_eq!(none, json!([]));
-    let (status, e) = cp.send("GET", "/api-calls?since=yesterday", None).await;
+    let (status, e) = cp.get("/api-calls?since=yesterday").await;
     assert_eq!(status, 422, "{e}");
     assert!(
         e["error"]["message"].as_str().unwrap().contains("since"),
@@ -1352,7 +1233,7 @@ async fn the_call_log_filters_by_time_and_keeps_each_calls_bodies() {
     );
 
     let call = calls[0]["id"].as_str().unwrap();
-    let (status, one) = cp.send("GET", &format!("/api-calls/{call}"), None).await;
+    let (status, one) = cp.get(&format!("/api-calls/{call}")).await;
     assert_eq!(status, 200, "{one}");
     assert_eq!(one["operation"], "listCustomers");
     assert_eq!(one["payload_kept"], true);
@@ -1367,20 +1248,14 @@ async fn the_call_log_filters_by_time_and_keeps_each_calls_bodies() {
     );
     // A viewer sees the call, not the personal data in it.
     let (_, viewer) = cp
-        .send(
-            "POST",
-            "/api-tokens",
-            Some(json!({"name": "auditor", "role": "viewer"})),
-        )
+        .post("/api-tokens", json!({"name": "auditor", "role": "viewer"}))
         .await;
     let viewer = viewer["token"].as_str().unwrap().to_owned();
-    let (status, seen) = cp
-        .send_as(&viewer, "GET", &format!("/api-calls/{call}"), None)
-        .await;
+    let (status, seen) = cp.get_as(&viewer, &format!("/api-calls/{call}")).await;
     assert_eq!(status, 200, "{seen}");
     assert!(!seen.to_string().contains(&email), "{seen}");
     assert_eq!(seen["response_body"]["items"][0]["email"], "[redacted]");
-    assert_eq!(cp.send("GET", "/api-calls/call_nope", None).await.0, 404);
+    assert_eq!(cp.get("/api-calls/call_nope").await.0, 404);
     // What a call sent is kept too.
     let (_, booked) = cp
         .invoke(

@@ -130,12 +130,8 @@ async fn the_example_runs_branches_and_traces_every_step() {
     assert_eq!(call["output"]["status_code"], 200);
     // The call is in the API-call log, made by the execution.
     let (_, calls) =
-        s.cp.send(
-            "GET",
-            format!("/api-calls?connection_id={}", s.connection),
-            None,
-        )
-        .await;
+        s.cp.get(format!("/api-calls?connection_id={}", s.connection))
+            .await;
     assert_eq!(
         calls[0]["actor"],
         format!("execution:{}", e["id"].as_str().unwrap())
@@ -159,10 +155,9 @@ async fn the_example_runs_branches_and_traces_every_step() {
 
     // Parameters are checked before anything runs.
     let (status, answer) =
-        s.cp.send(
-            "POST",
+        s.cp.post(
             format!("/orchestrations/{id}/execute"),
-            Some(json!({"parameters": {"vim": 1}})),
+            json!({"parameters": {"vim": 1}}),
         )
         .await;
     assert_eq!(status, 422, "{answer}");
@@ -235,12 +230,8 @@ steps:
     .await;
     let mut rx = s.cp.core.engine.subscribe();
     let (_, started) =
-        s.cp.send(
-            "POST",
-            format!("/orchestrations/{slow}/execute"),
-            Some(json!({})),
-        )
-        .await;
+        s.cp.post(format!("/orchestrations/{slow}/execute"), json!({}))
+            .await;
     let exe = started["id"].as_str().unwrap().to_owned();
     let (status, cancelled) =
         s.cp.send("POST", format!("/executions/{exe}/cancel"), None)
@@ -258,7 +249,7 @@ steps:
         }
     })
     .await;
-    let (_, after) = s.cp.send("GET", format!("/executions/{exe}"), None).await;
+    let (_, after) = s.cp.get(format!("/executions/{exe}")).await;
     assert_eq!(after["status"], "cancelled");
     assert!(
         after["steps"]
@@ -427,27 +418,20 @@ async fn a_resumed_execution_does_not_repeat_completed_steps() {
         "the recorded output of step 1 was used"
     );
     let (_, calls) =
-        s.cp.send(
-            "GET",
-            format!("/api-calls?connection_id={}", s.connection),
-            None,
-        )
-        .await;
+        s.cp.get(format!("/api-calls?connection_id={}", s.connection))
+            .await;
     assert_eq!(calls, json!([]), "the completed call was not made again");
 }
 
 #[tokio::test]
 async fn dead_letters_replay_from_the_failed_step() {
     let s = setup().await;
-    let (_, catalogue) = s.cp.send("GET", "/catalogue?q=dms-sim", None).await;
+    let (_, catalogue) = s.cp.get("/catalogue?q=dms-sim").await;
     let (_, second) =
-        s.cp.send(
-            "POST",
+        s.cp.post(
             "/connections",
-            Some(
-                json!({"connector_id": catalogue[0]["id"], "name": "Second", "auth_type": "api_key",
+            json!({"connector_id": catalogue[0]["id"], "name": "Second", "auth_type": "api_key",
                 "credentials": {"api_key": "dms-demo-key"}, "base_url": s.sim}),
-            ),
         )
         .await;
     let second = second["id"].as_str().unwrap().to_owned();
@@ -470,7 +454,7 @@ steps:
         "{failed}"
     );
     let exe = failed["id"].as_str().unwrap().to_owned();
-    let (_, letters) = s.cp.send("GET", "/dead-letters", None).await;
+    let (_, letters) = s.cp.get("/dead-letters").await;
     assert_eq!(letters[0]["id"], exe.as_str(), "{letters}");
     assert_eq!(letters[0]["dead_letter"], "open");
 
@@ -478,27 +462,18 @@ steps:
     s.cp.send("POST", format!("/connections/{second}/activate"), None)
         .await;
     let (_, calls_before) =
-        s.cp.send(
-            "GET",
-            format!("/api-calls?connection_id={}", s.connection),
-            None,
-        )
-        .await;
+        s.cp.get(format!("/api-calls?connection_id={}", s.connection))
+            .await;
     let (status, replayed) =
         s.cp.send("POST", format!("/dead-letters/{exe}/replay"), None)
             .await;
     assert_eq!(status, 201, "{replayed}");
     let new_id = replayed["id"].as_str().unwrap().to_owned();
     let mut rx = s.cp.core.engine.subscribe();
-    let (_, mut now) =
-        s.cp.send("GET", format!("/executions/{new_id}"), None)
-            .await;
+    let (_, mut now) = s.cp.get(format!("/executions/{new_id}")).await;
     while !matches!(now["status"].as_str(), Some("succeeded" | "failed")) {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), rx.recv()).await;
-        now =
-            s.cp.send("GET", format!("/executions/{new_id}"), None)
-                .await
-                .1;
+        now = s.cp.get(format!("/executions/{new_id}")).await.1;
     }
     assert_eq!(
         (now["status"].as_str(), now["rerun_of"].as_str()),
@@ -506,18 +481,14 @@ steps:
         "{now}"
     );
     let (_, calls_after) =
-        s.cp.send(
-            "GET",
-            format!("/api-calls?connection_id={}", s.connection),
-            None,
-        )
-        .await;
+        s.cp.get(format!("/api-calls?connection_id={}", s.connection))
+            .await;
     assert_eq!(
         calls_after.as_array().unwrap().len(),
         calls_before.as_array().unwrap().len(),
         "step a was reused"
     );
-    let (_, letters) = s.cp.send("GET", "/dead-letters", None).await;
+    let (_, letters) = s.cp.get("/dead-letters").await;
     assert_eq!(letters, json!([]));
     assert_eq!(
         s.cp.send("POST", format!("/dead-letters/{exe}/replay"), None)
@@ -533,15 +504,14 @@ steps:
     let failed_again = run(&s.cp, &id, json!({})).await;
     assert_eq!(failed_again["status"], "failed", "{failed_again}");
     let failed_id = failed_again["id"].as_str().unwrap().to_owned();
-    let (_, letters) = s.cp.send("GET", "/dead-letters", None).await;
+    let (_, letters) = s.cp.get("/dead-letters").await;
     assert_eq!(letters[0]["id"], failed_id.as_str(), "{letters}");
     s.cp.send("POST", format!("/connections/{second}/activate"), None)
         .await;
     let (status, rerun) =
-        s.cp.send(
-            "POST",
+        s.cp.post(
             format!("/executions/{failed_id}/rerun"),
-            Some(json!({"from": "failed_step", "wait_ms": 30000})),
+            json!({"from": "failed_step", "wait_ms": 30000}),
         )
         .await;
     assert_eq!(
@@ -549,11 +519,9 @@ steps:
         (201, Some("succeeded")),
         "{rerun}"
     );
-    let (_, letters) = s.cp.send("GET", "/dead-letters", None).await;
+    let (_, letters) = s.cp.get("/dead-letters").await;
     assert_eq!(letters, json!([]), "the successful re-run closed it");
-    let (_, settled) =
-        s.cp.send("GET", format!("/executions/{failed_id}"), None)
-            .await;
+    let (_, settled) = s.cp.get(format!("/executions/{failed_id}")).await;
     assert_eq!(settled["dead_letter"], "resolved");
 
     // A re-run from the start makes every call again; discard closes a dead letter.
@@ -562,10 +530,9 @@ steps:
     let again = run(&s.cp, &id, json!({})).await;
     let again_id = again["id"].as_str().unwrap().to_owned();
     let (status, rerun) =
-        s.cp.send(
-            "POST",
+        s.cp.post(
             format!("/executions/{again_id}/rerun"),
-            Some(json!({"from": "start", "wait_ms": 30000})),
+            json!({"from": "start", "wait_ms": 30000}),
         )
         .await;
     assert_eq!(
@@ -586,10 +553,9 @@ steps:
         404
     );
     let (status, answer) =
-        s.cp.send(
-            "POST",
+        s.cp.post(
             format!("/executions/{again_id}/rerun"),
-            Some(json!({"from": "middle"})),
+            json!({"from": "middle"}),
         )
         .await;
     assert_eq!(status, 422, "{answer}");
@@ -613,20 +579,16 @@ async fn a_tenant_runs_at_most_its_concurrent_executions() {
     let mut ids = Vec::new();
     for _ in 0..3 {
         let (_, e) =
-            s.cp.send(
-                "POST",
-                format!("/orchestrations/{id}/execute"),
-                Some(json!({})),
-            )
-            .await;
+            s.cp.post(format!("/orchestrations/{id}/execute"), json!({}))
+                .await;
         ids.push(e["id"].as_str().unwrap().to_owned());
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut most = 0;
     loop {
-        let (_, running) = s.cp.send("GET", "/executions?status=running", None).await;
+        let (_, running) = s.cp.get("/executions?status=running").await;
         most = most.max(running.as_array().unwrap().len());
-        let (_, done) = s.cp.send("GET", "/executions?status=succeeded", None).await;
+        let (_, done) = s.cp.get("/executions?status=succeeded").await;
         if done.as_array().unwrap().len() == 3 {
             break;
         }
@@ -640,7 +602,7 @@ async fn a_tenant_runs_at_most_its_concurrent_executions() {
         most <= 1,
         "{most} executions of a tenant limited to 1 ran at once"
     );
-    let (_, view) = s.cp.send("GET", "/executions", None).await;
+    let (_, view) = s.cp.get("/executions").await;
     assert_eq!(view.as_array().unwrap().len(), 3);
 }
 
@@ -668,9 +630,7 @@ async fn schedules_fire_once_per_time_in_their_zone_and_skip_overlaps() {
         fire(at("2026-11-28T10:05:02Z")).await.unwrap().is_empty(),
         "fired once"
     );
-    let (_, e) =
-        s.cp.send("GET", format!("/executions/{}", started[0]), None)
-            .await;
+    let (_, e) = s.cp.get(format!("/executions/{}", started[0])).await;
     assert_eq!(e["trigger"], "schedule");
     // 10:10 comes while the 10:05 run still waits: skipped.
     assert!(
@@ -769,15 +729,13 @@ async fn webhooks_start_executions_with_the_body_as_parameters() {
     assert_eq!(replay.status().as_u16(), 409);
     let e: Value = replay.json().await.unwrap();
     assert_eq!(e["error"]["code"], "replayed", "{e}");
-    let (_, list) =
-        s.cp.send("GET", format!("/executions?orchestration_id={id}"), None)
-            .await;
+    let (_, list) = s.cp.get(format!("/executions?orchestration_id={id}")).await;
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
     let accepted: Value = resp.json().await.unwrap();
     let exe = accepted["execution_id"].as_str().unwrap().to_owned();
     let mut e = Value::Null;
     for _ in 0..200 {
-        e = s.cp.send("GET", format!("/executions/{exe}"), None).await.1;
+        e = s.cp.get(format!("/executions/{exe}")).await.1;
         if e["status"] == "succeeded" {
             break;
         }
@@ -840,9 +798,7 @@ async fn secret_webhooks_run_each_delivery_id_once() {
     // Without an id, nothing can tell a repeat: each runs.
     assert_eq!(post(None).await.unwrap().status().as_u16(), 202);
     assert_eq!(post(None).await.unwrap().status().as_u16(), 202);
-    let (_, list) =
-        s.cp.send("GET", format!("/executions?orchestration_id={id}"), None)
-            .await;
+    let (_, list) = s.cp.get(format!("/executions?orchestration_id={id}")).await;
     assert_eq!(list.as_array().map(Vec::len), Some(4), "{list}");
 }
 
@@ -903,7 +859,7 @@ async fn a_tenant_over_its_storage_limit_stores_nothing_more_until_it_has_room()
         .refresh_storage(&core.store, std::time::Duration::ZERO)
         .await
         .unwrap();
-    let (status, usage) = s.cp.send("GET", "/usage", None).await;
+    let (status, usage) = s.cp.get("/usage").await;
     assert_eq!(status, 200, "{usage}");
     assert_eq!(usage["limits"]["storage_bytes"], 1_000);
     let stored = usage["storage_bytes"].as_i64().unwrap();
@@ -928,13 +884,12 @@ async fn a_tenant_over_its_storage_limit_stores_nothing_more_until_it_has_room()
         "{message}"
     );
     let (status, err) =
-        s.cp.send(
-            "POST",
+        s.cp.post(
             format!(
                 "/connections/{}/operations/listVehicles/invoke",
                 s.connection
             ),
-            Some(json!({"parameters": {"page_size": 1}})),
+            json!({"parameters": {"page_size": 1}}),
         )
         .await;
     assert_eq!(
@@ -951,7 +906,7 @@ async fn a_tenant_over_its_storage_limit_stores_nothing_more_until_it_has_room()
         .unwrap();
     assert_eq!(resp.status(), 429);
     // Reading what is stored still works.
-    let (status, list) = s.cp.send("GET", "/executions", None).await;
+    let (status, list) = s.cp.get("/executions").await;
     assert_eq!((status, list.as_array().unwrap().len()), (200, 1));
 
     // Room again (a larger limit): work resumes.
@@ -1128,13 +1083,12 @@ async fn metrics_count_every_call_execution_and_step() {
     let e = run(&s.cp, &id, json!({})).await;
     assert_eq!(e["status"], "succeeded", "{e}");
     let (_, r) =
-        s.cp.send(
-            "POST",
+        s.cp.post(
             format!(
                 "/connections/{}/operations/listVehicles/invoke",
                 s.connection
             ),
-            Some(json!({})),
+            json!({}),
         )
         .await;
     assert_eq!(r["ok"], true);

@@ -46,12 +46,8 @@ fn connector(slug: &str, base_url: &str, resilience: Value) -> Value {
 
 async fn connect(cp: &TestCp, connector: &str, settings: Value) -> String {
     let (status, c) = cp
-        .send(
-            "POST",
-            "/connections",
-            Some(json!({"connector_id": connector, "name": format!("conn {connector}"), "auth_type": "none",
-                "activate": true, "settings": settings})),
-        )
+        .post("/connections", json!({"connector_id": connector, "name": format!("conn {connector}"), "auth_type": "none",
+                "activate": true, "settings": settings}))
         .await;
     assert_eq!(status, 201, "{c}");
     c["id"].as_str().unwrap().to_owned()
@@ -59,10 +55,9 @@ async fn connect(cp: &TestCp, connector: &str, settings: Value) -> String {
 
 async fn invoke(cp: &TestCp, id: &str) -> Value {
     let (status, r) = cp
-        .send(
-            "POST",
+        .post(
             format!("/connections/{id}/operations/list/invoke"),
-            Some(json!({})),
+            json!({}),
         )
         .await;
     assert_eq!(status, 200, "{r}");
@@ -93,13 +88,11 @@ async fn the_circuit_breaker_stops_calls_to_a_failing_system() {
     assert_eq!(seen.load(Ordering::SeqCst), 3, "{classes:?}");
     assert_eq!(&classes[..3], ["upstream_error"; 3], "{classes:?}");
     assert_eq!(&classes[3..], ["circuit_open"; 7], "{classes:?}");
-    let (_, view) = cp.send("GET", format!("/connections/{conn}"), None).await;
+    let (_, view) = cp.get(format!("/connections/{conn}")).await;
     assert_eq!(view["circuit_breaker"]["state"], "open", "{view}");
     assert!(view["circuit_breaker"]["open_until"].is_string(), "{view}");
     // The refusals are in the call log with their class.
-    let (_, calls) = cp
-        .send("GET", format!("/api-calls?connection_id={conn}"), None)
-        .await;
+    let (_, calls) = cp.get(format!("/api-calls?connection_id={conn}")).await;
     let open = calls
         .as_array()
         .unwrap()
@@ -130,21 +123,17 @@ async fn a_successful_trial_closes_the_breaker() {
     assert_eq!(invoke(&cp, &conn).await["error"]["class"], "circuit_open");
     // The system recovers (the connection now points at the healthy server).
     let (status, patched) = cp
-        .send(
-            "PATCH",
-            format!("/connections/{conn}"),
-            Some(json!({"base_url": good})),
-        )
+        .patch(format!("/connections/{conn}"), json!({"base_url": good}))
         .await;
     assert_eq!(status, 200, "{patched}");
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let (_, view) = cp.send("GET", format!("/connections/{conn}"), None).await;
+    let (_, view) = cp.get(format!("/connections/{conn}")).await;
     assert_eq!(view["circuit_breaker"]["state"], "half_open", "{view}");
     let trial = invoke(&cp, &conn).await;
     assert_eq!(trial["ok"], true, "{trial}");
     assert_eq!(invoke(&cp, &conn).await["ok"], true);
     assert_eq!(seen.load(Ordering::SeqCst), 2);
-    let (_, view) = cp.send("GET", format!("/connections/{conn}"), None).await;
+    let (_, view) = cp.get(format!("/connections/{conn}")).await;
     assert_eq!(view["circuit_breaker"]["state"], "closed", "{view}");
 }
 

@@ -220,11 +220,10 @@ async fn tokens_are_renewed_before_they_expire() {
         }))
         .await;
     let (_, c) = cp
-        .send(
-            "POST",
+        .post(
             "/connections",
-            Some(json!({"connector_id": connector, "activate": true,
-                "credentials": {"client_id": "dibop", "client_secret": "dibop-oidc-secret"}})),
+            json!({"connector_id": connector, "activate": true,
+                "credentials": {"client_id": "dibop", "client_secret": "dibop-oidc-secret"}}),
         )
         .await;
     let invoke = format!(
@@ -232,7 +231,7 @@ async fn tokens_are_renewed_before_they_expire() {
         c["id"].as_str().unwrap()
     );
     for _ in 0..2 {
-        let (_, r) = cp.send("POST", invoke.clone(), Some(json!({}))).await;
+        let (_, r) = cp.post(invoke.clone(), json!({})).await;
         assert_eq!(
             (r["ok"].as_bool(), r["tokenFetches"].as_u64()),
             (Some(true), Some(1)),
@@ -268,20 +267,15 @@ async fn a_failed_discovery_is_a_normalized_network_error() {
     });
     let connector = cp.publish(definition).await;
     let (status, c) = cp
-        .send(
-            "POST",
-            "/connections",
-            Some(json!({"connector_id": connector, "name": "lost", "auth_type": "openid_connect", "activate": true,
-                   "credentials": {"client_id": "dibop", "client_secret": "s3cret-canary"}})),
-        )
+        .post("/connections", json!({"connector_id": connector, "name": "lost", "auth_type": "openid_connect", "activate": true,
+                   "credentials": {"client_id": "dibop", "client_secret": "s3cret-canary"}}))
         .await;
     assert_eq!(status, 201, "{c}");
     let id = c["id"].as_str().unwrap();
     let (status, result) = cp
-        .send(
-            "POST",
+        .post(
             format!("/connections/{id}/operations/health/invoke"),
-            Some(json!({})),
+            json!({}),
         )
         .await;
     assert_eq!(status, 200, "{result}");

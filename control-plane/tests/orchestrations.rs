@@ -30,14 +30,10 @@ async fn definitions_versions_and_lifecycle() {
         answer["error"]["details"][0]["path"], "$.steps[0].connection",
         "{answer}"
     );
-    let (_, catalogue) = cp.send("GET", "/catalogue?q=dms-sim", None).await;
+    let (_, catalogue) = cp.get("/catalogue?q=dms-sim").await;
     let (status, _) = cp
-        .send(
-            "POST",
-            "/connections",
-            Some(json!({"connector_id": catalogue[0]["id"], "name": "Demo DMS", "credentials": {"api_key": "k"},
-                        "base_url": "http://127.0.0.1:9"})),
-        )
+        .post("/connections", json!({"connector_id": catalogue[0]["id"], "name": "Demo DMS", "credentials": {"api_key": "k"},
+                        "base_url": "http://127.0.0.1:9"}))
         .await;
     assert_eq!(status, 201);
     let (status, created) = post_yaml(&cp, "POST", "/orchestrations", EXAMPLE).await;
@@ -49,7 +45,7 @@ async fn definitions_versions_and_lifecycle() {
     assert_eq!(created["steps"], 4);
     let id = created["id"].as_str().unwrap().to_owned();
     // The list shows each one's trigger and step count from its newest version.
-    let (status, list) = cp.send("GET", "/orchestrations", None).await;
+    let (status, list) = cp.get("/orchestrations").await;
     assert_eq!(status, 200, "{list}");
     let listed = list
         .as_array()
@@ -81,9 +77,7 @@ async fn definitions_versions_and_lifecycle() {
         (200, Some(2)),
         "{saved}"
     );
-    let (_, versions) = cp
-        .send("GET", &format!("/orchestrations/{id}/versions"), None)
-        .await;
+    let (_, versions) = cp.get(&format!("/orchestrations/{id}/versions")).await;
     let numbers: Vec<i64> = versions
         .as_array()
         .unwrap()
@@ -116,21 +110,9 @@ async fn definitions_versions_and_lifecycle() {
     )
     .await;
     assert_eq!(checked["valid"], false);
-    assert_eq!(
-        cp.send("DELETE", format!("/orchestrations/{id}"), None)
-            .await
-            .0,
-        204
-    );
-    assert_eq!(
-        cp.send("GET", format!("/orchestrations/{id}"), None)
-            .await
-            .0,
-        404
-    );
-    let (_, audit) = cp
-        .send("GET", "/audit?resource_type=orchestration", None)
-        .await;
+    assert_eq!(cp.delete(format!("/orchestrations/{id}")).await.0, 204);
+    assert_eq!(cp.get(format!("/orchestrations/{id}")).await.0, 404);
+    let (_, audit) = cp.get("/audit?resource_type=orchestration").await;
     assert!(audit.as_array().unwrap().len() >= 7, "{audit}");
 }
 
@@ -176,6 +158,6 @@ async fn deep_expressions_are_refused_and_the_process_lives() {
         }
     }
     // Still serving.
-    let (status, _) = cp.send("GET", "/orchestrations", None).await;
+    let (status, _) = cp.get("/orchestrations").await;
     assert_eq!(status, 200);
 }

@@ -118,7 +118,7 @@ async fn mutual_tls_extra_ca_and_tls_errors() {
     let (stranger_cert, stranger_key, _, _) = leaf(&stranger_ca, vec!["dibop".into()]);
 
     let cp = TestCp::start().await;
-    let send = |path: &str, body: Value| cp.send("POST", path.to_owned(), Some(body));
+    let send = |path: &str, body: Value| cp.post(path.to_owned(), body);
     let definition = json!({
         "format": "dibop.connector/v1", "name": "Dealer bank", "slug": "dealer-bank",
         "description": "A finance partner behind mutual TLS.", "category": "finance",

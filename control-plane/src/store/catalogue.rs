@@ -9,7 +9,56 @@
 use sqlx::Connection as _;
 use sqlx::FromRow;
 
-use super::{ConnectorRow, Store, StoreError, unique_violation};
+use super::{Exec as _, Fetch as _, Store, StoreError, unique_violation};
+
+/// `SELECT <every connector column> FROM connectors <tail>`, as a static string.
+macro_rules! select_connectors {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, tenant_id, slug, name, category, status, definition, created_by, created_at, updated_at, \
+             scope, latest_version, review_status, review_reason, deprecated_until, deprecation_message \
+             FROM connectors ",
+            $tail
+        )
+    };
+}
+
+/// A connector (its definition as JSON text).
+#[derive(Debug, Clone, FromRow)]
+pub struct ConnectorRow {
+    /// Id (`cnr_…`).
+    pub id: String,
+    /// The tenant that owns it.
+    pub tenant_id: String,
+    /// From the definition.
+    pub slug: String,
+    /// From the definition.
+    pub name: String,
+    /// From the definition.
+    pub category: String,
+    /// `draft`, `published` or `deprecated`.
+    pub status: String,
+    /// The working definition, JSON (what the next version will freeze).
+    pub definition: String,
+    /// Who created it.
+    pub created_by: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// Last change.
+    pub updated_at: i64,
+    /// `enterprise` or `global`, once published.
+    pub scope: Option<String>,
+    /// The newest frozen version, once published.
+    pub latest_version: Option<String>,
+    /// `pending` or `rejected` while submitted for the global catalogue.
+    pub review_status: Option<String>,
+    /// Why a review was rejected.
+    pub review_reason: Option<String>,
+    /// When a deprecated connector unpublishes itself.
+    pub deprecated_until: Option<i64>,
+    /// What deprecated users should do.
+    pub deprecation_message: Option<String>,
+}
 
 /// One frozen, immutable version of a connector.
 #[derive(Debug, Clone, FromRow)]
@@ -128,14 +177,98 @@ fn like(text: &str) -> String {
 }
 
 impl Store {
+    /// Stores a new connector.
+    pub async fn create_connector(&self, c: &ConnectorRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO connectors (id, tenant_id, slug, name, category, status, definition, created_by, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&c.id)
+        .bind(&c.tenant_id)
+        .bind(&c.slug)
+        .bind(&c.name)
+        .bind(&c.category)
+        .bind(&c.status)
+        .bind(&c.definition)
+        .bind(&c.created_by)
+        .bind(c.created_at)
+        .bind(c.updated_at)
+        .execute(&mut *self.db().await?)
+        .await
+        .map_err(|e| unique_violation(e, format!("a connector with slug `{}` already exists", c.slug)))?;
+        Ok(())
+    }
+
+    /// One connector of a tenant.
+    pub async fn connector(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<ConnectorRow>, StoreError> {
+        self.scoped(
+            select_connectors!("WHERE tenant_id = $1 AND id = $2"),
+            tenant_id,
+            id,
+        )
+        .await
+    }
+
+    /// A tenant's connectors, by id after `after`.
+    pub async fn list_connectors(
+        &self,
+        tenant_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ConnectorRow>, StoreError> {
+        self.page(
+            select_connectors!(
+                "WHERE tenant_id = $1 AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3"
+            ),
+            tenant_id,
+            after,
+            limit,
+        )
+        .await
+    }
+
+    /// Replaces a connector's working definition; false when there is no such connector.
+    pub async fn update_connector(&self, c: &ConnectorRow) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE connectors SET slug = $1, name = $2, category = $3, definition = $4, updated_at = $5 \
+             WHERE tenant_id = $6 AND id = $7",
+        )
+        .bind(&c.slug)
+        .bind(&c.name)
+        .bind(&c.category)
+        .bind(&c.definition)
+        .bind(c.updated_at)
+        .bind(&c.tenant_id)
+        .bind(&c.id)
+        .execute(&mut *self.db().await?)
+        .await
+        .map_err(|e| unique_violation(e, format!("a connector with slug `{}` already exists", c.slug)))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Deletes a draft that was never published; false when there is no such draft.
+    pub async fn delete_connector(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM connectors WHERE tenant_id = $1 AND id = $2 AND status = 'draft' \
+             AND latest_version IS NULL",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .run(self)
+        .await?;
+        Ok(done > 0)
+    }
+
     /// A connector of any tenant (for platform admins acting on reviews).
     pub async fn connector_any_tenant(&self, id: &str) -> Result<Option<ConnectorRow>, StoreError> {
-        Ok(
-            sqlx::query_as::<_, ConnectorRow>(select_connectors!("WHERE id = $1"))
-                .bind(id)
-                .fetch_optional(&mut *self.db().await?)
-                .await?,
-        )
+        sqlx::query_as::<_, ConnectorRow>(select_connectors!("WHERE id = $1"))
+            .bind(id)
+            .one(self)
+            .await
     }
 
     /// Freezes a version and moves the connector's lifecycle columns to
@@ -217,20 +350,20 @@ impl Store {
         .bind(&c.deprecation_message)
         .bind(c.updated_at)
         .bind(&c.id)
-        .execute(&mut *self.db().await?)
+        .run(self)
         .await?;
         Ok(())
     }
 
     /// A connector's versions, newest first.
     pub async fn versions(&self, connector_id: &str) -> Result<Vec<VersionRow>, StoreError> {
-        Ok(sqlx::query_as::<_, VersionRow>(
+        sqlx::query_as::<_, VersionRow>(
             "SELECT * FROM connector_versions WHERE connector_id = $1 \
              ORDER BY major DESC, minor DESC, patch DESC",
         )
         .bind(connector_id)
-        .fetch_all(&mut *self.db().await?)
-        .await?)
+        .all(self)
+        .await
     }
 
     /// One version.
@@ -239,13 +372,13 @@ impl Store {
         connector_id: &str,
         version: &str,
     ) -> Result<Option<VersionRow>, StoreError> {
-        Ok(sqlx::query_as::<_, VersionRow>(
+        sqlx::query_as::<_, VersionRow>(
             "SELECT * FROM connector_versions WHERE connector_id = $1 AND version = $2",
         )
         .bind(connector_id)
         .bind(version)
-        .fetch_optional(&mut *self.db().await?)
-        .await?)
+        .one(self)
+        .await
     }
 
     /// The catalogue as `tenant_id` sees it, filtered, by id after `after`.
@@ -259,7 +392,7 @@ impl Store {
     ) -> Result<Vec<CatalogueRow>, StoreError> {
         let text = filter.text.as_deref().map(like);
         let auth = filter.auth_type.as_deref().map(|a| like(&format!(" {a} ")));
-        Ok(sqlx::query_as::<_, CatalogueRow>(select_catalogue!(
+        sqlx::query_as::<_, CatalogueRow>(select_catalogue!(
             "AND ($3 IS NULL OR LOWER(v.name) LIKE $3 ESCAPE '\\' OR LOWER(c.slug) LIKE $3 ESCAPE '\\' \
                  OR LOWER(v.description) LIKE $3 ESCAPE '\\') \
              AND ($4 IS NULL OR v.category = $4) \
@@ -274,9 +407,7 @@ impl Store {
         .bind(auth)
         .bind(filter.scope.as_deref())
         .bind(after)
-        .bind(limit)
-        .fetch_all(&mut *self.db().await?)
-        .await?)
+        .bind(limit).all(self).await
     }
 
     /// One catalogue entry, if `tenant_id` may see it.
@@ -286,14 +417,12 @@ impl Store {
         platform: bool,
         id: &str,
     ) -> Result<Option<CatalogueRow>, StoreError> {
-        Ok(
-            sqlx::query_as::<_, CatalogueRow>(select_catalogue!("AND c.id = $3"))
-                .bind(tenant_id)
-                .bind(i64::from(platform))
-                .bind(id)
-                .fetch_optional(&mut *self.db().await?)
-                .await?,
-        )
+        sqlx::query_as::<_, CatalogueRow>(select_catalogue!("AND c.id = $3"))
+            .bind(tenant_id)
+            .bind(i64::from(platform))
+            .bind(id)
+            .one(self)
+            .await
     }
 
     /// Connectors submitted for the global catalogue, by id after `after`.
@@ -302,23 +431,23 @@ impl Store {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<ConnectorRow>, StoreError> {
-        Ok(sqlx::query_as::<_, ConnectorRow>(select_connectors!(
+        sqlx::query_as::<_, ConnectorRow>(select_connectors!(
             "WHERE review_status = 'pending' AND ($1 IS NULL OR id > $1) ORDER BY id LIMIT $2"
         ))
         .bind(after)
         .bind(limit)
-        .fetch_all(&mut *self.db().await?)
-        .await?)
+        .all(self)
+        .await
     }
 
     /// Deprecated connectors whose date has passed.
     pub async fn expired_deprecations(&self, now: i64) -> Result<Vec<ConnectorRow>, StoreError> {
-        Ok(sqlx::query_as::<_, ConnectorRow>(select_connectors!(
+        sqlx::query_as::<_, ConnectorRow>(select_connectors!(
             "WHERE status = 'deprecated' AND deprecated_until <= $1 ORDER BY id"
         ))
         .bind(now)
-        .fetch_all(&mut *self.db().await?)
-        .await?)
+        .all(self)
+        .await
     }
 
     /// The platform tenant's connector with this slug (built-ins).
@@ -327,13 +456,11 @@ impl Store {
         tenant_id: &str,
         slug: &str,
     ) -> Result<Option<ConnectorRow>, StoreError> {
-        Ok(sqlx::query_as::<_, ConnectorRow>(select_connectors!(
-            "WHERE tenant_id = $1 AND slug = $2"
-        ))
-        .bind(tenant_id)
-        .bind(slug)
-        .fetch_optional(&mut *self.db().await?)
-        .await?)
+        sqlx::query_as::<_, ConnectorRow>(select_connectors!("WHERE tenant_id = $1 AND slug = $2"))
+            .bind(tenant_id)
+            .bind(slug)
+            .one(self)
+            .await
     }
 }
 

@@ -2,7 +2,7 @@
 
 use sqlx::FromRow;
 
-use super::{Store, StoreError};
+use super::{Exec as _, Fetch as _, Store, StoreError};
 
 /// A record in the dead-letter queue.
 #[derive(Debug, Clone, FromRow)]
@@ -53,7 +53,7 @@ impl Store {
         .bind(&d.problems)
         .bind(&d.status)
         .bind(d.created_at)
-        .execute(&mut *self.db().await?)
+        .run(self)
         .await?;
         Ok(())
     }
@@ -67,7 +67,7 @@ impl Store {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<DeadLetterItem>, StoreError> {
-        Ok(sqlx::query_as::<_, DeadLetterItem>(
+        sqlx::query_as::<_, DeadLetterItem>(
             "SELECT id, tenant_id, execution_id, orchestration_id, step_path, domain, direction, record, problems, \
              status, created_at, replay_execution_id FROM dead_letter_items WHERE tenant_id = $1 AND ($2 IS NULL OR status = $2) \
              AND ($3 IS NULL OR execution_id = $3) AND ($4 IS NULL OR id > $4) ORDER BY id LIMIT $5",
@@ -76,9 +76,7 @@ impl Store {
         .bind(status)
         .bind(execution_id)
         .bind(after)
-        .bind(limit)
-        .fetch_all(&mut *self.db().await?)
-        .await?)
+        .bind(limit).all(self).await
     }
 
     /// One dead-lettered record of a tenant.
@@ -87,14 +85,9 @@ impl Store {
         tenant_id: &str,
         id: &str,
     ) -> Result<Option<DeadLetterItem>, StoreError> {
-        Ok(sqlx::query_as::<_, DeadLetterItem>(
-            "SELECT id, tenant_id, execution_id, orchestration_id, step_path, domain, direction, record, problems, \
-             status, created_at, replay_execution_id FROM dead_letter_items WHERE tenant_id = $1 AND id = $2",
-        )
-        .bind(tenant_id)
-        .bind(id)
-        .fetch_optional(&mut *self.db().await?)
-        .await?)
+        let sql = "SELECT id, tenant_id, execution_id, orchestration_id, step_path, domain, direction, record, problems, \
+             status, created_at, replay_execution_id FROM dead_letter_items WHERE tenant_id = $1 AND id = $2";
+        self.scoped(sql, tenant_id, id).await
     }
 
     /// Marks an open dead-lettered record replayed, with its corrected
@@ -114,9 +107,8 @@ impl Store {
         .bind(id)
         .bind(record)
         .bind(execution_id)
-        .execute(&mut *self.db().await?)
+        .run(self)
         .await?
-        .rows_affected()
             > 0)
     }
 
@@ -131,9 +123,8 @@ impl Store {
         )
         .bind(tenant_id)
         .bind(id)
-        .execute(&mut *self.db().await?)
+        .run(self)
         .await?
-        .rows_affected()
             > 0)
     }
 }

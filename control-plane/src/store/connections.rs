@@ -4,7 +4,7 @@
 use sqlx::Connection as _;
 use sqlx::FromRow;
 
-use super::{Store, StoreError, unique_violation};
+use super::{Exec as _, Fetch as _, Store, StoreError, unique_violation};
 
 /// A connection.
 #[derive(Debug, Clone, FromRow)]
@@ -223,13 +223,12 @@ impl Store {
         tenant_id: &str,
         id: &str,
     ) -> Result<Option<ConnectionRow>, StoreError> {
-        Ok(sqlx::query_as::<_, ConnectionRow>(select_connections!(
-            "WHERE tenant_id = $1 AND id = $2"
-        ))
-        .bind(tenant_id)
-        .bind(id)
-        .fetch_optional(&mut *self.db().await?)
-        .await?)
+        self.scoped(
+            select_connections!("WHERE tenant_id = $1 AND id = $2"),
+            tenant_id,
+            id,
+        )
+        .await
     }
 
     /// A tenant's connections, by id after `after`.
@@ -239,23 +238,24 @@ impl Store {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<ConnectionRow>, StoreError> {
-        Ok(sqlx::query_as::<_, ConnectionRow>(select_connections!(
-            "WHERE tenant_id = $1 AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3"
-        ))
-        .bind(tenant_id)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&mut *self.db().await?)
-        .await?)
+        self.page(
+            select_connections!(
+                "WHERE tenant_id = $1 AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3"
+            ),
+            tenant_id,
+            after,
+            limit,
+        )
+        .await
     }
 
     /// Every active connection (health monitoring).
     pub async fn active_connections(&self) -> Result<Vec<ConnectionRow>, StoreError> {
-        Ok(sqlx::query_as::<_, ConnectionRow>(select_connections!(
+        sqlx::query_as::<_, ConnectionRow>(select_connections!(
             "WHERE status = 'active' ORDER BY id"
         ))
-        .fetch_all(&mut *self.db().await?)
-        .await?)
+        .all(self)
+        .await
     }
 
     /// Writes a connection's settings and state.
@@ -295,7 +295,7 @@ impl Store {
         .bind(now)
         .bind(tenant_id)
         .bind(id)
-        .execute(&mut *self.db().await?)
+        .run(self)
         .await?;
         Ok(())
     }
@@ -348,7 +348,7 @@ impl Store {
         .bind(id)
         .bind(field)
         .bind(sealed)
-        .execute(&mut *self.db().await?)
+        .run(self)
         .await?;
         Ok(())
     }
@@ -360,7 +360,7 @@ impl Store {
             "SELECT field, sealed FROM connection_secrets WHERE connection_id = $1 ORDER BY field",
         )
         .bind(id)
-        .fetch_all(&mut *self.db().await?)
+        .all(self)
         .await?;
         rows.iter()
             .map(|r| {
@@ -436,14 +436,14 @@ impl Store {
 
     /// A connection's health checks, newest first.
     pub async fn health_history(&self, id: &str, limit: i64) -> Result<Vec<HealthRow>, StoreError> {
-        Ok(sqlx::query_as::<_, HealthRow>(
+        sqlx::query_as::<_, HealthRow>(
             "SELECT connection_id, at, status, outcome, detail, duration_ms FROM connection_health \
              WHERE connection_id = $1 ORDER BY at DESC LIMIT $2",
         )
         .bind(id)
         .bind(limit)
-        .fetch_all(&mut *self.db().await?)
-        .await?)
+        .all(self)
+        .await
     }
 
     /// Appends a batch to the API-call log in one transaction.
@@ -496,7 +496,7 @@ impl Store {
             sqlx::query_as::<_, ApiCallRow>(select_calls!("WHERE tenant_id = $1 AND id = $2"))
                 .bind(tenant_id)
                 .bind(id)
-                .fetch_optional(&mut *self.db().await?)
+                .one(self)
                 .await?
         else {
             return Ok(None);
@@ -507,7 +507,7 @@ impl Store {
         )
         .bind(tenant_id)
         .bind(id)
-        .fetch_optional(&mut *self.db().await?)
+        .one(self)
         .await?;
         Ok(Some((call, payload)))
     }
@@ -556,7 +556,7 @@ impl Store {
         f: &ApiCallFilter,
         limit: i64,
     ) -> Result<Vec<ApiCallRow>, StoreError> {
-        Ok(sqlx::query_as::<_, ApiCallRow>(
+        sqlx::query_as::<_, ApiCallRow>(
             select_calls!(
             "WHERE tenant_id = $1 AND ($2 IS NULL OR connection_id = $2) AND ($3 IS NULL OR operation = $3) \
              AND ($4 IS NULL OR ok = $4) AND ($5 IS NULL OR error_class = $5) AND ($6 IS NULL OR id < $6) \
@@ -573,8 +573,8 @@ impl Store {
         .bind(limit)
         .bind(f.since)
         .bind(f.until)
-        .fetch_all(&mut *self.db().await?)
-        .await?)
+        .all(self)
+        .await
     }
 
     /// A connection's grants: (subject, role).
@@ -584,7 +584,7 @@ impl Store {
             "SELECT subject, role FROM connection_grants WHERE connection_id = $1 ORDER BY subject, role",
         )
         .bind(connection_id)
-        .fetch_all(&mut *self.db().await?)
+        .all(self)
         .await?;
         rows.iter()
             .map(|r| {
@@ -635,7 +635,7 @@ impl Store {
         .bind(connection_id)
         .bind(subject)
         .bind(role)
-        .fetch_optional(&mut *self.db().await?)
+        .one(self)
         .await?
         .is_some())
     }
@@ -652,7 +652,7 @@ impl Store {
         )))
         .bind(tenant_id)
         .bind(id)
-        .fetch_optional(&mut *self.db().await?)
+        .one(self)
         .await?
         .is_some())
     }
@@ -701,7 +701,7 @@ impl Store {
             "SELECT tenant_id, id, name, connector_version FROM connections WHERE connector_id = $1 ORDER BY tenant_id, id",
         )
         .bind(connector_id)
-        .fetch_all(&mut *self.db().await?)
+        .all(self)
         .await?;
         rows.iter()
             .map(|r| {
@@ -732,7 +732,7 @@ impl Store {
         .bind(message)
         .bind(details)
         .bind(super::now_unix())
-        .execute(&mut *self.db().await?)
+        .run(self)
         .await?;
         Ok(())
     }
@@ -756,7 +756,7 @@ impl Store {
         .bind(i64::from(unread_only))
         .bind(before)
         .bind(limit)
-        .fetch_all(&mut *self.db().await?)
+        .all(self)
         .await?;
         rows.iter()
             .map(|r| {
@@ -780,8 +780,8 @@ impl Store {
         .bind(now)
         .bind(tenant_id)
         .bind(id)
-        .execute(&mut *self.db().await?)
+        .run(self)
         .await?;
-        Ok(done.rows_affected() > 0)
+        Ok(done > 0)
     }
 }

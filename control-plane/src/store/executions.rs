@@ -3,7 +3,7 @@
 use sqlx::Connection as _;
 use sqlx::FromRow;
 
-use super::{Store, StoreError};
+use super::{Exec as _, Fetch as _, Store, StoreError};
 
 /// One execution of an orchestration version.
 #[derive(Debug, Clone, FromRow)]
@@ -130,7 +130,7 @@ impl Store {
         .bind(&e.created_by)
         .bind(e.created_at)
         .bind(&e.rerun_of)
-        .execute(&mut *self.db().await?)
+        .run(self)
         .await?;
         Ok(())
     }
@@ -141,23 +141,20 @@ impl Store {
         tenant_id: &str,
         id: &str,
     ) -> Result<Option<ExecutionRow>, StoreError> {
-        Ok(sqlx::query_as::<_, ExecutionRow>(select_executions!(
-            "WHERE tenant_id = $1 AND id = $2"
-        ))
-        .bind(tenant_id)
-        .bind(id)
-        .fetch_optional(&mut *self.db().await?)
-        .await?)
+        self.scoped(
+            select_executions!("WHERE tenant_id = $1 AND id = $2"),
+            tenant_id,
+            id,
+        )
+        .await
     }
 
     /// An execution of any tenant (the engine).
     pub async fn execution_any(&self, id: &str) -> Result<Option<ExecutionRow>, StoreError> {
-        Ok(
-            sqlx::query_as::<_, ExecutionRow>(select_executions!("WHERE id = $1"))
-                .bind(id)
-                .fetch_optional(&mut *self.db().await?)
-                .await?,
-        )
+        sqlx::query_as::<_, ExecutionRow>(select_executions!("WHERE id = $1"))
+            .bind(id)
+            .one(self)
+            .await
     }
 
     /// A tenant's executions, newest first.
@@ -169,7 +166,7 @@ impl Store {
         before: Option<&str>,
         limit: i64,
     ) -> Result<Vec<ExecutionRow>, StoreError> {
-        Ok(sqlx::query_as::<_, ExecutionRow>(select_executions!(
+        sqlx::query_as::<_, ExecutionRow>(select_executions!(
             "WHERE tenant_id = $1 AND ($2 IS NULL OR orchestration_id = $2) AND ($3 IS NULL OR status = $3) \
              AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
         ))
@@ -177,9 +174,7 @@ impl Store {
         .bind(orchestration_id)
         .bind(status)
         .bind(before)
-        .bind(limit)
-        .fetch_all(&mut *self.db().await?)
-        .await?)
+        .bind(limit).all(self).await
     }
 
     /// Unfinished executions no live node holds (never claimed, claimed by
@@ -198,7 +193,7 @@ impl Store {
         )
         .bind(node)
         .bind(now)
-        .fetch_all(&mut *self.db().await?)
+        .all(self)
         .await?;
         rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
@@ -257,7 +252,7 @@ impl Store {
         use sqlx::Row as _;
         let row = sqlx::query("SELECT owner, lease_until FROM executions WHERE id = $1")
             .bind(id)
-            .fetch_optional(&mut *self.db().await?)
+            .one(self)
             .await?;
         row.map(|r| Ok((r.try_get("owner")?, r.try_get("lease_until")?)))
             .transpose()
@@ -265,14 +260,13 @@ impl Store {
 
     /// Extends the leases of `node`'s unfinished executions.
     pub async fn renew_leases(&self, node: &str, until: i64) -> Result<u64, StoreError> {
-        Ok(sqlx::query(
+        sqlx::query(
             "UPDATE executions SET lease_until = $2 WHERE owner = $1 AND status IN ('queued', 'running')",
         )
         .bind(node)
         .bind(until)
-        .execute(&mut *self.db().await?)
-        .await?
-        .rows_affected())
+        .run(self)
+        .await
     }
 
     /// Moves an execution to `status` unless it already ended; false when it had.
@@ -300,9 +294,9 @@ impl Store {
         .bind(now)
         .bind(i64::from(finished))
         .bind(id)
-        .execute(&mut *self.db().await?)
+        .run(self)
         .await?;
-        Ok(done.rows_affected() > 0)
+        Ok(done > 0)
     }
 
     /// Rewrites the step inputs and outputs of an execution longer than
@@ -319,7 +313,7 @@ impl Store {
         )
         .bind(execution_id)
         .bind(limit as i64)
-        .fetch_all(&mut *self.db().await?)
+        .all(self)
         .await?;
         let mut cut = 0;
         for row in rows {
@@ -338,7 +332,7 @@ impl Store {
             .bind(output)
             .bind(execution_id)
             .bind(&path)
-            .execute(&mut *self.db().await?)
+            .run(self)
             .await?;
         }
         Ok(cut)
@@ -346,13 +340,11 @@ impl Store {
 
     /// An execution's step records, in the order they started.
     pub async fn step_records(&self, execution_id: &str) -> Result<Vec<StepRow>, StoreError> {
-        Ok(sqlx::query_as::<_, StepRow>(
+        sqlx::query_as::<_, StepRow>(
             "SELECT execution_id, path, seq, step_id, step_type, status, input, output, error, attempts, started_at, \
              finished_at, duration_ms FROM execution_steps WHERE execution_id = $1 ORDER BY seq",
         )
-        .bind(execution_id)
-        .fetch_all(&mut *self.db().await?)
-        .await?)
+        .bind(execution_id).all(self).await
     }
 
     /// Records that a step starts (again).
@@ -371,7 +363,7 @@ impl Store {
         .bind(&s.input)
         .bind(s.attempts)
         .bind(s.started_at)
-        .execute(&mut *self.db().await?)
+        .run(self)
         .await?;
         Ok(())
     }
@@ -418,7 +410,7 @@ impl Store {
         .bind(path)
         .bind(if why.is_some() { "waiting" } else { "running" })
         .bind(why)
-        .execute(&mut *self.db().await?)
+        .run(self)
         .await?;
         Ok(())
     }
@@ -450,7 +442,7 @@ impl Store {
         .bind(execution_id)
         .bind(path)
         .bind(input)
-        .execute(&mut *self.db().await?)
+        .run(self)
         .await?;
         Ok(())
     }
@@ -462,14 +454,12 @@ impl Store {
         before: Option<&str>,
         limit: i64,
     ) -> Result<Vec<ExecutionRow>, StoreError> {
-        Ok(sqlx::query_as::<_, ExecutionRow>(select_executions!(
+        sqlx::query_as::<_, ExecutionRow>(select_executions!(
             "WHERE tenant_id = $1 AND dead_letter = 'open' AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
         ))
         .bind(tenant_id)
         .bind(before)
-        .bind(limit)
-        .fetch_all(&mut *self.db().await?)
-        .await?)
+        .bind(limit).all(self).await
     }
 
     /// Moves an open dead letter to `state`; false when it is not open.
@@ -485,9 +475,9 @@ impl Store {
         .bind(state)
         .bind(tenant_id)
         .bind(id)
-        .execute(&mut *self.db().await?)
+        .run(self)
         .await?;
-        Ok(done.rows_affected() > 0)
+        Ok(done > 0)
     }
 
     /// Copies the steps of `from` that succeeded before step number `seq`
@@ -507,9 +497,9 @@ impl Store {
         .bind(from)
         .bind(to)
         .bind(seq)
-        .execute(&mut *self.db().await?)
+        .run(self)
         .await?;
-        Ok(done.rows_affected())
+        Ok(done)
     }
 
     /// Copies the succeeded step records of `from` into `to` (a re-run from
@@ -523,8 +513,8 @@ impl Store {
         )
         .bind(from)
         .bind(to)
-        .execute(&mut *self.db().await?)
+        .run(self)
         .await?;
-        Ok(done.rows_affected())
+        Ok(done)
     }
 }

@@ -3,7 +3,7 @@
 use sqlx::Connection as _;
 use sqlx::Row;
 
-use super::{Store, StoreError};
+use super::{Exec as _, Fetch as _, Store, StoreError};
 
 /// Bytes a tenant's rows take, per table, as one `SELECT tenant_id, bytes`.
 ///
@@ -56,7 +56,7 @@ impl Store {
         .bind(open_until_ms)
         .bind(failures)
         .bind(now_ms)
-        .execute(&mut *self.db().await?)
+        .run(self)
         .await?;
         Ok(())
     }
@@ -71,7 +71,7 @@ impl Store {
              WHERE updated_at_ms > $1",
         )
         .bind(since_ms)
-        .fetch_all(&mut *self.db().await?)
+        .all(self)
         .await?;
         rows.iter()
             .map(|r| {
@@ -156,7 +156,7 @@ impl Store {
         )
         .bind(since)
         .bind(node)
-        .fetch_all(&mut *self.db().await?)
+        .all(self)
         .await?;
         rows.iter()
             .map(|r| {
@@ -171,26 +171,20 @@ impl Store {
 
     /// Forgets rate windows that started before `before`.
     pub async fn prune_rate_windows(&self, before: i64) -> Result<u64, StoreError> {
-        Ok(
-            sqlx::query("DELETE FROM rate_windows WHERE window_start < $1")
-                .bind(before)
-                .execute(&mut *self.db().await?)
-                .await?
-                .rows_affected(),
-        )
+        sqlx::query("DELETE FROM rate_windows WHERE window_start < $1")
+            .bind(before)
+            .run(self)
+            .await
     }
 
     /// Measures every tenant's stored bytes and records them.
     pub async fn measure_storage(&self, now: i64) -> Result<Vec<StorageUsage>, StoreError> {
         let mut totals = std::collections::BTreeMap::<String, i64>::new();
-        for tenant in sqlx::query("SELECT id FROM tenants")
-            .fetch_all(&mut *self.db().await?)
-            .await?
-        {
+        for tenant in sqlx::query("SELECT id FROM tenants").all(self).await? {
             totals.insert(tenant.try_get("id")?, 0);
         }
         for q in STORAGE_QUERIES {
-            for row in sqlx::query(q).fetch_all(&mut *self.db().await?).await? {
+            for row in sqlx::query(q).all(self).await? {
                 let tenant: String = row.try_get(0)?;
                 let bytes: Option<i64> = row.try_get(1)?;
                 *totals.entry(tenant).or_default() += bytes.unwrap_or(0);
@@ -222,7 +216,7 @@ impl Store {
     /// Every tenant's last measured storage.
     pub async fn storage_usage(&self) -> Result<Vec<StorageUsage>, StoreError> {
         let rows = sqlx::query("SELECT tenant_id, bytes, measured_at FROM storage_usage")
-            .fetch_all(&mut *self.db().await?)
+            .all(self)
             .await?;
         rows.iter()
             .map(|r| {
@@ -242,7 +236,7 @@ impl Store {
     ) -> Result<Option<StorageUsage>, StoreError> {
         let row = sqlx::query("SELECT bytes, measured_at FROM storage_usage WHERE tenant_id = $1")
             .bind(tenant_id)
-            .fetch_optional(&mut *self.db().await?)
+            .one(self)
             .await?;
         row.map(|r| {
             Ok(StorageUsage {
@@ -261,14 +255,11 @@ impl Store {
         tenant_id: &str,
         cutoff: i64,
     ) -> Result<u64, StoreError> {
-        Ok(
-            sqlx::query("DELETE FROM api_call_payloads WHERE tenant_id = $1 AND at < $2")
-                .bind(tenant_id)
-                .bind(cutoff)
-                .execute(&mut *self.db().await?)
-                .await?
-                .rows_affected(),
-        )
+        sqlx::query("DELETE FROM api_call_payloads WHERE tenant_id = $1 AND at < $2")
+            .bind(tenant_id)
+            .bind(cutoff)
+            .run(self)
+            .await
     }
 
     /// Deletes a tenant's call records and finished executions (with their
@@ -282,14 +273,13 @@ impl Store {
         sqlx::query("DELETE FROM api_call_payloads WHERE tenant_id = $1 AND at < $2")
             .bind(tenant_id)
             .bind(cutoff)
-            .execute(&mut *self.db().await?)
+            .run(self)
             .await?;
         let calls = sqlx::query("DELETE FROM api_calls WHERE tenant_id = $1 AND at < $2")
             .bind(tenant_id)
             .bind(cutoff)
-            .execute(&mut *self.db().await?)
-            .await?
-            .rows_affected();
+            .run(self)
+            .await?;
         let mut db = self.db().await?;
         let mut tx = db.begin().await?;
         sqlx::query(

@@ -3,7 +3,7 @@
 use sqlx::Connection as _;
 use sqlx::FromRow;
 
-use super::{Store, StoreError, unique_violation};
+use super::{Exec as _, Fetch as _, Store, StoreError, unique_violation};
 
 /// An orchestration.
 #[derive(Debug, Clone, FromRow)]
@@ -144,15 +144,12 @@ impl Store {
         tenant_id: &str,
         id: &str,
     ) -> Result<Option<OrchestrationRow>, StoreError> {
-        Ok(
-            sqlx::query_as::<_, OrchestrationRow>(select_orchestrations!(
-                "WHERE tenant_id = $1 AND id = $2"
-            ))
-            .bind(tenant_id)
-            .bind(id)
-            .fetch_optional(&mut *self.db().await?)
-            .await?,
+        self.scoped(
+            select_orchestrations!("WHERE tenant_id = $1 AND id = $2"),
+            tenant_id,
+            id,
         )
+        .await
     }
 
     /// A tenant's orchestrations, by id after `after`.
@@ -162,16 +159,15 @@ impl Store {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<OrchestrationRow>, StoreError> {
-        Ok(
-            sqlx::query_as::<_, OrchestrationRow>(select_orchestrations!(
+        self.page(
+            select_orchestrations!(
                 "WHERE tenant_id = $1 AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3"
-            ))
-            .bind(tenant_id)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&mut *self.db().await?)
-            .await?,
+            ),
+            tenant_id,
+            after,
+            limit,
         )
+        .await
     }
 
     /// A page of a tenant's orchestrations (as [`Store::list_orchestrations`])
@@ -197,7 +193,7 @@ impl Store {
         .bind(tenant_id)
         .bind(after)
         .bind(limit)
-        .fetch_all(&mut *self.db().await?)
+        .all(self)
         .await?;
         Ok(rows.into_iter().map(|r| (r.row, r.definition)).collect())
     }
@@ -215,7 +211,7 @@ impl Store {
             .bind(now)
             .bind(tenant_id)
             .bind(id)
-            .execute(&mut *self.db().await?)
+            .run(self)
             .await?;
         Ok(())
     }
@@ -225,13 +221,11 @@ impl Store {
         &self,
         id: &str,
     ) -> Result<Vec<OrchestrationVersionRow>, StoreError> {
-        Ok(sqlx::query_as::<_, OrchestrationVersionRow>(
+        sqlx::query_as::<_, OrchestrationVersionRow>(
             "SELECT orchestration_id, version, definition, created_by, created_at FROM orchestration_versions \
              WHERE orchestration_id = $1 ORDER BY version DESC",
         )
-        .bind(id)
-        .fetch_all(&mut *self.db().await?)
-        .await?)
+        .bind(id).all(self).await
     }
 
     /// One version.
@@ -240,14 +234,12 @@ impl Store {
         id: &str,
         version: i64,
     ) -> Result<Option<OrchestrationVersionRow>, StoreError> {
-        Ok(sqlx::query_as::<_, OrchestrationVersionRow>(
+        sqlx::query_as::<_, OrchestrationVersionRow>(
             "SELECT orchestration_id, version, definition, created_by, created_at FROM orchestration_versions \
              WHERE orchestration_id = $1 AND version = $2",
         )
         .bind(id)
-        .bind(version)
-        .fetch_optional(&mut *self.db().await?)
-        .await?)
+        .bind(version).one(self).await
     }
 
     /// Deletes an orchestration and its versions.
@@ -277,13 +269,11 @@ impl Store {
 
     /// Every active orchestration of every tenant (the scheduler).
     pub async fn active_orchestrations(&self) -> Result<Vec<OrchestrationRow>, StoreError> {
-        Ok(
-            sqlx::query_as::<_, OrchestrationRow>(select_orchestrations!(
-                "WHERE status = 'active' ORDER BY id"
-            ))
-            .fetch_all(&mut *self.db().await?)
-            .await?,
-        )
+        sqlx::query_as::<_, OrchestrationRow>(select_orchestrations!(
+            "WHERE status = 'active' ORDER BY id"
+        ))
+        .all(self)
+        .await
     }
 
     /// (cron, next firing) of an orchestration's schedule.
@@ -292,7 +282,7 @@ impl Store {
         let row =
             sqlx::query("SELECT cron, next_fire_at FROM schedules WHERE orchestration_id = $1")
                 .bind(id)
-                .fetch_optional(&mut *self.db().await?)
+                .one(self)
                 .await?;
         Ok(match row {
             Some(r) => Some((r.try_get("cron")?, r.try_get("next_fire_at")?)),
@@ -316,7 +306,7 @@ impl Store {
         .bind(tenant_id)
         .bind(cron)
         .bind(next)
-        .execute(&mut *self.db().await?)
+        .run(self)
         .await?;
         Ok(())
     }
@@ -329,9 +319,9 @@ impl Store {
         .bind(next)
         .bind(due)
         .bind(id)
-        .execute(&mut *self.db().await?)
+        .run(self)
         .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(done == 1)
     }
 
     /// Statuses of an orchestration's queued or running executions.
@@ -339,7 +329,7 @@ impl Store {
         use sqlx::Row as _;
         let rows = sqlx::query("SELECT status FROM executions WHERE orchestration_id = $1 AND status IN ('queued', 'running')")
             .bind(id)
-            .fetch_all(&mut *self.db().await?)
+            .all(self)
             .await?;
         rows.iter().map(|r| Ok(r.try_get("status")?)).collect()
     }
@@ -349,12 +339,10 @@ impl Store {
         &self,
         id: &str,
     ) -> Result<Option<OrchestrationRow>, StoreError> {
-        Ok(
-            sqlx::query_as::<_, OrchestrationRow>(select_orchestrations!("WHERE id = $1"))
-                .bind(id)
-                .fetch_optional(&mut *self.db().await?)
-                .await?,
-        )
+        sqlx::query_as::<_, OrchestrationRow>(select_orchestrations!("WHERE id = $1"))
+            .bind(id)
+            .one(self)
+            .await
     }
 
     /// Stores (replacing) an orchestration's sealed webhook secret.
@@ -373,7 +361,7 @@ impl Store {
         .bind(tenant_id)
         .bind(sealed)
         .bind(now)
-        .execute(&mut *self.db().await?)
+        .run(self)
         .await?;
         Ok(())
     }
@@ -391,7 +379,7 @@ impl Store {
         use sqlx::Row as _;
         sqlx::query("DELETE FROM webhook_deliveries WHERE expires_at < $1")
             .bind(now)
-            .execute(&mut *self.db().await?)
+            .run(self)
             .await?;
         let inserted = sqlx::query(
             "INSERT INTO webhook_deliveries (orchestration_id, digest, received_at, expires_at) \
@@ -401,9 +389,8 @@ impl Store {
         .bind(digest)
         .bind(now)
         .bind(expires_at)
-        .execute(&mut *self.db().await?)
-        .await?
-        .rows_affected();
+        .run(self)
+        .await?;
         if inserted == 1 {
             return Ok(None);
         }
@@ -412,7 +399,7 @@ impl Store {
         )
         .bind(orchestration_id)
         .bind(digest)
-        .fetch_optional(&mut *self.db().await?)
+        .one(self)
         .await?;
         Ok(Some(match row {
             Some(r) => r.try_get("received_at")?,
@@ -425,7 +412,7 @@ impl Store {
         use sqlx::Row as _;
         let row = sqlx::query("SELECT sealed FROM webhook_secrets WHERE orchestration_id = $1")
             .bind(id)
-            .fetch_optional(&mut *self.db().await?)
+            .one(self)
             .await?;
         Ok(match row {
             Some(r) => Some(r.try_get("sealed")?),
