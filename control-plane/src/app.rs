@@ -17,7 +17,7 @@ use crate::connections::{calllog, execute, guard};
 use crate::expr::{self, sandbox};
 use crate::identity::{audit, tokens, users};
 use crate::orchestration::{engine, scheduler};
-use crate::quotas::plans;
+
 use crate::support::{cache, ids, metrics};
 use crate::{http, quotas, store, vault};
 
@@ -339,8 +339,14 @@ pub async fn bootstrap_tenant(
             t
         }
     };
-    let (row, token) =
-        tokens::issue_token(store, &tenant.id, actor, "enterprise_admin", None).await?;
+    let (row, token) = tokens::issue_token(
+        store,
+        &tenant.id,
+        actor,
+        crate::identity::Role::EnterpriseAdmin,
+        None,
+    )
+    .await?;
     audit::record(
         store,
         Some(&tenant.id),
@@ -412,7 +418,7 @@ pub async fn bootstrap_platform_admin(
         store,
         &platform.id,
         email,
-        crate::identity::PLATFORM_ADMIN,
+        crate::identity::Role::PlatformAdmin.as_str(),
         password,
         actor,
     )
@@ -421,7 +427,7 @@ pub async fn bootstrap_platform_admin(
         store,
         &platform.id,
         actor,
-        crate::identity::PLATFORM_ADMIN,
+        crate::identity::Role::PlatformAdmin,
         None,
     )
     .await?;
@@ -466,11 +472,7 @@ pub async fn set_tenant_plan(
         .await?
         .ok_or_else(|| anyhow::anyhow!("no tenant {tenant_id}"))?;
     if let Some(tier) = tier {
-        anyhow::ensure!(
-            plans::TIERS.iter().any(|(n, _)| *n == tier),
-            "tier must be free, standard or premium"
-        );
-        t.tier = tier.to_owned();
+        t.tier = tier.parse()?;
     }
     for (value, name) in [
         (calls_per_month, "calls per month"),

@@ -23,6 +23,7 @@ pub mod config;
 pub mod connections;
 #[cfg(feature = "dev-sim")]
 pub mod dev;
+pub mod domain;
 pub mod expr;
 pub mod http;
 pub mod identity;

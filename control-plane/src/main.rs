@@ -491,16 +491,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "no tenant named `{tenant}` (create it with `dibop admin create-tenant`)"
                     )
                 })?;
-                if let Some(problem) = dibop_control_plane::identity::users::role_problem(
+                let role = dibop_control_plane::identity::users::tenant_role(
                     t.name == dibop_control_plane::identity::PLATFORM_TENANT,
                     &role,
-                ) {
-                    anyhow::bail!("--role `{role}`: {problem}");
-                }
+                )
+                .map_err(|problem| anyhow::anyhow!("--role `{role}`: {problem}"))?;
                 let expires_at =
                     ttl_secs.map(|s| dibop_control_plane::store::now_unix() + s as i64);
                 let (row, token) =
-                    tokens::issue_token(&store, &t.id, &name, &role, expires_at).await?;
+                    tokens::issue_token(&store, &t.id, &name, role, expires_at).await?;
                 audit::record(
                     &store,
                     Some(&t.id),

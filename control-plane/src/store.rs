@@ -297,6 +297,38 @@ impl Store {
     }
 }
 
+/// Stores the shared vocabulary's enums as their text.
+macro_rules! text_columns {
+    ($($t:ty),+) => {$(
+        impl sqlx::Type<Any> for $t {
+            fn type_info() -> sqlx::any::AnyTypeInfo {
+                <str as sqlx::Type<Any>>::type_info()
+            }
+        }
+
+        impl sqlx::Encode<'_, Any> for $t {
+            fn encode_by_ref(
+                &self,
+                buf: &mut <Any as sqlx::Database>::ArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<'_, Any>>::encode(self.as_str(), buf)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, Any> for $t {
+            fn decode(value: sqlx::any::AnyValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+                Ok(<&str as sqlx::Decode<'r, Any>>::decode(value)?.parse()?)
+            }
+        }
+    )+};
+}
+
+text_columns!(
+    crate::domain::Role,
+    crate::domain::Tier,
+    crate::domain::TenantStatus
+);
+
 fn unique_violation(e: sqlx::Error, message: String) -> StoreError {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(message),
@@ -614,7 +646,7 @@ mod tests {
             id: id.into(),
             tenant_id: tenant.into(),
             name: "ci".into(),
-            role: "operator".into(),
+            role: crate::domain::Role::Operator,
             prefix: "dibop_ab".into(),
             created_at: 1,
             expires_at: Some(1_000),

@@ -1,7 +1,7 @@
 //! API tokens, roles, readiness and the audit log, through a real HTTP
 //! socket against an in-process control plane.
 
-use dibop_control_plane::identity::tokens;
+use dibop_control_plane::identity::{Role, tokens};
 use dibop_control_plane::testing::TestCp;
 use dibop_control_plane::{Settings, start, store::now_unix};
 use serde_json::{Value, json};
@@ -103,7 +103,7 @@ async fn expired_tokens_say_so() {
         &cp.core.store,
         &cp.tenant_id,
         "old",
-        "operator",
+        Role::Operator,
         Some(now_unix() - 1),
     )
     .await
@@ -837,7 +837,7 @@ async fn connector_drafts_from_json_or_yaml_with_every_problem_named() {
         )
         .await;
     assert_eq!(status, 200, "{replaced}");
-    let (_, viewer) = tokens::issue_token(&cp.core.store, &cp.tenant_id, "v", "viewer", None)
+    let (_, viewer) = tokens::issue_token(&cp.core.store, &cp.tenant_id, "v", Role::Viewer, None)
         .await
         .unwrap();
     assert_eq!(
@@ -891,7 +891,7 @@ async fn enterprise_roles_never_exist_in_the_platform_tenant() {
         &cp.core.store,
         &platform_tenant.id,
         "stray",
-        "enterprise_admin",
+        Role::EnterpriseAdmin,
         None,
     )
     .await

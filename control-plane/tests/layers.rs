@@ -12,7 +12,11 @@ use std::path::{Path, PathBuf};
 /// Modules above the contexts: they may use everything.
 const TOP: [&str; 6] = ["http", "app", "main", "dev", "config", "lib"];
 /// The bottom layers: they may use nothing above them.
-const BOTTOM: [(&str, &[&str]); 2] = [("store", &["support"]), ("support", &[])];
+const BOTTOM: [(&str, &[&str]); 3] = [
+    ("store", &["support", "domain"]),
+    ("domain", &[]),
+    ("support", &[]),
+];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::Core;
 use crate::cdm::{self, Pii};
-use crate::identity::{PLATFORM_ADMIN, Principal};
+use crate::identity::{Principal, Role};
 
 /// What replaces a personal value.
 pub const REDACTED: &str = "[redacted]";
@@ -26,15 +26,15 @@ pub const REDACTED: &str = "[redacted]";
 /// Whether the caller may see personal data: its own grant, else its
 /// role's default; never a platform admin.
 pub fn can_view(p: &Principal) -> bool {
-    p.role != PLATFORM_ADMIN && role_views(&p.role, p.view_pii.map(i64::from))
+    role_views(p.role, p.view_pii.map(i64::from))
 }
 
 /// `view_pii` of a role with a user's or token's own setting (1/0).
-pub fn role_views(role: &str, own: Option<i64>) -> bool {
-    if role == PLATFORM_ADMIN {
+pub fn role_views(role: Role, own: Option<i64>) -> bool {
+    if role == Role::PlatformAdmin {
         return false;
     }
-    own.map_or(matches!(role, "enterprise_admin" | "operator"), |v| v != 0)
+    own.map_or(role.sees_pii_by_default(), |v| v != 0)
 }
 
 /// The last field name of each path in a jq expression: `.a.b + .c[0].d`

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use crate::Core;
 use crate::catalogue::connector::{self, Problem};
 use crate::http::{ApiError, ApiPath, ApiQuery, Page, Principal, page_limit, paged, require_admin};
-use crate::identity::PLATFORM_ADMIN;
+use crate::identity::Role;
 use crate::identity::audit::record_by;
 use crate::store::{CatalogueFilter, CatalogueRow, ConnectorRow, now_unix};
 
@@ -701,7 +701,7 @@ pub(crate) async fn browse(
         .store
         .catalogue(
             &p.tenant_id,
-            p.role == PLATFORM_ADMIN,
+            p.role == Role::PlatformAdmin,
             &filter,
             page.cursor_of("cnr_")?,
             limit + 1,
@@ -713,7 +713,7 @@ pub(crate) async fn browse(
 
 async fn visible(core: &Core, p: &Principal, id: &str) -> Result<CatalogueRow, ApiError> {
     core.store
-        .catalogue_entry(&p.tenant_id, p.role == PLATFORM_ADMIN, id)
+        .catalogue_entry(&p.tenant_id, p.role == Role::PlatformAdmin, id)
         .await?
         .ok_or_else(|| ApiError::not_found("catalogue entry", id))
 }

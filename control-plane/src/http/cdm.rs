@@ -18,7 +18,7 @@ use crate::Core;
 use crate::cdm::suggest::Suggestion;
 use crate::cdm::{self, Field, Problem};
 use crate::http::{ApiError, ApiJson, ApiPath, ApiQuery, Principal, page_limit, paged};
-use crate::identity::PLATFORM_ADMIN;
+use crate::identity::Role;
 use crate::identity::audit::record_by;
 
 /// A connector that maps a field.
@@ -93,7 +93,7 @@ async fn coverage(core: &Core, p: &Principal) -> Result<Coverage, ApiError> {
             .store
             .catalogue(
                 &p.tenant_id,
-                p.role == PLATFORM_ADMIN,
+                p.role == Role::PlatformAdmin,
                 &filter,
                 after.as_deref(),
                 500,
@@ -391,7 +391,7 @@ pub(crate) async fn suggest_from_call(
 }
 
 fn require_admin(p: &Principal) -> Result<(), ApiError> {
-    if matches!(p.role.as_str(), "enterprise_admin" | PLATFORM_ADMIN) {
+    if p.role.is_admin() {
         Ok(())
     } else {
         Err(ApiError::new(
@@ -859,7 +859,7 @@ async fn record_audit(
 }
 
 fn decides_dead_letters(p: &Principal) -> Result<(), ApiError> {
-    if matches!(p.role.as_str(), "enterprise_admin" | "operator") {
+    if matches!(p.role, Role::EnterpriseAdmin | Role::Operator) {
         Ok(())
     } else {
         Err(ApiError::new(

@@ -590,7 +590,7 @@ async fn own(core: &Core, p: &Principal, id: &str) -> Result<ConnectionRow, ApiE
 }
 
 fn is_tenant_admin(p: &Principal) -> bool {
-    matches!(p.role.as_str(), "enterprise_admin" | "platform_admin")
+    p.role.is_admin()
 }
 
 /// Checks the caller's role on a connection: enterprise admins hold every
@@ -605,7 +605,7 @@ async fn authorize(
     if is_tenant_admin(p) {
         return Ok(());
     }
-    if p.role != "viewer" && core.store.has_grant(&c.id, &p.subject(), role).await? {
+    if p.role.writes() && core.store.has_grant(&c.id, &p.subject(), role).await? {
         return Ok(());
     }
     Err(ApiError::new(
@@ -1739,7 +1739,7 @@ pub async fn ensure(core: &Core, tenant_id: &str, body: Value) -> anyhow::Result
     }
     let p = Principal {
         tenant_id: tenant_id.to_owned(),
-        role: "enterprise_admin".into(),
+        role: crate::identity::Role::EnterpriseAdmin,
         token_id: "dibop-dev".into(),
         user_id: None,
         view_pii: None,

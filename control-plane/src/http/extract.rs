@@ -191,7 +191,7 @@ pub(crate) fn require_admin(p: &Principal) -> ApiResult<()> {
 
 /// Refuses all but admins, saying what the caller tried (`read the audit log`).
 pub(crate) fn require_admin_to(p: &Principal, what: &str) -> ApiResult<()> {
-    if matches!(p.role.as_str(), "enterprise_admin" | "platform_admin") {
+    if p.role.is_admin() {
         Ok(())
     } else {
         Err(ApiError::new(
@@ -206,7 +206,7 @@ pub(crate) fn require_admin_to(p: &Principal, what: &str) -> ApiResult<()> {
 }
 
 pub(crate) fn require_operator(p: &Principal) -> ApiResult<()> {
-    if p.role == "viewer" {
+    if !p.role.writes() {
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",

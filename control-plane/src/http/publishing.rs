@@ -30,7 +30,7 @@ use crate::catalogue::publishing::{MIN_DEPRECATION_DAYS, freeze, parse_date};
 use crate::http::{
     ApiError, ApiJson, ApiPath, ApiQuery, Page, Principal, page_limit, paged, require_admin,
 };
-use crate::identity::PLATFORM_ADMIN;
+use crate::identity::Role;
 use crate::identity::audit::{record, record_by};
 use crate::store::{ConnectorRow, VersionRow, now_unix};
 
@@ -171,7 +171,7 @@ fn forbidden(message: impl Into<String>) -> ApiError {
 }
 
 fn require_platform(p: &Principal) -> Result<(), ApiError> {
-    if p.role == PLATFORM_ADMIN {
+    if p.role == Role::PlatformAdmin {
         Ok(())
     } else {
         Err(forbidden(format!(
@@ -423,14 +423,14 @@ pub(crate) async fn publish(
     require_admin(&p)?;
     let c = own(&core, &p, &id).await?;
     match req.scope.as_str() {
-        "global" if p.role != PLATFORM_ADMIN => {
+        "global" if p.role != Role::PlatformAdmin => {
             return Err(forbidden(
                 "only platform admins publish globally: submit the connector for review \
                  (POST /api/v1/connectors/{id}/review) or publish it for your enterprise",
             ));
         }
         "global" => {}
-        "enterprise" if p.role == PLATFORM_ADMIN => {
+        "enterprise" if p.role == Role::PlatformAdmin => {
             return Err(ApiError::invalid(
                 "the platform's connectors are global: publish with scope `global`",
             ));

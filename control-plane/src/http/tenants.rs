@@ -21,15 +21,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::Core;
+use crate::domain::{TenantStatus, Tier};
 use crate::http::{ApiError, ApiJson, ApiPath, ApiQuery, Page, Principal, page_limit, paged};
 use crate::identity::audit::record;
-use crate::identity::{PLATFORM_ADMIN, PLATFORM_TENANT};
+use crate::identity::{PLATFORM_TENANT, Role};
 use crate::quotas::period_now;
-use crate::quotas::plans::{Limits, TIERS, limits_of};
+use crate::quotas::plans::{Limits, limits_of};
 use crate::store::{StoreError, Tenant};
 
 fn require_platform_admin(p: &Principal) -> Result<(), ApiError> {
-    if p.role == PLATFORM_ADMIN {
+    if p.role == Role::PlatformAdmin {
         Ok(())
     } else {
         Err(ApiError::new(
@@ -78,8 +79,8 @@ async fn tenant_view(core: &Core, t: Tenant) -> Result<TenantView, StoreError> {
         custom_retention_days: t.retention_days,
         id: t.id,
         name: t.name,
-        status: t.status,
-        tier: t.tier,
+        status: t.status.to_string(),
+        tier: t.tier.to_string(),
         custom_calls_per_month: t.calls_per_month,
         custom_requests_per_minute: t.requests_per_minute,
         custom_concurrent_executions: t.concurrent_executions,
@@ -127,17 +128,15 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>
 fn apply_plan(t: &mut Tenant, plan: &TenantPlan) -> Result<(), ApiError> {
     let mut problems = Vec::new();
     if let Some(s) = &plan.status {
-        if matches!(s.as_str(), "active" | "suspended") {
-            t.status = s.clone();
-        } else {
-            problems.push(json!({"field": "status", "problem": "must be active or suspended"}));
+        match s.parse() {
+            Ok(s) => t.status = s,
+            Err(e) => problems.push(json!({"field": "status", "problem": e.to_string()})),
         }
     }
     if let Some(tier) = &plan.tier {
-        if TIERS.iter().any(|(n, _)| n == tier) {
-            t.tier = tier.clone();
-        } else {
-            problems.push(json!({"field": "tier", "problem": "must be free, standard or premium"}));
+        match tier.parse() {
+            Ok(tier) => t.tier = tier,
+            Err(e) => problems.push(json!({"field": "tier", "problem": e.to_string()})),
         }
     }
     for (field, value, target) in [
@@ -200,8 +199,8 @@ pub(crate) async fn create_tenant(
         id: crate::support::ids::new_id("ten"),
         name,
         created_at: 0,
-        status: "active".into(),
-        tier: "standard".into(),
+        status: TenantStatus::Active,
+        tier: Tier::Standard,
         calls_per_month: None,
         requests_per_minute: None,
         enterprise_publishing: 0,
@@ -302,13 +301,13 @@ pub(crate) async fn update_tenant(
         return Err(ApiError::invalid("a tenant's name cannot be changed")
             .with_details(json!([{"field": "name", "problem": "read-only"}])));
     }
-    let before = (t.status.clone(), t.tier.clone());
+    let before = t.status;
     apply_plan(&mut t, &plan)?;
     let tx = core.store.begin().await?;
     tx.update_tenant_plan(&t).await?;
-    let action = match (before.0.as_str(), t.status.as_str()) {
-        ("active", "suspended") => "tenant.suspend",
-        ("suspended", "active") => "tenant.resume",
+    let action = match (before, t.status) {
+        (TenantStatus::Active, TenantStatus::Suspended) => "tenant.suspend",
+        (TenantStatus::Suspended, TenantStatus::Active) => "tenant.resume",
         _ => "tenant.update_plan",
     };
     record(

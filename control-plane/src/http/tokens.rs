@@ -40,7 +40,8 @@ pub(crate) struct NewToken {
 pub(crate) struct TokenView {
     id: String,
     name: String,
-    role: String,
+    #[schema(value_type = String)]
+    role: crate::identity::Role,
     prefix: String,
     created_at: String,
     expires_at: Option<String>,
@@ -52,7 +53,7 @@ pub(crate) struct TokenView {
 
 fn token_view(t: ApiTokenRow) -> TokenView {
     TokenView {
-        view_pii: crate::cdm::pii::role_views(&t.role, t.view_pii),
+        view_pii: crate::cdm::pii::role_views(t.role, t.view_pii),
         id: t.id,
         name: t.name,
         role: t.role,
@@ -77,7 +78,8 @@ pub(crate) async fn create_token(
     if let Some(problem) = crate::http::name_problem(name) {
         problems.push(json!({"field": "name", "problem": problem}));
     }
-    if let Some(problem) = crate::identity::users::role_problem(p.is_platform_admin(), &body.role) {
+    let role = crate::identity::users::tenant_role(p.is_platform_admin(), &body.role);
+    if let Err(problem) = &role {
         problems.push(json!({"field": "role", "problem": problem}));
     }
     if let Some(ttl) = body.ttl_secs
@@ -87,12 +89,12 @@ pub(crate) async fn create_token(
             json!({"field": "ttl_secs", "problem": "must be between 60 and 315360000 (10 years)"}),
         );
     }
-    if !problems.is_empty() {
+    let (true, Ok(role)) = (problems.is_empty(), role) else {
         return Err(ApiError::invalid("the API token is invalid").with_details(json!(problems)));
-    }
+    };
     let expires_at = body.ttl_secs.map(|t| now_unix() + t as i64);
     let tx = core.store.begin().await?;
-    let (mut row, secret) = issue_token(&tx, &p.tenant_id, name, &body.role, expires_at).await?;
+    let (mut row, secret) = issue_token(&tx, &p.tenant_id, name, role, expires_at).await?;
     if let Some(v) = body.view_pii {
         tx.set_token_view_pii(&row.id, i64::from(v)).await?;
         row.view_pii = Some(i64::from(v));

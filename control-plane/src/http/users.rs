@@ -21,8 +21,9 @@ use crate::Core;
 use crate::http::{
     ApiError, ApiJson, ApiPath, ApiQuery, Page, Principal, page_limit, paged, require_admin,
 };
+use crate::identity::Role;
 use crate::identity::audit::{record, record_by};
-use crate::identity::users::{check_credentials, new_user, role_problem, start_session};
+use crate::identity::users::{check_credentials, new_user, start_session, tenant_role};
 use crate::store::{UserRow, now_unix};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -36,7 +37,8 @@ pub(crate) struct LoginBody {
 pub struct UserView {
     id: String,
     email: String,
-    role: String,
+    #[schema(value_type = String)]
+    role: Role,
     created_at: String,
     disabled_at: Option<String>,
     /// Whether the user may see personal data (the role's default unless set).
@@ -45,10 +47,10 @@ pub struct UserView {
 
 pub(crate) fn user_view(u: &UserRow) -> UserView {
     UserView {
-        view_pii: crate::cdm::pii::role_views(&u.role, u.view_pii),
+        view_pii: crate::cdm::pii::role_views(u.role, u.view_pii),
         id: u.id.clone(),
         email: u.email.clone(),
-        role: u.role.clone(),
+        role: u.role,
         created_at: rfc3339(u.created_at),
         disabled_at: u.disabled_at.map(rfc3339),
     }
@@ -199,19 +201,20 @@ pub(crate) async fn update_user_handler(
     ApiJson(body): ApiJson<UserPatch>,
 ) -> Result<Json<UserView>, ApiError> {
     require_admin(&p)?;
-    if let Some(role) = &body.role
-        && let Some(problem) = role_problem(p.is_platform_admin(), role)
-    {
-        return Err(ApiError::invalid("the change is invalid")
-            .with_details(json!([{"field": "role", "problem": problem}])));
-    }
+    let role = match &body.role {
+        None => None,
+        Some(role) => Some(tenant_role(p.is_platform_admin(), role).map_err(|problem| {
+            ApiError::invalid("the change is invalid")
+                .with_details(json!([{"field": "role", "problem": problem}]))
+        })?),
+    };
     let disabled_at = body.disabled.map(|d| d.then(now_unix));
     let tx = core.store.begin().await?;
     let user = tx
         .update_user(
             &p.tenant_id,
             &id,
-            body.role.as_deref(),
+            role,
             disabled_at,
             body.view_pii.map(|v| v.map(i64::from)),
         )

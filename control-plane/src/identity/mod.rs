@@ -14,11 +14,7 @@ pub mod users;
 /// Name of the reserved tenant that holds platform admins.
 pub const PLATFORM_TENANT: &str = "platform";
 
-/// Role of platform admins.
-pub const PLATFORM_ADMIN: &str = "platform_admin";
-
-/// Roles a tenant's token may carry.
-pub const TENANT_ROLES: [&str; 3] = ["enterprise_admin", "operator", "viewer"];
+pub use crate::domain::Role;
 
 /// What the identity rules refuse.
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +63,8 @@ pub fn request_meta() -> RequestMeta {
 pub struct Principal {
     /// Tenant the token belongs to.
     pub tenant_id: String,
-    /// Role name.
-    pub role: String,
+    /// What the caller may do.
+    pub role: Role,
     /// The API token used.
     pub token_id: String,
     /// The signed-in user, for session tokens.
@@ -81,7 +77,7 @@ impl Principal {
     /// Whether the caller is a platform admin (who belongs to the platform
     /// tenant, which holds no other role).
     pub fn is_platform_admin(&self) -> bool {
-        self.role == PLATFORM_ADMIN
+        self.role == Role::PlatformAdmin
     }
 
     /// How the audit log names this caller.

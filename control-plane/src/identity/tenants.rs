@@ -13,7 +13,7 @@ pub async fn platform_tenant(store: &Store) -> Result<Tenant, StoreError> {
         .await
     {
         Ok(mut t) => {
-            t.tier = "premium".into();
+            t.tier = crate::domain::Tier::Premium;
             store.update_tenant_plan(&t).await?;
             Ok(t)
         }

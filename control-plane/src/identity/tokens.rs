@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use dibop_runtime::support::rfc3339;
 
-use super::{PLATFORM_ADMIN, PLATFORM_TENANT, Principal};
+use super::{PLATFORM_TENANT, Principal, Role};
 use crate::Core;
+use crate::domain::TenantStatus;
 use crate::quotas::QuotaError;
 use crate::store::{ApiTokenRow, Store, StoreError, Tenant, now_unix};
 
@@ -16,7 +17,7 @@ pub async fn issue_token(
     store: &Store,
     tenant_id: &str,
     name: &str,
-    role: &str,
+    role: Role,
     expires_at: Option<i64>,
 ) -> Result<(ApiTokenRow, String), StoreError> {
     let secret = crate::support::ids::new_secret("dibop_");
@@ -24,7 +25,7 @@ pub async fn issue_token(
         id: crate::support::ids::new_id("tok"),
         tenant_id: tenant_id.to_owned(),
         name: name.to_owned(),
-        role: role.to_owned(),
+        role,
         prefix: secret.chars().take(12).collect(),
         created_at: now_unix(),
         expires_at,
@@ -158,18 +159,18 @@ pub async fn authenticate(core: &Core, token: &str) -> Result<(Principal, Tenant
         .tenant(&core.store, &t.tenant_id)
         .await?
         .ok_or(AuthError::TenantGone)?;
-    if tenant.status == "suspended" {
+    if tenant.status == TenantStatus::Suspended {
         return Err(AuthError::TenantSuspended(tenant.name));
     }
     // The platform tenant holds platform admins only; an enterprise role
     // there must not reach global resources.
-    if (tenant.name == PLATFORM_TENANT) != (t.role == PLATFORM_ADMIN) {
+    if (tenant.name == PLATFORM_TENANT) != (t.role == Role::PlatformAdmin) {
         return Err(AuthError::RoleNotInTenant {
-            role: t.role,
+            role: t.role.to_string(),
             tenant: tenant.name,
         });
     }
-    if t.role != PLATFORM_ADMIN {
+    if t.role != Role::PlatformAdmin {
         core.quotas.check_rate(&tenant)?;
     }
     let principal = Principal {

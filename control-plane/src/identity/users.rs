@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 use tokio::sync::Semaphore;
 
-use super::{IdentityError, PLATFORM_ADMIN, PLATFORM_TENANT, TENANT_ROLES};
+use super::{IdentityError, PLATFORM_TENANT, Role};
 use crate::store::{ApiTokenRow, Store, StoreError, UserRow, now_unix};
 
 /// Hashes running at once (each allocates about 19 MiB).
@@ -89,20 +89,23 @@ fn password_problem(password: &str) -> Option<String> {
     }
 }
 
-/// Why `role` cannot exist in a tenant (the platform tenant when `platform`):
-/// the platform tenant holds platform admins only, every other tenant the
-/// enterprise roles only.
-pub fn role_problem(platform: bool, role: &str) -> Option<String> {
+/// `role` parsed for a tenant (the platform tenant when `platform`), or
+/// why it cannot exist there: the platform tenant holds platform admins
+/// only, every other tenant the enterprise roles only.
+pub fn tenant_role(platform: bool, role: &str) -> Result<Role, String> {
+    let parsed = role.parse::<Role>().ok();
     if platform {
-        (role != PLATFORM_ADMIN).then(|| {
+        parsed.filter(|r| *r == Role::PlatformAdmin).ok_or_else(|| {
             format!(
                 "the platform tenant holds platform admins only: must be {}",
-                PLATFORM_ADMIN
+                Role::PlatformAdmin
             )
         })
     } else {
-        (!TENANT_ROLES.contains(&role))
-            .then(|| format!("must be one of {}", TENANT_ROLES.join(", ")))
+        parsed.filter(|r| Role::TENANT.contains(r)).ok_or_else(|| {
+            let names: Vec<&str> = Role::TENANT.iter().map(|r| r.as_str()).collect();
+            format!("must be one of {}", names.join(", "))
+        })
     }
 }
 
@@ -128,15 +131,16 @@ pub async fn new_user(
         .tenant(tenant_id)
         .await?
         .is_some_and(|t| t.name == PLATFORM_TENANT);
-    if let Some(problem) = role_problem(platform, role) {
+    let role = tenant_role(platform, role);
+    if let Err(problem) = &role {
         problems.push(serde_json::json!({"field": "role", "problem": problem}));
     }
-    if !problems.is_empty() {
+    let (true, Ok(role)) = (problems.is_empty(), role) else {
         return Err(IdentityError::Invalid {
             message: "the user is invalid".into(),
             problems,
         });
-    }
+    };
     let password_hash = hash_password(password.to_owned())
         .await
         .map_err(|e| IdentityError::Internal(format!("cannot hash the password: {e}")))?;
@@ -145,7 +149,7 @@ pub async fn new_user(
         tenant_id: tenant_id.to_owned(),
         email,
         password_hash,
-        role: role.to_owned(),
+        role,
         created_at: now_unix(),
         disabled_at: None,
         view_pii: None,
@@ -191,7 +195,7 @@ pub async fn start_session(
         id: crate::support::ids::new_id("tok"),
         tenant_id: user.tenant_id.clone(),
         name: format!("session of {}", user.email),
-        role: user.role.clone(),
+        role: user.role,
         prefix: secret.chars().take(12).collect(),
         created_at: now_unix(),
         expires_at: Some(now_unix() + SESSION_TTL_SECS),

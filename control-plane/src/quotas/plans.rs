@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use crate::domain::Tier;
 use crate::store::Tenant;
 
 /// A tenant's effective limits.
@@ -25,9 +26,9 @@ pub struct Limits {
 const MIB: i64 = 1024 * 1024;
 
 /// The tiers and their limits.
-pub const TIERS: [(&str, Limits); 3] = [
+pub const TIERS: [(Tier, Limits); 3] = [
     (
-        "free",
+        Tier::Free,
         Limits {
             calls_per_month: 1_000,
             requests_per_minute: 10,
@@ -37,7 +38,7 @@ pub const TIERS: [(&str, Limits); 3] = [
         },
     ),
     (
-        "standard",
+        Tier::Standard,
         Limits {
             calls_per_month: 100_000,
             requests_per_minute: 60,
@@ -47,7 +48,7 @@ pub const TIERS: [(&str, Limits); 3] = [
         },
     ),
     (
-        "premium",
+        Tier::Premium,
         Limits {
             calls_per_month: 1_000_000,
             requests_per_minute: 300,
@@ -82,8 +83,8 @@ pub(crate) fn test_tenant(tier: &str) -> Tenant {
         id: "ten_1".into(),
         name: "acme".into(),
         created_at: 0,
-        status: "active".into(),
-        tier: tier.into(),
+        status: crate::domain::TenantStatus::Active,
+        tier: tier.parse().unwrap(),
         calls_per_month: None,
         requests_per_minute: None,
         enterprise_publishing: 0,

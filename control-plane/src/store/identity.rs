@@ -3,6 +3,8 @@
 
 use sqlx::{Connection as _, FromRow, Row as _};
 
+use crate::domain::{Role, TenantStatus, Tier};
+
 use super::{Exec as _, Fetch as _, Store, StoreError, now_unix, unique_violation};
 
 /// `SELECT <every token column> FROM api_tokens <tail>`, as a static string.
@@ -46,10 +48,10 @@ pub struct Tenant {
     pub name: String,
     /// Creation time (Unix seconds).
     pub created_at: i64,
-    /// `active` or `suspended`.
-    pub status: String,
-    /// `free`, `standard` or `premium`.
-    pub tier: String,
+    /// Whether it may use the platform.
+    pub status: TenantStatus,
+    /// Its plan.
+    pub tier: Tier,
     /// Overrides the tier's monthly call quota.
     pub calls_per_month: Option<i64>,
     /// Overrides the tier's request rate.
@@ -74,7 +76,7 @@ pub struct ApiTokenRow {
     /// A label for people.
     pub name: String,
     /// The role it carries.
-    pub role: String,
+    pub role: Role,
     /// The first characters of the token, to recognise it in lists.
     pub prefix: String,
     /// Creation time.
@@ -102,8 +104,8 @@ pub struct UserRow {
     pub email: String,
     /// Argon2id PHC string.
     pub password_hash: String,
-    /// Role name.
-    pub role: String,
+    /// What the user may do.
+    pub role: Role,
     /// Creation time.
     pub created_at: i64,
     /// When disabled, if disabled.
@@ -165,8 +167,8 @@ impl Store {
             id: id.into(),
             name: name.into(),
             created_at: now,
-            status: "active".into(),
-            tier: "standard".into(),
+            status: TenantStatus::Active,
+            tier: Tier::Standard,
             calls_per_month: None,
             requests_per_minute: None,
             enterprise_publishing: 0,
@@ -214,8 +216,8 @@ impl Store {
              enterprise_publishing = $5, concurrent_executions = $7, storage_bytes = $8, retention_days = $9 \
              WHERE id = $6",
         )
-        .bind(&t.status)
-        .bind(&t.tier)
+        .bind(t.status)
+        .bind(t.tier)
         .bind(t.calls_per_month)
         .bind(t.requests_per_minute)
         .bind(t.enterprise_publishing)
@@ -274,7 +276,7 @@ impl Store {
         .bind(&token.id)
         .bind(&token.tenant_id)
         .bind(&token.name)
-        .bind(&token.role)
+        .bind(token.role)
         .bind(token_hash)
         .bind(token.created_at)
         .bind(&token.prefix)
@@ -337,7 +339,7 @@ impl Store {
         .bind(&user.tenant_id)
         .bind(&user.email)
         .bind(&user.password_hash)
-        .bind(&user.role)
+        .bind(user.role)
         .bind(user.created_at)
         .bind(user.view_pii)
         .execute(&mut *self.db().await?)
@@ -381,7 +383,7 @@ impl Store {
         &self,
         tenant_id: &str,
         id: &str,
-        role: Option<&str>,
+        role: Option<Role>,
         disabled_at: Option<Option<i64>>,
         view_pii: Option<Option<i64>>,
     ) -> Result<Option<UserRow>, StoreError> {

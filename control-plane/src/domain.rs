@@ -1,0 +1,163 @@
+//! The platform's shared vocabulary: closed sets of names (roles, plan
+//! tiers, tenant statuses) as enums, parsed once where text comes in (a
+//! request, a row, a flag) and matched on everywhere else. Each maps to the
+//! same snake_case text in JSON, in the database and on the command line.
+//!
+//! This module sits at the bottom beside `store` and `support`: every
+//! context may use it, and it uses none of them.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Declares a closed set of names: the enum, its text, parsing with an
+/// error that lists what is accepted, and serde through the text.
+macro_rules! names {
+    ($(#[$meta:meta])* $name:ident, $what:literal { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// Its text (as stored and sent).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownName;
+            fn from_str(s: &str) -> Result<Self, UnknownName> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(UnknownName {
+                        what: $what,
+                        given: s.chars().take(64).collect(),
+                        accepted: &[$($text),+],
+                    }),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+/// A text that names none of a set's values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} `{given}`: use one of {}", accepted.join(", "))]
+pub struct UnknownName {
+    /// What was being named (`role`, `tier`, ...).
+    pub what: &'static str,
+    /// The text given (at most 64 characters of it).
+    pub given: String,
+    /// The accepted texts.
+    pub accepted: &'static [&'static str],
+}
+
+names! {
+    /// What a user or token may do. `platform_admin` exists only in the
+    /// reserved platform tenant; every other tenant holds the other three.
+    Role, "role" {
+        /// Manages tenants and the shared catalogue; never sees a tenant's data.
+        PlatformAdmin = "platform_admin",
+        /// Everything within the tenant, users and tokens included.
+        EnterpriseAdmin = "enterprise_admin",
+        /// Builds and runs: connectors, connections, orchestrations.
+        Operator = "operator",
+        /// Reads only.
+        Viewer = "viewer",
+    }
+}
+
+impl Role {
+    /// The roles a tenant's users and tokens may hold.
+    pub const TENANT: [Role; 3] = [Role::EnterpriseAdmin, Role::Operator, Role::Viewer];
+
+    /// Whether it may change anything (every role but `viewer`).
+    pub fn writes(self) -> bool {
+        self != Role::Viewer
+    }
+
+    /// Whether it administers its tenant (or the platform).
+    pub fn is_admin(self) -> bool {
+        matches!(self, Role::EnterpriseAdmin | Role::PlatformAdmin)
+    }
+
+    /// Whether personal data is shown to it unless withheld per user or token.
+    pub fn sees_pii_by_default(self) -> bool {
+        matches!(self, Role::EnterpriseAdmin | Role::Operator)
+    }
+}
+
+names! {
+    /// A tenant's plan: its quotas and limits.
+    Tier, "tier" {
+        /// The smallest quotas.
+        Free = "free",
+        /// The default for a new tenant.
+        Standard = "standard",
+        /// The largest quotas.
+        Premium = "premium",
+    }
+}
+
+names! {
+    /// Whether a tenant may use the platform.
+    TenantStatus, "tenant status" {
+        /// Serving.
+        Active = "active",
+        /// Its tokens and sessions are refused until it is resumed.
+        Suspended = "suspended",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_through_text_and_json() {
+        for role in Role::ALL {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(*role));
+            let json = serde_json::to_string(role).unwrap();
+            assert_eq!(serde_json::from_str::<Role>(&json).unwrap(), *role);
+        }
+        for tier in Tier::ALL {
+            assert_eq!(tier.to_string().parse::<Tier>(), Ok(*tier));
+        }
+    }
+
+    #[test]
+    fn an_unknown_name_says_what_is_accepted() {
+        let err = "owner".parse::<Role>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown role `owner`: use one of platform_admin, enterprise_admin, operator, viewer"
+        );
+        assert!(serde_json::from_str::<Tier>("\"gold\"").is_err());
+    }
+}
