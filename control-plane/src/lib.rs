@@ -21,6 +21,7 @@ pub mod catalogue;
 pub mod cdm;
 pub mod config;
 pub mod connections;
+pub mod console;
 #[cfg(feature = "dev-sim")]
 pub mod dev;
 pub mod domain;

@@ -72,6 +72,7 @@ mod idempotency;
 mod identity;
 mod limits;
 mod orchestrations;
+mod overview;
 pub use agents::{AgentGroup, AgentRow, Redeem};
 pub use catalogue::{CatalogueFilter, CatalogueRow, ConnectorRow, VersionRow};
 pub use cdm::DeadLetterItem;
@@ -79,6 +80,7 @@ pub use connections::{ApiCallFilter, ApiCallRow, CallPayloadRow, ConnectionRow, 
 pub use executions::{ExecutionRow, StepRow};
 pub use identity::{ApiTokenRow, AuditEntry, AuditFilter, Tenant, UserRow};
 pub use orchestrations::{OrchestrationRow, OrchestrationVersionRow};
+pub use overview::Overview;
 
 /// Storage failed.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Modules above the contexts: they may use everything.
-const TOP: [&str; 6] = ["http", "app", "main", "dev", "config", "lib"];
+const TOP: [&str; 7] = ["http", "console", "app", "main", "dev", "config", "lib"];
 /// The bottom layers: they may use nothing above them.
 const BOTTOM: [(&str, &[&str]); 3] = [
     ("store", &["support", "domain"]),

@@ -4,4 +4,5 @@
 
 pub mod ca;
 pub mod dispatch;
+pub mod enroll;
 pub mod tunnel;

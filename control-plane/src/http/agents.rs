@@ -9,7 +9,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use dibop_protocol::{CallRequest, EnrollmentToken};
+use dibop_protocol::CallRequest;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -140,49 +140,15 @@ pub(crate) async fn create_enrollment_token(
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     require_admin(&p)?;
-    let group = load_group(&core, &p, &id).await?;
     // The body is optional: no body means the defaults.
     let options: NewEnrollmentToken = optional_json_body(&body)?.unwrap_or_default();
-    let ttl = options.ttl_secs.unwrap_or(24 * 3600);
-    if !(1..=30 * 24 * 3600).contains(&ttl) {
-        return Err(ApiError::invalid(format!(
-            "ttl_secs = {ttl} must be between 1 and 2592000 (30 days)"
-        )));
-    }
-    let secret = crate::support::ids::new_secret("");
-    let token_id = crate::support::ids::new_id("enr");
-    let expires_at = now_unix() + ttl as i64;
-    let tx = core.store.begin().await?;
-    tx.create_enrollment_token(
-        &token_id,
-        &p.tenant_id,
-        &group.id,
-        &crate::support::ids::hash_secret(&secret),
-        expires_at,
-    )
-    .await?;
-    crate::identity::audit::record_by(
-        &tx,
-        &p,
-        "enrollment_token.create",
-        ("enrollment_token", &token_id),
-        json!({"group_id": group.id, "expires_at": rfc3339(expires_at)}),
-    )
-    .await?;
-    tx.commit().await?;
-    let token = EnrollmentToken {
-        address: core.settings.public_tunnel_addr.clone(),
-        secret,
-        ca_sha256: core.ca.fingerprint(),
-        expires_at_unix: expires_at,
-    }
-    .encode();
+    let issued = crate::agents::enroll::issue_token(&core, &p, &id, options.ttl_secs).await?;
     let body = json!({
-        "id": token_id,
-        "group_id": group.id,
-        "token": token,
-        "expires_at": rfc3339(expires_at),
-        "install_command": format!("dibop-agent enroll '{token}' && dibop-agent run --config /etc/dibop-agent/agent.toml"),
+        "id": issued.id,
+        "group_id": issued.group_id,
+        "token": issued.token,
+        "expires_at": rfc3339(issued.expires_at),
+        "install_command": issued.install_command(),
     });
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
@@ -203,30 +169,19 @@ pub(crate) struct AgentView {
 }
 
 fn agent_view(core: &Core, a: AgentRow) -> AgentView {
-    let live = core.registry.get(&a.id);
-    let (status, last_seen, in_flight, version, hostname) = match (&live, a.revoked_at) {
-        (_, Some(_)) => ("revoked", a.last_seen, 0, a.version, a.hostname),
-        (Some(l), None) => (
-            "online",
-            Some(l.last_seen.load(std::sync::atomic::Ordering::Relaxed)),
-            l.in_flight.load(std::sync::atomic::Ordering::Relaxed),
-            l.version.clone(),
-            l.hostname.clone(),
-        ),
-        (None, None) => ("offline", a.last_seen, 0, a.version, a.hostname),
-    };
+    let state = crate::agents::enroll::state_of(core, &a);
     AgentView {
         id: a.id,
         name: a.name,
         group_id: a.group_id,
-        status,
-        version,
-        hostname,
-        last_seen: last_seen.map(rfc3339),
+        status: state.status,
+        version: state.version,
+        hostname: state.hostname,
+        last_seen: state.last_seen.map(rfc3339),
         enrolled_at: rfc3339(a.enrolled_at),
         certificate_expires_at: rfc3339(a.cert_not_after),
         revoked_at: a.revoked_at.map(rfc3339),
-        in_flight,
+        in_flight: state.in_flight,
     }
 }
 

@@ -162,6 +162,17 @@ impl From<IdentityError> for ApiError {
     }
 }
 
+impl From<crate::agents::enroll::EnrollError> for ApiError {
+    fn from(e: crate::agents::enroll::EnrollError) -> Self {
+        use crate::agents::enroll::EnrollError;
+        match e {
+            EnrollError::NoGroup(id) => ApiError::not_found("agent group", &id),
+            EnrollError::Ttl(_) => ApiError::invalid(e.to_string()),
+            EnrollError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<crate::connections::ConnectionError> for ApiError {
     fn from(e: crate::connections::ConnectionError) -> Self {
         use crate::connections::ConnectionError;

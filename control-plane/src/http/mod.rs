@@ -165,6 +165,7 @@ pub fn router(core: Arc<Core>) -> Router {
             utoipa_swagger_ui::SwaggerUi::new("/api/v1/docs")
                 .config(utoipa_swagger_ui::Config::from("/api/v1/openapi.json")),
         )
+        .merge(crate::console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -15,15 +15,15 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dibop_runtime::support::rfc3339;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::Core;
 use crate::http::{
     ApiError, ApiJson, ApiPath, ApiQuery, Page, Principal, page_limit, paged, require_admin,
 };
 use crate::identity::Role;
-use crate::identity::audit::{record, record_by};
-use crate::identity::users::{check_credentials, new_user, start_session, tenant_role};
+use crate::identity::audit::record_by;
+use crate::identity::users::{SignedIn, new_user, sign_in, sign_out, tenant_role};
 use crate::store::{UserRow, now_unix};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -62,29 +62,15 @@ pub(crate) async fn login_handler(
     State(core): State<Arc<Core>>,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Response, ApiError> {
-    match check_credentials(&core.store, &body.email, &body.password).await? {
-        Some(user) => {
-            let tx = core.store.begin().await?;
-            let (session, secret) = start_session(&tx, &user).await?;
-            record(
-                &tx,
-                Some(&user.tenant_id),
-                &format!("user:{}", user.id),
-                "session.create",
-                ("session", &session.id),
-                Value::Null,
-            )
-            .await?;
-            tx.commit().await?;
-            Ok(Json(json!({
-                "token": secret,
-                "token_type": "Bearer",
-                "expires_at": session.expires_at.map(rfc3339),
-                "user": user_view(&user),
-                "tenant_id": user.tenant_id,
-            }))
-            .into_response())
-        }
+    match sign_in(&core.store, &body.email, &body.password).await? {
+        Some((SignedIn { user, session }, secret)) => Ok(Json(json!({
+            "token": secret,
+            "token_type": "Bearer",
+            "expires_at": session.expires_at.map(rfc3339),
+            "user": user_view(&user),
+            "tenant_id": user.tenant_id,
+        }))
+        .into_response()),
         None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_credentials",
@@ -99,19 +85,7 @@ pub(crate) async fn logout_handler(
     State(core): State<Arc<Core>>,
     p: Principal,
 ) -> Result<StatusCode, ApiError> {
-    let tx = core.store.begin().await?;
-    tx.revoke_api_token(&p.tenant_id, &p.token_id, now_unix())
-        .await?;
-    record_by(
-        &tx,
-        &p,
-        "session.revoke",
-        ("session", &p.token_id),
-        Value::Null,
-    )
-    .await?;
-    tx.commit().await?;
-    core.tokens.forget(&p.token_id);
+    sign_out(&core, &p).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

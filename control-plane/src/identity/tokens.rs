@@ -154,6 +154,16 @@ pub async fn authenticate(core: &Core, token: &str) -> Result<(Principal, Tenant
             at,
         });
     }
+    // A session (a token bound to a user) also ends when left idle.
+    if t.user_id.is_some() {
+        let idle_since = t.last_used_at.unwrap_or(t.created_at);
+        if now_unix() - idle_since > super::users::SESSION_IDLE_SECS {
+            return Err(AuthError::Expired {
+                prefix: t.prefix,
+                at: idle_since + super::users::SESSION_IDLE_SECS,
+            });
+        }
+    }
     let tenant = core
         .quotas
         .tenant(&core.store, &t.tenant_id)

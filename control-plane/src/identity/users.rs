@@ -21,6 +21,9 @@ pub const MAX_CONCURRENT_HASHES: usize = 2;
 /// Lifetime of a session.
 pub const SESSION_TTL_SECS: i64 = 12 * 3600;
 
+/// A session left unused this long ends (seconds).
+pub const SESSION_IDLE_SECS: i64 = 30 * 60;
+
 /// Shortest password accepted.
 pub const MIN_PASSWORD_LEN: usize = 12;
 
@@ -201,13 +204,67 @@ pub async fn start_session(
         expires_at: Some(now_unix() + SESSION_TTL_SECS),
         revoked_at: None,
         last_used_at: None,
-        user_id: None,
+        user_id: Some(user.id.clone()),
         view_pii: None,
     };
     store
         .create_session(&row, &user.id, &crate::support::ids::hash_secret(&secret))
         .await?;
     Ok((row, secret))
+}
+
+/// Signs a user in: checks the credentials and starts a session, audited
+/// in the transaction that stores it. `None` for wrong credentials or a
+/// disabled user. The secret is handed out once and stored only as a hash.
+pub async fn sign_in(
+    store: &Store,
+    email: &str,
+    password: &str,
+) -> Result<Option<(SignedIn, String)>, StoreError> {
+    let Some(user) = check_credentials(store, email, password).await? else {
+        return Ok(None);
+    };
+    let tx = store.begin().await?;
+    let (session, secret) = start_session(&tx, &user).await?;
+    super::audit::record(
+        &tx,
+        Some(&user.tenant_id),
+        &format!("user:{}", user.id),
+        "session.create",
+        ("session", &session.id),
+        serde_json::Value::Null,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some((SignedIn { user, session }, secret)))
+}
+
+/// A user signed in, and their session.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    /// Who signed in.
+    pub user: UserRow,
+    /// The session (an API token row bound to the user).
+    pub session: ApiTokenRow,
+}
+
+/// Ends the caller's session or revokes the token it used: it stops working
+/// at once on this node (within the token cache's time elsewhere).
+pub async fn sign_out(core: &crate::Core, p: &super::Principal) -> Result<(), StoreError> {
+    let tx = core.store.begin().await?;
+    tx.revoke_api_token(&p.tenant_id, &p.token_id, now_unix())
+        .await?;
+    super::audit::record_by(
+        &tx,
+        p,
+        "session.revoke",
+        ("session", &p.token_id),
+        serde_json::Value::Null,
+    )
+    .await?;
+    tx.commit().await?;
+    core.tokens.forget(&p.token_id);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -353,6 +353,16 @@ impl Store {
         Ok(())
     }
 
+    /// One user of a tenant.
+    pub async fn user(&self, tenant_id: &str, id: &str) -> Result<Option<UserRow>, StoreError> {
+        self.scoped(
+            select_users!("WHERE tenant_id = $1 AND id = $2"),
+            tenant_id,
+            id,
+        )
+        .await
+    }
+
     /// A user by email (any tenant: emails are unique).
     pub async fn user_by_email(&self, email: &str) -> Result<Option<UserRow>, StoreError> {
         sqlx::query_as::<_, UserRow>(select_users!("WHERE email = $1"))
