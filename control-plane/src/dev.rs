@@ -210,6 +210,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
     write_private(&path, &serde_json::to_vec_pretty(&credentials)?)?;
     println!(
         "\nDIBOP is running.\n\
+         \n  console      {api_url}/   sign in as {admin_email} with password {admin_password}\
          \n  API          {api_url}   (token in {path})\
          \n  tunnel       quic://{tunnel}\
          \n  DMS sim      {dms_url}   (X-API-Key: {key})\

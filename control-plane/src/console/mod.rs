@@ -49,6 +49,14 @@ pub fn routes() -> Router<Arc<Core>> {
         .layer(middleware::from_fn(security_headers))
 }
 
+/// The console's page for a path that leads nowhere.
+pub fn not_found() -> Response {
+    pages::problem(
+        axum::http::StatusCode::NOT_FOUND,
+        "There is no page at this address. It may have moved, or the link is mistyped.",
+    )
+}
+
 /// Headers every console response carries.
 async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;

@@ -172,6 +172,19 @@ struct Dashboard {
     recent: Vec<RecentExecution>,
 }
 
+/// A count with thousands separated: `1,234,567`.
+fn grouped(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
 /// The badge class of a status or health word.
 fn tone(word: &str) -> &'static str {
     match word {
@@ -259,7 +272,7 @@ pub(crate) async fn dashboard(
     let tiles = vec![
         Tile {
             label: "Active connections",
-            figure: active.to_string(),
+            figure: grouped(active),
             href: "/connections",
             badges: health_badges,
             meter: None,
@@ -302,7 +315,7 @@ pub(crate) async fn dashboard(
         },
         Tile {
             label: "API calls, last 24 h",
-            figure: overview.calls.to_string(),
+            figure: grouped(overview.calls),
             href: "/connections",
             badges: vec![(
                 error_rate,
@@ -316,9 +329,15 @@ pub(crate) async fn dashboard(
         },
         Tile {
             label: "Monthly quota used",
-            figure: format!("{used} / {quota}"),
+            figure: format!(
+                "{}%",
+                (used.saturating_mul(100) / quota.max(1)).clamp(0, 100)
+            ),
             href: "/settings/users",
-            badges: vec![(format!("calls in {period}"), "")],
+            badges: vec![(
+                format!("{} of {} calls in {period}", grouped(used), grouped(quota)),
+                "",
+            )],
             meter: Some((used.saturating_mul(100) / quota.max(1)).clamp(0, 100) as u8),
         },
     ];
@@ -917,4 +936,18 @@ pub(crate) async fn audit(
             next,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_grouped_by_thousands() {
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1_000), "1,000");
+        assert_eq!(grouped(100_000_000), "100,000,000");
+        assert_eq!(grouped(-12_345), "-12,345");
+    }
 }

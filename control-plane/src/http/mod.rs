@@ -91,12 +91,13 @@ async fn request_meta_layer(State(core): State<Arc<Core>>, req: Request, next: N
 /// other framework rejection) the API's one error shape.
 async fn uniform_error(response: Response) -> Response {
     let status = response.status();
-    let is_json = response
+    let shaped = response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
+    // JSON is already the API's shape; HTML is the console's own error page.
+    if !(status.is_client_error() || status.is_server_error()) || shaped {
         return response;
     }
     let text = axum::body::to_bytes(response.into_body(), 64 * 1024)

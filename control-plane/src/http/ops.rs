@@ -13,8 +13,14 @@ use super::ApiError;
 
 use crate::Core;
 
-pub(crate) async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+/// No route: the API's error under `/api/`, elsewhere the console's page.
+pub(crate) async fn not_found(uri: axum::http::Uri) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    if uri.path().starts_with("/api/") {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint").into_response()
+    } else {
+        crate::console::not_found()
+    }
 }
 
 pub(crate) async fn method_not_allowed() -> ApiError {

@@ -1,0 +1,98 @@
+//! The web console in real Chromium (Debian's `chromium`, driven by
+//! `playwright-core` from npm), against `dibop dev`: a real control plane,
+//! relay agent and DMS simulator as separate processes. The walk itself is
+//! `tests/browser/console.mjs` (sign in, each page checked with axe-core,
+//! search the catalogue, open an integration, add a relay, sign out).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use dibop_e2e::harness::{READY, bin, eventually};
+use serde_json::Value;
+
+/// Where `scripts/test` installs the npm test packages.
+fn node_modules() -> PathBuf {
+    std::env::var("DIBOP_TEST_DEPS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-deps"))
+        .join("node_modules")
+}
+
+fn chromium() -> PathBuf {
+    std::env::var("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("/usr/bin/chromium"))
+}
+
+#[tokio::test]
+async fn an_admin_walks_the_console_in_chromium() {
+    let modules = node_modules();
+    if !chromium().exists() || !modules.join("playwright-core").exists() {
+        eprintln!(
+            "SKIPPED: needs Debian's chromium at {} and playwright-core under {} (scripts/test installs both)",
+            chromium().display(),
+            modules.display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let _dev = tokio::process::Command::new(bin("dibop"))
+        .args(["dev", "--data-dir"])
+        .arg(&data)
+        .args([
+            "--http-addr",
+            "127.0.0.1:0",
+            "--tunnel-addr",
+            "127.0.0.1:0",
+            "--dms-addr",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let credentials = data.join("dev-credentials.json");
+    let creds: Value = eventually("dev-credentials.json", READY, || async {
+        serde_json::from_slice(&std::fs::read(&credentials).ok()?).ok()
+    })
+    .await
+    .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/console.mjs");
+    let mut walk = tokio::process::Command::new("node");
+    walk.arg(&script)
+        .arg(creds["api_url"].as_str().unwrap())
+        .arg(&credentials)
+        .env("NODE_PATH", &modules)
+        .env("CHROMIUM", chromium())
+        .kill_on_drop(true);
+    // `DIBOP_SCREENSHOTS=docs/console` regenerates the console tour's pictures.
+    if let Ok(shots) = std::env::var("DIBOP_SCREENSHOTS") {
+        walk.arg(shots);
+    }
+    let out = walk.output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the walk through the console failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("{\"ok\":true}"), "{stdout}");
+    // Every page was checked: no serious or critical accessibility problem.
+    for page in [
+        "sign-in",
+        "dashboard",
+        "integrations",
+        "integration",
+        "connections",
+        "relays",
+        "users",
+        "audit",
+    ] {
+        assert!(
+            stdout.contains(&format!("\"page\":\"{page}\"")),
+            "{page} was not visited:\n{stdout}"
+        );
+    }
+}
