@@ -590,3 +590,46 @@ impl Dms {
         })
     }
 }
+
+/// `dibop dev` on free loopback ports (control plane, relay agent and DMS
+/// simulator in one process tree), ready once it wrote its credentials.
+#[derive(Debug)]
+pub struct DevStack {
+    /// The `dibop dev` process (killed on drop).
+    pub child: tokio::process::Child,
+    /// What it wrote to `dev-credentials.json`.
+    pub credentials: Value,
+    /// Where that file is.
+    pub credentials_path: PathBuf,
+}
+
+impl DevStack {
+    /// Starts `dibop dev` with its data in `data_dir`.
+    pub async fn start(data_dir: &Path) -> anyhow::Result<DevStack> {
+        let child = tokio::process::Command::new(bin("dibop"))
+            .args(["dev", "--data-dir"])
+            .arg(data_dir)
+            .args([
+                "--http-addr",
+                "127.0.0.1:0",
+                "--tunnel-addr",
+                "127.0.0.1:0",
+                "--dms-addr",
+                "127.0.0.1:0",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let credentials_path = data_dir.join("dev-credentials.json");
+        let credentials = eventually("dev-credentials.json", READY, || async {
+            serde_json::from_slice(&std::fs::read(&credentials_path).ok()?).ok()
+        })
+        .await?;
+        Ok(DevStack {
+            child,
+            credentials,
+            credentials_path,
+        })
+    }
+}

@@ -4,11 +4,8 @@
 //! `tests/browser/console.mjs` (sign in, each page checked with axe-core,
 //! search the catalogue, open an integration, add a relay, sign out).
 
+use dibop_e2e::harness::DevStack;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-
-use dibop_e2e::harness::{READY, bin, eventually};
-use serde_json::Value;
 
 /// Where `scripts/test` installs the npm test packages.
 fn node_modules() -> PathBuf {
@@ -37,33 +34,13 @@ async fn an_admin_walks_the_console_in_chromium() {
     }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("dev");
-    let _dev = tokio::process::Command::new(bin("dibop"))
-        .args(["dev", "--data-dir"])
-        .arg(&data)
-        .args([
-            "--http-addr",
-            "127.0.0.1:0",
-            "--tunnel-addr",
-            "127.0.0.1:0",
-            "--dms-addr",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let credentials = data.join("dev-credentials.json");
-    let creds: Value = eventually("dev-credentials.json", READY, || async {
-        serde_json::from_slice(&std::fs::read(&credentials).ok()?).ok()
-    })
-    .await
-    .unwrap();
+    let dev = DevStack::start(&data).await.unwrap();
+    let (creds, credentials) = (&dev.credentials, &dev.credentials_path);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/console.mjs");
     let mut walk = tokio::process::Command::new("node");
     walk.arg(&script)
         .arg(creds["api_url"].as_str().unwrap())
-        .arg(&credentials)
+        .arg(credentials)
         .env("NODE_PATH", &modules)
         .env("CHROMIUM", chromium())
         .kill_on_drop(true);

@@ -1,38 +1,20 @@
 //! Longer lifecycles across real processes: `dibop dev` as a user runs it,
 //! and agent certificates renewed over the tunnel.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use dibop_e2e::harness::{Agent, Api, ControlPlane, Dms, READY, bin, eventually};
+use dibop_e2e::harness::{Agent, Api, ControlPlane, DevStack, Dms, READY, eventually};
 use serde_json::{Value, json};
 
 #[tokio::test]
 async fn dibop_dev_runs_the_whole_platform_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("dev");
-    let mut dev = tokio::process::Command::new(bin("dibop"))
-        .args(["dev", "--data-dir"])
-        .arg(&data)
-        .args([
-            "--http-addr",
-            "127.0.0.1:0",
-            "--tunnel-addr",
-            "127.0.0.1:0",
-            "--dms-addr",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let credentials_path = data.join("dev-credentials.json");
-    let creds: Value = eventually("dev-credentials.json", READY, || async {
-        serde_json::from_slice(&std::fs::read(&credentials_path).ok()?).ok()
-    })
-    .await
-    .unwrap();
+    let DevStack {
+        child: mut dev,
+        credentials: creds,
+        credentials_path,
+    } = DevStack::start(&data).await.unwrap();
     for key in [
         "api_url",
         "api_token",

@@ -24,6 +24,12 @@ struct Args {
     /// engine on SQLite, and on PostgreSQL when DIBOP_TEST_POSTGRES_URL is set).
     #[arg(long, default_value = "relay")]
     scenario: String,
+    /// Connections seeded before the console's pages are measured.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// Executions seeded before the console's pages are measured.
+    #[arg(long, default_value_t = 10_000)]
+    executions: usize,
     /// Connectors published before the catalogue search is measured.
     #[arg(long, default_value_t = 300)]
     connectors: usize,
@@ -49,6 +55,11 @@ enum Target {
         url: String,
         token: String,
     },
+    /// A console page, with a session cookie.
+    Page {
+        url: String,
+        cookie: String,
+    },
 }
 
 async fn one_call(client: &reqwest::Client, target: &Target) -> anyhow::Result<()> {
@@ -69,6 +80,7 @@ async fn one_call(client: &reqwest::Client, target: &Target) -> anyhow::Result<(
                 .await?
         }
         Target::Api { url, token } => client.get(url).bearer_auth(token).send().await?,
+        Target::Page { url, cookie } => client.get(url).header("cookie", cookie).send().await?,
     };
     let status = response.status();
     let bytes = response.bytes().await?;
@@ -456,6 +468,140 @@ async fn run_orchestrations(
     Ok(results)
 }
 
+/// Server render time of the console's pages over a full store (by default
+/// 1,000 connections and 10,000 executions), 16 signed-in clients per page.
+async fn console(args: &Args) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(&dir.path().join("cp")).await?;
+    let api = cp.tenant("bench").await?;
+    let dms = Dms::start().await?;
+    let (_, catalogue) = api.send("GET", "/catalogue?q=dms-sim", None).await?;
+    let connector = catalogue[0]["id"].clone();
+    let t = Instant::now();
+    for i in 0..args.connections {
+        let (status, c) = api
+            .send(
+                "POST",
+                "/connections",
+                Some(
+                    json!({"connector_id": connector, "name": format!("DMS {i}"),
+                    "auth_type": "api_key", "credentials": {"api_key": "dms-demo-key"},
+                    "base_url": dms.url}),
+                ),
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "connection: {c}");
+    }
+    let seed_connections = t.elapsed();
+    let id = api
+        .create_orchestration(
+            "format: dibop.orchestration/v1\nname: tick\nsteps:\n  - { id: one, type: set, values: { n: 1 } }\n",
+        )
+        .await?;
+    let t = Instant::now();
+    let per_worker = args.executions.div_ceil(16);
+    let mut workers = Vec::new();
+    for w in 0..16 {
+        let (url, token) = (
+            format!("{}/api/v1/orchestrations/{id}/execute", cp.http),
+            api.token().to_owned(),
+        );
+        let n = per_worker.min(args.executions.saturating_sub(w * per_worker));
+        workers.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for _ in 0..n {
+                let v: Value = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&json!({"wait_ms": 60000}))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                anyhow::ensure!(v["status"] == "succeeded", "execution: {v}");
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for w in workers {
+        w.await??;
+    }
+    let seed_executions = t.elapsed();
+    // A person signed in through the form, as a browser does.
+    let password = "a long enough bench password";
+    let (status, u) = api
+        .send(
+            "POST",
+            "/users",
+            Some(json!({"email": "bench@bench.example", "password": password, "role": "enterprise_admin"})),
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "user: {u}");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let form = client.get(format!("{}/sign-in", cp.http)).send().await?;
+    let binding_cookie = form
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .context("no sign-in cookie")?
+        .to_owned();
+    let body = form.text().await?;
+    let marker = "name=\"binding\" value=\"";
+    let at = body.find(marker).context("no binding")? + marker.len();
+    let binding = &body[at..at + body[at..].find('"').context("no binding")?];
+    let signed_in = client
+        .post(format!("{}/sign-in", cp.http))
+        .header("cookie", &binding_cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        // Only letters, digits, `-`, `_`, `@` and `.` here: no escaping needed.
+        .body(format!(
+            "email=bench%40bench.example&password={}&binding={binding}",
+            password.replace(' ', "+")
+        ))
+        .send()
+        .await?;
+    let cookie = signed_in
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("dibop_session="))
+        .and_then(|v| v.split(';').next())
+        .context("no session cookie")?
+        .to_owned();
+    let mut pages = Vec::new();
+    for path in [
+        "/",
+        "/integrations",
+        "/connections",
+        "/relays",
+        "/settings/users",
+        "/audit",
+    ] {
+        let target = Target::Page {
+            url: format!("{}{path}", cp.http),
+            cookie: cookie.clone(),
+        };
+        let mut m = measure(&target, 16, args.seconds).await?;
+        m["page"] = json!(path);
+        pages.push(m);
+    }
+    let report = json!({
+        "benchmark": "console pages, server render time",
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "connections": args.connections,
+        "executions": args.executions,
+        "seed_connections_s": seed_connections.as_secs_f64().round(),
+        "seed_executions_s": seed_executions.as_secs_f64().round(),
+        "pages_c16": pages,
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     dibop_runtime::install_crypto_provider();
@@ -465,7 +611,10 @@ async fn main() -> anyhow::Result<()> {
         "catalogue" => return catalogue(&args).await,
         "executions" => return executions(&args).await,
         "cdm" => return cdm(&args).await,
-        other => anyhow::bail!("--scenario {other}: use relay, catalogue, executions or cdm"),
+        "console" => return console(&args).await,
+        other => {
+            anyhow::bail!("--scenario {other}: use relay, catalogue, executions, cdm or console")
+        }
     }
     let dir = tempfile::tempdir()?;
     let cp = ControlPlane::start(&dir.path().join("cp")).await?;
