@@ -203,7 +203,7 @@ async fn signing_in_and_out_with_a_session_cookie() {
     let page = b.get("/").await;
     let css = page
         .body
-        .split("href=\"")
+        .split("rel=\"stylesheet\" href=\"")
         .nth(1)
         .unwrap()
         .split('"')
