@@ -1,4 +1,5 @@
--- The console's dashboard counts a tenant's executions of today and API
--- calls of the last 24 hours: by tenant and time, not by scanning ids.
-CREATE INDEX executions_by_tenant_time ON executions (tenant_id, created_at);
-CREATE INDEX api_calls_by_tenant_time ON api_calls (tenant_id, at);
+-- The console's dashboard counts a tenant's executions of today by status
+-- and its API calls of the last 24 hours: from indexes that hold what is
+-- counted, not by reading every row.
+CREATE INDEX executions_by_tenant_time ON executions (tenant_id, created_at, status);
+CREATE INDEX api_calls_by_tenant_time ON api_calls (tenant_id, at, ok);

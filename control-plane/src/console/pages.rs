@@ -209,28 +209,20 @@ pub(crate) async fn dashboard(
     }
     let now = crate::store::now_unix();
     let tenant = &v.principal.tenant_id;
-    let overview = match core
-        .store
-        .overview(tenant, now - now % 86_400, now - 86_400)
-        .await
-    {
-        Ok(o) => o,
-        Err(e) => return failed(e),
-    };
-    let groups = match core.store.list_groups(tenant, None, 200).await {
-        Ok(g) => g,
-        Err(e) => return failed(e),
-    };
-    let recent = match core
-        .store
-        .list_executions(tenant, None, None, None, 10)
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => return failed(e),
-    };
     let (period, _) = crate::quotas::period_now();
-    let used = core.store.usage(tenant, &period).await.unwrap_or(0);
+    // Independent reads, side by side.
+    let (overview, groups, recent, used) = tokio::join!(
+        core.store
+            .overview(tenant, now - now % 86_400, now - 86_400),
+        core.store.list_groups(tenant, None, 200),
+        core.store.list_executions(tenant, None, None, None, 10),
+        core.store.usage(tenant, &period),
+    );
+    let (overview, groups, recent) = match (overview, groups, recent) {
+        (Ok(o), Ok(g), Ok(r)) => (o, g, r),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return failed(e),
+    };
+    let used = used.unwrap_or(0);
     let quota = crate::quotas::plans::limits_of(&v.tenant).calls_per_month;
 
     let active: i64 = overview.connections_by_health.iter().map(|(_, n)| n).sum();
@@ -616,20 +608,39 @@ struct ConnectionLine {
 struct Connections {
     chrome: Chrome,
     lines: Vec<ConnectionLine>,
+    /// The cursor of the next page, if there is one.
+    next: Option<String>,
+    /// Whether this is a later page (a link back to the first).
+    paged: bool,
+}
+
+/// Rows on a page of a list.
+const PAGE: usize = 50;
+
+#[derive(Debug, Deserialize, Default)]
+pub(crate) struct PageQuery {
+    after: Option<String>,
 }
 
 /// `GET /connections`: the tenant's connections with their state.
-pub(crate) async fn connections(State(core): State<Arc<Core>>, v: Visitor) -> Response {
+pub(crate) async fn connections(
+    State(core): State<Arc<Core>>,
+    v: Visitor,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let q: PageQuery = query(raw.as_deref());
     let rows = match core
         .store
-        .list_connections(&v.principal.tenant_id, None, 1000)
+        .list_connections(&v.principal.tenant_id, q.after.as_deref(), PAGE as i64 + 1)
         .await
     {
         Ok(rows) => rows,
         Err(e) => return failed(e),
     };
+    let next = (rows.len() > PAGE).then(|| rows[PAGE - 1].id.clone());
     let lines = rows
         .into_iter()
+        .take(PAGE)
         .map(|c| ConnectionLine {
             status_class: tone(&c.status),
             health_class: tone(&c.health),
@@ -651,6 +662,8 @@ pub(crate) async fn connections(State(core): State<Arc<Core>>, v: Visitor) -> Re
         &Connections {
             chrome: Chrome::new(&v, "connections", None),
             lines,
+            next,
+            paged: q.after.is_some(),
         },
     )
 }
@@ -912,7 +925,6 @@ pub(crate) async fn audit(
         ..Default::default()
     };
     let scope = (!v.principal.is_platform_admin()).then_some(v.principal.tenant_id.as_str());
-    const PAGE: usize = 50;
     let rows = match core.store.list_audit(scope, &filter, PAGE as i64 + 1).await {
         Ok(rows) => rows,
         Err(e) => return failed(e),

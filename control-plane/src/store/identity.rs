@@ -152,6 +152,20 @@ pub struct AuditFilter {
     pub before: Option<String>,
 }
 
+/// `SELECT <audit columns> FROM audit_log WHERE <scope> AND <filters>`,
+/// newest first, as a static string.
+macro_rules! select_audit {
+    ($scope:literal) => {
+        concat!(
+            "SELECT id, tenant_id, at, actor, action, resource_type, resource_id, source_ip, request_id, \
+             details FROM audit_log WHERE ",
+            $scope,
+            " AND ($2 IS NULL OR action = $2) AND ($3 IS NULL OR resource_type = $3) \
+             AND ($4 IS NULL OR resource_id = $4) AND ($5 IS NULL OR id < $5) ORDER BY id DESC LIMIT $6"
+        )
+    };
+}
+
 impl Store {
     /// Creates a tenant on the `standard` tier.
     pub async fn create_tenant(&self, id: &str, name: &str) -> Result<Tenant, StoreError> {
@@ -603,19 +617,20 @@ impl Store {
         f: &AuditFilter,
         limit: i64,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        sqlx::query_as::<_, AuditEntry>(
-            "SELECT id, tenant_id, at, actor, action, resource_type, resource_id, source_ip, request_id, details \
-             FROM audit_log \
-             WHERE (($1 IS NULL AND tenant_id IS NULL) OR tenant_id = $1) \
-               AND ($2 IS NULL OR action = $2) AND ($3 IS NULL OR resource_type = $3) \
-               AND ($4 IS NULL OR resource_id = $4) AND ($5 IS NULL OR id < $5) \
-             ORDER BY id DESC LIMIT $6",
-        )
-        .bind(tenant_id)
-        .bind(&f.action)
-        .bind(&f.resource_type)
-        .bind(&f.resource_id)
-        .bind(&f.before)
-        .bind(limit).all(self).await
+        // Two statements, not `($1 IS NULL AND tenant_id IS NULL) OR tenant_id = $1`:
+        // each walks the (tenant_id, id) index backwards instead of scanning the log.
+        let sql = match tenant_id {
+            Some(_) => select_audit!("tenant_id = $1"),
+            None => select_audit!("tenant_id IS NULL AND CAST($1 AS TEXT) IS NULL"),
+        };
+        sqlx::query_as::<_, AuditEntry>(sql)
+            .bind(tenant_id)
+            .bind(&f.action)
+            .bind(&f.resource_type)
+            .bind(&f.resource_id)
+            .bind(&f.before)
+            .bind(limit)
+            .all(self)
+            .await
     }
 }
