@@ -197,6 +197,30 @@ fn tone(word: &str) -> &'static str {
     }
 }
 
+/// How long the dashboard's counts are reused: 16 admins refreshing it
+/// share one count of the day's executions every few seconds.
+const OVERVIEW_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+static OVERVIEWS: std::sync::LazyLock<crate::support::cache::TtlCache<crate::store::Overview>> =
+    std::sync::LazyLock::new(|| crate::support::cache::TtlCache::new(OVERVIEW_TTL, 10_000));
+
+/// A tenant's counts for the dashboard, at most [`OVERVIEW_TTL`] old.
+async fn overview_of(
+    core: &Core,
+    tenant: &str,
+    now: i64,
+) -> Result<crate::store::Overview, crate::store::StoreError> {
+    if let Some(o) = OVERVIEWS.get(tenant) {
+        return Ok(o);
+    }
+    let o = core
+        .store
+        .overview(tenant, now - now % 86_400, now - 86_400)
+        .await?;
+    OVERVIEWS.insert(tenant.to_owned(), o.clone());
+    Ok(o)
+}
+
 /// `GET /`: the home dashboard (platform admins go to their pages).
 pub(crate) async fn dashboard(
     State(core): State<Arc<Core>>,
@@ -212,8 +236,7 @@ pub(crate) async fn dashboard(
     let (period, _) = crate::quotas::period_now();
     // Independent reads, side by side.
     let (overview, groups, recent, used) = tokio::join!(
-        core.store
-            .overview(tenant, now - now % 86_400, now - 86_400),
+        overview_of(&core, tenant, now),
         core.store.list_groups(tenant, None, 200),
         core.store.list_executions(tenant, None, None, None, 10),
         core.store.usage(tenant, &period),
