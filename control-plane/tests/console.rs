@@ -308,6 +308,10 @@ async fn viewers_see_no_write_controls_and_cannot_forge_them() {
         .await;
     assert_eq!(forged.status, 403);
     assert!(!forged.body.contains("dibop-agent enroll"));
+    let forged = viewer
+        .post("/relays/agents/agt_any/revoke", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(forged.status, 403, "a viewer may revoke agents");
 
     let password = user(&cp, "ada@acme.example", "enterprise_admin").await;
     let mut admin = Browser::new(&cp);
@@ -351,6 +355,10 @@ async fn viewers_see_no_write_controls_and_cannot_forge_them() {
                 ("group_id", theirs["id"].as_str().unwrap()),
             ],
         )
+        .await;
+    assert_eq!(missing.status, 404);
+    let missing = admin
+        .post("/relays/agents/agt_nobody/revoke", &[("csrf", &csrf)])
         .await;
     assert_eq!(missing.status, 404);
 }

@@ -87,6 +87,17 @@ if (!command.startsWith("dibop-agent enroll '")) fail(`no install command: ${com
 if (!(await page.textContent(".toasts")).includes("Enrollment token created")) fail("no success toast");
 if (shots) await page.screenshot({ path: join(shots, "relays-add.png") });
 
+// Revoke the demo agent: a confirm dialog first, then the agent is cut off.
+await page.goto(base + "/relays");
+await page.click("button:has-text('Revoke')");
+await page.waitForSelector("dialog#confirm[open]");
+if (shots) await page.screenshot({ path: join(shots, "relays-revoke.png") });
+await page.focus("dialog#confirm [data-confirm-ok]");
+await page.keyboard.press("Enter");
+await page.waitForURL(/done=agent_revoked/);
+if (!(await page.textContent("table.list")).includes("revoked")) fail("the agent is not shown revoked");
+if (!(await page.textContent(".toasts")).includes("Agent revoked")) fail("no toast after revoking");
+
 await check("users", "/settings/users");
 await check("audit", "/audit");
 

@@ -13,6 +13,62 @@ pub const DEFAULT_TTL_SECS: u64 = 24 * 3600;
 /// The longest lifetime of an enrollment token.
 pub const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
 
+/// Why an agent was not revoked.
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    /// No such agent in the caller's tenant.
+    #[error("agent `{0}` does not exist")]
+    NoAgent(String),
+    /// It was revoked before (when).
+    #[error("agent {id} was already revoked at {}", rfc3339(*at))]
+    AlreadyRevoked {
+        /// The agent.
+        id: String,
+        /// When it was revoked.
+        at: i64,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Revokes one of the caller's agents, audited in the transaction that
+/// records it; the agent's tunnel is closed after the commit and it can
+/// never connect again.
+pub async fn revoke(core: &Core, p: &Principal, id: &str) -> Result<(), RevokeError> {
+    match core.store.agent(&p.tenant_id, id).await? {
+        None => return Err(RevokeError::NoAgent(id.to_owned())),
+        Some(a) => {
+            if let Some(at) = a.revoked_at {
+                return Err(RevokeError::AlreadyRevoked {
+                    id: id.to_owned(),
+                    at,
+                });
+            }
+        }
+    }
+    let tx = core.store.begin().await?;
+    if !tx.revoke_agent(&p.tenant_id, id, now_unix()).await? {
+        return Err(RevokeError::NoAgent(id.to_owned()));
+    }
+    crate::identity::audit::record_by(
+        &tx,
+        p,
+        "agent.revoke",
+        ("agent", id),
+        serde_json::Value::Null,
+    )
+    .await?;
+    tx.commit().await?;
+    core.registry.disconnect(
+        id,
+        dibop_protocol::codes::CLOSE_REVOKED,
+        "this agent was revoked by an administrator",
+    );
+    tracing::info!(agent_id = %id, tenant_id = %p.tenant_id, "agent revoked");
+    Ok(())
+}
+
 /// Why no enrollment token was issued.
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {

@@ -43,6 +43,7 @@ pub fn routes() -> Router<Arc<Core>> {
         .route("/connections", get(pages::connections))
         .route("/relays", get(pages::relays))
         .route("/relays/enroll", post(pages::add_relay))
+        .route("/relays/agents/{id}/revoke", post(pages::revoke_agent))
         .route("/settings/users", get(pages::users))
         .route("/audit", get(pages::audit))
         .route("/assets/{file}", get(assets::serve))

@@ -833,6 +833,38 @@ pub(crate) async fn add_relay(
     }
 }
 
+#[derive(Debug, Deserialize)]
+pub(crate) struct RevokeForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `POST /relays/agents/{id}/revoke`: cuts an agent off for good.
+pub(crate) async fn revoke_agent(
+    State(core): State<Arc<Core>>,
+    v: Visitor,
+    Path(id): Path<String>,
+    Form(form): Form<RevokeForm>,
+) -> Response {
+    if let Some(refused) = v.forged(&form.csrf) {
+        return refused;
+    }
+    if !v.principal.role.is_admin() {
+        return problem(
+            StatusCode::FORBIDDEN,
+            "Revoking an agent needs the enterprise_admin role.",
+        );
+    }
+    use crate::agents::enroll::{RevokeError, revoke};
+    match revoke(&core, &v.principal, &id).await {
+        Ok(()) | Err(RevokeError::AlreadyRevoked { .. }) => {
+            Redirect::to("/relays?done=agent_revoked").into_response()
+        }
+        Err(RevokeError::NoAgent(_)) => problem(StatusCode::NOT_FOUND, "There is no such agent."),
+        Err(e) => failed(e),
+    }
+}
+
 // -------------------------------------------------------------------- users
 
 struct UserLine {

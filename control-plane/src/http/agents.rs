@@ -226,32 +226,7 @@ pub(crate) async fn revoke_agent(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     require_admin(&p)?;
-    match core.store.agent(&p.tenant_id, &id).await? {
-        None => return Err(ApiError::not_found("agent", &id)),
-        Some(a) if a.revoked_at.is_some() => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "already_revoked",
-                format!(
-                    "agent {id} was already revoked at {}",
-                    rfc3339(a.revoked_at.unwrap_or_default())
-                ),
-            ));
-        }
-        Some(_) => {}
-    }
-    let tx = core.store.begin().await?;
-    if !tx.revoke_agent(&p.tenant_id, &id, now_unix()).await? {
-        return Err(ApiError::not_found("agent", &id));
-    }
-    crate::identity::audit::record_by(&tx, &p, "agent.revoke", ("agent", &id), Value::Null).await?;
-    tx.commit().await?;
-    core.registry.disconnect(
-        &id,
-        dibop_protocol::codes::CLOSE_REVOKED,
-        "this agent was revoked by an administrator",
-    );
-    tracing::info!(agent_id = %id, tenant_id = %p.tenant_id, "agent revoked");
+    crate::agents::enroll::revoke(&core, &p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

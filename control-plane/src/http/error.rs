@@ -173,6 +173,19 @@ impl From<crate::agents::enroll::EnrollError> for ApiError {
     }
 }
 
+impl From<crate::agents::enroll::RevokeError> for ApiError {
+    fn from(e: crate::agents::enroll::RevokeError) -> Self {
+        use crate::agents::enroll::RevokeError;
+        match e {
+            RevokeError::NoAgent(id) => ApiError::not_found("agent", &id),
+            RevokeError::AlreadyRevoked { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "already_revoked", e.to_string())
+            }
+            RevokeError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<crate::connections::ConnectionError> for ApiError {
     fn from(e: crate::connections::ConnectionError) -> Self {
         use crate::connections::ConnectionError;
