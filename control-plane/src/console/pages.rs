@@ -800,6 +800,19 @@ pub(crate) struct AddRelayForm {
     group_id: String,
 }
 
+/// The refusal of an admin's form: one from elsewhere (no valid CSRF
+/// token), or from someone who is not an admin (`what` they tried).
+fn refused_admin_form(v: &Visitor, csrf: &str, what: &str) -> Option<Response> {
+    v.forged(csrf).or_else(|| {
+        (!v.principal.role.is_admin()).then(|| {
+            problem(
+                StatusCode::FORBIDDEN,
+                &format!("{what} needs the enterprise_admin role."),
+            )
+        })
+    })
+}
+
 /// `POST /relays/enroll`: an enrollment token for a group, shown once with
 /// the command that installs an agent with it.
 pub(crate) async fn add_relay(
@@ -807,14 +820,8 @@ pub(crate) async fn add_relay(
     v: Visitor,
     Form(form): Form<AddRelayForm>,
 ) -> Response {
-    if let Some(refused) = v.forged(&form.csrf) {
+    if let Some(refused) = refused_admin_form(&v, &form.csrf, "Adding a relay") {
         return refused;
-    }
-    if !v.principal.role.is_admin() {
-        return problem(
-            StatusCode::FORBIDDEN,
-            "Adding a relay needs the enterprise_admin role.",
-        );
     }
     use crate::agents::enroll::{EnrollError, issue_token};
     match issue_token(&core, &v.principal, &form.group_id, None).await {
@@ -846,14 +853,8 @@ pub(crate) async fn revoke_agent(
     Path(id): Path<String>,
     Form(form): Form<RevokeForm>,
 ) -> Response {
-    if let Some(refused) = v.forged(&form.csrf) {
+    if let Some(refused) = refused_admin_form(&v, &form.csrf, "Revoking an agent") {
         return refused;
-    }
-    if !v.principal.role.is_admin() {
-        return problem(
-            StatusCode::FORBIDDEN,
-            "Revoking an agent needs the enterprise_admin role.",
-        );
     }
     use crate::agents::enroll::{RevokeError, revoke};
     match revoke(&core, &v.principal, &id).await {
