@@ -391,3 +391,36 @@ async fn what_users_typed_is_shown_as_text() {
     // A malformed query string fails nothing.
     assert_eq!(b.get("/integrations?category=%ZZ&&=").await.status, 200);
 }
+
+#[tokio::test]
+async fn a_session_left_idle_for_30_minutes_ends() {
+    let cp = TestCp::start().await;
+    let password = user(&cp, "ada@acme.example", "enterprise_admin").await;
+    let mut b = Browser::new(&cp);
+    assert_eq!(b.sign_in("ada@acme.example", &password).await.status, 303);
+    assert_eq!(b.get("/").await.status, 200);
+    let secret = b.cookies["dibop_session"].clone();
+    let hash = dibop_control_plane::support::ids::hash_secret(&secret);
+    let session = cp
+        .core
+        .store
+        .api_token_by_hash(&hash)
+        .await
+        .unwrap()
+        .unwrap();
+    // Last used 31 minutes ago; forgotten by the token cache, as after 10 s.
+    let idle = dibop_control_plane::store::now_unix() - 31 * 60;
+    cp.core
+        .store
+        .touch_api_token(&session.id, idle)
+        .await
+        .unwrap();
+    cp.core.tokens.forget(&session.id);
+    let page = b.get("/").await;
+    assert_eq!(page.status, 303, "an idle session still opens the console");
+    let (status, answer) = cp.get_as(&secret, "/connections").await;
+    assert_eq!(
+        status, 401,
+        "an idle session still works on the API: {answer}"
+    );
+}

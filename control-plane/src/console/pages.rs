@@ -44,7 +44,7 @@ pub(crate) fn html(status: StatusCode, page: &impl Template) -> Response {
 
 /// A page's query string, read leniently: what cannot be read is left at
 /// its default (a filter form never fails a page).
-fn query<T: DeserializeOwned + Default>(raw: Option<&str>) -> T {
+pub(crate) fn query<T: DeserializeOwned + Default>(raw: Option<&str>) -> T {
     raw.and_then(|q| serde_urlencoded::from_str(q).ok())
         .unwrap_or_default()
 }
@@ -534,12 +534,10 @@ pub(crate) async fn integration(
     Path(id): Path<String>,
 ) -> Response {
     let platform = v.principal.is_platform_admin();
-    let row = match core
-        .store
-        .catalogue_entry(&v.principal.tenant_id, platform, &id)
-        .await
-    {
-        Ok(Some(row)) => row,
+    let detail =
+        crate::catalogue::entry_detail(&core.store, &v.principal.tenant_id, platform, &id).await;
+    let (row, versions, definition) = match detail {
+        Ok(Some(d)) => (d.row, d.versions, d.definition),
         Ok(None) => {
             return problem(
                 StatusCode::NOT_FOUND,
@@ -548,15 +546,6 @@ pub(crate) async fn integration(
         }
         Err(e) => return failed(e),
     };
-    let versions = match core.store.versions(&row.id).await {
-        Ok(v) => v,
-        Err(e) => return failed(e),
-    };
-    let definition: serde_json::Value = versions
-        .iter()
-        .find(|v| v.version == row.latest_version)
-        .and_then(|v| serde_json::from_str(&v.definition).ok())
-        .unwrap_or_default();
     let text = |k: &str| definition[k].as_str().map(str::to_owned);
     let deprecation = (row.status == "deprecated").then(|| {
         let until = row
@@ -723,7 +712,6 @@ struct Relays {
     chrome: Chrome,
     groups: Vec<GroupBlock>,
     enrollment: Option<Enrollment>,
-    error: Option<String>,
 }
 
 async fn relays_page(
@@ -731,7 +719,6 @@ async fn relays_page(
     v: &Visitor,
     done: Option<&str>,
     enrollment: Option<Enrollment>,
-    error: Option<String>,
 ) -> Response {
     let tenant = &v.principal.tenant_id;
     let groups = match core.store.list_groups(tenant, None, 200).await {
@@ -768,16 +755,11 @@ async fn relays_page(
         })
         .collect();
     html(
-        if error.is_some() {
-            StatusCode::UNPROCESSABLE_ENTITY
-        } else {
-            StatusCode::OK
-        },
+        StatusCode::OK,
         &Relays {
             chrome: Chrome::new(v, "relays", done),
             groups,
             enrollment,
-            error,
         },
     )
 }
@@ -789,7 +771,7 @@ pub(crate) async fn relays(
     RawQuery(raw): RawQuery,
 ) -> Response {
     let done: Done = query(raw.as_deref());
-    relays_page(&core, &v, done.done.as_deref(), None, None).await
+    relays_page(&core, &v, done.done.as_deref(), None).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -831,7 +813,7 @@ pub(crate) async fn add_relay(
                 group: issued.group_name,
                 expires: rfc3339(issued.expires_at),
             };
-            relays_page(&core, &v, Some("relay_added"), Some(enrollment), None).await
+            relays_page(&core, &v, Some("relay_added"), Some(enrollment)).await
         }
         Err(EnrollError::NoGroup(_)) => {
             problem(StatusCode::NOT_FOUND, "There is no such relay group.")

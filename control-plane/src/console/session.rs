@@ -98,6 +98,8 @@ fn to_sign_in(path: &str) -> Response {
     Redirect::to(&format!("/sign-in{next}")).into_response()
 }
 
+/// Percent-encodes all but unreserved characters and `/` (a path stays
+/// readable in the address bar).
 fn urlencoding(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -174,9 +176,7 @@ pub(crate) async fn sign_in_page(
     headers: HeaderMap,
     axum::extract::RawQuery(raw): axum::extract::RawQuery,
 ) -> Response {
-    let q: SignInQuery = raw
-        .and_then(|q| serde_urlencoded::from_str(&q).ok())
-        .unwrap_or_default();
+    let q: SignInQuery = super::pages::query(raw.as_deref());
     let notice = q.signed_out.map(|_| "You are signed out.".to_owned());
     render_sign_in(
         &headers,

@@ -728,14 +728,13 @@ pub(crate) async fn catalogue_detail(
     p: Principal,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<CatalogueDetail>, ApiError> {
-    let row = visible(&core, &p, &id).await?;
-    let versions = core.store.versions(&row.id).await?;
-    // Versions come newest first: the first is the catalogue's.
-    let definition: Value = versions
-        .iter()
-        .find(|v| v.version == row.latest_version)
-        .and_then(|v| serde_json::from_str(&v.definition).ok())
-        .unwrap_or(Value::Null);
+    let crate::catalogue::EntryDetail {
+        row,
+        versions,
+        definition,
+    } = crate::catalogue::entry_detail(&core.store, &p.tenant_id, p.is_platform_admin(), &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("catalogue entry", &id))?;
     let entry = entry(row, &p.tenant_id);
     let text = |k: &str| definition[k].as_str().map(str::to_owned);
     Ok(Json(CatalogueDetail {
