@@ -46,6 +46,16 @@ async fn interrupted(core: &dibop_control_plane::Core, exe: &str, orchestration:
         dead_letter: None,
     };
     core.store.create_execution(&row).await.unwrap();
+    // Held by a node that is still alive as far as the lease says, so this
+    // control plane's own sweep (every 5 s) leaves it to the test, which
+    // resumes it by hand once its step records are written.
+    let until = 4_000_000_000;
+    let held = core
+        .store
+        .claim_execution(exe, &row.tenant_id, "a-node-that-stopped", 1, until, 1_000)
+        .await
+        .unwrap();
+    assert!(held, "the test holds the execution");
 }
 
 async fn create(cp: &TestCp, body: &str) -> String {
