@@ -9,11 +9,29 @@
   function dismiss(toast) {
     toast.remove();
   }
-  document.querySelectorAll(".toast").forEach(function (toast) {
+  function arm(toast) {
     var close = toast.querySelector("button");
     if (close) close.addEventListener("click", function () { dismiss(toast); });
     setTimeout(function () { dismiss(toast); }, 6000);
-  });
+  }
+  document.querySelectorAll(".toast").forEach(arm);
+  // A toast raised here (after a background request).
+  function toast(text) {
+    var box = document.querySelector(".toasts");
+    if (!box) return;
+    var t = document.createElement("div");
+    t.className = "toast";
+    var span = document.createElement("span");
+    span.textContent = text;
+    var close = document.createElement("button");
+    close.type = "button";
+    close.setAttribute("aria-label", "Dismiss");
+    close.textContent = "\u00d7";
+    t.appendChild(span);
+    t.appendChild(close);
+    box.appendChild(t);
+    arm(t);
+  }
 
   // Confirm dialogs: a form with data-confirm asks before it submits.
   var dialog = document.getElementById("confirm");
@@ -56,6 +74,45 @@
         var label = button.textContent;
         button.textContent = "Copied";
         setTimeout(function () { button.textContent = label; }, 1500);
+      });
+    });
+  });
+
+  // Partial updates: a button with data-partial posts its form in the
+  // background and puts the answer (an HTML fragment the server rendered
+  // and escaped) into the element it names; the rest of the page, with what
+  // was typed into it (secrets included), stays as it is.
+  document.querySelectorAll("button[data-partial]").forEach(function (button) {
+    button.addEventListener("click", function (event) {
+      var form = button.form;
+      var target = document.getElementById(button.dataset.partial);
+      if (!form || !target || !window.fetch) return;
+      event.preventDefault();
+      var data = new FormData(form);
+      if (button.name) data.set(button.name, button.value);
+      button.setAttribute("aria-busy", "true");
+      target.setAttribute("aria-busy", "true");
+      fetch(form.action, {
+        method: "POST",
+        body: new URLSearchParams(data),
+        headers: { "X-Console-Partial": "1" },
+        credentials: "same-origin"
+      }).then(function (response) {
+        return response.text();
+      }).then(function (html) {
+        target.innerHTML = html;
+        var ok = target.querySelector("[data-toast]");
+        if (ok) toast(ok.dataset.toast);
+      }).catch(function () {
+        target.innerHTML = "";
+        var p = document.createElement("div");
+        p.className = "alert alert-error";
+        p.setAttribute("role", "alert");
+        p.textContent = "The request did not reach the console: check your network and try again.";
+        target.appendChild(p);
+      }).then(function () {
+        button.removeAttribute("aria-busy");
+        target.removeAttribute("aria-busy");
       });
     });
   });

@@ -180,7 +180,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         .map(|c| c.id)
         .context("the built-in dms-sim connector is missing")?;
     let sim = dibop_dms_sim::SimAuth::default();
-    let connection_id = crate::http::connections::ensure(
+    let connection_id = crate::connections::manage::ensure(
         &core,
         &tenant_id,
         json!({

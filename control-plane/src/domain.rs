@@ -3,6 +3,9 @@
 //! request, a row, a flag) and matched on everywhere else. Each maps to the
 //! same snake_case text in JSON, in the database and on the command line.
 //!
+//! Also the few rules on shared shapes that several contexts apply: what
+//! a valid name is, and how an orchestration's step tree is walked.
+//!
 //! This module sits at the bottom beside `store` and `support`: every
 //! context may use it, and it uses none of them.
 
@@ -132,6 +135,50 @@ names! {
         Active = "active",
         /// Its tokens and sessions are refused until it is resumed.
         Suspended = "suspended",
+    }
+}
+
+/// What is wrong with a name people give a resource (a connection, a
+/// token, a group), if anything.
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() || name.chars().count() > 100 {
+        Some("must be 1 to 100 characters")
+    } else if name.chars().any(char::is_control) {
+        Some("must not contain control characters (such as NUL or a line break)")
+    } else {
+        None
+    }
+}
+
+/// Every step of an orchestration definition's step list, nested ones too
+/// (branches, cases, loops, error handlers), that `wanted` picks, with its
+/// path (`$.steps[2].then[0]`). Orchestrations run them; connections and
+/// connectors ask which steps name them.
+pub fn steps_where<'a>(
+    steps: &'a serde_json::Value,
+    at: &str,
+    out: &mut Vec<(String, &'a serde_json::Value)>,
+    wanted: &dyn Fn(&serde_json::Value) -> bool,
+) {
+    for (i, s) in steps.as_array().into_iter().flatten().enumerate() {
+        let path = format!("{at}[{i}]");
+        if wanted(s) {
+            out.push((path.clone(), s));
+        }
+        for key in ["then", "else", "default", "steps"] {
+            if s.get(key).is_some() {
+                steps_where(&s[key], &format!("{path}.{key}"), out, wanted);
+            }
+        }
+        if let Some(h) = s.get("on_error").filter(|h| h.is_object()) {
+            steps_where(&h["steps"], &format!("{path}.on_error.steps"), out, wanted);
+        }
+        for (k, v) in s["cases"].as_object().into_iter().flatten() {
+            steps_where(v, &format!("{path}.cases.{k}"), out, wanted);
+        }
+        for (b, v) in s["branches"].as_array().into_iter().flatten().enumerate() {
+            steps_where(v, &format!("{path}.branches[{b}]"), out, wanted);
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use dibop_control_plane::testing::TestCp;
+use dibop_control_plane::testing::{TestCp, spawn_dms_sim};
 use serde_json::json;
 
 /// A browser without script: follows nothing by itself, keeps cookies.
@@ -12,6 +12,8 @@ struct Browser {
     base: String,
     client: reqwest::Client,
     cookies: HashMap<String, String>,
+    /// Asks for a result region only (`X-Console-Partial`).
+    partial: bool,
 }
 
 /// A page as the browser got it.
@@ -32,6 +34,7 @@ impl Browser {
                 .build()
                 .unwrap(),
             cookies: HashMap::new(),
+            partial: false,
         }
     }
 
@@ -46,6 +49,9 @@ impl Browser {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             req = req.header("cookie", jar.join("; "));
+        }
+        if self.partial {
+            req = req.header("x-console-partial", "1");
         }
         if let Some(form) = form {
             let body: String = form
@@ -90,6 +96,14 @@ impl Browser {
 
     async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
         self.send("POST", path, Some(form)).await
+    }
+
+    /// A POST as the console's script makes it for a result region.
+    async fn post_partial(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        self.partial = true;
+        let page = self.send("POST", path, Some(form)).await;
+        self.partial = false;
+        page
     }
 
     /// Signs in through the sign-in form: the answer to the form's POST.
@@ -423,4 +437,291 @@ async fn a_session_left_idle_for_30_minutes_ends() {
         status, 401,
         "an idle session still works on the API: {answer}"
     );
+}
+
+/// The fields of Connect a System for the simulator's API key scheme.
+fn setup_form<'a>(
+    csrf: &'a str,
+    sim: &'a str,
+    key: &'a str,
+    intent: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("csrf", csrf),
+        ("auth_type", "api_key"),
+        ("name", "Showroom DMS"),
+        ("cred.api_key", key),
+        ("base_url", sim),
+        ("timeout_s", "30"),
+        ("retry", "on"),
+        ("max_retries", "3"),
+        ("log_level", "info"),
+        ("log_payloads", "failures"),
+        ("mode", "cloud"),
+        ("intent", intent),
+    ]
+}
+
+#[tokio::test]
+async fn connecting_a_system_tests_saves_and_manages_it() {
+    let cp = TestCp::start().await;
+    let sim = spawn_dms_sim().await;
+    let connector = cp.dms_sim_connector().await;
+    let password = user(&cp, "ada@acme.example", "enterprise_admin").await;
+    let mut b = Browser::new(&cp);
+    b.sign_in("ada@acme.example", &password).await;
+
+    // The form, pre-filled from the connector with the guide's defaults.
+    let detail = b.get(&format!("/integrations/{connector}")).await;
+    assert!(
+        detail
+            .body
+            .contains(&format!("/integrations/{connector}/connect"))
+    );
+    let connect = format!("/integrations/{connector}/connect");
+    let form = b.get(&connect).await;
+    assert_eq!(form.status, 200, "{}", form.body);
+    for wanted in [
+        "Test Connection",
+        "Save &amp; Activate",
+        r#"type="password" id="cred-api_key" name="cred.api_key""#,
+        r#"name="timeout_s" value="30""#,
+        r#"name="max_retries" value="3""#,
+        "X-API-Key",
+        "Relay options",
+    ] {
+        assert!(form.body.contains(wanted), "the form lacks {wanted}");
+    }
+    // Another scheme's fields on request.
+    let basic = b.get(&format!("{connect}?auth=basic")).await;
+    assert!(basic.body.contains(r#"name="cred.username""#));
+    assert!(basic.body.contains(r#"type="password" id="cred-password""#));
+    let csrf = hidden(&form.body, "csrf");
+
+    // A wrong key: Auth Failure in red, the key never on the page.
+    let wrong = b
+        .post(&connect, &setup_form(&csrf, &sim, "wrong-key-4711", "test"))
+        .await;
+    assert_eq!(wrong.status, 200, "{}", wrong.body);
+    assert!(wrong.body.contains("Auth Failure"), "{}", wrong.body);
+    assert!(wrong.body.contains("alert-error"));
+    assert!(
+        !wrong.body.contains("wrong-key-4711"),
+        "a secret was rendered back"
+    );
+    // The script's background test answers the result region only.
+    let fragment = b
+        .post_partial(&connect, &setup_form(&csrf, &sim, "dms-demo-key", "test"))
+        .await;
+    assert_eq!(fragment.status, 200);
+    assert!(
+        fragment
+            .body
+            .contains("data-toast=\"Connection test succeeded.\""),
+        "{}",
+        fragment.body
+    );
+    assert!(!fragment.body.contains("<html"), "a whole page came back");
+    // A network error names itself.
+    let unreachable = b
+        .post_partial(
+            &connect,
+            &setup_form(&csrf, "http://127.0.0.1:9", "dms-demo-key", "test"),
+        )
+        .await;
+    assert!(
+        unreachable.body.contains("Network Error"),
+        "{}",
+        unreachable.body
+    );
+    // Testing stored nothing; neither did a form without its CSRF token.
+    let mut no_csrf = setup_form("", &sim, "dms-demo-key", "activate");
+    no_csrf.retain(|(k, _)| *k != "csrf");
+    assert_eq!(b.post(&connect, &no_csrf).await.status, 403);
+    assert_eq!(cp.get("/connections").await.1, json!([]));
+
+    // Bad fields: each named inline, nothing saved.
+    let mut bad = setup_form(&csrf, &sim, "", "activate");
+    bad.retain(|(k, _)| !matches!(*k, "timeout_s" | "name"));
+    bad.push(("timeout_s", "forever"));
+    bad.push(("name", ""));
+    let refused = b.post(&connect, &bad).await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(refused.body.contains("must be a whole number of seconds"));
+    assert!(refused.body.contains("fix the fields marked in red"));
+    assert_eq!(cp.get("/connections").await.1, json!([]));
+
+    // Save & Activate: on My Connections, active and healthy.
+    let saved = b
+        .post(
+            &connect,
+            &setup_form(&csrf, &sim, "dms-demo-key", "activate"),
+        )
+        .await;
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    assert_eq!(
+        saved.location.as_deref(),
+        Some("/connections?done=connection_activated")
+    );
+    let (_, list) = cp.get("/connections").await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let c = &list[0];
+    assert_eq!(
+        (c["status"].as_str(), c["health"].as_str()),
+        (Some("active"), Some("healthy"))
+    );
+    assert_eq!(c["settings"]["timeout_ms"], 30_000);
+    assert_eq!(c["settings"]["max_retries"], 3);
+    let id = c["id"].as_str().unwrap().to_owned();
+    let mine = b.get("/connections?done=connection_activated").await;
+    assert!(mine.body.contains("Showroom DMS"));
+    assert!(mine.body.contains("Connection active"));
+    assert!(
+        mine.body
+            .contains(r#"<span class="badge ok">healthy</span>"#)
+    );
+
+    // Its page: settings, credentials (the secret only as set), health, calls.
+    let page = b.get(&format!("/connections/{id}")).await;
+    assert_eq!(page.status, 200);
+    for wanted in [
+        "Health history",
+        "Recent API calls",
+        "set (hidden)",
+        "Rotate credentials",
+        "listVehicles",
+    ] {
+        assert!(page.body.contains(wanted), "the page lacks {wanted}");
+    }
+    assert!(!page.body.contains("dms-demo-key"));
+
+    // Test with the saved credentials.
+    let tested = b
+        .post(&format!("/connections/{id}/test"), &[("csrf", &csrf)])
+        .await;
+    assert!(tested.body.contains("Connection test succeeded."));
+
+    // Edit settings: a bad value refused inline, a good one saved.
+    let settings = |timeout: &'static str| -> Vec<(&'static str, String)> {
+        vec![
+            ("csrf", csrf.clone()),
+            ("name", "Showroom DMS".to_owned()),
+            ("base_url", sim.clone()),
+            ("timeout_s", timeout.to_owned()),
+            ("max_retries", "2".to_owned()),
+            ("log_level", "debug".to_owned()),
+            ("mode", "cloud".to_owned()),
+        ]
+    };
+    let zero = settings("0");
+    let zero: Vec<(&str, &str)> = zero.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let refused = b.post(&format!("/connections/{id}/settings"), &zero).await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(refused.body.contains("must be a whole number of seconds"));
+    let twenty = settings("20");
+    let twenty: Vec<(&str, &str)> = twenty.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let saved = b
+        .post(&format!("/connections/{id}/settings"), &twenty)
+        .await;
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    let (_, c) = cp.get(format!("/connections/{id}")).await;
+    assert_eq!(c["settings"]["timeout_ms"], 20_000);
+    assert_eq!(c["settings"]["log_level"], "debug");
+
+    // Rotate credentials: a missing field refused, then replaced and audited.
+    let missing = b
+        .post(
+            &format!("/connections/{id}/credentials"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(missing.status, 422);
+    assert!(missing.body.contains("is required"), "{}", missing.body);
+    let rotated = b
+        .post(
+            &format!("/connections/{id}/credentials"),
+            &[("csrf", &csrf), ("cred.api_key", "dms-demo-key")],
+        )
+        .await;
+    assert_eq!(rotated.status, 303, "{}", rotated.body);
+    let (_, audit) = cp.get("/audit?action=connection.rotate_credentials").await;
+    assert_eq!(audit.as_array().map(Vec::len), Some(1), "{audit}");
+
+    // Deactivate and reactivate.
+    let off = b
+        .post(&format!("/connections/{id}/deactivate"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(off.status, 303);
+    assert_eq!(
+        cp.get(format!("/connections/{id}")).await.1["status"],
+        "inactive"
+    );
+    let off_page = b
+        .get(&format!("/connections/{id}?done=connection_deactivated"))
+        .await;
+    assert!(off_page.body.contains("Reactivate"));
+    let on = b
+        .post(&format!("/connections/{id}/activate"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(on.status, 303);
+    assert_eq!(
+        cp.get(format!("/connections/{id}")).await.1["status"],
+        "active"
+    );
+
+    // A viewer sees it without write controls and cannot forge them.
+    let viewer_password = user(&cp, "vic@acme.example", "viewer").await;
+    let mut viewer = Browser::new(&cp);
+    viewer.sign_in("vic@acme.example", &viewer_password).await;
+    let seen = viewer.get(&format!("/connections/{id}")).await;
+    assert_eq!(seen.status, 200);
+    for control in [
+        "Deactivate</button>",
+        "Save settings",
+        "Replace credentials",
+        "Delete</button>",
+    ] {
+        assert!(!seen.body.contains(control), "a viewer sees {control}");
+    }
+    let viewer_csrf = hidden(&seen.body, "csrf");
+    for action in ["deactivate", "delete"] {
+        let forged = viewer
+            .post(
+                &format!("/connections/{id}/{action}"),
+                &[("csrf", &viewer_csrf)],
+            )
+            .await;
+        assert_eq!(forged.status, 403, "a viewer may {action}");
+    }
+    assert_eq!(viewer.get(&connect).await.status, 403);
+
+    // Another tenant's connection does not exist here.
+    let (_, other) = cp.tenant("globex").await;
+    let (_, theirs) = cp
+        .post_as(
+            &other,
+            "/connections",
+            json!({"connector_id": connector, "name": "theirs", "auth_type": "api_key",
+                   "credentials": {"api_key": "k"}, "base_url": sim}),
+        )
+        .await;
+    let theirs = theirs["id"].as_str().unwrap();
+    assert_eq!(b.get(&format!("/connections/{theirs}")).await.status, 404);
+    assert_eq!(
+        b.post(&format!("/connections/{theirs}/delete"), &[("csrf", &csrf)])
+            .await
+            .status,
+        404
+    );
+
+    // Delete: gone, with its credentials.
+    let deleted = b
+        .post(&format!("/connections/{id}/delete"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(deleted.status, 303);
+    assert_eq!(
+        deleted.location.as_deref(),
+        Some("/connections?done=connection_deleted")
+    );
+    assert_eq!(cp.get(format!("/connections/{id}")).await.0, 404);
 }

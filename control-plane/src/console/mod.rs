@@ -10,6 +10,7 @@
 //! (no inline script or style, no framing); every form carries a CSRF token.
 
 mod assets;
+mod connect;
 mod pages;
 mod session;
 
@@ -40,7 +41,18 @@ pub fn routes() -> Router<Arc<Core>> {
         .route("/sign-out", post(session::sign_out))
         .route("/integrations", get(pages::integrations))
         .route("/integrations/{id}", get(pages::integration))
+        .route(
+            "/integrations/{id}/connect",
+            get(connect::connect_form).post(connect::connect),
+        )
         .route("/connections", get(pages::connections))
+        .route("/connections/{id}", get(connect::connection))
+        .route("/connections/{id}/test", post(connect::test))
+        .route("/connections/{id}/activate", post(connect::activate))
+        .route("/connections/{id}/deactivate", post(connect::deactivate))
+        .route("/connections/{id}/delete", post(connect::delete))
+        .route("/connections/{id}/settings", post(connect::settings))
+        .route("/connections/{id}/credentials", post(connect::rotate))
         .route("/relays", get(pages::relays))
         .route("/relays/enroll", post(pages::add_relay))
         .route("/relays/agents/{id}/revoke", post(pages::revoke_agent))

@@ -81,7 +81,7 @@ pub(crate) fn problem(status: StatusCode, message: &str) -> Response {
 }
 
 /// A page for a failure of ours (the detail goes to the log, not the page).
-fn failed(e: impl std::fmt::Display) -> Response {
+pub(crate) fn failed(e: impl std::fmt::Display) -> Response {
     tracing::error!("console page failed: {e}");
     problem(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -91,23 +91,23 @@ fn failed(e: impl std::fmt::Display) -> Response {
 
 /// What every signed-in page shows around its content.
 pub(crate) struct Chrome {
-    css: String,
-    js: String,
-    email: String,
-    initial: String,
-    tenant: String,
-    role: &'static str,
-    csrf: String,
-    nav: &'static str,
-    platform: bool,
-    admin: bool,
+    pub(crate) css: String,
+    pub(crate) js: String,
+    pub(crate) email: String,
+    pub(crate) initial: String,
+    pub(crate) tenant: String,
+    pub(crate) role: &'static str,
+    pub(crate) csrf: String,
+    pub(crate) nav: &'static str,
+    pub(crate) platform: bool,
+    pub(crate) admin: bool,
     /// May change things (no write controls for viewers).
-    writes: bool,
-    toast: Option<&'static str>,
+    pub(crate) writes: bool,
+    pub(crate) toast: Option<&'static str>,
 }
 
 impl Chrome {
-    fn new(v: &Visitor, nav: &'static str, done: Option<&str>) -> Chrome {
+    pub(crate) fn new(v: &Visitor, nav: &'static str, done: Option<&str>) -> Chrome {
         Chrome {
             css: super::assets::url("console.css"),
             js: super::assets::url("console.js"),
@@ -137,13 +137,19 @@ fn toast(code: &str) -> Option<&'static str> {
     Some(match code {
         "relay_added" => "Enrollment token created: run the command at the dealer site.",
         "agent_revoked" => "Agent revoked: it can no longer connect.",
+        "connection_activated" => "Connection active: it takes calls and its health is checked.",
+        "connection_saved" => "Connection saved as inactive: activate it when you are ready.",
+        "connection_deactivated" => "Connection deactivated: it takes no calls until reactivated.",
+        "connection_deleted" => "Connection deleted with its credentials.",
+        "settings_saved" => "Settings saved: they apply to the next call.",
+        "credentials_rotated" => "Credentials replaced: the next call uses them.",
         _ => return None,
     })
 }
 
 #[derive(Debug, Deserialize, Default)]
 pub(crate) struct Done {
-    done: Option<String>,
+    pub(crate) done: Option<String>,
 }
 
 // ---------------------------------------------------------------- dashboard
@@ -186,7 +192,7 @@ fn grouped(n: i64) -> String {
 }
 
 /// The badge class of a status or health word.
-fn tone(word: &str) -> &'static str {
+pub(crate) fn tone(word: &str) -> &'static str {
     match word {
         "healthy" | "succeeded" | "active" | "online" | "published" => "ok",
         "degraded" | "partially_succeeded" | "queued" | "running" | "deprecated" | "inactive" => {
@@ -613,6 +619,8 @@ struct ConnectionLine {
     health_class: &'static str,
     checked: String,
     mode: String,
+    deactivate_text: String,
+    delete_text: String,
 }
 
 #[derive(Template)]
@@ -641,6 +649,7 @@ pub(crate) async fn connections(
     RawQuery(raw): RawQuery,
 ) -> Response {
     let q: PageQuery = query(raw.as_deref());
+    let done: Done = query(raw.as_deref());
     let rows = match core
         .store
         .list_connections(&v.principal.tenant_id, q.after.as_deref(), PAGE as i64 + 1)
@@ -650,29 +659,55 @@ pub(crate) async fn connections(
         Err(e) => return failed(e),
     };
     let next = (rows.len() > PAGE).then(|| rows[PAGE - 1].id.clone());
+    let active = match crate::connections::manage::active_calls(&core, &v.principal.tenant_id).await
+    {
+        Ok(a) => a,
+        Err(e) => return failed(e),
+    };
     let lines = rows
         .into_iter()
         .take(PAGE)
-        .map(|c| ConnectionLine {
-            status_class: tone(&c.status),
-            health_class: tone(&c.health),
-            checked: c.health_checked_at.map_or_else(|| "never".into(), rfc3339),
-            mode: match (&c.execution_mode[..], &c.agent_group_id) {
-                ("relay", Some(g)) => format!("relay ({g})"),
-                (m, _) => m.to_owned(),
-            },
-            id: c.id,
-            name: c.name,
-            connector: c.connector_slug,
-            version: c.connector_version,
-            status: c.status,
-            health: c.health,
+        .map(|c| {
+            let used_by = crate::connections::manage::users_of(&active, &c.id, &c.name);
+            let uses = if used_by.is_empty() {
+                "No active orchestration uses it.".to_owned()
+            } else {
+                format!(
+                    "{} active orchestration(s) use it and will fail their calls while it is inactive: {}.",
+                    used_by.len(),
+                    used_by.join(", ")
+                )
+            };
+            ConnectionLine {
+                status_class: tone(&c.status),
+                health_class: tone(&c.health),
+                checked: c.health_checked_at.map_or_else(|| "never".into(), rfc3339),
+                mode: match (&c.execution_mode[..], &c.agent_group_id) {
+                    ("agent_group", Some(g)) => format!("relay group {g}"),
+                    (m, _) => m.to_owned(),
+                },
+                deactivate_text: format!(
+                    "Deactivate {}? It takes no calls and is not health-checked until reactivated; its credentials are kept. {uses}",
+                    c.name
+                ),
+                delete_text: format!(
+                    "Delete {}? This removes {}. {uses}",
+                    c.name,
+                    crate::connections::manage::DELETE_REMOVES
+                ),
+                id: c.id,
+                name: c.name,
+                connector: c.connector_slug,
+                version: c.connector_version,
+                status: c.status,
+                health: c.health,
+            }
         })
         .collect();
     html(
         StatusCode::OK,
         &Connections {
-            chrome: Chrome::new(&v, "connections", None),
+            chrome: Chrome::new(&v, "connections", done.done.as_deref()),
             lines,
             next,
             paged: q.after.is_some(),
@@ -784,7 +819,7 @@ pub(crate) struct AddRelayForm {
 
 /// The refusal of an admin's form: one from elsewhere (no valid CSRF
 /// token), or from someone who is not an admin (`what` they tried).
-fn refused_admin_form(v: &Visitor, csrf: &str, what: &str) -> Option<Response> {
+pub(crate) fn refused_admin_form(v: &Visitor, csrf: &str, what: &str) -> Option<Response> {
     v.forged(csrf).or_else(|| {
         (!v.principal.role.is_admin()).then(|| {
             problem(

@@ -532,7 +532,7 @@ pub fn connection_form(definition: &Value) -> ConnectionForm {
         .map(|scheme| {
             let kind = scheme["type"].as_str().unwrap_or_default().to_owned();
             let declared = scheme["fields"].as_array();
-            let fields = crate::http::connections::fields_of(scheme)
+            let fields = crate::connections::manage::fields_of(scheme)
                 .into_iter()
                 .map(|(name, secret, required)| {
                     let label = declared

@@ -197,6 +197,26 @@ impl From<crate::connections::ConnectionError> for ApiError {
             ConnectionError::CredentialsUnreadable { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "credentials_unreadable", message)
             }
+            ConnectionError::Invalid { details, .. } => {
+                ApiError::invalid(message).with_details(details)
+            }
+            ConnectionError::Conflict { code, details, .. } => {
+                ApiError::new(StatusCode::CONFLICT, code, message).with_details(details)
+            }
+            ConnectionError::Forbidden(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+            }
+            ConnectionError::Vault => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "vault_error", message)
+            }
+            ConnectionError::Internal(_) => {
+                tracing::error!("{message}");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the control plane failed to complete the request",
+                )
+            }
             ConnectionError::Store(e) => e.into(),
         }
     }

@@ -93,16 +93,6 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
 
 /// What is wrong with a name of something a person made (trimmed before):
 /// 1 to 100 characters, no control characters.
-pub(crate) fn name_problem(name: &str) -> Option<&'static str> {
-    if name.is_empty() || name.chars().count() > 100 {
-        Some("must be 1 to 100 characters")
-    } else if name.chars().any(char::is_control) {
-        Some("must not contain control characters (such as NUL or a line break)")
-    } else {
-        None
-    }
-}
-
 /// For `#[serde(default, deserialize_with = "null_as_default")]`: `null`
 /// is the same as leaving the field out.
 pub(crate) fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>

@@ -36,8 +36,8 @@ use axum::routing::get;
 
 pub use error::{ApiError, ApiResult};
 pub(crate) use extract::{
-    ApiJson, ApiPath, ApiQuery, Page, name_problem, null_as_default, optional_json_body,
-    page_limit, paged, require_admin, require_admin_to, require_operator,
+    ApiJson, ApiPath, ApiQuery, Page, null_as_default, optional_json_body, page_limit, paged,
+    require_admin, require_admin_to, require_operator,
 };
 
 use ops::{method_not_allowed, not_found, openapi_json};
@@ -45,6 +45,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::Core;
+pub(crate) use crate::domain::name_problem;
 pub use crate::identity::{Principal, RequestMeta, request_meta};
 
 async fn request_meta_layer(State(core): State<Arc<Core>>, req: Request, next: Next) -> Response {

@@ -85,36 +85,7 @@ fn invalid(problems: Vec<Problem>) -> ApiError {
 
 /// Every `call` step, with its path.
 fn call_steps<'a>(steps: &'a Value, at: &str, out: &mut Vec<(String, &'a Value)>) {
-    steps_where(steps, at, out, &|s| s["type"] == "call");
-}
-
-/// Every step (nested ones too) that `wanted` picks, with its path.
-pub(crate) fn steps_where<'a>(
-    steps: &'a Value,
-    at: &str,
-    out: &mut Vec<(String, &'a Value)>,
-    wanted: &dyn Fn(&Value) -> bool,
-) {
-    for (i, s) in steps.as_array().into_iter().flatten().enumerate() {
-        let path = format!("{at}[{i}]");
-        if wanted(s) {
-            out.push((path.clone(), s));
-        }
-        for key in ["then", "else", "default", "steps"] {
-            if s.get(key).is_some() {
-                steps_where(&s[key], &format!("{path}.{key}"), out, wanted);
-            }
-        }
-        if let Some(h) = s.get("on_error").filter(|h| h.is_object()) {
-            steps_where(&h["steps"], &format!("{path}.on_error.steps"), out, wanted);
-        }
-        for (k, v) in s["cases"].as_object().into_iter().flatten() {
-            steps_where(v, &format!("{path}.cases.{k}"), out, wanted);
-        }
-        for (b, v) in s["branches"].as_array().into_iter().flatten().enumerate() {
-            steps_where(v, &format!("{path}.branches[{b}]"), out, wanted);
-        }
-    }
+    crate::domain::steps_where(steps, at, out, &|s| s["type"] == "call");
 }
 
 /// Parses and validates a body, including the tenant's connections.
@@ -180,7 +151,7 @@ async fn read(
     }
     // Sub-orchestrations must be this enterprise's (or this one, by name).
     let mut subs = Vec::new();
-    steps_where(&doc["steps"], "$.steps", &mut subs, &|s| {
+    crate::domain::steps_where(&doc["steps"], "$.steps", &mut subs, &|s| {
         s["type"] == "call_orchestration"
     });
     if !subs.is_empty() {
@@ -542,72 +513,9 @@ pub async fn ensure_example(core: &Core, tenant_id: &str) -> anyhow::Result<Stri
     Ok(row.id)
 }
 
-/// Active orchestrations of a tenant whose newest version calls the
-/// connection (by name or id): "id (name)" each.
-pub async fn using_connection(
-    core: &Core,
-    tenant_id: &str,
-    connection: &crate::store::ConnectionRow,
-) -> Result<Vec<String>, ApiError> {
-    Ok(active_calling(
-        core,
-        tenant_id,
-        &[(connection.id.clone(), connection.name.clone())],
-    )
-    .await?
-    .into_iter()
-    .map(|o| format!("{} ({})", o.id, o.name))
-    .collect())
-}
-
 /// A stored definition, parsed (`null` if it does not parse).
 fn parsed(definition: &str) -> Value {
     serde_json::from_str(definition).unwrap_or(Value::Null)
-}
-
-/// A tenant's active orchestrations with a `call` step on one of
-/// `connections` (id, name).
-async fn active_calling(
-    core: &Core,
-    tenant_id: &str,
-    connections: &[(String, String)],
-) -> Result<Vec<OrchestrationRow>, ApiError> {
-    let mut found = Vec::new();
-    for (o, d) in core
-        .store
-        .orchestrations_with_definitions(tenant_id, None, 10_000)
-        .await?
-    {
-        if o.status != "active" {
-            continue;
-        }
-        let mut calls = Vec::new();
-        let d = parsed(&d);
-        call_steps(&d["steps"], "$.steps", &mut calls);
-        if calls.iter().any(|(_, s)| {
-            connections.iter().any(|(id, name)| {
-                s["connection"] == name.as_str() || s["connection"] == id.as_str()
-            })
-        }) {
-            found.push(o);
-        }
-    }
-    Ok(found)
-}
-
-/// How many active orchestrations, in every tenant, call a connection made
-/// from `connector_id`.
-pub async fn count_using_connector(core: &Core, connector_id: &str) -> Result<i64, ApiError> {
-    let mut by_tenant: std::collections::BTreeMap<String, Vec<(String, String)>> =
-        Default::default();
-    for (tenant, id, name, _) in core.store.connections_of_connector(connector_id).await? {
-        by_tenant.entry(tenant).or_default().push((id, name));
-    }
-    let mut count = 0;
-    for (tenant, connections) in by_tenant {
-        count += active_calling(core, &tenant, &connections).await?.len() as i64;
-    }
-    Ok(count)
 }
 
 /// This area's routes, each registered with its OpenAPI operation.

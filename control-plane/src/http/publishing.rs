@@ -867,7 +867,7 @@ pub(crate) async fn usage(
     Ok(Json(UsageView {
         enterprises,
         active_connections,
-        orchestrations: crate::http::orchestrations::count_using_connector(&core, &c.id).await?,
+        orchestrations: crate::connections::manage::count_using_connector(&core, &c.id).await?,
         calls_24h,
         calls_30d,
     }))
