@@ -8,8 +8,9 @@
 // target/test-deps, reached through NODE_PATH) and Debian's chromium.
 // Prints one JSON line per page and exits non-zero on the first failure.
 import { createRequire } from "node:module";
-import { readFileSync, mkdirSync } from "node:fs";
+import { readFileSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { spawn, execFileSync } from "node:child_process";
 
 const require = createRequire(process.env.NODE_PATH ? join(process.env.NODE_PATH, "x.js") : import.meta.url);
 const { chromium } = require("playwright-core");
@@ -70,12 +71,70 @@ await page.press("#q", "Enter");
 await page.waitForURL(/q=DMS/);
 const cards = await page.locator(".connector-card").count();
 if (cards < 1) fail("searching for DMS found no integration");
-await page.locator(".connector-card").first().click();
+await page.locator(".connector-card", { hasText: "DMS Simulator" }).first().click();
 await page.waitForURL(/\/integrations\/cnr_/);
 await check("integration", new URL(page.url()).pathname);
 
+// Connect a System: the form of the DMS connector, a wrong key first.
+await page.click("a.btn-primary:has-text('Connect')");
+await page.waitForURL(/\/connect$/);
+await check("connect", new URL(page.url()).pathname);
+await page.fill("#name", "Showroom DMS");
+await page.fill("#cred-api_key", "not-the-key");
+await page.fill("#base_url", creds.dms_url);
+await page.check("input[name=mode][value=agent_group]");
+await page.selectOption("#group_id", creds.agent_group_id);
+await page.click("button:has-text('Test Connection')");
+await page.waitForSelector("#test-result .alert-error");
+const failure = await page.textContent("#test-result");
+if (!failure.includes("Auth Failure")) fail(`a wrong key was not an Auth Failure: ${failure}`);
+if (shots) await page.screenshot({ path: join(shots, "connect-auth-failure.png") });
+// The right key: Success, with a toast; what was typed is still there.
+await page.fill("#cred-api_key", creds.dms_api_key);
+await page.click("button:has-text('Test Connection')");
+await page.waitForSelector("#test-result .alert-ok");
+if (!(await page.textContent(".toasts")).includes("Connection test succeeded")) fail("no success toast after the test");
+if ((await page.inputValue("#name")) !== "Showroom DMS") fail("the form lost what was typed");
+if (shots) await page.screenshot({ path: join(shots, "connect-success.png") });
+// Save & Activate: in My Connections, healthy.
+await page.click("button:has-text('Save & Activate')");
+await page.waitForURL(/\/connections\?done=connection_activated/);
+const row = page.locator("tr", { hasText: "Showroom DMS" });
+if (!(await row.textContent()).includes("healthy")) fail(`the new connection is not healthy: ${await row.textContent()}`);
+if (!(await page.textContent(".toasts")).includes("Connection active")) fail("no toast after Save & Activate");
 await check("connections", "/connections");
 if (!(await page.textContent("table.list")).includes("Demo DMS")) fail("My Connections lacks Demo DMS");
+
+// The row's menu: deactivate (confirm dialog), then reactivate.
+await page.click("summary[aria-label='Actions for Showroom DMS']");
+if (shots) await page.screenshot({ path: join(shots, "connections-menu.png") });
+await page.locator("tr", { hasText: "Showroom DMS" }).locator("button:has-text('Deactivate')").click();
+await page.waitForSelector("dialog#confirm[open]");
+if (!(await page.textContent("dialog#confirm")).includes("No active orchestration uses it")) fail("the dialog does not say who uses the connection");
+await page.focus("dialog#confirm [data-confirm-ok]");
+await page.keyboard.press("Enter");
+await page.waitForURL(/done=connection_deactivated/);
+if (!(await page.textContent(".page-head")).includes("inactive")) fail("the connection is not shown inactive");
+const connectionPath = new URL(page.url()).pathname;
+await page.click("button:has-text('Reactivate')");
+await page.waitForURL(/done=connection_activated/);
+await check("connection", connectionPath);
+
+// Rotate its credentials on its page.
+await page.click("summary:has-text('Rotate credentials')");
+await page.fill("#rot-api_key", creds.dms_api_key);
+await page.click("button:has-text('Replace credentials')");
+await page.waitForURL(/done=credentials_rotated/);
+if (!(await page.textContent(".toasts")).includes("Credentials replaced")) fail("no toast after rotating");
+
+// Delete it: the dialog says what goes.
+await page.click(".toolbar button:has-text('Delete')");
+await page.waitForSelector("dialog#confirm[open]");
+if (!(await page.textContent("dialog#confirm")).includes("sealed credentials")) fail("the delete dialog does not say what is removed");
+await page.focus("dialog#confirm [data-confirm-ok]");
+await page.keyboard.press("Enter");
+await page.waitForURL(/done=connection_deleted/);
+if ((await page.textContent("table.list")).includes("Showroom DMS")) fail("the deleted connection is still listed");
 
 await check("relays", "/relays");
 if (!(await page.textContent("table.list")).includes("online")) fail("the demo agent is not online on Relays");
@@ -86,6 +145,26 @@ const command = await page.textContent("#install-command");
 if (!command.startsWith("dibop-agent enroll '")) fail(`no install command: ${command}`);
 if (!(await page.textContent(".toasts")).includes("Enrollment token created")) fail("no success toast");
 if (shots) await page.screenshot({ path: join(shots, "relays-add.png") });
+
+// Run the shown command at "the dealer site" (here: a scratch directory
+// instead of /etc and /var/lib) and see a second agent come online.
+let agent = null;
+if (process.env.DIBOP_AGENT_BIN && process.env.DIBOP_WALK_DIR) {
+  const token = command.match(/enroll '([^']+)'/)[1];
+  const dir = join(process.env.DIBOP_WALK_DIR, "second-agent");
+  execFileSync(process.env.DIBOP_AGENT_BIN, ["enroll", token, "--data-dir", dir], { stdio: "pipe" });
+  const config = join(dir, "agent.toml");
+  writeFileSync(config, "[policy]\nallow = [\"127.0.0.1\"]\n[tunnel]\nkeep_alive_secs = 1\nreconnect_initial_ms = 100\nreconnect_max_ms = 1000\n");
+  agent = spawn(process.env.DIBOP_AGENT_BIN, ["run", "--data-dir", dir, "--config", config], { stdio: "ignore" });
+  let online = 0;
+  for (let i = 0; i < 60 && online < 2; i++) {
+    await page.goto(base + "/relays");
+    online = await page.locator("table.list .badge.ok", { hasText: "online" }).count();
+    if (online < 2) await page.waitForTimeout(500);
+  }
+  if (online < 2) fail(`the agent enrolled with the shown command did not come online (${online} online)`);
+  console.log(JSON.stringify({ second_agent_online: true }));
+}
 
 // Revoke the demo agent: a confirm dialog first, then the agent is cut off.
 await page.goto(base + "/relays");
@@ -113,5 +192,6 @@ await page.goto(base + "/connections");
 if (!page.url().includes("/sign-in")) fail("the console still opens after signing out");
 
 if (cspViolations.length) fail(`CSP violations: ${cspViolations.join(" | ")}`);
+if (agent) agent.kill();
 await browser.close();
 console.log(JSON.stringify({ ok: true }));

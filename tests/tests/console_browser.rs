@@ -2,7 +2,9 @@
 //! `playwright-core` from npm), against `dibop dev`: a real control plane,
 //! relay agent and DMS simulator as separate processes. The walk itself is
 //! `tests/browser/console.mjs` (sign in, each page checked with axe-core,
-//! search the catalogue, open an integration, add a relay, sign out).
+//! search the catalogue, open an integration, connect it with a wrong key
+//! then the right one, deactivate, reactivate, rotate and delete the
+//! connection, add a relay and run the command it shows, sign out).
 
 use dibop_e2e::harness::DevStack;
 use std::path::{Path, PathBuf};
@@ -43,6 +45,8 @@ async fn an_admin_walks_the_console_in_chromium() {
         .arg(credentials)
         .env("NODE_PATH", &modules)
         .env("CHROMIUM", chromium())
+        .env("DIBOP_AGENT_BIN", dibop_e2e::harness::bin("dibop-agent"))
+        .env("DIBOP_WALK_DIR", dir.path())
         .kill_on_drop(true);
     // `DIBOP_SCREENSHOTS=docs/console` regenerates the console tour's pictures.
     if let Ok(shots) = std::env::var("DIBOP_SCREENSHOTS") {
@@ -56,13 +60,19 @@ async fn an_admin_walks_the_console_in_chromium() {
         "the walk through the console failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("{\"ok\":true}"), "{stdout}");
+    assert!(
+        stdout.contains("\"second_agent_online\":true"),
+        "the command shown by Add a relay was not run:\n{stdout}"
+    );
     // Every page was checked: no serious or critical accessibility problem.
     for page in [
         "sign-in",
         "dashboard",
         "integrations",
         "integration",
+        "connect",
         "connections",
+        "connection",
         "relays",
         "users",
         "audit",

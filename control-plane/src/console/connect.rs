@@ -231,7 +231,7 @@ fn scheme_note(scheme: &Value) -> String {
     match s("type") {
         "none" => "This system needs no credentials: calls are sent as they are.".into(),
         "api_key" if !s("query").is_empty() => {
-            format!("The key is sent in the `{}` query parameter.", s("query"))
+            format!("The key is sent in the {} query parameter.", s("query"))
         }
         "api_key" => {
             let header = if s("header").is_empty() {
@@ -240,16 +240,16 @@ fn scheme_note(scheme: &Value) -> String {
                 s("header")
             };
             if s("prefix").is_empty() {
-                format!("The key is sent in the `{header}` header.")
+                format!("The key is sent in the {header} header.")
             } else {
                 format!(
-                    "The key is sent in the `{header}` header after `{}`.",
+                    "The key is sent in the {header} header after {}.",
                     s("prefix")
                 )
             }
         }
         "basic" => "Sent as HTTP Basic authentication.".into(),
-        "bearer" => "Sent as `Authorization: Bearer …`.".into(),
+        "bearer" => "Sent in the Authorization header as a bearer token.".into(),
         kind if kind.starts_with("oauth2") => {
             let scopes = match &scheme["scopes"] {
                 Value::Array(a) => a
@@ -262,17 +262,17 @@ fn scheme_note(scheme: &Value) -> String {
             };
             let grant = kind.trim_start_matches("oauth2_").replace('_', " ");
             format!(
-                "Tokens come from `{}` ({grant} grant{}); they are cached and renewed before they expire.",
+                "Tokens come from {} ({grant} grant{}); they are cached and renewed before they expire.",
                 s("token_url"),
                 if scopes.is_empty() {
                     String::new()
                 } else {
-                    format!(", scopes `{scopes}`")
+                    format!(", scopes {scopes}")
                 }
             )
         }
         "dynamic_api_key" => format!(
-            "A session key is fetched from `{}` with these credentials and sent in `{}`.",
+            "A session key is fetched from {} with these credentials and sent in {}.",
             s("url"),
             s("header")
         ),
