@@ -712,8 +712,11 @@ async fn the_openapi_document_and_docs_are_served_without_a_cdn() {
 #[tokio::test]
 async fn the_cli_issues_api_tokens_that_work() {
     let cp = TestCp::start().await;
+    // The CLI runs while this runtime keeps serving the control plane: a
+    // blocking wait here would stall its tasks, a write transaction among
+    // them, and the CLI would wait for SQLite's lock in vain.
     let data = cp.data_dir.clone();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dibop"))
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_dibop"))
         .args(["admin", "--data-dir"])
         .arg(&data)
         .args([
@@ -726,6 +729,7 @@ async fn the_cli_issues_api_tokens_that_work() {
             "reporting",
         ])
         .output()
+        .await
         .unwrap();
     assert!(
         out.status.success(),
@@ -742,11 +746,12 @@ async fn the_cli_issues_api_tokens_that_work() {
         403,
         "a viewer"
     );
-    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_dibop"))
+    let bad = tokio::process::Command::new(env!("CARGO_BIN_EXE_dibop"))
         .args(["admin", "--data-dir"])
         .arg(&data)
         .args(["create-api-token", "--tenant", "no-such-tenant"])
         .output()
+        .await
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no tenant named `no-such-tenant`"));
