@@ -767,6 +767,37 @@ mod tests {
                 1
             );
             let f = AuditFilter {
+                actor: Some("token:tok_1".into()),
+                since: Some(0),
+                ..Default::default()
+            };
+            assert_eq!(
+                store.list_audit(Some("ten_a"), &f, 10).await.unwrap().len(),
+                2
+            );
+            let f = AuditFilter {
+                actor: Some("nobody".into()),
+                ..Default::default()
+            };
+            assert!(
+                store
+                    .list_audit(Some("ten_a"), &f, 10)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            let f = AuditFilter {
+                since: Some(i64::MAX),
+                ..Default::default()
+            };
+            assert!(
+                store
+                    .list_audit(Some("ten_a"), &f, 10)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            let f = AuditFilter {
                 before: Some("aud_0001".into()),
                 ..Default::default()
             };

@@ -725,3 +725,213 @@ async fn connecting_a_system_tests_saves_and_manages_it() {
     );
     assert_eq!(cp.get(format!("/connections/{id}")).await.0, 404);
 }
+
+/// The text of `<pre id="shown-secret">`: a secret the page shows once.
+fn shown_secret(body: &str) -> String {
+    let marker = r#"<pre id="shown-secret">"#;
+    let at = body
+        .find(marker)
+        .unwrap_or_else(|| panic!("no secret shown in {body}"))
+        + marker.len();
+    body[at..at + body[at..].find('<').unwrap()].to_owned()
+}
+
+#[tokio::test]
+async fn admins_manage_users_and_tokens() {
+    let cp = TestCp::start().await;
+    let password = user(&cp, "ada@acme.example", "enterprise_admin").await;
+    let mut b = Browser::new(&cp);
+    b.sign_in("ada@acme.example", &password).await;
+    let page = b.get("/settings/users").await;
+    assert!(page.body.contains("Add a user"));
+    assert!(page.body.contains("Create an API token"));
+    let csrf = hidden(&page.body, "csrf");
+
+    // A bad email is named; a user added without a password gets one, once.
+    let bad = b
+        .post(
+            "/settings/users",
+            &[
+                ("csrf", &csrf),
+                ("email", "not-an-email"),
+                ("role", "operator"),
+                ("password", ""),
+            ],
+        )
+        .await;
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    assert!(bad.body.contains("error-text"));
+    assert!(
+        bad.body.contains(r#"value="not-an-email""#),
+        "what was typed is kept"
+    );
+    let added = b
+        .post(
+            "/settings/users",
+            &[
+                ("csrf", &csrf),
+                ("email", "olli@acme.example"),
+                ("role", "operator"),
+                ("password", ""),
+            ],
+        )
+        .await;
+    assert_eq!(added.status, 200, "{}", added.body);
+    let generated = shown_secret(&added.body);
+    assert!(generated.len() >= 40);
+    let mut olli = Browser::new(&cp);
+    assert_eq!(
+        olli.sign_in("olli@acme.example", &generated).await.status,
+        303
+    );
+    assert_eq!(olli.get("/connections").await.status, 200);
+    // The password is not on the page again.
+    assert!(!b.get("/settings/users").await.body.contains(&generated));
+
+    let (_, users) = cp.get("/users").await;
+    let id = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["email"] == "olli@acme.example")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let change = |action: &'static str, value: &'static str| {
+        vec![
+            ("csrf", csrf.clone()),
+            ("action", action.to_owned()),
+            ("value", value.to_owned()),
+        ]
+    };
+    for (action, value) in [("role", "viewer"), ("pii", "withheld")] {
+        let form = change(action, value);
+        let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let done = b.post(&format!("/settings/users/{id}"), &form).await;
+        assert_eq!(done.status, 303, "{action}: {}", done.body);
+    }
+    let (_, u) = cp.get("/users").await;
+    let u = u
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (u["role"].as_str(), u["view_pii"].as_bool()),
+        (Some("viewer"), Some(false))
+    );
+    // Disabling signs them out at once.
+    let form = change("disable", "");
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(
+        b.post(&format!("/settings/users/{id}"), &form).await.status,
+        303
+    );
+    let after = olli.get("/connections").await;
+    assert_eq!(after.status, 303, "a disabled user's session still works");
+    // An admin cannot lock themselves out.
+    let (_, me) = cp.get("/users").await;
+    let me = me
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["email"] == "ada@acme.example")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let refused = b.post(&format!("/settings/users/{me}"), &form).await;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(refused.body.contains("cannot disable yourself"));
+
+    // A token: shown once, works, revoked, refused.
+    let created = b
+        .post(
+            "/settings/tokens",
+            &[
+                ("csrf", &csrf),
+                ("name", "DMS sync"),
+                ("role", "viewer"),
+                ("expires", "30d"),
+                ("pii", "default"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    let token = shown_secret(&created.body);
+    assert!(token.starts_with("dibop_"));
+    assert_eq!(cp.get_as(&token, "/agents").await.0, 200);
+    let (_, tokens) = cp.get("/api-tokens").await;
+    let t = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "DMS sync")
+        .unwrap()
+        .clone();
+    assert!(t["expires_at"].is_string());
+    let revoked = b
+        .post(
+            &format!("/settings/tokens/{}/revoke", t["id"].as_str().unwrap()),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(revoked.status, 303);
+    assert_eq!(cp.get_as(&token, "/agents").await.0, 401);
+    let empty = b
+        .post(
+            "/settings/tokens",
+            &[("csrf", &csrf), ("name", ""), ("role", "viewer")],
+        )
+        .await;
+    assert_eq!(empty.status, 422);
+
+    // The audit log has it all, filtered by resource, action, actor and time.
+    let tokens = b.get("/audit?resource=api_token").await;
+    assert!(tokens.body.contains("<td>api_token.create</td>"));
+    assert!(tokens.body.contains("<td>api_token.revoke</td>"));
+    assert!(!tokens.body.contains("<td>user.update</td>"));
+    let updates = b.get("/audit?action=user.update&window=1h").await;
+    assert_eq!(
+        updates.body.matches("<td>user.update</td>").count(),
+        3,
+        "{}",
+        updates.body
+    );
+    let nobody = b.get("/audit?actor=token%3Atok_nobody").await;
+    assert!(nobody.body.contains("No entry matches these filters"));
+
+    // A viewer can do none of it.
+    let viewer_password = user(&cp, "vic@acme.example", "viewer").await;
+    let mut viewer = Browser::new(&cp);
+    viewer.sign_in("vic@acme.example", &viewer_password).await;
+    let seen = viewer.get("/settings/users").await;
+    assert!(!seen.body.contains("Add a user"));
+    assert!(!seen.body.contains("Disable</button>"));
+    let viewer_csrf = hidden(&seen.body, "csrf");
+    let forged = viewer
+        .post(
+            "/settings/tokens",
+            &[
+                ("csrf", &viewer_csrf),
+                ("name", "x"),
+                ("role", "enterprise_admin"),
+            ],
+        )
+        .await;
+    assert_eq!(forged.status, 403);
+    let forged = viewer
+        .post(
+            &format!("/settings/users/{me}"),
+            &[
+                ("csrf", &viewer_csrf),
+                ("action", "role"),
+                ("value", "viewer"),
+            ],
+        )
+        .await;
+    assert_eq!(forged.status, 403);
+}

@@ -178,6 +178,15 @@ if (!(await page.textContent("table.list")).includes("revoked")) fail("the agent
 if (!(await page.textContent(".toasts")).includes("Agent revoked")) fail("no toast after revoking");
 
 await check("users", "/settings/users");
+// Create an API token: shown once, with a copy button.
+await page.click("summary:has-text('Create an API token')");
+await page.fill("#token-name", "Reporting");
+await page.selectOption("#token-role", "viewer");
+await page.click("button:has-text('Create token')");
+await page.waitForSelector("#shown-secret");
+if (!(await page.textContent("#shown-secret")).startsWith("dibop_")) fail("the new token was not shown");
+if (!(await page.textContent(".toasts")).includes("API token created")) fail("no toast after creating a token");
+if (shots) await page.screenshot({ path: join(shots, "users-token.png"), fullPage: true });
 await check("audit", "/audit");
 
 // Keyboard: the skip link is the first stop and moves to the content.

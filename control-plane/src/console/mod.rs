@@ -9,6 +9,7 @@
 //! API's handlers. Every response carries a strict Content-Security-Policy
 //! (no inline script or style, no framing); every form carries a CSRF token.
 
+mod access;
 mod assets;
 mod connect;
 mod pages;
@@ -56,7 +57,10 @@ pub fn routes() -> Router<Arc<Core>> {
         .route("/relays", get(pages::relays))
         .route("/relays/enroll", post(pages::add_relay))
         .route("/relays/agents/{id}/revoke", post(pages::revoke_agent))
-        .route("/settings/users", get(pages::users))
+        .route("/settings/users", get(access::users).post(access::add_user))
+        .route("/settings/users/{id}", post(access::change_user))
+        .route("/settings/tokens", post(access::add_token))
+        .route("/settings/tokens/{id}/revoke", post(access::revoke_token))
         .route("/audit", get(pages::audit))
         .route("/assets/{file}", get(assets::serve))
         .layer(middleware::from_fn(security_headers))

@@ -143,6 +143,10 @@ fn toast(code: &str) -> Option<&'static str> {
         "connection_deleted" => "Connection deleted with its credentials.",
         "settings_saved" => "Settings saved: they apply to the next call.",
         "credentials_rotated" => "Credentials replaced: the next call uses them.",
+        "user_added" => "User added: they can sign in now.",
+        "user_changed" => "User changed: it applies to their next request.",
+        "token_created" => "API token created: copy it now, it is shown only once.",
+        "token_revoked" => "API token revoked: calls with it are refused.",
         _ => return None,
     })
 }
@@ -885,74 +889,6 @@ pub(crate) async fn revoke_agent(
 
 // -------------------------------------------------------------------- users
 
-struct UserLine {
-    email: String,
-    role: &'static str,
-    created: String,
-    disabled: bool,
-}
-
-struct TokenLine {
-    name: String,
-    prefix: String,
-    role: &'static str,
-    created: String,
-    last_used: String,
-    expires: String,
-}
-
-#[derive(Template)]
-#[template(path = "console/users.html")]
-struct Users {
-    chrome: Chrome,
-    users: Vec<UserLine>,
-    tokens: Vec<TokenLine>,
-}
-
-/// `GET /settings/users`: the tenant's users and API tokens.
-pub(crate) async fn users(State(core): State<Arc<Core>>, v: Visitor) -> Response {
-    let tenant = &v.principal.tenant_id;
-    let users = match core.store.list_users(tenant, None, 1000).await {
-        Ok(u) => u,
-        Err(e) => return failed(e),
-    };
-    let tokens = if v.principal.role.is_admin() {
-        match core.store.list_api_tokens(tenant, None, 1000).await {
-            Ok(t) => t,
-            Err(e) => return failed(e),
-        }
-    } else {
-        Vec::new()
-    };
-    html(
-        StatusCode::OK,
-        &Users {
-            chrome: Chrome::new(&v, "users", None),
-            users: users
-                .into_iter()
-                .map(|u| UserLine {
-                    email: u.email,
-                    role: u.role.as_str(),
-                    created: rfc3339(u.created_at),
-                    disabled: u.disabled_at.is_some(),
-                })
-                .collect(),
-            tokens: tokens
-                .into_iter()
-                .filter(|t| t.user_id.is_none() && t.revoked_at.is_none())
-                .map(|t| TokenLine {
-                    name: t.name,
-                    prefix: t.prefix,
-                    role: t.role.as_str(),
-                    created: rfc3339(t.created_at),
-                    last_used: t.last_used_at.map_or_else(|| "never".into(), rfc3339),
-                    expires: t.expires_at.map_or_else(|| "never".into(), rfc3339),
-                })
-                .collect(),
-        },
-    )
-}
-
 // -------------------------------------------------------------------- audit
 
 struct AuditLine {
@@ -967,19 +903,37 @@ struct AuditLine {
 struct Audit {
     chrome: Chrome,
     lines: Vec<AuditLine>,
-    action: String,
+    q: AuditQuery,
+    /// The filters as a query string (for the next page's link).
+    filters: String,
+    filtered: bool,
     next: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+/// The time windows of the audit page.
+const AUDIT_WINDOWS: [(&str, i64); 4] = [
+    ("1h", 3_600),
+    ("24h", 86_400),
+    ("7d", 7 * 86_400),
+    ("30d", 30 * 86_400),
+];
+
+#[derive(Debug, Deserialize, Default, serde::Serialize)]
 pub(crate) struct AuditQuery {
     #[serde(default)]
     action: String,
     #[serde(default)]
+    resource: String,
+    #[serde(default)]
+    actor: String,
+    #[serde(default)]
+    window: String,
+    #[serde(default, skip_serializing)]
     before: Option<String>,
 }
 
-/// `GET /audit`: the audit log, newest first, for admins.
+/// `GET /audit`: the audit log, newest first, for admins, filtered by
+/// action, resource type, actor and time window.
 pub(crate) async fn audit(
     State(core): State<Arc<Core>>,
     v: Visitor,
@@ -992,11 +946,23 @@ pub(crate) async fn audit(
         );
     }
     let q: AuditQuery = query(raw.as_deref());
+    let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
+    let since = AUDIT_WINDOWS
+        .iter()
+        .find(|(w, _)| *w == q.window)
+        .map(|(_, secs)| crate::store::now_unix() - secs);
     let filter = crate::store::AuditFilter {
-        action: (!q.action.trim().is_empty()).then(|| q.action.trim().to_owned()),
+        action: some(&q.action),
+        resource_type: some(&q.resource),
+        actor: some(&q.actor),
+        since,
         before: q.before.clone(),
         ..Default::default()
     };
+    let filtered = filter.action.is_some()
+        || filter.resource_type.is_some()
+        || filter.actor.is_some()
+        || since.is_some();
     let scope = (!v.principal.is_platform_admin()).then_some(v.principal.tenant_id.as_str());
     let rows = match core.store.list_audit(scope, &filter, PAGE as i64 + 1).await {
         Ok(rows) => rows,
@@ -1017,7 +983,9 @@ pub(crate) async fn audit(
                     target: format!("{} {}", e.resource_type, e.resource_id),
                 })
                 .collect(),
-            action: q.action,
+            filters: serde_urlencoded::to_string(&q).unwrap_or_default(),
+            filtered,
+            q,
             next,
         },
     )

@@ -420,7 +420,7 @@ fn call_view(
 }
 
 /// `since`/`until` of the call log: an RFC 3339 time or a date.
-fn time_bound(name: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
+pub(crate) fn time_bound(name: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
     value
         .map(|v| {
             crate::catalogue::publishing::parse_date(v.trim()).ok_or_else(|| {

@@ -149,6 +149,13 @@ impl From<IdentityError> for ApiError {
             IdentityError::Invalid { message, problems } => {
                 ApiError::invalid(message).with_details(Value::Array(problems))
             }
+            IdentityError::NotFound { what, id } => ApiError::not_found(what, &id),
+            IdentityError::Forbidden(message) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+            }
+            IdentityError::Conflict { code, message } => {
+                ApiError::new(StatusCode::CONFLICT, code, message)
+            }
             IdentityError::Store(e) => e.into(),
             IdentityError::Internal(message) => {
                 tracing::error!("{message}");

@@ -14,15 +14,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use dibop_runtime::support::rfc3339;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::Core;
-use crate::http::{
-    ApiError, ApiJson, ApiPath, ApiQuery, Page, Principal, page_limit, paged, require_admin,
-};
-use crate::identity::audit::record_by;
-use crate::identity::tokens::issue_token;
-use crate::store::{ApiTokenRow, AuditFilter, now_unix};
+use crate::http::{ApiError, ApiJson, ApiPath, ApiQuery, Page, Principal, page_limit, paged};
+use crate::identity::access;
+use crate::store::{ApiTokenRow, AuditFilter};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -72,42 +69,13 @@ pub(crate) async fn create_token(
     p: Principal,
     ApiJson(body): ApiJson<NewToken>,
 ) -> Result<Response, ApiError> {
-    require_admin(&p)?;
-    let mut problems = Vec::new();
-    let name = body.name.trim();
-    if let Some(problem) = crate::http::name_problem(name) {
-        problems.push(json!({"field": "name", "problem": problem}));
-    }
-    let role = crate::identity::users::tenant_role(p.is_platform_admin(), &body.role);
-    if let Err(problem) = &role {
-        problems.push(json!({"field": "role", "problem": problem}));
-    }
-    if let Some(ttl) = body.ttl_secs
-        && !(60..=10 * 365 * 24 * 3600).contains(&ttl)
-    {
-        problems.push(
-            json!({"field": "ttl_secs", "problem": "must be between 60 and 315360000 (10 years)"}),
-        );
-    }
-    let (true, Ok(role)) = (problems.is_empty(), role) else {
-        return Err(ApiError::invalid("the API token is invalid").with_details(json!(problems)));
+    let new = access::NewToken {
+        name: body.name,
+        role: body.role,
+        ttl_secs: body.ttl_secs,
+        view_pii: body.view_pii,
     };
-    let expires_at = body.ttl_secs.map(|t| now_unix() + t as i64);
-    let tx = core.store.begin().await?;
-    let (mut row, secret) = issue_token(&tx, &p.tenant_id, name, role, expires_at).await?;
-    if let Some(v) = body.view_pii {
-        tx.set_token_view_pii(&row.id, i64::from(v)).await?;
-        row.view_pii = Some(i64::from(v));
-    }
-    record_by(
-        &tx,
-        &p,
-        "api_token.create",
-        ("api_token", &row.id),
-        json!({"name": row.name, "role": row.role, "view_pii": body.view_pii}),
-    )
-    .await?;
-    tx.commit().await?;
+    let (row, secret) = access::create_token(&core, &p, new).await?;
     let mut view = serde_json::to_value(token_view(row)).unwrap_or_default();
     view["token"] = Value::String(secret);
     Ok((StatusCode::CREATED, Json(view)).into_response())
@@ -137,36 +105,7 @@ pub(crate) async fn revoke_token(
     p: Principal,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    require_admin(&p)?;
-    match core.store.api_token(&p.tenant_id, &id).await? {
-        None => return Err(ApiError::not_found("API token", &id)),
-        Some(t) if t.revoked_at.is_some() => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "already_revoked",
-                format!(
-                    "API token `{}` was already revoked at {}",
-                    t.prefix,
-                    rfc3339(t.revoked_at.unwrap_or_default())
-                ),
-            ));
-        }
-        Some(_) => {}
-    }
-    let tx = core.store.begin().await?;
-    let Some(row) = tx.revoke_api_token(&p.tenant_id, &id, now_unix()).await? else {
-        return Err(ApiError::not_found("API token", &id));
-    };
-    record_by(
-        &tx,
-        &p,
-        "api_token.revoke",
-        ("api_token", &row.id),
-        json!({"name": row.name}),
-    )
-    .await?;
-    tx.commit().await?;
-    core.tokens.forget(&row.id);
+    access::revoke_token(&core, &p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -178,6 +117,10 @@ pub(crate) struct AuditQuery {
     action: Option<String>,
     resource_type: Option<String>,
     resource_id: Option<String>,
+    /// `user:usr_…`, `token:tok_…` or `cli`.
+    actor: Option<String>,
+    /// RFC 3339 time or a date: entries at or after it.
+    since: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -213,6 +156,8 @@ pub(crate) async fn list_audit(
         resource_type: q.resource_type,
         resource_id: q.resource_id,
         before: q.cursor,
+        since: crate::http::connections::time_bound("since", q.since.as_deref())?,
+        actor: q.actor,
     };
     let rows = core
         .store

@@ -18,13 +18,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::Core;
-use crate::http::{
-    ApiError, ApiJson, ApiPath, ApiQuery, Page, Principal, page_limit, paged, require_admin,
-};
+use crate::http::{ApiError, ApiJson, ApiPath, ApiQuery, Page, Principal, page_limit, paged};
 use crate::identity::Role;
-use crate::identity::audit::record_by;
-use crate::identity::users::{SignedIn, new_user, sign_in, sign_out, tenant_role};
-use crate::store::{UserRow, now_unix};
+use crate::identity::access;
+use crate::identity::users::{SignedIn, sign_in, sign_out};
+use crate::store::UserRow;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -104,26 +102,7 @@ pub(crate) async fn create_user_handler(
     p: Principal,
     ApiJson(body): ApiJson<NewUser>,
 ) -> Result<Response, ApiError> {
-    require_admin(&p)?;
-    let user = new_user(
-        &core.store,
-        &p.tenant_id,
-        &body.email,
-        &body.password,
-        &body.role,
-    )
-    .await?;
-    let tx = core.store.begin().await?;
-    tx.create_user(&user).await?;
-    record_by(
-        &tx,
-        &p,
-        "user.create",
-        ("user", &user.id),
-        json!({"email": user.email, "role": user.role}),
-    )
-    .await?;
-    tx.commit().await?;
+    let user = access::create_user(&core, &p, &body.email, &body.password, &body.role).await?;
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, format!("/api/v1/users/{}", user.id))],
@@ -174,41 +153,14 @@ pub(crate) async fn update_user_handler(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<UserPatch>,
 ) -> Result<Json<UserView>, ApiError> {
-    require_admin(&p)?;
-    let role = match &body.role {
-        None => None,
-        Some(role) => Some(tenant_role(p.is_platform_admin(), role).map_err(|problem| {
-            ApiError::invalid("the change is invalid")
-                .with_details(json!([{"field": "role", "problem": problem}]))
-        })?),
+    let change = access::UserChange {
+        role: body.role,
+        disabled: body.disabled,
+        view_pii: body.view_pii,
     };
-    let disabled_at = body.disabled.map(|d| d.then(now_unix));
-    let tx = core.store.begin().await?;
-    let user = tx
-        .update_user(
-            &p.tenant_id,
-            &id,
-            role,
-            disabled_at,
-            body.view_pii.map(|v| v.map(i64::from)),
-        )
-        .await?
-        .ok_or_else(|| ApiError::not_found("user", &id))?;
-    let sessions = tx.session_ids_of(&user.id).await?;
-    record_by(
-        &tx,
-        &p,
-        "user.update",
-        ("user", &user.id),
-        json!({"role": body.role, "disabled": body.disabled, "view_pii": body.view_pii}),
-    )
-    .await?;
-    tx.commit().await?;
-    // Sessions cached on this node must see the change on their next request.
-    for session in sessions {
-        core.tokens.forget(&session);
-    }
-    Ok(Json(user_view(&user)))
+    Ok(Json(user_view(
+        &access::update_user(&core, &p, &id, change).await?,
+    )))
 }
 
 /// This area's routes, each registered with its OpenAPI operation.

@@ -6,6 +6,7 @@
 //! tenants and the catalogue, never sees a tenant's data), and in every
 //! other tenant `enterprise_admin`, `operator` and `viewer`.
 
+pub mod access;
 pub mod audit;
 pub mod tenants;
 pub mod tokens;
@@ -26,6 +27,25 @@ pub enum IdentityError {
         message: String,
         /// `{"field", "problem"}` per problem.
         problems: Vec<serde_json::Value>,
+    },
+    /// No such resource in the caller's tenant.
+    #[error("{what} `{id}` does not exist")]
+    NotFound {
+        /// `user`, `API token`.
+        what: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The caller's role does not allow it.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The resource's state refuses it.
+    #[error("{message}")]
+    Conflict {
+        /// The stable code (`already_revoked`, `own_access`).
+        code: &'static str,
+        /// For a person.
+        message: String,
     },
     /// The database failed or refused (a conflict, say).
     #[error(transparent)]

@@ -150,6 +150,10 @@ pub struct AuditFilter {
     pub resource_id: Option<String>,
     /// Only entries older than this id (the cursor).
     pub before: Option<String>,
+    /// Only this actor (`user:usr_…`, `token:tok_…`, `cli`).
+    pub actor: Option<String>,
+    /// Only entries at or after this time (Unix seconds).
+    pub since: Option<i64>,
 }
 
 /// `SELECT <audit columns> FROM audit_log WHERE <scope> AND <filters>`,
@@ -161,7 +165,8 @@ macro_rules! select_audit {
              details FROM audit_log WHERE ",
             $scope,
             " AND ($2 IS NULL OR action = $2) AND ($3 IS NULL OR resource_type = $3) \
-             AND ($4 IS NULL OR resource_id = $4) AND ($5 IS NULL OR id < $5) ORDER BY id DESC LIMIT $6"
+             AND ($4 IS NULL OR resource_id = $4) AND ($5 IS NULL OR id < $5) \
+             AND ($7 IS NULL OR actor = $7) AND ($8 IS NULL OR at >= $8) ORDER BY id DESC LIMIT $6"
         )
     };
 }
@@ -630,6 +635,8 @@ impl Store {
             .bind(&f.resource_id)
             .bind(&f.before)
             .bind(limit)
+            .bind(&f.actor)
+            .bind(f.since)
             .all(self)
             .await
     }
