@@ -73,6 +73,7 @@ mod identity;
 mod limits;
 mod orchestrations;
 mod overview;
+mod sso;
 pub use agents::{AgentGroup, AgentRow, Redeem};
 pub use catalogue::{CatalogueFilter, CatalogueRow, ConnectorRow, VersionRow};
 pub use cdm::DeadLetterItem;
@@ -81,6 +82,7 @@ pub use executions::{ExecutionRow, StepRow};
 pub use identity::{ApiTokenRow, AuditEntry, AuditFilter, Tenant, UserRow};
 pub use orchestrations::{OrchestrationRow, OrchestrationVersionRow};
 pub use overview::Overview;
+pub use sso::{SsoLoginRow, SsoRow};
 
 /// Storage failed.
 #[derive(Debug, thiserror::Error)]

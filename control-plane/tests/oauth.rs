@@ -289,3 +289,174 @@ async fn a_failed_discovery_is_a_normalized_network_error() {
         .await;
     assert_eq!(tested["outcome"], "network_error", "{tested}");
 }
+
+/// The sign-in page's answer to a single sign-on start for `email`.
+async fn sso_start(cp: &TestCp, email: &str) -> (u16, String) {
+    let resp = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{}/sign-in/sso", cp.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "email={}&next=%2Fconnections",
+            email.replace('@', "%40")
+        ))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn single_sign_on_is_set_per_enterprise_and_starts_with_pkce() {
+    let (issuer, _provider) = provider(600).await;
+    let cp = TestCp::start().await;
+    // Bad settings: every problem named, the provider checked.
+    let (status, bad) = cp
+        .put(
+            "/sso",
+            json!({"issuer": "http://idp.example", "client_id": "", "domains": ["not a domain"],
+                   "default_role": "owner"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{bad}");
+    let fields: Vec<&str> = bad["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["field"].as_str())
+        .collect();
+    for f in [
+        "issuer",
+        "client_id",
+        "client_secret",
+        "domains",
+        "default_role",
+    ] {
+        assert!(fields.contains(&f), "{f} not named: {bad}");
+    }
+    let (status, unreachable) = cp
+        .put(
+            "/sso",
+            json!({"issuer": "http://127.0.0.1:9", "client_id": "c", "client_secret": "s",
+                   "domains": ["dealer.example"]}),
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert!(
+        unreachable.to_string().contains("could not be reached"),
+        "{unreachable}"
+    );
+
+    // Good settings: stored, the secret never shown, audited without it.
+    let (status, set) = cp
+        .put(
+            "/sso",
+            json!({"issuer": issuer, "client_id": "dibop-console", "client_secret": "console-secret",
+                   "domains": ["Dealer.Example", "@group.example"], "default_role": "operator"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(set["domains"], json!(["dealer.example", "group.example"]));
+    assert_eq!(set["client_secret_set"], true);
+    assert!(!set.to_string().contains("console-secret"));
+    let (_, got) = cp.get("/sso").await;
+    assert_eq!(got["issuer"], issuer.as_str());
+    let (_, audit) = cp.get("/audit?action=sso.configure").await;
+    assert_eq!(audit.as_array().unwrap().len(), 1);
+    assert!(!audit.to_string().contains("console-secret"));
+    // Keeping the stored secret: no secret in the change.
+    let (status, _) = cp
+        .put(
+            "/sso",
+            json!({"issuer": issuer, "client_id": "dibop-console", "domains": ["dealer.example"]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // A domain belongs to one enterprise.
+    let (_, other) = cp.tenant("globex").await;
+    let (status, taken) = cp
+        .put_as(
+            &other,
+            "/sso",
+            json!({"issuer": issuer, "client_id": "x", "client_secret": "y", "domains": ["dealer.example"]}),
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert!(taken.to_string().contains("another enterprise"), "{taken}");
+    assert_eq!(
+        cp.get_as(&other, "/sso").await.0,
+        404,
+        "globex sees acme's settings"
+    );
+    // Viewers cannot read or change them.
+    let (_, v) = cp
+        .post("/api-tokens", json!({"name": "v", "role": "viewer"}))
+        .await;
+    assert_eq!(cp.get_as(v["token"].as_str().unwrap(), "/sso").await.0, 403);
+
+    // Starting a sign-in: the provider's authorize URL with PKCE (S256), a
+    // state and a nonce, through a page (the console's form-action policy
+    // forbids a form's redirect to another origin).
+    let (status, page) = sso_start(&cp, "pat@dealer.example").await;
+    assert_eq!(status, 200, "{page}");
+    let refresh = page
+        .split("http-equiv=\"refresh\" content=\"0;url=")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .replace("&#38;", "&")
+        .replace("&amp;", "&");
+    let url = reqwest::Url::parse(&refresh).unwrap();
+    assert!(refresh.starts_with(&issuer), "{refresh}");
+    let q: std::collections::HashMap<String, String> = url.query_pairs().into_owned().collect();
+    assert_eq!(q["response_type"], "code");
+    assert_eq!(q["client_id"], "dibop-console");
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["code_challenge"].len(), 43);
+    assert!(q["redirect_uri"].ends_with("/sign-in/sso/callback"));
+    assert!(q["scope"].contains("openid") && q["scope"].contains("email"));
+    assert!(q["state"].len() >= 32 && q["nonce"].len() >= 32);
+    // The provider knows the client and its redirect URI is asked for.
+    // Unknown domains, non-emails: said on the sign-in page.
+    let (status, page) = sso_start(&cp, "sam@elsewhere.example").await;
+    assert_eq!(status, 404);
+    assert!(page.contains("not set up for elsewhere.example"));
+    assert_eq!(sso_start(&cp, "nobody").await.0, 422);
+    // An answer without its state cookie, or an error from the provider, signs nobody in.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let forged = client
+        .get(format!(
+            "{}/sign-in/sso/callback?code=abc&state={}",
+            cp.base, q["state"]
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert!(
+        forged
+            .text()
+            .await
+            .unwrap()
+            .contains("expired or was already used")
+    );
+    let denied = client
+        .get(format!(
+            "{}/sign-in/sso/callback?error=access_denied&error_description=End-User+aborted&state=x",
+            cp.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+    assert!(denied.text().await.unwrap().contains("End-User aborted"));
+    // Removed: the domain signs in with passwords again.
+    assert_eq!(cp.delete("/sso").await.0, 204);
+    assert_eq!(sso_start(&cp, "pat@dealer.example").await.0, 404);
+}

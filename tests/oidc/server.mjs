@@ -7,6 +7,10 @@
 // Prints `listening http://127.0.0.1:PORT` once it serves. Clients:
 //   dibop / dibop-oidc-secret  (client_secret_basic, client_credentials)
 //   api   / api-secret         (the resource server: introspection only)
+// With OIDC_REDIRECT_URIS (comma-separated), also a client for the console's
+// single sign-on, and the provider's own login pages (any login; the login
+// is the person's email):
+//   dibop-console / console-secret  (authorization code with PKCE)
 import http from 'node:http';
 import { pathToFileURL } from 'node:url';
 
@@ -17,8 +21,24 @@ const server = http.createServer((req, res) => handle(req, res));
 server.listen(0, '127.0.0.1', () => {
   const { port } = server.address();
   const issuer = `http://127.0.0.1:${port}`;
+  const redirects = (process.env.OIDC_REDIRECT_URIS || '').split(',').filter(Boolean);
+  const people = redirects.length > 0;
+  const consoleClient = people ? [{
+    client_id: 'dibop-console',
+    client_secret: 'console-secret',
+    grant_types: ['authorization_code'],
+    redirect_uris: redirects,
+    response_types: ['code'],
+    token_endpoint_auth_method: 'client_secret_basic',
+  }] : [];
   const provider = new Provider(issuer, {
+    findAccount: async (_ctx, id) => ({
+      accountId: id,
+      claims: async () => ({ sub: id, email: id, email_verified: true }),
+    }),
+    claims: { openid: ['sub'], email: ['email', 'email_verified'] },
     clients: [
+      ...consoleClient,
       {
         client_id: 'dibop',
         client_secret: 'dibop-oidc-secret',
@@ -36,12 +56,12 @@ server.listen(0, '127.0.0.1', () => {
         token_endpoint_auth_method: 'client_secret_basic',
       },
     ],
-    scopes: ['openid', 'vehicles:read'],
+    scopes: ['openid', 'email', 'profile', 'vehicles:read'],
     features: {
       clientCredentials: { enabled: true },
       introspection: { enabled: true },
       revocation: { enabled: true },
-      devInteractions: { enabled: false },
+      devInteractions: { enabled: people },
     },
     ttl: { ClientCredentials: Number(process.argv[3] || 600) },
   });

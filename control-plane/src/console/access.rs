@@ -360,3 +360,163 @@ pub(crate) async fn revoke_token(
         Err(e) => refused(&core, &v, e, "token.", HashMap::new()).await,
     }
 }
+
+// ---------------------------------------------------------- single sign-on
+
+/// The single sign-on form as shown (from the settings, or as typed).
+#[derive(Default)]
+struct SsoForm {
+    issuer: String,
+    client_id: String,
+    domains: String,
+    default_role: String,
+    enabled: bool,
+}
+
+#[derive(Template)]
+#[template(path = "console/sso.html")]
+struct SsoPage {
+    chrome: Chrome,
+    form: SsoForm,
+    configured: bool,
+    secret_set: bool,
+    roles: Vec<String>,
+    redirect_uri: String,
+    errors: HashMap<String, String>,
+    form_error: Option<String>,
+}
+
+impl SsoPage {
+    fn err(&self, field: &str) -> Option<&str> {
+        self.errors.get(field).map(String::as_str)
+    }
+}
+
+async fn sso_page(
+    core: &Core,
+    v: &Visitor,
+    headers: &axum::http::HeaderMap,
+    done: Option<&str>,
+) -> Result<SsoPage, Response> {
+    let settings = match crate::identity::sso::settings_of(core, &v.principal).await {
+        Ok(s) => s,
+        Err(IdentityError::Forbidden(m)) => return Err(problem(StatusCode::FORBIDDEN, &m)),
+        Err(e) => return Err(failed(e)),
+    };
+    Ok(SsoPage {
+        chrome: Chrome::new(v, "sso", done),
+        configured: settings.is_some(),
+        secret_set: settings.as_ref().is_some_and(|s| s.client_secret_set),
+        form: settings
+            .map(|s| SsoForm {
+                issuer: s.issuer,
+                client_id: s.client_id,
+                domains: s.domains.join(", "),
+                default_role: s.default_role.unwrap_or_default(),
+                enabled: s.enabled,
+            })
+            .unwrap_or(SsoForm {
+                enabled: true,
+                ..SsoForm::default()
+            }),
+        roles: access::assignable_roles(&v.principal)
+            .iter()
+            .map(|r| r.as_str().to_owned())
+            .collect(),
+        redirect_uri: super::session::sso_callback(headers),
+        errors: HashMap::new(),
+        form_error: None,
+    })
+}
+
+/// `GET /settings/sso`: the enterprise's identity provider.
+pub(crate) async fn sso(
+    State(core): State<Arc<Core>>,
+    v: Visitor,
+    headers: axum::http::HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let done: Done = query(raw.as_deref());
+    match sso_page(&core, &v, &headers, done.done.as_deref()).await {
+        Ok(page) => html(StatusCode::OK, &page),
+        Err(page) => page,
+    }
+}
+
+/// `POST /settings/sso`: saves the provider (checked against its discovery).
+pub(crate) async fn save_sso(
+    State(core): State<Arc<Core>>,
+    v: Visitor,
+    headers: axum::http::HeaderMap,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
+    let mut f = fields(pairs);
+    let csrf = f.remove("csrf").unwrap_or_default();
+    if let Some(refused) = refused_admin_form(&v, &csrf, "Setting up single sign-on") {
+        return refused;
+    }
+    let get = |k: &str| f.get(k).cloned().unwrap_or_default();
+    let anyone = get("first") == "anyone";
+    let settings = crate::identity::sso::SsoSettings {
+        issuer: get("issuer"),
+        client_id: get("client_id"),
+        client_secret: f.get("client_secret").filter(|s| !s.is_empty()).cloned(),
+        domains: get("domains")
+            .split([',', ' ', ';', '\n'])
+            .map(str::to_owned)
+            .collect(),
+        default_role: anyone.then(|| get("default_role")),
+        enabled: f.contains_key("enabled"),
+    };
+    match crate::identity::sso::configure(&core, &v.principal, settings).await {
+        Ok(_) => Redirect::to("/settings/sso?done=sso_saved").into_response(),
+        Err(e) => {
+            let status = match &e {
+                IdentityError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                IdentityError::Forbidden(m) => return problem(StatusCode::FORBIDDEN, m),
+                _ => return failed(e),
+            };
+            let mut page = match sso_page(&core, &v, &headers, None).await {
+                Ok(p) => p,
+                Err(p) => return p,
+            };
+            if let IdentityError::Invalid { problems, .. } = &e {
+                for p in problems {
+                    let field = p["field"].as_str().unwrap_or_default().to_owned();
+                    let text = p["problem"].as_str().unwrap_or_default().to_owned();
+                    page.errors.entry(field).or_insert(text);
+                }
+            }
+            page.form = SsoForm {
+                issuer: get("issuer"),
+                client_id: get("client_id"),
+                domains: get("domains"),
+                default_role: if anyone {
+                    get("default_role")
+                } else {
+                    String::new()
+                },
+                enabled: f.contains_key("enabled"),
+            };
+            page.form_error = Some("Nothing was saved: fix the fields marked in red.".into());
+            html(status, &page)
+        }
+    }
+}
+
+/// `POST /settings/sso/remove`.
+pub(crate) async fn remove_sso(
+    State(core): State<Arc<Core>>,
+    v: Visitor,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Some(refused) = refused_admin_form(&v, &form.csrf, "Removing single sign-on") {
+        return refused;
+    }
+    match crate::identity::sso::remove(&core, &v.principal).await {
+        Ok(()) | Err(IdentityError::NotFound { .. }) => {
+            Redirect::to("/settings/sso?done=sso_removed").into_response()
+        }
+        Err(e) => failed(e),
+    }
+}

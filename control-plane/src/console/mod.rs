@@ -39,6 +39,8 @@ pub fn routes() -> Router<Arc<Core>> {
             "/sign-in",
             get(session::sign_in_page).post(session::sign_in),
         )
+        .route("/sign-in/sso", post(session::sso_start))
+        .route("/sign-in/sso/callback", get(session::sso_callback_page))
         .route("/sign-out", post(session::sign_out))
         .route("/integrations", get(pages::integrations))
         .route("/integrations/{id}", get(pages::integration))
@@ -60,6 +62,8 @@ pub fn routes() -> Router<Arc<Core>> {
         .route("/settings/users", get(access::users).post(access::add_user))
         .route("/settings/users/{id}", post(access::change_user))
         .route("/settings/tokens", post(access::add_token))
+        .route("/settings/sso", get(access::sso).post(access::save_sso))
+        .route("/settings/sso/remove", post(access::remove_sso))
         .route("/settings/tokens/{id}/revoke", post(access::revoke_token))
         .route("/audit", get(pages::audit))
         .route("/assets/{file}", get(assets::serve))

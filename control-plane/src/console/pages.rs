@@ -147,6 +147,8 @@ fn toast(code: &str) -> Option<&'static str> {
         "user_changed" => "User changed: it applies to their next request.",
         "token_created" => "API token created: copy it now, it is shown only once.",
         "token_revoked" => "API token revoked: calls with it are refused.",
+        "sso_saved" => "Single sign-on saved: people of these domains can use it now.",
+        "sso_removed" => "Single sign-on removed: people sign in with passwords again.",
         _ => return None,
     })
 }

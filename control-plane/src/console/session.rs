@@ -18,13 +18,16 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 use crate::Core;
-use crate::identity::{Principal, users};
+use crate::identity::{Principal, sso, users};
 use crate::store::Tenant;
 
 /// The session cookie's name.
 pub(crate) const COOKIE: &str = "dibop_session";
 /// The cookie that binds the sign-in form to the browser that loaded it.
 const SIGN_IN_COOKIE: &str = "dibop_sign_in";
+/// The state of a single sign-on under way, binding the provider's answer
+/// to the browser that started it.
+const SSO_COOKIE: &str = "dibop_sso";
 
 /// A signed-in person looking at the console.
 pub(crate) struct Visitor {
@@ -277,6 +280,150 @@ pub(crate) async fn sign_in(
             )
         }
     }
+}
+
+/// Where a provider sends people back: this console's callback, as the
+/// browser reached it.
+pub(crate) fn sso_callback(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_graphic()))
+        .unwrap_or("localhost");
+    let scheme = if over_tls(headers) { "https" } else { "http" };
+    format!("{scheme}://{host}/sign-in/sso/callback")
+}
+
+/// The sign-in page with what went wrong in single sign-on.
+fn sso_refused(headers: &HeaderMap, next: &str, email: &str, e: &sso::SsoError) -> Response {
+    use sso::SsoError;
+    let status = match e {
+        SsoError::BadEmail(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        SsoError::NoProvider(_) => StatusCode::NOT_FOUND,
+        SsoError::Provider(_) => StatusCode::BAD_GATEWAY,
+        SsoError::Refused(_)
+        | SsoError::NotInvited(_)
+        | SsoError::Disabled(_)
+        | SsoError::WrongDomain(_)
+        | SsoError::Expired => StatusCode::FORBIDDEN,
+        SsoError::Store(_) | SsoError::Internal(_) => {
+            tracing::error!("single sign-on failed: {e}");
+            return render_sign_in(
+                headers,
+                next,
+                email,
+                Some("Signing in failed on our side. Try again in a moment.".into()),
+                None,
+                StatusCode::SERVICE_UNAVAILABLE,
+            );
+        }
+    };
+    let mut message = e.to_string();
+    if let Some(first) = message.get(..1) {
+        message = first.to_uppercase() + &message[1..];
+    }
+    render_sign_in(
+        headers,
+        next,
+        email,
+        Some(format!("{message}.")),
+        None,
+        status,
+    )
+}
+
+#[derive(askama::Template)]
+#[template(path = "console/sso_redirect.html")]
+struct SsoRedirect {
+    css: String,
+    url: String,
+    provider: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct SsoForm {
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    next: String,
+}
+
+/// `POST /sign-in/sso`: sends the browser to the provider of the email's
+/// domain.
+pub(crate) async fn sso_start(
+    State(core): State<Arc<Core>>,
+    headers: HeaderMap,
+    Form(form): Form<SsoForm>,
+) -> Response {
+    let next = safe_next(&form.next).to_owned();
+    match sso::begin(&core, &form.email, &next, &sso_callback(&headers)).await {
+        Ok(started) => {
+            // A page that moves on by itself rather than a redirect: the
+            // console's `form-action 'self'` also holds for a form's redirects.
+            let provider = reqwest::Url::parse(&started.authorize_url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .unwrap_or_default();
+            let page = SsoRedirect {
+                css: super::assets::url("console.css"),
+                url: started.authorize_url.clone(),
+                provider,
+            };
+            let mut response = super::pages::html(StatusCode::OK, &page);
+            let cookie = set_cookie(&headers, SSO_COOKIE, &started.state, sso::LOGIN_TTL_SECS);
+            if let Ok(v) = cookie.parse() {
+                response.headers_mut().append(header::SET_COOKIE, v);
+            }
+            response
+        }
+        Err(e) => sso_refused(&headers, &next, form.email.trim(), &e),
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub(crate) struct CallbackQuery {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+/// `GET /sign-in/sso/callback`: the provider's answer; signs the person in.
+pub(crate) async fn sso_callback_page(
+    State(core): State<Arc<Core>>,
+    headers: HeaderMap,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+) -> Response {
+    let q: CallbackQuery = super::pages::query(raw.as_deref());
+    let bound = cookie(&headers, SSO_COOKIE)
+        .is_some_and(|c| !c.is_empty() && constant_time_eq(c.as_bytes(), q.state.as_bytes()));
+    let result = if let Some(error) = q.error {
+        let detail = q.error_description.unwrap_or(error);
+        Err(sso::SsoError::Refused(detail))
+    } else if !bound || q.code.is_empty() {
+        Err(sso::SsoError::Expired)
+    } else {
+        sso::finish(&core, &q.state, &q.code, &sso_callback(&headers)).await
+    };
+    let mut response = match result {
+        Ok((_, secret, next)) => {
+            let mut response = Redirect::to(safe_next(&next)).into_response();
+            let cookie = set_cookie(&headers, COOKIE, &secret, users::SESSION_TTL_SECS);
+            if let Ok(v) = cookie.parse() {
+                response.headers_mut().append(header::SET_COOKIE, v);
+            }
+            response
+        }
+        Err(e) => sso_refused(&headers, "/", "", &e),
+    };
+    if let Ok(v) = set_cookie(&headers, SSO_COOKIE, "", 0).parse() {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
 }
 
 #[derive(Debug, Deserialize)]

@@ -20,8 +20,9 @@ pub mod openapi;
 pub mod ops;
 pub mod orchestrations;
 pub mod publishing;
+pub mod sso;
 pub mod tenants;
-pub mod tokens;
+mod tokens;
 pub mod users;
 pub mod webhooks;
 
@@ -146,6 +147,7 @@ pub fn api() -> OpenApiRouter<Arc<Core>> {
         .merge(agents::routes())
         .merge(tokens::routes())
         .merge(users::routes())
+        .merge(sso::routes())
         .merge(tenants::routes())
         .merge(catalogue::routes())
         .merge(publishing::routes())

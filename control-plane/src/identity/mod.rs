@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod sso;
 pub mod tenants;
 pub mod tokens;
 pub mod users;
