@@ -633,3 +633,35 @@ impl DevStack {
         })
     }
 }
+
+/// Starts the OpenID Connect provider of the tests (`tests/oidc/server.mjs`
+/// with the npm `oidc-provider` under `node_modules`), with a client for the
+/// console's single sign-on that may come back to `redirect_uris`; its
+/// issuer URL and the process (killed on drop).
+pub async fn oidc_provider(
+    node_modules: &Path,
+    redirect_uris: &[String],
+) -> anyhow::Result<(String, tokio::process::Child)> {
+    use tokio::io::AsyncBufReadExt as _;
+    let lib = node_modules.join("oidc-provider/lib/index.js");
+    if !lib.exists() {
+        bail!("{} is missing: run scripts/test", lib.display());
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("oidc/server.mjs");
+    let mut child = tokio::process::Command::new("node")
+        .arg(script)
+        .arg(lib)
+        .env("OIDC_REDIRECT_URIS", redirect_uris.join(","))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().context("no stdout")?).lines();
+    while let Some(line) = lines.next_line().await? {
+        if let Some(url) = line.strip_prefix("listening ") {
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return Ok((url.to_owned(), child));
+        }
+    }
+    bail!("the OpenID Connect provider did not start")
+}

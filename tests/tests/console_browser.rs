@@ -4,7 +4,9 @@
 //! `tests/browser/console.mjs` (sign in, each page checked with axe-core,
 //! search the catalogue, open an integration, connect it with a wrong key
 //! then the right one, deactivate, reactivate, rotate and delete the
-//! connection, add a relay and run the command it shows, sign out).
+//! connection, add a relay and run the command it shows, create an API
+//! token, sign out, then sign in again through the enterprise's own OpenID
+//! Connect provider (`oidc-provider` from npm) with single sign-on).
 
 use dibop_e2e::harness::DevStack;
 use std::path::{Path, PathBuf};
@@ -38,6 +40,21 @@ async fn an_admin_walks_the_console_in_chromium() {
     let data = dir.path().join("dev");
     let dev = DevStack::start(&data).await.unwrap();
     let (creds, credentials) = (&dev.credentials, &dev.credentials_path);
+    // The enterprise's own identity provider, for single sign-on.
+    let api = creds["api_url"].as_str().unwrap();
+    let (issuer, _provider) =
+        dibop_e2e::harness::oidc_provider(&modules, &[format!("{api}/sign-in/sso/callback")])
+            .await
+            .unwrap();
+    let set = reqwest::Client::new()
+        .put(format!("{api}/api/v1/sso"))
+        .bearer_auth(creds["api_token"].as_str().unwrap())
+        .json(&serde_json::json!({"issuer": issuer, "client_id": "dibop-console",
+            "client_secret": "console-secret", "domains": ["sso.example"], "default_role": "operator"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 200, "{}", set.text().await.unwrap());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/console.mjs");
     let mut walk = tokio::process::Command::new("node");
     walk.arg(&script)
@@ -47,6 +64,7 @@ async fn an_admin_walks_the_console_in_chromium() {
         .env("CHROMIUM", chromium())
         .env("DIBOP_AGENT_BIN", dibop_e2e::harness::bin("dibop-agent"))
         .env("DIBOP_WALK_DIR", dir.path())
+        .env("DIBOP_SSO_EMAIL", "pat@sso.example")
         .kill_on_drop(true);
     // `DIBOP_SCREENSHOTS=docs/console` regenerates the console tour's pictures.
     if let Ok(shots) = std::env::var("DIBOP_SCREENSHOTS") {
@@ -60,6 +78,10 @@ async fn an_admin_walks_the_console_in_chromium() {
         "the walk through the console failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("{\"ok\":true}"), "{stdout}");
+    assert!(
+        stdout.contains("\"signed_in_with_sso\":\"pat@sso.example\""),
+        "single sign-on did not sign in:\n{stdout}"
+    );
     assert!(
         stdout.contains("\"second_agent_online\":true"),
         "the command shown by Add a relay was not run:\n{stdout}"
@@ -75,6 +97,7 @@ async fn an_admin_walks_the_console_in_chromium() {
         "connection",
         "relays",
         "users",
+        "sso",
         "audit",
     ] {
         assert!(
