@@ -328,7 +328,7 @@ pub(crate) async fn add_token(
             page.shown = Some(ShownOnce {
                 title: format!("API token {}", row.name),
                 secret,
-                note: "Copy it now into the system that will use it: it is shown only once and stored only as a hash. Send it as Authorization: Bearer … ."
+                note: "Copy it now into the system that will use it: it is shown only once and stored only as a hash. Send it in the Authorization header as a bearer token."
                     .into(),
             });
             html(StatusCode::OK, &page)
