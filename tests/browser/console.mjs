@@ -34,6 +34,9 @@ const browser = await chromium.launch({
 const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
 const page = await context.newPage();
 const cspViolations = [];
+// No page may run script it did not ship: an alert means a name got through unescaped.
+const alerts = [];
+page.on("dialog", (d) => { if (d.type() === "alert") alerts.push(d.message()); });
 page.on("console", (m) => {
   // Only the console's pages (the identity provider's are its own business).
   if (m.type() === "error" && /Content Security Policy/.test(m.text()) && page.url().startsWith(base)) cspViolations.push(m.text());
@@ -80,6 +83,12 @@ await check("integration", new URL(page.url()).pathname);
 await page.click("a.btn-primary:has-text('Connect')");
 await page.waitForURL(/\/connect$/);
 await check("connect", new URL(page.url()).pathname);
+// A laptop's 1024 px: nothing wider than the window.
+await page.setViewportSize({ width: 1024, height: 768 });
+const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+if (overflow > 0) fail(`Connect a System is ${overflow} px wider than a 1024 px window`);
+if (shots) await page.screenshot({ path: join(shots, "connect-1024.png") });
+await page.setViewportSize({ width: 1280, height: 800 });
 await page.fill("#name", "Showroom DMS");
 await page.fill("#cred-api_key", "not-the-key");
 await page.fill("#base_url", creds.dms_url);
@@ -138,6 +147,7 @@ await page.waitForURL(/done=connection_deleted/);
 if ((await page.textContent("table.list")).includes("Showroom DMS")) fail("the deleted connection is still listed");
 
 await check("relays", "/relays");
+if (process.env.DIBOP_XSS_NAME && !(await page.textContent("main")).includes(process.env.DIBOP_XSS_NAME)) fail("the relay group named as markup is not shown as text");
 if (!(await page.textContent("table.list")).includes("online")) fail("the demo agent is not online on Relays");
 page.once("dialog", (d) => d.accept());
 await page.click("text=Add a relay");
@@ -228,6 +238,7 @@ if (process.env.DIBOP_SSO_EMAIL) {
 }
 
 if (cspViolations.length) fail(`CSP violations: ${cspViolations.join(" | ")}`);
+if (alerts.length) fail(`a page ran an alert: ${alerts.join(" | ")}`);
 if (agent) agent.kill();
 await browser.close();
 console.log(JSON.stringify({ ok: true }));

@@ -55,6 +55,16 @@ async fn an_admin_walks_the_console_in_chromium() {
         .await
         .unwrap();
     assert_eq!(set.status(), 200, "{}", set.text().await.unwrap());
+    // A name that is markup, to show as text (no alert may run).
+    let xss = "<img src=x onerror=alert(1)>";
+    let group = reqwest::Client::new()
+        .post(format!("{api}/api/v1/agent-groups"))
+        .bearer_auth(creds["api_token"].as_str().unwrap())
+        .json(&serde_json::json!({"name": xss}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(group.status(), 201);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/console.mjs");
     let mut walk = tokio::process::Command::new("node");
     walk.arg(&script)
@@ -65,6 +75,7 @@ async fn an_admin_walks_the_console_in_chromium() {
         .env("DIBOP_AGENT_BIN", dibop_e2e::harness::bin("dibop-agent"))
         .env("DIBOP_WALK_DIR", dir.path())
         .env("DIBOP_SSO_EMAIL", "pat@sso.example")
+        .env("DIBOP_XSS_NAME", xss)
         .kill_on_drop(true);
     // `DIBOP_SCREENSHOTS=docs/console` regenerates the console tour's pictures.
     if let Ok(shots) = std::env::var("DIBOP_SCREENSHOTS") {

@@ -478,6 +478,7 @@ async fn console(args: &Args) -> anyhow::Result<()> {
     let (_, catalogue) = api.send("GET", "/catalogue?q=dms-sim", None).await?;
     let connector = catalogue[0]["id"].clone();
     let t = Instant::now();
+    let mut first_connection = String::new();
     for i in 0..args.connections {
         let (status, c) = api
             .send(
@@ -491,6 +492,9 @@ async fn console(args: &Args) -> anyhow::Result<()> {
             )
             .await?;
         anyhow::ensure!(status == 201, "connection: {c}");
+        if first_connection.is_empty() {
+            first_connection = c["id"].as_str().unwrap_or_default().to_owned();
+        }
     }
     let seed_connections = t.elapsed();
     let id = api
@@ -573,20 +577,27 @@ async fn console(args: &Args) -> anyhow::Result<()> {
         .context("no session cookie")?
         .to_owned();
     let mut pages = Vec::new();
+    let connector = connector.as_str().unwrap_or_default();
     for path in [
-        "/",
-        "/integrations",
-        "/connections",
-        "/relays",
-        "/settings/users",
-        "/audit",
+        "/".to_owned(),
+        "/integrations".to_owned(),
+        format!("/integrations/{connector}/connect"),
+        "/connections".to_owned(),
+        format!("/connections/{first_connection}"),
+        "/relays".to_owned(),
+        "/settings/users".to_owned(),
+        "/settings/sso".to_owned(),
+        "/audit".to_owned(),
     ] {
         let target = Target::Page {
             url: format!("{}{path}", cp.http),
             cookie: cookie.clone(),
         };
         let mut m = measure(&target, 16, args.seconds).await?;
-        m["page"] = json!(path);
+        m["page"] = json!(
+            path.replace(connector, "{connector}")
+                .replace(&first_connection, "{id}")
+        );
         pages.push(m);
     }
     let report = json!({
