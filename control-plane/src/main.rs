@@ -332,47 +332,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             task: OrchestrationTask::Validate { file },
         } => {
             use dibop_control_plane::orchestration::definition;
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            let problems = match definition::parse(&text) {
-                Ok(doc) => definition::validate(&doc),
-                Err(p) => vec![p],
-            };
-            if problems.is_empty() {
-                println!("{}: valid", file.display());
-                Ok(())
-            } else {
-                let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
-                anyhow::bail!(
-                    "{} has {} problem(s):\n{}",
-                    file.display(),
-                    problems.len(),
-                    list.join("\n")
-                )
-            }
+            validate_file(&file, |text| match definition::parse(text) {
+                Ok(doc) => definition::validate(&doc)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                Err(p) => vec![p.to_string()],
+            })
         }
         Command::Connector {
             task: ConnectorTask::Validate { file },
         } => {
             use dibop_control_plane::catalogue::connector;
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            let problems = match connector::parse(&text) {
-                Ok(doc) => connector::validate(&doc),
-                Err(p) => vec![p],
-            };
-            if problems.is_empty() {
-                println!("{}: valid", file.display());
-                Ok(())
-            } else {
-                let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
-                anyhow::bail!(
-                    "{} has {} problem(s):\n{}",
-                    file.display(),
-                    problems.len(),
-                    list.join("\n")
-                )
-            }
+            validate_file(&file, |text| match connector::parse(text) {
+                Ok(doc) => connector::validate(&doc)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                Err(p) => vec![p.to_string()],
+            })
         }
         Command::Connector {
             task:
@@ -614,4 +592,25 @@ async fn cli_main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Reads a definition file and reports every problem `check` finds in it.
+fn validate_file(
+    file: &std::path::Path,
+    check: impl Fn(&str) -> Vec<String>,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let problems = check(&text);
+    if problems.is_empty() {
+        println!("{}: valid", file.display());
+        return Ok(());
+    }
+    let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
+    anyhow::bail!(
+        "{} has {} problem(s):\n{}",
+        file.display(),
+        problems.len(),
+        list.join("\n")
+    )
 }
