@@ -935,3 +935,45 @@ async fn admins_manage_users_and_tokens() {
         .await;
     assert_eq!(forged.status, 403);
 }
+
+#[tokio::test]
+async fn platform_admins_run_the_catalogue_and_connect_nothing() {
+    let cp = TestCp::start().await;
+    let platform = cp.platform_admin().await;
+    let password = "a long enough password";
+    let (status, u) = cp
+        .post_as(
+            &platform,
+            "/users",
+            json!({"email": "root@platform.example", "password": password, "role": "platform_admin"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{u}");
+    let mut b = Browser::new(&cp);
+    assert_eq!(
+        b.sign_in("root@platform.example", password).await.status,
+        303
+    );
+    let connector = cp.dms_sim_connector().await;
+    let detail = b.get(&format!("/integrations/{connector}")).await;
+    assert_eq!(detail.status, 200);
+    assert!(
+        !detail.body.contains("/connect\""),
+        "a platform admin is offered Connect"
+    );
+    let form = b.get(&format!("/integrations/{connector}/connect")).await;
+    assert_eq!(form.status, 403);
+    assert!(form.body.contains("enterprises connect their systems"));
+    let csrf = hidden(&b.get("/integrations").await.body, "csrf");
+    let posted = b
+        .post(
+            &format!("/integrations/{connector}/connect"),
+            &[("csrf", &csrf), ("name", "x"), ("intent", "activate")],
+        )
+        .await;
+    assert_eq!(posted.status, 403);
+    // The sidebar is the platform's: no tenant pages.
+    let home = b.get("/integrations").await;
+    assert!(home.body.contains("PLATFORM CONFIG"));
+    assert!(!home.body.contains("My Connections"));
+}

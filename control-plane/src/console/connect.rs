@@ -571,6 +571,24 @@ async fn connect_page(
     }
 }
 
+/// Who may not connect systems: all but enterprise admins (platform admins
+/// run the catalogue and never hold a tenant's connections).
+fn not_for_connecting(v: &Visitor) -> Option<Response> {
+    if v.principal.is_platform_admin() {
+        Some(problem(
+            StatusCode::FORBIDDEN,
+            "Platform admins run the catalogue; enterprises connect their systems.",
+        ))
+    } else if !v.principal.role.is_admin() {
+        Some(problem(
+            StatusCode::FORBIDDEN,
+            "Connecting a system needs the enterprise_admin role.",
+        ))
+    } else {
+        None
+    }
+}
+
 /// `GET /integrations/{id}/connect`: Connect a System.
 pub(crate) async fn connect_form(
     State(core): State<Arc<Core>>,
@@ -578,11 +596,8 @@ pub(crate) async fn connect_form(
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    if !v.principal.role.is_admin() {
-        return problem(
-            StatusCode::FORBIDDEN,
-            "Connecting a system needs the enterprise_admin role.",
-        );
+    if let Some(refused) = not_for_connecting(&v) {
+        return refused;
     }
     let entry = match entry(&core, &v, &id).await {
         Ok(e) => e,
@@ -607,7 +622,9 @@ pub(crate) async fn connect(
 ) -> Response {
     let f = Fields::of(pairs);
     let partial = headers.contains_key(PARTIAL);
-    if let Some(refused) = refused_admin_form(&v, &f.get("csrf"), "Connecting a system") {
+    let refused = refused_admin_form(&v, &f.get("csrf"), "Connecting a system")
+        .or_else(|| not_for_connecting(&v));
+    if let Some(refused) = refused {
         return if partial {
             result_fragment(
                 StatusCode::FORBIDDEN,
