@@ -1,5 +1,5 @@
 //! The platform's shared vocabulary: closed sets of names (roles, plan
-//! tiers, tenant statuses) as enums, parsed once where text comes in (a
+//! tiers, tenant statuses, step kinds) as enums, parsed once where text comes in (a
 //! request, a row, a flag) and matched on everywhere else. Each maps to the
 //! same snake_case text in JSON, in the database and on the command line.
 //!
@@ -135,6 +135,43 @@ names! {
         Active = "active",
         /// Its tokens and sessions are refused until it is resumed.
         Suspended = "suspended",
+    }
+}
+
+names! {
+    /// The kinds of orchestration steps: parsed once from a definition's
+    /// `type`, matched on by the engine (a new kind does not compile until
+    /// the engine runs it).
+    StepKind, "step type" {
+        /// An operation of a connection.
+        Call = "call",
+        /// A jq expression over the execution's data.
+        Transform = "transform",
+        /// `if`/`then`/`else`, or `switch`/`cases`/`default`.
+        Branch = "branch",
+        /// Steps for each item, in sequence or in parallel.
+        Foreach = "foreach",
+        /// Branches run side by side.
+        Parallel = "parallel",
+        /// A durable wait.
+        Delay = "delay",
+        /// Another orchestration of the tenant.
+        CallOrchestration = "call_orchestration",
+        /// Values set from templates.
+        Set = "set",
+        /// Ends the execution as failed.
+        Fail = "fail",
+        /// A connection's records mapped onto the CDM.
+        MapToCdm = "map_to_cdm",
+        /// CDM records mapped onto a connection's shape.
+        MapFromCdm = "map_from_cdm",
+    }
+}
+
+impl StepKind {
+    /// Whether it maps records between a connection and the CDM.
+    pub fn maps(self) -> bool {
+        matches!(self, StepKind::MapToCdm | StepKind::MapFromCdm)
     }
 }
 

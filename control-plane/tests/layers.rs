@@ -15,7 +15,7 @@ const TOP: [&str; 7] = ["http", "console", "app", "main", "dev", "config", "lib"
 const BOTTOM: [(&str, &[&str]); 3] = [
     ("store", &["support", "domain"]),
     ("domain", &[]),
-    ("support", &[]),
+    ("support", &["domain"]),
 ];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -16,19 +16,6 @@ use crate::catalogue::connector::Problem;
 /// The format identifier every definition starts with.
 pub const FORMAT: &str = "dibop.orchestration/v1";
 
-const STEP_TYPES: &[&str] = &[
-    "call",
-    "transform",
-    "branch",
-    "foreach",
-    "parallel",
-    "delay",
-    "call_orchestration",
-    "set",
-    "fail",
-    "map_to_cdm",
-    "map_from_cdm",
-];
 const PARAM_TYPES: &[&str] = &["string", "integer", "number", "boolean", "object", "array"];
 /// Error classes a retry policy may exclude.
 pub const ERROR_CLASSES: &[&str] = &[
@@ -426,21 +413,28 @@ fn check_step(c: &mut Checker, step: &Value, at: &str) {
         "on_error",
         "timeout_ms",
     ];
-    let extra: &[&str] = match kind.as_deref() {
-        Some("call") => &["connection", "operation", "parameters"],
-        Some("transform") => &["expression"],
-        Some("branch") => &["if", "then", "else", "switch", "cases", "default"],
-        Some("foreach") => &["items", "steps", "mode", "concurrency", "max_items"],
-        Some("parallel") => &["branches"],
-        Some("delay") => &["ms"],
-        Some("call_orchestration") => &["orchestration", "parameters", "wait"],
-        Some("set") => &["values"],
-        Some("fail") => &["message"],
-        Some("map_to_cdm" | "map_from_cdm") => &["connection", "operation", "from", "on_invalid"],
-        Some(other) => {
+    use crate::domain::StepKind;
+    let extra: &[&str] = match kind.as_deref().map(str::parse::<StepKind>) {
+        Some(Ok(StepKind::Call)) => &["connection", "operation", "parameters"],
+        Some(Ok(StepKind::Transform)) => &["expression"],
+        Some(Ok(StepKind::Branch)) => &["if", "then", "else", "switch", "cases", "default"],
+        Some(Ok(StepKind::Foreach)) => &["items", "steps", "mode", "concurrency", "max_items"],
+        Some(Ok(StepKind::Parallel)) => &["branches"],
+        Some(Ok(StepKind::Delay)) => &["ms"],
+        Some(Ok(StepKind::CallOrchestration)) => &["orchestration", "parameters", "wait"],
+        Some(Ok(StepKind::Set)) => &["values"],
+        Some(Ok(StepKind::Fail)) => &["message"],
+        Some(Ok(StepKind::MapToCdm | StepKind::MapFromCdm)) => {
+            &["connection", "operation", "from", "on_invalid"]
+        }
+        Some(Err(unknown)) => {
             c.add(
                 format!("{at}.type"),
-                format!("`{other}` is not one of {}", STEP_TYPES.join(", ")),
+                format!(
+                    "`{}` is not one of {}",
+                    unknown.given,
+                    unknown.accepted.join(", ")
+                ),
             );
             return;
         }

@@ -27,6 +27,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::Core;
+use crate::domain::StepKind;
 use crate::store::{ExecutionRow, StepRow, now_unix};
 
 /// Executions running at once on this control plane.
@@ -616,7 +617,12 @@ async fn run_step(
     scope: &mut Value,
 ) -> Result<Value, StepError> {
     let id = step["id"].as_str().unwrap_or_default().to_owned();
-    let kind = step["type"].as_str().unwrap_or_default().to_owned();
+    // Definitions are validated before they are stored: an unknown kind here
+    // is a definition stored by a newer release.
+    let kind: StepKind = match step["type"].as_str().unwrap_or_default().parse() {
+        Ok(kind) => kind,
+        Err(unknown) => return Err(StepError::new("internal", unknown.to_string(), &id)),
+    };
     let done = run
         .records
         .lock()
@@ -626,7 +632,7 @@ async fn run_step(
         .and_then(|r| r.output.clone());
     if let Some(output) = done {
         let v: Value = serde_json::from_str(&output).unwrap_or(Value::Null);
-        if kind.starts_with("map_") && v["dead_letters"].as_array().is_some_and(|d| !d.is_empty()) {
+        if kind.maps() && v["dead_letters"].as_array().is_some_and(|d| !d.is_empty()) {
             run.partial.store(true, Ordering::SeqCst);
         }
         scope["steps"][&id] = v.clone();
@@ -647,7 +653,7 @@ async fn run_step(
         let started = Instant::now();
         // A delay's end is durable: resumed after a restart, it waits only
         // what is left.
-        let input = (kind == "delay").then(|| {
+        let input = (kind == StepKind::Delay).then(|| {
             let ms = step["ms"].as_u64().unwrap_or(0) as i64;
             let until =
                 delay_end(run, path).unwrap_or_else(|| crate::support::clock::now_ms() + ms);
@@ -658,7 +664,7 @@ async fn run_step(
             path: path.to_owned(),
             seq,
             step_id: id.clone(),
-            step_type: kind.clone(),
+            step_type: kind.as_str().to_owned(),
             status: "running".into(),
             input: input.clone(),
             output: None,
@@ -681,11 +687,11 @@ async fn run_step(
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(path.to_owned(), record.clone());
         }
-        let (input, outcome) = exec_step(run, step, &kind, &id, path, scope).await;
+        let (input, outcome) = exec_step(run, step, kind, &id, path, scope).await;
         let ms = started.elapsed().as_millis() as i64;
         run.core
             .metrics
-            .step_finished(&kind, outcome.is_ok(), started.elapsed().as_secs_f64());
+            .step_finished(kind, outcome.is_ok(), started.elapsed().as_secs_f64());
         let input_text = input.as_ref().map(stored);
         match outcome {
             Ok(out) => {
@@ -833,14 +839,14 @@ async fn render(run: &Arc<Run>, v: &Value, scope: &Value) -> Result<Value, Strin
 async fn exec_step(
     run: &Arc<Run>,
     step: &Value,
-    kind: &str,
+    kind: StepKind,
     id: &str,
     path: &str,
     scope: &mut Value,
 ) -> (Option<Value>, Result<Value, StepError>) {
     let expr_err = |e: String| StepError::new("expression_error", e, id);
     match kind {
-        "transform" => {
+        StepKind::Transform => {
             let code = step["expression"].as_str().unwrap_or(".");
             (
                 Some(json!(code)),
@@ -851,11 +857,11 @@ async fn exec_step(
                     .map_err(expr_err),
             )
         }
-        "set" => match render(run, &step["values"], scope).await {
+        StepKind::Set => match render(run, &step["values"], scope).await {
             Ok(v) => (Some(v.clone()), Ok(v)),
             Err(e) => (None, Err(expr_err(e))),
         },
-        "fail" => {
+        StepKind::Fail => {
             let message = crate::expr::render(
                 &run.core.expressions,
                 step["message"].as_str().unwrap_or("failed"),
@@ -868,7 +874,7 @@ async fn exec_step(
                 Err(StepError::new("failed", message, id)),
             )
         }
-        "delay" => {
+        StepKind::Delay => {
             let ms = step["ms"].as_u64().unwrap_or(0);
             let until =
                 delay_end(run, path).unwrap_or_else(|| crate::support::clock::now_ms() + ms as i64);
@@ -877,7 +883,7 @@ async fn exec_step(
             let input = json!({"ms": ms, "until_ms": until});
             (Some(input), Ok(json!({"ms": ms})))
         }
-        "branch" => {
+        StepKind::Branch => {
             let (chosen, label) = if let Some(cond) = step["if"].as_str() {
                 match run.core.expressions.eval_one(cond, scope).await {
                     Ok(v) if truthy(&v) => (step["then"].clone(), "then".to_owned()),
@@ -932,7 +938,7 @@ async fn exec_step(
                 out.map(|o| json!({"branch": label, "output": o})),
             )
         }
-        "foreach" => {
+        StepKind::Foreach => {
             let code = step["items"].as_str().unwrap_or("[]");
             let items = match run.core.expressions.eval_one(code, scope).await {
                 Ok(Value::Array(a)) => a,
@@ -1013,7 +1019,7 @@ async fn exec_step(
                 Ok(Value::Array(outputs)),
             )
         }
-        "parallel" => {
+        StepKind::Parallel => {
             let branches = step["branches"].as_array().cloned().unwrap_or_default();
             let mut tasks = tokio::task::JoinSet::new();
             for (b, branch) in branches.into_iter().enumerate() {
@@ -1052,17 +1058,11 @@ async fn exec_step(
             }
             (None, Ok(Value::Array(outputs)))
         }
-        "call" => call_step(run, step, id, path, scope).await,
-        "map_to_cdm" | "map_from_cdm" => map_step(run, step, kind, id, path, scope).await,
-        "call_orchestration" => sub_orchestration(run, step, id, scope).await,
-        other => (
-            None,
-            Err(StepError::new(
-                "internal",
-                format!("unknown step type `{other}`"),
-                id,
-            )),
-        ),
+        StepKind::Call => call_step(run, step, id, path, scope).await,
+        StepKind::MapToCdm | StepKind::MapFromCdm => {
+            map_step(run, step, kind, id, path, scope).await
+        }
+        StepKind::CallOrchestration => sub_orchestration(run, step, id, scope).await,
     }
 }
 
@@ -1132,7 +1132,7 @@ async fn step_connection(
 async fn map_step(
     run: &Arc<Run>,
     step: &Value,
-    kind: &str,
+    kind: StepKind,
     id: &str,
     path: &str,
     scope: &Value,
@@ -1140,7 +1140,7 @@ async fn map_step(
     let name = step["connection"].as_str().unwrap_or_default();
     let operation = step["operation"].as_str().unwrap_or_default();
     let from = step["from"].as_str().unwrap_or(".");
-    let inbound = kind == "map_to_cdm";
+    let inbound = kind == StepKind::MapToCdm;
     let input = json!({"connection": name, "operation": operation, "from": from,
                        "direction": if inbound { "inbound" } else { "outbound" }});
     let resolved = match step_connection(run, name, id).await {

@@ -17,6 +17,8 @@
 //!   `dibop_agents_online`.
 
 use std::fmt::Write as _;
+
+use crate::domain::StepKind;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Upper bounds (seconds) of call latency.
@@ -60,22 +62,10 @@ const TRIGGERS: &[&str] = &[
 ];
 /// How executions end.
 const EXECUTION_STATUSES: &[&str] = &["succeeded", "partially_succeeded", "failed", "cancelled"];
-/// Step types.
-const STEP_TYPES: &[&str] = &[
-    "call",
-    "transform",
-    "filter",
-    "branch",
-    "foreach",
-    "parallel",
-    "delay",
-    "call_orchestration",
-    "set",
-    "fail",
-    "map_to_cdm",
-    "map_from_cdm",
-    "other",
-];
+/// Step types: every kind of step, by its name.
+fn step_types() -> Vec<&'static str> {
+    StepKind::ALL.iter().map(|k| k.as_str()).collect()
+}
 /// How steps end.
 const STEP_STATUSES: &[&str] = &["succeeded", "failed"];
 
@@ -175,8 +165,8 @@ impl Default for Metrics {
             executions_started: atomics(TRIGGERS.len()),
             executions_finished: atomics(EXECUTION_STATUSES.len()),
             execution_duration: Histogram::new(RUN_BUCKETS, 1),
-            steps: atomics(STEP_TYPES.len() * STEP_STATUSES.len()),
-            step_duration: Histogram::new(RUN_BUCKETS, STEP_TYPES.len()),
+            steps: atomics(StepKind::ALL.len() * STEP_STATUSES.len()),
+            step_duration: Histogram::new(RUN_BUCKETS, StepKind::ALL.len()),
         }
     }
 }
@@ -217,8 +207,8 @@ impl Metrics {
     }
 
     /// Counts a step that ended (`succeeded` or `failed`), with its duration.
-    pub fn step_finished(&self, step_type: &str, succeeded: bool, seconds: f64) {
-        let t = index(STEP_TYPES, step_type);
+    pub fn step_finished(&self, kind: StepKind, succeeded: bool, seconds: f64) {
+        let t = StepKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
         let s = usize::from(!succeeded);
         self.steps[t * STEP_STATUSES.len() + s].fetch_add(1, Ordering::Relaxed);
         self.step_duration.observe(t, seconds);
@@ -299,7 +289,7 @@ impl Metrics {
             "dibop_steps_finished_total",
             "Execution steps that ended, by type and status.",
         );
-        for (t, step_type) in STEP_TYPES.iter().enumerate() {
+        for (t, step_type) in step_types().iter().enumerate() {
             for (s, status) in STEP_STATUSES.iter().enumerate() {
                 let _ = writeln!(
                     out,
@@ -312,7 +302,7 @@ impl Metrics {
             &mut out,
             "dibop_step_duration_seconds",
             "How long execution steps took, by type.",
-            Some(("type", STEP_TYPES)),
+            Some(("type", &step_types())),
         );
         counter(
             &mut out,
@@ -349,8 +339,8 @@ mod tests {
         m.http_response(429);
         m.execution_started("api");
         m.execution_finished("partially_succeeded", 1.5);
-        m.step_finished("map_to_cdm", true, 0.02);
-        m.step_finished("call", false, 0.3);
+        m.step_finished(StepKind::MapToCdm, true, 0.02);
+        m.step_finished(StepKind::Call, false, 0.3);
         let text = m.render(3);
         for line in [
             "dibop_call_duration_seconds_bucket{mode=\"diagnostic\",le=\"0.0005\"} 0",
