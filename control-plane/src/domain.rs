@@ -219,6 +219,19 @@ pub fn steps_where<'a>(
     }
 }
 
+/// What the `call` steps of an orchestration definition name as their
+/// connection (a name or an id), nested steps included.
+pub fn called_connections(definition: &serde_json::Value) -> Vec<String> {
+    let mut calls = Vec::new();
+    steps_where(&definition["steps"], "$.steps", &mut calls, &|s| {
+        s["type"] == "call"
+    });
+    calls
+        .iter()
+        .filter_map(|(_, s)| s["connection"].as_str().map(str::to_owned))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

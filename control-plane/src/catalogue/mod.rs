@@ -1,13 +1,97 @@
 //! The connector catalogue: the connector definition and its validation
-//! ([`connector`]), versions and their lifecycle ([`lifecycle`]), publishing
-//! ([`publishing`]), OpenAPI import ([`import`]) and the built-in connectors
-//! ([`builtin`]).
+//! ([`connector`]), versions and their lifecycle ([`lifecycle`]), freezing
+//! versions and the deprecation sweep ([`publishing`]), the release rules
+//! the API and the console share ([`release`]), OpenAPI import
+//! ([`import`]), the built-in connectors ([`builtin`]), and an operation
+//! with its parameters rendered as an HTTP request ([`render`]).
 
 pub mod builtin;
 pub mod connector;
 pub mod import;
 pub mod lifecycle;
 pub mod publishing;
+pub mod release;
+pub mod render;
+
+use serde_json::Value;
+
+use crate::store::StoreError;
+
+/// What the catalogue's rules refuse.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogueError {
+    /// No such resource for the caller.
+    #[error("{what} `{id}` does not exist")]
+    NotFound {
+        /// `connector`, `version`, `review`, `catalogue entry`.
+        what: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The request is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The connector's state refuses it.
+    #[error("{message}")]
+    Conflict {
+        /// The stable code (`already_published`, `breaking_change`, …).
+        code: &'static str,
+        /// For a person.
+        message: String,
+        /// The computed changes, when they are the reason.
+        details: Value,
+    },
+    /// The caller's role or the tenant's plan does not allow it.
+    #[error("{message}")]
+    Forbidden {
+        /// `forbidden` or `enterprise_publishing_disabled`.
+        code: &'static str,
+        /// For a person.
+        message: String,
+    },
+    /// The pre-publication checklist failed.
+    #[error("{message}")]
+    ChecklistFailed {
+        /// Which items failed.
+        message: String,
+        /// Each failing item.
+        failed: Value,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl CatalogueError {
+    /// No `what` with this id.
+    pub fn not_found(what: &'static str, id: &str) -> Self {
+        CatalogueError::NotFound {
+            what,
+            id: id.to_owned(),
+        }
+    }
+
+    /// An invalid request.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        CatalogueError::Invalid(message.into())
+    }
+
+    /// A refusal with its code.
+    pub fn forbidden_as(code: &'static str, message: impl Into<String>) -> Self {
+        CatalogueError::Forbidden {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The same error with `details` (for conflicts).
+    pub fn with_details(mut self, more: Value) -> Self {
+        if let CatalogueError::Conflict { details, .. } = &mut self {
+            *details = more;
+        }
+        self
+    }
+}
 
 /// A catalogue entry in detail: its row, its versions (newest first) and
 /// the definition of the version the catalogue offers.

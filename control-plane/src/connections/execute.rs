@@ -535,7 +535,7 @@ pub async fn prepare(
     operation: &Value,
     parameters: &Map<String, Value>,
 ) -> Result<InvokeRequest, Unprepared> {
-    let prepared = crate::connections::render::prepare(operation, &c.base_url(), parameters)?;
+    let prepared = crate::catalogue::render::prepare(operation, &c.base_url(), parameters)?;
     let settings = c.settings();
     let resilience = &c.definition["resilience"];
     let timeout_ms = settings

@@ -1400,21 +1400,6 @@ async fn active_calling(
         .collect())
 }
 
-/// How many active orchestrations, in every tenant, call a connection made
-/// from `connector_id`.
-pub async fn count_using_connector(core: &Core, connector_id: &str) -> Result<i64, StoreError> {
-    let mut by_tenant: std::collections::BTreeMap<String, Vec<(String, String)>> =
-        Default::default();
-    for (tenant, id, name, _) in core.store.connections_of_connector(connector_id).await? {
-        by_tenant.entry(tenant).or_default().push((id, name));
-    }
-    let mut count = 0;
-    for (tenant, connections) in by_tenant {
-        count += active_calling(core, &tenant, &connections).await?.len() as i64;
-    }
-    Ok(count)
-}
-
 /// Creates a connection from a request body as `dibop dev` (or another
 /// trusted caller) does; one of that name is pointed at the body's base URL
 /// and agent group and activated instead. Returns its id.

@@ -1,6 +1,6 @@
 //! Connections and the one call path: a connection's definition and
 //! credentials opened ([`execute`]), a request rendered from an operation
-//! and its parameters ([`render`]), circuit breakers and rate limits
+//! and its parameters (`catalogue::render`), circuit breakers and rate limits
 //! ([`guard`]), one result shape ([`normalized`]), pagination followed ([`paginate`]) and every call recorded
 //! ([`calllog`]); the rules of managing connections, which the API and the
 //! console share ([`manage`]).
@@ -11,7 +11,6 @@ pub mod guard;
 pub mod manage;
 pub mod normalized;
 pub mod paginate;
-pub mod render;
 
 use serde_json::Value;
 

@@ -424,7 +424,7 @@ pub struct CatalogueDetail {
     health_check: String,
     operations_list: Vec<OperationSummary>,
     /// Every published version, newest first.
-    versions: Vec<crate::http::publishing::VersionView>,
+    versions: Vec<crate::catalogue::release::VersionView>,
     /// What a form for a connection to it asks: each auth scheme's
     /// credential fields, and the connection settings with this
     /// connector's defaults.
@@ -755,7 +755,7 @@ pub(crate) async fn catalogue_detail(
             .collect(),
         versions: versions
             .into_iter()
-            .map(|v| crate::http::publishing::version_view(v, false))
+            .map(|v| crate::catalogue::release::version_view(v, false))
             .collect(),
         entry,
         form: connection_form(&definition),
@@ -766,20 +766,20 @@ pub(crate) async fn catalogue_detail(
 /// `GET /api/v1/catalogue/{id}/versions/{version}`
 #[utoipa::path(get, path = "/api/v1/catalogue/{id}/versions/{version}", tag = "catalogue", summary = "One version of a catalogue entry with its frozen definition",
     params(("id" = String, Path, description = "The connector id"), ("version" = String, Path, description = "e.g. 1.2.0")),
-    responses((status = 200, body = crate::http::publishing::VersionView)),
+    responses((status = 200, body = crate::catalogue::release::VersionView)),
     security(("bearer" = [])))]
 pub(crate) async fn catalogue_version(
     State(core): State<Arc<Core>>,
     p: Principal,
     ApiPath((id, version)): ApiPath<(String, String)>,
-) -> Result<Json<crate::http::publishing::VersionView>, ApiError> {
+) -> Result<Json<crate::catalogue::release::VersionView>, ApiError> {
     let row = visible(&core, &p, &id).await?;
     let v = core
         .store
         .version(&row.id, &version)
         .await?
         .ok_or_else(|| ApiError::not_found("version", &version))?;
-    Ok(Json(crate::http::publishing::version_view(v, true)))
+    Ok(Json(crate::catalogue::release::version_view(v, true)))
 }
 
 /// `?base_url=&slug=&category=` of an import.

@@ -228,3 +228,29 @@ impl From<crate::connections::ConnectionError> for ApiError {
         }
     }
 }
+
+impl From<crate::catalogue::CatalogueError> for ApiError {
+    fn from(e: crate::catalogue::CatalogueError) -> Self {
+        use crate::catalogue::CatalogueError;
+        let message = e.to_string();
+        match e {
+            CatalogueError::NotFound { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+            }
+            CatalogueError::Invalid(_) => ApiError::invalid(message),
+            CatalogueError::Conflict { code, details, .. } => {
+                ApiError::new(StatusCode::CONFLICT, code, message).with_details(details)
+            }
+            CatalogueError::Forbidden { code, .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, code, message)
+            }
+            CatalogueError::ChecklistFailed { failed, .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "checklist_failed",
+                message,
+            )
+            .with_details(failed),
+            CatalogueError::Store(e) => e.into(),
+        }
+    }
+}

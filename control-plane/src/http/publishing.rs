@@ -1,416 +1,27 @@
-//! The publishing lifecycle of connectors (the Connector Builder's model).
-//!
-//! A connector starts as a **draft** of one enterprise. Publishing runs the
-//! pre-publication checklist and freezes an immutable version (the first is
-//! 1.0.0) with a **scope**: `global` (platform admins) or `enterprise` (an
-//! enterprise admin, when the platform enabled it for that tenant). An
-//! enterprise may instead **submit for review**; a platform admin approves
-//! (the connector becomes global) or rejects with a reason, and may
-//! **promote** an enterprise connector to global. **Publish update** takes
-//! a bump; the change between the newest version and the working
-//! definition is computed and a bump too small for it is refused.
-//! **Unpublish** takes a connector out of the catalogue (its versions stay
-//! for existing users); **deprecate** keeps it visible with a warning
-//! until a date at least 30 days ahead, when it unpublishes itself.
+//! The publishing lifecycle of connectors through the API: the HTTP face of
+//! [`crate::catalogue::release`], which holds the rules (drafts, the
+//! checklist, versions and their bumps, reviews, promotion, deprecation).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use dibop_runtime::support::rfc3339;
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
 
 use crate::Core;
-use crate::catalogue::lifecycle::{self, Bump, Change, CheckItem, Version};
-use crate::catalogue::publishing::{MIN_DEPRECATION_DAYS, freeze, parse_date};
-use crate::http::{
-    ApiError, ApiJson, ApiPath, ApiQuery, Page, Principal, page_limit, paged, require_admin,
+use crate::catalogue::release::{
+    self, ChecklistRequest, ChecklistView, DeprecateRequest, PublishRequest, RejectRequest,
+    ReviewView, UpdateRequest, UsageView, VersionView, version_view,
 };
-use crate::identity::Role;
-use crate::identity::audit::{record, record_by};
-use crate::store::{ConnectorRow, VersionRow, now_unix};
-
-/// Where publishing tests each operation before freezing a version.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TestTarget {
-    /// The system to test against (a sandbox), e.g. `https://sandbox.dms.example`.
-    base_url: String,
-    /// Credentials for the definition's first auth scheme (none, api_key,
-    /// basic or bearer). Used for these calls only: never stored or logged.
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    credentials: Option<Map<String, Value>>,
-    /// Parameter values by operation id (defaults apply otherwise).
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    parameters: Option<Map<String, Value>>,
-}
-
-/// The body of `POST /connectors/{id}/publish`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PublishRequest {
-    /// `global` (platform admins) or `enterprise`.
-    scope: String,
-    /// Notes for the first version.
-    #[serde(default)]
-    release_notes: Option<String>,
-    /// Test each operation against this target first.
-    #[serde(default)]
-    test_target: Option<TestTarget>,
-}
-
-/// The body of `POST /connectors/{id}/versions`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateRequest {
-    /// `patch`, `minor` or `major`.
-    bump: Bump,
-    /// What changed, for the people who use the connector.
-    release_notes: String,
-    /// Test each operation against this target first.
-    #[serde(default)]
-    test_target: Option<TestTarget>,
-}
-
-/// The body of `POST /connectors/{id}/checklist` and `.../review`.
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ChecklistRequest {
-    /// Test each operation against this target too.
-    #[serde(default)]
-    test_target: Option<TestTarget>,
-}
-
-/// The body of `POST /connectors/{id}/deprecate`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DeprecateRequest {
-    /// The date it unpublishes itself (`2027-03-01` or RFC 3339), at least
-    /// 30 days ahead.
-    until: String,
-    /// What users should do instead.
-    message: String,
-}
-
-/// The body of `POST /reviews/{id}/reject`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RejectRequest {
-    /// Why, for the submitting enterprise.
-    reason: String,
-}
-
-/// The checklist's outcome.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ChecklistView {
-    /// Whether every item passed.
-    passed: bool,
-    /// Every item.
-    items: Vec<CheckItem>,
-}
-
-/// One published version.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct VersionView {
-    version: String,
-    bump: String,
-    /// Whether it breaks users of the previous version.
-    breaking: bool,
-    /// The computed changes against the previous version.
-    changes: Vec<Value>,
-    release_notes: String,
-    published_by: String,
-    published_at: String,
-    /// The frozen definition (single-version requests only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    definition: Option<Value>,
-}
-
-/// Where a connector is used.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct UsageView {
-    /// Enterprises with a connection made from it.
-    enterprises: i64,
-    /// Active connections made from it.
-    active_connections: i64,
-    /// Active orchestrations, in every enterprise, that call a connection made from it.
-    orchestrations: i64,
-    /// Calls through it in the last 24 hours.
-    calls_24h: i64,
-    /// Calls through it in the last 30 days.
-    calls_30d: i64,
-}
-
-pub(crate) fn version_view(v: VersionRow, with_definition: bool) -> VersionView {
-    VersionView {
-        definition: with_definition
-            .then(|| serde_json::from_str(&v.definition).unwrap_or(Value::Null)),
-        changes: serde_json::from_str(&v.changes).unwrap_or_default(),
-        version: v.version,
-        bump: v.bump,
-        breaking: v.breaking != 0,
-        release_notes: v.release_notes,
-        published_by: v.published_by,
-        published_at: rfc3339(v.published_at),
-    }
-}
-
-fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::CONFLICT, code, message)
-}
-
-fn forbidden(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
-}
-
-fn require_platform(p: &Principal) -> Result<(), ApiError> {
-    if p.role == Role::PlatformAdmin {
-        Ok(())
-    } else {
-        Err(forbidden(format!(
-            "the `{}` role cannot do this: it needs the platform_admin role",
-            p.role
-        )))
-    }
-}
-
-async fn own(core: &Core, p: &Principal, id: &str) -> Result<ConnectorRow, ApiError> {
-    core.store
-        .connector(&p.tenant_id, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("connector", id))
-}
-
-fn definition_of(c: &ConnectorRow) -> Value {
-    serde_json::from_str(&c.definition).unwrap_or(Value::Null)
-}
-
-/// Runs the checklist: the static items, then (with a target) a test call
-/// of each operation.
-pub async fn run_checklist(doc: &Value, target: Option<&TestTarget>) -> ChecklistView {
-    let mut items = lifecycle::checklist(doc);
-    if let Some(target) = target {
-        items.push(CheckItem::from_problems(
-            "operation_tests",
-            test_operations(doc, target).await,
-        ));
-    }
-    ChecklistView {
-        passed: items.iter().all(|i| i.passed),
-        items,
-    }
-}
-
-fn checklist_failed(view: ChecklistView) -> ApiError {
-    let failed: Vec<&CheckItem> = view.items.iter().filter(|i| !i.passed).collect();
-    let names: Vec<&str> = failed.iter().map(|i| i.item).collect();
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "checklist_failed",
-        format!("the pre-publication checklist failed: {}", names.join(", ")),
-    )
-    .with_details(json!(failed))
-}
-
-/// Applies the test credentials of the first auth scheme to a request.
-fn authenticate(
-    doc: &Value,
-    target: &TestTarget,
-    mut req: reqwest::RequestBuilder,
-    url: &mut reqwest::Url,
-) -> Result<reqwest::RequestBuilder, String> {
-    let scheme = &doc["auth"]["schemes"][0];
-    let kind = scheme["type"].as_str().unwrap_or("none");
-    let creds = target.credentials.clone().unwrap_or_default();
-    let field = |name: &str| -> Result<String, String> {
-        creds
-            .get(name)
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| format!("test_target.credentials.{name} is needed for `{kind}` auth"))
-    };
-    match kind {
-        "none" => {}
-        "api_key" => {
-            let value = format!(
-                "{}{}",
-                scheme["prefix"].as_str().unwrap_or_default(),
-                field("api_key")?
-            );
-            if let Some(h) = scheme["header"].as_str() {
-                req = req.header(h, value);
-            } else if let Some(q) = scheme["query"].as_str() {
-                url.query_pairs_mut().append_pair(q, &value);
-            }
-        }
-        "basic" => req = req.basic_auth(field("username")?, Some(field("password")?)),
-        "bearer" => req = req.bearer_auth(field("token")?),
-        other => {
-            return Err(format!(
-                "operations of a connector whose first auth scheme is `{other}` are tested through a \
-                 connection's Test Connection; publish without test_target"
-            ));
-        }
-    }
-    Ok(req)
-}
-
-/// Calls each operation once against the target; problems name the
-/// operation and what failed (never the credentials).
-async fn test_operations(doc: &Value, target: &TestTarget) -> Vec<String> {
-    if !crate::catalogue::connector::is_http_url(&target.base_url) {
-        return vec![format!(
-            "test_target.base_url `{}` is not an http(s) URL",
-            target.base_url
-        )];
-    }
-    let timeout = Duration::from_millis(
-        doc["resilience"]["timeout_ms"]
-            .as_u64()
-            .unwrap_or(10_000)
-            .min(30_000),
-    );
-    let client = match reqwest::Client::builder().timeout(timeout).build() {
-        Ok(c) => c,
-        Err(e) => return vec![format!("cannot build an HTTP client: {e}")],
-    };
-    let ops = doc["operations"].as_array().cloned().unwrap_or_default();
-    let limit = Arc::new(tokio::sync::Semaphore::new(4));
-    let mut tasks = tokio::task::JoinSet::new();
-    for (index, op) in ops.into_iter().enumerate() {
-        let id = op["id"].as_str().unwrap_or_default().to_owned();
-        let values = target
-            .parameters
-            .as_ref()
-            .and_then(|p| p.get(&id))
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        let prepared = crate::connections::render::prepare(&op, &target.base_url, &values);
-        let request = prepared.map_err(|p| p.join("; ")).and_then(|prep| {
-            let mut url = prep.url.clone();
-            let method =
-                reqwest::Method::from_bytes(prep.method.as_bytes()).map_err(|e| e.to_string())?;
-            let mut req = client.request(method, url.clone());
-            for (k, v) in &prep.headers {
-                req = req.header(k, v);
-            }
-            if let Some(body) = &prep.body {
-                req = req.json(body);
-            }
-            req = authenticate(doc, target, req, &mut url)?;
-            // The query may have gained an API key: rebuild with the final URL.
-            let mut built = req.build().map_err(|e| e.without_url().to_string())?;
-            *built.url_mut() = url;
-            Ok(built)
-        });
-        let client = client.clone();
-        let limit = limit.clone();
-        let schema = op.get("response_schema").cloned();
-        tasks.spawn(async move {
-            let _permit = limit.acquire().await;
-            let problem = match request {
-                Err(e) => Some(format!("operation `{id}`: {e}")),
-                Ok(req) => match client.execute(req).await {
-                    Err(e) if e.is_timeout() => Some(format!(
-                        "operation `{id}`: no answer within {} ms",
-                        timeout.as_millis()
-                    )),
-                    Err(e) => Some(format!("operation `{id}`: {}", e.without_url())),
-                    Ok(resp) => {
-                        let status = resp.status();
-                        let body = resp.bytes().await.unwrap_or_default();
-                        if !status.is_success() {
-                            Some(format!("operation `{id}`: answered HTTP {status}"))
-                        } else {
-                            match (&schema, serde_json::from_slice::<Value>(&body)) {
-                                (Some(_), Err(_)) if !body.is_empty() => Some(format!(
-                                    "operation `{id}`: the response is not JSON"
-                                )),
-                                (Some(s), Ok(v)) => {
-                                    let problems = lifecycle::schema_problems(s, &v);
-                                    (!problems.is_empty()).then(|| {
-                                        format!(
-                                            "operation `{id}`: the response does not match response_schema: {}",
-                                            problems.join("; ")
-                                        )
-                                    })
-                                }
-                                _ => None,
-                            }
-                        }
-                    }
-                },
-            };
-            (index, problem)
-        });
-    }
-    let mut problems: Vec<(usize, String)> = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        if let Ok((i, Some(p))) = done {
-            problems.push((i, p));
-        }
-    }
-    problems.sort();
-    problems.into_iter().map(|(_, p)| p).collect()
-}
-
-fn notes(n: Option<String>) -> Result<String, ApiError> {
-    let n = n.unwrap_or_default();
-    if n.len() > 10_000 {
-        return Err(ApiError::invalid(
-            "release_notes must be at most 10,000 characters",
-        ));
-    }
-    Ok(n)
-}
-
-/// Freezes the first version (1.0.0) of `c` with `scope`, after the
-/// checklist: the connector and the version to store (in the transaction
-/// of its audit entry). Shared by publish and review approval.
-pub(crate) async fn publish_first(
-    c: &ConnectorRow,
-    scope: &str,
-    release_notes: String,
-    target: Option<&TestTarget>,
-    actor: &str,
-) -> Result<(ConnectorRow, VersionRow), ApiError> {
-    let mut c = c.clone();
-    let doc = definition_of(&c);
-    let check = run_checklist(&doc, target).await;
-    if !check.passed {
-        return Err(checklist_failed(check));
-    }
-    let v = freeze(
-        &c,
-        &doc,
-        Version::FIRST,
-        Bump::Major,
-        &[],
-        release_notes,
-        actor,
-    );
-    c.status = "published".into();
-    c.scope = Some(scope.into());
-    c.review_status = None;
-    c.review_reason = None;
-    c.updated_at = now_unix();
-    c.latest_version = Some(v.version.clone());
-    Ok((c, v))
-}
+use crate::http::catalogue::{ConnectorView, view};
+use crate::http::{ApiError, ApiJson, ApiPath, ApiQuery, Page, Principal, page_limit, paged};
 
 /// `POST /api/v1/connectors/{id}/publish`
 #[utoipa::path(post, path = "/api/v1/connectors/{id}/publish", tag = "connectors",
     summary = "Publish a draft: checklist, then version 1.0.0 in the global or enterprise catalogue",
     params(("id" = String, Path, description = "The resource id")), request_body = PublishRequest,
-    responses((status = 200, body = crate::http::catalogue::ConnectorView),
+    responses((status = 200, body = ConnectorView),
         (status = 409, description = "Already published", body = crate::http::openapi::ErrorBody),
         (status = 422, description = "The checklist failed: each failing item in `details`", body = crate::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
@@ -419,78 +30,11 @@ pub(crate) async fn publish(
     p: Principal,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<PublishRequest>,
-) -> Result<Json<crate::http::catalogue::ConnectorView>, ApiError> {
-    require_admin(&p)?;
-    let c = own(&core, &p, &id).await?;
-    match req.scope.as_str() {
-        "global" if p.role != Role::PlatformAdmin => {
-            return Err(forbidden(
-                "only platform admins publish globally: submit the connector for review \
-                 (POST /api/v1/connectors/{id}/review) or publish it for your enterprise",
-            ));
-        }
-        "global" => {}
-        "enterprise" if p.role == Role::PlatformAdmin => {
-            return Err(ApiError::invalid(
-                "the platform's connectors are global: publish with scope `global`",
-            ));
-        }
-        "enterprise" => {
-            let tenant = core.store.tenant(&p.tenant_id).await?;
-            if tenant.is_none_or(|t| t.enterprise_publishing == 0) {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "enterprise_publishing_disabled",
-                    "the platform has not enabled enterprise publishing for your enterprise: \
-                     submit the connector for review instead",
-                ));
-            }
-        }
-        other => {
-            return Err(ApiError::invalid(format!(
-                "scope `{other}` is not one of global, enterprise"
-            )));
-        }
-    }
-    if let Some(v) = &c.latest_version {
-        return Err(if c.status == "draft" {
-            conflict(
-                "already_versioned",
-                format!(
-                    "this connector was published before (version {v}) and then unpublished: \
-                     publish an update (POST /api/v1/connectors/{id}/versions) to list it again"
-                ),
-            )
-        } else {
-            conflict(
-                "already_published",
-                format!(
-                    "this connector is already published (version {v}): publish an update with \
-                     POST /api/v1/connectors/{id}/versions"
-                ),
-            )
-        });
-    }
-    let (c, v) = publish_first(
-        &c,
-        &req.scope,
-        notes(req.release_notes)?,
-        req.test_target.as_ref(),
-        &p.actor(),
-    )
-    .await?;
-    let tx = core.store.begin().await?;
-    tx.publish_version(&c, None, &v).await?;
-    record_by(
-        &tx,
-        &p,
-        "connector.publish",
-        ("connector", &c.id),
-        json!({"scope": req.scope, "version": c.latest_version}),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Json(crate::http::catalogue::view(c, true)))
+) -> Result<Json<ConnectorView>, ApiError> {
+    Ok(Json(view(
+        release::publish(&core, &p, &id, req).await?,
+        true,
+    )))
 }
 
 /// `POST /api/v1/connectors/{id}/versions`
@@ -509,145 +53,8 @@ pub(crate) async fn publish_update(
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<UpdateRequest>,
 ) -> Result<Response, ApiError> {
-    require_admin(&p)?;
-    let mut c = own(&core, &p, &id).await?;
-    let Some(latest) = c.latest_version.clone() else {
-        return Err(conflict(
-            "not_published",
-            "this connector has no version yet: publish it first (POST /api/v1/connectors/{id}/publish)",
-        ));
-    };
-    if req.release_notes.trim().is_empty() {
-        return Err(ApiError::invalid("release_notes must say what changed"));
-    }
-    let release_notes = notes(Some(req.release_notes))?;
-    let previous = core
-        .store
-        .version(&c.id, &latest)
-        .await?
-        .ok_or_else(|| ApiError::not_found("version", &latest))?;
-    let old: Value = serde_json::from_str(&previous.definition).unwrap_or(Value::Null);
-    let new = definition_of(&c);
-    let changes = lifecycle::diff(&old, &new);
-    if changes.is_empty() {
-        return Err(conflict(
-            "no_changes",
-            format!("the definition is unchanged since version {latest}"),
-        ));
-    }
-    let needed = lifecycle::required_bump(&changes);
-    if req.bump < needed {
-        let why: Vec<&Change> = changes
-            .iter()
-            .filter(|ch| match needed {
-                Bump::Major => ch.impact == lifecycle::Impact::Breaking,
-                _ => ch.impact == lifecycle::Impact::Addition,
-            })
-            .collect();
-        return Err(conflict(
-            if needed == Bump::Major {
-                "breaking_change"
-            } else {
-                "bump_too_small"
-            },
-            format!(
-                "a {} release cannot carry these changes: they need a {} version ({})",
-                req.bump.as_str(),
-                needed.as_str(),
-                why.iter()
-                    .map(|c| c.description.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-        )
-        .with_details(json!(changes)));
-    }
-    let check = run_checklist(&new, req.test_target.as_ref()).await;
-    if !check.passed {
-        return Err(checklist_failed(check));
-    }
-    let current = Version::parse(&latest).unwrap_or(Version::FIRST);
-    let version = current.bumped(req.bump);
-    let v = freeze(
-        &c,
-        &new,
-        version,
-        req.bump,
-        &changes,
-        release_notes,
-        &p.actor(),
-    );
-    if c.status == "draft" {
-        // An update of an unpublished connector lists it again.
-        c.status = "published".into();
-    }
-    c.updated_at = now_unix();
-    let tx = core.store.begin().await?;
-    tx.publish_version(&c, Some(&latest), &v).await?;
-    record_by(
-        &tx,
-        &p,
-        "connector.publish_update",
-        ("connector", &c.id),
-        json!({"version": v.version, "bump": v.bump, "breaking": v.breaking != 0}),
-    )
-    .await?;
-    tx.commit().await?;
-    if req.bump == Bump::Major {
-        notify_major(&core, &c, &v, &changes).await;
-    }
+    let v = release::publish_update(&core, &p, &id, req).await?;
     Ok((StatusCode::CREATED, Json(version_view(v, false))).into_response())
-}
-
-/// Tells every enterprise whose connections use an older major version.
-async fn notify_major(core: &Core, c: &ConnectorRow, v: &VersionRow, changes: &[Change]) {
-    let users = match core.store.connections_of_connector(&c.id).await {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::error!(connector = %c.id, "cannot find the users of the old version: {e}");
-            return;
-        }
-    };
-    let mut by_tenant: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
-    for (tenant, id, name, version) in users {
-        let old = Version::parse(&version).map_or(0, |v| i64::from(v.major));
-        if old < v.major {
-            by_tenant
-                .entry(tenant)
-                .or_default()
-                .push(json!({"id": id, "name": name, "version": version}));
-        }
-    }
-    let breaking: Vec<&str> = changes
-        .iter()
-        .filter(|ch| ch.impact == lifecycle::Impact::Breaking)
-        .map(|ch| ch.description.as_str())
-        .collect();
-    for (tenant, connections) in by_tenant {
-        let message = format!(
-            "{} {} is out with breaking changes ({}); {} of your connections stay on their version until you move them \
-             (POST /api/v1/connections/{{id}}/move with {{\"version\": \"{}\", \"dry_run\": true}} shows what changes)",
-            v.name,
-            v.version,
-            breaking.join("; "),
-            connections.len(),
-            v.version
-        );
-        let details = json!({"connector_id": c.id, "slug": c.slug, "version": v.version,
-                             "release_notes": v.release_notes, "connections": connections});
-        if let Err(e) = core
-            .store
-            .notify(
-                &tenant,
-                "connector.major_version",
-                &message,
-                &details.to_string(),
-            )
-            .await
-        {
-            tracing::error!(%tenant, "cannot notify: {e}");
-        }
-    }
 }
 
 /// `GET /api/v1/connectors/{id}/versions`
@@ -660,8 +67,7 @@ pub(crate) async fn list_versions(
     p: Principal,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Vec<VersionView>>, ApiError> {
-    let c = own(&core, &p, &id).await?;
-    let versions = core.store.versions(&c.id).await?;
+    let versions = release::versions(&core, &p, &id).await?;
     Ok(Json(
         versions
             .into_iter()
@@ -680,12 +86,7 @@ pub(crate) async fn get_version(
     p: Principal,
     ApiPath((id, version)): ApiPath<(String, String)>,
 ) -> Result<Json<VersionView>, ApiError> {
-    let c = own(&core, &p, &id).await?;
-    let v = core
-        .store
-        .version(&c.id, &version)
-        .await?
-        .ok_or_else(|| ApiError::not_found("version", &version))?;
+    let v = release::version(&core, &p, &id, &version).await?;
     Ok(Json(version_view(v, true)))
 }
 
@@ -701,10 +102,8 @@ pub(crate) async fn checklist(
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<ChecklistRequest>,
 ) -> Result<Json<ChecklistView>, ApiError> {
-    require_admin(&p)?;
-    let c = own(&core, &p, &id).await?;
     Ok(Json(
-        run_checklist(&definition_of(&c), req.test_target.as_ref()).await,
+        release::check(&core, &p, &id, req.test_target.as_ref()).await?,
     ))
 }
 
@@ -712,98 +111,39 @@ pub(crate) async fn checklist(
 #[utoipa::path(post, path = "/api/v1/connectors/{id}/unpublish", tag = "connectors",
     summary = "Take a connector out of the catalogue (its versions stay for existing users; no new connections)",
     params(("id" = String, Path, description = "The resource id")),
-    responses((status = 200, body = crate::http::catalogue::ConnectorView)),
+    responses((status = 200, body = ConnectorView)),
     security(("bearer" = [])))]
 pub(crate) async fn unpublish(
     State(core): State<Arc<Core>>,
     p: Principal,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<crate::http::catalogue::ConnectorView>, ApiError> {
-    require_admin(&p)?;
-    let mut c = own(&core, &p, &id).await?;
-    if c.status == "draft" {
-        return Err(conflict("not_published", "this connector is not published"));
-    }
-    c.status = "draft".into();
-    c.deprecated_until = None;
-    c.deprecation_message = None;
-    c.updated_at = now_unix();
-    let tx = core.store.begin().await?;
-    tx.update_lifecycle(&c).await?;
-    record_by(
-        &tx,
-        &p,
-        "connector.unpublish",
-        ("connector", &c.id),
-        Value::Null,
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Json(crate::http::catalogue::view(c, false)))
+) -> Result<Json<ConnectorView>, ApiError> {
+    Ok(Json(view(release::unpublish(&core, &p, &id).await?, false)))
 }
 
 /// `POST /api/v1/connectors/{id}/deprecate`
 #[utoipa::path(post, path = "/api/v1/connectors/{id}/deprecate", tag = "connectors",
     summary = "Deprecate: visible with a warning until a date at least 30 days ahead, then unpublished",
     params(("id" = String, Path, description = "The resource id")), request_body = DeprecateRequest,
-    responses((status = 200, body = crate::http::catalogue::ConnectorView)),
+    responses((status = 200, body = ConnectorView)),
     security(("bearer" = [])))]
 pub(crate) async fn deprecate(
     State(core): State<Arc<Core>>,
     p: Principal,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<DeprecateRequest>,
-) -> Result<Json<crate::http::catalogue::ConnectorView>, ApiError> {
-    require_admin(&p)?;
-    let mut c = own(&core, &p, &id).await?;
-    if c.status == "draft" {
-        return Err(conflict(
-            "not_published",
-            "only a published connector can be deprecated",
-        ));
-    }
-    let until = parse_date(req.until.trim()).ok_or_else(|| {
-        ApiError::invalid(format!(
-            "until `{}` is not a date: use 2027-03-01 or an RFC 3339 time",
-            req.until
-        ))
-    })?;
-    let earliest = now_unix() + MIN_DEPRECATION_DAYS * 24 * 3600;
-    if until < earliest - 60 {
-        return Err(ApiError::invalid(format!(
-            "until must be at least {MIN_DEPRECATION_DAYS} days ahead (on or after {})",
-            &rfc3339(earliest)[..10]
-        )));
-    }
-    let message = req.message.trim();
-    if message.is_empty() || message.len() > 2000 {
-        return Err(ApiError::invalid(
-            "message must tell users what to do instead (1 to 2,000 characters)",
-        ));
-    }
-    c.status = "deprecated".into();
-    c.deprecated_until = Some(until);
-    c.deprecation_message = Some(message.to_owned());
-    c.updated_at = now_unix();
-    let tx = core.store.begin().await?;
-    tx.update_lifecycle(&c).await?;
-    record_by(
-        &tx,
-        &p,
-        "connector.deprecate",
-        ("connector", &c.id),
-        json!({"until": rfc3339(until)}),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Json(crate::http::catalogue::view(c, false)))
+) -> Result<Json<ConnectorView>, ApiError> {
+    Ok(Json(view(
+        release::deprecate(&core, &p, &id, req).await?,
+        false,
+    )))
 }
 
 /// `POST /api/v1/connectors/{id}/review`
 #[utoipa::path(post, path = "/api/v1/connectors/{id}/review", tag = "connectors",
     summary = "Submit a connector for the global catalogue (a platform admin approves or rejects)",
     params(("id" = String, Path, description = "The resource id")), request_body = ChecklistRequest,
-    responses((status = 200, body = crate::http::catalogue::ConnectorView),
+    responses((status = 200, body = ConnectorView),
         (status = 422, description = "The checklist failed", body = crate::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn submit_review(
@@ -811,40 +151,11 @@ pub(crate) async fn submit_review(
     p: Principal,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<ChecklistRequest>,
-) -> Result<Json<crate::http::catalogue::ConnectorView>, ApiError> {
-    require_admin(&p)?;
-    let mut c = own(&core, &p, &id).await?;
-    if c.scope.as_deref() == Some("global") {
-        return Err(conflict(
-            "already_global",
-            "this connector is already in the global catalogue",
-        ));
-    }
-    if c.review_status.as_deref() == Some("pending") {
-        return Err(conflict(
-            "review_pending",
-            "this connector is already waiting for review",
-        ));
-    }
-    let check = run_checklist(&definition_of(&c), req.test_target.as_ref()).await;
-    if !check.passed {
-        return Err(checklist_failed(check));
-    }
-    c.review_status = Some("pending".into());
-    c.review_reason = None;
-    c.updated_at = now_unix();
-    let tx = core.store.begin().await?;
-    tx.update_lifecycle(&c).await?;
-    record_by(
-        &tx,
-        &p,
-        "connector.review_submit",
-        ("connector", &c.id),
-        Value::Null,
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Json(crate::http::catalogue::view(c, false)))
+) -> Result<Json<ConnectorView>, ApiError> {
+    Ok(Json(view(
+        release::submit_review(&core, &p, &id, req).await?,
+        false,
+    )))
 }
 
 /// `GET /api/v1/connectors/{id}/usage`
@@ -857,39 +168,7 @@ pub(crate) async fn usage(
     p: Principal,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<UsageView>, ApiError> {
-    let c = own(&core, &p, &id).await?;
-    core.calls.flush(&core.store).await;
-    let now = now_unix();
-    let (enterprises, active_connections, calls_24h, calls_30d) = core
-        .store
-        .connector_usage(&c.id, now - 24 * 3600, now - 30 * 24 * 3600)
-        .await?;
-    Ok(Json(UsageView {
-        enterprises,
-        active_connections,
-        orchestrations: crate::connections::manage::count_using_connector(&core, &c.id).await?,
-        calls_24h,
-        calls_30d,
-    }))
-}
-
-/// A connector waiting for review, as platform admins see it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ReviewView {
-    /// The connector id (use it with approve and reject).
-    id: String,
-    /// The submitting enterprise.
-    tenant_id: String,
-    slug: String,
-    name: String,
-    category: String,
-    /// `draft`, `published` (for its enterprise) or `deprecated`.
-    status: String,
-    latest_version: Option<String>,
-    submitted_at: String,
-    /// The working definition to review.
-    #[schema(value_type = Object)]
-    definition: Value,
+    Ok(Json(release::usage(&core, &p, &id).await?))
 }
 
 /// `GET /api/v1/reviews`
@@ -901,181 +180,58 @@ pub(crate) async fn list_reviews(
     p: Principal,
     ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Response, ApiError> {
-    require_platform(&p)?;
     let limit = page_limit(page.limit)?;
-    let rows = core
-        .store
-        .pending_reviews(page.cursor_of("cnr_")?, limit + 1)
-        .await?;
-    let views: Vec<ReviewView> = rows
-        .into_iter()
-        .map(|c| ReviewView {
-            definition: definition_of(&c),
-            id: c.id,
-            tenant_id: c.tenant_id,
-            slug: c.slug,
-            name: c.name,
-            category: c.category,
-            status: c.status,
-            latest_version: c.latest_version,
-            submitted_at: rfc3339(c.updated_at),
-        })
-        .collect();
+    let views = release::reviews(&core, &p, page.cursor_of("cnr_")?, limit + 1).await?;
     Ok(paged(views, limit, "/reviews", |r| r.id.clone()))
-}
-
-async fn pending(core: &Core, id: &str) -> Result<ConnectorRow, ApiError> {
-    core.store
-        .connector_any_tenant(id)
-        .await?
-        .filter(|c| c.review_status.as_deref() == Some("pending"))
-        .ok_or_else(|| ApiError::not_found("review", id))
-}
-
-/// Records a platform admin's action in the platform log and the owner's.
-async fn record_both(
-    store: &crate::store::Store,
-    p: &Principal,
-    c: &ConnectorRow,
-    action: &str,
-    details: Value,
-) -> Result<(), crate::store::StoreError> {
-    for tenant in [None, Some(c.tenant_id.as_str())] {
-        record(
-            store,
-            tenant,
-            &p.actor(),
-            action,
-            ("connector", &c.id),
-            details.clone(),
-        )
-        .await?;
-    }
-    Ok(())
 }
 
 /// `POST /api/v1/reviews/{id}/approve`
 #[utoipa::path(post, path = "/api/v1/reviews/{id}/approve", tag = "catalogue",
     summary = "Approve a submission: the connector joins the global catalogue (platform admins)",
     params(("id" = String, Path, description = "The connector id")),
-    responses((status = 200, body = crate::http::catalogue::ConnectorView), (status = 422, description = "The checklist failed", body = crate::http::openapi::ErrorBody)),
+    responses((status = 200, body = ConnectorView), (status = 422, description = "The checklist failed", body = crate::http::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn approve_review(
     State(core): State<Arc<Core>>,
     p: Principal,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<crate::http::catalogue::ConnectorView>, ApiError> {
-    require_platform(&p)?;
-    let mut c = pending(&core, &id).await?;
-    let tx;
-    if c.latest_version.is_none() {
-        let (first, v) = publish_first(
-            &c,
-            "global",
-            "Approved for the global catalogue.".into(),
-            None,
-            &p.actor(),
-        )
-        .await?;
-        c = first;
-        tx = core.store.begin().await?;
-        tx.publish_version(&c, None, &v).await?;
-    } else {
-        c.scope = Some("global".into());
-        if c.status == "draft" {
-            c.status = "published".into();
-        }
-        c.review_status = None;
-        c.review_reason = None;
-        c.updated_at = now_unix();
-        tx = core.store.begin().await?;
-        tx.update_lifecycle(&c).await?;
-    }
-    record_both(
-        &tx,
-        &p,
-        &c,
-        "connector.review_approve",
-        json!({"version": c.latest_version}),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Json(crate::http::catalogue::view(c, false)))
+) -> Result<Json<ConnectorView>, ApiError> {
+    Ok(Json(view(
+        release::approve_review(&core, &p, &id).await?,
+        false,
+    )))
 }
 
 /// `POST /api/v1/reviews/{id}/reject`
 #[utoipa::path(post, path = "/api/v1/reviews/{id}/reject", tag = "catalogue",
     summary = "Reject a submission with a reason (platform admins)",
     params(("id" = String, Path, description = "The connector id")), request_body = RejectRequest,
-    responses((status = 200, body = crate::http::catalogue::ConnectorView)),
+    responses((status = 200, body = ConnectorView)),
     security(("bearer" = [])))]
 pub(crate) async fn reject_review(
     State(core): State<Arc<Core>>,
     p: Principal,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<RejectRequest>,
-) -> Result<Json<crate::http::catalogue::ConnectorView>, ApiError> {
-    require_platform(&p)?;
-    let reason = req.reason.trim();
-    if reason.is_empty() || reason.len() > 2000 {
-        return Err(ApiError::invalid(
-            "reason must tell the enterprise what to fix (1 to 2,000 characters)",
-        ));
-    }
-    let mut c = pending(&core, &id).await?;
-    c.review_status = Some("rejected".into());
-    c.review_reason = Some(reason.to_owned());
-    c.updated_at = now_unix();
-    let tx = core.store.begin().await?;
-    tx.update_lifecycle(&c).await?;
-    record_both(
-        &tx,
-        &p,
-        &c,
-        "connector.review_reject",
-        json!({"reason": reason}),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Json(crate::http::catalogue::view(c, false)))
+) -> Result<Json<ConnectorView>, ApiError> {
+    Ok(Json(view(
+        release::reject_review(&core, &p, &id, req).await?,
+        false,
+    )))
 }
 
 /// `POST /api/v1/catalogue/{id}/promote`
 #[utoipa::path(post, path = "/api/v1/catalogue/{id}/promote", tag = "catalogue",
     summary = "Promote an enterprise connector to the global catalogue (platform admins)",
     params(("id" = String, Path, description = "The connector id")),
-    responses((status = 200, body = crate::http::catalogue::ConnectorView)),
+    responses((status = 200, body = ConnectorView)),
     security(("bearer" = [])))]
 pub(crate) async fn promote(
     State(core): State<Arc<Core>>,
     p: Principal,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<crate::http::catalogue::ConnectorView>, ApiError> {
-    require_platform(&p)?;
-    core.store
-        .catalogue_entry(&p.tenant_id, true, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("catalogue entry", &id))?;
-    let mut c = core
-        .store
-        .connector_any_tenant(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("catalogue entry", &id))?;
-    if c.scope.as_deref() == Some("global") {
-        return Err(conflict(
-            "already_global",
-            "this connector is already global",
-        ));
-    }
-    c.scope = Some("global".into());
-    c.review_status = None;
-    c.review_reason = None;
-    c.updated_at = now_unix();
-    let tx = core.store.begin().await?;
-    tx.update_lifecycle(&c).await?;
-    record_both(&tx, &p, &c, "connector.promote", Value::Null).await?;
-    tx.commit().await?;
-    Ok(Json(crate::http::catalogue::view(c, false)))
+) -> Result<Json<ConnectorView>, ApiError> {
+    Ok(Json(view(release::promote(&core, &p, &id).await?, false)))
 }
 
 /// This area's routes, each registered with its OpenAPI operation.
