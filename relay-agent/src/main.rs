@@ -54,6 +54,99 @@ enum Command {
         #[arg(long)]
         check_config: bool,
     },
+    /// Secrets kept on this machine only: a connection's credential set to
+    /// `agent-secret:NAME` is replaced by the secret NAME when this agent
+    /// makes the call; the control plane never holds the value.
+    Secret {
+        #[command(subcommand)]
+        task: SecretTask,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretTask {
+    /// Store a secret, read from standard input (one trailing newline is
+    /// dropped): `printf '%s' "$KEY" | dibop-agent secret set dms-key`.
+    Set {
+        /// Letters, digits, `-`, `_` and `.`.
+        name: String,
+        /// The agent's data directory (secrets live in its `secrets/` folder).
+        #[arg(
+            long,
+            env = "DIBOP_AGENT_DATA_DIR",
+            default_value = "/var/lib/dibop-agent"
+        )]
+        data_dir: PathBuf,
+    },
+    /// List the secrets' names (never their values).
+    List {
+        /// The agent's data directory.
+        #[arg(
+            long,
+            env = "DIBOP_AGENT_DATA_DIR",
+            default_value = "/var/lib/dibop-agent"
+        )]
+        data_dir: PathBuf,
+    },
+    /// Remove a secret: calls that name it fail until it is set again.
+    Remove {
+        /// Its name.
+        name: String,
+        /// The agent's data directory.
+        #[arg(
+            long,
+            env = "DIBOP_AGENT_DATA_DIR",
+            default_value = "/var/lib/dibop-agent"
+        )]
+        data_dir: PathBuf,
+    },
+}
+
+/// Runs a `dibop-agent secret` task.
+fn secret_task(task: SecretTask) -> ExitCode {
+    use dibop_runtime::call::secrets;
+    let done = match task {
+        SecretTask::Set { name, data_dir } => {
+            let mut value = String::new();
+            match std::io::Read::read_to_string(&mut std::io::stdin(), &mut value) {
+                Err(e) => Err(format!("cannot read the secret from standard input: {e}")),
+                Ok(_) => {
+                    let value = value
+                        .strip_suffix('\n')
+                        .map(|v| v.strip_suffix('\r').unwrap_or(v))
+                        .unwrap_or(&value);
+                    secrets::set(&data_dir, &name, value).map(|()| {
+                        format!(
+                            "secret `{name}` stored in {}; use `agent-secret:{name}` as the credential",
+                            secrets::dir_of(&data_dir).display()
+                        )
+                    })
+                }
+            }
+        }
+        SecretTask::List { data_dir } => secrets::list(&data_dir).map(|names| names.join("\n")),
+        SecretTask::Remove { name, data_dir } => {
+            secrets::remove(&data_dir, &name).and_then(|removed| {
+                if removed {
+                    Ok(format!("secret `{name}` removed"))
+                } else {
+                    Err(format!("there is no secret `{name}`"))
+                }
+            })
+        }
+    };
+    match done {
+        Ok(text) => {
+            if !text.is_empty() {
+                println!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<dibop_relay_agent::AgentConfig, String> {
@@ -87,6 +180,7 @@ async fn agent_main() -> ExitCode {
     dibop_runtime::support::init_tracing("info");
     let cli = Cli::parse();
     match cli.command {
+        Command::Secret { task } => secret_task(task),
         Command::Enroll {
             token,
             data_dir,

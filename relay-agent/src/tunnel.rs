@@ -97,7 +97,8 @@ pub async fn run(
         config.max_response_bytes,
         config.max_timeout,
     )
-    .map_err(|e| RunError::Setup(format!("cannot build the HTTP client: {e}")))?;
+    .map_err(|e| RunError::Setup(format!("cannot build the HTTP client: {e}")))?
+    .with_local_secrets(data_dir);
     info!(
         agent_id = %identity.meta.agent_id,
         group_id = %identity.meta.group_id,

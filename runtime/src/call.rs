@@ -15,6 +15,7 @@ use reqwest::{Method, Url};
 use crate::policy::{AllowList, PolicyDenied, PolicyResolver};
 
 mod invoke;
+pub mod secrets;
 mod sigv4;
 pub use invoke::is_idempotent;
 
@@ -30,6 +31,8 @@ pub struct Runtime {
     max_response_bytes: u64,
     max_timeout: Duration,
     invoke: Arc<invoke::InvokeState>,
+    /// The agent's local secrets (none in the control plane's cloud runtime).
+    secrets: secrets::LocalSecrets,
 }
 
 /// An HTTP client builder that obeys `policy` on every connection and redirect.
@@ -72,7 +75,15 @@ impl Runtime {
             max_response_bytes,
             max_timeout,
             invoke: Arc::default(),
+            secrets: secrets::LocalSecrets::default(),
         })
+    }
+
+    /// Lets calls use the secrets kept in `data_dir` (`agent-secret:NAME`
+    /// credentials); see [`secrets`].
+    pub fn with_local_secrets(mut self, data_dir: &std::path::Path) -> Runtime {
+        self.secrets = secrets::LocalSecrets::in_data_dir(data_dir);
+        self
     }
 
     /// A builder for a client that obeys this runtime's allow-list.

@@ -404,3 +404,148 @@ steps:
         assert!(!log.contains(canary.as_str()), "{canary} in the log");
     }
 }
+
+/// A credential kept by the relay agent (`agent-secret:NAME`): the control
+/// plane stores, sends and shows only the reference; the agent puts the
+/// secret in when it calls. The real key reaches no control-plane response,
+/// log line or database file, and the calls that use it succeed.
+#[tokio::test]
+async fn agent_secrets_stay_at_the_dealer_site() {
+    use dibop_e2e::harness::{Agent, Dms, bin};
+    let dir = tempfile::tempdir().unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut cp = ControlPlane::start_with(&dir.path().join("cp"), any, any, &[])
+        .await
+        .unwrap();
+    let api = cp.tenant("site-secrets").await.unwrap();
+    let dms = Dms::start().await.unwrap();
+    let key = dibop_dms_sim::SimAuth::default().api_key;
+    let group = api.create_group("showroom").await.unwrap();
+    let token = api.enrollment_token(&group, None).await.unwrap();
+    let agent = Agent::enroll_and_start(dir.path(), "agent", &token, &[dms.addr.to_string()])
+        .await
+        .unwrap();
+    api.wait_online(&agent.id).await.unwrap();
+    // The dealer sets the key on the agent's machine, from standard input.
+    let set = |name: &'static str, value: String| {
+        let data_dir = agent.data_dir.clone();
+        async move {
+            let mut child = tokio::process::Command::new(bin("dibop-agent"))
+                .args(["secret", "set", name, "--data-dir"])
+                .arg(&data_dir)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use tokio::io::AsyncWriteExt as _;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin
+                .write_all(format!("{value}\n").as_bytes())
+                .await
+                .unwrap();
+            drop(stdin);
+            child.wait_with_output().await.unwrap()
+        }
+    };
+    let out = set("dms-key", key.clone()).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = std::process::Command::new(bin("dibop-agent"))
+        .args(["secret", "list", "--data-dir"])
+        .arg(&agent.data_dir)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(
+        listed.contains("dms-key") && !listed.contains(&key),
+        "{listed}"
+    );
+
+    let (_, catalogue) = api.send("GET", "/catalogue?q=dms-sim", None).await.unwrap();
+    let connector = catalogue[0]["id"].clone();
+    // In the cloud there is no agent to keep it: refused with the reason.
+    let (status, refused) = api
+        .send(
+            "POST",
+            "/connections",
+            Some(
+                json!({"connector_id": connector, "name": "cloud", "auth_type": "api_key",
+                "credentials": {"api_key": "agent-secret:dms-key"}, "base_url": dms.url}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 422, "{refused}");
+    assert!(refused.to_string().contains("relay group"), "{refused}");
+    let (status, c) = api
+        .send(
+            "POST",
+            "/connections",
+            Some(
+                json!({"connector_id": connector, "name": "showroom dms", "auth_type": "api_key",
+                "credentials": {"api_key": "agent-secret:dms-key"}, "base_url": dms.url,
+                "execution_mode": "agent_group", "agent_group_id": group, "activate": true}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{c}");
+    let id = c["id"].as_str().unwrap().to_owned();
+    let invoke = format!("/connections/{id}/operations/listVehicles/invoke");
+    let (status, called) = api.send("POST", &invoke, Some(json!({}))).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(called["ok"], true, "{called}");
+    let (_, tested) = api
+        .send("POST", &format!("/connections/{id}/test"), None)
+        .await
+        .unwrap();
+    assert_eq!(tested["outcome"], "success", "{tested}");
+    // Without the secret on the agent, the call says what to do.
+    let out = std::process::Command::new(bin("dibop-agent"))
+        .args(["secret", "remove", "dms-key", "--data-dir"])
+        .arg(&agent.data_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (_, missing) = api.send("POST", &invoke, Some(json!({}))).await.unwrap();
+    assert_eq!(missing["ok"], false);
+    assert!(
+        missing
+            .to_string()
+            .contains("dibop-agent secret set dms-key"),
+        "{missing}"
+    );
+
+    let mut later = String::new();
+    for path in [
+        format!("/connections/{id}"),
+        "/api-calls".into(),
+        "/audit".into(),
+    ] {
+        let (_, body) = api.send("GET", &path, None).await.unwrap();
+        later.push_str(&body.to_string());
+    }
+    drop(agent);
+    cp.terminate().await.unwrap();
+    let log = cp.log_text();
+    let mut database = Vec::new();
+    for entry in std::fs::read_dir(&cp.data_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("dibop.db"))
+        {
+            database.extend(std::fs::read(path).unwrap());
+        }
+    }
+    assert!(!later.contains(&key), "the key in a control-plane response");
+    assert!(!log.contains(&key), "the key in the control plane's log");
+    assert!(
+        !database.windows(key.len()).any(|w| w == key.as_bytes()),
+        "the key in the control plane's database"
+    );
+}

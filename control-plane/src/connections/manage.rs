@@ -227,6 +227,28 @@ fn check_credentials(
     out
 }
 
+/// Credentials given as `agent-secret:NAME` (a secret the relay agent keeps,
+/// see `dibop_runtime::call::secrets`): a valid name, and only where a
+/// relay agent makes the calls.
+fn agent_secret_problems(creds: &[(String, String)], mode: &str, problems: &mut Vec<Value>) {
+    use dibop_runtime::call::secrets;
+    for (field, value) in creds {
+        let Some(name) = value.strip_prefix(secrets::PREFIX) else {
+            continue;
+        };
+        let problem = match secrets::name_problem(name) {
+            Some(p) => format!("`{}{name}`: the secret's name {p}", secrets::PREFIX),
+            None if mode != "agent_group" => format!(
+                "`{}{name}` names a secret kept by a relay agent: use the relay group mode \
+                 (execution_mode agent_group)",
+                secrets::PREFIX
+            ),
+            None => continue,
+        };
+        problems.push(json!({"field": format!("credentials.{field}"), "problem": problem}));
+    }
+}
+
 fn check_settings(s: &ConnectionSettings, problems: &mut Vec<Value>) {
     if s.timeout_ms.is_some_and(|t| !(1..=300_000).contains(&t)) {
         problems.push(json!({"field": "settings.timeout_ms", "problem": "must be 1..=300000"}));
@@ -442,6 +464,7 @@ async fn check_request(
         &mut problems,
     )
     .await?;
+    agent_secret_problems(&credentials, &mode, &mut problems);
     let name = req
         .name
         .clone()
@@ -1097,6 +1120,7 @@ pub async fn rotate_credentials(
     let resolved = execute::resolve_definition(core, c.clone()).await?;
     let mut problems = Vec::new();
     let creds = check_credentials(&resolved.scheme(), given, &mut problems);
+    agent_secret_problems(&creds, &c.execution_mode, &mut problems);
     if !problems.is_empty() {
         return Err(
             ConnectionError::invalid("the credentials are invalid").with_details(json!(problems))

@@ -218,6 +218,25 @@ impl Runtime {
             rotated_refresh_token: None,
             token_fetches: 0,
         };
+        // Credentials that name a secret kept on this agent get it here, and
+        // nowhere before.
+        let resolved;
+        let request = match self.secrets.resolve(request) {
+            Ok(None) => request,
+            Ok(Some(r)) => {
+                resolved = r;
+                &resolved
+            }
+            Err(message) => {
+                out.result = CallResult::failure(
+                    &request.call,
+                    &self.agent_id,
+                    ErrorClass::InvalidRequest,
+                    message,
+                );
+                return out;
+            }
+        };
         let client = match self.client_for(&request.tls, request.proxy.as_ref()) {
             Ok(c) => c,
             Err(message) => {
