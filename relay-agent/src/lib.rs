@@ -8,11 +8,13 @@
 //! - [`tunnel`]: the QUIC connection, heartbeats, reconnects, call streams;
 //! - [`identity`]: key, certificate and metadata files;
 //! - [`config`]: the config file;
+//! - [`doctor`]: the checks of `dibop-agent doctor`;
 //!
 //! The call runtime, the allow-list policy and the tunnel's TLS settings and
 //! frame I/O are in `dibop-runtime`, shared with the control plane.
 
 pub mod config;
+pub mod doctor;
 pub mod enroll;
 pub mod identity;
 pub mod tunnel;

@@ -54,6 +54,21 @@ enum Command {
         #[arg(long)]
         check_config: bool,
     },
+    /// Check what the agent needs, one line per check (identity, certificate,
+    /// config, DNS, the QUIC tunnel port, each allow-listed target, local
+    /// secrets): OK or what to fix. Exits non-zero when a check fails.
+    Doctor {
+        /// Where the agent keeps its identity.
+        #[arg(
+            long,
+            env = "DIBOP_AGENT_DATA_DIR",
+            default_value = "/var/lib/dibop-agent"
+        )]
+        data_dir: PathBuf,
+        /// Config file (TOML), as given to `run`.
+        #[arg(long, env = "DIBOP_AGENT_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Secrets kept on this machine only: a connection's credential set to
     /// `agent-secret:NAME` is replaced by the secret NAME when this agent
     /// makes the call; the control plane never holds the value.
@@ -181,6 +196,18 @@ async fn agent_main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Secret { task } => secret_task(task),
+        Command::Doctor { data_dir, config } => {
+            let checks =
+                dibop_relay_agent::doctor::run(&data_dir, load_config(config.as_ref())).await;
+            for c in &checks {
+                println!("{c}");
+            }
+            if dibop_relay_agent::doctor::passed(&checks) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
         Command::Enroll {
             token,
             data_dir,

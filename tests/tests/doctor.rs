@@ -1,0 +1,89 @@
+//! `dibop-agent doctor` against a real control plane, a real DMS simulator
+//! and closed ports: one line per check, OK or what to fix, and a non-zero
+//! exit when a check fails.
+
+use dibop_e2e::harness::{ControlPlane, Dms, bin, enroll};
+
+async fn doctor(data_dir: &std::path::Path, config: &std::path::Path) -> (bool, String) {
+    let out = tokio::process::Command::new(bin("dibop-agent"))
+        .args(["doctor", "--data-dir"])
+        .arg(data_dir)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn line<'a>(report: &'a str, check: &str) -> &'a str {
+    report
+        .lines()
+        .find(|l| l[5..].starts_with(check))
+        .unwrap_or_else(|| panic!("no `{check}` line in:\n{report}"))
+}
+
+#[tokio::test]
+async fn doctor_says_what_works_and_what_to_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp")).await.unwrap();
+    let api = cp.tenant("doctor-motors").await.unwrap();
+    let dms = Dms::start().await.unwrap();
+    let group = api.create_group("site").await.unwrap();
+    let token = api.enrollment_token(&group, None).await.unwrap();
+    let agent_dir = dir.path().join("agent");
+    let (ok, text) = enroll(&token, &agent_dir).await.unwrap();
+    assert!(ok, "{text}");
+    let config = dir.path().join("agent.toml");
+
+    // Everything in order.
+    std::fs::write(&config, format!("[policy]\nallow = [\"{}\"]\n", dms.addr)).unwrap();
+    let (passed, report) = doctor(&agent_dir, &config).await;
+    assert!(passed, "{report}");
+    for check in [
+        "identity",
+        "certificate",
+        "config",
+        "control plane DNS",
+        "tunnel (QUIC, UDP)",
+    ] {
+        assert!(line(&report, check).starts_with("OK"), "{report}");
+    }
+    assert!(
+        line(&report, &format!("target {}", dms.addr)).starts_with("OK"),
+        "{report}"
+    );
+
+    // A target that refuses connections, and an empty-handed tunnel port.
+    std::fs::write(
+        &config,
+        format!(
+            "[policy]\nallow = [\"{}\", \"127.0.0.1:9\"]\n[tunnel]\ncontrol_plane = \"127.0.0.1:9\"\n",
+            dms.addr
+        ),
+    )
+    .unwrap();
+    let (passed, report) = doctor(&agent_dir, &config).await;
+    assert!(!passed, "{report}");
+    let target = line(&report, "target 127.0.0.1:9");
+    assert!(
+        target.starts_with("FAIL") && target.contains("refuses connections"),
+        "{report}"
+    );
+    let tunnel = line(&report, "tunnel (QUIC, UDP)");
+    assert!(
+        tunnel.starts_with("FAIL") && tunnel.contains("UDP"),
+        "{report}"
+    );
+
+    // Not enrolled: says how to enroll.
+    let (passed, report) = doctor(&dir.path().join("nothing"), &config).await;
+    assert!(!passed);
+    assert!(
+        line(&report, "identity").contains("dibop-agent enroll"),
+        "{report}"
+    );
+}
