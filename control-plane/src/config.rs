@@ -12,7 +12,8 @@ use serde::Deserialize;
 
 use crate::Settings;
 
-/// The file as written; every key optional.
+/// One layer of settings: the file as written, or the flags and the
+/// environment ([`Overrides`]); every key optional.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeFile {
@@ -40,32 +41,10 @@ pub struct ServeFile {
     pub agent_wait_secs: Option<u64>,
 }
 
-/// Values from flags and the environment (`None` when not given).
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    /// `--data-dir` / `DIBOP_DATA_DIR`.
-    pub data_dir: Option<PathBuf>,
-    /// `--database-url` / `DIBOP_DATABASE_URL`.
-    pub database_url: Option<String>,
-    /// `--http-addr` / `DIBOP_HTTP_ADDR`.
-    pub http_addr: Option<String>,
-    /// `--tunnel-addr` / `DIBOP_TUNNEL_ADDR`.
-    pub tunnel_addr: Option<String>,
-    /// `--public-tunnel-addr` / `DIBOP_PUBLIC_TUNNEL_ADDR`.
-    pub public_tunnel_addr: Option<String>,
-    /// `--agent-idle-timeout-ms` / `DIBOP_AGENT_IDLE_TIMEOUT_MS`.
-    pub agent_idle_timeout_ms: Option<u64>,
-    /// `--agent-cert-ttl-secs` / `DIBOP_AGENT_CERT_TTL_SECS`.
-    pub agent_cert_ttl_secs: Option<u64>,
-    /// `--cloud-agent-allow` / `DIBOP_CLOUD_AGENT_ALLOW` (comma-separated).
-    pub cloud_agent_allow: Option<Vec<String>>,
-    /// `--health-check-interval-secs` / `DIBOP_HEALTH_CHECK_INTERVAL_SECS`.
-    pub health_check_interval_secs: Option<u64>,
-    /// `--storage-interval-secs` / `DIBOP_STORAGE_INTERVAL_SECS`.
-    pub storage_interval_secs: Option<u64>,
-    /// `--agent-wait-secs` / `DIBOP_AGENT_WAIT_SECS`.
-    pub agent_wait_secs: Option<u64>,
-}
+/// Values from flags and the environment (`--data-dir` / `DIBOP_DATA_DIR`,
+/// …, `--cloud-agent-allow` / `DIBOP_CLOUD_AGENT_ALLOW` comma-separated):
+/// the same keys as the file, `None` when not given, merged over it.
+pub type Overrides = ServeFile;
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
