@@ -7,6 +7,7 @@
 //! - [`enroll`]: redeem an enrollment token for a key pair and certificate;
 //! - [`tunnel`]: the QUIC connection, heartbeats, reconnects, call streams;
 //! - [`identity`]: key, certificate and metadata files;
+//! - [`status`]: the running agent's state for `dibop-agent status`;
 //! - [`config`]: the config file;
 //! - [`doctor`]: the checks of `dibop-agent doctor`;
 //!
@@ -17,6 +18,7 @@ pub mod config;
 pub mod doctor;
 pub mod enroll;
 pub mod identity;
+pub mod status;
 pub mod tunnel;
 
 pub use config::{AgentConfig, ConfigFile};

@@ -69,6 +69,21 @@ enum Command {
         #[arg(long, env = "DIBOP_AGENT_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Whether the agent is running and online, since when, its calls and
+    /// the last tunnel error (from the status it keeps in its data
+    /// directory). Exits 0 when it runs online, 1 otherwise.
+    Status {
+        /// Where the agent keeps its identity.
+        #[arg(
+            long,
+            env = "DIBOP_AGENT_DATA_DIR",
+            default_value = "/var/lib/dibop-agent"
+        )]
+        data_dir: PathBuf,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Secrets kept on this machine only: a connection's credential set to
     /// `agent-secret:NAME` is replaced by the secret NAME when this agent
     /// makes the call; the control plane never holds the value.
@@ -196,6 +211,28 @@ async fn agent_main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Secret { task } => secret_task(task),
+        Command::Status { data_dir, json } => match dibop_relay_agent::status::read(&data_dir) {
+            Ok((status, running)) => {
+                if json {
+                    let mut v = serde_json::to_value(&status).unwrap_or_default();
+                    v["running"] = serde_json::Value::Bool(running);
+                    println!("{v}");
+                } else {
+                    for line in dibop_relay_agent::status::describe(&status, running) {
+                        println!("{line}");
+                    }
+                }
+                if running && status.state == "online" {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Doctor { data_dir, config } => {
             let checks =
                 dibop_relay_agent::doctor::run(&data_dir, load_config(config.as_ref())).await;

@@ -82,6 +82,7 @@ struct Shared {
     in_flight: AtomicU32,
     identity: Mutex<Identity>,
     data_dir: PathBuf,
+    status: crate::status::Reporter,
 }
 
 /// Runs the agent until `shutdown` is cancelled or a fatal error.
@@ -110,7 +111,9 @@ pub async fn run(
             "the allow-list is empty: every call will be refused with policy_denied (set policy.allow in the config file)"
         );
     }
+    let status = crate::status::Reporter::new(data_dir, &identity.meta.agent_id);
     let shared = Arc::new(Shared {
+        status,
         limiter: Semaphore::new(config.max_concurrent_calls as usize),
         config,
         runtime,
@@ -118,13 +121,40 @@ pub async fn run(
         identity: Mutex::new(identity),
         data_dir: data_dir.to_owned(),
     });
+    // `dibop-agent status` reads the state from the data directory.
+    let refresher = {
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(crate::status::REFRESH_SECS));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => shared.status.write(shared.in_flight.load(Ordering::Relaxed)),
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        })
+    };
+    let _stop_refresher = AbortOnDrop(refresher);
     let mut attempt = 0u32;
     loop {
         let started = Instant::now();
         match session(&shared, &shutdown).await {
-            SessionEnd::Shutdown => return Ok(()),
-            SessionEnd::Fatal(e) => return Err(e),
+            SessionEnd::Shutdown => {
+                shared.status.set("stopped", "", None, 0);
+                return Ok(());
+            }
+            SessionEnd::Fatal(e) => {
+                shared.status.set("stopped", "", Some(e.to_string()), 0);
+                return Err(e);
+            }
             SessionEnd::Retry(reason) => {
+                shared.status.set(
+                    "offline",
+                    "",
+                    Some(reason.clone()),
+                    shared.in_flight.load(Ordering::Relaxed),
+                );
                 if started.elapsed() >= STABLE_CONNECTION {
                     attempt = 0;
                 }
@@ -181,6 +211,12 @@ async fn session(shared: &Arc<Shared>, shutdown: &CancellationToken) -> SessionE
             }
         }
     };
+    shared.status.set(
+        "connecting",
+        &address,
+        None,
+        shared.in_flight.load(Ordering::Relaxed),
+    );
     let remote = match resolve(&address).await {
         Ok(r) => r,
         Err(e) => return SessionEnd::Retry(e),
@@ -210,6 +246,12 @@ async fn session(shared: &Arc<Shared>, shutdown: &CancellationToken) -> SessionE
         }
     };
     info!(%agent_id, control_plane = %address, "tunnel up");
+    shared.status.set(
+        "online",
+        &address,
+        None,
+        shared.in_flight.load(Ordering::Relaxed),
+    );
 
     let mut calls = JoinSet::new();
     let control = control_loop(shared.clone(), send, recv, heartbeat_every);
@@ -483,6 +525,7 @@ async fn serve_call(
     };
     if let Some(r) = outcome {
         debug!(call_id, status = ?r.status, ok = r.ok, "call done");
+        shared.status.call(r.ok);
     }
     if let Err(e) = write_frame(&mut send, &answer).await {
         debug!(call_id, "could not send the result: {e}");

@@ -87,3 +87,66 @@ async fn doctor_says_what_works_and_what_to_fix() {
         "{report}"
     );
 }
+
+async fn status(data_dir: &std::path::Path) -> (bool, String) {
+    let out = tokio::process::Command::new(bin("dibop-agent"))
+        .args(["status", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn status_tells_whether_the_agent_runs_and_its_calls() {
+    use dibop_e2e::harness::Agent;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp")).await.unwrap();
+    let api = cp.tenant("status-motors").await.unwrap();
+    let dms = Dms::start().await.unwrap();
+    let group = api.create_group("site").await.unwrap();
+    let token = api.enrollment_token(&group, None).await.unwrap();
+    // Before it ever ran: says so.
+    let (ok, text) = status(&dir.path().join("agent")).await;
+    assert!(!ok && text.contains("has not run"), "{text}");
+    let mut agent = Agent::enroll_and_start(dir.path(), "agent", &token, &[dms.addr.to_string()])
+        .await
+        .unwrap();
+    api.wait_online(&agent.id).await.unwrap();
+    let (status_code, answer) = api
+        .send(
+            "POST",
+            &format!("/agent-groups/{group}/calls"),
+            Some(serde_json::json!({"method": "GET", "url": format!("{}/api/v1/vehicles?page_size=1", dms.url),
+                "headers": {"X-API-Key": "dms-demo-key"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status_code, 200, "{answer}");
+    // The agent writes its state when the tunnel comes up and every few seconds.
+    let report = dibop_e2e::harness::eventually(
+        "the status shows the call",
+        std::time::Duration::from_secs(20),
+        || {
+            let dir = agent.data_dir.clone();
+            async move {
+                let (ok, text) = status(&dir).await;
+                (ok && text.contains("1 ok")).then_some(text)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(report.contains("is online over quic"), "{report}");
+    agent.terminate().await.unwrap();
+    let (ok, text) = status(&agent.data_dir).await;
+    assert!(!ok, "a stopped agent reported as running: {text}");
+}
