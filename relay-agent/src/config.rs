@@ -27,6 +27,9 @@ pub struct ConfigFile {
     /// Tunnel behaviour.
     #[serde(default)]
     pub tunnel: TunnelSection,
+    /// `[metrics]`: Prometheus metrics on a local address (off by default).
+    #[serde(default)]
+    pub metrics: MetricsSection,
 }
 
 /// `[policy]`
@@ -89,6 +92,15 @@ impl Default for TunnelSection {
     }
 }
 
+/// `[metrics]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Where to serve `GET /metrics` (Prometheus text), e.g. `127.0.0.1:9464`.
+    /// Off when absent.
+    pub listen: Option<String>,
+}
+
 /// The validated configuration the agent runs with.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -112,6 +124,8 @@ pub struct AgentConfig {
     pub reconnect_initial: Duration,
     /// Backoff cap.
     pub reconnect_max: Duration,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// A config that could not be loaded; lists every problem.
@@ -208,6 +222,18 @@ impl ConfigFile {
         {
             problems.push(format!("tunnel.control_plane = `{addr}` must be host:port"));
         }
+        let metrics_listen = match &self.metrics.listen {
+            None => None,
+            Some(text) => match text.parse::<std::net::SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    problems.push(format!(
+                        "metrics.listen = `{text}` must be an address like 127.0.0.1:9464"
+                    ));
+                    None
+                }
+            },
+        };
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
                 path: origin.to_owned(),
@@ -225,6 +251,7 @@ impl ConfigFile {
             idle_timeout: Duration::from_secs(t.idle_timeout_secs),
             reconnect_initial: Duration::from_millis(t.reconnect_initial_ms),
             reconnect_max: Duration::from_millis(t.reconnect_max_ms),
+            metrics_listen,
         })
     }
 }

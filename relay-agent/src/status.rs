@@ -46,13 +46,20 @@ pub struct Status {
     pub updated_at: i64,
 }
 
-/// The running agent's side: its state and counters, written to the file.
+/// Upper bounds (seconds) of the call latency histogram.
+const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
+
+/// The running agent's side: its state and counters, written to the file
+/// and served as Prometheus metrics.
 #[derive(Debug)]
 pub struct Reporter {
     path: PathBuf,
     state: Mutex<Status>,
     calls_ok: AtomicU64,
     calls_failed: AtomicU64,
+    /// Calls per bucket (not cumulative), then the total of microseconds.
+    buckets: [AtomicU64; BUCKETS.len()],
+    micros: AtomicU64,
 }
 
 impl Reporter {
@@ -71,17 +78,72 @@ impl Reporter {
             }),
             calls_ok: AtomicU64::new(0),
             calls_failed: AtomicU64::new(0),
+            buckets: Default::default(),
+            micros: AtomicU64::new(0),
         }
     }
 
-    /// Counts a finished call.
-    pub fn call(&self, ok: bool) {
+    /// Counts a finished call and how long it took.
+    pub fn call(&self, ok: bool, seconds: f64) {
         let counter = if ok {
             &self.calls_ok
         } else {
             &self.calls_failed
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(b) = BUCKETS.iter().position(|bound| seconds <= *bound) {
+            self.buckets[b].fetch_add(1, Ordering::Relaxed);
+        }
+        self.micros
+            .fetch_add((seconds.max(0.0) * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn render(&self, in_flight: u32) -> String {
+        use std::fmt::Write as _;
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let ok = self.calls_ok.load(Ordering::Relaxed);
+        let failed = self.calls_failed.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let online = u8::from(s.state == "online");
+        let _ = writeln!(
+            out,
+            "# HELP dibop_agent_tunnel_online Whether the tunnel to the control plane is up.\n\
+             # TYPE dibop_agent_tunnel_online gauge\ndibop_agent_tunnel_online {online}\n\
+             # HELP dibop_agent_tunnel_info The tunnel's transport and state.\n\
+             # TYPE dibop_agent_tunnel_info gauge\n\
+             dibop_agent_tunnel_info{{transport=\"{}\",state=\"{}\"}} 1\n\
+             # HELP dibop_agent_tunnel_connects_total Tunnels opened since the agent started.\n\
+             # TYPE dibop_agent_tunnel_connects_total counter\n\
+             dibop_agent_tunnel_connects_total {}\n\
+             # HELP dibop_agent_calls_total Calls performed, by outcome.\n\
+             # TYPE dibop_agent_calls_total counter\n\
+             dibop_agent_calls_total{{outcome=\"ok\"}} {ok}\n\
+             dibop_agent_calls_total{{outcome=\"failed\"}} {failed}\n\
+             # HELP dibop_agent_calls_in_flight Calls running now.\n\
+             # TYPE dibop_agent_calls_in_flight gauge\n\
+             dibop_agent_calls_in_flight {in_flight}\n\
+             # HELP dibop_agent_call_duration_seconds How long calls took at the agent.\n\
+             # TYPE dibop_agent_call_duration_seconds histogram",
+            s.transport, s.state, s.connects
+        );
+        let mut cumulative = 0;
+        for (b, bound) in BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[b].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "dibop_agent_call_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let total = ok + failed;
+        let _ = writeln!(
+            out,
+            "dibop_agent_call_duration_seconds_bucket{{le=\"+Inf\"}} {total}\n\
+             dibop_agent_call_duration_seconds_sum {}\n\
+             dibop_agent_call_duration_seconds_count {total}",
+            self.micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        out
     }
 
     /// Moves to `state` (with the reason it went down, for `offline`) and writes the file.

@@ -136,6 +136,10 @@ pub async fn run(
         })
     };
     let _stop_refresher = AbortOnDrop(refresher);
+    let _stop_metrics = match shared.config.metrics_listen {
+        Some(addr) => Some(AbortOnDrop(serve_metrics(shared.clone(), addr).await?)),
+        None => None,
+    };
     let mut attempt = 0u32;
     loop {
         let started = Instant::now();
@@ -424,6 +428,57 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Serves `GET /metrics` (Prometheus text) on `addr`, until aborted.
+async fn serve_metrics(
+    shared: Arc<Shared>,
+    addr: std::net::SocketAddr,
+) -> Result<tokio::task::JoinHandle<()>, RunError> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        RunError::Setup(format!(
+            "cannot serve metrics on {addr} (metrics.listen): {e}"
+        ))
+    })?;
+    info!(%addr, "serving metrics at /metrics");
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+                    match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await
+                    {
+                        Ok(Ok(n)) if n > 0 => request.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let (status, body) = if request.starts_with(b"GET /metrics ") {
+                    (
+                        "200 OK",
+                        shared
+                            .status
+                            .render(shared.in_flight.load(Ordering::Relaxed)),
+                    )
+                } else {
+                    ("404 Not Found", "only /metrics is here\n".to_owned())
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(body.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    }))
+}
+
 async fn renewal_request(shared: &Shared) -> anyhow::Result<AgentToControl> {
     let identity = shared.identity.lock().await;
     let key = rcgen::KeyPair::try_from(identity.key_pkcs8.as_slice())?;
@@ -500,6 +555,7 @@ async fn serve_call(
         ControlToAgent::Invoke(r) => (r.call.call_id, r.call.url.clone()),
         _ => return,
     };
+    let started = Instant::now();
     let work = async {
         match &message {
             ControlToAgent::Invoke(r) => {
@@ -525,7 +581,7 @@ async fn serve_call(
     };
     if let Some(r) = outcome {
         debug!(call_id, status = ?r.status, ok = r.ok, "call done");
-        shared.status.call(r.ok);
+        shared.status.call(r.ok, started.elapsed().as_secs_f64());
     }
     if let Err(e) = write_frame(&mut send, &answer).await {
         debug!(call_id, "could not send the result: {e}");

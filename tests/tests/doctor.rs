@@ -150,3 +150,78 @@ async fn status_tells_whether_the_agent_runs_and_its_calls() {
     let (ok, text) = status(&agent.data_dir).await;
     assert!(!ok, "a stopped agent reported as running: {text}");
 }
+
+#[tokio::test]
+async fn the_agent_serves_prometheus_metrics_where_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp")).await.unwrap();
+    let api = cp.tenant("metrics-motors").await.unwrap();
+    let dms = Dms::start().await.unwrap();
+    let group = api.create_group("site").await.unwrap();
+    let token = api.enrollment_token(&group, None).await.unwrap();
+    let agent_dir = dir.path().join("agent");
+    let (ok, text) = enroll(&token, &agent_dir).await.unwrap();
+    assert!(ok, "{text}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[policy]\nallow = [\"{}\"]\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+            dms.addr
+        ),
+    )
+    .unwrap();
+    let _agent = tokio::process::Command::new(bin("dibop-agent"))
+        .args(["run", "--data-dir"])
+        .arg(&agent_dir)
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let online = dibop_e2e::harness::eventually(
+        "the agent online in its metrics",
+        std::time::Duration::from_secs(20),
+        || {
+            let url = url.clone();
+            async move {
+                let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+                text.contains("dibop_agent_tunnel_online 1").then_some(text)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(online.contains("dibop_agent_tunnel_info{transport=\"quic\",state=\"online\"} 1"));
+    let (status, answer) = api
+        .send(
+            "POST",
+            &format!("/agent-groups/{group}/calls"),
+            Some(serde_json::json!({"method": "GET", "url": format!("{}/api/v1/vehicles?page_size=1", dms.url),
+                "headers": {"X-API-Key": "dms-demo-key"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    assert!(
+        text.contains("dibop_agent_calls_total{outcome=\"ok\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("dibop_agent_call_duration_seconds_count 1"),
+        "{text}"
+    );
+    let other = reqwest::get(format!("http://127.0.0.1:{port}/"))
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
+}
