@@ -126,6 +126,9 @@ pub struct AgentConfig {
     pub reconnect_max: Duration,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Exit (status 4) when the tunnel has been down this long
+    /// (`--exit-on-unhealthy`, for supervisors that prefer a restart).
+    pub exit_on_unhealthy: Option<Duration>,
 }
 
 /// A config that could not be loaded; lists every problem.
@@ -252,6 +255,7 @@ impl ConfigFile {
             reconnect_initial: Duration::from_millis(t.reconnect_initial_ms),
             reconnect_max: Duration::from_millis(t.reconnect_max_ms),
             metrics_listen,
+            exit_on_unhealthy: None,
         })
     }
 }

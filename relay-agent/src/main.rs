@@ -53,6 +53,10 @@ enum Command {
         /// Check the config file, print the allow-list and exit.
         #[arg(long)]
         check_config: bool,
+        /// Exit with status 4 when the tunnel has been down this long (`90s`,
+        /// `5m`, `1h`), for supervisors that prefer a restart. Default: never.
+        #[arg(long, value_parser = parse_duration)]
+        exit_on_unhealthy: Option<std::time::Duration>,
     },
     /// Check what the agent needs, one line per check (identity, certificate,
     /// config, DNS, the QUIC tunnel port, each allow-listed target, local
@@ -179,6 +183,26 @@ fn secret_task(task: SecretTask) -> ExitCode {
     }
 }
 
+/// A duration such as `500ms`, `90s`, `5m` or `1h`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 90s, 5m or 1h"))?;
+    let seconds = match unit {
+        "ms" => return Ok(std::time::Duration::from_millis(n)),
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("`{text}`: use ms, s, m or h")),
+    };
+    Ok(std::time::Duration::from_secs(seconds))
+}
+
 fn load_config(path: Option<&PathBuf>) -> Result<dibop_relay_agent::AgentConfig, String> {
     match path {
         Some(p) => ConfigFile::load(p)
@@ -274,6 +298,7 @@ async fn agent_main() -> ExitCode {
             data_dir,
             config,
             check_config,
+            exit_on_unhealthy,
         } => {
             let config = match load_config(config.as_ref()) {
                 Ok(c) => c,
@@ -289,6 +314,10 @@ async fn agent_main() -> ExitCode {
                 }
                 return ExitCode::SUCCESS;
             }
+            let config = dibop_relay_agent::AgentConfig {
+                exit_on_unhealthy,
+                ..config
+            };
             let shutdown = CancellationToken::new();
             let signal = shutdown.clone();
             tokio::spawn(async move {
@@ -297,6 +326,10 @@ async fn agent_main() -> ExitCode {
             });
             match tunnel::run(config, &data_dir, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e @ tunnel::RunError::Unhealthy(_)) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(4)
+                }
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::from(3)

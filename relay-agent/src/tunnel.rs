@@ -51,6 +51,9 @@ pub enum RunError {
     /// Local setup failed.
     #[error("{0}")]
     Setup(String),
+    /// The tunnel stayed down longer than `--exit-on-unhealthy` allows.
+    #[error("{0}")]
+    Unhealthy(String),
 }
 
 /// How long a dial or handshake may take before it counts as failed.
@@ -83,6 +86,18 @@ struct Shared {
     identity: Mutex<Identity>,
     data_dir: PathBuf,
     status: crate::status::Reporter,
+    /// Since when the tunnel has been down (the start, or when it last went down).
+    down_since: std::sync::Mutex<Instant>,
+}
+
+impl Shared {
+    fn down_since(&self) -> Instant {
+        *self.down_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn mark_down(&self) {
+        *self.down_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
 }
 
 /// Runs the agent until `shutdown` is cancelled or a fatal error.
@@ -113,6 +128,7 @@ pub async fn run(
     }
     let status = crate::status::Reporter::new(data_dir, &identity.meta.agent_id);
     let shared = Arc::new(Shared {
+        down_since: std::sync::Mutex::new(Instant::now()),
         status,
         limiter: Semaphore::new(config.max_concurrent_calls as usize),
         config,
@@ -142,6 +158,17 @@ pub async fn run(
     };
     let mut attempt = 0u32;
     loop {
+        if let Some(limit) = shared.config.exit_on_unhealthy {
+            let down = shared.down_since().elapsed();
+            if down >= limit {
+                let e = RunError::Unhealthy(format!(
+                    "the tunnel has been down for {} s, longer than --exit-on-unhealthy allows: exiting so that the supervisor restarts the agent",
+                    down.as_secs()
+                ));
+                shared.status.set("stopped", "", Some(e.to_string()), 0);
+                return Err(e);
+            }
+        }
         let started = Instant::now();
         match session(&shared, &shutdown).await {
             SessionEnd::Shutdown => {
@@ -162,11 +189,16 @@ pub async fn run(
                 if started.elapsed() >= STABLE_CONNECTION {
                     attempt = 0;
                 }
-                let delay = backoff_delay(
+                let mut delay = backoff_delay(
                     attempt,
                     shared.config.reconnect_initial,
                     shared.config.reconnect_max,
                 );
+                if let Some(limit) = shared.config.exit_on_unhealthy {
+                    // Wake up in time to give up when the limit is reached.
+                    let left = limit.saturating_sub(shared.down_since().elapsed());
+                    delay = delay.min(left);
+                }
                 attempt = attempt.saturating_add(1);
                 warn!(
                     attempt,
@@ -274,6 +306,8 @@ async fn session(shared: &Arc<Shared>, shutdown: &CancellationToken) -> SessionE
             _ = shutdown.cancelled() => break SessionEnd::Shutdown,
         }
     };
+    // It was up: from now on it counts as down (for --exit-on-unhealthy).
+    shared.mark_down();
     if matches!(end, SessionEnd::Shutdown) {
         info!(
             in_flight = calls.len(),

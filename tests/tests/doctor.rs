@@ -225,3 +225,45 @@ async fn the_agent_serves_prometheus_metrics_where_asked() {
         .unwrap();
     assert_eq!(other.status(), 404);
 }
+
+#[tokio::test]
+async fn an_agent_exits_when_its_tunnel_stays_down_if_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp")).await.unwrap();
+    let api = cp.tenant("unhealthy-motors").await.unwrap();
+    let group = api.create_group("site").await.unwrap();
+    let token = api.enrollment_token(&group, None).await.unwrap();
+    let agent_dir = dir.path().join("agent");
+    let (ok, text) = enroll(&token, &agent_dir).await.unwrap();
+    assert!(ok, "{text}");
+    // A tunnel address where nothing answers.
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "[policy]\nallow = []\n[tunnel]\ncontrol_plane = \"127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let run = tokio::process::Command::new(bin("dibop-agent"))
+        .args(["run", "--exit-on-unhealthy", "1s", "--data-dir"])
+        .arg(&agent_dir)
+        .arg("--config")
+        .arg(&config)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .expect("the agent did not give up")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--exit-on-unhealthy"), "{stderr}");
+    // A bad duration is refused before anything runs.
+    let bad = tokio::process::Command::new(bin("dibop-agent"))
+        .args(["run", "--exit-on-unhealthy", "soon", "--data-dir"])
+        .arg(&agent_dir)
+        .output()
+        .await
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a duration"));
+}
