@@ -16,6 +16,18 @@ struct Cli {
     command: Command,
 }
 
+/// `--data-dir`, shared by every command.
+#[derive(Debug, clap::Args)]
+struct DataDir {
+    /// Where the agent keeps its identity, its state and its local secrets.
+    #[arg(
+        long,
+        env = "DIBOP_AGENT_DATA_DIR",
+        default_value = "/var/lib/dibop-agent"
+    )]
+    data_dir: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Redeem an enrollment token from the console: creates this agent's key
@@ -23,13 +35,8 @@ enum Command {
     Enroll {
         /// The token, as copied from the console (`dibop-enroll-v1.…`).
         token: String,
-        /// Where the agent keeps its identity.
-        #[arg(
-            long,
-            env = "DIBOP_AGENT_DATA_DIR",
-            default_value = "/var/lib/dibop-agent"
-        )]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
         /// Display name in the console (default: this host's name).
         #[arg(long)]
         name: Option<String>,
@@ -40,13 +47,8 @@ enum Command {
     /// Run the agent: keep the tunnel up and perform calls. Runs until stopped
     /// (SIGTERM or Ctrl-C); never gives up because the control plane is unreachable.
     Run {
-        /// Where the agent keeps its identity.
-        #[arg(
-            long,
-            env = "DIBOP_AGENT_DATA_DIR",
-            default_value = "/var/lib/dibop-agent"
-        )]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
         /// Config file (TOML); see deploy/agent.example.toml. Without it nothing may be called.
         #[arg(long, env = "DIBOP_AGENT_CONFIG")]
         config: Option<PathBuf>,
@@ -62,13 +64,8 @@ enum Command {
     /// config, DNS, the QUIC tunnel port, each allow-listed target, local
     /// secrets): OK or what to fix. Exits non-zero when a check fails.
     Doctor {
-        /// Where the agent keeps its identity.
-        #[arg(
-            long,
-            env = "DIBOP_AGENT_DATA_DIR",
-            default_value = "/var/lib/dibop-agent"
-        )]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
         /// Config file (TOML), as given to `run`.
         #[arg(long, env = "DIBOP_AGENT_CONFIG")]
         config: Option<PathBuf>,
@@ -77,13 +74,8 @@ enum Command {
     /// the last tunnel error (from the status it keeps in its data
     /// directory). Exits 0 when it runs online, 1 otherwise.
     Status {
-        /// Where the agent keeps its identity.
-        #[arg(
-            long,
-            env = "DIBOP_AGENT_DATA_DIR",
-            default_value = "/var/lib/dibop-agent"
-        )]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
         /// Print the status as JSON.
         #[arg(long)]
         json: bool,
@@ -104,35 +96,20 @@ enum SecretTask {
     Set {
         /// Letters, digits, `-`, `_` and `.`.
         name: String,
-        /// The agent's data directory (secrets live in its `secrets/` folder).
-        #[arg(
-            long,
-            env = "DIBOP_AGENT_DATA_DIR",
-            default_value = "/var/lib/dibop-agent"
-        )]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
     },
     /// List the secrets' names (never their values).
     List {
-        /// The agent's data directory.
-        #[arg(
-            long,
-            env = "DIBOP_AGENT_DATA_DIR",
-            default_value = "/var/lib/dibop-agent"
-        )]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
     },
     /// Remove a secret: calls that name it fail until it is set again.
     Remove {
         /// Its name.
         name: String,
-        /// The agent's data directory.
-        #[arg(
-            long,
-            env = "DIBOP_AGENT_DATA_DIR",
-            default_value = "/var/lib/dibop-agent"
-        )]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
     },
 }
 
@@ -140,7 +117,10 @@ enum SecretTask {
 fn secret_task(task: SecretTask) -> ExitCode {
     use dibop_runtime::call::secrets;
     let done = match task {
-        SecretTask::Set { name, data_dir } => {
+        SecretTask::Set {
+            name,
+            dir: DataDir { data_dir },
+        } => {
             let mut value = String::new();
             match std::io::Read::read_to_string(&mut std::io::stdin(), &mut value) {
                 Err(e) => Err(format!("cannot read the secret from standard input: {e}")),
@@ -158,16 +138,19 @@ fn secret_task(task: SecretTask) -> ExitCode {
                 }
             }
         }
-        SecretTask::List { data_dir } => secrets::list(&data_dir).map(|names| names.join("\n")),
-        SecretTask::Remove { name, data_dir } => {
-            secrets::remove(&data_dir, &name).and_then(|removed| {
-                if removed {
-                    Ok(format!("secret `{name}` removed"))
-                } else {
-                    Err(format!("there is no secret `{name}`"))
-                }
-            })
-        }
+        SecretTask::List {
+            dir: DataDir { data_dir },
+        } => secrets::list(&data_dir).map(|names| names.join("\n")),
+        SecretTask::Remove {
+            name,
+            dir: DataDir { data_dir },
+        } => secrets::remove(&data_dir, &name).and_then(|removed| {
+            if removed {
+                Ok(format!("secret `{name}` removed"))
+            } else {
+                Err(format!("there is no secret `{name}`"))
+            }
+        }),
     };
     match done {
         Ok(text) => {
@@ -235,7 +218,10 @@ async fn agent_main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Secret { task } => secret_task(task),
-        Command::Status { data_dir, json } => match dibop_relay_agent::status::read(&data_dir) {
+        Command::Status {
+            dir: DataDir { data_dir },
+            json,
+        } => match dibop_relay_agent::status::read(&data_dir) {
             Ok((status, running)) => {
                 if json {
                     let mut v = serde_json::to_value(&status).unwrap_or_default();
@@ -257,7 +243,10 @@ async fn agent_main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Doctor { data_dir, config } => {
+        Command::Doctor {
+            dir: DataDir { data_dir },
+            config,
+        } => {
             let checks =
                 dibop_relay_agent::doctor::run(&data_dir, load_config(config.as_ref())).await;
             for c in &checks {
@@ -271,7 +260,7 @@ async fn agent_main() -> ExitCode {
         }
         Command::Enroll {
             token,
-            data_dir,
+            dir: DataDir { data_dir },
             name,
             force,
         } => match enroll::enroll(&token, &data_dir, name.as_deref(), force).await {
@@ -295,7 +284,7 @@ async fn agent_main() -> ExitCode {
             }
         },
         Command::Run {
-            data_dir,
+            dir: DataDir { data_dir },
             config,
             check_config,
             exit_on_unhealthy,

@@ -199,7 +199,7 @@ pub fn read(data_dir: &Path) -> Result<(Status, bool), String> {
         .map_err(|e| format!("{} cannot be read: {e}", path.display()))?;
     let fresh = now_unix() - status.updated_at <= 3 * REFRESH_SECS as i64;
     let alive = Path::new(&format!("/proc/{}", status.pid)).exists();
-    Ok((status.clone(), fresh && alive))
+    Ok((status, fresh && alive))
 }
 
 /// The lines `dibop-agent status` prints.

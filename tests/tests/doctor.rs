@@ -2,7 +2,48 @@
 //! and closed ports: one line per check, OK or what to fix, and a non-zero
 //! exit when a check fails.
 
-use dibop_e2e::harness::{ControlPlane, Dms, bin, enroll};
+use dibop_e2e::harness::{Api, ControlPlane, Dms, bin, enroll};
+
+/// A control plane with a tenant, a relay group and an enrollment token for
+/// it, and a DMS simulator (held to keep them running).
+struct Site {
+    _cp: ControlPlane,
+    api: Api,
+    dms: Dms,
+    group: String,
+    token: String,
+}
+
+async fn site(dir: &std::path::Path, tenant: &str) -> Site {
+    let cp = ControlPlane::start(&dir.join("cp")).await.unwrap();
+    let api = cp.tenant(tenant).await.unwrap();
+    let dms = Dms::start().await.unwrap();
+    let group = api.create_group("site").await.unwrap();
+    let token = api.enrollment_token(&group, None).await.unwrap();
+    Site {
+        _cp: cp,
+        api,
+        dms,
+        group,
+        token,
+    }
+}
+
+/// One relayed call through the site's agents; asserts it was answered.
+async fn one_call(s: &Site) {
+    let (status, answer) = s
+        .api
+        .send(
+            "POST",
+            &format!("/agent-groups/{}/calls", s.group),
+            Some(serde_json::json!({"method": "GET",
+                "url": format!("{}/api/v1/vehicles?page_size=1", s.dms.url),
+                "headers": {"X-API-Key": "dms-demo-key"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{answer}");
+}
 
 async fn doctor(data_dir: &std::path::Path, config: &std::path::Path) -> (bool, String) {
     let out = tokio::process::Command::new(bin("dibop-agent"))
@@ -29,18 +70,18 @@ fn line<'a>(report: &'a str, check: &str) -> &'a str {
 #[tokio::test]
 async fn doctor_says_what_works_and_what_to_fix() {
     let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(&dir.path().join("cp")).await.unwrap();
-    let api = cp.tenant("doctor-motors").await.unwrap();
-    let dms = Dms::start().await.unwrap();
-    let group = api.create_group("site").await.unwrap();
-    let token = api.enrollment_token(&group, None).await.unwrap();
+    let site = site(dir.path(), "doctor-motors").await;
     let agent_dir = dir.path().join("agent");
-    let (ok, text) = enroll(&token, &agent_dir).await.unwrap();
+    let (ok, text) = enroll(&site.token, &agent_dir).await.unwrap();
     assert!(ok, "{text}");
     let config = dir.path().join("agent.toml");
 
     // Everything in order.
-    std::fs::write(&config, format!("[policy]\nallow = [\"{}\"]\n", dms.addr)).unwrap();
+    std::fs::write(
+        &config,
+        format!("[policy]\nallow = [\"{}\"]\n", site.dms.addr),
+    )
+    .unwrap();
     let (passed, report) = doctor(&agent_dir, &config).await;
     assert!(passed, "{report}");
     for check in [
@@ -53,7 +94,7 @@ async fn doctor_says_what_works_and_what_to_fix() {
         assert!(line(&report, check).starts_with("OK"), "{report}");
     }
     assert!(
-        line(&report, &format!("target {}", dms.addr)).starts_with("OK"),
+        line(&report, &format!("target {}", site.dms.addr)).starts_with("OK"),
         "{report}"
     );
 
@@ -62,7 +103,7 @@ async fn doctor_says_what_works_and_what_to_fix() {
         &config,
         format!(
             "[policy]\nallow = [\"{}\", \"127.0.0.1:9\"]\n[tunnel]\ncontrol_plane = \"127.0.0.1:9\"\n",
-            dms.addr
+            site.dms.addr
         ),
     )
     .unwrap();
@@ -109,28 +150,20 @@ async fn status(data_dir: &std::path::Path) -> (bool, String) {
 async fn status_tells_whether_the_agent_runs_and_its_calls() {
     use dibop_e2e::harness::Agent;
     let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(&dir.path().join("cp")).await.unwrap();
-    let api = cp.tenant("status-motors").await.unwrap();
-    let dms = Dms::start().await.unwrap();
-    let group = api.create_group("site").await.unwrap();
-    let token = api.enrollment_token(&group, None).await.unwrap();
+    let site = site(dir.path(), "status-motors").await;
     // Before it ever ran: says so.
     let (ok, text) = status(&dir.path().join("agent")).await;
     assert!(!ok && text.contains("has not run"), "{text}");
-    let mut agent = Agent::enroll_and_start(dir.path(), "agent", &token, &[dms.addr.to_string()])
-        .await
-        .unwrap();
-    api.wait_online(&agent.id).await.unwrap();
-    let (status_code, answer) = api
-        .send(
-            "POST",
-            &format!("/agent-groups/{group}/calls"),
-            Some(serde_json::json!({"method": "GET", "url": format!("{}/api/v1/vehicles?page_size=1", dms.url),
-                "headers": {"X-API-Key": "dms-demo-key"}})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status_code, 200, "{answer}");
+    let mut agent = Agent::enroll_and_start(
+        dir.path(),
+        "agent",
+        &site.token,
+        &[site.dms.addr.to_string()],
+    )
+    .await
+    .unwrap();
+    site.api.wait_online(&agent.id).await.unwrap();
+    one_call(&site).await;
     // The agent writes its state when the tunnel comes up and every few seconds.
     let report = dibop_e2e::harness::eventually(
         "the status shows the call",
@@ -154,13 +187,9 @@ async fn status_tells_whether_the_agent_runs_and_its_calls() {
 #[tokio::test]
 async fn the_agent_serves_prometheus_metrics_where_asked() {
     let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(&dir.path().join("cp")).await.unwrap();
-    let api = cp.tenant("metrics-motors").await.unwrap();
-    let dms = Dms::start().await.unwrap();
-    let group = api.create_group("site").await.unwrap();
-    let token = api.enrollment_token(&group, None).await.unwrap();
+    let site = site(dir.path(), "metrics-motors").await;
     let agent_dir = dir.path().join("agent");
-    let (ok, text) = enroll(&token, &agent_dir).await.unwrap();
+    let (ok, text) = enroll(&site.token, &agent_dir).await.unwrap();
     assert!(ok, "{text}");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -172,7 +201,7 @@ async fn the_agent_serves_prometheus_metrics_where_asked() {
         &config,
         format!(
             "[policy]\nallow = [\"{}\"]\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
-            dms.addr
+            site.dms.addr
         ),
     )
     .unwrap();
@@ -201,16 +230,7 @@ async fn the_agent_serves_prometheus_metrics_where_asked() {
     .await
     .unwrap();
     assert!(online.contains("dibop_agent_tunnel_info{transport=\"quic\",state=\"online\"} 1"));
-    let (status, answer) = api
-        .send(
-            "POST",
-            &format!("/agent-groups/{group}/calls"),
-            Some(serde_json::json!({"method": "GET", "url": format!("{}/api/v1/vehicles?page_size=1", dms.url),
-                "headers": {"X-API-Key": "dms-demo-key"}})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{answer}");
+    one_call(&site).await;
     let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
     assert!(
         text.contains("dibop_agent_calls_total{outcome=\"ok\"} 1"),
@@ -229,12 +249,9 @@ async fn the_agent_serves_prometheus_metrics_where_asked() {
 #[tokio::test]
 async fn an_agent_exits_when_its_tunnel_stays_down_if_asked() {
     let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(&dir.path().join("cp")).await.unwrap();
-    let api = cp.tenant("unhealthy-motors").await.unwrap();
-    let group = api.create_group("site").await.unwrap();
-    let token = api.enrollment_token(&group, None).await.unwrap();
+    let site = site(dir.path(), "unhealthy-motors").await;
     let agent_dir = dir.path().join("agent");
-    let (ok, text) = enroll(&token, &agent_dir).await.unwrap();
+    let (ok, text) = enroll(&site.token, &agent_dir).await.unwrap();
     assert!(ok, "{text}");
     // A tunnel address where nothing answers.
     let config = dir.path().join("agent.toml");

@@ -1350,15 +1350,8 @@ pub async fn using_connection(
     tenant_id: &str,
     connection: &ConnectionRow,
 ) -> Result<Vec<String>, StoreError> {
-    Ok(active_calling(
-        core,
-        tenant_id,
-        &[(connection.id.clone(), connection.name.clone())],
-    )
-    .await?
-    .into_iter()
-    .map(|o| format!("{} ({})", o.id, o.name))
-    .collect())
+    let active = active_calls(core, tenant_id).await?;
+    Ok(users_of(&active, &connection.id, &connection.name))
 }
 
 /// A tenant's active orchestrations, each with what its `call` steps name
@@ -1378,12 +1371,7 @@ pub async fn active_calls(
             continue;
         }
         let d: Value = serde_json::from_str(&d).unwrap_or(Value::Null);
-        let mut calls = Vec::new();
-        crate::domain::steps_where(&d["steps"], "$.steps", &mut calls, &|s| s["type"] == "call");
-        let named: Vec<String> = calls
-            .iter()
-            .filter_map(|(_, s)| s["connection"].as_str().map(str::to_owned))
-            .collect();
+        let named = crate::domain::called_connections(&d);
         if !named.is_empty() {
             found.push((o, named));
         }
@@ -1403,25 +1391,6 @@ pub fn users_of(
         .filter(|(_, named)| named.iter().any(|n| n == id || n == name))
         .map(|(o, _)| format!("{} ({})", o.id, o.name))
         .collect()
-}
-
-/// A tenant's active orchestrations with a `call` step on one of
-/// `connections` (id, name).
-async fn active_calling(
-    core: &Core,
-    tenant_id: &str,
-    connections: &[(String, String)],
-) -> Result<Vec<crate::store::OrchestrationRow>, StoreError> {
-    Ok(active_calls(core, tenant_id)
-        .await?
-        .into_iter()
-        .filter(|(_, named)| {
-            connections
-                .iter()
-                .any(|(id, name)| named.iter().any(|n| n == id || n == name))
-        })
-        .map(|(o, _)| o)
-        .collect())
 }
 
 /// Creates a connection from a request body as `dibop dev` (or another

@@ -11,6 +11,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 
+use super::form::{CsrfForm, Fields};
 use super::pages::{Chrome, Done, failed, html, problem, query, refused_admin_form};
 use super::session::Visitor;
 use crate::Core;
@@ -196,13 +197,6 @@ async fn refused(
     html(status, &page)
 }
 
-fn fields(pairs: Vec<(String, String)>) -> HashMap<String, String> {
-    pairs
-        .into_iter()
-        .map(|(k, v)| (k, v.trim().to_owned()))
-        .collect()
-}
-
 /// `POST /settings/users`: adds a user; a password left empty is generated
 /// and shown once.
 pub(crate) async fn add_user(
@@ -210,20 +204,20 @@ pub(crate) async fn add_user(
     v: Visitor,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
-    let mut f = fields(pairs);
-    let csrf = f.remove("csrf").unwrap_or_default();
+    let f = Fields::of(pairs);
+    let csrf = f.get("csrf");
     if let Some(refused) = refused_admin_form(&v, &csrf, "Adding a user") {
         return refused;
     }
-    let typed_password = f.remove("password").unwrap_or_default();
+    // A password as typed: spaces in it are part of it.
+    let typed_password = f.raw("password").unwrap_or_default().to_owned();
     let generated = typed_password.is_empty();
     let password = if generated {
         crate::support::ids::new_secret("")
     } else {
         typed_password
     };
-    let email = f.get("email").cloned().unwrap_or_default();
-    let role = f.get("role").cloned().unwrap_or_default();
+    let (email, role) = (f.get("email"), f.get("role"));
     match access::create_user(&core, &v.principal, &email, &password, &role).await {
         Ok(user) => {
             let mut page = match users_page(&core, &v, Some("user_added")).await {
@@ -240,7 +234,7 @@ pub(crate) async fn add_user(
             }
             html(StatusCode::OK, &page)
         }
-        Err(e) => refused(&core, &v, e, "user.", f).await,
+        Err(e) => refused(&core, &v, e, "user.", f.typed()).await,
     }
 }
 
@@ -252,26 +246,26 @@ pub(crate) async fn change_user(
     Path(id): Path<String>,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
-    let mut f = fields(pairs);
-    let csrf = f.remove("csrf").unwrap_or_default();
+    let f = Fields::of(pairs);
+    let csrf = f.get("csrf");
     if let Some(refused) = refused_admin_form(&v, &csrf, "Changing a user") {
         return refused;
     }
-    let value = f.get("value").cloned().unwrap_or_default();
-    let change = match f.get("action").map(String::as_str) {
-        Some("role") => UserChange {
+    let value = f.get("value");
+    let change = match f.get("action").as_str() {
+        "role" => UserChange {
             role: Some(value),
             ..UserChange::default()
         },
-        Some("disable") => UserChange {
+        "disable" => UserChange {
             disabled: Some(true),
             ..UserChange::default()
         },
-        Some("enable") => UserChange {
+        "enable" => UserChange {
             disabled: Some(false),
             ..UserChange::default()
         },
-        Some("pii") => UserChange {
+        "pii" => UserChange {
             view_pii: Some(match value.as_str() {
                 "allowed" => Some(true),
                 "withheld" => Some(false),
@@ -298,24 +292,24 @@ pub(crate) async fn add_token(
     v: Visitor,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
-    let mut f = fields(pairs);
-    let csrf = f.remove("csrf").unwrap_or_default();
+    let f = Fields::of(pairs);
+    let csrf = f.get("csrf");
     if let Some(refused) = refused_admin_form(&v, &csrf, "Creating an API token") {
         return refused;
     }
-    let ttl_secs = match f.get("expires").map(String::as_str) {
-        Some("30d") => Some(30 * 86_400),
-        Some("90d") => Some(90 * 86_400),
-        Some("365d") => Some(365 * 86_400),
+    let ttl_secs = match f.get("expires").as_str() {
+        "30d" => Some(30 * 86_400),
+        "90d" => Some(90 * 86_400),
+        "365d" => Some(365 * 86_400),
         _ => None,
     };
     let new = NewToken {
-        name: f.get("name").cloned().unwrap_or_default(),
-        role: f.get("role").cloned().unwrap_or_default(),
+        name: f.get("name"),
+        role: f.get("role"),
         ttl_secs,
-        view_pii: match f.get("pii").map(String::as_str) {
-            Some("allowed") => Some(true),
-            Some("withheld") => Some(false),
+        view_pii: match f.get("pii").as_str() {
+            "allowed" => Some(true),
+            "withheld" => Some(false),
             _ => None,
         },
     };
@@ -333,14 +327,8 @@ pub(crate) async fn add_token(
             });
             html(StatusCode::OK, &page)
         }
-        Err(e) => refused(&core, &v, e, "token.", f).await,
+        Err(e) => refused(&core, &v, e, "token.", f.typed()).await,
     }
-}
-
-#[derive(Debug, serde::Deserialize)]
-pub(crate) struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
 }
 
 /// `POST /settings/tokens/{id}/revoke`.
@@ -450,23 +438,26 @@ pub(crate) async fn save_sso(
     headers: axum::http::HeaderMap,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
-    let mut f = fields(pairs);
-    let csrf = f.remove("csrf").unwrap_or_default();
+    let f = Fields::of(pairs);
+    let csrf = f.get("csrf");
     if let Some(refused) = refused_admin_form(&v, &csrf, "Setting up single sign-on") {
         return refused;
     }
-    let get = |k: &str| f.get(k).cloned().unwrap_or_default();
+    let get = |k: &str| f.get(k);
     let anyone = get("first") == "anyone";
     let settings = crate::identity::sso::SsoSettings {
         issuer: get("issuer"),
         client_id: get("client_id"),
-        client_secret: f.get("client_secret").filter(|s| !s.is_empty()).cloned(),
+        client_secret: f
+            .raw("client_secret")
+            .filter(|s| !s.trim().is_empty())
+            .map(str::to_owned),
         domains: get("domains")
             .split([',', ' ', ';', '\n'])
             .map(str::to_owned)
             .collect(),
         default_role: anyone.then(|| get("default_role")),
-        enabled: f.contains_key("enabled"),
+        enabled: f.checked("enabled"),
     };
     match crate::identity::sso::configure(&core, &v.principal, settings).await {
         Ok(_) => Redirect::to("/settings/sso?done=sso_saved").into_response(),
@@ -496,7 +487,7 @@ pub(crate) async fn save_sso(
                 } else {
                     String::new()
                 },
-                enabled: f.contains_key("enabled"),
+                enabled: f.checked("enabled"),
             };
             page.form_error = Some("Nothing was saved: fix the fields marked in red.".into());
             html(status, &page)

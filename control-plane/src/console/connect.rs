@@ -20,6 +20,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::{Map, Value};
 
+use super::form::{CsrfForm, Fields};
 use super::pages::{Chrome, Done, failed, html, problem, query, refused_admin_form, tone};
 use super::session::Visitor;
 use crate::Core;
@@ -35,31 +36,6 @@ const PARTIAL: &str = "x-console-partial";
 /// The guide's defaults for a new connection.
 const DEFAULT_TIMEOUT_S: &str = "30";
 const DEFAULT_MAX_RETRIES: &str = "3";
-
-/// A form's fields by name (the last value of a repeated name wins).
-struct Fields(HashMap<String, String>);
-
-impl Fields {
-    fn of(pairs: Vec<(String, String)>) -> Fields {
-        Fields(pairs.into_iter().collect())
-    }
-
-    fn get(&self, name: &str) -> String {
-        self.0
-            .get(name)
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_default()
-    }
-
-    /// A field exactly as typed (secrets are not trimmed).
-    fn raw(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
-    }
-
-    fn checked(&self, name: &str) -> bool {
-        self.0.contains_key(name)
-    }
-}
 
 /// One credential input of the form.
 pub(crate) struct CredentialInput {
@@ -798,6 +774,29 @@ impl ConnectionPage {
     }
 }
 
+/// What the confirm dialogs of Deactivate and Delete say of connection
+/// `name`, used by the active orchestrations `used_by`.
+pub(crate) fn confirm_texts(name: &str, used_by: &[String]) -> (String, String) {
+    let uses = if used_by.is_empty() {
+        "No active orchestration uses it.".to_owned()
+    } else {
+        format!(
+            "{} active orchestration(s) use it and will fail their calls while it is inactive: {}.",
+            used_by.len(),
+            used_by.join(", ")
+        )
+    };
+    (
+        format!(
+            "Deactivate {name}? It takes no calls and is not health-checked until reactivated; its credentials are kept. {uses}"
+        ),
+        format!(
+            "Delete {name}? This removes {}. {uses}",
+            manage::DELETE_REMOVES
+        ),
+    )
+}
+
 /// Renders a connection's page (`None`: it does not exist in the tenant).
 async fn connection_page(
     core: &Core,
@@ -885,15 +884,7 @@ async fn connection_page(
         .collect();
     let settings: ConnectionSettings =
         serde_json::from_value(view.settings.clone()).unwrap_or_default();
-    let uses = if used_by.is_empty() {
-        "No active orchestration uses it.".to_owned()
-    } else {
-        format!(
-            "{} active orchestration(s) use it and will fail their calls while it is inactive: {}.",
-            used_by.len(),
-            used_by.join(", ")
-        )
-    };
+    let (deactivate_text, delete_text) = confirm_texts(&view.name, &used_by);
     Ok(ConnectionPage {
         chrome: Chrome::new(v, "connections", done),
         status_class: tone(&view.status),
@@ -920,15 +911,8 @@ async fn connection_page(
             .unwrap_or_default(),
         log_level: settings.log_level,
         log_payloads: settings.log_payloads,
-        delete_text: format!(
-            "Delete {}? This removes {}. {uses}",
-            view.name,
-            manage::DELETE_REMOVES
-        ),
-        deactivate_text: format!(
-            "Deactivate {}? It takes no calls and is not health-checked until reactivated; its credentials are kept. {uses}",
-            view.name
-        ),
+        delete_text,
+        deactivate_text,
         used_by,
         health,
         calls,
@@ -1042,12 +1026,6 @@ async fn set_active(core: &Core, v: &Visitor, id: &str, csrf: &str, active: bool
         .into_response(),
         Err(e) => refused_action(core, v, id, e).await,
     }
-}
-
-#[derive(Debug, serde::Deserialize)]
-pub(crate) struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
 }
 
 pub(crate) async fn activate(

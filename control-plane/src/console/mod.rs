@@ -12,6 +12,7 @@
 mod access;
 mod assets;
 mod connect;
+mod form;
 mod pages;
 mod session;
 

@@ -675,15 +675,7 @@ pub(crate) async fn connections(
         .take(PAGE)
         .map(|c| {
             let used_by = crate::connections::manage::users_of(&active, &c.id, &c.name);
-            let uses = if used_by.is_empty() {
-                "No active orchestration uses it.".to_owned()
-            } else {
-                format!(
-                    "{} active orchestration(s) use it and will fail their calls while it is inactive: {}.",
-                    used_by.len(),
-                    used_by.join(", ")
-                )
-            };
+            let (deactivate_text, delete_text) = super::connect::confirm_texts(&c.name, &used_by);
             ConnectionLine {
                 status_class: tone(&c.status),
                 health_class: tone(&c.health),
@@ -692,15 +684,8 @@ pub(crate) async fn connections(
                     ("agent_group", Some(g)) => format!("relay group {g}"),
                     (m, _) => m.to_owned(),
                 },
-                deactivate_text: format!(
-                    "Deactivate {}? It takes no calls and is not health-checked until reactivated; its credentials are kept. {uses}",
-                    c.name
-                ),
-                delete_text: format!(
-                    "Delete {}? This removes {}. {uses}",
-                    c.name,
-                    crate::connections::manage::DELETE_REMOVES
-                ),
+                deactivate_text,
+                delete_text,
                 id: c.id,
                 name: c.name,
                 connector: c.connector_slug,
@@ -863,18 +848,12 @@ pub(crate) async fn add_relay(
     }
 }
 
-#[derive(Debug, Deserialize)]
-pub(crate) struct RevokeForm {
-    #[serde(default)]
-    csrf: String,
-}
-
 /// `POST /relays/agents/{id}/revoke`: cuts an agent off for good.
 pub(crate) async fn revoke_agent(
     State(core): State<Arc<Core>>,
     v: Visitor,
     Path(id): Path<String>,
-    Form(form): Form<RevokeForm>,
+    Form(form): Form<super::form::CsrfForm>,
 ) -> Response {
     if let Some(refused) = refused_admin_form(&v, &form.csrf, "Revoking an agent") {
         return refused;

@@ -426,18 +426,12 @@ pub(crate) async fn sso_callback_page(
     response
 }
 
-#[derive(Debug, Deserialize)]
-pub(crate) struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-}
-
 /// `POST /sign-out`: ends the session (its token stops working everywhere).
 pub(crate) async fn sign_out(
     State(core): State<Arc<Core>>,
     headers: HeaderMap,
     v: Visitor,
-    Form(form): Form<CsrfForm>,
+    Form(form): Form<super::form::CsrfForm>,
 ) -> Response {
     if let Some(refused) = v.forged(&form.csrf) {
         return refused;
