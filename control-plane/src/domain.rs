@@ -175,6 +175,105 @@ impl StepKind {
     }
 }
 
+names! {
+    /// Why a step or an execution failed. A call's classes are the
+    /// protocol's (what the agent or the control plane found calling the
+    /// system); the engine adds its own.
+    ErrorClass, "error class" {
+        /// The target refused the credentials (401/403).
+        AuthFailure = "auth_failure",
+        /// The call or the step did not finish within its deadline.
+        Timeout = "timeout",
+        /// Connection refused, reset, DNS failure and the like.
+        NetworkError = "network_error",
+        /// The TLS handshake with the target failed.
+        TlsError = "tls_error",
+        /// The agent's allow-list forbids the target.
+        PolicyDenied = "policy_denied",
+        /// No agent of the relay group could take the call.
+        AgentUnavailable = "agent_unavailable",
+        /// The target, or the tenant's quota, answered "too many".
+        RateLimited = "rate_limited",
+        /// The target answered with another error status.
+        UpstreamError = "upstream_error",
+        /// The request could not be made (bad URL, parameter or header).
+        InvalidRequest = "invalid_request",
+        /// The response exceeded the size limit.
+        ResponseTooLarge = "response_too_large",
+        /// The connection's circuit breaker is open: the call was not sent.
+        CircuitOpen = "circuit_open",
+        /// The connector's rate limit would have delayed the call past its deadline.
+        Throttled = "throttled",
+        /// An expression failed (jq error, wrong type, runaway evaluation).
+        ExpressionError = "expression_error",
+        /// A record did not satisfy the CDM's rules.
+        ValidationError = "validation_error",
+        /// A `fail` step, or a sub-orchestration that failed.
+        Failed = "failed",
+        /// The execution was cancelled.
+        Cancelled = "cancelled",
+        /// A step that did not run (its branch was not taken, the run ended).
+        Skipped = "skipped",
+        /// Something failed inside DIBOP.
+        Internal = "internal",
+    }
+}
+
+impl ErrorClass {
+    /// The classes a step's retry policy may list as `non_retryable`.
+    pub const RETRY_EXCLUDABLE: &'static [ErrorClass] = &[
+        ErrorClass::AuthFailure,
+        ErrorClass::Timeout,
+        ErrorClass::NetworkError,
+        ErrorClass::TlsError,
+        ErrorClass::PolicyDenied,
+        ErrorClass::AgentUnavailable,
+        ErrorClass::RateLimited,
+        ErrorClass::UpstreamError,
+        ErrorClass::InvalidRequest,
+        ErrorClass::ResponseTooLarge,
+        ErrorClass::CircuitOpen,
+        ErrorClass::Throttled,
+        ErrorClass::ExpressionError,
+        ErrorClass::ValidationError,
+        ErrorClass::Internal,
+    ];
+
+    /// Whether trying the step again could help: not for a deliberate
+    /// failure, a cancellation or an expression (it fails the same way).
+    pub fn may_retry(self) -> bool {
+        !matches!(
+            self,
+            ErrorClass::Failed
+                | ErrorClass::Cancelled
+                | ErrorClass::ExpressionError
+                | ErrorClass::Skipped
+        )
+    }
+}
+
+impl From<dibop_protocol::ErrorClass> for ErrorClass {
+    fn from(c: dibop_protocol::ErrorClass) -> Self {
+        use dibop_protocol::ErrorClass as P;
+        match c {
+            P::AuthFailure => ErrorClass::AuthFailure,
+            P::Timeout => ErrorClass::Timeout,
+            P::NetworkError => ErrorClass::NetworkError,
+            P::TlsError => ErrorClass::TlsError,
+            P::PolicyDenied => ErrorClass::PolicyDenied,
+            P::AgentUnavailable => ErrorClass::AgentUnavailable,
+            P::RateLimited => ErrorClass::RateLimited,
+            P::UpstreamError => ErrorClass::UpstreamError,
+            P::InvalidRequest => ErrorClass::InvalidRequest,
+            P::ResponseTooLarge => ErrorClass::ResponseTooLarge,
+            P::Cancelled => ErrorClass::Cancelled,
+            P::Internal => ErrorClass::Internal,
+            P::CircuitOpen => ErrorClass::CircuitOpen,
+            P::Throttled => ErrorClass::Throttled,
+        }
+    }
+}
+
 /// What is wrong with a name people give a resource (a connection, a
 /// token, a group), if anything.
 pub fn name_problem(name: &str) -> Option<&'static str> {

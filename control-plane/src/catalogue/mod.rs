@@ -7,6 +7,7 @@
 
 pub mod builtin;
 pub mod connector;
+pub mod definition;
 pub mod import;
 pub mod lifecycle;
 pub mod publishing;

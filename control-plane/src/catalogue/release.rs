@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::CatalogueError;
+use super::definition::{AuthType, Definition};
 use super::lifecycle::{self, Bump, Change, CheckItem, Version};
 use super::publishing::{MIN_DEPRECATION_DAYS, freeze, parse_date};
 use crate::Core;
@@ -233,13 +234,15 @@ fn checklist_failed(view: ChecklistView) -> CatalogueError {
 
 /// Applies the test credentials of the first auth scheme to a request.
 fn authenticate(
-    doc: &Value,
+    def: &Definition,
     target: &TestTarget,
     mut req: reqwest::RequestBuilder,
     url: &mut reqwest::Url,
 ) -> Result<reqwest::RequestBuilder, String> {
-    let scheme = &doc["auth"]["schemes"][0];
-    let kind = scheme["type"].as_str().unwrap_or("none");
+    let Some(scheme) = def.auth.schemes.first() else {
+        return Ok(req);
+    };
+    let kind = scheme.kind.as_str();
     let creds = target.credentials.clone().unwrap_or_default();
     let field = |name: &str| -> Result<String, String> {
         creds
@@ -248,23 +251,24 @@ fn authenticate(
             .map(str::to_owned)
             .ok_or_else(|| format!("test_target.credentials.{name} is needed for `{kind}` auth"))
     };
-    match kind {
-        "none" => {}
-        "api_key" => {
+    match scheme.kind {
+        AuthType::None => {}
+        AuthType::ApiKey => {
             let value = format!(
                 "{}{}",
-                scheme["prefix"].as_str().unwrap_or_default(),
+                scheme.prefix.as_deref().unwrap_or_default(),
                 field("api_key")?
             );
-            if let Some(h) = scheme["header"].as_str() {
+            if let Some(h) = &scheme.header {
                 req = req.header(h, value);
-            } else if let Some(q) = scheme["query"].as_str() {
+            } else if let Some(q) = &scheme.query {
                 url.query_pairs_mut().append_pair(q, &value);
             }
         }
-        "basic" => req = req.basic_auth(field("username")?, Some(field("password")?)),
-        "bearer" => req = req.bearer_auth(field("token")?),
-        other => {
+        AuthType::Basic => req = req.basic_auth(field("username")?, Some(field("password")?)),
+        AuthType::Bearer => req = req.bearer_auth(field("token")?),
+        _ => {
+            let other = kind;
             return Err(format!(
                 "operations of a connector whose first auth scheme is `{other}` are tested through a \
                  connection's Test Connection; publish without test_target"
@@ -283,21 +287,18 @@ async fn test_operations(doc: &Value, target: &TestTarget) -> Vec<String> {
             target.base_url
         )];
     }
-    let timeout = Duration::from_millis(
-        doc["resilience"]["timeout_ms"]
-            .as_u64()
-            .unwrap_or(10_000)
-            .min(30_000),
-    );
+    let Ok(def) = Definition::checked(doc) else {
+        return vec!["the operations are tested once the definition is valid".to_owned()];
+    };
+    let timeout = Duration::from_millis(u64::from(def.resilience.timeout_ms.min(30_000)));
     let client = match reqwest::Client::builder().timeout(timeout).build() {
         Ok(c) => c,
         Err(e) => return vec![format!("cannot build an HTTP client: {e}")],
     };
-    let ops = doc["operations"].as_array().cloned().unwrap_or_default();
     let limit = Arc::new(tokio::sync::Semaphore::new(4));
     let mut tasks = tokio::task::JoinSet::new();
-    for (index, op) in ops.into_iter().enumerate() {
-        let id = op["id"].as_str().unwrap_or_default().to_owned();
+    for (index, op) in def.operations.iter().enumerate() {
+        let id = op.id.clone();
         let values = target
             .parameters
             .as_ref()
@@ -305,7 +306,7 @@ async fn test_operations(doc: &Value, target: &TestTarget) -> Vec<String> {
             .and_then(Value::as_object)
             .cloned()
             .unwrap_or_default();
-        let prepared = crate::catalogue::render::prepare(&op, &target.base_url, &values);
+        let prepared = crate::catalogue::render::prepare(op, &target.base_url, &values);
         let request = prepared.map_err(|p| p.join("; ")).and_then(|prep| {
             let mut url = prep.url.clone();
             let method =
@@ -317,7 +318,7 @@ async fn test_operations(doc: &Value, target: &TestTarget) -> Vec<String> {
             if let Some(body) = &prep.body {
                 req = req.json(body);
             }
-            req = authenticate(doc, target, req, &mut url)?;
+            req = authenticate(&def, target, req, &mut url)?;
             // The query may have gained an API key: rebuild with the final URL.
             let mut built = req.build().map_err(|e| e.without_url().to_string())?;
             *built.url_mut() = url;
@@ -325,7 +326,7 @@ async fn test_operations(doc: &Value, target: &TestTarget) -> Vec<String> {
         });
         let client = client.clone();
         let limit = limit.clone();
-        let schema = op.get("response_schema").cloned();
+        let schema = op.response_schema.clone();
         tasks.spawn(async move {
             let _permit = limit.acquire().await;
             let problem = match request {

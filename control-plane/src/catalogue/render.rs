@@ -5,6 +5,8 @@
 
 use serde_json::{Map, Value};
 
+use super::definition::{Operation, ParamIn, ParamType};
+
 /// A request ready to send (credentials are added by the caller).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prepared {
@@ -28,68 +30,67 @@ fn text_of(v: &Value) -> Option<String> {
     }
 }
 
-fn type_matches(kind: &str, v: &Value) -> bool {
+fn type_matches(kind: ParamType, v: &Value) -> bool {
     match kind {
-        "string" => v.is_string(),
-        "integer" => {
+        ParamType::String => v.is_string(),
+        ParamType::Integer => {
             v.is_i64() || v.is_u64() || v.as_str().is_some_and(|s| s.parse::<i64>().is_ok())
         }
-        "number" => v.is_number() || v.as_str().is_some_and(|s| s.parse::<f64>().is_ok()),
-        "boolean" => v.is_boolean() || matches!(v.as_str(), Some("true" | "false")),
-        "array" => v.is_array(),
-        "object" => v.is_object(),
-        _ => true,
+        ParamType::Number => v.is_number() || v.as_str().is_some_and(|s| s.parse::<f64>().is_ok()),
+        ParamType::Boolean => v.is_boolean() || matches!(v.as_str(), Some("true" | "false")),
+        ParamType::Array => v.is_array(),
+        ParamType::Object => v.is_object(),
     }
 }
 
-/// Builds the request of operation `op` (an element of a definition's
-/// `operations`) against `base_url` with `values` by parameter name.
-/// Unknown parameter names are errors, so typos do not silently vanish.
+/// Builds the request of operation `op` against `base_url` with `values`
+/// by parameter name. Unknown parameter names are errors, so typos do not
+/// silently vanish.
 pub fn prepare(
-    op: &Value,
+    op: &Operation,
     base_url: &str,
     values: &Map<String, Value>,
 ) -> Result<Prepared, Vec<String>> {
     let mut problems = Vec::new();
-    let params: Vec<&Value> = op["parameters"]
-        .as_array()
-        .map(|a| a.iter().collect())
-        .unwrap_or_default();
     for name in values.keys() {
-        if !params.iter().any(|p| p["name"] == **name) {
+        if !op.parameters.iter().any(|p| p.name == *name) {
             problems.push(format!("`{name}` is not a parameter of this operation"));
         }
     }
-    let mut path = op["path"].as_str().unwrap_or("/").to_owned();
+    let mut path = op.path.clone();
     let mut query = Vec::new();
     let mut headers = Vec::new();
     let mut body = None;
-    for p in params {
-        let name = p["name"].as_str().unwrap_or_default();
-        let place = p["in"].as_str().unwrap_or("query");
-        let required = place == "path" || p["required"] == Value::Bool(true);
+    for p in &op.parameters {
+        let name = p.name.as_str();
+        let place = p.place.as_str();
         let Some(value) = values
             .get(name)
-            .or_else(|| p.get("default"))
+            .or(p.default.as_ref())
             .filter(|v| !v.is_null())
         else {
-            if required {
+            if p.is_required() {
                 problems.push(format!("parameter `{name}` ({place}) is required"));
             }
             continue;
         };
-        if let Some(kind) = p["type"].as_str()
+        if let Some(kind) = p.kind
             && !type_matches(kind, value)
         {
-            problems.push(format!("parameter `{name}` must be of type {kind}"));
+            problems.push(format!(
+                "parameter `{name}` must be of type {}",
+                kind.as_str()
+            ));
             continue;
         }
-        if place == "body" {
+        if p.place == ParamIn::Body {
             body = Some(value.clone());
             continue;
         }
         let texts: Vec<String> = match value {
-            Value::Array(items) if place == "query" => items.iter().filter_map(text_of).collect(),
+            Value::Array(items) if p.place == ParamIn::Query => {
+                items.iter().filter_map(text_of).collect()
+            }
             v => match text_of(v) {
                 Some(t) => vec![t],
                 None => {
@@ -100,8 +101,8 @@ pub fn prepare(
                 }
             },
         };
-        match place {
-            "path" => {
+        match p.place {
+            ParamIn::Path => {
                 let encoded: String = texts[0]
                     .bytes()
                     .map(|b| {
@@ -114,8 +115,10 @@ pub fn prepare(
                     .collect();
                 path = path.replace(&format!("{{{name}}}"), &encoded);
             }
-            "header" => headers.push((name.to_owned(), texts[0].clone())),
-            _ => query.extend(texts.into_iter().map(|t| (name.to_owned(), t))),
+            ParamIn::Header => headers.push((name.to_owned(), texts[0].clone())),
+            ParamIn::Query | ParamIn::Body => {
+                query.extend(texts.into_iter().map(|t| (name.to_owned(), t)))
+            }
         }
     }
     if !problems.is_empty() {
@@ -128,7 +131,7 @@ pub fn prepare(
         url.query_pairs_mut().extend_pairs(query);
     }
     Ok(Prepared {
-        method: op["method"].as_str().unwrap_or("GET").to_owned(),
+        method: op.method.as_str().to_owned(),
         url,
         headers,
         body,
@@ -140,14 +143,16 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn op() -> Value {
-        json!({"id": "getVehicle", "method": "GET", "path": "/v/{vin}/jobs",
+    fn op() -> Operation {
+        serde_json::from_value(json!({"id": "getVehicle", "name": "Get vehicle",
+        "method": "GET", "path": "/v/{vin}/jobs",
         "parameters": [
             {"name": "vin", "in": "path", "type": "string"},
             {"name": "status", "in": "query", "type": "string", "default": "open"},
             {"name": "page", "in": "query", "type": "integer"},
             {"name": "X-Branch", "in": "header", "required": true}
-        ]})
+        ]}))
+        .unwrap()
     }
 
     #[test]

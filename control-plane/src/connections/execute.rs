@@ -23,6 +23,7 @@ use serde_json::{Map, Value, json};
 
 use super::ConnectionError;
 use crate::Core;
+use crate::catalogue::definition::{AuthScheme, AuthType, ClientAuthStyle, Definition, Operation};
 use crate::store::{ApiCallRow, CallPayloadRow, ConnectionRow, HealthRow, now_unix};
 use crate::vault::Secret;
 
@@ -104,7 +105,7 @@ pub struct Resolved {
     /// The connection (for unsaved tests, a row that is not stored).
     pub row: ConnectionRow,
     /// The connector version's definition.
-    pub definition: Value,
+    pub definition: Definition,
     /// Credential fields, opened.
     pub credentials: HashMap<String, Secret>,
     /// Proxy credentials, opened.
@@ -117,11 +118,9 @@ impl Resolved {
         serde_json::from_str(&self.row.settings).unwrap_or_default()
     }
 
-    /// The auth scheme in use.
-    pub fn scheme(&self) -> Value {
-        scheme_of(&self.definition, &self.row.auth_type)
-            .cloned()
-            .unwrap_or(Value::Null)
+    /// The auth scheme in use (none when the connector no longer offers it).
+    pub fn scheme(&self) -> Option<&AuthScheme> {
+        self.definition.scheme(&self.row.auth_type)
     }
 
     /// The base URL calls go to.
@@ -129,7 +128,7 @@ impl Resolved {
         self.row
             .base_url
             .clone()
-            .or_else(|| self.definition["base_url"].as_str().map(str::to_owned))
+            .or_else(|| self.definition.base_url.clone())
             .unwrap_or_default()
     }
 
@@ -140,20 +139,26 @@ impl Resolved {
             .unwrap_or_default()
     }
 
-    /// The operation with this id.
     /// The header the target reads idempotency keys from, if the connector
     /// declares one (`resilience.idempotency_header`).
     pub fn idempotency_header(&self) -> Option<&str> {
-        self.definition["resilience"]["idempotency_header"]
-            .as_str()
+        self.definition
+            .resilience
+            .idempotency_header
+            .as_deref()
             .filter(|h| !h.is_empty())
     }
 
-    pub fn operation(&self, id: &str) -> Option<&Value> {
-        self.definition["operations"]
-            .as_array()?
-            .iter()
-            .find(|o| o["id"] == id)
+    /// The operation with this id.
+    pub fn operation(&self, id: &str) -> Option<&Operation> {
+        self.definition.operation(id)
+    }
+
+    /// Each try's deadline: the connection's setting, else the connector's.
+    pub fn timeout_ms(&self) -> u32 {
+        self.settings()
+            .timeout_ms
+            .unwrap_or(self.definition.resilience.timeout_ms)
     }
 }
 
@@ -173,17 +178,6 @@ fn absolute(url: &str, base: &str) -> String {
     }
 }
 
-fn scopes(scheme: &Value) -> Vec<String> {
-    match &scheme["scopes"] {
-        Value::Array(a) => a
-            .iter()
-            .filter_map(|s| s.as_str().map(str::to_owned))
-            .collect(),
-        Value::String(s) => s.split_whitespace().map(str::to_owned).collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// Where OpenID Connect discovery documents' token endpoints are kept.
 pub type DiscoveryCache = crate::support::cache::TtlCache<String>;
 
@@ -194,7 +188,12 @@ pub fn discovery_cache() -> DiscoveryCache {
 
 /// The call's auth, TLS and proxy from the connection's credentials.
 async fn auth_of(core: &Core, c: &Resolved) -> Result<(CallAuth, TlsOptions), Unprepared> {
-    let scheme = c.scheme();
+    let Some(scheme) = c.scheme() else {
+        return Err(Unprepared::Invalid(vec![format!(
+            "the connector no longer offers `{}` auth: choose another scheme for the connection",
+            c.row.auth_type
+        )]));
+    };
     let base = c.base_url();
     let settings = c.settings();
     let mut tls = TlsOptions {
@@ -202,44 +201,47 @@ async fn auth_of(core: &Core, c: &Resolved) -> Result<(CallAuth, TlsOptions), Un
         accept_invalid_certs: !settings.tls.reject_unauthorized,
         ..TlsOptions::default()
     };
-    let client_auth = match scheme["client_auth"].as_str() {
-        Some("client_secret_post") => ClientAuth::Post,
-        _ => ClientAuth::Basic,
+    let client_auth = match scheme.client_auth {
+        ClientAuthStyle::ClientSecretPost => ClientAuth::Post,
+        ClientAuthStyle::ClientSecretBasic => ClientAuth::Basic,
     };
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
     let oauth = |grant| OAuth2 {
         grant,
-        token_url: absolute(scheme["token_url"].as_str().unwrap_or_default(), &base),
+        token_url: absolute(&text(&scheme.token_url), &base),
         client_id: c.credential("client_id"),
         client_secret: c.credential("client_secret"),
-        scopes: scopes(&scheme),
+        scopes: scheme.scopes.to_vec(),
         client_auth,
         username: c.credential("username"),
         password: c.credential("password"),
         refresh_token: c.credential("refresh_token"),
     };
-    let auth = match c.row.auth_type.as_str() {
-        "none" => CallAuth::None,
-        "api_key" => CallAuth::ApiKey {
-            placement: match (scheme["header"].as_str(), scheme["query"].as_str()) {
-                (Some(h), _) => KeyPlacement::Header(h.to_owned()),
-                (None, Some(q)) => KeyPlacement::Query(q.to_owned()),
+    let auth = match scheme.kind {
+        AuthType::None => CallAuth::None,
+        AuthType::ApiKey => CallAuth::ApiKey {
+            placement: match (&scheme.header, &scheme.query) {
+                (Some(h), _) => KeyPlacement::Header(h.clone()),
+                (None, Some(q)) => KeyPlacement::Query(q.clone()),
                 (None, None) => KeyPlacement::Header("X-API-Key".into()),
             },
-            prefix: scheme["prefix"].as_str().unwrap_or_default().to_owned(),
+            prefix: text(&scheme.prefix),
             key: c.credential("api_key"),
         },
-        "basic" => CallAuth::Basic {
+        AuthType::Basic => CallAuth::Basic {
             username: c.credential("username"),
             password: c.credential("password"),
         },
-        "bearer" => CallAuth::Bearer {
+        AuthType::Bearer => CallAuth::Bearer {
             token: c.credential("token"),
         },
-        "oauth2_client_credentials" => CallAuth::OAuth2(oauth(OAuth2Grant::ClientCredentials)),
-        "oauth2_password" => CallAuth::OAuth2(oauth(OAuth2Grant::Password)),
-        "oauth2_authorization_code" => CallAuth::OAuth2(oauth(OAuth2Grant::RefreshToken)),
-        "openid_connect" => {
-            let discovery = absolute(scheme["discovery_url"].as_str().unwrap_or_default(), &base);
+        AuthType::Oauth2ClientCredentials => {
+            CallAuth::OAuth2(oauth(OAuth2Grant::ClientCredentials))
+        }
+        AuthType::Oauth2Password => CallAuth::OAuth2(oauth(OAuth2Grant::Password)),
+        AuthType::Oauth2AuthorizationCode => CallAuth::OAuth2(oauth(OAuth2Grant::RefreshToken)),
+        AuthType::OpenidConnect => {
+            let discovery = absolute(&text(&scheme.discovery_url), &base);
             let token_url = match core.discovery.get(&discovery) {
                 Some(t) => t,
                 None => {
@@ -257,52 +259,44 @@ async fn auth_of(core: &Core, c: &Resolved) -> Result<(CallAuth, TlsOptions), Un
             }
             CallAuth::OAuth2(o)
         }
-        "dynamic_api_key" => {
-            let header = scheme["header"]
-                .as_str()
-                .unwrap_or("Authorization")
-                .to_owned();
-            let prefix = scheme["prefix"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| {
-                    if header.eq_ignore_ascii_case("authorization") {
-                        "Bearer ".into()
-                    } else {
-                        String::new()
-                    }
-                });
+        AuthType::DynamicApiKey => {
+            let header = scheme
+                .header
+                .clone()
+                .unwrap_or_else(|| "Authorization".into());
+            let prefix = scheme.prefix.clone().unwrap_or_else(|| {
+                if header.eq_ignore_ascii_case("authorization") {
+                    "Bearer ".into()
+                } else {
+                    String::new()
+                }
+            });
             let body: Map<String, Value> = c
                 .credentials
                 .iter()
                 .map(|(k, v)| (k.clone(), Value::String(v.expose().to_owned())))
                 .collect();
             CallAuth::DynamicApiKey(DynamicApiKey {
-                method: scheme["method"].as_str().unwrap_or("POST").to_owned(),
-                url: absolute(scheme["url"].as_str().unwrap_or_default(), &base),
+                method: scheme.method.clone().unwrap_or_else(|| "POST".into()),
+                url: absolute(&text(&scheme.url), &base),
                 body: Value::Object(body).to_string(),
-                pointer: scheme["pointer"].as_str().unwrap_or("/token").to_owned(),
+                pointer: scheme.pointer.clone().unwrap_or_else(|| "/token".into()),
                 header,
                 prefix,
                 ttl_secs: 600,
             })
         }
-        "aws_sigv4" => CallAuth::AwsSigV4(dibop_protocol::AwsSigV4 {
+        AuthType::AwsSigv4 => CallAuth::AwsSigV4(dibop_protocol::AwsSigV4 {
             access_key_id: c.credential("access_key_id"),
             secret_access_key: c.credential("secret_access_key"),
             session_token: c.credential("session_token"),
-            region: scheme["region"].as_str().unwrap_or_default().to_owned(),
-            service: scheme["service"].as_str().unwrap_or_default().to_owned(),
+            region: text(&scheme.region),
+            service: text(&scheme.service),
         }),
-        "mutual_tls" => {
+        AuthType::MutualTls => {
             tls.client_cert_pem = c.credential("client_certificate");
             tls.client_key_pem = c.credential("client_key");
             CallAuth::None
-        }
-        other => {
-            return Err(Unprepared::Invalid(vec![format!(
-                "`{other}` connections cannot make calls in this release"
-            )]));
         }
     };
     Ok((auth, tls))
@@ -331,13 +325,13 @@ impl Unprepared {
     }
 
     /// The error class a step or a page fetch fails with.
-    pub fn class(&self) -> &'static str {
+    pub fn class(&self) -> crate::domain::ErrorClass {
         match self {
-            Unprepared::Invalid(_) => "invalid_request",
+            Unprepared::Invalid(_) => crate::domain::ErrorClass::InvalidRequest,
             Unprepared::Failed(r) => r
                 .error
                 .as_ref()
-                .map_or("upstream_error", |e| e.class.as_str()),
+                .map_or(crate::domain::ErrorClass::UpstreamError, |e| e.class.into()),
         }
     }
 }
@@ -457,7 +451,7 @@ async fn send(core: &Core, c: &Resolved, request: InvokeRequest) -> (InvokeResul
 async fn guarded_send(core: &Core, c: &Resolved, request: InvokeRequest) -> (InvokeResult, String) {
     use crate::connections::guard::{Refused, is_system_failure, policies};
     let (breaker, rate) = policies(&c.definition);
-    let system = c.definition["name"].as_str().unwrap_or("the system");
+    let system = c.definition.name.as_str();
     let refused = |class, message: String| {
         let mut result = CallResult::failure(&request.call, "", class, message);
         result.attempts = 0;
@@ -532,17 +526,14 @@ pub fn scheme_of<'a>(definition: &'a Value, auth_type: &str) -> Option<&'a Value
 pub async fn prepare(
     core: &Core,
     c: &Resolved,
-    operation: &Value,
+    operation: &Operation,
     parameters: &Map<String, Value>,
 ) -> Result<InvokeRequest, Unprepared> {
     let prepared = crate::catalogue::render::prepare(operation, &c.base_url(), parameters)?;
     let settings = c.settings();
-    let resilience = &c.definition["resilience"];
-    let timeout_ms = settings
-        .timeout_ms
-        .or_else(|| resilience["timeout_ms"].as_u64().map(|t| t as u32))
-        .unwrap_or(30_000);
-    let connector_attempts = resilience["retries"]["max_attempts"].as_u64().unwrap_or(1) as u32;
+    let retries = c.definition.resilience.retries;
+    let timeout_ms = c.timeout_ms();
+    let connector_attempts = retries.max_attempts;
     let max_attempts = if settings.retry_on_failure {
         settings
             .max_retries
@@ -587,13 +578,9 @@ pub async fn prepare(
         proxy: proxy_of(c),
         retry: RetryPolicy {
             max_attempts,
-            initial_backoff_ms: resilience["retries"]["initial_backoff_ms"]
-                .as_u64()
-                .unwrap_or(200) as u32,
-            max_backoff_ms: resilience["retries"]["max_backoff_ms"]
-                .as_u64()
-                .unwrap_or(5_000) as u32,
-            safe_to_retry: keyed || operation["safe_to_retry"].as_bool().unwrap_or(false),
+            initial_backoff_ms: retries.initial_backoff_ms,
+            max_backoff_ms: retries.max_backoff_ms,
+            safe_to_retry: keyed || operation.safe_to_retry,
         },
     })
 }
@@ -802,10 +789,7 @@ pub struct TestOutcome {
 
 /// Runs the health-check operation and classifies the outcome.
 pub async fn test(core: &Core, c: &Resolved, actor: &str, saved: bool) -> TestOutcome {
-    let op_id = c.definition["health_check"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let op_id = c.definition.health_check.clone().unwrap_or_default();
     let Some(op) = c.operation(&op_id).cloned() else {
         return TestOutcome {
             outcome: "network_error",
@@ -984,7 +968,18 @@ pub async fn resolve_definition(
             what: "connector version",
             id: row.connector_version.clone(),
         })?;
-    let definition: Value = serde_json::from_str(&version.definition).unwrap_or(Value::Null);
+    let definition = Definition::stored(&version.definition).map_err(|problems| {
+        ConnectionError::Internal(format!(
+            "connector {} version {} does not read: {}",
+            row.connector_id,
+            row.connector_version,
+            problems
+                .iter()
+                .map(|p| format!("{}: {}", p.path, p.problem))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
+    })?;
     Ok(Resolved {
         row,
         definition,
@@ -1078,15 +1073,7 @@ pub async fn check_health(core: &Core, row: ConnectionRow) -> Option<HealthRow> 
             return Some(h);
         }
     };
-    let timeout = resolved
-        .settings()
-        .timeout_ms
-        .or_else(|| {
-            resolved.definition["resilience"]["timeout_ms"]
-                .as_u64()
-                .map(|t| t as u32)
-        })
-        .unwrap_or(30_000);
+    let timeout = resolved.timeout_ms();
     let t = test(core, &resolved, "system:health", true).await;
     let h = HealthRow {
         connection_id: id,

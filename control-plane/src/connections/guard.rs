@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use dibop_protocol::{CallResult, ErrorClass};
 use serde::Serialize;
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{Backend, Store};
@@ -63,22 +62,23 @@ impl RatePolicy {
 }
 
 /// The breaker and rate limit a connector definition declares.
-pub fn policies(definition: &Value) -> (Option<BreakerPolicy>, Option<RatePolicy>) {
-    let r = &definition["resilience"];
-    let breaker = r["circuit_breaker"]["failure_threshold"]
-        .as_u64()
-        .filter(|n| *n > 0)
-        .map(|n| BreakerPolicy {
-            threshold: n.min(u64::from(u32::MAX)) as u32,
-            open_for_ms: r["circuit_breaker"]["open_for_ms"]
-                .as_i64()
-                .unwrap_or(60_000)
-                .max(1),
+pub fn policies(
+    definition: &crate::catalogue::definition::Definition,
+) -> (Option<BreakerPolicy>, Option<RatePolicy>) {
+    let r = &definition.resilience;
+    let breaker = r
+        .circuit_breaker
+        .filter(|b| b.failure_threshold > 0)
+        .map(|b| BreakerPolicy {
+            threshold: b.failure_threshold,
+            open_for_ms: i64::try_from(b.open_for_ms).unwrap_or(i64::MAX).max(1),
         });
-    let rate = r["rate_limit"]["requests_per_second"]
-        .as_f64()
-        .filter(|n| *n > 0.0)
-        .map(|per_second| RatePolicy { per_second });
+    let rate = r
+        .rate_limit
+        .filter(|l| l.requests_per_second > 0)
+        .map(|l| RatePolicy {
+            per_second: f64::from(l.requests_per_second),
+        });
     (breaker, rate)
 }
 

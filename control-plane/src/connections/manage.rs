@@ -19,6 +19,7 @@ use serde_json::{Map, Value, json};
 use super::ConnectionError;
 use super::execute::{self, ConnectionSettings, Resolved, TestOutcome};
 use crate::Core;
+use crate::catalogue::definition::{AuthScheme, CredentialField, Definition};
 use crate::identity::Principal;
 use crate::identity::audit::record_by;
 use crate::store::{ConnectionRow, StoreError, now_unix};
@@ -162,28 +163,11 @@ pub struct ConnectionView {
 
 /// (name, secret, required) of every credential field of a scheme.
 pub fn fields_of(scheme: &Value) -> Vec<(String, bool, bool)> {
-    if let Some(fields) = scheme["fields"].as_array() {
-        return fields
-            .iter()
-            .filter_map(|f| {
-                let name = f["name"].as_str()?.to_owned();
-                let secret = f["secret"].as_bool().unwrap_or(false);
-                Some((name, secret, f["required"].as_bool().unwrap_or(true)))
-            })
-            .collect();
-    }
-    let kind = scheme["type"].as_str().unwrap_or_default();
-    crate::catalogue::connector::AUTH_TYPES
-        .iter()
-        .find(|(t, _)| *t == kind)
-        .map(|(_, fields)| {
-            fields
-                .iter()
-                .map(|(name, secret)| {
-                    let optional = matches!(*name, "session_token")
-                        || (kind == "openid_connect" && *name == "client_secret");
-                    ((*name).to_owned(), *secret, !optional)
-                })
+    AuthScheme::deserialize(scheme)
+        .map(|s| {
+            s.credential_fields()
+                .into_iter()
+                .map(|f| (f.name, f.secret, f.required))
                 .collect()
         })
         .unwrap_or_default()
@@ -191,18 +175,22 @@ pub fn fields_of(scheme: &Value) -> Vec<(String, bool, bool)> {
 
 /// Checks credentials against a scheme's fields; every problem at once.
 fn check_credentials(
-    scheme: &Value,
+    scheme: &AuthScheme,
     given: &Map<String, Value>,
     problems: &mut Vec<Value>,
 ) -> Vec<(String, String)> {
-    let fields = fields_of(scheme);
+    let fields: Vec<(String, bool, bool)> = scheme
+        .credential_fields()
+        .into_iter()
+        .map(|f| (f.name, f.secret, f.required))
+        .collect();
     let mut out = Vec::new();
     for (name, value) in given {
         if !fields.iter().any(|(f, _, _)| f == name) {
             problems.push(
                 json!({"field": format!("credentials.{name}"), "problem": format!(
                     "not a field of `{}` auth (fields: {})",
-                    scheme["type"].as_str().unwrap_or_default(),
+                    scheme.kind.as_str(),
                     fields.iter().map(|(f, _, _)| f.as_str()).collect::<Vec<_>>().join(", ")
                 )}),
             );
@@ -372,7 +360,7 @@ async fn sealed_credentials(
 /// A connection checked and ready to store or test (nothing stored yet).
 struct Checked {
     pub row: ConnectionRow,
-    pub definition: Value,
+    pub definition: Definition,
     pub credentials: Vec<(String, String)>,
     pub proxy: Option<ProxyInput>,
     pub warning: Option<String>,
@@ -412,27 +400,21 @@ async fn check_request(
             entry.slug
         )));
     };
-    let definition: Value = serde_json::from_str(&v.definition).unwrap_or(Value::Null);
-    let schemes = definition["auth"]["schemes"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let definition = Definition::stored(&v.definition).map_err(|_| {
+        ConnectionError::Internal(format!(
+            "connector {} version {version} does not read",
+            entry.slug
+        ))
+    })?;
+    let schemes = &definition.auth.schemes;
     let mut problems = Vec::new();
     let auth_type = req
         .auth_type
         .clone()
-        .or_else(|| {
-            schemes
-                .first()
-                .and_then(|s| s["type"].as_str())
-                .map(str::to_owned)
-        })
+        .or_else(|| schemes.first().map(|s| s.kind.as_str().to_owned()))
         .unwrap_or_else(|| "none".into());
-    let scheme = schemes
-        .iter()
-        .find(|s| s["type"] == auth_type.as_str())
-        .cloned();
-    let credentials = match &scheme {
+    let scheme = definition.scheme(&auth_type);
+    let credentials = match scheme {
         Some(s) => check_credentials(
             s,
             &req.credentials.clone().unwrap_or_default(),
@@ -442,7 +424,7 @@ async fn check_request(
             problems.push(json!({"field": "auth_type", "problem": format!(
                 "`{auth_type}` is not an auth scheme of {} (it has {})",
                 entry.slug,
-                schemes.iter().filter_map(|s| s["type"].as_str()).collect::<Vec<_>>().join(", ")
+                schemes.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>().join(", ")
             )}));
             Vec::new()
         }
@@ -525,16 +507,17 @@ pub async fn view(
         .store
         .version(&c.connector_id, &c.connector_version)
         .await?;
-    let definition: Value = version
+    let definition = version
         .as_ref()
-        .and_then(|v| serde_json::from_str(&v.definition).ok())
-        .unwrap_or(Value::Null);
-    let scheme = execute::scheme_of(&definition, &c.auth_type)
-        .cloned()
-        .unwrap_or(Value::Null);
+        .and_then(|v| Definition::stored(&v.definition).ok());
+    let fields = definition
+        .as_ref()
+        .and_then(|d| d.scheme(&c.auth_type))
+        .map(AuthScheme::credential_fields)
+        .unwrap_or_default();
     let stored: HashMap<String, String> = core.store.secrets(&c.id).await?.into_iter().collect();
     let mut credentials = HashMap::new();
-    for (name, secret, _) in fields_of(&scheme) {
+    for CredentialField { name, secret, .. } in fields {
         let sealed = stored.get(&format!("cred.{name}"));
         let value = match (secret, sealed) {
             (false, Some(s)) => core
@@ -555,13 +538,16 @@ pub async fn view(
         );
     }
     Ok(ConnectionView {
-        circuit_breaker: core
-            .guards
-            .view(&c.id, crate::connections::guard::policies(&definition).0),
+        circuit_breaker: core.guards.view(
+            &c.id,
+            definition
+                .as_ref()
+                .and_then(|d| crate::connections::guard::policies(d).0),
+        ),
         effective_base_url: c
             .base_url
             .clone()
-            .or_else(|| definition["base_url"].as_str().map(str::to_owned))
+            .or_else(|| definition.as_ref().and_then(|d| d.base_url.clone()))
             .unwrap_or_default(),
         settings: serde_json::from_str(&c.settings).unwrap_or(Value::Null),
         id: c.id,
@@ -626,18 +612,6 @@ pub async fn authorize(
 }
 
 /// The roles a connection has: `admin` and one per HTTP verb of its operations.
-fn roles_of(definition: &Value) -> Vec<String> {
-    let mut roles = vec!["admin".to_owned()];
-    for op in definition["operations"].as_array().into_iter().flatten() {
-        if let Some(m) = op["method"].as_str()
-            && !roles.iter().any(|r| r == m)
-        {
-            roles.push(m.to_owned());
-        }
-    }
-    roles
-}
-
 /// Refuses all but enterprise admins.
 fn require_admin(p: &Principal) -> Result<(), ConnectionError> {
     if p.role.is_admin() {
@@ -849,18 +823,18 @@ pub struct MoveView {
 async fn move_problems(
     core: &Core,
     c: &ConnectionRow,
-    target: &Value,
+    target: &Definition,
     version: &str,
     credentials: Option<&Map<String, Value>>,
 ) -> Result<Vec<String>, ConnectionError> {
     let mut problems = Vec::new();
-    let schemes: Vec<&str> = target["auth"]["schemes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s["type"].as_str())
+    let schemes: Vec<&str> = target
+        .auth
+        .schemes
+        .iter()
+        .map(|s| s.kind.as_str())
         .collect();
-    match execute::scheme_of(target, &c.auth_type) {
+    match target.scheme(&c.auth_type) {
         None => problems.push(format!(
             "the connection authenticates with `{}`, which {version} no longer offers (it offers: {})",
             c.auth_type,
@@ -874,7 +848,7 @@ async fn move_problems(
                 .into_iter()
                 .filter_map(|(f, _)| f.strip_prefix("cred.").map(str::to_owned))
                 .collect();
-            for (name, _, required) in fields_of(scheme) {
+            for CredentialField { name, required, .. } in scheme.credential_fields() {
                 if required && !stored.contains(&name) {
                     problems.push(format!(
                         "{version} needs the credential `{name}`, which the connection has not stored: \
@@ -896,11 +870,6 @@ async fn move_problems(
         }
     }
     // The steps of this tenant's orchestrations that use the connection.
-    let operations: Vec<&Value> = target["operations"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .collect();
     for (o, d) in core
         .store
         .orchestrations_with_definitions(&c.tenant_id, None, 10_000)
@@ -916,7 +885,7 @@ async fn move_problems(
         });
         for (path, step) in steps {
             let op_id = step["operation"].as_str().unwrap_or_default();
-            let Some(op) = operations.iter().find(|op| op["id"] == op_id) else {
+            let Some(op) = target.operation(op_id) else {
                 problems.push(format!(
                     "orchestration `{}` ({path}) uses operation `{op_id}`, which {version} removes",
                     o.name
@@ -924,19 +893,16 @@ async fn move_problems(
                 continue;
             };
             let kind = step["type"].as_str().unwrap_or_default();
-            if kind.starts_with("map_") && target["mappings"].get(op_id).is_none() {
+            if kind.starts_with("map_") && !target.mappings.contains_key(op_id) {
                 problems.push(format!(
                     "orchestration `{}` ({path}) maps `{op_id}` onto the CDM, and {version} has no mapping for it",
                     o.name
                 ));
             }
             if kind == "call" {
-                for p in op["parameters"].as_array().into_iter().flatten() {
-                    let name = p["name"].as_str().unwrap_or_default();
-                    if p["required"] == true
-                        && p.get("default").is_none()
-                        && step["parameters"].get(name).is_none()
-                    {
+                for p in &op.parameters {
+                    let name = p.name.as_str();
+                    if p.required && p.default.is_none() && step["parameters"].get(name).is_none() {
                         problems.push(format!(
                             "orchestration `{}` ({path}) calls `{op_id}` without `{name}`, which {version} requires",
                             o.name
@@ -985,8 +951,10 @@ pub async fn move_version(
         .and_then(|v| serde_json::from_str(&v.definition).ok())
         .unwrap_or_default();
     let new: Value = serde_json::from_str(&target.definition).unwrap_or_default();
+    let new_definition = Definition::read(&new)
+        .map_err(|_| ConnectionError::Internal(format!("connector version {to} does not read")))?;
     let changes = crate::catalogue::lifecycle::diff(&old, &new);
-    let problems = move_problems(core, &c, &new, &to, req.credentials.as_ref()).await?;
+    let problems = move_problems(core, &c, &new_definition, &to, req.credentials.as_ref()).await?;
     let mut answer = MoveView {
         from: c.connector_version.clone(),
         to: to.clone(),
@@ -1009,10 +977,13 @@ pub async fn move_version(
         .with_details(json!({"problems": answer.problems, "changes": answer.changes})));
     }
     let sealed = if let Some(given) = &req.credentials {
-        let scheme = execute::scheme_of(&new, &c.auth_type)
-            .cloned()
-            .unwrap_or_default();
-        let creds = check_credentials(&scheme, given, &mut Vec::new());
+        let Some(scheme) = new_definition.scheme(&c.auth_type) else {
+            return Err(ConnectionError::invalid(format!(
+                "{to} does not offer `{}` auth",
+                c.auth_type
+            )));
+        };
+        let creds = check_credentials(scheme, given, &mut Vec::new());
         Some(sealed_credentials(core, &p.tenant_id, id, &creds).await?)
     } else {
         None
@@ -1119,7 +1090,16 @@ pub async fn rotate_credentials(
     // that no longer decrypt.
     let resolved = execute::resolve_definition(core, c.clone()).await?;
     let mut problems = Vec::new();
-    let creds = check_credentials(&resolved.scheme(), given, &mut problems);
+    let creds = match resolved.scheme() {
+        Some(scheme) => check_credentials(scheme, given, &mut problems),
+        None => {
+            problems.push(json!({"field": "credentials", "problem": format!(
+                "the connector no longer offers `{}` auth: move the connection to a version that does",
+                c.auth_type
+            )}));
+            Vec::new()
+        }
+    };
     agent_secret_problems(&creds, &c.execution_mode, &mut problems);
     if !problems.is_empty() {
         return Err(
@@ -1190,10 +1170,9 @@ pub async fn test_unsaved(
 /// The HTTP verb of the connector's health-check operation (the role a
 /// test needs).
 fn health_method(c: &Resolved) -> String {
-    let id = c.definition["health_check"].as_str().unwrap_or_default();
+    let id = c.definition.health_check.as_deref().unwrap_or_default();
     c.operation(id)
-        .and_then(|o| o["method"].as_str())
-        .unwrap_or("GET")
+        .map_or("GET", |o| o.method.as_str())
         .to_owned()
 }
 
@@ -1229,7 +1208,7 @@ pub async fn grants(core: &Core, p: &Principal, id: &str) -> Result<GrantsView, 
     let resolved = execute::resolve(core, c).await?;
     let grants = core.store.grants(id).await?;
     Ok(GrantsView {
-        roles: roles_of(&resolved.definition),
+        roles: resolved.definition.grant_roles(),
         grants: grants
             .into_iter()
             .map(|(subject, role)| Grant { subject, role })
@@ -1247,7 +1226,7 @@ pub async fn set_grants(
     let c = own(core, p, id).await?;
     authorize(core, p, &c, "admin").await?;
     let resolved = execute::resolve(core, c).await?;
-    let roles = roles_of(&resolved.definition);
+    let roles = resolved.definition.grant_roles();
     let mut problems = Vec::new();
     let mut grants: Vec<(String, String)> = Vec::new();
     for (i, g) in req.grants.iter().enumerate() {

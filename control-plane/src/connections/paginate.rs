@@ -10,6 +10,7 @@ use dibop_protocol::{InvokeResult, ResponseBody};
 use serde_json::{Map, Value, json};
 
 use crate::Core;
+use crate::catalogue::definition::{Operation, PaginationStyle};
 use crate::connections::execute::{self, Resolved};
 
 fn body_of(out: &InvokeResult) -> Value {
@@ -51,23 +52,20 @@ fn as_number(v: Option<&Value>) -> Option<i64> {
 pub async fn follow(
     core: &Core,
     c: &Resolved,
-    op: &Value,
+    op: &Operation,
     op_id: &str,
     parameters: &Map<String, Value>,
     first: InvokeResult,
     max_pages: u32,
     actor: &str,
 ) -> Value {
-    let style = op["pagination"]["style"]
-        .as_str()
-        .unwrap_or("none")
-        .to_owned();
-    let items_pointer = op["pagination"]["items_pointer"]
-        .as_str()
-        .map(str::to_owned);
-    let cap = op["pagination"]["max_pages"]
-        .as_u64()
-        .map_or(max_pages, |m| max_pages.min(m as u32));
+    let pagination = op.pagination.clone().unwrap_or_default();
+    let style = pagination.style;
+    let items_pointer = pagination.items_pointer.clone();
+    let cap = pagination.max_pages.map_or(max_pages, |m| max_pages.min(m));
+    let name_or = |v: &Option<String>, default: &'static str| -> String {
+        v.clone().unwrap_or_else(|| default.to_owned())
+    };
     let mut bodies = vec![body_of(&first)];
     let mut items: Vec<Value> = Vec::new();
     let mut total = Duration::ZERO;
@@ -91,51 +89,45 @@ pub async fn follow(
     let mut previous = first.clone();
     let base = reqwest::Url::parse(&c.base_url()).ok();
     for page in 1..=cap {
-        if !previous.result.ok || style == "none" {
+        if !previous.result.ok || style == PaginationStyle::None {
             break;
         }
         // What the next request is, by style; `None` means no more pages.
-        let next: Option<Option<String>> = match style.as_str() {
-            "page_number" => {
-                let name = op["pagination"]["page_param"].as_str().unwrap_or("page");
-                let current = as_number(params.get(name)).unwrap_or(1);
+        let next: Option<Option<String>> = match style {
+            PaginationStyle::PageNumber => {
+                let name = name_or(&pagination.page_param, "page");
+                let current = as_number(params.get(&name)).unwrap_or(1);
                 (last_count > 0).then(|| {
-                    params.insert(name.into(), json!(current + 1));
+                    params.insert(name, json!(current + 1));
                     None
                 })
             }
-            "offset_limit" => {
-                let off = op["pagination"]["offset_param"]
-                    .as_str()
-                    .unwrap_or("offset");
-                let lim = op["pagination"]["limit_param"].as_str().unwrap_or("limit");
-                let current = as_number(params.get(off)).unwrap_or(0);
-                let limit = as_number(params.get(lim));
+            PaginationStyle::OffsetLimit => {
+                let off = name_or(&pagination.offset_param, "offset");
+                let lim = name_or(&pagination.limit_param, "limit");
+                let current = as_number(params.get(&off)).unwrap_or(0);
+                let limit = as_number(params.get(&lim));
                 (last_count > 0 && limit.is_none_or(|l| last_count as i64 >= l)).then(|| {
-                    params.insert(off.into(), json!(current + last_count as i64));
+                    params.insert(off, json!(current + last_count as i64));
                     None
                 })
             }
-            "cursor" => {
-                let name = op["pagination"]["cursor_param"]
-                    .as_str()
-                    .unwrap_or("cursor");
-                let pointer = op["pagination"]["cursor_pointer"]
-                    .as_str()
-                    .unwrap_or("/next_cursor");
-                match body_of(&previous).pointer(pointer) {
+            PaginationStyle::Cursor => {
+                let name = name_or(&pagination.cursor_param, "cursor");
+                let pointer = name_or(&pagination.cursor_pointer, "/next_cursor");
+                match body_of(&previous).pointer(&pointer) {
                     Some(Value::String(s)) if !s.is_empty() => {
-                        params.insert(name.into(), json!(s));
+                        params.insert(name, json!(s));
                         Some(None)
                     }
                     Some(Value::Number(n)) => {
-                        params.insert(name.into(), json!(n));
+                        params.insert(name, json!(n));
                         Some(None)
                     }
                     _ => None,
                 }
             }
-            "link_header" => next_link(&previous).and_then(|url| {
+            PaginationStyle::LinkHeader => next_link(&previous).and_then(|url| {
                 // Only links to the same system are followed.
                 let u = reqwest::Url::parse(&url)
                     .ok()
@@ -143,7 +135,7 @@ pub async fn follow(
                 let same = base.as_ref().is_some_and(|b| b.origin() == u.origin());
                 same.then(|| Some(u.to_string()))
             }),
-            _ => None,
+            PaginationStyle::None => None,
         };
         let Some(next_url) = next else { break };
         if page == cap {
@@ -174,7 +166,9 @@ pub async fn follow(
         }
         bodies.push(body);
         previous = out;
-        if last_count == 0 && style != "link_header" && style != "cursor" {
+        if last_count == 0
+            && !matches!(style, PaginationStyle::LinkHeader | PaginationStyle::Cursor)
+        {
             break;
         }
     }

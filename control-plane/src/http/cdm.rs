@@ -354,7 +354,7 @@ pub(crate) async fn suggest_from_call(
         .domain
         .clone()
         .or_else(|| {
-            resolved.definition["mappings"][&operation]["domain"]
+            resolved.definition.mappings.get(&operation)?["domain"]
                 .as_str()
                 .map(str::to_owned)
         })
@@ -383,8 +383,10 @@ pub(crate) async fn suggest_from_call(
         )));
     }
     let answer = &result["body"];
-    let sample = op["pagination"]["items_pointer"]
-        .as_str()
+    let sample = op
+        .pagination
+        .as_ref()
+        .and_then(|p| p.items_pointer.as_deref())
         .and_then(|ptr| answer.pointer(ptr))
         .unwrap_or(answer);
     Ok(Json(suggest_view(d, sample)))

@@ -294,13 +294,7 @@ pub(crate) async fn invoke(
     let Some(op) = resolved.operation(&operation).cloned() else {
         return Err(ApiError::not_found("operation", &operation));
     };
-    manage::authorize(
-        &core,
-        &p,
-        &resolved.row,
-        op["method"].as_str().unwrap_or("GET"),
-    )
-    .await?;
+    manage::authorize(&core, &p, &resolved.row, op.method.as_str()).await?;
     if let Some(pages) = body.max_pages
         && !(1..=100).contains(&pages)
     {

@@ -1,155 +1,96 @@
-//! Standard crontab schedules (five fields: minute, hour, day of month,
-//! month, day of week; `*`, lists, ranges, steps, month and weekday names,
-//! `@hourly`-style shortcuts) evaluated in a time zone. Like Vixie cron, a
-//! restricted day of month and day of week match when either matches.
+//! Crontab schedules evaluated in a time zone, on the `croner` crate.
+//!
+//! Five fields (minute, hour, day of month, month, day of week) with `*`,
+//! lists, ranges, steps (`*/15`, `10-50/20`, and the older `5/15`), month and
+//! weekday names, `7` for Sunday, `L`, `W` and `#`, and the `@hourly`-style
+//! shortcuts. Like Vixie cron, a restricted day of month and day of week
+//! match when either matches. Around a daylight-saving change a fixed-time
+//! schedule fires once: a local time skipped by the change fires at the
+//! first minute after it, a local time that happens twice fires the first
+//! time only; interval schedules (`*/30 * * * *`) fire in both halves of a
+//! repeated hour, every 30 minutes of real time.
+//!
+//! The one thing written here is the error text: croner says what is wrong
+//! with a value, this module also says which field holds it.
 
-use jiff::{Timestamp, Zoned, tz::TimeZone};
+use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
+use jiff::{Timestamp, tz::TimeZone};
 
 /// A parsed schedule.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Schedule {
-    minutes: Vec<bool>,
-    hours: Vec<bool>,
-    days: Vec<bool>,
-    months: Vec<bool>,
-    weekdays: Vec<bool>,
-    days_restricted: bool,
-    weekdays_restricted: bool,
+    cron: Cron,
 }
 
-const MONTHS: [&str; 12] = [
-    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-];
-const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
+/// The field names, in order.
+const FIELDS: [&str; 5] = ["minute", "hour", "day of month", "month", "day of week"];
 
-fn value(text: &str, names: &[&str], offset: u32) -> Option<u32> {
-    if let Ok(n) = text.parse::<u32>() {
-        return Some(n);
-    }
-    names
-        .iter()
-        .position(|n| n.eq_ignore_ascii_case(text))
-        .map(|i| i as u32 + offset)
-}
-
-fn field(
-    text: &str,
-    name: &str,
-    min: u32,
-    max: u32,
-    names: &[&str],
-    offset: u32,
-) -> Result<Vec<bool>, String> {
-    let mut set = vec![false; max as usize + 1];
-    for part in text.split(',') {
-        let (range, step) = match part.split_once('/') {
-            Some((r, s)) => (
-                r,
-                s.parse::<u32>()
-                    .ok()
-                    .filter(|s| *s >= 1)
-                    .ok_or_else(|| format!("{name}: `/{s}` is not a step"))?,
-            ),
-            None => (part, 1),
-        };
-        let (lo, hi) = if range == "*" {
-            (min, max)
-        } else if let Some((a, b)) = range.split_once('-') {
-            let a =
-                value(a, names, offset).ok_or_else(|| format!("{name}: `{a}` is not a value"))?;
-            let b =
-                value(b, names, offset).ok_or_else(|| format!("{name}: `{b}` is not a value"))?;
-            (a, b)
-        } else {
-            let v = value(range, names, offset)
-                .ok_or_else(|| format!("{name}: `{range}` is not a value"))?;
-            (v, if part.contains('/') { max } else { v })
-        };
-        // Sunday may be written 7.
-        let hi = if name == "day of week" && hi == 7 {
-            7
-        } else {
-            hi
-        };
-        if lo < min || hi > max || lo > hi {
-            return Err(format!("{name}: `{range}` is outside {min}-{max}"));
-        }
-        let mut v = lo;
-        while v <= hi {
-            set[v as usize] = true;
-            v += step;
-        }
-    }
-    Ok(set)
+fn parser() -> CronParser {
+    CronParser::builder()
+        .seconds(Seconds::Disallowed)
+        .year(Year::Disallowed)
+        // `5/15` meant `5-59/15` before croner: schedules saved then keep working.
+        .sloppy_ranges(true)
+        .build()
 }
 
 impl Schedule {
-    /// Parses five fields or a shortcut (`@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`).
+    /// Parses five fields or a shortcut (`@hourly`, `@daily`, `@weekly`,
+    /// `@monthly`, `@yearly`). A schedule that can never fire (`0 0 31 2 *`)
+    /// is refused too.
     pub fn parse(text: &str) -> Result<Schedule, String> {
-        let text = match text.trim() {
-            "@hourly" => "0 * * * *",
-            "@daily" | "@midnight" => "0 0 * * *",
-            "@weekly" => "0 0 * * 0",
-            "@monthly" => "0 0 1 * *",
-            "@yearly" | "@annually" => "0 0 1 1 *",
-            other => other,
-        };
-        let fields: Vec<&str> = text.split_whitespace().collect();
-        if fields.len() != 5 {
-            return Err(format!(
-                "`{text}` has {} fields: a crontab schedule has five (minute hour day-of-month month day-of-week)",
-                fields.len()
-            ));
+        let text = text.trim();
+        let parser = parser();
+        if !text.starts_with('@') {
+            let fields: Vec<&str> = text.split_whitespace().collect();
+            if fields.len() != 5 {
+                return Err(format!(
+                    "`{text}` has {} fields: a crontab schedule has five (minute hour day-of-month month day-of-week)",
+                    fields.len()
+                ));
+            }
+            // Name the field at fault: each one alone, the others `*`.
+            for (i, field) in fields.iter().enumerate() {
+                let mut alone = ["*"; 5];
+                alone[i] = field;
+                if let Err(e) = parser.parse(&alone.join(" ")) {
+                    return Err(format!("{}: `{field}`: {}", FIELDS[i], reason(&e)));
+                }
+            }
         }
-        let mut weekdays = field(fields[4], "day of week", 0, 7, &DAYS, 0)?;
-        if weekdays[7] {
-            weekdays[0] = true;
+        let cron = parser
+            .parse(text)
+            .map_err(|e| format!("`{text}`: {}", reason(&e)))?;
+        let schedule = Schedule { cron };
+        // Leap days come at least every eight years; nothing later is a schedule.
+        let from = Timestamp::UNIX_EPOCH;
+        if schedule.next_after(from, &TimeZone::UTC).is_none() {
+            return Err(format!("`{text}` never fires (no such date)"));
         }
-        weekdays.truncate(7);
-        Ok(Schedule {
-            minutes: field(fields[0], "minute", 0, 59, &[], 0)?,
-            hours: field(fields[1], "hour", 0, 23, &[], 0)?,
-            days: field(fields[2], "day of month", 1, 31, &[], 0)?,
-            months: field(fields[3], "month", 1, 12, &MONTHS, 1)?,
-            weekdays,
-            days_restricted: fields[2] != "*",
-            weekdays_restricted: fields[4] != "*",
-        })
+        Ok(schedule)
     }
 
-    fn matches(&self, t: &Zoned) -> bool {
-        let day = self.days[t.day() as usize];
-        let weekday = self.weekdays[t.weekday().to_sunday_zero_offset() as usize];
-        let day_ok = match (self.days_restricted, self.weekdays_restricted) {
-            (true, true) => day || weekday,
-            (true, false) => day,
-            (false, true) => weekday,
-            (false, false) => true,
-        };
-        self.minutes[t.minute() as usize]
-            && self.hours[t.hour() as usize]
-            && self.months[t.month() as usize]
-            && day_ok
-    }
-
-    /// The first firing strictly after `after`, in `tz` (within five years).
+    /// The first firing strictly after `after`, in `tz`.
     pub fn next_after(&self, after: Timestamp, tz: &TimeZone) -> Option<Timestamp> {
         let start = after.to_zoned(tz.clone());
-        let mut t = start
-            .with()
-            .second(0)
-            .subsec_nanosecond(0)
-            .build()
-            .ok()?
-            .checked_add(jiff::Span::new().minutes(1))
-            .ok()?;
-        for _ in 0..(5 * 366 * 24 * 60) {
-            if self.matches(&t) {
-                return Some(t.timestamp());
-            }
-            t = t.checked_add(jiff::Span::new().minutes(1)).ok()?;
+        self.cron
+            .find_next_occurrence(&start, false)
+            .ok()
+            .map(|z| z.timestamp())
+    }
+}
+
+/// croner's message, without its category prefix, as a sentence fragment.
+fn reason(e: &croner::errors::CronError) -> String {
+    use croner::errors::CronError;
+    match e {
+        CronError::ComponentError(m) | CronError::InvalidPattern(m) => {
+            m.trim_end_matches('.').to_lowercase()
         }
-        None
+        CronError::IllegalCharacters(_) => "not a number or a name".to_owned(),
+        CronError::EmptyPattern => "empty".to_owned(),
+        other => other.to_string(),
     }
 }
 
@@ -162,6 +103,12 @@ pub fn zone(name: &str) -> Option<TimeZone> {
 mod tests {
     use super::*;
 
+    fn next(s: &Schedule, after: &str, tz: &TimeZone) -> String {
+        s.next_after(after.parse().unwrap(), tz)
+            .unwrap()
+            .to_string()
+    }
+
     #[test]
     fn parses_crontab_syntax_and_refuses_the_rest() {
         for ok in [
@@ -169,17 +116,27 @@ mod tests {
             "0 9-17 * * mon-fri",
             "30 2 1,15 * *",
             "@daily",
+            "@hourly",
+            "@weekly",
+            "@monthly",
+            "@yearly",
             "0 0 * jan,jul sun",
             "0 0 * * 7",
+            "5/15 * * * *",
+            "0 0 L * *",
         ] {
             Schedule::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
         for (bad, says) in [
-            ("61 * * * *", "minute"),
+            ("61 * * * *", "minute: `61`"),
             ("* * *", "five"),
-            ("0 0 32 * *", "day of month"),
+            ("0 0 32 * *", "day of month: `32`"),
             ("*/0 * * * *", "step"),
-            ("0 0 * * funday", "day of week"),
+            ("0 0 * * funday", "day of week: `funday`"),
+            ("0 0 * 13 *", "month: `13`"),
+            ("0 0 31 2 *", "never fires"),
+            ("0 0 * * * *", "five"),
+            ("", "five"),
         ] {
             let e = Schedule::parse(bad).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
@@ -191,17 +148,62 @@ mod tests {
         let berlin = zone("Europe/Berlin").unwrap();
         let s = Schedule::parse("0 9 * * mon-fri").unwrap();
         // Saturday 2026-11-28 10:00 UTC → Monday 09:00 Berlin = 08:00 UTC.
-        let after: Timestamp = "2026-11-28T10:00:00Z".parse().unwrap();
         assert_eq!(
-            s.next_after(after, &berlin).unwrap().to_string(),
+            next(&s, "2026-11-28T10:00:00Z", &berlin),
             "2026-11-30T08:00:00Z"
         );
         let every5 = Schedule::parse("*/5 * * * *").unwrap();
-        let t: Timestamp = "2026-11-28T10:02:30Z".parse().unwrap();
         assert_eq!(
-            every5.next_after(t, &TimeZone::UTC).unwrap().to_string(),
+            next(&every5, "2026-11-28T10:02:30Z", &TimeZone::UTC),
             "2026-11-28T10:05:00Z"
         );
+        // Either restricted day matches (Vixie): the 1st or any Monday.
+        let either = Schedule::parse("0 0 1 * mon").unwrap();
+        assert_eq!(
+            next(&either, "2026-12-01T12:00:00Z", &TimeZone::UTC),
+            "2026-12-07T00:00:00Z"
+        );
+        let leap = Schedule::parse("0 0 29 2 *").unwrap();
+        assert_eq!(
+            next(&leap, "2026-03-01T00:00:00Z", &TimeZone::UTC),
+            "2028-02-29T00:00:00Z"
+        );
         assert!(zone("Mars/Olympus").is_none());
+    }
+
+    #[test]
+    fn daylight_saving_changes_neither_skip_nor_repeat_a_daily_firing() {
+        let berlin = zone("Europe/Berlin").unwrap();
+        let at_0230 = Schedule::parse("30 2 * * *").unwrap();
+        // 2026-03-29: 02:00 → 03:00. The skipped 02:30 fires at 03:00 local (01:00 UTC).
+        assert_eq!(
+            next(&at_0230, "2026-03-28T12:00:00Z", &berlin),
+            "2026-03-29T01:00:00Z"
+        );
+        // 2026-10-25: 03:00 → 02:00. 02:30 happens twice; it fires the first time only.
+        let first = next(&at_0230, "2026-10-24T12:00:00Z", &berlin);
+        assert_eq!(first, "2026-10-25T00:30:00Z");
+        assert_eq!(
+            next(&at_0230, &first, &berlin),
+            "2026-10-26T01:30:00Z",
+            "the second 02:30 of the 25th does not fire"
+        );
+        // An interval schedule keeps its real-time interval through the repeated hour.
+        let half_hourly = Schedule::parse("*/30 * * * *").unwrap();
+        let mut t = "2026-10-25T00:10:00Z".to_owned();
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            t = next(&half_hourly, &t, &berlin);
+            seen.push(t.clone());
+        }
+        assert_eq!(
+            seen,
+            [
+                "2026-10-25T00:30:00Z",
+                "2026-10-25T01:00:00Z",
+                "2026-10-25T01:30:00Z",
+                "2026-10-25T02:00:00Z"
+            ]
+        );
     }
 }

@@ -12,27 +12,12 @@ use std::collections::HashSet;
 use serde_json::{Map, Value};
 
 use crate::catalogue::connector::Problem;
+use crate::domain::ErrorClass;
 
 /// The format identifier every definition starts with.
 pub const FORMAT: &str = "dibop.orchestration/v1";
 
 const PARAM_TYPES: &[&str] = &["string", "integer", "number", "boolean", "object", "array"];
-/// Error classes a retry policy may exclude.
-pub const ERROR_CLASSES: &[&str] = &[
-    "auth_failure",
-    "timeout",
-    "network_error",
-    "tls_error",
-    "policy_denied",
-    "agent_unavailable",
-    "rate_limited",
-    "upstream_error",
-    "invalid_request",
-    "response_too_large",
-    "expression_error",
-    "validation_error",
-    "internal",
-];
 
 struct Checker {
     /// The shared problem collector (`add`, `string`, `unknown`, …).
@@ -611,10 +596,20 @@ fn check_retry(c: &mut Checker, v: &Value, at: &str) {
         match list.as_array() {
             Some(items) => {
                 for (i, item) in items.iter().enumerate() {
-                    if !item.as_str().is_some_and(|s| ERROR_CLASSES.contains(&s)) {
+                    if !item.as_str().is_some_and(|s| {
+                        s.parse::<ErrorClass>()
+                            .is_ok_and(|c| ErrorClass::RETRY_EXCLUDABLE.contains(&c))
+                    }) {
                         c.add(
                             format!("{at}.non_retryable[{i}]"),
-                            format!("must be one of {}", ERROR_CLASSES.join(", ")),
+                            format!(
+                                "must be one of {}",
+                                ErrorClass::RETRY_EXCLUDABLE
+                                    .iter()
+                                    .map(|c| c.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
                         );
                     }
                 }

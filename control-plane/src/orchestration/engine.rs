@@ -27,7 +27,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::Core;
-use crate::domain::StepKind;
+use crate::domain::{ErrorClass, StepKind};
 use crate::store::{ExecutionRow, StepRow, now_unix};
 
 /// Executions running at once on this control plane.
@@ -44,8 +44,8 @@ const LEASE_TICK: Duration = Duration::from_secs(5);
 /// Why a step (or a run) failed.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepError {
-    /// An error class (`timeout`, `auth_failure`, `expression_error`, `failed`, `cancelled`, …).
-    pub class: String,
+    /// Why (`timeout`, `auth_failure`, `expression_error`, `failed`, `cancelled`, …).
+    pub class: ErrorClass,
     /// What happened.
     pub message: String,
     /// The step's id.
@@ -53,7 +53,7 @@ pub struct StepError {
 }
 
 impl StepError {
-    fn new(class: &str, message: impl Into<String>, step: &str) -> StepError {
+    fn new(class: impl Into<ErrorClass>, message: impl Into<String>, step: &str) -> StepError {
         StepError {
             class: class.into(),
             message: message.into(),
@@ -397,7 +397,7 @@ pub async fn execute(core: &Arc<Core>, id: &str, depth: u32) -> Option<Execution
     {
         Ok(Some(v)) => serde_json::from_str(&v.definition).unwrap_or(Value::Null),
         _ => {
-            let err = json!({"class": "internal", "message": "the orchestration version is gone"});
+            let err = json!({"class": ErrorClass::Internal, "message": "the orchestration version is gone"});
             let _ = core
                 .store
                 .update_execution(id, "failed", None, Some(&err.to_string()), now_unix())
@@ -433,7 +433,7 @@ pub async fn execute(core: &Arc<Core>, id: &str, depth: u32) -> Option<Execution
     let steps = definition["steps"].as_array().cloned().unwrap_or_default();
     let mut outcome = steps_in(&run, steps, "steps".into(), String::new(), &mut scope).await;
     if let Err(e) = &outcome
-        && e.class != "cancelled"
+        && e.class != ErrorClass::Cancelled
     {
         match &definition["on_error"] {
             Value::String(s) if s == "continue" => {
@@ -472,7 +472,9 @@ pub async fn execute(core: &Arc<Core>, id: &str, depth: u32) -> Option<Execution
             ("partially_succeeded", Some(stored(v)), None)
         }
         Ok(v) => ("succeeded", Some(stored(v)), None),
-        Err(e) if e.class == "cancelled" => ("cancelled", None, Some(json!(e).to_string())),
+        Err(e) if e.class == ErrorClass::Cancelled => {
+            ("cancelled", None, Some(json!(e).to_string()))
+        }
         Err(e) => ("failed", None, Some(json!(e).to_string())),
     };
     let _ = core
@@ -528,7 +530,7 @@ fn run_steps(
                 Ok(out) => last = out,
                 Err(e) => {
                     // A cancelled execution's trace ends where it was cancelled.
-                    if e.class != "cancelled" {
+                    if e.class != ErrorClass::Cancelled {
                         let reason = format!("not run: step `{}` failed before it", e.step);
                         skip(&run, &steps, i + 1, &base, &suffix, &reason).await;
                     }
@@ -565,7 +567,10 @@ async fn skip(
                 status: "skipped".into(),
                 input: None,
                 output: None,
-                error: Some(json!({"class": "skipped", "message": reason, "step": id}).to_string()),
+                error: Some(
+                    json!({"class": ErrorClass::Skipped, "message": reason, "step": id})
+                        .to_string(),
+                ),
                 attempts: 0,
                 started_at: now,
                 finished_at: Some(now),
@@ -591,7 +596,7 @@ async fn steps_in(
     Ok(last)
 }
 
-fn retry_policy(step: &Value) -> (u32, Duration, f64, Duration, Vec<String>) {
+fn retry_policy(step: &Value) -> (u32, Duration, f64, Duration, Vec<ErrorClass>) {
     let r = &step["retry"];
     (
         r["max_attempts"].as_u64().unwrap_or(1).clamp(1, 20) as u32,
@@ -605,7 +610,7 @@ fn retry_policy(step: &Value) -> (u32, Duration, f64, Duration, Vec<String>) {
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|c| c.as_str().map(str::to_owned))
+            .filter_map(|c| c.as_str()?.parse().ok())
             .collect(),
     )
 }
@@ -621,7 +626,13 @@ async fn run_step(
     // is a definition stored by a newer release.
     let kind: StepKind = match step["type"].as_str().unwrap_or_default().parse() {
         Ok(kind) => kind,
-        Err(unknown) => return Err(StepError::new("internal", unknown.to_string(), &id)),
+        Err(unknown) => {
+            return Err(StepError::new(
+                ErrorClass::Internal,
+                unknown.to_string(),
+                &id,
+            ));
+        }
     };
     let done = run
         .records
@@ -640,7 +651,7 @@ async fn run_step(
     }
     if run.cancelled().await {
         return Err(StepError::new(
-            "cancelled",
+            ErrorClass::Cancelled,
             "the execution was cancelled",
             &id,
         ));
@@ -676,7 +687,7 @@ async fn run_step(
         };
         if let Err(e) = run.core.store.start_step(&record).await {
             break Err(StepError::new(
-                "internal",
+                ErrorClass::Internal,
                 format!("cannot record the step: {e}"),
                 &id,
             ));
@@ -714,12 +725,7 @@ async fn run_step(
                 break Ok(out);
             }
             Err(e) => {
-                let retryable = attempt < max
-                    && !never.contains(&e.class)
-                    && !matches!(
-                        e.class.as_str(),
-                        "failed" | "cancelled" | "expression_error"
-                    );
+                let retryable = attempt < max && !never.contains(&e.class) && e.class.may_retry();
                 // With `on_error: continue` the step's output is its error.
                 let continued = (!retryable && step["on_error"] == "continue")
                     .then(|| stored(&json!({"error": e})));
@@ -760,7 +766,7 @@ async fn run_step(
                 scope["steps"][&id] = out.clone();
                 Ok(out)
             }
-            Value::Object(h) if e.class != "cancelled" => {
+            Value::Object(h) if e.class != ErrorClass::Cancelled => {
                 scope["error"] = json!(e);
                 let handler = h
                     .get("steps")
@@ -844,7 +850,7 @@ async fn exec_step(
     path: &str,
     scope: &mut Value,
 ) -> (Option<Value>, Result<Value, StepError>) {
-    let expr_err = |e: String| StepError::new("expression_error", e, id);
+    let expr_err = |e: String| StepError::new(ErrorClass::ExpressionError, e, id);
     match kind {
         StepKind::Transform => {
             let code = step["expression"].as_str().unwrap_or(".");
@@ -871,7 +877,7 @@ async fn exec_step(
             .unwrap_or_else(|e| e);
             (
                 Some(json!(message)),
-                Err(StepError::new("failed", message, id)),
+                Err(StepError::new(ErrorClass::Failed, message, id)),
             )
         }
         StepKind::Delay => {
@@ -955,7 +961,7 @@ async fn exec_step(
                 return (
                     Some(json!({"items": items.len()})),
                     Err(StepError::new(
-                        "invalid_request",
+                        ErrorClass::InvalidRequest,
                         format!("{} items exceed max_items {max}", items.len()),
                         id,
                     )),
@@ -1098,7 +1104,7 @@ async fn step_connection(
                 }
                 None => {
                     return Err(StepError::new(
-                        "invalid_request",
+                        ErrorClass::InvalidRequest,
                         format!("no connection named `{name}`"),
                         id,
                     ));
@@ -1111,14 +1117,14 @@ async fn step_connection(
             .await
             .map_err(|_| {
                 StepError::new(
-                    "invalid_request",
+                    ErrorClass::InvalidRequest,
                     format!("connection `{name}` is gone"),
                     id,
                 )
             })?;
     if resolved.row.status != "active" {
         return Err(StepError::new(
-            "invalid_request",
+            ErrorClass::InvalidRequest,
             format!("connection `{name}` is inactive"),
             id,
         ));
@@ -1147,12 +1153,18 @@ async fn map_step(
         Ok(r) => r,
         Err(e) => return (Some(input), Err(e)),
     };
-    let mapping = &resolved.definition["mappings"][operation];
+    let mapping = resolved
+        .definition
+        .mappings
+        .get(operation)
+        .cloned()
+        .unwrap_or(Value::Null);
+    let mapping = &mapping;
     if !mapping.is_object() {
         return (
             Some(input),
             Err(StepError::new(
-                "invalid_request",
+                ErrorClass::InvalidRequest,
                 format!("the connector of `{name}` maps no operation `{operation}` to the CDM"),
                 id,
             )),
@@ -1160,7 +1172,12 @@ async fn map_step(
     }
     let value = match run.core.expressions.eval_one(from, scope).await {
         Ok(v) => v,
-        Err(e) => return (Some(input), Err(StepError::new("expression_error", e, id))),
+        Err(e) => {
+            return (
+                Some(input),
+                Err(StepError::new(ErrorClass::ExpressionError, e, id)),
+            );
+        }
     };
     let ev = &run.core.expressions;
     let mapped = if inbound {
@@ -1170,7 +1187,12 @@ async fn map_step(
     };
     let mapped = match mapped {
         Ok(m) => m,
-        Err(e) => return (Some(input), Err(StepError::new("expression_error", e, id))),
+        Err(e) => {
+            return (
+                Some(input),
+                Err(StepError::new(ErrorClass::ExpressionError, e, id)),
+            );
+        }
     };
     let domain = mapped.domain.name.as_str();
     let mut dead_letters = Vec::new();
@@ -1181,7 +1203,7 @@ async fn map_step(
                 return (
                     Some(input),
                     Err(StepError::new(
-                        "validation_error",
+                        ErrorClass::ValidationError,
                         format!(
                             "{} record(s) are not valid {domain} records; record {}: {}",
                             mapped.invalid.len(),
@@ -1217,7 +1239,7 @@ async fn map_step(
                         return (
                             Some(input),
                             Err(StepError::new(
-                                "internal",
+                                ErrorClass::Internal,
                                 format!("cannot store an invalid record: {e}"),
                                 id,
                             )),
@@ -1262,7 +1284,12 @@ async fn call_step(
     let operation = step["operation"].as_str().unwrap_or_default();
     let params = match render(run, step.get("parameters").unwrap_or(&json!({})), scope).await {
         Ok(p) => p,
-        Err(e) => return (None, Err(StepError::new("expression_error", e, id))),
+        Err(e) => {
+            return (
+                None,
+                Err(StepError::new(ErrorClass::ExpressionError, e, id)),
+            );
+        }
     };
     let input = json!({"connection": name, "operation": operation, "parameters": params});
     let resolved = match step_connection(run, name, id).await {
@@ -1273,7 +1300,7 @@ async fn call_step(
         return (
             Some(input),
             Err(StepError::new(
-                "invalid_request",
+                ErrorClass::InvalidRequest,
                 format!("connection `{name}` has no operation `{operation}`"),
                 id,
             )),
@@ -1317,7 +1344,7 @@ async fn call_step(
     {
         return (
             Some(input),
-            Err(StepError::new("rate_limited", e.to_string(), id)),
+            Err(StepError::new(ErrorClass::RateLimited, e.to_string(), id)),
         );
     }
     let actor = format!("execution:{}", run.exe.id);
@@ -1384,11 +1411,15 @@ async fn call_step(
         None if r.ok => (Some(input), Ok(output)),
         Some(e) => (
             Some(input),
-            Err(StepError::new(e.class.as_str(), e.message.clone(), id)),
+            Err(StepError::new(e.class, e.message.clone(), id)),
         ),
         None => (
             Some(input),
-            Err(StepError::new("upstream_error", "the call failed", id)),
+            Err(StepError::new(
+                ErrorClass::UpstreamError,
+                "the call failed",
+                id,
+            )),
         ),
     }
 }
@@ -1405,7 +1436,7 @@ async fn wait_for_agent(
 ) -> Result<(), StepError> {
     let store = &run.core.store;
     let wait_secs = run.core.settings.agent_wait.as_secs();
-    let why = json!({"class": "agent_unavailable", "step": id, "message": format!(
+    let why = json!({"class": ErrorClass::AgentUnavailable, "step": id, "message": format!(
         "waiting for an agent of relay group {group} to come online (at most {wait_secs} s from the step's start)"
     )});
     let _ = store
@@ -1420,14 +1451,14 @@ async fn wait_for_agent(
         }
         if run.cancelled().await {
             break Err(StepError::new(
-                "cancelled",
+                ErrorClass::Cancelled,
                 "the execution was cancelled",
                 id,
             ));
         }
         if Instant::now() >= until {
             break Err(StepError::new(
-                "agent_unavailable",
+                ErrorClass::AgentUnavailable,
                 format!(
                     "no agent of relay group {group} came online within {wait_secs} s: check that \
                      dibop-agent runs at the site and can reach the control plane"
@@ -1454,7 +1485,7 @@ async fn sub_orchestration(
         return (
             None,
             Err(StepError::new(
-                "invalid_request",
+                ErrorClass::InvalidRequest,
                 format!("orchestrations nest deeper than {MAX_DEPTH}"),
                 id,
             )),
@@ -1463,7 +1494,12 @@ async fn sub_orchestration(
     let target = step["orchestration"].as_str().unwrap_or_default();
     let params = match render(run, step.get("parameters").unwrap_or(&json!({})), scope).await {
         Ok(p) => p,
-        Err(e) => return (None, Err(StepError::new("expression_error", e, id))),
+        Err(e) => {
+            return (
+                None,
+                Err(StepError::new(ErrorClass::ExpressionError, e, id)),
+            );
+        }
     };
     let found = match run
         .core
@@ -1474,13 +1510,18 @@ async fn sub_orchestration(
         Ok(list) => list
             .into_iter()
             .find(|o| o.id == target || o.name == target),
-        Err(e) => return (None, Err(StepError::new("internal", e.to_string(), id))),
+        Err(e) => {
+            return (
+                None,
+                Err(StepError::new(ErrorClass::Internal, e.to_string(), id)),
+            );
+        }
     };
     let Some(o) = found else {
         return (
             Some(params),
             Err(StepError::new(
-                "invalid_request",
+                ErrorClass::InvalidRequest,
                 format!("no orchestration `{target}`"),
                 id,
             )),
@@ -1508,7 +1549,7 @@ async fn sub_orchestration(
     {
         return (
             Some(params),
-            Err(StepError::new("internal", e.to_string(), id)),
+            Err(StepError::new(ErrorClass::Internal, e.to_string(), id)),
         );
     }
     let ended = Box::pin(execute(&run.core, &child.id, run.depth + 1)).await;
@@ -1522,14 +1563,18 @@ async fn sub_orchestration(
         Some(e) => (
             Some(input),
             Err(StepError::new(
-                "failed",
+                ErrorClass::Failed,
                 format!("sub-orchestration {} ended {}", o.name, e.status),
                 id,
             )),
         ),
         None => (
             Some(input),
-            Err(StepError::new("internal", "the sub-execution is gone", id)),
+            Err(StepError::new(
+                ErrorClass::Internal,
+                "the sub-execution is gone",
+                id,
+            )),
         ),
     }
 }
