@@ -124,6 +124,9 @@ mod tests {
             "0 0 * * 7",
             "5/15 * * * *",
             "0 0 L * *",
+            "0 18 * * 5L",
+            "0 9 15W * *",
+            "0 9 * * 1#1",
         ] {
             Schedule::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
@@ -167,6 +170,11 @@ mod tests {
         assert_eq!(
             next(&leap, "2026-03-01T00:00:00Z", &TimeZone::UTC),
             "2028-02-29T00:00:00Z"
+        );
+        let first_monday = Schedule::parse("0 9 * * 1#1").unwrap();
+        assert_eq!(
+            next(&first_monday, "2026-12-08T00:00:00Z", &TimeZone::UTC),
+            "2027-01-04T09:00:00Z"
         );
         assert!(zone("Mars/Olympus").is_none());
     }
