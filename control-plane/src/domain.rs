@@ -176,6 +176,39 @@ impl StepKind {
 }
 
 names! {
+    /// Where an execution is in its life.
+    ExecutionStatus, "execution status" {
+        /// Waiting for a worker (or for its tenant's concurrency slot).
+        Queued = "queued",
+        /// Claimed by a node and running.
+        Running = "running",
+        /// Every step succeeded.
+        Succeeded = "succeeded",
+        /// It finished, with dead-lettered records or failed `foreach` items.
+        PartiallySucceeded = "partially_succeeded",
+        /// A step failed and nothing handled it.
+        Failed = "failed",
+        /// Cancelled by a person or a client.
+        Cancelled = "cancelled",
+    }
+}
+
+impl ExecutionStatus {
+    /// Whether it has ended (nothing moves it any more).
+    pub fn is_finished(self) -> bool {
+        !matches!(self, ExecutionStatus::Queued | ExecutionStatus::Running)
+    }
+
+    /// Whether it ended with a result (fully or partly).
+    pub fn succeeded(self) -> bool {
+        matches!(
+            self,
+            ExecutionStatus::Succeeded | ExecutionStatus::PartiallySucceeded
+        )
+    }
+}
+
+names! {
     /// Why a step or an execution failed. A call's classes are the
     /// protocol's (what the agent or the control plane found calling the
     /// system); the engine adds its own.

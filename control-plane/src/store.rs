@@ -330,7 +330,8 @@ macro_rules! text_columns {
 text_columns!(
     crate::domain::Role,
     crate::domain::Tier,
-    crate::domain::TenantStatus
+    crate::domain::TenantStatus,
+    crate::domain::ExecutionStatus
 );
 
 fn unique_violation(e: sqlx::Error, message: String) -> StoreError {

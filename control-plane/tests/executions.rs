@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 
+use dibop_control_plane::domain::ExecutionStatus;
 use dibop_control_plane::testing::TestCp;
 
 const EXAMPLE: &str = include_str!("../../catalogue/orchestrations/vin-decode-and-enrich.yaml");
@@ -33,7 +34,7 @@ async fn interrupted(core: &dibop_control_plane::Core, exe: &str, orchestration:
         orchestration_id: orchestration.into(),
         orchestration_name: name.into(),
         version: 1,
-        status: "running".into(),
+        status: ExecutionStatus::Running,
         parameters: "{}".into(),
         output: None,
         error: None,
@@ -370,7 +371,7 @@ steps:
     .await
     .expect("the delay started over instead of resuming")
     .unwrap();
-    assert_eq!(ended.status, "succeeded");
+    assert_eq!(ended.status, ExecutionStatus::Succeeded);
 }
 
 #[tokio::test]
@@ -385,7 +386,7 @@ async fn a_resumed_execution_does_not_repeat_completed_steps() {
     let core = &s.cp.core;
     interrupted(core, "exe_resumed", &id, "resume").await;
     core.store
-        .update_execution("exe_resumed", "running", None, None, 1)
+        .update_execution("exe_resumed", ExecutionStatus::Running, None, None, 1)
         .await
         .unwrap();
     let step = dibop_control_plane::store::StepRow {
@@ -421,7 +422,7 @@ async fn a_resumed_execution_does_not_repeat_completed_steps() {
     let ended = dibop_control_plane::orchestration::engine::execute(core, "exe_resumed", 0)
         .await
         .unwrap();
-    assert_eq!(ended.status, "succeeded");
+    assert_eq!(ended.status, ExecutionStatus::Succeeded);
     assert_eq!(
         ended.output.as_deref(),
         Some("3"),

@@ -371,10 +371,10 @@ pub(crate) async fn dashboard(
     let recent = recent
         .into_iter()
         .map(|e| RecentExecution {
-            class: tone(&e.status),
+            class: tone(e.status.as_str()),
             id: e.id,
             orchestration: e.orchestration_name,
-            status: e.status,
+            status: e.status.to_string(),
             at: rfc3339(e.created_at),
         })
         .collect();

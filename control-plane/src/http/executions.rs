@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::Core;
+use crate::domain::{ErrorClass, ExecutionStatus, UnknownName};
 use crate::http::{
     ApiError, ApiJson, ApiPath, ApiQuery, Page, Principal, page_limit, paged, require_operator,
 };
@@ -96,7 +97,7 @@ fn view(e: ExecutionRow, steps: Option<Vec<StepTrace>>) -> ExecutionView {
         orchestration_id: e.orchestration_id,
         orchestration_name: e.orchestration_name,
         version: e.version,
-        status: e.status,
+        status: e.status.to_string(),
         trigger: e.trigger_type,
         created_by: e.created_by,
         created_at: rfc3339(e.created_at),
@@ -262,24 +263,14 @@ pub(crate) async fn execute(
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
-/// Every status an execution can have.
-pub const STATUSES: [&str; 6] = [
-    "queued",
-    "running",
-    "succeeded",
-    "partially_succeeded",
-    "failed",
-    "cancelled",
-];
-
-fn check_status(status: Option<&str>) -> Result<(), ApiError> {
-    match status {
-        Some(s) if !STATUSES.contains(&s) => Err(ApiError::invalid(format!(
-            "status `{s}` is not one of {}",
-            STATUSES.join(", ")
-        ))),
-        _ => Ok(()),
-    }
+/// The `status` filter, parsed.
+fn status_filter(status: Option<&str>) -> Result<Option<ExecutionStatus>, ApiError> {
+    status
+        .map(|s| {
+            s.parse()
+                .map_err(|e: UnknownName| ApiError::invalid(e.to_string()))
+        })
+        .transpose()
 }
 
 /// `?orchestration_id=&status=&limit=&cursor=`.
@@ -305,7 +296,7 @@ pub(crate) async fn list(
     p: Principal,
     ApiQuery(q): ApiQuery<ExecutionQuery>,
 ) -> Result<Response, ApiError> {
-    check_status(q.status.as_deref())?;
+    let status = status_filter(q.status.as_deref())?;
     let limit = page_limit(q.limit)?;
     let page = crate::http::Page {
         limit: q.limit,
@@ -317,7 +308,7 @@ pub(crate) async fn list(
         .list_executions(
             &p.tenant_id,
             q.orchestration_id.as_deref(),
-            q.status.as_deref(),
+            status,
             page.cursor_of("exe_")?,
             limit + 1,
         )
@@ -340,7 +331,7 @@ pub(crate) async fn export(
     p: Principal,
     ApiQuery(q): ApiQuery<ExecutionQuery>,
 ) -> Result<Response, ApiError> {
-    check_status(q.status.as_deref())?;
+    let status = status_filter(q.status.as_deref())?;
     let limit = q.limit.unwrap_or(1000);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit must be 1..=1000"));
@@ -355,7 +346,7 @@ pub(crate) async fn export(
         .list_executions(
             &p.tenant_id,
             q.orchestration_id.as_deref(),
-            q.status.as_deref(),
+            status,
             None,
             limit,
         )
@@ -423,10 +414,17 @@ pub(crate) async fn cancel(
         .await?
         .ok_or_else(|| ApiError::not_found("execution", &id))?;
     let error =
-        json!({"class": "cancelled", "message": format!("cancelled by {}", p.actor())}).to_string();
+        json!({"class": ErrorClass::Cancelled, "message": format!("cancelled by {}", p.actor())})
+            .to_string();
     let tx = core.store.begin().await?;
     if !tx
-        .update_execution(&e.id, "cancelled", None, Some(&error), now_unix())
+        .update_execution(
+            &e.id,
+            ExecutionStatus::Cancelled,
+            None,
+            Some(&error),
+            now_unix(),
+        )
         .await?
     {
         return Err(ApiError::new(
@@ -470,7 +468,7 @@ pub(crate) fn rerun_row(
         orchestration_id: e.orchestration_id.clone(),
         orchestration_name: e.orchestration_name.clone(),
         version,
-        status: "queued".into(),
+        status: ExecutionStatus::Queued,
         parameters: e.parameters.clone(),
         output: None,
         error: None,
@@ -495,7 +493,7 @@ async fn rerun_of(
     core.quotas
         .ensure_storage(&core.store, &p.tenant_id)
         .await?;
-    if matches!(e.status.as_str(), "queued" | "running") {
+    if !e.status.is_finished() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_finished",

@@ -27,7 +27,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::Core;
-use crate::domain::{ErrorClass, StepKind};
+use crate::domain::{ErrorClass, ExecutionStatus, StepKind};
 use crate::store::{ExecutionRow, StepRow, now_unix};
 
 /// Executions running at once on this control plane.
@@ -225,7 +225,7 @@ async fn run_one(core: &Arc<Core>, workers: &Arc<tokio::sync::Semaphore>, id: &s
                 }
                 if !matches!(
                     core.store.execution_any(id).await,
-                    Ok(Some(ref e)) if matches!(e.status.as_str(), "queued" | "running")
+                    Ok(Some(ref e)) if !e.status.is_finished()
                 ) {
                     return;
                 }
@@ -304,7 +304,7 @@ impl Run {
             .await
             .ok()
             .flatten()
-            .is_some_and(|e| e.status == "cancelled")
+            .is_some_and(|e| e.status == ExecutionStatus::Cancelled)
     }
 }
 
@@ -378,16 +378,16 @@ pub async fn execute(core: &Arc<Core>, id: &str, depth: u32) -> Option<Execution
             return None;
         }
     };
-    if !matches!(exe.status.as_str(), "queued" | "running") {
+    if exe.status.is_finished() {
         return Some(exe);
     }
     let now = now_unix();
     core.metrics.execution_started(&exe.trigger_type);
-    if exe.status != "running" {
+    if exe.status != ExecutionStatus::Running {
         // (A claimed execution is `running` already: no second write.)
         let _ = core
             .store
-            .update_execution(id, "running", None, None, now)
+            .update_execution(id, ExecutionStatus::Running, None, None, now)
             .await;
     }
     let definition: Value = match core
@@ -400,7 +400,13 @@ pub async fn execute(core: &Arc<Core>, id: &str, depth: u32) -> Option<Execution
             let err = json!({"class": ErrorClass::Internal, "message": "the orchestration version is gone"});
             let _ = core
                 .store
-                .update_execution(id, "failed", None, Some(&err.to_string()), now_unix())
+                .update_execution(
+                    id,
+                    ExecutionStatus::Failed,
+                    None,
+                    Some(&err.to_string()),
+                    now_unix(),
+                )
                 .await;
             return core.store.execution_any(id).await.ok().flatten();
         }
@@ -469,24 +475,24 @@ pub async fn execute(core: &Arc<Core>, id: &str, depth: u32) -> Option<Execution
     }
     let (status, output, error) = match &outcome {
         Ok(v) if run.partial.load(Ordering::SeqCst) => {
-            ("partially_succeeded", Some(stored(v)), None)
+            (ExecutionStatus::PartiallySucceeded, Some(stored(v)), None)
         }
-        Ok(v) => ("succeeded", Some(stored(v)), None),
+        Ok(v) => (ExecutionStatus::Succeeded, Some(stored(v)), None),
         Err(e) if e.class == ErrorClass::Cancelled => {
-            ("cancelled", None, Some(json!(e).to_string()))
+            (ExecutionStatus::Cancelled, None, Some(json!(e).to_string()))
         }
-        Err(e) => ("failed", None, Some(json!(e).to_string())),
+        Err(e) => (ExecutionStatus::Failed, None, Some(json!(e).to_string())),
     };
     let _ = core
         .store
         .update_execution(id, status, output.as_deref(), error.as_deref(), now_unix())
         .await;
     core.metrics.execution_finished(
-        status,
+        status.as_str(),
         (now_unix() - exe.started_at.unwrap_or(now)).max(0) as f64,
     );
     // A re-run that succeeded settles the failed execution it re-ran.
-    if matches!(status, "succeeded" | "partially_succeeded")
+    if status.succeeded()
         && let Some(original) = &exe.rerun_of
         && let Err(e) = core
             .store
@@ -501,7 +507,10 @@ pub async fn execute(core: &Arc<Core>, id: &str, depth: u32) -> Option<Execution
     // Traces of ended executions keep at most the payload limit per step.
     // Failed ones keep everything until replayed or discarded: a re-run from
     // the failed step reads the earlier steps' full outputs.
-    if matches!(status, "succeeded" | "cancelled") {
+    if matches!(
+        status,
+        ExecutionStatus::Succeeded | ExecutionStatus::Cancelled
+    ) {
         let limit = definition["trace"]["payload_bytes"]
             .as_u64()
             .map_or(DEFAULT_TRACE_PAYLOAD, |n| n as usize);
@@ -1555,7 +1564,7 @@ async fn sub_orchestration(
     let ended = Box::pin(execute(&run.core, &child.id, run.depth + 1)).await;
     let input = json!({"orchestration": o.id, "execution_id": child.id, "parameters": params});
     match ended {
-        Some(e) if matches!(e.status.as_str(), "succeeded" | "partially_succeeded") => (
+        Some(e) if e.status.succeeded() => (
             Some(input),
             Ok(json!({"execution_id": e.id, "status": e.status,
                       "output": e.output.and_then(|o| serde_json::from_str::<Value>(&o).ok())})),

@@ -1,5 +1,6 @@
 //! Executions and their step records.
 
+use crate::domain::ExecutionStatus;
 use sqlx::Connection as _;
 use sqlx::FromRow;
 
@@ -18,8 +19,8 @@ pub struct ExecutionRow {
     pub orchestration_name: String,
     /// The pinned version.
     pub version: i64,
-    /// queued, running, succeeded, partially_succeeded, failed, cancelled.
-    pub status: String,
+    /// Where it is in its life.
+    pub status: ExecutionStatus,
     /// The run's parameters (JSON).
     pub parameters: String,
     /// The result (JSON), when finished.
@@ -56,7 +57,7 @@ impl ExecutionRow {
             orchestration_id: o.id.clone(),
             orchestration_name: o.name.clone(),
             version: o.latest_version,
-            status: "queued".into(),
+            status: ExecutionStatus::Queued,
             parameters,
             output: None,
             error: None,
@@ -124,7 +125,7 @@ impl Store {
         .bind(&e.orchestration_id)
         .bind(&e.orchestration_name)
         .bind(e.version)
-        .bind(&e.status)
+        .bind(e.status)
         .bind(&e.parameters)
         .bind(&e.trigger_type)
         .bind(&e.created_by)
@@ -162,7 +163,7 @@ impl Store {
         &self,
         tenant_id: &str,
         orchestration_id: Option<&str>,
-        status: Option<&str>,
+        status: Option<ExecutionStatus>,
         before: Option<&str>,
         limit: i64,
     ) -> Result<Vec<ExecutionRow>, StoreError> {
@@ -273,15 +274,12 @@ impl Store {
     pub async fn update_execution(
         &self,
         id: &str,
-        status: &str,
+        status: ExecutionStatus,
         output: Option<&str>,
         error: Option<&str>,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let finished = matches!(
-            status,
-            "succeeded" | "partially_succeeded" | "failed" | "cancelled"
-        );
+        let finished = status.is_finished();
         let done = sqlx::query(
             "UPDATE executions SET status = $1, output = COALESCE($2, output), error = COALESCE($3, error), \
              started_at = COALESCE(started_at, $4), finished_at = CASE WHEN $5 = 1 THEN $4 ELSE finished_at END, \

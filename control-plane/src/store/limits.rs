@@ -317,7 +317,7 @@ mod tests {
             orchestration_id: "orc_1".into(),
             orchestration_name: "sync".into(),
             version: 1,
-            status: "queued".into(),
+            status: crate::domain::ExecutionStatus::Queued,
             parameters: r#"{"vin":"1HGCM82633A004352"}"#.into(),
             output: None,
             error: None,
@@ -416,9 +416,15 @@ mod tests {
                 db.name
             );
             // A finished execution frees its slot.
-            s.update_execution("exe_2", "succeeded", None, None, now)
-                .await
-                .unwrap();
+            s.update_execution(
+                "exe_2",
+                crate::domain::ExecutionStatus::Succeeded,
+                None,
+                None,
+                now,
+            )
+            .await
+            .unwrap();
             assert!(
                 s.claim_execution("exe_3", "ten_a", "node_a", now, now + 15, 2)
                     .await
@@ -466,7 +472,7 @@ mod tests {
             ] {
                 s.create_execution(&execution(id, "ten_a")).await.unwrap();
                 if let Some(status) = status {
-                    s.update_execution(id, status, None, None, at)
+                    s.update_execution(id, status.parse().unwrap(), None, None, at)
                         .await
                         .unwrap();
                 }
