@@ -5,9 +5,11 @@
 //!   retries where safe, size limits) and normalizes its result;
 //! - [`policy`]: the allow-list of hosts and ports an agent may call;
 //! - [`tls`], [`wire`]: the tunnel's TLS and QUIC settings and frame I/O;
+//! - [`mux`]: streams over one WebSocket, for the TCP transport;
 //! - [`support`]: time, shutdown and logging helpers of both binaries.
 
 pub mod call;
+pub mod mux;
 pub mod policy;
 pub mod support;
 pub mod tls;
