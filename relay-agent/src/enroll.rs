@@ -135,7 +135,7 @@ pub async fn enroll(
     )
     .await
     .map_err(protocol)?;
-    match read_frame::<ControlToAgent>(&mut recv, MAX_CONTROL_FRAME_LEN)
+    match read_frame::<ControlToAgent, _>(&mut recv, MAX_CONTROL_FRAME_LEN)
         .await
         .map_err(protocol)?
     {
@@ -157,7 +157,7 @@ pub async fn enroll(
     )
     .await
     .map_err(protocol)?;
-    let answer = read_frame::<ControlToAgent>(&mut recv, MAX_CONTROL_FRAME_LEN)
+    let answer = read_frame::<ControlToAgent, _>(&mut recv, MAX_CONTROL_FRAME_LEN)
         .await
         .map_err(protocol)?;
     let _ = send.finish();

@@ -355,7 +355,7 @@ async fn handshake(
     write_frame(&mut send, &hello)
         .await
         .map_err(|e| retry("sending hello failed", &e))?;
-    match read_frame::<ControlToAgent>(&mut recv, MAX_CONTROL_FRAME_LEN).await {
+    match read_frame::<ControlToAgent, _>(&mut recv, MAX_CONTROL_FRAME_LEN).await {
         Ok(Some(ControlToAgent::Welcome(w))) => {
             debug!(version = w.version, "handshake accepted");
             Ok((
@@ -399,7 +399,7 @@ async fn control_loop(
     // The reader owns the receive half so a partly read frame is never dropped.
     let reader = tokio::spawn(async move {
         loop {
-            let frame = read_frame::<ControlToAgent>(&mut recv, MAX_CONTROL_FRAME_LEN).await;
+            let frame = read_frame::<ControlToAgent, _>(&mut recv, MAX_CONTROL_FRAME_LEN).await;
             let stop = !matches!(frame, Ok(Some(_)));
             if frames_tx.send(frame).await.is_err() || stop {
                 break;
@@ -543,7 +543,7 @@ async fn serve_call(
     mut recv: quinn::RecvStream,
     version: u16,
 ) {
-    let message = match read_frame::<ControlToAgent>(&mut recv, MAX_FRAME_LEN).await {
+    let message = match read_frame::<ControlToAgent, _>(&mut recv, MAX_FRAME_LEN).await {
         Ok(Some(ControlToAgent::Ping(n))) => {
             if write_frame(&mut send, &AgentToControl::Pong(n))
                 .await

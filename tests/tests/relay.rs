@@ -677,7 +677,7 @@ async fn an_agent_speaking_only_a_future_protocol_is_told_what_to_upgrade() {
     write_frame(&mut send, &AgentToControl::Hello(hello))
         .await
         .unwrap();
-    match read_frame::<ControlToAgent>(&mut recv, MAX_CONTROL_FRAME_LEN)
+    match read_frame::<ControlToAgent, _>(&mut recv, MAX_CONTROL_FRAME_LEN)
         .await
         .unwrap()
     {

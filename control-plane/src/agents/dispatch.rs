@@ -111,7 +111,7 @@ fn probe(agent: Arc<LiveAgent>) {
                 .await
                 .ok()?;
             let _ = send.finish();
-            match read_frame::<AgentToControl>(&mut recv, 64).await {
+            match read_frame::<AgentToControl, _>(&mut recv, 64).await {
                 Ok(Some(AgentToControl::Pong(n))) if n == nonce => Some(()),
                 _ => None,
             }
@@ -481,7 +481,7 @@ impl Registry {
         tick.reset();
         loop {
             let frame = tokio::select! {
-                f = read_frame::<AgentToControl>(&mut stream.recv, MAX_FRAME_LEN) => f,
+                f = read_frame::<AgentToControl, _>(&mut stream.recv, MAX_FRAME_LEN) => f,
                 _ = tick.tick() => {
                     if started.elapsed() >= wait {
                         return done(CallResult::failure(

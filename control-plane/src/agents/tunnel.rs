@@ -125,7 +125,7 @@ async fn handle(core: Arc<Core>, connection: quinn::Connection) {
         };
     let hello = match tokio::time::timeout(
         HELLO_TIMEOUT,
-        read_frame::<AgentToControl>(&mut recv, MAX_CONTROL_FRAME_LEN),
+        read_frame::<AgentToControl, _>(&mut recv, MAX_CONTROL_FRAME_LEN),
     )
     .await
     {
@@ -266,7 +266,7 @@ async fn control_stream(
     let mut last_written = live.last_seen.load(Ordering::Relaxed);
     loop {
         let frame = tokio::select! {
-            f = read_frame::<AgentToControl>(&mut recv, MAX_CONTROL_FRAME_LEN) => f,
+            f = read_frame::<AgentToControl, _>(&mut recv, MAX_CONTROL_FRAME_LEN) => f,
             e = live.connection.closed() => return e.to_string(),
         };
         let answer = match frame {
@@ -334,7 +334,7 @@ async fn enrollment(
 ) {
     let answer = match tokio::time::timeout(
         HELLO_TIMEOUT,
-        read_frame::<AgentToControl>(&mut recv, MAX_CONTROL_FRAME_LEN),
+        read_frame::<AgentToControl, _>(&mut recv, MAX_CONTROL_FRAME_LEN),
     )
     .await
     {
