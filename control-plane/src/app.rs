@@ -150,7 +150,7 @@ pub struct ResolvedSettings {
 pub struct Server {
     /// Bound HTTP address.
     pub http_addr: SocketAddr,
-    /// Bound tunnel address.
+    /// Bound tunnel address (QUIC over UDP, and the TCP transport on the same port).
     pub tunnel_addr: SocketAddr,
     /// Shared services.
     pub core: Arc<Core>,
@@ -220,6 +220,11 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let endpoint = tunnel::endpoint(&core, settings.tunnel_addr)
         .with_context(|| format!("cannot listen for tunnels on UDP {}", settings.tunnel_addr))?;
     let tunnel_addr = endpoint.local_addr()?;
+    // The TCP transport (for agents whose network blocks UDP) listens on
+    // the same address and port, over TCP.
+    let tcp_tunnel = tokio::net::TcpListener::bind(tunnel_addr)
+        .await
+        .with_context(|| format!("cannot listen for tunnels on TCP {tunnel_addr}"))?;
     core.settings.public_tunnel_addr = settings
         .public_tunnel_addr
         .clone()
@@ -228,6 +233,11 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
 
     let mut tasks = JoinSet::new();
     tasks.spawn(tunnel::serve(core.clone(), endpoint, shutdown.clone()));
+    tasks.spawn(tunnel::serve_tcp(
+        core.clone(),
+        tcp_tunnel,
+        shutdown.clone(),
+    ));
     tasks.spawn(quotas::run_sharing(core.clone(), shutdown.clone()));
     tasks.spawn(guard::run_sharing(core.clone(), shutdown.clone()));
     tasks.spawn(quotas::run_storage(core.clone(), shutdown.clone()));

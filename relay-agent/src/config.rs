@@ -70,6 +70,13 @@ impl Default for LimitsSection {
 pub struct TunnelSection {
     /// Overrides the control plane address stored at enrollment (`host:port`).
     pub control_plane: Option<String>,
+    /// `quic` (the default) or `wss`: TLS and WebSocket over TCP, for
+    /// networks that block outbound UDP.
+    pub transport: String,
+    /// The control plane's TCP tunnel address (`host:port`) for `wss`.
+    /// Default: the QUIC address (the control plane listens on TCP on the
+    /// same port unless its operator set `tunnel_tcp_addr`).
+    pub wss: Option<String>,
     /// QUIC keep-alive interval in seconds; below common NAT UDP timeouts (30 s). Default 10.
     pub keep_alive_secs: u64,
     /// The longest the agent tolerates silence before redialling, seconds. Default 30.
@@ -84,6 +91,8 @@ impl Default for TunnelSection {
     fn default() -> Self {
         TunnelSection {
             control_plane: None,
+            transport: "quic".into(),
+            wss: None,
             keep_alive_secs: 10,
             idle_timeout_secs: 30,
             reconnect_initial_ms: 500,
@@ -116,6 +125,10 @@ pub struct AgentConfig {
     pub max_timeout: Duration,
     /// Address override.
     pub control_plane: Option<String>,
+    /// The transport to dial.
+    pub transport: Transport,
+    /// The TCP tunnel address, when not the QUIC one.
+    pub wss: Option<String>,
     /// QUIC keep-alive.
     pub keep_alive: Duration,
     /// QUIC idle timeout.
@@ -129,6 +142,25 @@ pub struct AgentConfig {
     /// Exit (status 4) when the tunnel has been down this long
     /// (`--exit-on-unhealthy`, for supervisors that prefer a restart).
     pub exit_on_unhealthy: Option<Duration>,
+}
+
+/// How the agent reaches the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// QUIC over UDP.
+    Quic,
+    /// TLS and WebSocket over TCP.
+    Wss,
+}
+
+impl Transport {
+    /// Its name in the config and in `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Quic => "quic",
+            Transport::Wss => "wss",
+        }
+    }
 }
 
 /// A config that could not be loaded; lists every problem.
@@ -225,6 +257,21 @@ impl ConfigFile {
         {
             problems.push(format!("tunnel.control_plane = `{addr}` must be host:port"));
         }
+        if let Some(addr) = &t.wss
+            && !addr.contains(':')
+        {
+            problems.push(format!("tunnel.wss = `{addr}` must be host:port"));
+        }
+        let transport = match t.transport.as_str() {
+            "quic" => Transport::Quic,
+            "wss" => Transport::Wss,
+            other => {
+                problems.push(format!(
+                    "tunnel.transport = `{other}` must be `quic` or `wss`"
+                ));
+                Transport::Quic
+            }
+        };
         let metrics_listen = match &self.metrics.listen {
             None => None,
             Some(text) => match text.parse::<std::net::SocketAddr>() {
@@ -250,6 +297,8 @@ impl ConfigFile {
             max_response_bytes: l.max_response_bytes,
             max_timeout: Duration::from_millis(u64::from(l.max_timeout_ms)),
             control_plane: t.control_plane.clone(),
+            transport,
+            wss: t.wss.clone(),
             keep_alive: Duration::from_secs(t.keep_alive_secs),
             idle_timeout: Duration::from_secs(t.idle_timeout_secs),
             reconnect_initial: Duration::from_millis(t.reconnect_initial_ms),

@@ -210,7 +210,7 @@ async fn quic_handshake(i: &Identity, address: &str, remote: std::net::SocketAdd
         )),
         Err(_) => Outcome::Fail(format!(
             "no answer from {address} within {} s: outbound UDP to that port may be blocked by a \
-             firewall (ask for UDP {} to be allowed out)",
+             firewall (ask for UDP {} to be allowed out, or set tunnel.transport = \"wss\" to use TCP)",
             CHECK_TIMEOUT.as_secs(),
             remote.port()
         )),

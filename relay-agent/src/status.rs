@@ -20,7 +20,7 @@ pub const REFRESH_SECS: u64 = 5;
 pub struct Status {
     /// `connecting`, `online` or `offline`.
     pub state: String,
-    /// The transport of the tunnel (`quic`).
+    /// The transport of the tunnel (`quic` or `wss`).
     pub transport: String,
     /// `host:port` of the control plane.
     pub control_plane: String,
@@ -81,6 +81,14 @@ impl Reporter {
             buckets: Default::default(),
             micros: AtomicU64::new(0),
         }
+    }
+
+    /// Records the transport of the tunnel now up (`quic` or `wss`).
+    pub fn transport(&self, transport: &str) {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .transport = transport.to_owned();
     }
 
     /// Counts a finished call and how long it took.

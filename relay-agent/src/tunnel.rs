@@ -1,6 +1,8 @@
 //! The tunnel client: dials out to the control plane over QUIC with mutual
-//! TLS, keeps the connection alive, serves calls on the streams the control
-//! plane opens, and reconnects forever with full-jitter exponential backoff.
+//! TLS (or, with `tunnel.transport = "wss"`, over TCP: the same mutual TLS,
+//! a WebSocket, multiplexed streams), keeps the connection alive, serves
+//! calls on the streams the control plane opens, and reconnects forever
+//! with full-jitter exponential backoff.
 //!
 //! The agent never exits because the control plane is unreachable; it exits
 //! only on shutdown, or when the control plane says it was revoked or does
@@ -21,12 +23,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, Transport};
 use crate::enroll::{client_endpoint, hostname, resolve};
 use crate::identity::{Identity, IdentityError};
 use dibop_runtime::Runtime;
+use dibop_runtime::link::{Link, LinkError, RecvHalf, SendHalf};
 use dibop_runtime::support::{now_unix, rfc3339};
-use dibop_runtime::tls::{TUNNEL_SERVER_NAME, agent_client_config, transport};
+use dibop_runtime::tls::{
+    ALPN_TCP, TUNNEL_SERVER_NAME, WS_PATH, agent_client_config, agent_tls, transport,
+};
 use dibop_runtime::wire::{MAX_CONTROL_FRAME_LEN, read_frame, write_frame};
 
 /// Why the agent stopped for good.
@@ -215,7 +220,7 @@ pub async fn run(
 }
 
 async fn session(shared: &Arc<Shared>, shutdown: &CancellationToken) -> SessionEnd {
-    let (address, client_config, agent_id) = {
+    let (address, client_config, tcp_tls, agent_id) = {
         let identity = shared.identity.lock().await;
         if identity.meta.not_after_unix <= now_unix() {
             return SessionEnd::Fatal(RunError::CertificateExpired(rfc3339(
@@ -238,8 +243,14 @@ async fn session(shared: &Arc<Shared>, shutdown: &CancellationToken) -> SessionE
             identity.key(),
             transport,
         );
-        match config {
-            Ok(c) => (address, c, identity.meta.agent_id.clone()),
+        let tcp_tls = agent_tls(
+            CertificateDer::from(identity.ca_der.clone()),
+            CertificateDer::from(identity.cert_der.clone()),
+            identity.key(),
+            ALPN_TCP,
+        );
+        match config.and_then(|c| Ok((c, tcp_tls?))) {
+            Ok((c, t)) => (address, c, t, identity.meta.agent_id.clone()),
             Err(e) => {
                 return SessionEnd::Fatal(RunError::Setup(format!(
                     "identity files are unusable: {e}"
@@ -253,25 +264,46 @@ async fn session(shared: &Arc<Shared>, shutdown: &CancellationToken) -> SessionE
         None,
         shared.in_flight.load(Ordering::Relaxed),
     );
-    let remote = match resolve(&address).await {
-        Ok(r) => r,
-        Err(e) => return SessionEnd::Retry(e),
-    };
-    let endpoint = match client_endpoint(remote) {
-        Ok(e) => e,
-        Err(e) => return SessionEnd::Retry(format!("cannot open a UDP socket: {e}")),
-    };
-    let connecting = match endpoint.connect_with(client_config, remote, TUNNEL_SERVER_NAME) {
-        Ok(c) => c,
-        Err(e) => return SessionEnd::Retry(format!("cannot dial {address}: {e}")),
-    };
-    let connection = tokio::select! {
-        c = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting) => match c {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return SessionEnd::Retry(format!("cannot connect to {address}: {e}")),
-            Err(_) => return SessionEnd::Retry(format!("no answer from {address} within {HANDSHAKE_TIMEOUT:?}")),
-        },
-        _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+    let transport_name = shared.config.transport.as_str();
+    let (connection, endpoint) = match shared.config.transport {
+        Transport::Quic => {
+            let remote = match resolve(&address).await {
+                Ok(r) => r,
+                Err(e) => return SessionEnd::Retry(e),
+            };
+            let endpoint = match client_endpoint(remote) {
+                Ok(e) => e,
+                Err(e) => return SessionEnd::Retry(format!("cannot open a UDP socket: {e}")),
+            };
+            let connecting = match endpoint.connect_with(client_config, remote, TUNNEL_SERVER_NAME)
+            {
+                Ok(c) => c,
+                Err(e) => return SessionEnd::Retry(format!("cannot dial {address}: {e}")),
+            };
+            let connection = tokio::select! {
+                c = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting) => match c {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => return SessionEnd::Retry(format!("cannot connect to {address}: {e}")),
+                    Err(_) => return SessionEnd::Retry(format!("no answer from {address} within {HANDSHAKE_TIMEOUT:?}")),
+                },
+                _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+            };
+            (Link::Quic(connection), Some(endpoint))
+        }
+        Transport::Wss => {
+            let target = shared.config.wss.clone().unwrap_or_else(|| address.clone());
+            let max_streams = shared.config.max_concurrent_calls as usize + 8;
+            let dial = dial_wss(&target, tcp_tls, max_streams);
+            let link = tokio::select! {
+                c = tokio::time::timeout(HANDSHAKE_TIMEOUT, dial) => match c {
+                    Ok(Ok(link)) => link,
+                    Ok(Err(e)) => return SessionEnd::Retry(format!("cannot connect to {target} over TCP: {e}")),
+                    Err(_) => return SessionEnd::Retry(format!("no answer from {target} over TCP within {HANDSHAKE_TIMEOUT:?}")),
+                },
+                _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+            };
+            (link, None)
+        }
     };
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&connection)).await;
     let (send, recv, heartbeat_every, version) = match handshake {
@@ -281,7 +313,8 @@ async fn session(shared: &Arc<Shared>, shutdown: &CancellationToken) -> SessionE
             return SessionEnd::Retry("the control plane did not answer the handshake".into());
         }
     };
-    info!(%agent_id, control_plane = %address, "tunnel up");
+    info!(%agent_id, control_plane = %address, transport = transport_name, "tunnel up");
+    shared.status.transport(transport_name);
     shared.status.set(
         "online",
         &address,
@@ -320,30 +353,57 @@ async fn session(shared: &Arc<Shared>, shutdown: &CancellationToken) -> SessionE
         if drained.is_err() {
             warn!("calls still running after {DRAIN_TIMEOUT:?}; abandoning them");
         }
-        connection.close(codes::CLOSE_SHUTDOWN.into(), b"agent shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        connection.close(codes::CLOSE_SHUTDOWN, b"agent shutting down");
+        if let Some(endpoint) = endpoint {
+            let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        } else {
+            let _ = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
+        }
     } else {
         calls.abort_all();
     }
     end
 }
 
-fn connection_end(error: quinn::ConnectionError) -> SessionEnd {
-    match &error {
-        quinn::ConnectionError::ApplicationClosed(close) => {
-            let reason = String::from_utf8_lossy(&close.reason).into_owned();
-            match u32::try_from(close.error_code.into_inner()) {
-                Ok(codes::CLOSE_REVOKED) => SessionEnd::Fatal(RunError::Revoked(reason)),
-                _ => SessionEnd::Retry(format!("the control plane closed the tunnel: {reason}")),
-            }
+fn connection_end(error: LinkError) -> SessionEnd {
+    match error {
+        LinkError::ClosedByPeer { code, reason } if code == codes::CLOSE_REVOKED => {
+            SessionEnd::Fatal(RunError::Revoked(reason))
         }
-        _ => SessionEnd::Retry(format!("connection lost: {error}")),
+        LinkError::ClosedByPeer { reason, .. } => {
+            SessionEnd::Retry(format!("the control plane closed the tunnel: {reason}"))
+        }
+        other => SessionEnd::Retry(format!("connection lost: {other}")),
     }
 }
 
-async fn handshake(
-    connection: &quinn::Connection,
-) -> Result<(quinn::SendStream, quinn::RecvStream, Duration, u16), SessionEnd> {
+/// Dials the TCP transport: TCP, TLS with the agent's certificate, the
+/// WebSocket upgrade, then streams over it.
+async fn dial_wss(
+    target: &str,
+    tls: rustls::ClientConfig,
+    max_streams: usize,
+) -> Result<Link, String> {
+    let remote = resolve(target).await?;
+    let tcp = tokio::net::TcpStream::connect(remote)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let name =
+        rustls::pki_types::ServerName::try_from(TUNNEL_SERVER_NAME).map_err(|e| e.to_string())?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let url = format!("wss://{target}{WS_PATH}");
+    let (ws, _) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .map_err(|e| format!("WebSocket: {e}"))?;
+    let mux = dibop_runtime::mux::Mux::new(ws, dibop_runtime::mux::Side::Agent, max_streams);
+    Ok(Link::tcp(mux, remote, None))
+}
+
+async fn handshake(connection: &Link) -> Result<(SendHalf, RecvHalf, Duration, u16), SessionEnd> {
     let retry = |what: &str, e: &dyn std::fmt::Display| SessionEnd::Retry(format!("{what}: {e}"));
     let (mut send, mut recv) = connection.open_bi().await.map_err(connection_end)?;
     let hello = AgentToControl::Hello(Hello {
@@ -386,8 +446,8 @@ async fn handshake(
 /// Heartbeats and certificate renewal on the control stream.
 async fn control_loop(
     shared: Arc<Shared>,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
     every: Duration,
 ) -> SessionEnd {
     let mut ticker = tokio::time::interval(every);
@@ -537,26 +597,21 @@ impl Drop for InFlight<'_> {
 /// Serves one stream the control plane opened: a call (read the request,
 /// acknowledge it from protocol 3 on, perform it unless the control plane
 /// cancels, answer) or a liveness probe.
-async fn serve_call(
-    shared: &Shared,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    version: u16,
-) {
+async fn serve_call(shared: &Shared, mut send: SendHalf, mut recv: RecvHalf, version: u16) {
     let message = match read_frame::<ControlToAgent, _>(&mut recv, MAX_FRAME_LEN).await {
         Ok(Some(ControlToAgent::Ping(n))) => {
             if write_frame(&mut send, &AgentToControl::Pong(n))
                 .await
                 .is_ok()
             {
-                let _ = send.finish();
+                send.finish().await;
             }
             return;
         }
         Ok(Some(m @ (ControlToAgent::Call(_) | ControlToAgent::Invoke(_)))) => m,
         Ok(other) => {
             warn!("call stream did not start with a call: {other:?}");
-            let _ = send.reset(codes::CLOSE_PROTOCOL_ERROR.into());
+            send.reset(codes::CLOSE_PROTOCOL_ERROR);
             return;
         }
         Err(e) => {
@@ -583,7 +638,6 @@ async fn serve_call(
     };
     shared.in_flight.fetch_add(1, Ordering::Relaxed);
     let _guard = InFlight(&shared.in_flight);
-    let stopped = send.stopped();
     let (call_id, url) = match &message {
         ControlToAgent::Call(r) => (r.call_id, r.url.clone()),
         ControlToAgent::Invoke(r) => (r.call.call_id, r.call.url.clone()),
@@ -601,7 +655,7 @@ async fn serve_call(
     };
     let answer = tokio::select! {
         r = work => r,
-        _ = stopped => {
+        _ = async { tokio::select! { _ = send.stopped() => {}, _ = recv.abandoned() => {} } } => {
             // Without the query: it may carry personal data.
             let path = url.split('?').next().unwrap_or_default();
             info!(call_id, url = %path, "call cancelled by the control plane");
@@ -621,7 +675,7 @@ async fn serve_call(
         debug!(call_id, "could not send the result: {e}");
         return;
     }
-    let _ = send.finish();
+    send.finish().await;
 }
 
 #[cfg(test)]

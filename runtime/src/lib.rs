@@ -5,10 +5,12 @@
 //!   retries where safe, size limits) and normalizes its result;
 //! - [`policy`]: the allow-list of hosts and ports an agent may call;
 //! - [`tls`], [`wire`]: the tunnel's TLS and QUIC settings and frame I/O;
-//! - [`mux`]: streams over one WebSocket, for the TCP transport;
+//! - [`mux`], [`link`]: streams over one WebSocket for the TCP transport,
+//!   and one tunnel connection whichever transport carries it;
 //! - [`support`]: time, shutdown and logging helpers of both binaries.
 
 pub mod call;
+pub mod link;
 pub mod mux;
 pub mod policy;
 pub mod support;

@@ -53,6 +53,8 @@ struct Closing {
     received: Option<CloseReason>,
     /// What this side closes with.
     sending: Option<CloseReason>,
+    /// This side asked to close.
+    here: bool,
 }
 
 /// A WebSocket as a byte stream: binary messages in, binary messages out.
@@ -315,6 +317,7 @@ impl Mux {
     /// Closes the connection with a tunnel close code: open streams end,
     /// and the peer reads the code and reason.
     pub fn close(&self, code: u32, reason: &str) {
+        lock(&self.closing).here = true;
         let _ = self.requests.send(Request::Close(CloseReason {
             code,
             reason: reason.to_owned(),
@@ -324,6 +327,16 @@ impl Mux {
     /// Resolves when the connection has ended (closed by either side or failed).
     pub async fn closed(&self) {
         self.ended.cancelled().await;
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.ended.is_cancelled()
+    }
+
+    /// Whether this side closed it.
+    pub fn closed_here(&self) -> bool {
+        lock(&self.closing).here
     }
 
     /// The peer's close code and reason, once it closed the connection.

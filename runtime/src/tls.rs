@@ -14,8 +14,12 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 /// The name in the control plane's tunnel certificate.
 pub const TUNNEL_SERVER_NAME: &str = "tunnel.dibop.internal";
-/// ALPN protocol id of the tunnel.
+/// ALPN protocol id of the tunnel over QUIC.
 pub const ALPN: &[u8] = b"dibop/1";
+/// ALPN protocol id of the tunnel over TCP (a WebSocket upgrade is HTTP/1.1).
+pub const ALPN_TCP: &[u8] = b"http/1.1";
+/// The path the TCP transport's WebSocket is served on.
+pub const WS_PATH: &str = "/tunnel";
 
 /// Installs aws-lc-rs as the process's rustls crypto provider. Idempotent;
 /// every binary and test harness calls it first.
@@ -171,21 +175,32 @@ pub fn enrollment_client_config(ca_sha256: [u8; 32]) -> anyhow::Result<quinn::Cl
     )
 }
 
-/// Client config for the tunnel: mutual TLS with the agent's certificate.
-pub fn agent_client_config(
+/// TLS client settings of the tunnel: mutual TLS 1.3 with the agent's
+/// certificate, the control plane authenticated by the agent's CA.
+pub fn agent_tls(
     ca_der: CertificateDer<'static>,
     cert_der: CertificateDer<'static>,
     key_der: PrivateKeyDer<'static>,
-    transport: quinn::TransportConfig,
-) -> anyhow::Result<quinn::ClientConfig> {
+    alpn: &[u8],
+) -> anyhow::Result<rustls::ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(ca_der)?;
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
         .with_client_auth_cert(vec![cert_der], key_der)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    quic_client(tls, transport)
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
+}
+
+/// Client config for the tunnel over QUIC.
+pub fn agent_client_config(
+    ca_der: CertificateDer<'static>,
+    cert_der: CertificateDer<'static>,
+    key_der: PrivateKeyDer<'static>,
+    transport: quinn::TransportConfig,
+) -> anyhow::Result<quinn::ClientConfig> {
+    quic_client(agent_tls(ca_der, cert_der, key_der, ALPN)?, transport)
 }
 
 #[cfg(test)]

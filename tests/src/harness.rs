@@ -522,12 +522,18 @@ impl Agent {
 
     /// Starts an enrolled agent with an allow-list.
     pub async fn start(dir: &Path, allow: &[String]) -> anyhow::Result<Agent> {
+        Self::start_with(dir, allow, "").await
+    }
+
+    /// Starts an enrolled agent with an allow-list and more `[tunnel]`
+    /// settings (TOML lines, e.g. `transport = "wss"`).
+    pub async fn start_with(dir: &Path, allow: &[String], tunnel: &str) -> anyhow::Result<Agent> {
         let config = dir.join("agent.toml");
         let allow_toml: Vec<String> = allow.iter().map(|a| format!("\"{a}\"")).collect();
         std::fs::write(
             &config,
             format!(
-                "[policy]\nallow = [{}]\n[tunnel]\nkeep_alive_secs = 1\nidle_timeout_secs = 3\nreconnect_initial_ms = 100\nreconnect_max_ms = 1000\n",
+                "[policy]\nallow = [{}]\n[tunnel]\nkeep_alive_secs = 1\nidle_timeout_secs = 3\nreconnect_initial_ms = 100\nreconnect_max_ms = 1000\n{tunnel}\n",
                 allow_toml.join(", ")
             ),
         )?;

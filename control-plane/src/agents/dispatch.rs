@@ -40,8 +40,8 @@ pub struct LiveAgent {
     pub protocol: u16,
     /// Host reported at handshake.
     pub hostname: String,
-    /// The QUIC connection.
-    pub connection: quinn::Connection,
+    /// The tunnel (QUIC, or the TCP transport).
+    pub connection: dibop_runtime::link::Link,
     /// Calls dispatched and not yet answered.
     pub in_flight: AtomicU32,
     /// Last heartbeat or call (Unix seconds).
@@ -110,7 +110,7 @@ fn probe(agent: Arc<LiveAgent>) {
             write_frame(&mut send, &ControlToAgent::Ping(nonce))
                 .await
                 .ok()?;
-            let _ = send.finish();
+            send.finish().await;
             match read_frame::<AgentToControl, _>(&mut recv, 64).await {
                 Ok(Some(AgentToControl::Pong(n))) if n == nonce => Some(()),
                 _ => None,
@@ -189,14 +189,14 @@ impl Drop for InFlight<'_> {
 /// Stops the receive half of a call stream unless the result was read, so
 /// that a cancelled caller cancels the agent's HTTP request.
 struct CallStream {
-    recv: quinn::RecvStream,
+    recv: dibop_runtime::link::RecvHalf,
     done: bool,
 }
 
 impl Drop for CallStream {
     fn drop(&mut self) {
         if !self.done {
-            let _ = self.recv.stop(codes::STREAM_CANCELLED.into());
+            self.recv.stop(codes::STREAM_CANCELLED);
         }
     }
 }
@@ -240,7 +240,7 @@ impl Registry {
         self.arrived.notify_waiters();
         if let Some(old) = old {
             old.connection.close(
-                codes::CLOSE_REPLACED.into(),
+                codes::CLOSE_REPLACED,
                 b"replaced by a newer connection of this agent",
             );
         }
@@ -313,7 +313,7 @@ impl Registry {
     /// Closes an agent's connection (revocation).
     pub fn disconnect(&self, agent_id: &str, code: u32, reason: &str) {
         if let Some(agent) = self.get(agent_id) {
-            agent.connection.close(code.into(), reason.as_bytes());
+            agent.connection.close(code, reason.as_bytes());
         }
     }
 
@@ -469,7 +469,7 @@ impl Registry {
         if let Err(e) = write_frame(&mut send, message).await {
             return Attempt::NotSent(format!("cannot send the request: {e}"));
         }
-        let _ = send.finish();
+        send.finish().await;
         let wait = answer_deadline(message);
         let started = Instant::now();
         // From protocol 3 the agent acknowledges the call before performing
@@ -506,8 +506,7 @@ impl Registry {
                         if silent >= dead_after {
                             warn!(agent_id = %agent.id, silent_ms = silent.as_millis() as u64,
                                 "agent silent and not answering probes: closing its tunnel");
-                            agent.connection.close(
-                                codes::CLOSE_UNRESPONSIVE.into(),
+                            agent.connection.close(codes::CLOSE_UNRESPONSIVE,
                                 b"no answer to liveness probes",
                             );
                             let why = format!("agent {} stopped answering", agent.id);

@@ -1,4 +1,7 @@
-//! The server end of the agents' tunnels (QUIC with mutual TLS).
+//! The server end of the agents' tunnels: QUIC with mutual TLS, and the
+//! TCP transport (the same mutual TLS, a WebSocket, multiplexed streams:
+//! `dibop_runtime::mux`) for agents whose network blocks UDP. Both give a
+//! `Link`, served by the same code.
 //!
 //! A connection without a client certificate may only enroll. A connection
 //! with one is mapped to its agent by the certificate's subject; unknown and
@@ -15,7 +18,8 @@ use dibop_protocol::{
     Hello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, RejectCode, Rejection, Welcome, codes,
     negotiate_version, version_mismatch_reason,
 };
-use dibop_runtime::tls::{ALPN, transport};
+use dibop_runtime::link::{Link, RecvHalf, SendHalf};
+use dibop_runtime::tls::{ALPN, ALPN_TCP, WS_PATH, transport};
 use dibop_runtime::wire::{MAX_CONTROL_FRAME_LEN, WireError, read_frame, write_frame};
 use rustls::pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
@@ -27,13 +31,16 @@ use crate::agents::ca::agent_id_of;
 use crate::agents::dispatch::LiveAgent;
 use crate::store::{AgentRow, Redeem, now_unix};
 
+/// Streams one TCP tunnel may have open at once (its calls and probes).
+const MAX_TCP_STREAMS: usize = 4096;
 /// Time an agent has to open its control stream and say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The database's `last_seen` is refreshed at most this often per agent.
 const LAST_SEEN_WRITE_EVERY: i64 = 30;
 
-/// Builds the QUIC endpoint of the tunnel.
-pub fn endpoint(core: &Core, addr: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
+/// The tunnel's TLS settings: our certificate, agents' client certificates
+/// verified against our CA (none: enrollment only), TLS 1.3 only.
+fn server_tls(core: &Core, alpn: &[u8]) -> anyhow::Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(core.ca.cert_der().clone())?;
@@ -48,7 +55,13 @@ pub fn endpoint(core: &Core, addr: SocketAddr) -> anyhow::Result<quinn::Endpoint
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
+}
+
+/// Builds the QUIC endpoint of the tunnel.
+pub fn endpoint(core: &Core, addr: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
+    let tls = server_tls(core, ALPN)?;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
     // Agents open only their control stream; calls are opened by us.
@@ -72,7 +85,7 @@ pub async fn serve(core: Arc<Core>, endpoint: quinn::Endpoint, shutdown: Cancell
         tracker.spawn(async move {
             let remote = incoming.remote_address();
             match incoming.await {
-                Ok(connection) => handle(core, connection).await,
+                Ok(connection) => handle(core, Link::Quic(connection)).await,
                 Err(e) => warn!(%remote, "tunnel handshake failed: {e}"),
             }
         });
@@ -83,10 +96,96 @@ pub async fn serve(core: Arc<Core>, endpoint: quinn::Endpoint, shutdown: Cancell
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
 }
 
-fn peer_agent_id(connection: &quinn::Connection) -> Option<String> {
-    let identity = connection.peer_identity()?;
-    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+fn peer_agent_id(connection: &Link) -> Option<String> {
+    let chain: Vec<CertificateDer<'static>> = connection.peer_certificates()?;
     agent_id_of(chain.first()?)
+}
+
+/// Takes the WebSocket upgrade on the tunnel's path only. (Its signature is
+/// tungstenite's handshake callback, error type included.)
+#[allow(clippy::result_large_err)]
+fn tunnel_path_only(
+    req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+    resp: tokio_tungstenite::tungstenite::handshake::server::Response,
+) -> Result<
+    tokio_tungstenite::tungstenite::handshake::server::Response,
+    tokio_tungstenite::tungstenite::handshake::server::ErrorResponse,
+> {
+    if req.uri().path() == WS_PATH {
+        return Ok(resp);
+    }
+    let mut not_found = tokio_tungstenite::tungstenite::handshake::server::ErrorResponse::new(
+        Some(format!("the tunnel is at {WS_PATH}")),
+    );
+    *not_found.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::NOT_FOUND;
+    Err(not_found)
+}
+
+/// Accepts the TCP transport on `listener` until `shutdown`: TLS (the
+/// same certificates as QUIC), then a WebSocket upgrade on `/tunnel`, then
+/// streams over it.
+pub async fn serve_tcp(
+    core: Arc<Core>,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) {
+    let tls = match server_tls(&core, ALPN_TCP) {
+        Ok(t) => tokio_rustls::TlsAcceptor::from(Arc::new(t)),
+        Err(e) => return warn!("cannot serve the TCP tunnel: {e}"),
+    };
+    let tracker = TaskTracker::new();
+    loop {
+        let (tcp, remote) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: pause, do not spin.
+                    warn!("cannot accept a TCP tunnel connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let core = core.clone();
+        let tls = tls.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let upgrade = async {
+                let stream = tls.accept(tcp).await.map_err(|e| format!("TLS: {e}"))?;
+                let peer = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .map(|c| c.iter().map(|d| d.clone().into_owned()).collect::<Vec<_>>());
+
+                let ws = tokio_tungstenite::accept_hdr_async(stream, tunnel_path_only)
+                    .await
+                    .map_err(|e| format!("WebSocket: {e}"))?;
+                Ok::<_, String>((ws, peer))
+            };
+            let (ws, peer) = match tokio::time::timeout(HELLO_TIMEOUT, upgrade).await {
+                Ok(Ok(u)) => u,
+                Ok(Err(e)) => return warn!(%remote, "TCP tunnel handshake failed: {e}"),
+                Err(_) => return warn!(%remote, "TCP tunnel handshake took over 10 s"),
+            };
+            let mux = dibop_runtime::mux::Mux::new(
+                ws,
+                dibop_runtime::mux::Side::ControlPlane,
+                MAX_TCP_STREAMS,
+            );
+            let link = Link::tcp(mux, remote, peer);
+            tokio::select! {
+                _ = handle(core, link.clone()) => {}
+                _ = shutdown.cancelled() => {
+                    link.close(codes::CLOSE_SHUTDOWN, b"control plane shutting down");
+                }
+            }
+        });
+    }
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
 }
 
 fn clip(text: &str) -> String {
@@ -101,13 +200,13 @@ fn reject(code: RejectCode, message: impl Into<String>) -> ControlToAgent {
 }
 
 /// Closes the connection because of a wire error, saying why on both ends.
-fn protocol_error(connection: &quinn::Connection, who: &str, error: &WireError) {
+fn protocol_error(connection: &Link, who: &str, error: &WireError) {
     let reason = error.to_string();
     warn!(remote = %connection.remote_address(), peer = who, "closing tunnel: {reason}");
-    connection.close(codes::CLOSE_PROTOCOL_ERROR.into(), reason.as_bytes());
+    connection.close(codes::CLOSE_PROTOCOL_ERROR, reason.as_bytes());
 }
 
-async fn handle(core: Arc<Core>, connection: quinn::Connection) {
+async fn handle(core: Arc<Core>, connection: Link) {
     let remote = connection.remote_address();
     let agent_id = peer_agent_id(&connection);
     let who = agent_id.clone().unwrap_or_else(|| "enrollment".into());
@@ -116,10 +215,7 @@ async fn handle(core: Arc<Core>, connection: quinn::Connection) {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return debug!(%remote, "connection closed before the handshake: {e}"),
             Err(_) => {
-                connection.close(
-                    codes::CLOSE_PROTOCOL_ERROR.into(),
-                    b"no control stream opened",
-                );
+                connection.close(codes::CLOSE_PROTOCOL_ERROR, b"no control stream opened");
                 return;
             }
         };
@@ -137,12 +233,12 @@ async fn handle(core: Arc<Core>, connection: quinn::Connection) {
             );
             let _ = write_frame(&mut send, &reject(RejectCode::UnexpectedMessage, &e)).await;
             warn!(%remote, peer = %who, "closing tunnel: {e}");
-            connection.close(codes::CLOSE_PROTOCOL_ERROR.into(), e.as_bytes());
+            connection.close(codes::CLOSE_PROTOCOL_ERROR, e.as_bytes());
             return;
         }
         Ok(Err(e)) => return protocol_error(&connection, &who, &e),
         Err(_) => {
-            connection.close(codes::CLOSE_PROTOCOL_ERROR.into(), b"no hello within 10 s");
+            connection.close(codes::CLOSE_PROTOCOL_ERROR, b"no hello within 10 s");
             return;
         }
     };
@@ -158,7 +254,7 @@ async fn handle(core: Arc<Core>, connection: quinn::Connection) {
         let reason = version_mismatch_reason(ours, theirs);
         warn!(%remote, peer = %who, agent_version = %hello.agent_version, "refusing tunnel: {reason}");
         let _ = write_frame(&mut send, &reject(RejectCode::UnsupportedVersion, &reason)).await;
-        let _ = send.finish();
+        send.finish().await;
         let _ = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
         return;
     };
@@ -190,7 +286,7 @@ async fn handle(core: Arc<Core>, connection: quinn::Connection) {
                 ),
             )
             .await;
-            connection.close(codes::CLOSE_REJECTED.into(), b"internal error");
+            connection.close(codes::CLOSE_REJECTED, b"internal error");
             return;
         }
     };
@@ -210,10 +306,10 @@ async fn handle(core: Arc<Core>, connection: quinn::Connection) {
     if let Some((code, close, message)) = refusal {
         warn!(%remote, %agent_id, "refusing tunnel: {message}");
         let _ = write_frame(&mut send, &reject(code, &message)).await;
-        let _ = send.finish();
+        send.finish().await;
         // Give the rejection time to arrive before closing.
         let _ = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
-        connection.close(close.into(), message.as_bytes());
+        connection.close(close, message.as_bytes());
         return;
     }
     let Some(row) = row else { return };
@@ -250,7 +346,7 @@ async fn handle(core: Arc<Core>, connection: quinn::Connection) {
         heard: crate::agents::dispatch::Heard::default(),
     });
     core.registry.insert(live.clone());
-    info!(%agent_id, group_id = %row.group_id, %remote, version = %hello.agent_version, "agent online");
+    info!(%agent_id, group_id = %row.group_id, %remote, transport = connection.transport(), version = %hello.agent_version, "agent online");
     let end = control_stream(&core, &live, send, recv).await;
     core.registry.remove(&agent_id, connection.stable_id());
     let _ = core.store.agent_seen(&agent_id, now_unix()).await;
@@ -260,8 +356,8 @@ async fn handle(core: Arc<Core>, connection: quinn::Connection) {
 async fn control_stream(
     core: &Core,
     live: &LiveAgent,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
 ) -> String {
     let mut last_written = live.last_seen.load(Ordering::Relaxed);
     loop {
@@ -302,7 +398,7 @@ async fn control_stream(
             Ok(Some(_)) => {
                 let reason = "unexpected message on the control stream";
                 live.connection
-                    .close(codes::CLOSE_PROTOCOL_ERROR.into(), reason.as_bytes());
+                    .close(codes::CLOSE_PROTOCOL_ERROR, reason.as_bytes());
                 return reason.into();
             }
             Ok(None) => return "the agent closed its control stream".into(),
@@ -327,9 +423,9 @@ async fn control_stream(
 
 async fn enrollment(
     core: &Core,
-    connection: &quinn::Connection,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    connection: &Link,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
     hostname: &str,
 ) {
     let answer = match tokio::time::timeout(
@@ -350,7 +446,7 @@ async fn enrollment(
         ),
     };
     let _ = write_frame(&mut send, &answer).await;
-    let _ = send.finish();
+    send.finish().await;
     // The agent closes once it has the answer; don't cut it off before.
     let _ = tokio::time::timeout(Duration::from_secs(5), connection.closed()).await;
 }

@@ -1,0 +1,139 @@
+//! The tunnel over TCP: real `dibop`, `dibop-agent` and `dms-sim`
+//! processes; the agent dials the control plane's TCP tunnel port (TLS with
+//! its certificate, a WebSocket, multiplexed streams) instead of QUIC.
+
+use dibop_e2e::harness::{Agent, Api, ControlPlane, Dms, READY};
+use serde_json::{Value, json};
+
+struct Site {
+    dir: tempfile::TempDir,
+    _cp: ControlPlane,
+    api: Api,
+    dms: Dms,
+    group: String,
+}
+
+impl Site {
+    async fn new() -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let cp = ControlPlane::start_with(&dir.path().join("cp"), any, any, &[])
+            .await
+            .unwrap();
+        let api = cp.tenant("acme-motors").await.unwrap();
+        let dms = Dms::start().await.unwrap();
+        let group = api.create_group("site-a").await.unwrap();
+        Site {
+            dir,
+            _cp: cp,
+            api,
+            dms,
+            group,
+        }
+    }
+
+    /// An agent enrolled (over QUIC) and then run over the TCP transport.
+    async fn wss_agent(&self, name: &str) -> Agent {
+        let token = self.api.enrollment_token(&self.group, None).await.unwrap();
+        let dir = self.dir.path().join(name);
+        let (ok, text) = dibop_e2e::harness::enroll(&token, &dir).await.unwrap();
+        assert!(ok, "{text}");
+        let agent = Agent::start_with(&dir, &[self.dms.addr.to_string()], "transport = \"wss\"")
+            .await
+            .unwrap();
+        self.api.wait_online(&agent.id).await.unwrap();
+        agent
+    }
+
+    async fn dms_get(&self, path: &str) -> (u16, Value) {
+        let call = json!({
+            "url": format!("{}{path}", self.dms.url),
+            "headers": {"X-API-Key": "dms-demo-key"},
+            "timeout_ms": 10_000,
+        });
+        self.api.call(&self.group, call).await.unwrap()
+    }
+}
+
+#[tokio::test]
+async fn an_agent_over_wss_serves_calls_like_one_over_quic() {
+    let site = Site::new().await;
+    let agent = site.wss_agent("agent-wss").await;
+    assert!(
+        agent.log_text().contains("transport=\"wss\"")
+            || agent.log_text().contains("transport=wss"),
+        "{}",
+        agent.log_text()
+    );
+    let status: Value =
+        serde_json::from_slice(&std::fs::read(agent.data_dir.join("status.json")).unwrap())
+            .unwrap();
+    assert_eq!(status["transport"], "wss", "{status}");
+    assert_eq!(status["state"], "online", "{status}");
+
+    // One call, then many at once over the one TCP connection.
+    let (code, result) = site.dms_get("/api/v1/vehicles?page_size=5").await;
+    assert_eq!(code, 200, "{result}");
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(result["agentId"], agent.id.as_str(), "{result}");
+    let calls = (0..32).map(|i| {
+        let site = &site;
+        async move {
+            site.dms_get(&format!("/api/v1/vehicles?page_size={}", 1 + i % 20))
+                .await
+        }
+    });
+    for (code, result) in futures_util::future::join_all(calls).await {
+        assert_eq!(code, 200, "{result}");
+        assert_eq!(result["ok"], true, "{result}");
+    }
+    // A large answer (the longest page) crosses whole.
+    let (code, big) = site.dms_get("/api/v1/vehicles?page_size=200").await;
+    assert_eq!(code, 200, "{big}");
+    assert_eq!(big["ok"], true, "{big}");
+    assert!(
+        big["text"].as_str().unwrap_or_default().len() > 20_000,
+        "{}",
+        big["text"].as_str().map_or(0, str::len)
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_agent_over_wss_is_told_so_and_stops() {
+    let site = Site::new().await;
+    let mut agent = site.wss_agent("agent-wss").await;
+    let (status, _) = site
+        .api
+        .send("DELETE", &format!("/agents/{}", agent.id), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 204);
+    let exit = agent.wait_exit(READY).await.unwrap();
+    assert_eq!(exit.code(), Some(3), "{}", agent.log_text());
+    assert!(agent.log_text().contains("revoked"), "{}", agent.log_text());
+    let (_, result) = site.dms_get("/api/v1/vehicles").await;
+    assert_eq!(result["error"]["class"], "agent_unavailable", "{result}");
+}
+
+#[tokio::test]
+async fn a_wrong_transport_setting_is_refused_with_what_to_write() {
+    let site = Site::new().await;
+    let token = site.api.enrollment_token(&site.group, None).await.unwrap();
+    let dir = site.dir.path().join("agent-typo");
+    let (ok, text) = dibop_e2e::harness::enroll(&token, &dir).await.unwrap();
+    assert!(ok, "{text}");
+    let mut agent = Agent::start_with(
+        &dir,
+        &[site.dms.addr.to_string()],
+        "transport = \"websocket\"",
+    )
+    .await
+    .unwrap();
+    let exit = agent.wait_exit(READY).await.unwrap();
+    assert!(!exit.success());
+    let log = agent.log_text();
+    assert!(
+        log.contains("tunnel.transport = `websocket` must be `quic` or `wss`"),
+        "{log}"
+    );
+}
