@@ -70,8 +70,9 @@ impl Default for LimitsSection {
 pub struct TunnelSection {
     /// Overrides the control plane address stored at enrollment (`host:port`).
     pub control_plane: Option<String>,
-    /// `quic` (the default) or `wss`: TLS and WebSocket over TCP, for
-    /// networks that block outbound UDP.
+    /// `auto` (the default: QUIC, and TLS and WebSocket over TCP raced
+    /// against it when QUIC does not answer at once; the winner is
+    /// remembered), `quic`, or `wss`.
     pub transport: String,
     /// The control plane's TCP tunnel address (`host:port`) for `wss`.
     /// Default: the QUIC address (the control plane listens on TCP on the
@@ -91,7 +92,7 @@ impl Default for TunnelSection {
     fn default() -> Self {
         TunnelSection {
             control_plane: None,
-            transport: "quic".into(),
+            transport: "auto".into(),
             wss: None,
             keep_alive_secs: 10,
             idle_timeout_secs: 30,
@@ -147,6 +148,8 @@ pub struct AgentConfig {
 /// How the agent reaches the control plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
+    /// QUIC first, TCP raced against it; the winner remembered.
+    Auto,
     /// QUIC over UDP.
     Quic,
     /// TLS and WebSocket over TCP.
@@ -157,6 +160,7 @@ impl Transport {
     /// Its name in the config and in `status`.
     pub fn as_str(self) -> &'static str {
         match self {
+            Transport::Auto => "auto",
             Transport::Quic => "quic",
             Transport::Wss => "wss",
         }
@@ -263,13 +267,14 @@ impl ConfigFile {
             problems.push(format!("tunnel.wss = `{addr}` must be host:port"));
         }
         let transport = match t.transport.as_str() {
+            "auto" => Transport::Auto,
             "quic" => Transport::Quic,
             "wss" => Transport::Wss,
             other => {
                 problems.push(format!(
-                    "tunnel.transport = `{other}` must be `quic` or `wss`"
+                    "tunnel.transport = `{other}` must be `auto`, `quic` or `wss`"
                 ));
-                Transport::Quic
+                Transport::Auto
             }
         };
         let metrics_listen = match &self.metrics.listen {

@@ -264,47 +264,25 @@ async fn session(shared: &Arc<Shared>, shutdown: &CancellationToken) -> SessionE
         None,
         shared.in_flight.load(Ordering::Relaxed),
     );
-    let transport_name = shared.config.transport.as_str();
-    let (connection, endpoint) = match shared.config.transport {
-        Transport::Quic => {
-            let remote = match resolve(&address).await {
-                Ok(r) => r,
-                Err(e) => return SessionEnd::Retry(e),
-            };
-            let endpoint = match client_endpoint(remote) {
-                Ok(e) => e,
-                Err(e) => return SessionEnd::Retry(format!("cannot open a UDP socket: {e}")),
-            };
-            let connecting = match endpoint.connect_with(client_config, remote, TUNNEL_SERVER_NAME)
-            {
-                Ok(c) => c,
-                Err(e) => return SessionEnd::Retry(format!("cannot dial {address}: {e}")),
-            };
-            let connection = tokio::select! {
-                c = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting) => match c {
-                    Ok(Ok(c)) => c,
-                    Ok(Err(e)) => return SessionEnd::Retry(format!("cannot connect to {address}: {e}")),
-                    Err(_) => return SessionEnd::Retry(format!("no answer from {address} within {HANDSHAKE_TIMEOUT:?}")),
-                },
-                _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-            };
-            (Link::Quic(connection), Some(endpoint))
-        }
-        Transport::Wss => {
-            let target = shared.config.wss.clone().unwrap_or_else(|| address.clone());
-            let max_streams = shared.config.max_concurrent_calls as usize + 8;
-            let dial = dial_wss(&target, tcp_tls, max_streams);
-            let link = tokio::select! {
-                c = tokio::time::timeout(HANDSHAKE_TIMEOUT, dial) => match c {
-                    Ok(Ok(link)) => link,
-                    Ok(Err(e)) => return SessionEnd::Retry(format!("cannot connect to {target} over TCP: {e}")),
-                    Err(_) => return SessionEnd::Retry(format!("no answer from {target} over TCP within {HANDSHAKE_TIMEOUT:?}")),
-                },
-                _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-            };
-            (link, None)
+    let wss_target = shared.config.wss.clone().unwrap_or_else(|| address.clone());
+    let max_streams = shared.config.max_concurrent_calls as usize + 8;
+    let quic = dial_quic(&address, client_config);
+    let wss = dial_wss(&wss_target, tcp_tls, max_streams);
+    let dialled = async {
+        match shared.config.transport {
+            Transport::Quic => quic.await.map(|(link, endpoint)| (link, Some(endpoint))),
+            Transport::Wss => wss.await.map(|link| (link, None)),
+            Transport::Auto => race(&shared.data_dir, quic, wss).await,
         }
     };
+    let (connection, endpoint) = tokio::select! {
+        d = dialled => match d {
+            Ok(d) => d,
+            Err(e) => return SessionEnd::Retry(e),
+        },
+        _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+    };
+    let transport_name = connection.transport();
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&connection)).await;
     let (send, recv, heartbeat_every, version) = match handshake {
         Ok(Ok(h)) => h,
@@ -377,30 +355,135 @@ fn connection_end(error: LinkError) -> SessionEnd {
     }
 }
 
+/// Dials QUIC: resolve, a UDP socket, the TLS handshake with the agent's
+/// certificate, within the handshake timeout.
+async fn dial_quic(
+    address: &str,
+    config: quinn::ClientConfig,
+) -> Result<(Link, quinn::Endpoint), String> {
+    let remote = resolve(address).await?;
+    let endpoint = client_endpoint(remote).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+    let connecting = endpoint
+        .connect_with(config, remote, TUNNEL_SERVER_NAME)
+        .map_err(|e| format!("cannot dial {address}: {e}"))?;
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+        Ok(Ok(c)) => Ok((Link::Quic(c), endpoint)),
+        Ok(Err(e)) => Err(format!("cannot connect to {address}: {e}")),
+        Err(_) => Err(format!(
+            "no answer from {address} within {HANDSHAKE_TIMEOUT:?}"
+        )),
+    }
+}
+
 /// Dials the TCP transport: TCP, TLS with the agent's certificate, the
-/// WebSocket upgrade, then streams over it.
+/// WebSocket upgrade, then streams over it; within the handshake timeout.
 async fn dial_wss(
     target: &str,
     tls: rustls::ClientConfig,
     max_streams: usize,
 ) -> Result<Link, String> {
-    let remote = resolve(target).await?;
-    let tcp = tokio::net::TcpStream::connect(remote)
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = tcp.set_nodelay(true);
-    let name =
-        rustls::pki_types::ServerName::try_from(TUNNEL_SERVER_NAME).map_err(|e| e.to_string())?;
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS: {e}"))?;
-    let url = format!("wss://{target}{WS_PATH}");
-    let (ws, _) = tokio_tungstenite::client_async(url, stream)
-        .await
-        .map_err(|e| format!("WebSocket: {e}"))?;
-    let mux = dibop_runtime::mux::Mux::new(ws, dibop_runtime::mux::Side::Agent, max_streams);
-    Ok(Link::tcp(mux, remote, None))
+    let dial = async {
+        let remote = resolve(target).await?;
+        let tcp = tokio::net::TcpStream::connect(remote)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        let name = rustls::pki_types::ServerName::try_from(TUNNEL_SERVER_NAME)
+            .map_err(|e| e.to_string())?;
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let url = format!("wss://{target}{WS_PATH}");
+        let (ws, _) = tokio_tungstenite::client_async(url, stream)
+            .await
+            .map_err(|e| format!("WebSocket: {e}"))?;
+        let mux = dibop_runtime::mux::Mux::new(ws, dibop_runtime::mux::Side::Agent, max_streams);
+        Ok::<_, String>(Link::tcp(mux, remote, None))
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, dial).await {
+        Ok(Ok(link)) => Ok(link),
+        Ok(Err(e)) => Err(format!("cannot connect to {target} over TCP: {e}")),
+        Err(_) => Err(format!(
+            "no answer from {target} over TCP within {HANDSHAKE_TIMEOUT:?}"
+        )),
+    }
+}
+
+/// How long the remembered transport dials alone before the other joins.
+const HEAD_START: Duration = Duration::from_millis(800);
+/// Where the agent remembers which transport worked on this network.
+const REMEMBERED: &str = "transport";
+
+type Dialled = Result<(Link, Option<quinn::Endpoint>), String>;
+type Dialling<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Dialled> + Send + 'a>>;
+
+/// `transport = "auto"`: the transport that worked last time (QUIC at
+/// first) dials alone for a head start, then both race; the first to
+/// connect wins and is remembered for the next start.
+async fn race(
+    data_dir: &Path,
+    quic: impl std::future::Future<Output = Result<(Link, quinn::Endpoint), String>> + Send,
+    wss: impl std::future::Future<Output = Result<Link, String>> + Send,
+) -> Dialled {
+    let quic = async { quic.await.map(|(l, e)| (l, Some(e))) };
+    let wss = async { wss.await.map(|l| (l, None)) };
+    let wss_first = remembered(data_dir) == Some(Transport::Wss);
+    let (mut first, mut second): (Dialling<'_>, Dialling<'_>) = if wss_first {
+        (Box::pin(wss), Box::pin(quic))
+    } else {
+        (Box::pin(quic), Box::pin(wss))
+    };
+    let won = tokio::select! {
+        r = &mut first => match r {
+            Ok(d) => Ok(d),
+            Err(e) => second.await.map_err(|e2| format!("{e}; {e2}")),
+        },
+        _ = tokio::time::sleep(HEAD_START) => tokio::select! {
+            r = &mut first => match r {
+                Ok(d) => Ok(d),
+                Err(e) => second.await.map_err(|e2| format!("{e}; {e2}")),
+            },
+            r = &mut second => match r {
+                Ok(d) => Ok(d),
+                Err(e) => first.await.map_err(|e2| format!("{e2}; {e}")),
+            },
+        },
+    };
+    if let Ok((link, _)) = &won {
+        remember(data_dir, link.transport());
+    }
+    won
+}
+
+/// The transport remembered for this network, if any.
+fn remembered(data_dir: &Path) -> Option<Transport> {
+    match std::fs::read_to_string(data_dir.join(REMEMBERED))
+        .ok()?
+        .trim()
+    {
+        "quic" => Some(Transport::Quic),
+        "wss" => Some(Transport::Wss),
+        _ => None,
+    }
+}
+
+/// Remembers the transport that connected (written only when it changes).
+fn remember(data_dir: &Path, transport: &str) {
+    let path = data_dir.join(REMEMBERED);
+    if std::fs::read_to_string(&path).is_ok_and(|t| t.trim() == transport) {
+        return;
+    }
+    let tmp = data_dir.join(format!("{REMEMBERED}.tmp"));
+    let written =
+        std::fs::write(&tmp, format!("{transport}\n")).and_then(|()| std::fs::rename(&tmp, &path));
+    match written {
+        Ok(()) => info!(
+            transport,
+            "remembered the transport that works on this network"
+        ),
+        Err(e) => warn!("cannot remember the transport in {}: {e}", path.display()),
+    }
 }
 
 async fn handshake(connection: &Link) -> Result<(SendHalf, RecvHalf, Duration, u16), SessionEnd> {

@@ -2,12 +2,12 @@
 //! processes; the agent dials the control plane's TCP tunnel port (TLS with
 //! its certificate, a WebSocket, multiplexed streams) instead of QUIC.
 
-use dibop_e2e::harness::{Agent, Api, ControlPlane, Dms, READY};
+use dibop_e2e::harness::{Agent, Api, ControlPlane, Dms, READY, eventually};
 use serde_json::{Value, json};
 
 struct Site {
     dir: tempfile::TempDir,
-    _cp: ControlPlane,
+    cp: ControlPlane,
     api: Api,
     dms: Dms,
     group: String,
@@ -25,7 +25,7 @@ impl Site {
         let group = api.create_group("site-a").await.unwrap();
         Site {
             dir,
-            _cp: cp,
+            cp,
             api,
             dms,
             group,
@@ -133,7 +133,72 @@ async fn a_wrong_transport_setting_is_refused_with_what_to_write() {
     assert!(!exit.success());
     let log = agent.log_text();
     assert!(
-        log.contains("tunnel.transport = `websocket` must be `quic` or `wss`"),
+        log.contains("tunnel.transport = `websocket` must be `auto`, `quic` or `wss`"),
         "{log}"
+    );
+}
+
+/// Forwards TCP connections from a fresh loopback port to `to`; nothing
+/// answers UDP on that port. To an agent pointed at it, QUIC is blocked.
+async fn tcp_only_path(to: std::net::SocketAddr) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn with_udp_blocked_the_agent_comes_online_over_tcp_and_remembers_it() {
+    let site = Site::new().await;
+    let token = site.api.enrollment_token(&site.group, None).await.unwrap();
+    let dir = site.dir.path().join("agent-auto");
+    let (ok, text) = dibop_e2e::harness::enroll(&token, &dir).await.unwrap();
+    assert!(ok, "{text}");
+    let path = tcp_only_path(site.cp.tunnel_addr).await;
+    let tunnel = format!("control_plane = \"{path}\"");
+    let allow = [site.dms.addr.to_string()];
+    // The default transport is `auto`: QUIC gets no answer, TCP wins the race.
+    let mut agent = Agent::start_with(&dir, &allow, &tunnel).await.unwrap();
+    site.api.wait_online(&agent.id).await.unwrap();
+    let (code, result) = site.dms_get("/api/v1/vehicles?page_size=3").await;
+    assert_eq!(code, 200, "{result}");
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("transport"))
+            .unwrap()
+            .trim(),
+        "wss",
+        "{}",
+        agent.log_text()
+    );
+    agent.terminate().await.unwrap();
+
+    // Started again, it begins with TCP, the remembered transport.
+    let agent = Agent::start_with(&dir, &allow, &tunnel).await.unwrap();
+    site.api.wait_online(&agent.id).await.unwrap();
+    // (Both runs write to the same log: the second "tunnel up" is this run's.)
+    eventually("the agent is up over wss again", READY, || async {
+        let ups = agent
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("tunnel up") && l.contains("wss"))
+            .count();
+        (ups == 2).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        agent.log_text().matches("remembered the transport").count(),
+        1,
+        "nothing new to remember the second time: {}",
+        agent.log_text()
     );
 }
