@@ -145,6 +145,33 @@ pub struct ResolvedSettings {
     pub agent_grace: Duration,
 }
 
+/// Binds the tunnel address twice: UDP for QUIC, and TCP on the same port
+/// for the TCP transport (agents that cannot use UDP dial the same port).
+/// With port 0 the system picks a UDP port whose TCP twin may be in use
+/// already: another pick is tried then.
+async fn bind_tunnel(
+    core: &Core,
+    addr: SocketAddr,
+) -> anyhow::Result<(quinn::Endpoint, tokio::net::TcpListener)> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let endpoint = tunnel::endpoint(core, addr)
+            .with_context(|| format!("cannot listen for tunnels on UDP {addr}"))?;
+        let bound = endpoint.local_addr()?;
+        match tokio::net::TcpListener::bind(bound).await {
+            Ok(listener) => return Ok((endpoint, listener)),
+            Err(e) if addr.port() == 0 && attempt < 50 => {
+                tracing::debug!(%bound, "the TCP twin of an ephemeral tunnel port is taken ({e}); picking another");
+                endpoint.close(0u32.into(), b"");
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot listen for tunnels on TCP {bound}"));
+            }
+        }
+    }
+}
+
 /// A running control plane.
 #[derive(Debug)]
 pub struct Server {
@@ -217,14 +244,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             agent_grace: settings.agent_grace,
         },
     };
-    let endpoint = tunnel::endpoint(&core, settings.tunnel_addr)
-        .with_context(|| format!("cannot listen for tunnels on UDP {}", settings.tunnel_addr))?;
+    let (endpoint, tcp_tunnel) = bind_tunnel(&core, settings.tunnel_addr).await?;
     let tunnel_addr = endpoint.local_addr()?;
-    // The TCP transport (for agents whose network blocks UDP) listens on
-    // the same address and port, over TCP.
-    let tcp_tunnel = tokio::net::TcpListener::bind(tunnel_addr)
-        .await
-        .with_context(|| format!("cannot listen for tunnels on TCP {tunnel_addr}"))?;
     core.settings.public_tunnel_addr = settings
         .public_tunnel_addr
         .clone()

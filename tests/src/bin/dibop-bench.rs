@@ -39,6 +39,9 @@ struct Args {
     /// Concurrency levels to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,64")]
     concurrency: Vec<usize>,
+    /// The relay scenario's tunnel: `quic` or `wss` (TLS and a WebSocket over TCP).
+    #[arg(long, default_value = "quic")]
+    transport: String,
 }
 
 #[derive(Debug, Clone)]
@@ -633,8 +636,20 @@ async fn main() -> anyhow::Result<()> {
     let group = api.create_group("bench-site").await?;
     let dms = Dms::start().await?;
     let token = api.enrollment_token(&group, None).await?;
-    let agent =
-        Agent::enroll_and_start(dir.path(), "agent", &token, &[dms.addr.to_string()]).await?;
+    anyhow::ensure!(
+        matches!(args.transport.as_str(), "quic" | "wss"),
+        "--transport {}: use quic or wss",
+        args.transport
+    );
+    let agent_dir = dir.path().join("agent");
+    let (enrolled, text) = dibop_e2e::harness::enroll(&token, &agent_dir).await?;
+    anyhow::ensure!(enrolled, "enroll failed: {text}");
+    let agent = Agent::start_with(
+        &agent_dir,
+        &[dms.addr.to_string()],
+        &format!("transport = \"{}\"", args.transport),
+    )
+    .await?;
     api.wait_online(&agent.id).await?;
 
     // Idle memory: the connected agent after a quiet moment.
@@ -729,6 +744,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(0);
     let report = json!({
         "benchmark": "relayed vs direct GET to dms-sim",
+        "transport": args.transport,
         "path": path,
         "response_bytes": response_bytes,
         "seconds_per_scenario": args.seconds,
