@@ -13,8 +13,11 @@ use dibop_protocol::{
 };
 
 use crate::identity::{Identity, IdentityError, IdentityMeta};
+use dibop_runtime::link::Link;
 use dibop_runtime::support::{now_unix, rfc3339};
-use dibop_runtime::tls::{TUNNEL_SERVER_NAME, enrollment_client_config, sha256};
+use dibop_runtime::tls::{
+    ALPN_TCP, TUNNEL_SERVER_NAME, enrollment_client_config, enrollment_tls, sha256,
+};
 use dibop_runtime::wire::{MAX_CONTROL_FRAME_LEN, read_frame, write_frame};
 
 /// Why enrollment failed.
@@ -81,6 +84,40 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "unknown-host".into())
 }
 
+/// How long enrollment waits for QUIC before trying TCP.
+const QUIC_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Reaches the control plane for enrollment: QUIC, or, when QUIC does not
+/// connect within a few seconds (outbound UDP blocked), TLS and a WebSocket
+/// over TCP to the same address.
+async fn dial(
+    address: &str,
+    ca_sha256: [u8; 32],
+) -> Result<(Link, Option<quinn::Endpoint>), String> {
+    let quic = async {
+        let remote = resolve(address).await?;
+        let endpoint = client_endpoint(remote).map_err(|e| e.to_string())?;
+        let config = enrollment_client_config(ca_sha256).map_err(|e| e.to_string())?;
+        let connecting = endpoint
+            .connect_with(config, remote, TUNNEL_SERVER_NAME)
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(QUIC_PATIENCE, connecting).await {
+            Ok(Ok(c)) => Ok((Link::Quic(c), Some(endpoint))),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no QUIC answer within {QUIC_PATIENCE:?}")),
+        }
+    };
+    let quic_error = match quic.await {
+        Ok(dialled) => return Ok(dialled),
+        Err(e) => e,
+    };
+    let tls = enrollment_tls(ca_sha256, ALPN_TCP).map_err(|e| e.to_string())?;
+    match crate::tunnel::dial_wss(address, tls, 4).await {
+        Ok(link) => Ok((link, None)),
+        Err(tcp_error) => Err(format!("over QUIC: {quic_error}; {tcp_error}")),
+    }
+}
+
 /// Redeems `token_text` and stores the identity in `data_dir`.
 pub async fn enroll(
     token_text: &str,
@@ -110,15 +147,9 @@ pub async fn enroll(
         address: token.address.clone(),
         reason,
     };
-    let remote = resolve(&token.address).await.map_err(unreachable)?;
-    let endpoint = client_endpoint(remote).map_err(|e| unreachable(e.to_string()))?;
-    let config =
-        enrollment_client_config(token.ca_sha256).map_err(|e| EnrollError::Key(e.to_string()))?;
-    let connection = endpoint
-        .connect_with(config, remote, TUNNEL_SERVER_NAME)
-        .map_err(|e| unreachable(e.to_string()))?
+    let (connection, endpoint) = dial(&token.address, token.ca_sha256)
         .await
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(unreachable)?;
     let (mut send, mut recv) = connection
         .open_bi()
         .await
@@ -160,9 +191,15 @@ pub async fn enroll(
     let answer = read_frame::<ControlToAgent, _>(&mut recv, MAX_CONTROL_FRAME_LEN)
         .await
         .map_err(protocol)?;
-    let _ = send.finish();
-    connection.close(0u32.into(), b"enrolled");
-    endpoint.wait_idle().await;
+    send.finish().await;
+    connection.close(0, b"enrolled");
+    match endpoint {
+        Some(endpoint) => endpoint.wait_idle().await,
+        None => {
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(2), connection.closed()).await;
+        }
+    }
     let enrolled = match answer {
         Some(ControlToAgent::Enrolled(e)) => e,
         Some(ControlToAgent::Rejected(r)) => return Err(EnrollError::Refused(r.message)),

@@ -375,9 +375,10 @@ async fn dial_quic(
     }
 }
 
-/// Dials the TCP transport: TCP, TLS with the agent's certificate, the
-/// WebSocket upgrade, then streams over it; within the handshake timeout.
-async fn dial_wss(
+/// Dials the TCP transport: TCP, TLS (with the agent's certificate, or for
+/// enrollment without one), the WebSocket upgrade, then streams over it;
+/// within the handshake timeout.
+pub(crate) async fn dial_wss(
     target: &str,
     tls: rustls::ClientConfig,
     max_streams: usize,

@@ -157,8 +157,9 @@ fn quic_client(
     Ok(config)
 }
 
-/// Client config for enrollment: no client certificate, server pinned by CA fingerprint.
-pub fn enrollment_client_config(ca_sha256: [u8; 32]) -> anyhow::Result<quinn::ClientConfig> {
+/// TLS settings for enrollment: no client certificate, the control plane
+/// pinned by the CA fingerprint the token carries.
+pub fn enrollment_tls(ca_sha256: [u8; 32], alpn: &[u8]) -> anyhow::Result<rustls::ClientConfig> {
     let provider = provider();
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -168,7 +169,13 @@ pub fn enrollment_client_config(ca_sha256: [u8; 32]) -> anyhow::Result<quinn::Cl
             provider,
         }))
         .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
+}
+
+/// Client config for enrollment over QUIC.
+pub fn enrollment_client_config(ca_sha256: [u8; 32]) -> anyhow::Result<quinn::ClientConfig> {
+    let tls = enrollment_tls(ca_sha256, ALPN)?;
     quic_client(
         tls,
         transport(Duration::from_secs(30), Some(Duration::from_secs(5)), 1),

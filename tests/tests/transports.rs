@@ -15,9 +15,14 @@ struct Site {
 
 impl Site {
     async fn new() -> Site {
+        Site::with(&[]).await
+    }
+
+    /// A site whose control plane runs with extra `dibop serve` flags.
+    async fn with(flags: &[&str]) -> Site {
         let dir = tempfile::tempdir().unwrap();
         let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let cp = ControlPlane::start_with(&dir.path().join("cp"), any, any, &[])
+        let cp = ControlPlane::start_with(&dir.path().join("cp"), any, any, flags)
             .await
             .unwrap();
         let api = cp.tenant("acme-motors").await.unwrap();
@@ -143,6 +148,12 @@ async fn a_wrong_transport_setting_is_refused_with_what_to_write() {
 async fn tcp_only_path(to: std::net::SocketAddr) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    forward(listener, to);
+    addr
+}
+
+/// Forwards what `listener` accepts to `to`, over TCP only.
+fn forward(listener: tokio::net::TcpListener, to: std::net::SocketAddr) {
     tokio::spawn(async move {
         while let Ok((mut inbound, _)) = listener.accept().await {
             tokio::spawn(async move {
@@ -152,7 +163,6 @@ async fn tcp_only_path(to: std::net::SocketAddr) -> std::net::SocketAddr {
             });
         }
     });
-    addr
 }
 
 #[tokio::test]
@@ -200,5 +210,32 @@ async fn with_udp_blocked_the_agent_comes_online_over_tcp_and_remembers_it() {
         1,
         "nothing new to remember the second time: {}",
         agent.log_text()
+    );
+}
+
+#[tokio::test]
+async fn an_agent_enrolls_and_runs_where_only_tcp_reaches_the_control_plane() {
+    // The address agents are given leads to a port where only TCP passes.
+    let path = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let public = path.local_addr().unwrap().to_string();
+    let site = Site::with(&["--public-tunnel-addr", &public]).await;
+    forward(path, site.cp.tunnel_addr);
+    let token = site.api.enrollment_token(&site.group, None).await.unwrap();
+    let dir = site.dir.path().join("agent-tcp");
+    let (ok, text) = dibop_e2e::harness::enroll(&token, &dir).await.unwrap();
+    assert!(ok, "enrollment over TCP: {text}");
+    // Run with the defaults (`auto`): online over TCP, and calls go through.
+    let agent = Agent::start(&dir, &[site.dms.addr.to_string()])
+        .await
+        .unwrap();
+    site.api.wait_online(&agent.id).await.unwrap();
+    let (code, result) = site.dms_get("/api/v1/vehicles?page_size=2").await;
+    assert_eq!(code, 200, "{result}");
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("transport"))
+            .unwrap()
+            .trim(),
+        "wss"
     );
 }
