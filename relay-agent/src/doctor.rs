@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::CertificateDer;
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, Transport};
 use crate::enroll::{client_endpoint, resolve};
 use crate::identity::Identity;
 use dibop_runtime::support::{now_unix, rfc3339};
-use dibop_runtime::tls::{TUNNEL_SERVER_NAME, agent_client_config, transport};
+use dibop_runtime::tls::{ALPN_TCP, TUNNEL_SERVER_NAME, agent_client_config, agent_tls, transport};
 
 /// How long the network checks wait.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -144,10 +144,29 @@ pub async fn run(data_dir: &Path, config: Result<AgentConfig, String>) -> Vec<Ch
                     "control plane DNS",
                     Outcome::Ok(format!("{address} is {remote}")),
                 ));
-                out.push(check(
-                    "tunnel (QUIC, UDP)",
-                    quic_handshake(i, &address, remote).await,
-                ));
+                let quic = quic_handshake(i, &address, remote).await;
+                let tcp_target = config
+                    .as_ref()
+                    .and_then(|c| c.wss.clone())
+                    .unwrap_or_else(|| address.clone());
+                let tcp = tcp_handshake(i, &tcp_target).await;
+                let pinned = config.as_ref().map_or(Transport::Auto, |c| c.transport);
+                // One of the two is enough where the agent may use either.
+                let (quic, tcp) = match (quic, tcp, pinned) {
+                    (Outcome::Fail(q), Outcome::Ok(t), Transport::Auto | Transport::Wss) => (
+                        Outcome::Warn(format!("{q}; the agent gets through over TCP instead")),
+                        Outcome::Ok(t),
+                    ),
+                    (Outcome::Ok(q), Outcome::Fail(t), Transport::Auto | Transport::Quic) => (
+                        Outcome::Ok(q),
+                        Outcome::Warn(format!(
+                            "{t}; the agent uses QUIC (TCP is its fallback where UDP is blocked)"
+                        )),
+                    ),
+                    (q, t, _) => (q, t),
+                };
+                out.push(check("tunnel (QUIC, UDP)", quic));
+                out.push(check("tunnel (TLS, TCP)", tcp));
             }
             Err(e) => out.push(check(
                 "control plane DNS",
@@ -217,6 +236,38 @@ async fn quic_handshake(i: &Identity, address: &str, remote: std::net::SocketAdd
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     outcome
+}
+
+/// The TCP transport's handshake (TLS with the agent's certificate, the
+/// WebSocket upgrade), closed at once: it never takes over a running
+/// agent's tunnel (no hello is sent).
+async fn tcp_handshake(i: &Identity, target: &str) -> Outcome {
+    let tls = match agent_tls(
+        CertificateDer::from(i.ca_der.clone()),
+        CertificateDer::from(i.cert_der.clone()),
+        i.key(),
+        ALPN_TCP,
+    ) {
+        Ok(t) => t,
+        Err(e) => return Outcome::Fail(format!("the identity files are unusable: {e}")),
+    };
+    let started = Instant::now();
+    match tokio::time::timeout(CHECK_TIMEOUT, crate::tunnel::dial_wss(target, tls, 2)).await {
+        Ok(Ok(link)) => {
+            let ms = started.elapsed().as_millis();
+            link.close(dibop_protocol::codes::CLOSE_NORMAL, b"dibop-agent doctor");
+            Outcome::Ok(format!(
+                "{target}: TLS and WebSocket with this agent's certificate in {ms} ms"
+            ))
+        }
+        Ok(Err(e)) => Outcome::Fail(format!(
+            "{e}: outbound TCP to that port may be blocked (the agent's way in where UDP is)"
+        )),
+        Err(_) => Outcome::Fail(format!(
+            "no answer from {target} over TCP within {} s: outbound TCP to that port may be blocked",
+            CHECK_TIMEOUT.as_secs()
+        )),
+    }
 }
 
 /// Whether an allow-list entry naming one `host:port` resolves and accepts

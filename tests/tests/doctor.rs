@@ -7,7 +7,7 @@ use dibop_e2e::harness::{Api, ControlPlane, Dms, bin, enroll};
 /// A control plane with a tenant, a relay group and an enrollment token for
 /// it, and a DMS simulator (held to keep them running).
 struct Site {
-    _cp: ControlPlane,
+    cp: ControlPlane,
     api: Api,
     dms: Dms,
     group: String,
@@ -21,7 +21,7 @@ async fn site(dir: &std::path::Path, tenant: &str) -> Site {
     let group = api.create_group("site").await.unwrap();
     let token = api.enrollment_token(&group, None).await.unwrap();
     Site {
-        _cp: cp,
+        cp,
         api,
         dms,
         group,
@@ -90,11 +90,45 @@ async fn doctor_says_what_works_and_what_to_fix() {
         "config",
         "control plane DNS",
         "tunnel (QUIC, UDP)",
+        "tunnel (TLS, TCP)",
     ] {
         assert!(line(&report, check).starts_with("OK"), "{report}");
     }
     assert!(
         line(&report, &format!("target {}", site.dms.addr)).starts_with("OK"),
+        "{report}"
+    );
+
+    // Only TCP reaches the control plane (nothing answers UDP on the port):
+    // QUIC is a warning, not a failure, because the agent gets through over TCP.
+    let tcp_only = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tcp_only_addr = tcp_only.local_addr().unwrap();
+    let to = site.cp.tunnel_addr;
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = tcp_only.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    std::fs::write(
+        &config,
+        format!(
+            "[policy]\nallow = [\"{}\"]\n[tunnel]\ncontrol_plane = \"{tcp_only_addr}\"\n",
+            site.dms.addr
+        ),
+    )
+    .unwrap();
+    let (passed, report) = doctor(&agent_dir, &config).await;
+    assert!(passed, "{report}");
+    assert!(
+        line(&report, "tunnel (QUIC, UDP)").starts_with("WARN"),
+        "{report}"
+    );
+    assert!(
+        line(&report, "tunnel (TLS, TCP)").starts_with("OK"),
         "{report}"
     );
 
@@ -119,6 +153,8 @@ async fn doctor_says_what_works_and_what_to_fix() {
         tunnel.starts_with("FAIL") && tunnel.contains("UDP"),
         "{report}"
     );
+    let tcp = line(&report, "tunnel (TLS, TCP)");
+    assert!(tcp.starts_with("FAIL") && tcp.contains("TCP"), "{report}");
 
     // Not enrolled: says how to enroll.
     let (passed, report) = doctor(&dir.path().join("nothing"), &config).await;
