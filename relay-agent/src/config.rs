@@ -74,6 +74,10 @@ pub struct TunnelSection {
     /// against it when QUIC does not answer at once; the winner is
     /// remembered), `quic`, or `wss`.
     pub transport: String,
+    /// An HTTP proxy the TCP transport goes through
+    /// (`http://user:password@host:port`). Default: `HTTPS_PROXY` from the
+    /// environment, with `NO_PROXY`.
+    pub proxy: Option<String>,
     /// The control plane's TCP tunnel address (`host:port`) for `wss`.
     /// Default: the QUIC address (the control plane listens on TCP on the
     /// same port unless its operator set `tunnel_tcp_addr`).
@@ -93,6 +97,7 @@ impl Default for TunnelSection {
         TunnelSection {
             control_plane: None,
             transport: "auto".into(),
+            proxy: None,
             wss: None,
             keep_alive_secs: 10,
             idle_timeout_secs: 30,
@@ -130,6 +135,8 @@ pub struct AgentConfig {
     pub transport: Transport,
     /// The TCP tunnel address, when not the QUIC one.
     pub wss: Option<String>,
+    /// The proxy the TCP transport goes through, if any.
+    pub proxy: Option<crate::proxy::Proxy>,
     /// QUIC keep-alive.
     pub keep_alive: Duration,
     /// QUIC idle timeout.
@@ -266,6 +273,23 @@ impl ConfigFile {
         {
             problems.push(format!("tunnel.wss = `{addr}` must be host:port"));
         }
+        let proxy = match &t.proxy {
+            Some(url) => match crate::proxy::Proxy::parse(url) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    problems.push(format!("tunnel.proxy {e}"));
+                    None
+                }
+            },
+            None => match crate::proxy::Proxy::from_env() {
+                Some(Ok(p)) => Some(p),
+                Some(Err(e)) => {
+                    problems.push(format!("HTTPS_PROXY in the environment {e}"));
+                    None
+                }
+                None => None,
+            },
+        };
         let transport = match t.transport.as_str() {
             "auto" => Transport::Auto,
             "quic" => Transport::Quic,
@@ -304,6 +328,7 @@ impl ConfigFile {
             control_plane: t.control_plane.clone(),
             transport,
             wss: t.wss.clone(),
+            proxy,
             keep_alive: Duration::from_secs(t.keep_alive_secs),
             idle_timeout: Duration::from_secs(t.idle_timeout_secs),
             reconnect_initial: Duration::from_millis(t.reconnect_initial_ms),

@@ -149,7 +149,8 @@ pub async fn run(data_dir: &Path, config: Result<AgentConfig, String>) -> Vec<Ch
                     .as_ref()
                     .and_then(|c| c.wss.clone())
                     .unwrap_or_else(|| address.clone());
-                let tcp = tcp_handshake(i, &tcp_target).await;
+                let proxy = config.as_ref().and_then(|c| c.proxy.clone());
+                let tcp = tcp_handshake(i, &tcp_target, &proxy).await;
                 let pinned = config.as_ref().map_or(Transport::Auto, |c| c.transport);
                 // One of the two is enough where the agent may use either.
                 let (quic, tcp) = match (quic, tcp, pinned) {
@@ -241,7 +242,7 @@ async fn quic_handshake(i: &Identity, address: &str, remote: std::net::SocketAdd
 /// The TCP transport's handshake (TLS with the agent's certificate, the
 /// WebSocket upgrade), closed at once: it never takes over a running
 /// agent's tunnel (no hello is sent).
-async fn tcp_handshake(i: &Identity, target: &str) -> Outcome {
+async fn tcp_handshake(i: &Identity, target: &str, proxy: &Option<crate::proxy::Proxy>) -> Outcome {
     let tls = match agent_tls(
         CertificateDer::from(i.ca_der.clone()),
         CertificateDer::from(i.cert_der.clone()),
@@ -252,7 +253,13 @@ async fn tcp_handshake(i: &Identity, target: &str) -> Outcome {
         Err(e) => return Outcome::Fail(format!("the identity files are unusable: {e}")),
     };
     let started = Instant::now();
-    match tokio::time::timeout(CHECK_TIMEOUT, crate::tunnel::dial_wss(target, tls, 2)).await {
+    let proxy = proxy.as_ref();
+    match tokio::time::timeout(
+        CHECK_TIMEOUT,
+        crate::tunnel::dial_wss(target, tls, 2, proxy),
+    )
+    .await
+    {
         Ok(Ok(link)) => {
             let ms = started.elapsed().as_millis();
             link.close(dibop_protocol::codes::CLOSE_NORMAL, b"dibop-agent doctor");

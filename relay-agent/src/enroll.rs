@@ -112,7 +112,12 @@ async fn dial(
         Err(e) => e,
     };
     let tls = enrollment_tls(ca_sha256, ALPN_TCP).map_err(|e| e.to_string())?;
-    match crate::tunnel::dial_wss(address, tls, 4).await {
+    let proxy = match crate::proxy::Proxy::from_env() {
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => return Err(format!("HTTPS_PROXY in the environment {e}")),
+        None => None,
+    };
+    match crate::tunnel::dial_wss(address, tls, 4, proxy.as_ref()).await {
         Ok(link) => Ok((link, None)),
         Err(tcp_error) => Err(format!("over QUIC: {quic_error}; {tcp_error}")),
     }

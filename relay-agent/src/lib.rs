@@ -18,6 +18,7 @@ pub mod config;
 pub mod doctor;
 pub mod enroll;
 pub mod identity;
+pub mod proxy;
 pub mod status;
 pub mod tunnel;
 

@@ -267,7 +267,12 @@ async fn session(shared: &Arc<Shared>, shutdown: &CancellationToken) -> SessionE
     let wss_target = shared.config.wss.clone().unwrap_or_else(|| address.clone());
     let max_streams = shared.config.max_concurrent_calls as usize + 8;
     let quic = dial_quic(&address, client_config);
-    let wss = dial_wss(&wss_target, tcp_tls, max_streams);
+    let wss = dial_wss(
+        &wss_target,
+        tcp_tls,
+        max_streams,
+        shared.config.proxy.as_ref(),
+    );
     let dialled = async {
         match shared.config.transport {
             Transport::Quic => quic.await.map(|(link, endpoint)| (link, Some(endpoint))),
@@ -382,12 +387,25 @@ pub(crate) async fn dial_wss(
     target: &str,
     tls: rustls::ClientConfig,
     max_streams: usize,
+    proxy: Option<&crate::proxy::Proxy>,
 ) -> Result<Link, String> {
     let dial = async {
-        let remote = resolve(target).await?;
-        let tcp = tokio::net::TcpStream::connect(remote)
-            .await
-            .map_err(|e| e.to_string())?;
+        let host = target.rsplit_once(':').map_or(target, |(h, _)| h);
+        // Through a proxy, the proxy resolves the control plane's name.
+        let (tcp, remote) = match proxy.filter(|p| p.applies_to(host.trim_matches(['[', ']']))) {
+            Some(p) => {
+                let tcp = p.connect(target).await?;
+                let via = tcp.peer_addr().map_err(|e| e.to_string())?;
+                (tcp, via)
+            }
+            None => {
+                let remote = resolve(target).await?;
+                let tcp = tokio::net::TcpStream::connect(remote)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (tcp, remote)
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let name = rustls::pki_types::ServerName::try_from(TUNNEL_SERVER_NAME)
             .map_err(|e| e.to_string())?;

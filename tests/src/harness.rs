@@ -671,3 +671,59 @@ pub async fn oidc_provider(
     }
     bail!("the OpenID Connect provider did not start")
 }
+
+/// A real HTTP proxy (the npm package `proxy`, installed by scripts/test
+/// under target/test-deps) demanding Basic credentials.
+#[derive(Debug)]
+pub struct HttpProxy {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Its port.
+    pub port: u16,
+    /// One `proxied <method> <url>` line per request it let through.
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    _child: Child,
+}
+
+/// Starts an [`HttpProxy`] that accepts `user` and `password`.
+pub async fn http_proxy(user: &str, password: &str) -> anyhow::Result<HttpProxy> {
+    let deps = std::env::var("DIBOP_TEST_DEPS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-deps"));
+    let lib = deps.join("node_modules/proxy/dist/proxy.js");
+    if !lib.exists() {
+        bail!(
+            "{} is missing: run scripts/test (it installs the npm package proxy)",
+            lib.display()
+        );
+    }
+    let mut child = Command::new("node")
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("proxy/server.mjs"))
+        .arg(lib)
+        .args([user, password])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("node must be installed (scripts/test installs it)")?;
+    let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    while let Some(line) = lines.next_line().await? {
+        if let Some(url) = line.strip_prefix("listening ") {
+            let log = seen.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                }
+            });
+            let port = url.rsplit(':').next().unwrap_or_default().parse()?;
+            return Ok(HttpProxy {
+                url: url.to_owned(),
+                port,
+                seen,
+                _child: child,
+            });
+        }
+    }
+    bail!("the proxy did not start")
+}

@@ -239,3 +239,59 @@ async fn an_agent_enrolls_and_runs_where_only_tcp_reaches_the_control_plane() {
         "wss"
     );
 }
+
+#[tokio::test]
+async fn through_an_authenticating_http_proxy_the_agent_comes_online_and_a_wrong_password_is_named()
+{
+    let site = Site::new().await;
+    let proxy = dibop_e2e::harness::http_proxy("dealer", "proxy-pass")
+        .await
+        .unwrap();
+    let token = site.api.enrollment_token(&site.group, None).await.unwrap();
+    let dir = site.dir.path().join("agent-proxied");
+    let (ok, text) = dibop_e2e::harness::enroll(&token, &dir).await.unwrap();
+    assert!(ok, "{text}");
+    let allow = [site.dms.addr.to_string()];
+    let through = |password: &str| {
+        format!(
+            "transport = \"wss\"\nproxy = \"http://dealer:{password}@127.0.0.1:{}\"",
+            proxy.port
+        )
+    };
+    let mut agent = Agent::start_with(&dir, &allow, &through("proxy-pass"))
+        .await
+        .unwrap();
+    site.api.wait_online(&agent.id).await.unwrap();
+    let (code, result) = site.dms_get("/api/v1/vehicles?page_size=2").await;
+    assert_eq!(code, 200, "{result}");
+    assert_eq!(result["ok"], true, "{result}");
+    let tunnel = site.cp.tunnel_addr.to_string();
+    assert!(
+        proxy
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("CONNECT") && l.contains(&tunnel)),
+        "the tunnel went through the proxy: {:?}",
+        proxy.seen.lock().unwrap()
+    );
+    agent.terminate().await.unwrap();
+
+    // A wrong password: the agent says the proxy refused the credentials,
+    // and shows neither password.
+    let agent = Agent::start_with(&dir, &allow, &through("wrong-pass"))
+        .await
+        .unwrap();
+    let log = eventually("the agent names the 407", READY, || async {
+        let log = agent.log_text();
+        log.contains("refused the credentials (407").then_some(log)
+    })
+    .await
+    .unwrap();
+    assert!(log.contains("http://dealer:***@127.0.0.1"), "{log}");
+    assert!(
+        !log.contains("wrong-pass") && !log.contains("proxy-pass"),
+        "{log}"
+    );
+}
