@@ -37,12 +37,18 @@ impl Site {
         }
     }
 
-    /// An agent enrolled (over QUIC) and then run over the TCP transport.
-    async fn wss_agent(&self, name: &str) -> Agent {
+    /// A fresh enrollment token redeemed into `name`'s directory.
+    async fn enrolled(&self, name: &str) -> std::path::PathBuf {
         let token = self.api.enrollment_token(&self.group, None).await.unwrap();
         let dir = self.dir.path().join(name);
         let (ok, text) = dibop_e2e::harness::enroll(&token, &dir).await.unwrap();
-        assert!(ok, "{text}");
+        assert!(ok, "enrolling {name}: {text}");
+        dir
+    }
+
+    /// An agent enrolled and then run over the TCP transport.
+    async fn wss_agent(&self, name: &str) -> Agent {
+        let dir = self.enrolled(name).await;
         let agent = Agent::start_with(&dir, &[self.dms.addr.to_string()], "transport = \"wss\"")
             .await
             .unwrap();
@@ -123,10 +129,7 @@ async fn a_revoked_agent_over_wss_is_told_so_and_stops() {
 #[tokio::test]
 async fn a_wrong_transport_setting_is_refused_with_what_to_write() {
     let site = Site::new().await;
-    let token = site.api.enrollment_token(&site.group, None).await.unwrap();
-    let dir = site.dir.path().join("agent-typo");
-    let (ok, text) = dibop_e2e::harness::enroll(&token, &dir).await.unwrap();
-    assert!(ok, "{text}");
+    let dir = site.enrolled("agent-typo").await;
     let mut agent = Agent::start_with(
         &dir,
         &[site.dms.addr.to_string()],
@@ -168,10 +171,7 @@ fn forward(listener: tokio::net::TcpListener, to: std::net::SocketAddr) {
 #[tokio::test]
 async fn with_udp_blocked_the_agent_comes_online_over_tcp_and_remembers_it() {
     let site = Site::new().await;
-    let token = site.api.enrollment_token(&site.group, None).await.unwrap();
-    let dir = site.dir.path().join("agent-auto");
-    let (ok, text) = dibop_e2e::harness::enroll(&token, &dir).await.unwrap();
-    assert!(ok, "{text}");
+    let dir = site.enrolled("agent-auto").await;
     let path = tcp_only_path(site.cp.tunnel_addr).await;
     let tunnel = format!("control_plane = \"{path}\"");
     let allow = [site.dms.addr.to_string()];
@@ -220,10 +220,7 @@ async fn an_agent_enrolls_and_runs_where_only_tcp_reaches_the_control_plane() {
     let public = path.local_addr().unwrap().to_string();
     let site = Site::with(&["--public-tunnel-addr", &public]).await;
     forward(path, site.cp.tunnel_addr);
-    let token = site.api.enrollment_token(&site.group, None).await.unwrap();
-    let dir = site.dir.path().join("agent-tcp");
-    let (ok, text) = dibop_e2e::harness::enroll(&token, &dir).await.unwrap();
-    assert!(ok, "enrollment over TCP: {text}");
+    let dir = site.enrolled("agent-tcp").await;
     // Run with the defaults (`auto`): online over TCP, and calls go through.
     let agent = Agent::start(&dir, &[site.dms.addr.to_string()])
         .await
@@ -247,10 +244,7 @@ async fn through_an_authenticating_http_proxy_the_agent_comes_online_and_a_wrong
     let proxy = dibop_e2e::harness::http_proxy("dealer", "proxy-pass")
         .await
         .unwrap();
-    let token = site.api.enrollment_token(&site.group, None).await.unwrap();
-    let dir = site.dir.path().join("agent-proxied");
-    let (ok, text) = dibop_e2e::harness::enroll(&token, &dir).await.unwrap();
-    assert!(ok, "{text}");
+    let dir = site.enrolled("agent-proxied").await;
     let allow = [site.dms.addr.to_string()];
     let through = |password: &str| {
         format!(
