@@ -727,3 +727,25 @@ pub async fn http_proxy(user: &str, password: &str) -> anyhow::Result<HttpProxy>
     }
     bail!("the proxy did not start")
 }
+
+/// Forwards TCP connections from a fresh loopback port to `to`; nothing
+/// answers UDP on that port. To an agent pointed at it, QUIC is blocked.
+pub async fn tcp_only_path(to: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    forward_tcp(listener, to);
+    Ok(addr)
+}
+
+/// Forwards what `listener` accepts to `to`, over TCP only.
+pub fn forward_tcp(listener: tokio::net::TcpListener, to: SocketAddr) {
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+}

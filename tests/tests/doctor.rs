@@ -101,18 +101,9 @@ async fn doctor_says_what_works_and_what_to_fix() {
 
     // Only TCP reaches the control plane (nothing answers UDP on the port):
     // QUIC is a warning, not a failure, because the agent gets through over TCP.
-    let tcp_only = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tcp_only_addr = tcp_only.local_addr().unwrap();
-    let to = site.cp.tunnel_addr;
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = tcp_only.accept().await {
-            tokio::spawn(async move {
-                if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
-        }
-    });
+    let tcp_only_addr = dibop_e2e::harness::tcp_only_path(site.cp.tunnel_addr)
+        .await
+        .unwrap();
     std::fs::write(
         &config,
         format!(

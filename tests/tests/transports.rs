@@ -2,7 +2,9 @@
 //! processes; the agent dials the control plane's TCP tunnel port (TLS with
 //! its certificate, a WebSocket, multiplexed streams) instead of QUIC.
 
-use dibop_e2e::harness::{Agent, Api, ControlPlane, Dms, READY, eventually};
+use dibop_e2e::harness::{
+    Agent, Api, ControlPlane, Dms, READY, eventually, forward_tcp, tcp_only_path,
+};
 use serde_json::{Value, json};
 
 struct Site {
@@ -146,33 +148,11 @@ async fn a_wrong_transport_setting_is_refused_with_what_to_write() {
     );
 }
 
-/// Forwards TCP connections from a fresh loopback port to `to`; nothing
-/// answers UDP on that port. To an agent pointed at it, QUIC is blocked.
-async fn tcp_only_path(to: std::net::SocketAddr) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    forward(listener, to);
-    addr
-}
-
-/// Forwards what `listener` accepts to `to`, over TCP only.
-fn forward(listener: tokio::net::TcpListener, to: std::net::SocketAddr) {
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
-        }
-    });
-}
-
 #[tokio::test]
 async fn with_udp_blocked_the_agent_comes_online_over_tcp_and_remembers_it() {
     let site = Site::new().await;
     let dir = site.enrolled("agent-auto").await;
-    let path = tcp_only_path(site.cp.tunnel_addr).await;
+    let path = tcp_only_path(site.cp.tunnel_addr).await.unwrap();
     let tunnel = format!("control_plane = \"{path}\"");
     let allow = [site.dms.addr.to_string()];
     // The default transport is `auto`: QUIC gets no answer, TCP wins the race.
@@ -219,7 +199,7 @@ async fn an_agent_enrolls_and_runs_where_only_tcp_reaches_the_control_plane() {
     let path = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let public = path.local_addr().unwrap().to_string();
     let site = Site::with(&["--public-tunnel-addr", &public]).await;
-    forward(path, site.cp.tunnel_addr);
+    forward_tcp(path, site.cp.tunnel_addr);
     let dir = site.enrolled("agent-tcp").await;
     // Run with the defaults (`auto`): online over TCP, and calls go through.
     let agent = Agent::start(&dir, &[site.dms.addr.to_string()])

@@ -532,7 +532,9 @@ pub async fn prepare(
     let prepared = crate::catalogue::render::prepare(operation, &c.base_url(), parameters)?;
     let settings = c.settings();
     let retries = c.definition.resilience.retries;
-    let timeout_ms = c.timeout_ms();
+    let timeout_ms = settings
+        .timeout_ms
+        .unwrap_or(c.definition.resilience.timeout_ms);
     let connector_attempts = retries.max_attempts;
     let max_attempts = if settings.retry_on_failure {
         settings
